@@ -1,0 +1,190 @@
+"""Choosing GPUs for jobs: a pure function of (queue, GPU states, now).
+
+Rules, in the order they are applied:
+
+* **Eligibility.**  A paused GPU gets no new job.  Neither does a GPU whose memory
+  or load *used by others* (processes that are not nbsched jobs) is above
+  ``gpu_memory_threshold`` / ``gpu_load_threshold``.
+* **Order.**  Lower ``priority`` first; first come, first served within a priority.
+  A job waiting out a retry back-off (``not_before`` in the future) is skipped.
+* **Fractions** (a requirement in (0, 1)) go to one GPU, packed best-fit: the
+  fullest GPU that still has room, so fractional jobs share GPUs and whole GPUs
+  stay free for multi-GPU jobs.  A requirement of exactly 1 takes one empty GPU.
+* **Whole numbers** N > 1 take N GPUs with nothing else on them.
+* **Reservation (no starvation).**  The first job in that order that cannot start
+  now reserves the GPUs it will start on: for N GPUs, the N eligible GPUs closest
+  to being free; for a fraction, the one GPU with the most room.  Jobs behind it
+  may start ("backfill") only on GPUs outside that reservation, so they provably
+  cannot delay it.  This is EASY backfilling, as in Slurm: one reservation, held
+  for the highest-priority blocked job; when it starts, the next blocked job gets
+  the reservation.
+
+Nothing here reads a clock, a file or a GPU: :func:`plan` is called by the
+dispatcher thread and by the tests with hand-built states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .gpus.base import GpuSnapshot
+from .jobs import Job
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """What the allocator needs to know of one GPU."""
+
+    index: int
+    allocated: float = 0.0
+    paused: bool = False
+    #: Why the GPU takes no new job although not paused (others use it), or None.
+    blocked: str | None = None
+
+    @property
+    def eligible(self) -> bool:
+        return not self.paused and self.blocked is None
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: str
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    placements: tuple[Placement, ...] = ()
+    #: GPU -> id of the job it is held for.
+    reserved: Mapping[int, str] = field(default_factory=dict)
+    #: Earliest ``not_before`` of a job waiting out a back-off, if any.
+    next_wakeup: float | None = None
+    #: Why the head job waits, for status displays.
+    head_waiting: tuple[str, str] | None = None
+
+
+def gpu_states(
+    snapshots: Sequence[GpuSnapshot],
+    allocation: Mapping[int, float],
+    paused: Iterable[int],
+    memory_threshold: float,
+    load_threshold: float,
+) -> list[GpuState]:
+    """Combine readings, bookings and pauses into allocator input."""
+    paused = set(paused)
+    out = []
+    for snap in snapshots:
+        blocked = None
+        mem = snap.external_memory_fraction
+        if mem is not None and mem > memory_threshold:
+            blocked = f"memory used by others {mem:.0%} > {memory_threshold:.0%}"
+        elif snap.external_load is not None and snap.external_load > load_threshold:
+            blocked = f"load from others {snap.external_load:.0%} > {load_threshold:.0%}"
+        out.append(
+            GpuState(
+                index=snap.index,
+                allocated=allocation.get(snap.index, 0.0),
+                paused=snap.index in paused,
+                blocked=blocked,
+            )
+        )
+    return out
+
+
+def booked_share(required: float, n_gpus: int) -> float:
+    """The fraction of each of its GPUs a running job books."""
+    return required if n_gpus == 1 and required < 1 else 1.0
+
+
+def plan(
+    queue: Sequence[Job],
+    gpus: Sequence[GpuState],
+    now: float,
+    precision: float = 0.01,
+) -> Plan:
+    """Decide which queued jobs start now, and on which GPUs.
+
+    ``queue`` must be in dispatch order (priority, then submission); see
+    :func:`queue_key`.
+    """
+    eps = precision / 2
+    free: dict[int, float] = {g.index: max(0.0, 1.0 - g.allocated) for g in gpus if g.eligible}
+    all_eligible = dict(free)
+    reserved: dict[int, str] = {}
+    head_waiting: tuple[str, str] | None = None
+    placements: list[Placement] = []
+    next_wakeup: float | None = None
+    hopeless: set[tuple[float, tuple[int, ...] | None]] = set()
+
+    for job in queue:
+        if job.not_before is not None and job.not_before > now:
+            next_wakeup = (
+                job.not_before if next_wakeup is None else min(next_wakeup, job.not_before)
+            )
+            continue
+        req = _round(job.required_gpus, precision)
+        shape = (req, job.allowed_gpus)
+        if shape in hopeless:
+            continue
+        allowed = set(job.allowed_gpus) if job.allowed_gpus is not None else None
+        candidates = [g for g in free if g not in reserved and (allowed is None or g in allowed)]
+        chosen = _choose(req, candidates, free, eps)
+        if chosen is not None:
+            for g in chosen:
+                free[g] = 0.0 if req >= 1 else free[g] - req
+            placements.append(Placement(job.id, chosen))
+        else:
+            hopeless.add(shape)
+            if head_waiting is None:
+                pool = [g for g in all_eligible if allowed is None or g in allowed]
+                hold = _reserve(req, pool, free)
+                for g in hold:
+                    reserved[g] = job.id
+                head_waiting = (job.id, _why(req, pool, hold))
+        if not any(v > eps for g, v in free.items() if g not in reserved):
+            break  # nothing left to hand out (the dispatcher tracks back-offs itself)
+    return Plan(tuple(placements), reserved, next_wakeup, head_waiting)
+
+
+def queue_key(job: Job) -> tuple[int, int]:
+    """Dispatch order: lower priority number first, then first come."""
+    return (job.priority, job.seq)
+
+
+def _round(value: float, precision: float) -> float:
+    if value >= 1:
+        return float(round(value))
+    steps = max(1, round(value / precision))
+    return min(1.0, steps * precision)
+
+
+def _choose(
+    req: float, candidates: list[int], free: Mapping[int, float], eps: float
+) -> tuple[int, ...] | None:
+    if req < 1:
+        fits = [g for g in candidates if free[g] + eps >= req]
+        if not fits:
+            return None
+        best = min(fits, key=lambda g: (free[g], g))  # best-fit: the fullest that fits
+        return (best,)
+    n = int(req)
+    empty = sorted(g for g in candidates if free[g] >= 1 - eps)
+    if len(empty) < n:
+        return None
+    return tuple(empty[:n])
+
+
+def _reserve(req: float, pool: list[int], free: Mapping[int, float]) -> tuple[int, ...]:
+    n = 1 if req < 1 else int(req)
+    if len(pool) < n:
+        return ()
+    ranked = sorted(pool, key=lambda g: (-free[g], g))
+    return tuple(sorted(ranked[:n]))
+
+
+def _why(req: float, pool: list[int], hold: tuple[int, ...]) -> str:
+    need = f"{req:g} of a GPU" if req < 1 else f"{int(req)} free GPU{'s' if req > 1 else ''}"
+    if not hold:
+        return f"needs {need}; only {len(pool)} usable GPU(s) (others paused or busy elsewhere)"
+    return f"needs {need}; GPU(s) {','.join(map(str, hold))} held for it"

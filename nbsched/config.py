@@ -1,0 +1,168 @@
+"""Configuration: :class:`SchedulerConfig`, one frozen and validated dataclass.
+
+Every knob of the engine lives here with its default.  Every path derives from
+``state_dir`` (default ``$NBSCHED_HOME`` or ``~/.nbsched``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidTypeError, InvalidValueError
+
+PROVIDERS = ("auto", "nvml", "gputil", "simulated")
+EXECUTORS = ("direct", "screen", "ray")
+
+
+def default_state_dir() -> Path:
+    """``$NBSCHED_HOME`` if set, else ``~/.nbsched``."""
+    env = os.environ.get("NBSCHED_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".nbsched"
+
+
+def _default_simulated_file() -> str | None:
+    return os.environ.get("NBSCHED_SIMULATED_GPUS") or None
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Every setting of the scheduler.
+
+    A bad value raises ``ValueError`` (or ``TypeError`` for a wrong type) naming
+    the field and what is accepted; an unknown field raises ``TypeError``.
+    """
+
+    state_dir: Path = field(default_factory=default_state_dir)
+    #: GPUs to schedule on.  ``None``: all the provider sees (simulated: 4, or the file's count).
+    num_gpus: int | None = None
+    gpu_provider: str = "auto"
+    simulated_gpus_file: str | None = field(default_factory=_default_simulated_file)
+    executor: str = "direct"
+    jobs_file: str | None = None
+    llm_config_file: str | None = None
+    #: A GPU whose memory (fraction) used by others is above this gets no new job.
+    gpu_memory_threshold: float = 0.8
+    #: A GPU whose load (0..1) from others is above this gets no new job.
+    gpu_load_threshold: float = 0.8
+    #: Fractions are rounded to this step when GPUs are packed.
+    gpu_allocation_precision: float = 0.01
+    #: How long a GPU reading is reused before the hardware is asked again.
+    gpu_monitor_interval_s: float = 1.0
+    #: How often a failed job is re-queued (per job overridable).
+    max_retries: int = 0
+    #: Back-off before the first retry; it doubles with each further one.
+    retry_backoff_s: float = 1.0
+    #: GPUs a job gets when it names none and no ``--llm`` model says otherwise.
+    default_requirement: float = 1.0
+    #: Seconds between SIGTERM and SIGKILL when a job is cancelled.
+    kill_grace_s: float = 5.0
+    #: How often the jobs file is checked for change (a stat, not a re-parse).
+    jobs_file_poll_s: float = 0.1
+    #: Largest sweep accepted unless the caller passes a higher ``limit``.
+    max_sweep_jobs: int = 5000
+    #: Ray: ``None`` starts (or reuses) a local Ray; ``"auto"`` or an address joins a cluster.
+    ray_address: str | None = None
+    #: Ray: CPUs each job reserves (Ray's default of 1 caps concurrency at the core count).
+    ray_num_cpus: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state_dir", _as_path("state_dir", self.state_dir))
+        _check_optional_int("num_gpus", self.num_gpus, minimum=1)
+        _check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
+        _check_choice("executor", self.executor, EXECUTORS)
+        for name in ("simulated_gpus_file", "jobs_file", "llm_config_file", "ray_address"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise InvalidTypeError(f"{name}={value!r}: expected a path string or None")
+            if value is not None:
+                object.__setattr__(self, name, os.fspath(value))
+        for name in ("gpu_memory_threshold", "gpu_load_threshold"):
+            _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False)
+        _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5)
+        for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
+            _check_float(name, getattr(self, name), low=0.0, high=math.inf, low_open=False)
+        _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0)
+        _check_optional_int("max_retries", self.max_retries, minimum=0)
+        _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, minimum=1)
+        _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False)
+        check_requirement("default_requirement", self.default_requirement)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Per-job wrapper files: exit codes written by the job's launcher."""
+        return self.state_dir / "run"
+
+    def replace(self, **changes: Any) -> SchedulerConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SchedulerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidTypeError(
+                f"unknown SchedulerConfig field(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
+def check_requirement(name: str, value: object) -> float:
+    """A GPU requirement: a fraction in (0, 1], or a whole number above 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(f"{name}={value!r}: expected a number of GPUs")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise InvalidValueError(
+            f"{name}={value!r}: must be a fraction in (0, 1] or a whole number of GPUs"
+        )
+    if v > 1 and not v.is_integer():
+        raise InvalidValueError(f"{name}={value!r}: above 1 it must be a whole number")
+    return v
+
+
+def _as_path(name: str, value: object) -> Path:
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if not text:
+            raise InvalidValueError(f"{name}={value!r}: must not be empty")
+        return Path(text).expanduser()
+    raise InvalidTypeError(f"{name}={value!r}: expected a path")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidValueError(f"{name}={value!r}: accepted values are {', '.join(choices)}")
+
+
+def _check_optional_int(name: str, value: object, minimum: int) -> None:
+    if value is None and name == "num_gpus":
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTypeError(f"{name}={value!r}: expected a whole number >= {minimum}")
+    if value < minimum:
+        raise InvalidValueError(f"{name}={value!r}: must be >= {minimum}")
+
+
+def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidTypeError(f"{name}={value!r}: expected a number")
+    v = float(value)
+    bad_low = v <= low if low_open else v < low
+    if math.isnan(v) or bad_low or v > high:
+        bracket = "(" if low_open else "["
+        raise InvalidValueError(f"{name}={value!r}: must be in {bracket}{low}, {high}]")

@@ -1,0 +1,356 @@
+"""The dispatcher: the thread that starts queued jobs and records how they end.
+
+It runs in the one process that holds the state directory's lease
+(:mod:`nbsched.lease`).  It sleeps in ``select`` until something happens: a
+submission, cancel, pause or resume in this process (a byte on a pipe) or in
+another one (a byte on the FIFO), or a job's end (the process watcher).  Then it
+reads the jobs written since its last look (:meth:`Store.changed_since`), calls
+the pure :func:`nbsched.allocation.plan`, and starts what the plan says.  The only
+timed wake-ups are a retry's back-off, a re-read of the GPUs while some job waits
+for them (other users' load can only be polled), and a slow safety net.
+
+Crash windows, and how the next dispatcher repairs them (:meth:`recover`):
+
+1. *Marked running, not yet spawned.*  The job is ``running`` with a token but no
+   pid.  No process carries the token and no exit file exists: it never started,
+   so it goes back to ``queued`` (its attempt uncounted).
+2. *Spawned, pid not yet recorded.*  A process carrying ``NBSCHED_JOB_TOKEN`` is
+   found (or its exit file): it is adopted (or its exit code recorded).
+3. *Running, engine gone.*  The launcher's pid and start time are checked; a live
+   one is adopted and watched; a finished one left its exit code in the exit file.
+
+Because a GPU is booked in the same transaction that marks the job running, and
+only the lease holder does that, no GPU is ever booked twice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import selectors
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from .allocation import booked_share, gpu_states, plan, queue_key
+from .config import SchedulerConfig
+from .executors.base import Executor, Exit, Launch, find_by_token, read_exit_file
+from .gpus.monitor import GPUMonitor
+from .jobs import Job, JobStatus
+from .launch import build_argv, build_env
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+SAFETY_NET_S = 2.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        store: Store,
+        monitor: GPUMonitor,
+        executor_for: Callable[[str], Executor],
+        fifo_fd: int,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.monitor = monitor
+        self.executor_for = executor_for
+        self._fifo_fd = fifo_fd
+        self._on_change = on_change
+        self._rpipe, self._wpipe = os.pipe()
+        os.set_blocking(self._rpipe, False)
+        os.set_blocking(self._wpipe, False)
+        self._stop = threading.Event()
+        self._rev = 0
+        self._queue: list[Job] = []  # dispatch order
+        self._queued: dict[str, Job] = {}
+        self._running: dict[str, Job] = {}
+        self._env = dict(os.environ)
+        self.head_waiting: tuple[str, str] | None = None
+        self.reserved: dict[int, str] = {}
+        self.cycles = 0
+
+    # -- wake-ups -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wpipe, b"x")
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+
+    def close(self) -> None:
+        for fd in (self._rpipe, self._wpipe):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._rpipe, selectors.EVENT_READ)
+        sel.register(self._fifo_fd, selectors.EVENT_READ)
+        try:
+            self.recover()
+            timeout: float | None = 0.0
+            while not self._stop.is_set():
+                for key, _ in sel.select(timeout):
+                    _drain(key.fd)
+                if self._stop.is_set():
+                    break
+                try:
+                    timeout = self.cycle(time.time())
+                except Exception:
+                    logger.exception("dispatcher cycle failed; retrying in 1 s")
+                    timeout = 1.0
+        finally:
+            sel.close()
+
+    def cycle(self, now: float) -> float:
+        """One decision: refresh caches, plan, start.  Returns how long to sleep at most."""
+        self.cycles += 1
+        self._refresh()
+        paused = self.store.paused()
+        snaps = self.monitor.snapshot()
+        alloc: dict[int, float] = {}
+        for run in self._running.values():
+            share = booked_share(run.required_gpus, len(run.gpus))
+            for g in run.gpus:
+                alloc[g] = alloc.get(g, 0.0) + share
+        states = gpu_states(
+            snaps,
+            alloc,
+            paused,
+            self.config.gpu_memory_threshold,
+            self.config.gpu_load_threshold,
+        )
+        decision = plan(self._queue, states, now, self.config.gpu_allocation_precision)
+        self.head_waiting = decision.head_waiting
+        self.reserved = dict(decision.reserved)
+        for placement in decision.placements:
+            job = self._queued.get(placement.job_id)
+            if job is not None:
+                self._launch(job, placement.gpus, now)
+        if decision.placements:
+            self._on_change()
+        timeout = SAFETY_NET_S
+        backoffs = [j.not_before for j in self._queue if j.not_before and j.not_before > now]
+        if backoffs:
+            timeout = min(timeout, max(0.0, min(backoffs) - now))
+        if self._queue:
+            timeout = min(timeout, max(self.config.gpu_monitor_interval_s, 0.05))
+        return timeout
+
+    def _refresh(self) -> None:
+        rev, changed = self.store.changed_since(self._rev)
+        self._rev = rev
+        for job in changed:
+            old = self._queued.pop(job.id, None)
+            if old is not None:
+                i = bisect.bisect_left(self._queue, queue_key(old), key=queue_key)
+                while i < len(self._queue) and self._queue[i].id != job.id:
+                    i += 1
+                if i < len(self._queue):
+                    del self._queue[i]
+            self._running.pop(job.id, None)
+            if job.status == JobStatus.QUEUED:
+                self._queued[job.id] = job
+                bisect.insort(self._queue, job, key=queue_key)
+            elif job.status == JobStatus.RUNNING:
+                self._running[job.id] = job
+
+    # -- starting and ending --------------------------------------------------------------
+
+    def _launch(self, job: Job, gpus: tuple[int, ...], now: float) -> None:
+        token = uuid.uuid4().hex
+        log_path = self.config.logs_dir / f"{job.id}.log"
+        running = self.store.transition(
+            job.id,
+            JobStatus.RUNNING,
+            expect={JobStatus.QUEUED},
+            now=now,
+            gpus=gpus,
+            started=now,
+            ended=None,
+            exit_code=None,
+            attempts=job.attempts + 1,
+            token=token,
+            pid=None,
+            proc_start=None,
+            node=None,
+            log_path=str(log_path),
+            not_before=None,
+            cancel_requested=False,
+        )
+        if running is None:
+            return  # cancelled meanwhile
+        self._running[job.id] = running
+        executor = self.executor_for(running.executor or self.config.executor)
+        try:
+            if running.attempts > 1:
+                _append(log_path, f"\n--- nbsched: attempt {running.attempts} ---\n")
+            argv = build_argv(running, gpus, self._env)
+            env = build_env(running, gpus, token, self.result_path(running), self._env)
+            started = executor.start(
+                Launch(
+                    job=running,
+                    gpus=gpus,
+                    argv=argv,
+                    env=env,
+                    cwd=running.spec.cwd,
+                    log_path=log_path,
+                    exit_path=self.config.run_dir / f"{token}.exit",
+                )
+            )
+        except Exception as exc:
+            logger.warning("job %s could not start: %s", job.id, exc)
+            _append(log_path, f"nbsched: the job could not start: {exc}\n")
+            self._end(running, JobStatus.FAILED, None, f"could not start: {exc}", time.time())
+            return
+        self.store.update(job.id, pid=started.pid, proc_start=started.proc_start, node=started.node)
+        attempt = replace(
+            running, pid=started.pid, proc_start=started.proc_start, node=started.node
+        )
+        self._running[job.id] = attempt
+        executor.watch(attempt, self._on_exit)
+
+    def result_path(self, job: Job) -> Path:
+        return self.config.state_dir / "results" / f"{job.id}.json"
+
+    def _on_exit(self, job: Job, exit: Exit) -> None:
+        """From the watcher thread (or at recovery): record how an attempt ended."""
+        try:
+            now = time.time()
+            if exit.code == 0:
+                self._end(job, JobStatus.SUCCEEDED, 0, None, now)
+                return
+            reason = exit.reason or f"exit code {exit.code}"
+            budget = job.spec.max_retries
+            if job.attempts <= budget:
+                delay = self.config.retry_backoff_s * (2 ** (job.attempts - 1))
+                moved = self.store.transition(
+                    job.id,
+                    JobStatus.QUEUED,
+                    expect={JobStatus.RUNNING},
+                    guard=lambda j: j.token == job.token and not j.cancel_requested,
+                    reason=f"attempt {job.attempts} failed ({reason}); retrying in {delay:g}s",
+                    now=now,
+                    exit_code=exit.code,
+                    ended=now,
+                    not_before=now + delay,
+                    pid=None,
+                )
+                if moved is not None:
+                    self._changed()
+                    return
+            self._end(job, JobStatus.FAILED, exit.code, reason, now)
+        except Exception:
+            logger.exception("recording the end of job %s failed", job.id)
+
+    def _end(
+        self, job: Job, status: JobStatus, code: int | None, reason: str | None, now: float
+    ) -> None:
+        done = self.store.transition(
+            job.id,
+            status,
+            expect={JobStatus.RUNNING},
+            guard=lambda j: j.token == job.token and not j.cancel_requested,
+            reason=reason,
+            now=now,
+            exit_code=code,
+            ended=now,
+        )
+        if done is None:
+            # Cancelled by a user (the job's process died of it): say so, once.
+            self.store.transition(
+                job.id,
+                JobStatus.CANCELLED,
+                expect={JobStatus.RUNNING},
+                guard=lambda j: j.token == job.token and j.cancel_requested,
+                reason="cancelled",
+                now=now,
+                exit_code=code,
+                ended=now,
+            )
+        self._changed()
+
+    def _changed(self) -> None:
+        self.wake()
+        self._on_change()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Re-attach the jobs a previous dispatcher left running (see the module doc)."""
+        for job in self.store.find(statuses=[JobStatus.RUNNING]):
+            try:
+                self._recover_one(job)
+            except Exception:
+                logger.exception("could not recover job %s", job.id)
+
+    def _recover_one(self, job: Job) -> None:
+        executor = self.executor_for(job.executor or self.config.executor)
+        if job.token is None:
+            self._requeue_unstarted(job)
+            return
+        if job.pid is None:
+            procs = find_by_token(job.token)
+            leaders = [p for p in procs if p.pid == _sid(p.pid)] or procs
+            if leaders:
+                proc = min(leaders, key=lambda p: p.create_time())
+                self.store.update(job.id, pid=proc.pid, proc_start=proc.create_time())
+                job = replace(job, pid=proc.pid, proc_start=proc.create_time())
+                logger.info("job %s: adopted process %d found by its token", job.id, proc.pid)
+            elif read_exit_file(self.config.run_dir / f"{job.token}.exit") is None:
+                self._requeue_unstarted(job)
+                return
+        executor.watch(job, self._on_exit)
+
+    def _requeue_unstarted(self, job: Job) -> None:
+        self.store.transition(
+            job.id,
+            JobStatus.QUEUED,
+            expect={JobStatus.RUNNING},
+            reason="the engine stopped before the job started; queued again",
+            attempts=max(0, job.attempts - 1),
+            token=None,
+            gpus=[],
+        )
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _append(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)

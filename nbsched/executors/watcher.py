@@ -1,0 +1,147 @@
+"""Event-driven waiting for processes to end: one thread, one ``pidfd`` per process.
+
+Linux's ``pidfd_open`` gives a file descriptor that becomes readable when a
+process ends, for our own children and for processes we adopted after a restart
+alike.  One selector thread waits on all of them, so a job's end is seen at once
+(no polling).  Where ``pidfd_open`` is missing, it falls back to checking each
+process every ``fallback_poll_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+#: Called with the process's wait status when it was our child (its exit code), else None.
+EndCallback = Callable[[int | None], None]
+
+
+@dataclass
+class _Watch:
+    pid: int
+    popen: subprocess.Popen[bytes] | None
+    callback: EndCallback
+    fd: int | None = None
+
+
+class ProcessWatcher:
+    def __init__(self, name: str = "nbsched-watcher", fallback_poll_s: float = 0.2) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._watches: dict[int, _Watch] = {}
+        self._rpipe, self._wpipe = os.pipe()
+        os.set_blocking(self._rpipe, False)
+        self._sel.register(self._rpipe, selectors.EVENT_READ, None)
+        self._fallback_poll_s = fallback_poll_s
+        self._has_pidfd = hasattr(os, "pidfd_open")
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(
+        self, pid: int, callback: EndCallback, popen: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        """Call ``callback`` once when ``pid`` ends (at once if it already has)."""
+        watch = _Watch(pid, popen, callback)
+        if self._has_pidfd:
+            try:
+                watch.fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self._finish(watch)
+                return
+            except OSError:
+                self._has_pidfd = False
+        with self._lock:
+            self._watches[pid] = watch
+            if watch.fd is not None:
+                self._sel.register(watch.fd, selectors.EVENT_READ, pid)
+        self._poke()
+
+    def close(self) -> None:
+        self._closed = True
+        self._poke()
+        self._thread.join(timeout=5)
+        with self._lock:
+            for watch in self._watches.values():
+                if watch.fd is not None:
+                    os.close(watch.fd)
+            self._watches.clear()
+        self._sel.close()
+        os.close(self._rpipe)
+        os.close(self._wpipe)
+
+    def __len__(self) -> int:
+        return len(self._watches)
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wpipe, b"x")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        while not self._closed:
+            timeout = None if self._has_pidfd else self._fallback_poll_s
+            try:
+                events = self._sel.select(timeout)
+            except OSError:  # pragma: no cover - selector closed under us
+                return
+            ended: list[_Watch] = []
+            for key, _ in events:
+                if key.data is None:
+                    try:
+                        os.read(self._rpipe, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                with self._lock:
+                    watch = self._watches.pop(key.data, None)
+                    if watch is not None and watch.fd is not None:
+                        self._sel.unregister(watch.fd)
+                if watch is not None:
+                    ended.append(watch)
+            if not self._has_pidfd:
+                with self._lock:
+                    gone = [w for w in self._watches.values() if not _alive(w)]
+                    for w in gone:
+                        del self._watches[w.pid]
+                ended.extend(gone)
+            for watch in ended:
+                self._finish(watch)
+
+    def _finish(self, watch: _Watch) -> None:
+        if watch.fd is not None:
+            try:
+                os.close(watch.fd)
+            except OSError:
+                pass
+        status: int | None = None
+        if watch.popen is not None:
+            status = watch.popen.wait()  # reaps our child; returns at once, it has ended
+        try:
+            watch.callback(status)
+        except Exception:
+            logger.exception("callback for the end of process %d failed", watch.pid)
+
+
+def _alive(watch: _Watch) -> bool:
+    if watch.popen is not None:
+        return watch.popen.poll() is None
+    try:
+        os.kill(watch.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{watch.pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

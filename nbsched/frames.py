@@ -1,0 +1,156 @@
+"""Tables for people: jobs and GPUs as pandas DataFrames, and log tails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from .allocation import booked_share
+from .errors import InvalidValueError
+from .gpus.base import GpuSnapshot
+from .jobs import Job, JobStatus
+
+#: The columns of ``GPUJobScheduler.jobs()``, in order.
+JOB_COLUMNS = (
+    "id",
+    "status",
+    "priority",
+    "command",
+    "required_gpus",
+    "gpus",
+    "submitted",
+    "started",
+    "ended",
+    "exit_code",
+    "attempts",
+    "log",
+    "name",
+    "sweep",
+    "node",
+    "reason",
+)
+
+#: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
+GPU_COLUMNS = (
+    "gpu",
+    "name",
+    "memory_used",
+    "memory_total",
+    "load",
+    "allocated",
+    "paused",
+    "jobs",
+)
+
+
+def parse_statuses(status: str | Iterable[str] | None) -> list[JobStatus] | None:
+    if status is None:
+        return None
+    items = [status] if isinstance(status, str) else list(status)
+    out = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip().lower()
+            if part == "ended":
+                out += [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
+                continue
+            if part == "active":
+                out += [JobStatus.QUEUED, JobStatus.RUNNING]
+                continue
+            try:
+                out.append(JobStatus(part))
+            except ValueError:
+                accepted = ", ".join([s.value for s in JobStatus] + ["ended", "active"])
+                raise InvalidValueError(
+                    f"status={part!r}: accepted values are {accepted}"
+                ) from None
+    return out
+
+
+def _ts(value: float | None) -> pd.Timestamp | None:
+    return None if value is None else pd.Timestamp(value, unit="s", tz="UTC").tz_convert(None)
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "priority": job.priority,
+        "command": job.display_command(),
+        "required_gpus": job.required_gpus,
+        "gpus": list(job.gpus),
+        "submitted": _ts(job.submitted),
+        "started": _ts(job.started),
+        "ended": _ts(job.ended),
+        "exit_code": job.exit_code,
+        "attempts": job.attempts,
+        "log": job.log_path,
+        "name": job.spec.name,
+        "sweep": job.spec.sweep,
+        "node": job.node,
+        "reason": job.reason,
+    }
+
+
+def jobs_frame(jobs: Sequence[Job]) -> pd.DataFrame:
+    df = pd.DataFrame([job_row(j) for j in jobs], columns=list(JOB_COLUMNS))
+    df["exit_code"] = df["exit_code"].astype("Int64")
+    for col in ("submitted", "started", "ended"):
+        df[col] = pd.to_datetime(df[col])
+    return df
+
+
+def gpu_frame(
+    snapshots: Sequence[GpuSnapshot], running: Sequence[Job], paused: Iterable[int]
+) -> pd.DataFrame:
+    paused = set(paused)
+    alloc: dict[int, float] = {}
+    on: dict[int, list[str]] = {}
+    for job in running:
+        share = booked_share(job.required_gpus, len(job.gpus))
+        for g in job.gpus:
+            alloc[g] = alloc.get(g, 0.0) + share
+            on.setdefault(g, []).append(job.id)
+    rows = [
+        {
+            "gpu": s.index,
+            "name": s.name,
+            "memory_used": s.memory_used_mb,
+            "memory_total": s.memory_total_mb,
+            "load": s.load,
+            "allocated": round(alloc.get(s.index, 0.0), 4),
+            "paused": s.index in paused,
+            "jobs": on.get(s.index, []),
+            **({"node": s.node} if s.node else {}),
+        }
+        for s in snapshots
+    ]
+    cols = list(GPU_COLUMNS) + (["node"] if any(s.node for s in snapshots) else [])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def read_tail(path: str | None, lines: int | None) -> str:
+    """The last ``lines`` lines of a file, reading only as much of its end as needed."""
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, "rb") as fh:
+        if lines is None:
+            return fh.read().decode("utf-8", errors="replace")
+        if lines == 0:
+            return ""
+        fh.seek(0, os.SEEK_END)
+        end = fh.tell()
+        block, data = 8192, b""
+        pos = end
+        while pos > 0 and data.count(b"\n") <= lines:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+            block *= 2
+    text = data.decode("utf-8", errors="replace")
+    parts = text.splitlines(keepends=True)
+    return "".join(parts[-lines:])

@@ -1,0 +1,152 @@
+"""Jobs: the :class:`Job` record, its :class:`JobStatus` and the allowed transitions.
+
+A job is one command run on some GPUs.  Its record is immutable here; the store
+(:mod:`nbsched.store`) holds the current version and every transition.
+
+Statuses and the transitions between them (written down once, enforced by the store)::
+
+    queued   -> running | cancelled
+    running  -> succeeded | failed | cancelled | queued   (retry, or a spawn that never happened)
+    succeeded | failed | cancelled -> queued               (an explicit ``retry(id)``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ended(self) -> bool:
+        return self in ENDED_STATUSES
+
+
+ENDED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.QUEUED}),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+}
+
+
+def can_transition(old: JobStatus, new: JobStatus) -> bool:
+    return new in TRANSITIONS[old]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a user asked for: everything needed to run a job, nothing about its run.
+
+    ``kind`` is ``"script"`` (``python -u script args`` or ``bash script args``)
+    or ``"command"`` (``bash -c command``).
+    """
+
+    kind: str
+    required_gpus: float
+    priority: int = 0
+    script: str | None = None
+    args: tuple[str, ...] = ()
+    command: str | None = None
+    conda_env: str | None = None
+    allowed_gpus: tuple[int, ...] | None = None
+    max_retries: int = 0
+    launcher: str | None = None
+    gpu_arg: str | None = None
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    name: str | None = None
+    sweep: str | None = None
+    params: Mapping[str, Any] | None = None
+    hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as the store holds it: the spec plus where it stands."""
+
+    id: str
+    seq: int
+    status: JobStatus
+    spec: JobSpec
+    submitted: float
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    attempts: int = 0
+    gpus: tuple[int, ...] = ()
+    pid: int | None = None
+    proc_start: float | None = None
+    log_path: str | None = None
+    reason: str | None = None
+    owner_uid: int | None = None
+    executor: str | None = None
+    node: str | None = None
+    not_before: float | None = None
+    #: A random value per attempt, set as ``NBSCHED_JOB_TOKEN`` in the job's environment:
+    #: how the engine finds the job's processes and its exit-code file.
+    token: str | None = None
+    cancel_requested: bool = False
+
+    # Convenience pass-throughs, so callers need not reach into ``spec``.
+    @property
+    def priority(self) -> int:
+        return self.spec.priority
+
+    @property
+    def required_gpus(self) -> float:
+        return self.spec.required_gpus
+
+    @property
+    def allowed_gpus(self) -> tuple[int, ...] | None:
+        return self.spec.allowed_gpus
+
+    def display_command(self) -> str:
+        """The command as a user would type it."""
+        import shlex
+
+        s = self.spec
+        if s.kind == "command":
+            return s.command or ""
+        parts = [s.script or "", *s.args]
+        text = shlex.join(parts)
+        if s.conda_env:
+            text = f"[{s.conda_env}] {text}"
+        return text
+
+
+def job_hash(
+    script: str,
+    conda_env: str | None,
+    args: Sequence[str],
+    allowed_gpus: Sequence[int] | None,
+) -> str:
+    """Identity of a jobs-file line: script, env, arguments *in their order*, allowed GPUs.
+
+    The original program sorted the arguments, so ``--lr 1 --bs 2`` and
+    ``--lr 2 --bs 1`` collided; here order matters.
+    """
+    payload = json.dumps(
+        [script, conda_env or "", list(args), list(allowed_gpus) if allowed_gpus else None],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]

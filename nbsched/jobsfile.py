@@ -1,0 +1,385 @@
+"""The jobs file of the original program: one job a line.
+
+Line format: ``priority,script_path,conda_env,arguments,allowed_gpus``.  Lines whose
+first non-space character is ``#`` and blank lines are ignored.
+
+How a line is split (compatible with the original program, which split on the
+first four commas):
+
+* Commas inside shell quotes (``'...'``, ``"..."``) or escaped (``\\,``) do not split.
+* Fields are priority, script, env, arguments; everything after the fourth comma
+  is allowed_gpus, so ``0,t.py,env,--x 1,0-3,5`` allows GPUs 0-3 and 5.  Trailing
+  fields may be left out (``0,t.py`` is a job); priority and script are required.
+* Unquoted commas in the arguments: when the text after the fourth comma is not
+  a GPU list but the last field is (or is empty), the last field is allowed_gpus
+  and the fields between are the arguments (``--x a,b,0-3``).  ``--ids 1,2`` with
+  nothing after it still reads as allowed GPU 2, as in the original: quote it.
+* Script, env and allowed_gpus are unquoted with :mod:`shlex` (so a path with
+  spaces or commas can be quoted); the arguments are split with :func:`shlex.split`.
+* priority is an integer (may be negative, at most 18 digits); env, arguments and
+  allowed_gpus may be empty.  A NUL character or a line break inside is an error.
+
+:func:`format_line` writes a line that :func:`parse_line` reads back identically.
+:class:`JobsFileReader` reads a file that grows while it is edited (see there).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import InvalidValueError
+from .gpuspec import describe_gpus, format_gpu_list, parse_gpu_list
+from .jobs import job_hash
+
+FORMAT = "priority,script_path,conda_env,arguments,allowed_gpus"
+
+_PRIORITY = re.compile(r"[+-]?[0-9]{1,18}", re.ASCII)
+_BOM = b"\xef\xbb\xbf"
+_TAIL = 256  # bytes before the read offset compared to spot an in-place rewrite
+
+
+@dataclass(frozen=True)
+class JobLine:
+    """One parsed line of a jobs file."""
+
+    line_no: int
+    priority: int
+    script: str
+    conda_env: str | None
+    args: tuple[str, ...]
+    allowed_gpus: tuple[int, ...] | None
+
+    @property
+    def hash(self) -> str:
+        """Identity of the job (script, env, arguments in order, allowed GPUs)."""
+        return job_hash(self.script, self.conda_env, self.args, self.allowed_gpus)
+
+
+@dataclass(frozen=True)
+class LineError:
+    """Why one line of a jobs file was not taken."""
+
+    path: str
+    line_no: int
+    text: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line_no}" if self.path else f"line {self.line_no}"
+        return f"{where}: {self.reason}"
+
+
+class JobsFileLineError(InvalidValueError):
+    """A jobs-file line cannot be used; ``error`` says where and why."""
+
+    def __init__(self, error: LineError) -> None:
+        super().__init__(error)
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.error)
+
+
+class _Bad(Exception):
+    """Internal: a reason a line is bad."""
+
+
+def _split_fields(text: str) -> list[str]:
+    """Split on commas outside shell quotes and not escaped by a backslash."""
+    fields: list[str] = []
+    start = 0
+    quote: str | None = None
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if quote == "'":
+            if c == "'":
+                quote = None
+        elif quote == '"':
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quote = None
+        elif c == "\\":
+            i += 1
+        elif c in "'\"":
+            quote = c
+        elif c == ",":
+            fields.append(text[start:i])
+            start = i + 1
+        i += 1
+    if quote is not None:
+        raise _Bad(f"unbalanced {quote} quote")
+    fields.append(text[start:])
+    return fields
+
+
+def _words(field: str, what: str) -> list[str]:
+    try:
+        return shlex.split(field)
+    except ValueError as exc:  # "No closing quotation" / "No escaped character"
+        raise _Bad(f"bad quoting in {what} {field.strip()!r}: {exc}") from None
+
+
+def _one_word(field: str, what: str) -> str | None:
+    words = _words(field, what)
+    if len(words) > 1:
+        raise _Bad(f"{what} {field.strip()!r} must be one word; quote it if it has spaces")
+    return words[0] if words else None
+
+
+def _gpus(field: str) -> tuple[int, ...] | None:
+    words = _words(field, "allowed_gpus")
+    if not words:
+        return None
+    try:
+        return parse_gpu_list(" ".join(words))
+    except InvalidValueError as exc:
+        raise _Bad(f"bad allowed_gpus: {exc}") from None
+
+
+def _parse(text: str, line_no: int) -> JobLine:
+    if any(c in text for c in "\x00\n\r"):
+        raise _Bad("line contains a NUL character or a line break")
+    fields = _split_fields(text)
+    if len(fields) < 2:
+        raise _Bad(f"expected comma-separated fields {FORMAT}; got {len(fields)}")
+    fields += [""] * (5 - len(fields))
+    raw_priority = fields[0].strip()
+    if not _PRIORITY.fullmatch(raw_priority):
+        raise _Bad(f"bad priority {raw_priority!r}: expected an integer")
+    script = _one_word(fields[1], "script path")
+    if not script:
+        raise _Bad("missing script path")
+    env = _one_word(fields[2], "conda env") or None
+    args_field = fields[3]
+    try:
+        allowed = _gpus(",".join(fields[4:]))
+    except _Bad as exc:
+        # Unquoted commas in the arguments: the last field may still be the GPU list.
+        if len(fields) == 5:
+            raise _Bad(f"{exc} (quote arguments that contain commas)") from None
+        try:
+            allowed = _gpus(fields[-1])
+        except _Bad:
+            raise exc from None
+        args_field = ",".join(fields[3:-1])
+    args = _words(args_field, "arguments")
+    return JobLine(line_no, int(raw_priority), script, env, tuple(args), allowed)
+
+
+def parse_line(text: str, line_no: int = 1, path: str = "") -> JobLine | None:
+    """Parse one line; ``None`` for a comment or blank line.
+
+    A bad line raises :class:`JobsFileLineError`.  A trailing ``\\n``/``\\r\\n`` is ignored.
+    """
+    if text.endswith("\n"):
+        text = text[:-1]
+    if text.endswith("\r"):
+        text = text[:-1]
+    stripped = text.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    try:
+        return _parse(text, line_no)
+    except _Bad as exc:
+        raise JobsFileLineError(LineError(path, line_no, text, str(exc))) from None
+
+
+def _quote(word: str) -> str:
+    quoted = shlex.quote(word)
+    return f"'{word}'" if quoted == word and "," in word else quoted
+
+
+def format_line(job: JobLine) -> str:
+    """A line (without newline) that :func:`parse_line` reads back as ``job``.
+
+    Raises ``InvalidValueError`` if a field cannot be written on one line
+    (a line break or NUL character) or the script is empty.
+    """
+    words = [job.script, job.conda_env or "", *job.args]
+    for word in words:
+        if any(c in word for c in "\n\r\x00"):
+            raise InvalidValueError(
+                f"{word!r}: a jobs-file line cannot hold a line break or NUL character"
+            )
+    if not job.script:
+        raise InvalidValueError("a jobs-file line needs a script path")
+    env = _quote(job.conda_env) if job.conda_env else ""
+    args = " ".join(_quote(a) for a in job.args)
+    gpus = _quote(format_gpu_list(job.allowed_gpus)) if job.allowed_gpus else ""
+    return f"{job.priority},{_quote(job.script)},{env},{args},{gpus}"
+
+
+def validate_line(line: JobLine, *, num_gpus: int | None, base_dir: str, path: str = "") -> str:
+    """Checks that need the machine: the script exists and the allowed GPUs do.
+
+    Returns the script's absolute path (a relative one is taken from ``base_dir``,
+    the jobs file's folder).  A problem raises :class:`JobsFileLineError`.
+    """
+    text = format_line(line)
+
+    def bad(reason: str) -> JobsFileLineError:
+        return JobsFileLineError(LineError(path, line.line_no, text, reason))
+
+    script = os.path.join(base_dir, os.path.expanduser(line.script))
+    script = os.path.abspath(script)
+    if not os.path.exists(script):
+        raise bad(f"script {line.script!r} not found (looked for {script})")
+    if os.path.isdir(script):
+        raise bad(f"script {line.script!r} is a directory ({script})")
+    if num_gpus is not None and line.allowed_gpus:
+        for gpu in line.allowed_gpus:
+            if gpu >= num_gpus:
+                raise bad(f"GPU {gpu} does not exist ({describe_gpus(num_gpus)})")
+    return script
+
+
+class JobsFileReader:
+    """Reads the new complete lines of a jobs file that grows while it is edited.
+
+    * Each :meth:`read_new` first stats the file; if size, mtime and inode are
+      unchanged it returns at once without opening it.
+    * Only lines ending in a newline are taken.  A last line without one is left
+      for the next read, unless the file has not changed for
+      ``partial_line_grace_s`` seconds (an editor that writes no final newline);
+      then it is taken, and not again once its newline arrives.
+    * If the file shrank, its inode changed (an editor wrote a new file) or the
+      bytes before the read offset changed, it is read again from the start;
+      removing repeated jobs (by hash) is the caller's job.
+    * CRLF endings and a UTF-8 BOM are accepted; a line that is not UTF-8 becomes
+      a :class:`LineError`.  Line numbers count every line of the file.
+    * A missing file gives ``([], [])`` and sets :attr:`missing` (``True`` while it
+      is missing).  Other ``OSError`` s (no permission, a directory) propagate.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, partial_line_grace_s: float | None = 2.0):
+        self.path = os.fspath(path)
+        self.partial_line_grace_s = partial_line_grace_s
+        self.missing = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sig: tuple[int, int, int] | None = None
+        self._ino: int | None = None
+        self._offset = 0  # byte offset of the first line not yet consumed
+        self._line_no = 0  # lines consumed so far
+        self._tail = b""  # the last bytes before _offset, as read
+        self._partial: bytes | None = None  # an unterminated last line not yet taken
+        self._taken: bytes | None = None  # an unterminated last line already taken
+
+    def _partial_due(self, mtime_ns: int) -> bool:
+        grace = self.partial_line_grace_s
+        return (
+            self._partial is not None
+            and grace is not None
+            and time.time_ns() - mtime_ns >= grace * 1e9
+        )
+
+    def read_new(self) -> tuple[list[JobLine], list[LineError]]:
+        """The jobs and the errors of the lines completed since the last call."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not self.missing:
+                self._reset()
+            self.missing = True
+            return [], []
+        self.missing = False
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if sig == self._sig and not self._partial_due(st.st_mtime_ns):
+            return [], []
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if self._rewritten(f, st):
+                    self._reset()
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            self._reset()
+            self.missing = True
+            return [], []
+        self._sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        self._ino = st.st_ino
+        return self._consume(data, st.st_mtime_ns)
+
+    def _rewritten(self, f: BinaryIO, st: os.stat_result) -> bool:
+        if self._ino is not None and st.st_ino != self._ino:
+            return True
+        if st.st_size < self._offset:
+            return True
+        if self._tail:
+            f.seek(self._offset - len(self._tail))
+            return f.read(len(self._tail)) != self._tail
+        return False
+
+    def _consume(self, data: bytes, mtime_ns: int) -> tuple[list[JobLine], list[LineError]]:
+        jobs: list[JobLine] = []
+        errors: list[LineError] = []
+        end = data.rfind(b"\n") + 1
+        offset = self._offset
+        for raw in data[:end].split(b"\n")[:-1]:
+            start = offset
+            offset += len(raw) + 1
+            self._line_no += 1
+            line = self._clean(raw, start)
+            taken, self._taken = self._taken, None
+            if taken is not None and line == taken:
+                continue  # already taken while it had no newline
+            self._take(line, self._line_no, jobs, errors)
+        self._tail = (self._tail + data[:end])[-_TAIL:]
+        self._offset = offset
+        rest = self._clean(data[end:], offset)
+        self._partial = rest if rest and rest != self._taken else None
+        if self._partial is not None and self._partial_due(mtime_ns):
+            self._take(self._partial, self._line_no + 1, jobs, errors)
+            self._taken, self._partial = self._partial, None
+        return jobs, errors
+
+    @staticmethod
+    def _clean(raw: bytes, start: int) -> bytes:
+        if start == 0 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        return raw[:-1] if raw.endswith(b"\r") else raw
+
+    def _take(self, raw: bytes, line_no: int, jobs: list[JobLine], errors: list[LineError]) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            shown = raw.decode("utf-8", "backslashreplace")
+            reason = f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+            errors.append(LineError(self.path, line_no, shown, reason))
+            return
+        try:
+            job = parse_line(text, line_no, self.path)
+        except JobsFileLineError as exc:
+            errors.append(exc.error)
+            return
+        if job is not None:
+            jobs.append(job)
+
+
+def read_jobs_file(path: str | os.PathLike[str]) -> tuple[list[JobLine], list[LineError]]:
+    """All jobs and line errors of a jobs file, last line included; missing -> ``([], [])``."""
+    reader = JobsFileReader(path, partial_line_grace_s=0.0)
+    return reader.read_new()
+
+
+__all__ = [
+    "FORMAT",
+    "JobLine",
+    "JobsFileLineError",
+    "JobsFileReader",
+    "LineError",
+    "format_line",
+    "parse_line",
+    "read_jobs_file",
+    "validate_line",
+]

@@ -1,0 +1,96 @@
+"""Turning a job into the argv and environment of one attempt.
+
+* a ``.py`` script runs as ``python -u script args`` (the Python running nbsched,
+  or ``python`` inside the job's conda environment); a ``.sh`` script as
+  ``bash script args``; any other executable file directly;
+* a command job runs as ``bash -c command``;
+* ``conda_env`` wraps it in ``conda run --no-capture-output -n ENV``;
+* ``launcher="torchrun"`` runs ``torchrun --standalone --nproc-per-node=N script args``;
+* ``gpu_arg="--cuda"`` appends the job's *local* GPU indices (0..n-1), which is
+  what ``CUDA_VISIBLE_DEVICES`` makes them inside the job.
+
+The environment is the engine's, plus the job's own ``env``, plus
+``CUDA_VISIBLE_DEVICES``, ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, ``NBSCHED_JOB_ID``,
+``NBSCHED_JOB_TOKEN``, ``NBSCHED_RESULT_FILE`` and ``PYTHONUNBUFFERED=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import NotSupportedError
+from .jobs import Job
+
+LAUNCHERS = (None, "torchrun")
+
+
+class LaunchError(RuntimeError):
+    """The job cannot be started as asked (missing conda, missing env, ...)."""
+
+
+def find_conda(environ: Mapping[str, str] | None = None) -> str | None:
+    """The conda executable: ``$CONDA_EXE`` if it exists, else ``conda`` on ``PATH``."""
+    env = os.environ if environ is None else environ
+    exe = env.get("CONDA_EXE")
+    if exe and os.path.isfile(exe) and os.access(exe, os.X_OK):
+        return exe
+    return shutil.which("conda", path=env.get("PATH"))
+
+
+def build_argv(job: Job, gpus: tuple[int, ...], environ: Mapping[str, str]) -> tuple[str, ...]:
+    spec = job.spec
+    local_ids = ",".join(str(i) for i in range(len(gpus)))
+    if spec.kind == "command":
+        argv: list[str] = ["bash", "-c", spec.command or ""]
+    else:
+        script = spec.script or ""
+        args = list(spec.args)
+        if spec.gpu_arg:
+            args += [spec.gpu_arg, local_ids]
+        if spec.launcher == "torchrun":
+            argv = ["torchrun", "--standalone", f"--nproc-per-node={max(1, len(gpus))}"]
+            argv += [script, *args]
+        elif script.endswith(".py"):
+            python = "python" if spec.conda_env else sys.executable
+            argv = [python, "-u", script, *args]
+        elif script.endswith(".sh"):
+            argv = ["bash", script, *args]
+        else:
+            argv = [script, *args]
+    if spec.conda_env:
+        conda = find_conda(environ)
+        if conda is None:
+            raise LaunchError(
+                f"conda_env={spec.conda_env!r}: no conda found (neither $CONDA_EXE nor "
+                f"'conda' on PATH)"
+            )
+        argv = [conda, "run", "--no-capture-output", "-n", spec.conda_env, *argv]
+    return tuple(argv)
+
+
+def build_env(
+    job: Job, gpus: tuple[int, ...], token: str, result_file: Path, base: Mapping[str, str]
+) -> dict[str, str]:
+    env = dict(base)
+    env.update(job.spec.env)
+    env.update(
+        {
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "NBSCHED_JOB_ID": job.id,
+            "NBSCHED_JOB_TOKEN": token,
+            "NBSCHED_RESULT_FILE": str(result_file),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def check_launcher(launcher: object) -> str | None:
+    if launcher not in LAUNCHERS:
+        raise NotSupportedError(f"launcher={launcher!r}: accepted values are None, 'torchrun'")
+    return launcher if isinstance(launcher, str) else None

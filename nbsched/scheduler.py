@@ -1,0 +1,600 @@
+"""GPUJobScheduler: the public API, and the owner of the engine's threads.
+
+Any number of schedulers (in kernels, in the ``nbsched`` command) may open one
+state directory.  Each adds, cancels, pauses and reads through the store; the one
+holding the lease also runs the :class:`~nbsched.dispatcher.Dispatcher`.  A
+standby scheduler takes the lease over when the holder dies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import frames
+from .config import SchedulerConfig, check_requirement
+from .dispatcher import Dispatcher
+from .errors import (
+    InvalidTypeError,
+    InvalidValueError,
+    MissingFileError,
+    NbschedError,
+    PermissionDeniedError,
+)
+from .executors.base import Executor
+from .gpus import make_provider
+from .gpus.base import GPUProvider
+from .gpus.monitor import GPUMonitor
+from .gpuspec import normalize_allowed_gpus
+from .jobs import Job, JobSpec, JobStatus
+from .launch import check_launcher
+from .lease import DispatcherLease, WakeChannel
+from .llmconfig import LLMConfigWatcher
+from .store import Store, prepare_state_dir
+
+logger = logging.getLogger(__name__)
+
+STANDBY_POLL_S = 0.25
+
+
+class GPUJobScheduler:
+    """Queue jobs on GPUs and run them.
+
+    ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
+    program's call) and ``GPUJobScheduler(config=SchedulerConfig(...))`` both work;
+    keyword arguments override fields of ``config``.
+    """
+
+    def __init__(
+        self,
+        num_gpus: int | None = None,
+        jobs_file_path: str | os.PathLike[str] | None = None,
+        *,
+        config: SchedulerConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        if config is not None and not isinstance(config, SchedulerConfig):
+            raise InvalidTypeError(f"config={config!r}: expected a SchedulerConfig")
+        if num_gpus is not None:
+            overrides["num_gpus"] = num_gpus
+        if jobs_file_path is not None:
+            overrides["jobs_file"] = os.fspath(jobs_file_path)
+        base = config or SchedulerConfig()
+        self.config = base.replace(**overrides) if overrides else base
+        prepare_state_dir(self.config.state_dir)
+        (self.config.state_dir / "results").mkdir(mode=0o700, exist_ok=True)
+        self.store = Store(self.config.db_path)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition()
+        self._provider: GPUProvider | None = None
+        self._monitor: GPUMonitor | None = None
+        self._executors: dict[str, Executor] = {}
+        self._lease = DispatcherLease(self.config.state_dir)
+        self._wake = WakeChannel(self.config.state_dir)
+        self._dispatcher: Dispatcher | None = None
+        self._role_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._llm = (
+            LLMConfigWatcher(self.config.llm_config_file) if self.config.llm_config_file else None
+        )
+        self._extensions: list[Any] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def provider(self) -> GPUProvider:
+        with self._lock:
+            if self._provider is None:
+                self._provider = make_provider(
+                    self.config.gpu_provider,
+                    num_gpus=self.config.num_gpus,
+                    simulated_gpus_file=self.config.simulated_gpus_file,
+                    usage=self.store.allocation,
+                )
+            return self._provider
+
+    @property
+    def monitor(self) -> GPUMonitor:
+        with self._lock:
+            if self._monitor is None:
+                self._monitor = GPUMonitor(self.provider, self.config.gpu_monitor_interval_s)
+            return self._monitor
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self.monitor.snapshot())
+
+    @property
+    def running(self) -> bool:
+        """Whether this scheduler's engine threads are running."""
+        return self._role_thread is not None and self._role_thread.is_alive()
+
+    @property
+    def is_dispatcher(self) -> bool:
+        return self._lease.held
+
+    def start(self) -> GPUJobScheduler:
+        """Start the engine threads (idempotent).  Returns the scheduler."""
+        with self._lock:
+            if self.running:
+                return self
+            self.monitor.snapshot()  # fail here, not in a thread, if GPUs can't be read
+            self.store.kv_set("engine", json.dumps(self._engine_info()))
+            self._stopping.clear()
+            self._role_thread = threading.Thread(
+                target=self._role_loop, name="nbsched-engine", daemon=True
+            )
+            self._role_thread.start()
+            for ext in self._start_extensions():
+                self._extensions.append(ext)
+        return self
+
+    def _engine_info(self) -> dict[str, Any]:
+        """What another process (the CLI) needs to validate jobs as this engine would."""
+        return {
+            "gpu_provider": self.provider.name,
+            "num_gpus": self.num_gpus,
+            "simulated_gpus_file": self.config.simulated_gpus_file,
+            "executor": self.config.executor,
+            "pid": os.getpid(),
+        }
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the engine threads.  Running jobs go on (the next engine adopts them)
+        unless ``kill=True``, which cancels them."""
+        if kill:
+            for job in self.store.find(statuses=[JobStatus.RUNNING]):
+                try:
+                    self.cancel(job.id)
+                except NbschedError as exc:
+                    logger.warning("stop(kill=True): job %s: %s", job.id, exc)
+        with self._lock:
+            self._stopping.set()
+            for ext in self._extensions:
+                ext.stop()
+            self._extensions.clear()
+            if self._dispatcher is not None:
+                self._dispatcher.stop()
+            thread = self._role_thread
+        if thread is not None:
+            thread.join(timeout=10)
+        with self._lock:
+            self._role_thread = None
+            for ex in self._executors.values():
+                ex.close()
+            self._executors.clear()
+            self._lease.release()
+        self._notify()
+
+    def close(self) -> None:
+        """Stop, and release the database and GPU handles."""
+        self.stop()
+        if self._provider is not None:
+            self._provider.close()
+        self.store.close()
+
+    def __enter__(self) -> GPUJobScheduler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start_extensions(self) -> list[Any]:
+        """Helpers that run beside the engine (the jobs-file watcher)."""
+        out: list[Any] = []
+        if self.config.jobs_file:
+            from .jobsfile_watch import JobsFileWatcher
+
+            out.append(JobsFileWatcher(self).start())
+        return out
+
+    def _role_loop(self) -> None:
+        while not self._stopping.is_set():
+            if self._lease.try_acquire():
+                try:
+                    self._dispatch()
+                finally:
+                    self._lease.release()
+                return
+            self._stopping.wait(STANDBY_POLL_S)
+
+    def _dispatch(self) -> None:
+        fifo = self._wake.open_reader()
+        try:
+            with self._lock:
+                self._dispatcher = Dispatcher(
+                    self.config,
+                    self.store,
+                    self.monitor,
+                    self._executor,
+                    fifo,
+                    self._notify,
+                )
+            logger.info("nbsched: dispatching for %s", self.config.state_dir)
+            self._dispatcher.run()
+        except Exception:
+            logger.exception("the nbsched dispatcher stopped on an error")
+        finally:
+            os.close(fifo)
+            with self._lock:
+                if self._dispatcher is not None:
+                    self._dispatcher.close()
+                self._dispatcher = None
+
+    def _executor(self, name: str) -> Executor:
+        with self._lock:
+            ex = self._executors.get(name)
+            if ex is None:
+                ex = self._make_executor(name)
+                self._executors[name] = ex
+            return ex
+
+    def _make_executor(self, name: str) -> Executor:
+        if name == "direct":
+            from .executors.direct import DirectExecutor
+
+            return DirectExecutor(self.config.run_dir)
+        if name == "screen":
+            from .executors.screen import ScreenExecutor
+
+            return ScreenExecutor(self.config.run_dir)
+        if name == "ray":
+            from .executors.ray import RayExecutor
+
+            return RayExecutor(self.config)
+        raise InvalidValueError(f"executor={name!r}: accepted values are direct, screen, ray")
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _poke(self) -> None:
+        """Wake the dispatcher: ours directly, another process's through the FIFO."""
+        d = self._dispatcher
+        if d is not None:
+            d.wake()
+        else:
+            self._wake.poke()
+        self._notify()
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def add_job(
+        self,
+        script: str | os.PathLike[str],
+        conda_env: str | None = None,
+        args: Sequence[str] | str | None = None,
+        priority: int = 0,
+        required_gpus: float | None = None,
+        allowed_gpus: Iterable[int] | str | None = None,
+        *,
+        max_retries: int | None = None,
+        launcher: str | None = None,
+        gpu_arg: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> str:
+        """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id."""
+        spec = self.make_spec(
+            script=script,
+            conda_env=conda_env,
+            args=args,
+            priority=priority,
+            required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus,
+            max_retries=max_retries,
+            launcher=launcher,
+            gpu_arg=gpu_arg,
+            cwd=cwd,
+            env=env,
+            name=name,
+        )
+        return self.submit([spec])[0]
+
+    def add_command(
+        self,
+        command: str,
+        required_gpus: float | None = None,
+        priority: int = 0,
+        allowed_gpus: Iterable[int] | str | None = None,
+        *,
+        max_retries: int | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> str:
+        """Queue a shell command (``bash -c command``); returns the job id."""
+        spec = self.make_spec(
+            command=command,
+            priority=priority,
+            required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus,
+            max_retries=max_retries,
+            cwd=cwd,
+            env=env,
+            name=name,
+        )
+        return self.submit([spec])[0]
+
+    def make_spec(
+        self,
+        *,
+        script: str | os.PathLike[str] | None = None,
+        command: str | None = None,
+        conda_env: str | None = None,
+        args: Sequence[str] | str | None = None,
+        priority: int = 0,
+        required_gpus: float | None = None,
+        allowed_gpus: Iterable[int] | str | None = None,
+        max_retries: int | None = None,
+        launcher: str | None = None,
+        gpu_arg: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        sweep: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        hash: str | None = None,
+    ) -> JobSpec:
+        """Validate a submission; raises before anything is stored."""
+        n_gpus = self.num_gpus
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidTypeError(f"priority={priority!r}: expected an integer")
+        workdir = os.fspath(cwd) if cwd is not None else os.getcwd()
+        if not os.path.isdir(workdir):
+            raise MissingFileError(f"cwd={workdir!r}: no such folder")
+        argv: tuple[str, ...] = ()
+        if command is not None:
+            if not isinstance(command, str):
+                raise InvalidTypeError(f"command={command!r}: expected a string")
+            if not command.strip():
+                raise InvalidValueError("command='': expected a shell command")
+            kind, script_path = "command", None
+        else:
+            if not isinstance(script, (str, os.PathLike)) or not os.fspath(script):
+                raise InvalidTypeError(f"script={script!r}: expected a path to a script")
+            path = Path(workdir, os.fspath(script)).expanduser()
+            if not path.is_file():
+                raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
+            kind, script_path = "script", str(path.resolve())
+            argv = _as_args(args)
+        if conda_env is not None and (not isinstance(conda_env, str) or not conda_env.strip()):
+            raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
+        allowed = normalize_allowed_gpus(allowed_gpus, n_gpus)
+        if required_gpus is None:
+            required = self._default_requirement(argv)
+        else:
+            required = check_requirement("required_gpus", required_gpus)
+        limit = len(allowed) if allowed is not None else n_gpus
+        if required > limit:
+            where = f"allowed_gpus {list(allowed)}" if allowed is not None else "this machine"
+            raise InvalidValueError(f"required_gpus={required:g}: {where} has only {limit} GPU(s)")
+        retries = self.config.max_retries if max_retries is None else max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidValueError(f"max_retries={max_retries!r}: expected a whole number >= 0")
+        check_launcher(launcher)
+        if gpu_arg is not None and (not isinstance(gpu_arg, str) or not gpu_arg.startswith("-")):
+            raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
+        extra_env = dict(env or {})
+        for k, v in extra_env.items():
+            if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
+                raise InvalidValueError(f"env: {k!r}={v!r}: names and values must be strings")
+        return JobSpec(
+            kind=kind,
+            required_gpus=required,
+            priority=priority,
+            script=script_path,
+            args=argv,
+            command=command,
+            conda_env=conda_env,
+            allowed_gpus=allowed,
+            max_retries=retries,
+            launcher=launcher,
+            gpu_arg=gpu_arg,
+            cwd=workdir,
+            env=extra_env,
+            name=name,
+            sweep=sweep,
+            params=params,
+            hash=hash,
+        )
+
+    def _default_requirement(self, args: Sequence[str]) -> float:
+        if self._llm is not None:
+            req = self._llm.current().requirement_for(args)
+            if req is not None:
+                return req
+            return self._llm.current().default_requirement
+        return self.config.default_requirement
+
+    def submit(
+        self, specs: Sequence[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
+    ) -> list[str]:
+        """Store validated specs as queued jobs (one transaction) and wake the dispatcher.
+
+        With ``skip_hash_statuses``, specs whose hash matches a job in those statuses
+        are skipped (their ids are missing from the result).
+        """
+        jobs = self.store.add_jobs(
+            specs,
+            owner_uid=os.getuid(),
+            executor=self.config.executor,
+            skip_hash_statuses=skip_hash_statuses,
+        )
+        self._poke()
+        return [j.id for j in jobs if j is not None]
+
+    def retry(self, job_id: str) -> str:
+        """Queue an ended job again (same id); its attempts start afresh."""
+        job = self.store.get(job_id)
+        if not job.status.ended:
+            raise InvalidValueError(f"job {job.id} is {job.status.value}; only ended jobs retry")
+        self._check_owner(job)
+        moved = self.store.transition(
+            job.id,
+            JobStatus.QUEUED,
+            expect={JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED},
+            reason="retry requested",
+            attempts=0,
+            not_before=None,
+            cancel_requested=False,
+        )
+        if moved is None:
+            raise InvalidValueError(f"job {job.id} changed meanwhile; look at it again")
+        self._poke()
+        return job.id
+
+    # -- cancelling, pausing --------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job: a queued job is removed from the queue; a running one has its
+        whole process tree ended.  Returns False if it had already ended."""
+        job = self.store.get(job_id)
+        self._check_owner(job)
+        if job.status == JobStatus.QUEUED:
+            done = self.store.transition(
+                job.id,
+                JobStatus.CANCELLED,
+                expect={JobStatus.QUEUED},
+                reason="cancelled while queued",
+                ended=time.time(),
+            )
+            if done is not None:
+                self._poke()
+                return True
+            job = self.store.get(job_id)
+        if job.status != JobStatus.RUNNING:
+            return False
+        self.store.update(job.id, cancel_requested=True)
+        self._executor(job.executor or self.config.executor).kill(job, self.config.kill_grace_s)
+        self.store.transition(
+            job.id,
+            JobStatus.CANCELLED,
+            expect={JobStatus.RUNNING},
+            guard=lambda j: j.token == job.token,
+            reason="cancelled",
+            ended=time.time(),
+        )
+        self._poke()
+        return True
+
+    def _check_owner(self, job: Job) -> None:
+        if job.owner_uid is not None and job.owner_uid != os.getuid():
+            raise PermissionDeniedError(
+                f"job {job.id} belongs to uid {job.owner_uid}; only its owner may change it"
+            )
+
+    def pause_gpu(self, gpu: int) -> None:
+        """No new job starts on ``gpu`` (running ones go on) until :meth:`resume_gpu`."""
+        self.store.set_paused(self._check_gpu(gpu), True)
+        self._poke()
+
+    def resume_gpu(self, gpu: int) -> None:
+        self.store.set_paused(self._check_gpu(gpu), False)
+        self._poke()
+
+    def _check_gpu(self, gpu: object) -> int:
+        if isinstance(gpu, bool) or not isinstance(gpu, int):
+            raise InvalidTypeError(f"gpu={gpu!r}: expected a GPU index")
+        n = self.num_gpus
+        if not 0 <= gpu < n:
+            raise InvalidValueError(f"gpu={gpu}: GPUs are 0-{n - 1}")
+        return gpu
+
+    # -- reading --------------------------------------------------------------------------
+
+    def jobs(self, status: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per job (columns in :data:`nbsched.frames.JOB_COLUMNS`)."""
+        statuses = frames.parse_statuses(status)
+        return frames.jobs_frame(self.store.find(statuses=statuses))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The fields of :meth:`jobs` for one job, as a dict."""
+        return frames.job_row(self.store.get(job_id))
+
+    def logs(self, job_id: str, tail: int | None = 50) -> str:
+        """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
+        job = self.store.get(job_id)
+        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
+            raise InvalidValueError(f"tail={tail!r}: expected a whole number >= 0 or None")
+        return frames.read_tail(job.log_path, tail)
+
+    def get_gpu_status(self) -> pd.DataFrame:
+        """One row per GPU: readings, allocation, pause and the jobs on it."""
+        return frames.gpu_frame(
+            self.monitor.snapshot(),
+            self.store.find(statuses=[JobStatus.RUNNING]),
+            self.store.paused(),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+    def wait(
+        self, ids: Iterable[str] | str | None = None, timeout: float | None = None
+    ) -> pd.DataFrame:
+        """Block until those jobs (default: every queued or running one) have ended.
+
+        Returns their :meth:`jobs` rows; raises ``TimeoutError`` after ``timeout`` s.
+        """
+        if isinstance(ids, str):
+            ids = [ids]
+        if ids is None:
+            wanted = [j.id for j in self.store.active()]
+        else:
+            wanted = [self.store.get(i).id for i in ids]
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise InvalidValueError(f"timeout={timeout!r}: expected seconds >= 0 or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            found = self.store.find(ids=wanted)
+            if all(j.status.ended for j in found):
+                return frames.jobs_frame(found)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                left = [j.id for j in found if not j.status.ended]
+                raise TimeoutError(f"after {timeout}s, job(s) {', '.join(left)} had not ended")
+            with self._changed:
+                # Woken at once by this process's engine; 50 ms covers another process's.
+                self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+
+    def why(self, job_id: str) -> str:
+        """Why a queued job is waiting (as far as this process's dispatcher knows)."""
+        job = self.store.get(job_id)
+        if job.status != JobStatus.QUEUED:
+            return f"job {job.id} is {job.status.value}"
+        d = self._dispatcher
+        if d is not None and d.head_waiting and d.head_waiting[0] == job.id:
+            return d.head_waiting[1]
+        if job.not_before and job.not_before > time.time():
+            until = time.strftime("%H:%M:%S", time.localtime(job.not_before))
+            return f"retry back-off until {until}"
+        return "waiting for GPUs (jobs ahead of it come first)"
+
+
+def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:
+    if args is None:
+        return ()
+    if isinstance(args, str):
+        try:
+            return tuple(shlex.split(args))
+        except ValueError as exc:
+            raise InvalidValueError(f"args={args!r}: {exc}") from exc
+    if isinstance(args, (bytes, Mapping)) or not isinstance(args, Sequence):
+        raise InvalidTypeError(f"args={args!r}: expected a list of strings")
+    out = []
+    for a in args:
+        if isinstance(a, bool) or not isinstance(a, (str, int, float)):
+            raise InvalidTypeError(f"args: {a!r} is not a string")
+        out.append(str(a))
+    return tuple(out)

@@ -1,0 +1,620 @@
+"""The SQLite store: jobs, their state transitions, GPU pauses and notices.
+
+The database (``state_dir/state.db``, WAL mode) is the one source of truth.  Every
+accepted job is committed before ``add_jobs`` returns; every status change is a
+row in ``transitions`` with its time; which GPU fractions are in use is derived
+from the running jobs (:meth:`Store.allocation`), never kept in a counter.
+
+Several processes open the same file.  Writes that read first use
+``BEGIN IMMEDIATE`` and a busy timeout, and a locked database is retried, so no
+``database is locked`` reaches the user.  Each write bumps a global revision;
+:meth:`Store.changed_since` returns only the jobs written after a revision, so a
+dispatcher's work is proportional to what changed, not to the queue length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import StateDirError, UnknownJobError
+from .jobs import Job, JobSpec, JobStatus, can_transition
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rev INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    script TEXT,
+    args TEXT NOT NULL,
+    command TEXT,
+    conda_env TEXT,
+    required_gpus REAL NOT NULL,
+    allowed_gpus TEXT,
+    max_retries INTEGER NOT NULL,
+    launcher TEXT,
+    gpu_arg TEXT,
+    cwd TEXT,
+    env TEXT NOT NULL,
+    name TEXT,
+    sweep TEXT,
+    params TEXT,
+    hash TEXT,
+    submitted REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    exit_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    gpus TEXT NOT NULL DEFAULT '[]',
+    pid INTEGER,
+    proc_start REAL,
+    token TEXT,
+    log_path TEXT,
+    reason TEXT,
+    owner_uid INTEGER,
+    executor TEXT,
+    node TEXT,
+    not_before REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, priority, seq);
+CREATE INDEX IF NOT EXISTS jobs_rev ON jobs(rev);
+CREATE INDEX IF NOT EXISTS jobs_hash ON jobs(hash);
+CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    job_seq INTEGER NOT NULL,
+    old TEXT,
+    new TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_seq);
+CREATE TABLE IF NOT EXISTS gpu_pauses (gpu INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sweeps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    level TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+_JOB_COLUMNS = (
+    "seq, status, priority, kind, script, args, command, conda_env, required_gpus, "
+    "allowed_gpus, max_retries, launcher, gpu_arg, cwd, env, name, sweep, params, hash, "
+    "submitted, started, ended, exit_code, attempts, gpus, pid, proc_start, token, log_path, "
+    "reason, owner_uid, executor, node, not_before, cancel_requested"
+)
+
+#: Sweep ids look like ``sw3``; job ids are the decimal row number.
+SWEEP_PREFIX = "sw"
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """Create ``path`` (0700) or check that an existing one is safe to use.
+
+    A symlink, or a folder other users may write to, is refused: another user
+    could then plant files the engine would trust.
+    """
+    try:
+        if path.is_symlink():
+            raise StateDirError(
+                f"state directory {path} is a symbolic link; point state_dir at the real "
+                f"folder ({os.path.realpath(path)})"
+            )
+        if not path.exists():
+            old = os.umask(0o077)
+            try:
+                path.mkdir(parents=True, mode=0o700, exist_ok=True)
+            finally:
+                os.umask(old)
+        st = path.stat()
+    except StateDirError:
+        raise
+    except OSError as exc:
+        raise StateDirError(f"state directory {path} cannot be used: {exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"state directory {path} is not a folder")
+    if st.st_uid != os.getuid():
+        raise StateDirError(f"state directory {path} belongs to uid {st.st_uid}, not to you")
+    if st.st_mode & 0o022:
+        raise StateDirError(
+            f"state directory {path} is writable by other users (mode {st.st_mode & 0o777:o}); "
+            f"run: chmod 700 {path}"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    for sub in ("logs", "run"):
+        p = path / sub
+        if p.is_symlink():
+            raise StateDirError(f"{p} is a symbolic link; nbsched refuses to use it")
+        p.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(p, 0o700)
+    return path
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600 whatever the umask (no-op if it exists)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _row_to_job(row: sqlite3.Row) -> Job:
+    allowed = _loads(row["allowed_gpus"])
+    spec = JobSpec(
+        kind=row["kind"],
+        required_gpus=row["required_gpus"],
+        priority=row["priority"],
+        script=row["script"],
+        args=tuple(_loads(row["args"])),
+        command=row["command"],
+        conda_env=row["conda_env"],
+        allowed_gpus=tuple(allowed) if allowed is not None else None,
+        max_retries=row["max_retries"],
+        launcher=row["launcher"],
+        gpu_arg=row["gpu_arg"],
+        cwd=row["cwd"],
+        env=_loads(row["env"]),
+        name=row["name"],
+        sweep=row["sweep"],
+        params=_loads(row["params"]),
+        hash=row["hash"],
+    )
+    return Job(
+        id=str(row["seq"]),
+        seq=row["seq"],
+        status=JobStatus(row["status"]),
+        spec=spec,
+        submitted=row["submitted"],
+        started=row["started"],
+        ended=row["ended"],
+        exit_code=row["exit_code"],
+        attempts=row["attempts"],
+        gpus=tuple(_loads(row["gpus"])),
+        pid=row["pid"],
+        proc_start=row["proc_start"],
+        token=row["token"],
+        log_path=row["log_path"],
+        reason=row["reason"],
+        owner_uid=row["owner_uid"],
+        executor=row["executor"],
+        node=row["node"],
+        not_before=row["not_before"],
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+
+
+def parse_job_id(job_id: object) -> int:
+    """The row number behind a job id (``"17"`` or ``17``)."""
+    if isinstance(job_id, bool):
+        raise UnknownJobError(f"no job {job_id!r}: job ids are numbers like '17'")
+    if isinstance(job_id, int):
+        return job_id
+    if isinstance(job_id, str) and job_id.strip().isdigit():
+        return int(job_id.strip())
+    raise UnknownJobError(f"no job {job_id!r}: job ids are numbers like '17'")
+
+
+class Store:
+    """One connection to ``state.db``, shared by the threads of one process."""
+
+    def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = db_path
+        self._lock = threading.RLock()
+        existed = db_path.exists()
+        try:
+            if not existed:
+                create_private_file(db_path)
+            self._conn = sqlite3.connect(
+                db_path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StateDirError(f"{db_path}: cannot switch the database to WAL mode")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            with self._write():
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._conn.execute(stmt)
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?), ('rev', '0')",
+                    (str(SCHEMA_VERSION),),
+                )
+            version = int(self._meta("schema"))
+        except sqlite3.DatabaseError as exc:
+            raise StateDirError(
+                f"the state database {db_path} cannot be read ({exc}); nbsched will not "
+                f"reset it. Move it aside to start afresh, or restore it from a backup."
+            ) from exc
+        if version > SCHEMA_VERSION:
+            raise StateDirError(
+                f"{db_path} was written by a newer nbsched (schema {version}); upgrade nbsched"
+            )
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(db_path) + suffix)
+            if side.exists() and (side.stat().st_mode & 0o077):
+                os.chmod(side, 0o600)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction, retried while another process holds the lock."""
+        with self._lock:
+            delay = 0.001
+            deadline = time.monotonic() + 60.0
+            while True:
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise _storage_error(self.path, exc) from exc
+                    if time.monotonic() > deadline:
+                        raise StateDirError(f"{self.path} stayed locked for 60 s") from exc
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                yield self._conn
+            except sqlite3.OperationalError as exc:
+                self._conn.execute("ROLLBACK")
+                raise _storage_error(self.path, exc) from exc
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._conn.execute("ROLLBACK")
+                raise _storage_error(self.path, exc) from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise _storage_error(self.path, exc) from exc
+
+    def _meta(self, key: str) -> str:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    def _bump_rev(self, conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'rev'")
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0])
+
+    def revision(self) -> int:
+        """The revision of the last write; see :meth:`changed_since`."""
+        with self._lock:
+            return int(self._meta("rev"))
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (SQLite's ``PRAGMA data_version``)."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def add_jobs(
+        self,
+        specs: Sequence[JobSpec],
+        *,
+        owner_uid: int,
+        executor: str,
+        skip_hash_statuses: Iterable[JobStatus] | None = None,
+        now: float | None = None,
+    ) -> list[Job | None]:
+        """Insert ``specs`` as queued jobs in one transaction; committed on return.
+
+        With ``skip_hash_statuses``, a spec whose ``hash`` matches a job in one of
+        those statuses is not inserted (its place in the result is ``None``).
+        """
+        now = time.time() if now is None else now
+        skip = [s.value for s in skip_hash_statuses] if skip_hash_statuses is not None else None
+        out: list[Job | None] = []
+        with self._write() as conn:
+            rev = self._bump_rev(conn)
+            for spec in specs:
+                if skip is not None and spec.hash is not None:
+                    marks = ",".join("?" * len(skip)) or "''"
+                    hit = conn.execute(
+                        f"SELECT 1 FROM jobs WHERE hash = ? AND status IN ({marks}) LIMIT 1",
+                        (spec.hash, *skip),
+                    ).fetchone()
+                    if hit:
+                        out.append(None)
+                        continue
+                cur = conn.execute(
+                    "INSERT INTO jobs (rev, status, priority, kind, script, args, command, "
+                    "conda_env, required_gpus, allowed_gpus, max_retries, launcher, gpu_arg, cwd, "
+                    "env, name, sweep, params, hash, submitted, owner_uid, executor) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        rev,
+                        JobStatus.QUEUED.value,
+                        spec.priority,
+                        spec.kind,
+                        spec.script,
+                        _dumps(list(spec.args)),
+                        spec.command,
+                        spec.conda_env,
+                        spec.required_gpus,
+                        _dumps(list(spec.allowed_gpus)) if spec.allowed_gpus is not None else None,
+                        spec.max_retries,
+                        spec.launcher,
+                        spec.gpu_arg,
+                        spec.cwd,
+                        _dumps(dict(spec.env)),
+                        spec.name,
+                        spec.sweep,
+                        _dumps(dict(spec.params)) if spec.params is not None else None,
+                        spec.hash,
+                        now,
+                        owner_uid,
+                        executor,
+                    ),
+                )
+                seq = cur.lastrowid
+                assert seq is not None
+                conn.execute(
+                    "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)",
+                    (seq, None, JobStatus.QUEUED.value, now, "submitted"),
+                )
+                out.append(
+                    Job(
+                        id=str(seq),
+                        seq=seq,
+                        status=JobStatus.QUEUED,
+                        spec=spec,
+                        submitted=now,
+                        owner_uid=owner_uid,
+                        executor=executor,
+                    )
+                )
+        return out
+
+    def new_sweep(self, spec: dict[str, Any], now: float | None = None) -> str:
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO sweeps (created, spec) VALUES (?, ?)",
+                (time.time() if now is None else now, _dumps(spec)),
+            )
+        return f"{SWEEP_PREFIX}{cur.lastrowid}"
+
+    def sweep_spec(self, sweep_id: str) -> dict[str, Any] | None:
+        if not sweep_id.startswith(SWEEP_PREFIX) or not sweep_id[2:].isdigit():
+            return None
+        rows = self._read("SELECT spec FROM sweeps WHERE seq = ?", (int(sweep_id[2:]),))
+        return json.loads(rows[0]["spec"]) if rows else None
+
+    def get(self, job_id: object) -> Job:
+        seq = parse_job_id(job_id)
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,))
+        if not rows:
+            raise UnknownJobError(f"no job {job_id!r} in {self.path}")
+        return _row_to_job(rows[0])
+
+    def find(
+        self,
+        *,
+        statuses: Iterable[JobStatus] | None = None,
+        ids: Iterable[object] | None = None,
+        sweep: str | None = None,
+        hash: str | None = None,
+    ) -> list[Job]:
+        """Jobs matching every filter given, in submission order."""
+        where: list[str] = []
+        params: list[Any] = []
+        if statuses is not None:
+            vals = [JobStatus(s).value for s in statuses]
+            where.append(f"status IN ({','.join('?' * len(vals)) or 'NULL'})")
+            params += vals
+        if ids is not None:
+            seqs = [parse_job_id(i) for i in ids]
+            where.append(f"seq IN ({','.join('?' * len(seqs)) or 'NULL'})")
+            params += seqs
+        if sweep is not None:
+            where.append("sweep = ?")
+            params.append(sweep)
+        if hash is not None:
+            where.append("hash = ?")
+            params.append(hash)
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_row_to_job(r) for r in self._read(sql + " ORDER BY seq", params)]
+
+    def active(self) -> list[Job]:
+        """Queued and running jobs."""
+        return self.find(statuses=(JobStatus.QUEUED, JobStatus.RUNNING))
+
+    def changed_since(self, rev: int) -> tuple[int, list[Job]]:
+        """``(current revision, jobs written after rev)``."""
+        with self._lock:
+            rows = self._read(f"SELECT {_JOB_COLUMNS}, rev FROM jobs WHERE rev > ?", (rev,))
+            current = int(self._meta("rev"))
+        return current, [_row_to_job(r) for r in rows]
+
+    def transition(
+        self,
+        job_id: object,
+        new: JobStatus,
+        *,
+        expect: Iterable[JobStatus] | None = None,
+        reason: str | None = None,
+        now: float | None = None,
+        guard: Callable[[Job], bool] | None = None,
+        **fields: Any,
+    ) -> Job | None:
+        """Move a job to ``new`` and set ``fields``, atomically.
+
+        Returns ``None`` (and changes nothing) when the job is no longer in one of
+        the ``expect`` statuses, or ``guard`` says no: another thread or process
+        got there first.  ``reason`` is kept in the job's ``reason`` column and in
+        its transition row.
+        """
+        seq = parse_job_id(job_id)
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                raise UnknownJobError(f"no job {job_id!r} in {self.path}")
+            job = _row_to_job(row)
+            if expect is not None and job.status not in set(expect):
+                return None
+            if job.status != new and not can_transition(job.status, new):
+                return None
+            if guard is not None and not guard(job):
+                return None
+            rev = self._bump_rev(conn)
+            cols = {"status": new.value, "rev": rev, **_encode_fields(fields)}
+            if reason is not None or new != job.status:
+                cols["reason"] = reason
+            assignments = ", ".join(f"{k} = ?" for k in cols)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))
+            if new != job.status:
+                conn.execute(
+                    "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)",
+                    (seq, job.status.value, new.value, now, reason),
+                )
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
+        return _row_to_job(row)
+
+    def update(self, job_id: object, **fields: Any) -> None:
+        """Set fields of a job without changing its status (e.g. its pid once spawned)."""
+        seq = parse_job_id(job_id)
+        with self._write() as conn:
+            rev = self._bump_rev(conn)
+            cols = {"rev": rev, **_encode_fields(fields)}
+            assignments = ", ".join(f"{k} = ?" for k in cols)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))
+
+    def history(self, job_id: object) -> list[dict[str, Any]]:
+        """Every transition of a job, oldest first."""
+        seq = parse_job_id(job_id)
+        rows = self._read(
+            "SELECT old, new, at, reason FROM transitions WHERE job_seq = ? ORDER BY id", (seq,)
+        )
+        return [dict(r) for r in rows]
+
+    def allocation(self) -> dict[int, float]:
+        """GPU index -> fraction booked by running jobs, derived from the jobs table."""
+        alloc: dict[int, float] = {}
+        for row in self._read("SELECT gpus, required_gpus FROM jobs WHERE status = 'running'"):
+            gpus = json.loads(row["gpus"])
+            share = row["required_gpus"] if len(gpus) == 1 and row["required_gpus"] < 1 else 1.0
+            for g in gpus:
+                alloc[g] = alloc.get(g, 0.0) + share
+        return alloc
+
+    def counts(self) -> dict[str, int]:
+        rows = self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        out = {s.value: 0 for s in JobStatus}
+        out.update({r["status"]: r["n"] for r in rows})
+        return out
+
+    # -- GPU pauses -----------------------------------------------------------------------
+
+    def set_paused(self, gpu: int, paused: bool) -> None:
+        with self._write() as conn:
+            self._bump_rev(conn)
+            if paused:
+                conn.execute(
+                    "INSERT OR IGNORE INTO gpu_pauses (gpu, at) VALUES (?, ?)", (gpu, time.time())
+                )
+            else:
+                conn.execute("DELETE FROM gpu_pauses WHERE gpu = ?", (gpu,))
+
+    def paused(self) -> frozenset[int]:
+        return frozenset(r["gpu"] for r in self._read("SELECT gpu FROM gpu_pauses"))
+
+    # -- notices (jobs-file errors and the like, shown in status) -------------------------
+
+    def add_notice(self, source: str, message: str, level: str = "warning") -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO notices (at, level, source, message) VALUES (?,?,?,?)",
+                (time.time(), level, source, message),
+            )
+            conn.execute("DELETE FROM notices WHERE id <= (SELECT MAX(id) FROM notices) - 1000")
+
+    def notices(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT at, level, source, message FROM notices ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [dict(r) for r in reversed(rows)]
+
+    def kv_get(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (f"kv:{key}",))
+        return str(rows[0]["value"]) if rows else None
+
+    def kv_set(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"kv:{key}", value),
+            )
+
+
+def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in ("gpus", "args"):
+            value = _dumps(list(value))
+        elif key == "cancel_requested":
+            value = int(bool(value))
+        out[key] = value
+    return out
+
+
+def _storage_error(path: Path, exc: sqlite3.Error) -> StateDirError:
+    text = str(exc)
+    if "disk" in text and ("full" in text or "I/O" in text):
+        return StateDirError(
+            f"cannot write {path}: the disk is full ({text}); nothing was changed. Free space "
+            f"and try again."
+        )
+    return StateDirError(f"cannot use {path}: {text}")

@@ -73,6 +73,7 @@ class Dispatcher:
         self._queue: list[Job] = []  # dispatch order
         self._queued: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
+        self._backoff: dict[str, float] = {}  # queued job -> not_before, for the wake-up timer
         self._env = dict(os.environ)
         self.head_waiting: tuple[str, str] | None = None
         self.reserved: dict[int, str] = {}
@@ -149,9 +150,9 @@ class Dispatcher:
         if decision.placements:
             self._on_change()
         timeout = SAFETY_NET_S
-        backoffs = [j.not_before for j in self._queue if j.not_before and j.not_before > now]
-        if backoffs:
-            timeout = min(timeout, max(0.0, min(backoffs) - now))
+        waits = [t - now for t in self._backoff.values() if t > now]
+        if waits:
+            timeout = min(timeout, min(waits))
         if self._queue:
             timeout = min(timeout, max(self.config.gpu_monitor_interval_s, 0.05))
         return timeout
@@ -168,9 +169,12 @@ class Dispatcher:
                 if i < len(self._queue):
                     del self._queue[i]
             self._running.pop(job.id, None)
+            self._backoff.pop(job.id, None)
             if job.status == JobStatus.QUEUED:
                 self._queued[job.id] = job
                 bisect.insort(self._queue, job, key=queue_key)
+                if job.not_before is not None:
+                    self._backoff[job.id] = job.not_before
             elif job.status == JobStatus.RUNNING:
                 self._running[job.id] = job
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,8 +10,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 
@@ -41,9 +40,7 @@ def cli(state_dir: Path, *args: str, check: bool = True) -> subprocess.Completed
     return done
 
 
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
-) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -61,9 +58,11 @@ def write_exe(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def make_sched(tmp_path: Path) -> Iterator[Callable[..., GPUJobScheduler]]:
-    """Make schedulers on ``tmp_path/state`` (simulated GPUs); all stopped at the end."""
+@contextlib.contextmanager
+def sched_factory(tmp_path: Path) -> Iterator[Callable[..., GPUJobScheduler]]:
+    """Make schedulers on ``tmp_path/state`` (simulated GPUs); all stopped at the end.
+
+    Each test module wraps it in its own ``make_sched`` fixture."""
     made: list[GPUJobScheduler] = []
 
     def make(num_gpus: int = 2, **fields: Any) -> GPUJobScheduler:
@@ -73,13 +72,15 @@ def make_sched(tmp_path: Path) -> Iterator[Callable[..., GPUJobScheduler]]:
         made.append(s)
         return s
 
-    yield make
-    for s in made:
-        try:
-            s.stop(kill=True)
-        except Exception:  # closed by the test already
-            pass
-        try:
-            s.close()
-        except Exception:
-            pass
+    try:
+        yield make
+    finally:
+        for s in made:
+            try:
+                s.stop(kill=True)
+            except Exception:  # closed by the test already
+                pass
+            try:
+                s.close()
+            except Exception:
+                pass

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from legacy_support import make_sched, wait_until  # noqa: F401
+from legacy_support import sched_factory, wait_until
 
 from nbsched import GPUJobScheduler
 from nbsched.jobs import JobStatus
@@ -17,6 +17,13 @@ from nbsched.jobsfile import parse_line
 from nbsched.jobsfile_watch import JobsFileWatcher
 
 MakeSched = Callable[..., GPUJobScheduler]
+
+
+@pytest.fixture
+def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
+    with sched_factory(tmp_path) as make:
+        yield make
+
 
 # Writes its arguments (as JSON) and CUDA_VISIBLE_DEVICES to stdout.
 ECHO = (
@@ -95,7 +102,9 @@ def test_lines_become_jobs_and_bad_lines_are_reported(
             and str(jobs_file) in r.getMessage()
             and reason in r.getMessage()
         ]
-        assert hits, f"no WARNING for line {line_no} ({reason}): {[r.getMessage() for r in warnings]}"
+        assert hits, (
+            f"no WARNING for line {line_no} ({reason}): {[r.getMessage() for r in warnings]}"
+        )
         notices = [n["message"] for n in s.store.notices(50)]
         assert any(f"{jobs_file}:{line_no}: " in m and reason in m for m in notices), notices
     assert s._extensions[0].alive  # the watcher outlived every bad line
@@ -178,8 +187,7 @@ def test_garbage_never_stops_the_watcher(tmp_path: Path, make_sched: MakeSched) 
         b"0,echo.py,,\\\n"
         b"0,echo.py,,--x,0-99999999\n"
         b"0,'echo.py' 'two',,,\n"
-        b'0,echo.py,,--q "unterminated\n'
-        + "0,echo.py,,--u über 日本,\n".encode()
+        b'0,echo.py,,--q "unterminated\n' + "0,echo.py,,--u über 日本,\n".encode()
     )
     jobs_file.write_bytes(garbage)
     ids = watcher.poll()

@@ -7,11 +7,11 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from legacy_support import make_sched, wait_until  # noqa: F401
+from legacy_support import sched_factory, wait_until
 
 from nbsched import GPUJobScheduler
 from nbsched.executors.base import find_by_token
@@ -20,8 +20,14 @@ from nbsched.jobs import JobStatus
 
 MakeSched = Callable[..., GPUJobScheduler]
 
-SCREEN = shutil.which("screen")
-assert SCREEN is not None, "GNU screen must be installed (.ci/run installs it)"
+
+@pytest.fixture
+def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
+    with sched_factory(tmp_path) as make:
+        yield make
+
+
+SCREEN = shutil.which("screen") or "screen"  # .ci/run installs it; a missing one fails loudly
 
 QUOTING_CORPUS = [
     "a'; echo foo",

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from legacy_support import cli, subprocess_env, wait_until
 
 from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.cli import main
 from nbsched.executors.base import find_by_token
 from nbsched.executors.screen import list_sessions
 
@@ -98,6 +100,10 @@ def test_status_add_jobs_logs_against_a_serving_engine(engine: Engine) -> None:
     job = c.store.get(jid_text)
     assert job.executor == "screen"  # the engine's executor, which the CLI learnt from the store
 
+    llm = cli(engine.state, "add", str(engine.work / "echo.py"), "--", "--llm", "big").stdout
+    c.wait([llm.strip()], timeout=30)  # the engine's LLM config, read by the CLI
+    assert c.job(llm.strip())["required_gpus"] == 2.0 and c.job(llm.strip())["gpus"] == [0, 1]
+
     rows = json.loads(cli(engine.state, "jobs", "--json").stdout)
     mine = next(r for r in rows if r["id"] == jid_text)
     assert (mine["status"], mine["exit_code"], mine["required_gpus"]) == ("succeeded", 0, 0.5)
@@ -176,58 +182,73 @@ def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]
     return out
 
 
-def test_errors_are_one_line_without_traceback(engine: Engine, tmp_path: Path) -> None:
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``nbsched ARGS`` in this process (cheaper than a subprocess; same code path)."""
+    capsys.readouterr()
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse
+        rc = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_errors_are_one_line_without_traceback(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     st = ["--state-dir", str(engine.state)]
+    (tmp_path / "file").write_text("not a folder")
     cases = [
         (["logs", "999999", *st], "no job '999999'"),
+        (["frobnicate"], "invalid choice"),
         (["cancel", "abc", *st], "job ids are numbers"),
         (["retry", "999999", *st], "no job"),
         (["add", "--gpus", "1.5", str(engine.work / "echo.py"), *st], "whole number"),
         (["add", str(tmp_path / "missing.py"), *st], "not found"),
         (["pause", "9", *st], "gpu=9"),
-        (["frobnicate"], "invalid choice"),
+        (["pause", "x", *st], "invalid int value"),
         (["jobs", "--status", "bogus", *st], "status='bogus'"),
         (["status", "--state-dir", str(tmp_path / "file")], "state directory"),
     ]
-    (tmp_path / "file").write_text("not a folder")
-    for (cmd, needle), done in zip(cases, _run_all([c for c, _ in cases]), strict=True):
-        assert done.returncode != 0, cmd
-        lines = done.stderr.splitlines()
-        assert len(lines) == 1, (cmd, done.stderr)
+    # The first two as real processes (nothing but one line may reach stderr), the rest here.
+    as_processes = _run_all([c for c, _ in cases[:2]])
+    results = [(d.returncode, d.stdout, d.stderr) for d in as_processes]
+    results += [_main(c, capsys) for c, _ in cases[2:]]
+    for (cmd, needle), (rc, out, err) in zip(cases, results, strict=True):
+        assert rc != 0, cmd
+        lines = err.splitlines()
+        assert len(lines) == 1, (cmd, err)
         assert needle in lines[0], (cmd, lines[0])
-        assert "Traceback" not in done.stderr and done.stdout == "", cmd
+        assert "Traceback" not in err and out == "", cmd
 
 
-def test_every_verb_works_without_an_engine(tmp_path: Path) -> None:
+def test_every_verb_works_without_an_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = tmp_path / "state"
     script = tmp_path / "t.py"
     script.write_text("print('hi')\n")
     sim = ["--state-dir", str(state), "--simulate", "2", "--json"]
-    first = _run_all([["add", "--gpus", "0.5", *sim, str(script), "--", "--x", "1"]])[0]
-    assert first.returncode == 0, first.stderr
-    jid = json.loads(first.stdout)["id"]
-    done = _run_all(
-        [
-            ["status", *sim],
-            ["jobs", "--status", "queued", *sim],
-            ["gpus", *sim],
-            ["screens", *sim],
-            ["logs", jid, *sim],
-            ["pause", "1", *sim],
-        ]
-    )
-    assert all(d.returncode == 0 for d in done), [d.stderr for d in done]
-    status, jobs, gpus, screens, logs, pause = (json.loads(d.stdout) for d in done)
+
+    def run(*args: str) -> Any:
+        rc, out, err = _main([*args[:1], *sim, *args[1:]], capsys)
+        assert rc == 0, (args, err)
+        return json.loads(out)
+
+    jid = run("add", "--gpus", "0.5", str(script), "--", "--x", "1")["id"]
+    status = run("status")
     assert status["counts"]["queued"] == 1 and status["engine_pid"] is None
+    jobs = run("jobs", "--status", "queued")
     assert [(j["id"], j["status"], j["command"]) for j in jobs] == [
         (jid, "queued", f"{script} --x 1")
     ]
-    assert [g["gpu"] for g in gpus] == [0, 1]
-    assert screens == [] and logs == {"id": jid, "log": ""}
-    assert pause == {"gpu": 1, "paused": True}
-    resumed, cancelled = _run_all([["resume", "1", *sim], ["cancel", jid, *sim]])
-    assert json.loads(resumed.stdout) == {"gpu": 1, "paused": False}
-    assert json.loads(cancelled.stdout) == [{"id": jid, "cancelled": True}]
+    assert [g["gpu"] for g in run("gpus")] == [0, 1]
+    assert run("screens") == []
+    assert run("logs", jid) == {"id": jid, "log": ""}
+    assert run("pause", "1") == {"gpu": 1, "paused": True}
+    assert run("resume", "1") == {"gpu": 1, "paused": False}
+    assert run("cancel", jid) == [{"id": jid, "cancelled": True}]
+    assert run("retry", jid) == {"retried": [jid]}
 
 
 def test_demo_json(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from legacy_support import sched_factory, wait_until
 
 from nbsched import GPUJobScheduler
-from nbsched.executors.base import find_by_token
+from nbsched.executors.base import find_by_token, same_process_alive
 from nbsched.executors.screen import list_sessions
 from nbsched.jobs import JobStatus
 
@@ -189,3 +189,25 @@ def test_no_screen_fails_the_job_with_the_reason(tmp_path: Path, make_sched: Mak
     assert job["status"] == "failed"
     assert "GNU screen is not installed" in job["reason"]
     assert "GNU screen is not installed" in s.logs(jid)
+
+
+def test_a_new_engine_adopts_a_running_screen_job(tmp_path: Path, make_sched: MakeSched) -> None:
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER)
+    marker = tmp_path / "go"
+    s = make_sched(executor="screen")
+    s.start()
+    jid = s.add_job(str(script), required_gpus=1, env={"MARKER": str(marker), "CODE": "7"})
+    wait_until(lambda: "started" in s.logs(jid), what="the job to start")
+    job = s.store.get(jid)
+    s.close()  # the engine goes; the job goes on in its session
+    assert same_process_alive(job.pid, job.proc_start)
+
+    s2 = make_sched(executor="screen")
+    s2.start()
+    assert s2.store.get(jid).status == JobStatus.RUNNING
+    wait_until(lambda: s2._dispatcher is not None and s2._dispatcher.cycles > 0, what="recovery")
+    marker.touch()
+    s2.wait([jid], timeout=30)
+    assert (s2.job(jid)["status"], s2.job(jid)["exit_code"]) == ("failed", 7)
+    assert s2.logs(jid) == "started []\nfinishing with 7\n"

@@ -104,9 +104,13 @@ def test_screen_session_output_log_and_real_exit_code(
 
     # What `screen -r` would show: the window holds the live output.
     shot = tmp_path / "hardcopy.txt"
-    subprocess.run([SCREEN, "-S", session, "-p", "0", "-X", "hardcopy", str(shot)], check=True)
-    wait_until(shot.exists, what="screen's hardcopy")
-    assert 'started ["hello"]' in shot.read_text(errors="replace")
+
+    def window_shows_output() -> bool:
+        # `-X` only sends the command: ask again until the window's dump shows the line.
+        subprocess.run([SCREEN, "-S", session, "-p", "0", "-X", "hardcopy", str(shot)], check=True)
+        return shot.exists() and 'started ["hello"]' in shot.read_text(errors="replace")
+
+    wait_until(window_shows_output, what="the output in the screen window")
 
     marker.touch()
     s.wait([jid], timeout=30)

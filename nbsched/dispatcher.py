@@ -41,7 +41,7 @@ from .config import SchedulerConfig
 from .executors.base import Executor, Exit, Launch, find_by_token, read_exit_file
 from .gpus.monitor import GPUMonitor
 from .jobs import Job, JobStatus
-from .launch import build_argv, build_env
+from .launch import build_argv, build_env, conda_failure
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -244,8 +244,11 @@ class Dispatcher:
                 self._end(job, JobStatus.SUCCEEDED, 0, None, now)
                 return
             reason = exit.reason or f"exit code {exit.code}"
+            missing_env = conda_failure(job, job.log_path) if exit.code else None
+            if missing_env:  # retrying cannot help
+                reason = f"{reason}: {missing_env}"
             budget = job.spec.max_retries
-            if job.attempts <= budget:
+            if job.attempts <= budget and not missing_env:
                 delay = self.config.retry_backoff_s * (2 ** (job.attempts - 1))
                 moved = self.store.transition(
                     job.id,

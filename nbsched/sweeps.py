@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -90,7 +91,7 @@ def submit_sweep(
     if isinstance(allowed_gpus, Iterable) and not isinstance(allowed_gpus, str):
         allowed_gpus = list(allowed_gpus)  # iterated once per combination
     combos = _expand(args, params, param_style, _limit(s, limit))
-    specs: list[JobSpec] = []
+    made: list[tuple[JobSpec, dict[str, str], str]] = []
     for argv, values in combos:
         spec = s.make_spec(
             script=script,
@@ -102,8 +103,8 @@ def submit_sweep(
             **options,
         )
         digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
-        specs.append(_with(spec, params=values, hash=digest))
-    first = specs[0]
+        made.append((spec, values, digest))
+    first = made[0][0]
     definition = {
         "script": first.script,
         "conda_env": first.conda_env,
@@ -115,16 +116,12 @@ def submit_sweep(
         "priority": priority,
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
-    sweep_id = _sweep_id(s, definition, specs)
-    specs = [_with(spec, sweep=sweep_id) for spec in specs]
+    sweep_id = _sweep_id(s, definition, [(digest, values) for _, values, digest in made])
+    specs = [
+        replace(spec, params=values, hash=digest, sweep=sweep_id) for spec, values, digest in made
+    ]
     ids = s.submit(specs, skip_hash_statuses=DEDUP_STATUSES)
     return SweepIds(ids, sweep_id)
-
-
-def _with(spec: JobSpec, **changes: Any) -> JobSpec:
-    from dataclasses import replace
-
-    return replace(spec, **changes)
 
 
 def _plain(value: Any) -> Any:
@@ -178,7 +175,11 @@ def _expand(
     ]
 
 
-def _sweep_id(s: GPUJobScheduler, definition: dict[str, Any], specs: Sequence[JobSpec]) -> str:
+def _sweep_id(
+    s: GPUJobScheduler,
+    definition: dict[str, Any],
+    combinations: Sequence[tuple[str, dict[str, str]]],
+) -> str:
     """The id of this definition: the one it had before, or a new one."""
     text = json.dumps(definition, sort_keys=True, ensure_ascii=False, default=str)
     key = "sweep:" + hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -187,7 +188,7 @@ def _sweep_id(s: GPUJobScheduler, definition: dict[str, Any], specs: Sequence[Jo
         return known
     record = {
         **definition,
-        "combinations": [[spec.hash, dict(spec.params or {})] for spec in specs],
+        "combinations": [[digest, values] for digest, values in combinations],
     }
     sweep_id = s.store.new_sweep(record)
     s.store.kv_set(key, sweep_id)

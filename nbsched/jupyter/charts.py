@@ -19,6 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+#: The time axis grows through these spans (minutes) as readings accumulate.
+TIME_STEPS_MIN = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
+
 #: ``(wall time, readings)``: what ``GPUMonitor.history_items()`` holds.
 HistoryItem = tuple[float, Sequence[Any]]
 
@@ -35,10 +38,8 @@ class GpuChart:
         self.canvas = FigureCanvasAgg(self.figure)
         self.figure.subplots_adjust(left=0.045, right=0.9, bottom=0.2, top=0.87, wspace=0.14)
         self.axes = self.figure.subplots(1, 2, sharex=True, sharey=True)
-        minutes = window_s / 60.0
         for ax, title in zip(self.axes, ("utilisation (%)", "memory used (%)"), strict=True):
             ax.set_title(title, fontsize=9)
-            ax.set_xlim(-minutes, 0.0)
             ax.set_ylim(0, 100)
             ax.set_xlabel("minutes ago", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -53,8 +54,8 @@ class GpuChart:
         self.axes[1].legend(
             loc="upper left", bbox_to_anchor=(1.01, 1.02), fontsize=7, frameon=False
         )
-        self.canvas.draw()
-        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._shown_minutes = 0.0
+        self._background: Any = None
         self.max_points = max_points
         self._times: deque[float] = deque()
         self._util: deque[list[float]] = deque()
@@ -64,6 +65,8 @@ class GpuChart:
         """The PNG of the readings in the last ``window_s`` seconds of ``history``."""
         self._ingest(history)
         xs, util, mem = self._series()
+        span = self._times[-1] - self._times[0] if self._times else 0.0
+        self._draw_background(span)
         self.canvas.restore_region(self._background)
         for ax, lines, values in zip(self.axes, self.lines, (util, mem), strict=True):
             for i, line in enumerate(lines):
@@ -78,6 +81,20 @@ class GpuChart:
         out = io.BytesIO()
         image.save(out, format="PNG", compress_level=1)
         return out.getvalue()
+
+    def _draw_background(self, span_s: float) -> None:
+        """Axes, ticks and legend, redrawn only when the time axis grows a step
+        (1, 2, 5, 10, ... minutes, up to ``window_s``)."""
+        window_min = self.window_s / 60.0
+        minutes = next((m for m in TIME_STEPS_MIN if m * 60 >= span_s), window_min)
+        minutes = min(minutes, window_min)
+        if self._background is not None and minutes == self._shown_minutes:
+            return
+        for ax in self.axes:
+            ax.set_xlim(-minutes, 0.0)
+        self.canvas.draw()
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._shown_minutes = minutes
 
     def _ingest(self, history: Sequence[HistoryItem]) -> None:
         """Convert only the readings not seen before; forget those out of the window."""

@@ -234,6 +234,8 @@ class GPUJobScheduler:
                     fifo,
                     self._notify,
                 )
+                if self._stopping.is_set():
+                    return  # stop() ran before this dispatcher existed, so it could not stop it
             logger.info("nbsched: dispatching for %s", self.config.state_dir)
             self._dispatcher.run()
         except Exception:

@@ -225,6 +225,22 @@ def test_stop_then_verbs_say_there_is_none(ip: InteractiveShell, started: GPUJob
     assert jid  # (the job was cancelled by --kill; its state is in the store)
 
 
+def test_stop_right_after_start_leaves_no_engine_thread(
+    ip: InteractiveShell, tmp_path: Path
+) -> None:
+    # Regression: a stop() that came before the engine thread had made its dispatcher
+    # could not stop it; the thread then ran on after stop() gave up waiting for it.
+    import threading
+
+    for i in range(3):
+        s = gs(ip, f"start --simulate 1 --state-dir {tmp_path / str(i)}")
+        gs(ip, "run -- true")
+        s.stop(kill=True)
+        engines = [t for t in threading.enumerate() if t.name == "nbsched-engine"]
+        assert engines == []
+        gs(ip, "stop")
+
+
 # -- user mistakes: UsageError, one line, nothing queued ---------------------------------------
 
 

@@ -41,15 +41,16 @@ VERBS: dict[str, Any] = {}
 NO_SCHEDULER = "no scheduler is running: start one with %gpusched start [--simulate N]"
 
 
-def verb(name: str, summary: str, *, tail: bool = False, cell: bool = False) -> Callable[..., Any]:
-    """Register a method as ``%gpusched NAME``; ``tail``: it takes text after ``--``;
-    ``cell``: it has a ``%%gpusched NAME`` form."""
+def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Callable[..., Any]:
+    """Register a method as ``%gpusched NAME``; ``tail``: what it takes after ``--`` (as
+    usage text); ``cell``: it has a ``%%gpusched NAME`` form."""
 
     def mark(func: Any) -> Any:
         func.argcmd_name = f"gpusched {name}"  # IPython's help formatter adds the "%"
         func.__doc__ = summary
         func.verb_summary = summary
-        func.takes_tail = tail
+        func.takes_tail = bool(tail)
+        func.tail_usage = tail
         func.cell_form = cell
         VERBS[name] = func
         return func
@@ -88,7 +89,8 @@ def _job_options(func: Any) -> Any:
 def _usage(func: Any) -> str:
     """``%gpusched VERB [OPTIONS] ...`` on one line."""
     text = _one_line(func.parser.format_usage())
-    return text.removeprefix("::").removeprefix("usage:").strip()
+    text = text.removeprefix("::").removeprefix("usage:").strip()
+    return f"{text} {func.tail_usage}".strip()
 
 
 def _verbs_epilog() -> str:
@@ -148,13 +150,13 @@ class GpuschedMagics(Magics):
     # -- the magic ------------------------------------------------------------------------
 
     @verb("start", "create and start a scheduler (the other verbs act on it)")
-    @argument("--llm-config", metavar="F", help="LLM config: GPUs per --llm model")
-    @argument("--jobs-file", metavar="F", help="a jobs file to watch for new lines")
-    @argument("--state-dir", metavar="DIR", help="where jobs, logs and results live")
-    @argument("--executor", choices=EXECUTORS, help="how jobs run (default direct)")
-    @argument("--simulate", type=count_type, metavar="N", help="N simulated GPUs")
-    @argument("--provider", choices=PROVIDERS, help="where GPU readings come from")
     @argument("--num-gpus", type=count_type, metavar="N", help="schedule on GPUs 0..N-1")
+    @argument("--provider", choices=PROVIDERS, help="where GPU readings come from")
+    @argument("--simulate", type=count_type, metavar="N", help="N simulated GPUs")
+    @argument("--executor", choices=EXECUTORS, help="how jobs run (default direct)")
+    @argument("--state-dir", metavar="DIR", help="where jobs, logs and results live")
+    @argument("--jobs-file", metavar="F", help="a jobs file to watch for new lines")
+    @argument("--llm-config", metavar="F", help="LLM config: GPUs per --llm model")
     def _start(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         fields: dict[str, Any] = {}
         if args.simulate is not None:
@@ -201,7 +203,11 @@ class GpuschedMagics(Magics):
         self.scheduler = s
         return s
 
-    @verb("add", "queue a script (python, bash or executable) with its arguments", tail=True)
+    @verb(
+        "add",
+        "queue a script (python, bash or executable) with its arguments",
+        tail="[-- SCRIPT ARGS...]",
+    )
     @_job_options
     @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
     @argument("script", help="path of the script")
@@ -219,8 +225,8 @@ class GpuschedMagics(Magics):
 
     @verb(
         "run",
-        "queue a shell command (-- COMMAND); as %%gpusched run, the cell is a Python job",
-        tail=True,
+        "queue a shell command; as %%gpusched run, the cell is the job (a Python script)",
+        tail="-- COMMAND... (cell form: [-- SCRIPT ARGS...])",
         cell=True,
     )
     @_job_options
@@ -253,8 +259,8 @@ class GpuschedMagics(Magics):
 
     @verb(
         "sweep",
-        "queue one job per combination: -- --lr {0.1,0.01} --seed {1..3}",
-        tail=True,
+        "queue one job per combination of the braces (cell form: of the cell)",
+        tail="-- --lr {0.1,0.01} --seed {1..3}",
         cell=True,
     )
     @argument("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs")
@@ -430,7 +436,7 @@ class GpuschedMagics(Magics):
         if tail is not None and not func.takes_tail:
             raise UsageError(f"{prefix} {name} takes nothing after --; got {tail!r}")
         if {"-h", "--help"} & set(rest.split()):
-            print(func.parser.format_help())
+            print(f"{func.parser.format_help()}\nusage: {_usage(func)}")
             return None
         try:
             words = shlex.split(rest)  # POSIX quoting (IPython's arg_split keeps the quotes)

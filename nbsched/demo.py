@@ -55,16 +55,10 @@ def _demo(config: SchedulerConfig) -> int:
     script.write_text(TRAIN)
     ids: list[str] = []
     with s:
-        for lr in (0.1, 0.01):
-            for seed in (1, 2):
-                ids.append(
-                    s.add_job(
-                        str(script),
-                        args=["--lr", str(lr), "--seed", str(seed)],
-                        required_gpus=0.5,
-                        name="half-GPU",
-                    )
-                )
+        # A sweep: one half-GPU job per combination of --lr and --seed.
+        ids += s.add_sweep(
+            str(script), args="--lr {0.1,0.01} --seed {1,2}", required_gpus=0.5, name="half-GPU"
+        )
         ids.append(s.add_job(str(script), args=["--lr", "0.001"], required_gpus=1, name="one GPU"))
         if n >= 2:
             ids.append(

@@ -14,6 +14,7 @@ import os
 import shlex
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ from .gpuspec import normalize_allowed_gpus
 from .jobs import Job, JobSpec, JobStatus
 from .launch import check_launcher
 from .lease import DispatcherLease, WakeChannel
-from .llmconfig import LLMConfigWatcher
+from .llmconfig import LLMConfig, LLMConfigWatcher
+from .progress import WaitProgress
+from .progress import wanted as progress_wanted
 from .store import Store, prepare_state_dir
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,13 @@ class GPUJobScheduler:
         )
         self._extensions: list[Any] = []
 
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"<GPUJobScheduler {state}: {self.config.gpu_provider} GPUs, "
+            f"{self.config.executor} executor, state_dir={str(self.config.state_dir)!r}>"
+        )
+
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
@@ -108,6 +118,11 @@ class GPUJobScheduler:
             if self._monitor is None:
                 self._monitor = GPUMonitor(self.provider, self.config.gpu_monitor_interval_s)
             return self._monitor
+
+    @property
+    def llm_config(self) -> LLMConfig | None:
+        """The LLM config now in force (re-read when its file changes), if one is set."""
+        return self._llm.current() if self._llm is not None else None
 
     @property
     def num_gpus(self) -> int:
@@ -220,6 +235,8 @@ class GPUJobScheduler:
                     fifo,
                     self._notify,
                 )
+                if self._stopping.is_set():
+                    return  # stop() ran before this dispatcher existed, so it could not stop it
             logger.info("nbsched: dispatching for %s", self.config.state_dir)
             self._dispatcher.run()
         except Exception:
@@ -326,6 +343,59 @@ class GPUJobScheduler:
             name=name,
         )
         return self.submit([spec])[0]
+
+    def add_sweep(
+        self,
+        script: str | os.PathLike[str],
+        args: str | Sequence[str] | None = None,
+        conda_env: str | None = None,
+        priority: int = 0,
+        required_gpus: float | None = None,
+        allowed_gpus: Iterable[int] | str | None = None,
+        *,
+        params: Mapping[str, Sequence[Any]] | None = None,
+        param_style: str = "--{name}",
+        limit: int | None = None,
+        **options: Any,
+    ) -> list[str]:
+        """Queue one job per combination of a sweep; returns the ids it queued.
+
+        ``args="--lr {0.1,0.01} --seed {1..3}"`` (grammar in :mod:`nbsched.sweep`) and/or
+        ``params={"lr": [0.1, 0.01]}`` (``param_style`` makes the flags).  Every job
+        shares one sweep id (``.sweep_id`` of the returned list); combinations already
+        queued, running or succeeded are not queued again.  More than
+        ``config.max_sweep_jobs`` jobs are refused unless ``limit`` allows them.
+        ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...).
+        """
+        from .sweeps import submit_sweep
+
+        return submit_sweep(
+            self,
+            script,
+            args,
+            conda_env,
+            priority,
+            required_gpus,
+            allowed_gpus,
+            params=params,
+            param_style=param_style,
+            limit=limit,
+            **options,
+        )
+
+    def sweep(self, sweep_id: str | None = None) -> pd.DataFrame:
+        """One row per combination of a sweep (default: the latest): its parameters,
+        status, duration (s), exit_code, id and the keys of the JSON object the job
+        wrote to ``$NBSCHED_RESULT_FILE``."""
+        from .sweeps import sweep_frame
+
+        return sweep_frame(self, sweep_id)
+
+    def sweeps(self) -> pd.DataFrame:
+        """One row per sweep: id, definition, and how many combinations are in each status."""
+        from .sweeps import sweeps_frame
+
+        return sweeps_frame(self)
 
     def make_spec(
         self,
@@ -514,10 +584,25 @@ class GPUJobScheduler:
 
     # -- reading --------------------------------------------------------------------------
 
-    def jobs(self, status: str | Iterable[str] | None = None) -> pd.DataFrame:
-        """One row per job (columns in :data:`nbsched.frames.JOB_COLUMNS`)."""
+    def jobs(
+        self,
+        status: str | Iterable[str] | None = None,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+    ) -> pd.DataFrame:
+        """One row per job (columns in :data:`nbsched.frames.JOB_COLUMNS`), in
+        submission order; only the ``first`` or the ``last`` N with those."""
         statuses = frames.parse_statuses(status)
-        return frames.jobs_frame(self.store.find(statuses=statuses))
+        if first is not None and last is not None:
+            raise InvalidValueError("jobs(): give first= or last=, not both")
+        limit = first if first is not None else last
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise InvalidValueError(f"first/last={limit!r}: expected a whole number >= 0")
+        found = self.store.find(statuses=statuses, limit=limit, newest=last is not None)
+        return frames.jobs_frame(found)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
@@ -538,8 +623,9 @@ class GPUJobScheduler:
             self.store.paused(),
         )
 
-    def counts(self) -> dict[str, int]:
-        return self.store.counts()
+    def counts(self, sweep: str | None = None) -> dict[str, int]:
+        """How many jobs are in each status (of a sweep: one per combination it queued)."""
+        return self.store.counts(sweep=sweep)
 
     def screens(self) -> list[dict[str, Any]]:
         """The GNU screen sessions of running jobs: ``[{"id", "session", "pid"}]``.
@@ -557,11 +643,16 @@ class GPUJobScheduler:
         return out
 
     def wait(
-        self, ids: Iterable[str] | str | None = None, timeout: float | None = None
+        self,
+        ids: Iterable[str] | str | None = None,
+        timeout: float | None = None,
+        progress: bool | None = None,
     ) -> pd.DataFrame:
         """Block until those jobs (default: every queued or running one) have ended.
 
         Returns their :meth:`jobs` rows; raises ``TimeoutError`` after ``timeout`` s.
+        ``progress`` shows a bar (tqdm's notebook bar in Jupyter, a text bar in a
+        terminal); by default only where someone watches (a kernel or a terminal).
         """
         if isinstance(ids, str):
             ids = [ids]
@@ -572,17 +663,24 @@ class GPUJobScheduler:
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise InvalidValueError(f"timeout={timeout!r}: expected seconds >= 0 or None")
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            found = self.store.find(ids=wanted)
-            if all(j.status.ended for j in found):
-                return frames.jobs_frame(found)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                left = [j.id for j in found if not j.status.ended]
-                raise TimeoutError(f"after {timeout}s, job(s) {', '.join(left)} had not ended")
-            with self._changed:
-                # Woken at once by this process's engine; 50 ms covers another process's.
-                self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+        bar = WaitProgress(len(wanted), progress_wanted(progress))
+        try:
+            while True:
+                found = self.store.find(ids=wanted)
+                ended = sum(1 for j in found if j.status.ended)
+                if bar.enabled:
+                    bar.update(ended, Counter(j.status.value for j in found))
+                if ended == len(found):
+                    return frames.jobs_frame(found)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    left = [j.id for j in found if not j.status.ended]
+                    raise TimeoutError(f"after {timeout}s, job(s) {', '.join(left)} had not ended")
+                with self._changed:
+                    # Woken at once by this process's engine; 50 ms covers another process's.
+                    self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+        finally:
+            bar.close()
 
     def why(self, job_id: str) -> str:
         """Why a queued job is waiting (as far as this process's dispatcher knows)."""

@@ -429,6 +429,11 @@ class Store:
         rows = self._read("SELECT spec FROM sweeps WHERE seq = ?", (int(sweep_id[2:]),))
         return json.loads(rows[0]["spec"]) if rows else None
 
+    def sweeps(self) -> list[tuple[str, float, dict[str, Any]]]:
+        """Every sweep as ``(id, created, spec)``, oldest first."""
+        rows = self._read("SELECT seq, created, spec FROM sweeps ORDER BY seq")
+        return [(f"{SWEEP_PREFIX}{r['seq']}", r["created"], json.loads(r["spec"])) for r in rows]
+
     def get(self, job_id: object) -> Job:
         seq = parse_job_id(job_id)
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,))
@@ -443,8 +448,13 @@ class Store:
         ids: Iterable[object] | None = None,
         sweep: str | None = None,
         hash: str | None = None,
+        limit: int | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        """Jobs matching every filter given, in submission order."""
+        """Jobs matching every filter given, in submission order.
+
+        With ``limit``, only the first ``limit`` of them (the last, with ``newest``).
+        """
         where: list[str] = []
         params: list[Any] = []
         if statuses is not None:
@@ -464,7 +474,12 @@ class Store:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_row_to_job(r) for r in self._read(sql + " ORDER BY seq", params)]
+        sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+        jobs = [_row_to_job(r) for r in self._read(sql, params)]
+        return jobs[::-1] if newest else jobs
 
     def active(self) -> list[Job]:
         """Queued and running jobs."""
@@ -549,8 +564,17 @@ class Store:
                 alloc[g] = alloc.get(g, 0.0) + share
         return alloc
 
-    def counts(self) -> dict[str, int]:
-        rows = self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+    def counts(self, sweep: str | None = None) -> dict[str, int]:
+        """Jobs per status; of a sweep, its newest job per combination (hash)."""
+        if sweep is None:
+            rows = self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        else:
+            rows = self._read(
+                "SELECT status, COUNT(*) AS n FROM jobs WHERE seq IN "
+                "(SELECT MAX(seq) FROM jobs WHERE sweep = ? GROUP BY COALESCE(hash, seq)) "
+                "GROUP BY status",
+                (sweep,),
+            )
         out = {s.value: 0 for s in JobStatus}
         out.update({r["status"]: r["n"] for r in rows})
         return out

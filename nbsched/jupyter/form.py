@@ -1,0 +1,230 @@
+"""``%gpusched form``: an ipywidgets form that submits a job or a sweep.
+
+Every field is checked by the scheduler's own validation at Submit: a mistake is
+shown inline and nothing is queued; a success shows the new job ids.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from nbsched.errors import InvalidValueError, NbschedError
+from nbsched.scheduler import GPUJobScheduler
+from nbsched.sweeps import SweepIds
+
+logger = logging.getLogger(__name__)
+
+NO_ENV = "(none)"
+NO_MODEL = ""
+CONDA_TIMEOUT_S = 20.0
+
+
+def conda_envs(timeout: float = CONDA_TIMEOUT_S) -> list[str] | None:
+    """Names of the conda environments (``conda env list --json``), ``None`` without conda."""
+    exe = os.environ.get("CONDA_EXE") or shutil.which("conda")
+    if not exe or not os.path.isfile(exe):
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "env", "list", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
+        paths = json.loads(out).get("envs", [])
+    except (OSError, subprocess.SubprocessError, ValueError, AttributeError) as exc:
+        logger.warning("conda env list failed: %s", exc)
+        return None
+    names = []
+    for i, p in enumerate(paths):
+        name = Path(p).name
+        names.append("base" if i == 0 and "envs" not in Path(p).parts else name)
+    return names
+
+
+class SubmitForm(widgets.VBox):
+    """Script, conda env, arguments, GPUs, allowed GPUs, priority, LLM model, sweep, Submit.
+
+    ``conda_env_names`` overrides the ``conda env list`` lookup (``[]`` for none).
+    ``submitted`` lists every id queued through the form.
+    """
+
+    def __init__(
+        self, scheduler: GPUJobScheduler, conda_env_names: Sequence[str] | None = None
+    ) -> None:
+        self.scheduler = scheduler
+        self.submitted: list[str] = []
+        self.error: str | None = None
+        wide = {"width": "520px"}
+        style = {"description_width": "110px"}
+
+        self.script = widgets.Text(
+            description="script", placeholder="train.py", layout=wide, style=style
+        )
+        self.script_check = widgets.HTML()
+        self.script.observe(lambda _: self._check_script(), names="value")
+
+        envs = list(conda_env_names) if conda_env_names is not None else conda_envs()
+        self.conda_env: widgets.Dropdown | widgets.Text
+        if envs:
+            self.conda_env = widgets.Dropdown(
+                description="conda env", options=[NO_ENV, *envs], value=NO_ENV, style=style
+            )
+        else:
+            self.conda_env = widgets.Text(
+                description="conda env", placeholder="(none: this Python)", style=style
+            )
+        self.arguments = widgets.Text(
+            description="arguments", placeholder="--epochs 10", layout=wide, style=style
+        )
+        self.gpus = widgets.Text(
+            description="GPUs",
+            placeholder="fraction in (0, 1] or whole number; empty: default",
+            layout=wide,
+            style=style,
+        )
+        n = scheduler.num_gpus
+        self.allowed = [
+            widgets.ToggleButton(description=str(i), layout={"width": "44px"}) for i in range(n)
+        ]
+        self.priority = widgets.IntText(description="priority", value=0, style=style)
+        llm = scheduler.llm_config
+        models = sorted(llm.models.items()) if llm is not None else []
+        self.llm_model = widgets.Dropdown(
+            description="LLM model",
+            options=[("(none)", NO_MODEL)] + [(f"{m} ({g:g} GPU)", m) for m, g in models],
+            value=NO_MODEL,
+            disabled=not models,
+            style=style,
+        )
+        self.llm_model.observe(lambda _: self._model_chosen(), names="value")
+        self.sweep = widgets.Text(
+            description="sweep",
+            placeholder="optional: --lr {0.1,0.01} --seed {1..3} (one job per combination)",
+            layout=wide,
+            style=style,
+        )
+        self.submit_button = widgets.Button(
+            description="Submit", button_style="primary", icon="play"
+        )
+        self.submit_button.on_click(lambda _: self._on_click())
+        self.result = widgets.HTML()
+        super().__init__(
+            children=[
+                widgets.HBox([self.script, self.script_check]),
+                self.conda_env,
+                self.arguments,
+                self.gpus,
+                widgets.HBox(
+                    [
+                        widgets.Label("allowed GPUs", layout={"width": "114px"}),
+                        *self.allowed,
+                        widgets.Label("(none pressed: any)"),
+                    ]
+                ),
+                self.priority,
+                self.llm_model,
+                self.sweep,
+                self.submit_button,
+                self.result,
+            ]
+        )
+
+    # -- live checks ----------------------------------------------------------------------
+
+    def _check_script(self) -> bool:
+        text = self.script.value.strip()
+        if not text:
+            self.script_check.value = ""
+            return False
+        path = Path(text).expanduser()
+        if path.is_file():
+            self.script_check.value = "<span style='color:#0f5132'>&#10004; found</span>"
+            return True
+        self.script_check.value = (
+            f"<span style='color:#842029'>&#10008; no such file: {html.escape(str(path))}</span>"
+        )
+        return False
+
+    def _model_chosen(self) -> None:
+        llm = self.scheduler.llm_config
+        model = self.llm_model.value
+        if llm is not None and model:
+            self.gpus.value = f"{llm.models.get(model, llm.default_requirement):g}"
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def _on_click(self) -> None:
+        try:
+            self.submit()
+        except Exception as exc:  # a widget callback is a boundary: show, never raise
+            logger.exception("nbsched form: submit failed")
+            self._show_error(f"{type(exc).__name__}: {exc}")
+
+    def submit(self) -> list[str]:
+        """Submit what the form holds; returns the new ids (``[]`` on a mistake)."""
+        s = self.scheduler
+        try:
+            gpus = _parse_gpus(self.gpus.value)
+            args = self.arguments.value.strip()
+            model = self.llm_model.value
+            if model and "--llm" not in args.split() and "--llm=" not in args:
+                args = f"--llm {shlex.quote(model)} {args}".strip()
+            env = self.conda_env.value.strip()
+            options: dict[str, Any] = {
+                "conda_env": env if env and env != NO_ENV else None,
+                "priority": self.priority.value,
+                "required_gpus": gpus,
+                "allowed_gpus": [i for i, b in enumerate(self.allowed) if b.value] or None,
+            }
+            script = self.script.value.strip()
+            if not script:
+                raise InvalidValueError("script: give the path of the script to run")
+            sweep = self.sweep.value.strip()
+            if sweep:
+                ids = s.add_sweep(script, args=f"{args} {sweep}".strip(), **options)
+                text = ids.describe() if isinstance(ids, SweepIds) else f"queued {ids}"
+            else:
+                try:
+                    argv = shlex.split(args)
+                except ValueError as exc:
+                    raise InvalidValueError(f"arguments {args!r}: {exc}") from None
+                ids = [s.add_job(script, args=argv, **options)]
+                text = f"queued job {ids[0]}"
+        except (NbschedError, ValueError, TypeError, FileNotFoundError) as exc:
+            self._show_error(str(exc))
+            return []
+        self.error = None
+        self.submitted.extend(ids)
+        self.result.value = f"<span style='color:#0f5132'>&#10004; {html.escape(text)}</span>"
+        return list(ids)
+
+    def _show_error(self, text: str) -> None:
+        self.error = text
+        self.result.value = (
+            f"<span style='color:#842029'>&#10008; {html.escape(text)} (nothing submitted)</span>"
+        )
+
+
+def _parse_gpus(text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidValueError(
+            f"GPUs {text!r}: expected a fraction in (0, 1] or a whole number of GPUs"
+        ) from None

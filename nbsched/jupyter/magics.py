@@ -1,0 +1,457 @@
+"""``%gpusched VERB ...`` and ``%%gpusched VERB ...``: the scheduler from a notebook.
+
+Thin by design: each verb parses its arguments (declared with IPython's
+``magic_arguments``), makes one call of the public :class:`GPUJobScheduler` API
+and returns its value, so ``df = %gpusched jobs`` works.  A user mistake raises
+``UsageError`` (one line, no traceback) before anything is queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
+
+from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
+from nbsched.errors import NbschedError
+from nbsched.scheduler import GPUJobScheduler
+
+from .parsing import (
+    count_type,
+    expand_vars,
+    gpu_index_type,
+    gpus_type,
+    limit_type,
+    lines_type,
+    priority_type,
+    save_cell_script,
+    seconds_type,
+    split_dashdash,
+)
+
+#: Verb name -> its method (with ``.parser`` from ``magic_arguments``), in help order.
+VERBS: dict[str, Any] = {}
+
+NO_SCHEDULER = "no scheduler is running: start one with %gpusched start [--simulate N]"
+
+
+def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Callable[..., Any]:
+    """Register a method as ``%gpusched NAME``; ``tail``: what it takes after ``--`` (as
+    usage text); ``cell``: it has a ``%%gpusched NAME`` form."""
+
+    def mark(func: Any) -> Any:
+        func.argcmd_name = f"gpusched {name}"  # IPython's help formatter adds the "%"
+        func.__doc__ = summary
+        func.verb_summary = summary
+        func.takes_tail = bool(tail)
+        func.tail_usage = tail
+        func.cell_form = cell
+        VERBS[name] = func
+        return func
+
+    return mark
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _job_options(func: Any) -> Any:
+    """--gpus/--allowed/--priority/--name, shared by add, run and sweep."""
+    for deco in (
+        argument("--name", help="a label shown in the job table"),
+        argument(
+            "--priority",
+            type=priority_type,
+            default=0,
+            metavar="P",
+            help="lower runs first (default 0)",
+        ),
+        argument("--allowed", metavar="GPUS", help="GPUs it may use, e.g. 0-3,5 (default: any)"),
+        argument(
+            "--gpus",
+            type=gpus_type,
+            metavar="X",
+            help="GPUs it needs: a fraction in (0, 1] or a whole number "
+            "(default: from the LLM config, else 1)",
+        ),
+    ):
+        func = deco(func)
+    return func
+
+
+def _usage(func: Any) -> str:
+    """``%gpusched VERB [OPTIONS] ...`` on one line."""
+    text = _one_line(func.parser.format_usage())
+    text = text.removeprefix("::").removeprefix("usage:").strip()
+    return f"{text} {func.tail_usage}".strip()
+
+
+def _verbs_epilog() -> str:
+    lines = ["verbs:"]
+    for func in VERBS.values():
+        usage = _usage(func)
+        lines.append(f"  {usage}\n      {func.verb_summary}")
+    return "\n".join(lines)
+
+
+def _clean_doc(func: Any) -> Any:
+    func.__doc__ = inspect.cleandoc(func.__doc__ or "")
+    return func
+
+
+class LogText(str):
+    """A log as a ``str`` that IPython shows as text, not as a quoted repr."""
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(str(self))
+
+
+@magics_class
+class GpuschedMagics(Magics):
+    """The ``%gpusched`` magics; holds the scheduler that ``%gpusched start`` made."""
+
+    def __init__(self, shell: Any = None) -> None:
+        super().__init__(shell)
+        self.scheduler: GPUJobScheduler | None = None
+        self._widgets: list[Any] = []
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _require(self) -> GPUJobScheduler:
+        if self.scheduler is None:
+            raise UsageError(NO_SCHEDULER)
+        return self.scheduler
+
+    def shutdown(self) -> None:
+        """Close the widgets made here and stop the scheduler started here."""
+        for widget in self._widgets:
+            widget.close()
+        self._widgets.clear()
+        s, self.scheduler = self.scheduler, None
+        if s is not None:
+            s.close()
+
+    @staticmethod
+    def _split(tail: str | None, what: str) -> list[str]:
+        if tail is None:
+            return []
+        try:
+            return shlex.split(tail)
+        except ValueError as exc:
+            raise UsageError(f"{what} {tail!r}: {exc}") from None
+
+    # -- the magic ------------------------------------------------------------------------
+
+    @verb("start", "create and start a scheduler (the other verbs act on it)")
+    @argument("--num-gpus", type=count_type, metavar="N", help="schedule on GPUs 0..N-1")
+    @argument("--provider", choices=PROVIDERS, help="where GPU readings come from")
+    @argument("--simulate", type=count_type, metavar="N", help="N simulated GPUs")
+    @argument("--executor", choices=EXECUTORS, help="how jobs run (default direct)")
+    @argument("--state-dir", metavar="DIR", help="where jobs, logs and results live")
+    @argument("--jobs-file", metavar="F", help="a jobs file to watch for new lines")
+    @argument("--llm-config", metavar="F", help="LLM config: GPUs per --llm model")
+    def _start(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        fields: dict[str, Any] = {}
+        if args.simulate is not None:
+            if args.provider not in (None, "simulated"):
+                raise UsageError(
+                    f"--simulate {args.simulate} means --provider simulated, "
+                    f"not --provider {args.provider}"
+                )
+            if args.num_gpus not in (None, args.simulate):
+                raise UsageError(
+                    f"--simulate {args.simulate} gives {args.simulate} GPUs, "
+                    f"not --num-gpus {args.num_gpus}"
+                )
+            fields.update(gpu_provider="simulated", num_gpus=args.simulate)
+        if args.provider is not None:
+            fields["gpu_provider"] = args.provider
+        if args.num_gpus is not None:
+            fields["num_gpus"] = args.num_gpus
+        for flag, field in (
+            ("executor", "executor"),
+            ("state_dir", "state_dir"),
+            ("jobs_file", "jobs_file"),
+            ("llm_config", "llm_config_file"),
+        ):
+            if getattr(args, flag) is not None:
+                fields[field] = getattr(args, flag)
+        config = SchedulerConfig(**fields)
+        current = self.scheduler
+        if current is not None:
+            if current.running and current.config == config:
+                return current
+            if current.running:
+                raise UsageError(
+                    f"a scheduler is already running on {current.config.state_dir}; "
+                    "run %gpusched stop first to start another"
+                )
+            self.shutdown()
+        s = GPUJobScheduler(config=config)
+        try:
+            s.start()
+        except BaseException:
+            s.close()
+            raise
+        self.scheduler = s
+        return s
+
+    @verb(
+        "add",
+        "queue a script (python, bash or executable) with its arguments",
+        tail="[-- SCRIPT ARGS...]",
+    )
+    @_job_options
+    @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
+    @argument("script", help="path of the script")
+    def _add(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        s = self._require()
+        return s.add_job(
+            args.script,
+            args.conda_env,
+            self._split(tail, "script arguments"),
+            priority=args.priority,
+            required_gpus=args.gpus,
+            allowed_gpus=args.allowed,
+            name=args.name,
+        )
+
+    @verb(
+        "run",
+        "queue a shell command; as %%gpusched run, the cell is the job (a Python script)",
+        tail="-- COMMAND... (cell form: [-- SCRIPT ARGS...])",
+        cell=True,
+    )
+    @_job_options
+    @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="(cell form) conda env")
+    def _run(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        s = self._require()
+        options = {
+            "priority": args.priority,
+            "required_gpus": args.gpus,
+            "allowed_gpus": args.allowed,
+            "name": args.name,
+        }
+        if cell is not None:
+            if not cell.strip():
+                raise UsageError("%%gpusched run: the cell is empty; write the job's Python code")
+            script = save_cell_script(s.config.state_dir, cell)
+            argv = self._split(tail, "script arguments")
+            return s.add_job(str(script), args.conda_env, argv, **options)
+        if args.conda_env is not None:
+            raise UsageError(
+                "%gpusched run: --env applies to the cell form; for a command, write "
+                "-- conda run -n ENV COMMAND"
+            )
+        if not tail:
+            raise UsageError(
+                "%gpusched run needs a command after --, e.g. %gpusched run --gpus 1 -- "
+                "python train.py"
+            )
+        return s.add_command(tail, **options)
+
+    @verb(
+        "sweep",
+        "queue one job per combination of the braces (cell form: of the cell)",
+        tail="-- --lr {0.1,0.01} --seed {1..3}",
+        cell=True,
+    )
+    @argument("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs")
+    @_job_options
+    @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
+    @argument("script", nargs="?", help="path of the script (none in the cell form)")
+    def _sweep(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        s = self._require()
+        if cell is not None:
+            if args.script is not None:
+                raise UsageError(
+                    f"%%gpusched sweep: the cell is the script; drop {args.script!r} "
+                    "(write %%gpusched sweep [--gpus X] -- --lr {0.1,0.01})"
+                )
+            if not cell.strip():
+                raise UsageError("%%gpusched sweep: the cell is empty; write the job's code")
+            script: str = str(save_cell_script(s.config.state_dir, cell))
+        elif args.script is None:
+            raise UsageError(
+                "%gpusched sweep needs a SCRIPT: %gpusched sweep train.py -- --lr {0.1,0.01}"
+            )
+        else:
+            script = args.script
+        if not tail:
+            raise UsageError(
+                "%gpusched sweep needs the swept arguments after --, e.g. "
+                "-- --lr {0.1,0.01} --seed {1..3}"
+            )
+        return s.add_sweep(
+            script,
+            args=tail,
+            conda_env=args.conda_env,
+            priority=args.priority,
+            required_gpus=args.gpus,
+            allowed_gpus=args.allowed,
+            limit=args.limit,
+            name=args.name,
+        )
+
+    @verb("status", "GPUs, queue counts, running and queued jobs (HTML in a notebook)")
+    def _status(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        from .status import status_report
+
+        return status_report(self._require())
+
+    @verb("jobs", "the job table (a DataFrame)")
+    @argument("--status", metavar="S", help="e.g. queued, running, failed, ended, active")
+    def _jobs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return self._require().jobs(args.status)
+
+    @verb("gpus", "the GPU table (a DataFrame)")
+    def _gpus(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return self._require().get_gpu_status()
+
+    @verb("logs", "the last lines of a job's output")
+    @argument("-n", "--lines", type=lines_type, default=50, metavar="N", help="default 50")
+    @argument("id", help="job id")
+    def _logs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return LogText(self._require().logs(args.id, tail=args.lines))
+
+    @verb("wait", "block until those jobs (default: all) have ended; their rows")
+    @argument("--no-progress", action="store_true", help="no progress bar")
+    @argument("--timeout", type=seconds_type, metavar="S", help="give up after S seconds")
+    @argument("ids", nargs="*", metavar="ID", help="job ids (default: every active job)")
+    def _wait(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        s = self._require()
+        return s.wait(
+            args.ids or None, timeout=args.timeout, progress=False if args.no_progress else None
+        )
+
+    @verb("cancel", "cancel jobs (a running one's process tree is ended)")
+    @argument("ids", nargs="+", metavar="ID", help="job ids")
+    def _cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        s = self._require()
+        done = [s.cancel(i) for i in args.ids]
+        return done[0] if len(done) == 1 else done
+
+    @verb("retry", "queue ended jobs again")
+    @argument("ids", nargs="+", metavar="ID", help="job ids")
+    def _retry(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        s = self._require()
+        for i in args.ids:  # check them all before queueing any
+            status = s.job(i)["status"]
+            if status in ("queued", "running"):
+                raise UsageError(f"%gpusched retry: job {i} is {status}; only ended jobs retry")
+        ids = [s.retry(i) for i in args.ids]
+        return ids[0] if len(ids) == 1 else ids
+
+    @verb("pause", "start no new job on a GPU")
+    @argument("gpu", type=gpu_index_type, help="GPU index")
+    def _pause(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
+        self._require().pause_gpu(args.gpu)
+
+    @verb("resume", "let a paused GPU take jobs again")
+    @argument("gpu", type=gpu_index_type, help="GPU index")
+    def _resume(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
+        self._require().resume_gpu(args.gpu)
+
+    @verb("stop", "stop the scheduler (running jobs go on unless --kill)")
+    @argument("--kill", action="store_true", help="cancel the running jobs too")
+    def _stop(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
+        s = self._require()
+        s.stop(kill=args.kill)
+        self.shutdown()
+
+    @verb("results", "a sweep's table: parameters, status, duration, results")
+    @argument("sweep", nargs="?", help="sweep id such as sw1 (default: the latest)")
+    def _results(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return self._require().sweep(args.sweep)
+
+    @verb("sweeps", "every sweep and how far it got")
+    def _sweeps(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return self._require().sweeps()
+
+    @verb("why", "why a queued job is waiting")
+    @argument("id", help="job id")
+    def _why(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return LogText(self._require().why(args.id))
+
+    @verb("form", "a form to submit jobs and sweeps")
+    def _form(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        from .form import SubmitForm
+
+        form = SubmitForm(self._require())
+        self._widgets.append(form)
+        return form
+
+    @verb("dashboard", "live GPU charts, allocation and the job table")
+    @argument("--interval", type=seconds_type, default=1.0, metavar="S", help="refresh period")
+    def _dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        from .dashboard import Dashboard
+
+        board = Dashboard(self._require(), interval=max(args.interval, 0.1))
+        self._widgets.append(board)
+        return board
+
+    # Give every verb its parser (usage shown by ``%gpusched VERB -h`` and ``%gpusched?``).
+    for _func in VERBS.values():
+        magic_arguments()(_func)
+        _func.parser.allow_abbrev = False  # --gpu is a mistake, not --gpus
+    del _func
+
+    @magic_arguments()
+    @kwds(epilog=_verbs_epilog())
+    @argument("verb", help=f"one of: {', '.join(VERBS)}")
+    @argument("arguments", nargs="*", help="the verb's arguments; see the verbs below")
+    @_clean_doc
+    @no_var_expand
+    @line_cell_magic
+    def gpusched(self, line: str, cell: str | None = None) -> Any:
+        """Schedule jobs on GPUs from this notebook.
+
+        Each verb makes one call of the scheduler's API and returns its value:
+        ``df = %gpusched jobs``, ``jid = %gpusched run -- python train.py``.
+        ``$name`` before ``--`` is replaced by the value of ``name`` (braces are
+        sweep grammar and are left alone).  ``%%gpusched run`` runs the cell as a
+        Python script on the GPUs given; ``%%gpusched sweep -- --lr {0.1,0.01}``
+        sweeps it.  ``%gpusched VERB -h`` shows one verb's options.
+        """
+        head, tail = split_dashdash(line)
+        head = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
+        parts = head.split(None, 1)
+        accepted = ", ".join(VERBS)
+        if not parts:
+            raise UsageError(f"%gpusched needs a verb; accepted verbs are {accepted}")
+        name, rest = parts[0], parts[1] if len(parts) > 1 else ""
+        func = VERBS.get(name)
+        if func is None:
+            raise UsageError(f"unknown verb {name!r}: accepted verbs are {accepted}")
+        prefix = "%%gpusched" if cell is not None else "%gpusched"
+        if cell is not None and not func.cell_form:
+            raise UsageError(f"%%gpusched {name}: only run and sweep have a cell form")
+        if tail is not None and not func.takes_tail:
+            raise UsageError(f"{prefix} {name} takes nothing after --; got {tail!r}")
+        if {"-h", "--help"} & set(rest.split()):
+            print(f"{func.parser.format_help()}\nusage: {_usage(func)}")
+            return None
+        try:
+            words = shlex.split(rest)  # POSIX quoting (IPython's arg_split keeps the quotes)
+        except ValueError as exc:
+            raise UsageError(f"{prefix} {name}: {rest!r}: {exc}") from None
+        try:
+            args = func.parser.parse_args(words)
+        except UsageError as exc:
+            message = str(exc)
+            if message.startswith("unrecognized") and func.takes_tail and tail is None:
+                message += "; the job's arguments go after --"
+            if not message.startswith("argument "):  # not one value: show what is accepted
+                message += f" (usage: {_usage(func)})"
+            raise UsageError(f"{prefix} {name}: {message}") from None
+        try:
+            return func(self, args, tail, cell)
+        except NbschedError as exc:
+            raise UsageError(f"{prefix} {name}: {exc}") from None

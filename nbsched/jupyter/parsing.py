@@ -1,0 +1,158 @@
+"""Small parsers behind the ``%gpusched`` magics: the ``--`` split, ``$name`` values,
+argument types with one-line messages, and cell scripts saved in the state dir."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nbsched.config import check_requirement
+
+_VAR = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
+
+
+def split_dashdash(line: str) -> tuple[str, str | None]:
+    """``(before, after)`` the first unquoted, stand-alone ``--``; ``after`` is the raw
+    text (quotes kept) or ``None`` when there is no ``--``."""
+    quote: str | None = None
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c == "\\":
+            i += 2
+            continue
+        elif (
+            c == "-"
+            and line.startswith("--", i)
+            and (i == 0 or line[i - 1].isspace())
+            and (i + 2 == n or line[i + 2].isspace())
+        ):
+            return line[:i].rstrip(), line[i + 2 :].strip()
+        i += 1
+    return line.strip(), None
+
+
+def expand_vars(text: str, namespace: Mapping[str, Any]) -> str:
+    """Replace ``$name`` by the value of ``name`` in the user's namespace (a list or
+    tuple by its items, space-separated); unknown names stay as they are."""
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in namespace:
+            return m.group(0)
+        v = namespace[name]
+        if isinstance(v, (list, tuple, set, frozenset)):
+            return " ".join(str(x) for x in v)
+        return str(v)
+
+    return _VAR.sub(value, text)
+
+
+# -- argument types: each raises ArgumentTypeError with the value and what is accepted --
+
+
+def gpus_type(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of GPUs; use a fraction in (0, 1] or a whole number"
+        )
+    try:
+        return check_requirement("--gpus", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not accepted: use a fraction in (0, 1] or a whole number of GPUs "
+            "(1, 2, 3, ...)"
+        ) from None
+
+
+def _whole(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not accepted: expected {what} (a whole number >= {minimum})"
+        ) from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not accepted: expected {what} (a whole number >= {minimum})"
+        )
+    return value
+
+
+def count_type(text: str) -> int:
+    """A number of GPUs for ``start``: 1, 2, ..."""
+    return _whole(text, 1, "a number of GPUs")
+
+
+def lines_type(text: str) -> int:
+    return _whole(text, 0, "a number of lines")
+
+
+def gpu_index_type(text: str) -> int:
+    return _whole(text, 0, "a GPU index")
+
+
+def limit_type(text: str) -> int:
+    return _whole(text, 1, "a number of jobs")
+
+
+def priority_type(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not accepted: expected a whole number (lower runs first)"
+        ) from None
+
+
+def seconds_type(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected seconds >= 0")
+    return value
+
+
+# -- cell scripts -------------------------------------------------------------------------
+
+
+def save_cell_script(state_dir: Path, body: str) -> Path:
+    """Save a cell body as ``state_dir/cells/<hash>.py`` (folder 0700, file 0600).
+
+    The same body maps to the same file, so re-running a cell submits the same
+    script (and a sweep of it is deduplicated).
+    """
+    folder = state_dir / "cells"
+    if folder.is_symlink():
+        raise OSError(f"{folder} is a symbolic link; nbsched refuses to write there")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    data = body.encode("utf-8")
+    path = folder / f"cell_{hashlib.sha256(data).hexdigest()[:16]}.py"
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, 0o600)
+        fh.write(data)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,327 @@
+"""Sweeps: one job per combination of parameters, and their results as one table.
+
+``GPUJobScheduler.add_sweep`` expands a template (:mod:`nbsched.sweep` has the
+grammar) and/or a ``params`` dict into argument lists, validates every job as
+``add_job`` would, and stores them in one transaction under a shared sweep id
+(``sw3``).  Each combination has a hash (script, conda env, arguments in order,
+allowed GPUs: :func:`nbsched.jobs.job_hash`), so submitting the same sweep again
+queues only the combinations not already queued, running or succeeded, and keeps
+the sweep id: the same definition maps to the same id.
+
+``GPUJobScheduler.sweep(id)`` is one row per combination: its parameters, the
+status, duration and exit code of the job that stands for it (the newest job
+with its hash) and the keys of the JSON object that job wrote to the path in
+``$NBSCHED_RESULT_FILE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .errors import InvalidTypeError, InvalidValueError
+from .jobs import Job, JobSpec, JobStatus, job_hash
+from .sweep import Expansion, check_size, count_combinations, expand_args, expand_params
+
+if TYPE_CHECKING:
+    from .scheduler import GPUJobScheduler
+
+#: A combination already in one of these statuses is not queued again.
+DEDUP_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+
+#: The fixed columns of a sweep table (parameters come before, results after).
+SWEEP_COLUMNS = ("status", "duration", "exit_code", "id")
+
+#: The columns of ``GPUJobScheduler.sweeps()``.
+SWEEPS_COLUMNS = (
+    "sweep",
+    "created",
+    "script",
+    "args",
+    "combinations",
+    *(s.value for s in JobStatus),
+)
+
+
+class SweepIds(list[str]):
+    """The ids of the jobs a sweep queued (a ``list[str]``), with the sweep's id."""
+
+    def __init__(self, ids: Iterable[str], sweep_id: str) -> None:
+        super().__init__(ids)
+        self.sweep_id = sweep_id
+
+    def describe(self) -> str:
+        """One line: the sweep id and what was queued."""
+        if not self:
+            return (
+                f"sweep {self.sweep_id}: nothing new to queue "
+                "(every combination is queued, running or succeeded)"
+            )
+        shown = ", ".join(self) if len(self) <= 8 else f"{self[0]} ... {self[-1]}"
+        return f"sweep {self.sweep_id}: queued {len(self)} job(s): {shown}"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # how IPython shows it
+        p.text(self.describe())
+
+
+def submit_sweep(
+    s: GPUJobScheduler,
+    script: str | os.PathLike[str],
+    args: str | Sequence[str] | None = None,
+    conda_env: str | None = None,
+    priority: int = 0,
+    required_gpus: float | None = None,
+    allowed_gpus: Iterable[int] | str | None = None,
+    *,
+    params: Mapping[str, Sequence[Any]] | None = None,
+    param_style: str = "--{name}",
+    limit: int | None = None,
+    **options: Any,
+) -> SweepIds:
+    """Validate and queue every combination; see :meth:`GPUJobScheduler.add_sweep`."""
+    if isinstance(allowed_gpus, Iterable) and not isinstance(allowed_gpus, str):
+        allowed_gpus = list(allowed_gpus)  # iterated once per combination
+    combos = _expand(args, params, param_style, _limit(s, limit))
+    made: list[tuple[JobSpec, dict[str, str], str]] = []
+    for argv, values in combos:
+        spec = s.make_spec(
+            script=script,
+            conda_env=conda_env,
+            args=argv,
+            priority=priority,
+            required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus,
+            **options,
+        )
+        digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
+        made.append((spec, values, digest))
+    first = made[0][0]
+    definition = {
+        "script": first.script,
+        "conda_env": first.conda_env,
+        "args": args if isinstance(args, (str, type(None))) else list(args),
+        "params": {k: [str(v) for v in vs] for k, vs in (params or {}).items()},
+        "param_style": param_style,
+        "required_gpus": required_gpus,
+        "allowed_gpus": list(first.allowed_gpus) if first.allowed_gpus is not None else None,
+        "priority": priority,
+        "options": {k: _plain(v) for k, v in sorted(options.items())},
+    }
+    sweep_id = _sweep_id(s, definition, [(digest, values) for _, values, digest in made])
+    specs = [
+        replace(spec, params=values, hash=digest, sweep=sweep_id) for spec, values, digest in made
+    ]
+    ids = s.submit(specs, skip_hash_statuses=DEDUP_STATUSES)
+    return SweepIds(ids, sweep_id)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _limit(s: GPUJobScheduler, limit: int | None) -> int:
+    if limit is None:
+        return s.config.max_sweep_jobs
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidValueError(f"limit={limit!r}: expected a whole number of jobs >= 1")
+    return limit
+
+
+def _expand(
+    args: str | Sequence[str] | None,
+    params: Mapping[str, Sequence[Any]] | None,
+    style: str,
+    limit: int,
+) -> list[Expansion]:
+    """The template's combinations times the params dict's (the template varies slowest)."""
+    template: str | Sequence[str] = "" if args is None else args
+    if not isinstance(template, (str, Sequence)) or isinstance(template, bytes):
+        raise InvalidTypeError(f"args={args!r}: expected a sweep template string or a list")
+    if params is not None and not isinstance(params, Mapping):
+        raise InvalidTypeError(f"params={params!r}: expected a dict of name -> list of values")
+    n_params = 1
+    if params:
+        try:
+            n_params = math.prod(len(v) for v in params.values())
+        except TypeError:
+            pass  # expand_params below names the bad value
+    check_size(count_combinations(template) * n_params, limit)
+    from_template = expand_args(template)
+    if not params:
+        return from_template
+    from_params = expand_params(params, style)
+    clash = set(from_template[0][1]) & set(from_params[0][1])
+    if clash:
+        raise InvalidValueError(
+            f"sweep parameter(s) {', '.join(sorted(clash))} appear in both args and params; "
+            "name each parameter once"
+        )
+    return [
+        ((*argv_a, *argv_p), {**vals_a, **vals_p})
+        for (argv_a, vals_a), (argv_p, vals_p) in itertools.product(from_template, from_params)
+    ]
+
+
+def _sweep_id(
+    s: GPUJobScheduler,
+    definition: dict[str, Any],
+    combinations: Sequence[tuple[str, dict[str, str]]],
+) -> str:
+    """The id of this definition: the one it had before, or a new one."""
+    text = json.dumps(definition, sort_keys=True, ensure_ascii=False, default=str)
+    key = "sweep:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    known = s.store.kv_get(key)
+    if known is not None and s.store.sweep_spec(known) is not None:
+        return known
+    record = {
+        **definition,
+        "combinations": [[digest, values] for digest, values in combinations],
+    }
+    sweep_id = s.store.new_sweep(record)
+    s.store.kv_set(key, sweep_id)
+    return sweep_id
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _record(s: GPUJobScheduler, sweep_id: object) -> dict[str, Any]:
+    if not isinstance(sweep_id, str):
+        raise InvalidTypeError(f"sweep_id={sweep_id!r}: expected a sweep id such as 'sw1'")
+    record = s.store.sweep_spec(sweep_id.strip())
+    if record is None:
+        known = [sid for sid, _, _ in s.store.sweeps()[-5:]]
+        hint = f"known sweeps: {', '.join(known)}" if known else "no sweep was submitted yet"
+        raise InvalidValueError(f"sweep_id={sweep_id!r}: no such sweep ({hint})")
+    return record
+
+
+def latest_sweep(s: GPUJobScheduler) -> str:
+    """The id of the sweep submitted last."""
+    sweeps = s.store.sweeps()
+    if not sweeps:
+        raise InvalidValueError("no sweep was submitted yet; add one with add_sweep()")
+    return sweeps[-1][0]
+
+
+def combination_jobs(
+    s: GPUJobScheduler, sweep_id: str, record: dict[str, Any] | None = None
+) -> list[tuple[dict[str, str], Job | None]]:
+    """Each combination of a sweep with the newest job that has its hash."""
+    record = _record(s, sweep_id) if record is None else record
+    by_hash: dict[str, Job] = {}
+    for own in s.store.find(sweep=sweep_id):
+        if own.spec.hash is not None:
+            by_hash[own.spec.hash] = own
+    out: list[tuple[dict[str, str], Job | None]] = []
+    for digest, values in record["combinations"]:
+        job = by_hash.get(digest)
+        if job is None:  # queued or done by another sweep (or a jobs-file line)
+            found = s.store.find(hash=digest, limit=1, newest=True)
+            job = found[-1] if found else None
+        out.append((values, job))
+    return out
+
+
+def sweep_frame(s: GPUJobScheduler, sweep_id: str | None = None) -> pd.DataFrame:
+    """One row per combination: parameters, status, duration, exit code, id, results."""
+    if isinstance(sweep_id, SweepIds):
+        sweep_id = sweep_id.sweep_id
+    sid = latest_sweep(s) if sweep_id is None else sweep_id
+    record = _record(s, sid)
+    pairs = combination_jobs(s, sid, record)
+    param_names: list[str] = list(pairs[0][0]) if pairs else []
+    fixed = set(SWEEP_COLUMNS)
+    param_cols = {p: (f"param_{p}" if p in fixed else p) for p in param_names}
+    results_dir = s.config.state_dir / "results"
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    result_keys: dict[str, str] = {}
+    for values, job in pairs:
+        row: dict[str, Any] = {param_cols[p]: values.get(p) for p in param_names}
+        row.update(_job_columns(job, now))
+        if job is not None and job.status != JobStatus.QUEUED:
+            for key, value in _read_result(results_dir / f"{job.id}.json").items():
+                col = result_keys.get(key)
+                if col is None:
+                    taken = fixed | set(param_cols.values()) | set(result_keys.values())
+                    col = f"result_{key}" if key in taken else key
+                    result_keys[key] = col
+                row[col] = value
+        rows.append(row)
+    columns = [*param_cols.values(), *SWEEP_COLUMNS, *result_keys.values()]
+    df = pd.DataFrame(rows, columns=columns)
+    for col in param_cols.values():
+        df[col] = _numeric_if_possible(df[col])
+    df["exit_code"] = df["exit_code"].astype("Int64")
+    df["duration"] = df["duration"].astype(float)
+    df.attrs["sweep"] = sid
+    return df
+
+
+def _job_columns(job: Job | None, now: float) -> dict[str, Any]:
+    if job is None:  # its job was deleted from the store
+        return {"status": None, "duration": None, "exit_code": None, "id": None}
+    duration = None
+    if job.started is not None:
+        end = job.ended if job.ended is not None else now
+        duration = max(0.0, end - job.started)
+    return {
+        "status": job.status.value,
+        "duration": duration,
+        "exit_code": job.exit_code,
+        "id": job.id,
+    }
+
+
+def _read_result(path: os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object a job wrote; ``{}`` when it wrote none (or not a whole object)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _numeric_if_possible(col: pd.Series) -> pd.Series:
+    try:
+        return pd.to_numeric(col)
+    except (ValueError, TypeError):
+        return col
+
+
+def sweeps_frame(s: GPUJobScheduler) -> pd.DataFrame:
+    """One row per sweep: its definition, its combinations, and its jobs per status
+    (the newest job of each combination it queued; combinations another sweep had
+    already queued or done count there)."""
+    rows = []
+    for sid, created, record in s.store.sweeps():
+        counts = s.store.counts(sweep=sid)
+        args = record.get("args") or ""
+        if record.get("params"):
+            args = f"{args} params={record['params']}".strip()
+        rows.append(
+            {
+                "sweep": sid,
+                "created": pd.Timestamp(created, unit="s", tz="UTC").tz_convert(None),
+                "script": record.get("script"),
+                "args": args if isinstance(args, str) else " ".join(args),
+                "combinations": len(record.get("combinations", ())),
+                **counts,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(SWEEPS_COLUMNS))

@@ -1,0 +1,407 @@
+"""The %gpusched magics on a real IPython shell, as IPython's own tests drive magics."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from nbsched import GPUJobScheduler
+from nbsched.config import check_requirement
+from nbsched.jupyter.extension import magics_of
+from nbsched.jupyter.magics import VERBS, GpuschedMagics
+from nbsched.jupyter.parsing import gpus_type, split_dashdash
+from nbsched.jupyter.status import StatusReport
+
+ARGV_SCRIPT = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+
+
+@pytest.fixture
+def ip() -> Iterator[InteractiveShell]:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbsched")
+    yield shell
+    magics = magics_of(shell)
+    if magics is not None and magics.scheduler is not None:
+        magics.scheduler.stop(kill=True)
+    shell.run_line_magic("unload_ext", "nbsched")
+
+
+@pytest.fixture
+def started(ip: InteractiveShell, tmp_path: Path) -> GPUJobScheduler:
+    s = gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'state'}")
+    assert isinstance(s, GPUJobScheduler) and s.running
+    return s
+
+
+def gs(ip: InteractiveShell, line: str) -> Any:
+    return ip.run_line_magic("gpusched", line)
+
+
+def cell(ip: InteractiveShell, line: str, body: str) -> Any:
+    return ip.run_cell_magic("gpusched", line, body)
+
+
+# -- the extension and its help ---------------------------------------------------------------
+
+
+def test_help_lists_every_verb(ip: InteractiveShell) -> None:
+    doc = ip.find_line_magic("gpusched").__doc__
+    for name in VERBS:
+        assert f"%gpusched {name}" in doc
+    assert "--simulate N" in doc and "--gpus X" in doc
+    assert ip.find_cell_magic("gpusched") is not None
+
+
+def test_verb_help_is_printed(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    assert gs(ip, "add -h") is None
+    out = capsys.readouterr().out
+    assert "%gpusched add" in out and "--allowed" in out
+
+
+def test_unload_stops_the_engine_and_drops_the_magics(tmp_path: Path) -> None:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbsched")
+    s = gs(shell, f"start --simulate 1 --state-dir {tmp_path}")
+    board = gs(shell, "dashboard --interval 0.2")
+    assert s.running and board.refreshing
+    shell.run_line_magic("unload_ext", "nbsched")
+    assert not s.running and not board.refreshing
+    assert shell.find_line_magic("gpusched") is None
+    assert shell.find_cell_magic("gpusched") is None
+    shell.run_line_magic("load_ext", "nbsched")  # and it loads again
+    assert shell.find_line_magic("gpusched") is not None
+    shell.run_line_magic("unload_ext", "nbsched")
+
+
+# -- verbs return the API's values -------------------------------------------------------------
+
+
+def test_start_is_idempotent_for_the_same_settings(
+    ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path
+) -> None:
+    assert gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'state'}") is started
+    with pytest.raises(UsageError, match="already running"):
+        gs(ip, f"start --simulate 3 --state-dir {tmp_path / 'state'}")
+    assert started.config.num_gpus == 2 and started.config.gpu_provider == "simulated"
+
+
+def test_run_add_wait_logs(ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path) -> None:
+    script = tmp_path / "show args.py"
+    script.write_text(ARGV_SCRIPT)
+    tricky = ["a b", "it's", "$(echo no)", "x;y", "ünï", '"q"', "--flag"]
+    from shlex import quote
+
+    jid = gs(
+        ip, f"add {quote(str(script))} --gpus 0.5 --priority 3 -- {' '.join(map(quote, tricky))}"
+    )
+    cmd = gs(ip, "run --gpus 0.25 --name hello -- printf '%s|' \"$HOME\" 'a;b' $(echo sub)")
+    assert isinstance(jid, str) and isinstance(cmd, str)
+    done = gs(ip, "wait --no-progress --timeout 60")
+    assert isinstance(done, pd.DataFrame) and set(done["status"]) == {"succeeded"}
+    assert json.loads(gs(ip, f"logs {jid}")) == tricky
+    assert gs(ip, f"logs {cmd} -n 1") == f"{os.environ['HOME']}|a;b|sub|"
+    row = started.job(jid)
+    assert (row["priority"], row["required_gpus"]) == (3, 0.5)
+    assert started.job(cmd)["name"] == "hello"
+    jobs = gs(ip, "jobs --status succeeded")
+    assert list(jobs["id"]) == [jid, cmd]
+    assert list(gs(ip, "gpus")["gpu"]) == [0, 1]
+
+
+def test_dollar_names_expand_before_the_double_dash(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    first = gs(ip, "run -- echo one")
+    second = gs(ip, "run -- echo two")
+    ip.user_ns["ids"] = [first, second]
+    ip.user_ns["jid"] = first
+    rows = gs(ip, "wait $ids --timeout 60 --no-progress")
+    assert list(rows["id"]) == [first, second]
+    assert gs(ip, "logs $jid") == "one\n"
+    # after --, $ belongs to the shell
+    third = gs(ip, "run -- echo $jid")
+    gs(ip, f"wait {third} --timeout 60 --no-progress")
+    assert gs(ip, f"logs {third}") == "\n"
+
+
+def test_cell_job_runs_the_cell_and_leaves_the_kernel_free(
+    ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path
+) -> None:
+    flag = tmp_path / "go"
+    body = (
+        "import os, pathlib, time\n"
+        f"flag = pathlib.Path({str(flag)!r})\n"
+        "while not flag.exists():\n"
+        "    time.sleep(0.01)\n"
+        "print('cell ran on', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    )
+    jid = cell(ip, "run --gpus 0.5", body)
+    assert started.job(jid)["status"] in ("queued", "running")  # returned before the job ended
+    flag.touch()
+    started.wait([jid], timeout=60)
+    assert started.logs(jid).startswith("cell ran on ")
+    script = Path(started.store.get(jid).spec.script or "")
+    assert script.parent == started.config.state_dir / "cells"
+    assert script.read_text() == body
+    assert stat.S_IMODE(script.stat().st_mode) == 0o600
+    assert stat.S_IMODE(script.parent.stat().st_mode) == 0o700
+
+
+def test_sweep_line_and_cell_forms_and_results(
+    ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path
+) -> None:
+    body = (
+        "import json, os, sys\n"
+        "lr = float(sys.argv[2])\n"
+        "json.dump({'score': lr * 10}, open(os.environ['NBSCHED_RESULT_FILE'], 'w'))\n"
+    )
+    ids = cell(ip, "sweep --gpus 0.5 -- --lr {0.1,0.2,0.3}", body)
+    assert len(ids) == 3 and ids.sweep_id.startswith("sw")
+    gs(ip, "wait --timeout 60 --no-progress")
+    table = gs(ip, f"results {ids.sweep_id}")
+    assert list(table["lr"]) == [0.1, 0.2, 0.3]
+    assert list(table["score"]) == pytest.approx([1.0, 2.0, 3.0])
+    script = tmp_path / "s.py"
+    script.write_text(body)
+    more = gs(ip, f"sweep {script} --priority 1 -- --lr {{1..2}}")
+    assert len(more) == 2
+    assert list(gs(ip, "sweeps")["sweep"]) == [ids.sweep_id, more.sweep_id]
+    gs(ip, "wait --timeout 60 --no-progress")
+    assert list(gs(ip, "results")["score"]) == [10.0, 20.0]  # default: the latest
+
+
+def test_cancel_pause_resume_retry_why_status(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    assert gs(ip, "pause 0") is None and gs(ip, "pause 1") is None
+    assert list(started.get_gpu_status()["paused"]) == [True, True]
+    a = gs(ip, "run -- true")
+    b = gs(ip, "run -- true")
+    assert "GPU" in gs(ip, f"why {a}") or "waiting" in gs(ip, f"why {a}")
+    report = gs(ip, "status")
+    assert isinstance(report, StatusReport)
+    assert report.counts["queued"] == 2
+    html = report._repr_html_()
+    assert "Queued (2)" in html and "#e9ecef" in html  # the queued colour
+    assert "queued (2):" in repr(report)
+    assert gs(ip, f"cancel {a}") is True
+    assert gs(ip, f"cancel {a} {b}") == [False, True]
+    assert gs(ip, f"retry {a}") == a
+    assert gs(ip, "resume 0") is None
+    started.wait([a], timeout=60)
+    assert started.job(a)["status"] == "succeeded"
+    assert started.job(b)["status"] == "cancelled"
+
+
+def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler) -> None:
+    from nbsched.jupyter import Dashboard, SubmitForm
+
+    form = gs(ip, "form")
+    board = gs(ip, "dashboard")
+    assert isinstance(form, SubmitForm) and isinstance(board, Dashboard)
+    assert board.refreshing
+    board.close()
+    assert not board.refreshing
+
+
+def test_stop_then_verbs_say_there_is_none(ip: InteractiveShell, started: GPUJobScheduler) -> None:
+    jid = gs(ip, "run -- sleep 30")
+    gs(ip, "stop --kill")
+    assert not started.running
+    with pytest.raises(UsageError, match="no scheduler is running"):
+        gs(ip, "jobs")
+    assert magics_of(ip).scheduler is None  # type: ignore[union-attr]
+    assert jid  # (the job was cancelled by --kill; its state is in the store)
+
+
+def test_stop_right_after_start_leaves_no_engine_thread(
+    ip: InteractiveShell, tmp_path: Path
+) -> None:
+    # Regression: a stop() that came before the engine thread had made its dispatcher
+    # could not stop it; the thread then ran on after stop() gave up waiting for it.
+    import threading
+
+    for i in range(3):
+        s = gs(ip, f"start --simulate 1 --state-dir {tmp_path / str(i)}")
+        gs(ip, "run -- true")
+        s.stop(kill=True)
+        engines = [t for t in threading.enumerate() if t.name == "nbsched-engine"]
+        assert engines == []
+        gs(ip, "stop")
+
+
+# -- user mistakes: UsageError, one line, nothing queued ---------------------------------------
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v not in ("start",)])
+def test_every_verb_needs_a_scheduler(ip: InteractiveShell, verb: str) -> None:
+    args = {
+        "add": "x.py",
+        "logs": "1",
+        "cancel": "1",
+        "retry": "1",
+        "pause": "0",
+        "resume": "0",
+        "why": "1",
+    }
+    line = f"{verb} {args.get(verb, '')}"
+    if verb in ("run", "sweep"):
+        line += " -- x"
+    with pytest.raises(UsageError, match="no scheduler is running: start one with %gpusched"):
+        gs(ip, line)
+
+
+MISTAKES = [
+    ("", "needs a verb; accepted verbs are start, add"),
+    ("launch x", "unknown verb 'launch': accepted verbs are"),
+    ("run --gpus 1.5 -- true", "--gpus: 1.5 is not accepted: use a fraction in (0, 1]"),
+    ("run --gpus 0 -- true", "--gpus: 0 is not accepted"),
+    ("run --gpus abc -- true", "'abc' is not a number of GPUs"),
+    ("run --gpus nan -- true", "'nan' is not a number of GPUs"),
+    ("run --gpu 1 -- true", "unrecognized arguments: --gpu 1 (usage: %gpusched run"),
+    ("run --priority high -- true", "'high' is not accepted: expected a whole number"),
+    ("run --allowed 5 -- true", "5"),
+    ("run --allowed 0 --gpus 2 -- true", "required_gpus=2: allowed_gpus [0] has only 1 GPU"),
+    ("run true", "unrecognized arguments: true; the job's arguments go after --"),
+    ("run --env torch -- true", "--env applies to the cell form"),
+    ("add", "the following arguments are required: script"),
+    ("add missing.py", "script 'missing.py' not found"),
+    ("add {script} -- 'unclosed", "No closing quotation"),
+    ("sweep -- --lr {{1,2}}", "needs a SCRIPT"),
+    ("sweep {script}", "needs the swept arguments after --"),
+    ("sweep {script} -- --lr {{1,2", "a '{{' without '}}'"),
+    ("sweep {script} --limit 2 -- --lr {{1..3}}", "3 jobs exceeds the limit of 2"),
+    ("sweep {script} --limit 0 -- --lr {{1,2}}", "--limit: 0 is not accepted"),
+    ("logs 999", "no job '999'"),
+    ("logs 1 -n -3", "-n/--lines: -3 is not accepted"),
+    ("cancel abc", "job ids are numbers"),
+    ("cancel", "the following arguments are required: ID"),
+    ("pause 5", "gpu=5: GPUs are 0-1"),
+    ("pause x", "'x' is not accepted: expected a GPU index"),
+    ("jobs --status nope", "status='nope': accepted values are queued"),
+    ("wait --timeout -1", "'-1' is not accepted: expected seconds >= 0"),
+    ("wait 12345", "no job '12345'"),
+    ("results sw77", "sw77"),
+    ("stop -- now", "takes nothing after --"),
+    ("start --simulate 2 --provider nvml", "--simulate 2 means --provider simulated"),
+    ("start --executor slurm", "invalid choice: 'slurm'"),
+    ("retry 1 2", "no job '1'"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), MISTAKES)
+def test_mistakes_raise_one_line_usage_errors_and_queue_nothing(
+    ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path, line: str, message: str
+) -> None:
+    script = tmp_path / "ok.py"
+    script.write_text("")
+    with pytest.raises(UsageError) as info:
+        gs(ip, line.format(script=script))
+    text = str(info.value)
+    assert "\n" not in text
+    assert message.format() in text
+    assert started.jobs().empty
+    assert started.sweeps().empty
+
+
+@pytest.mark.parametrize(
+    ("line", "body", "message"),
+    [
+        ("jobs", "x = 1", "only run and sweep have a cell form"),
+        ("run --gpus 0.5", "   \n", "the cell is empty"),
+        ("run --gpus 3", "print(1)", "required_gpus=3: this machine has only 2 GPU(s)"),
+        ("sweep s.py -- --lr {1,2}", "print(1)", "the cell is the script"),
+        ("sweep --gpus 2.5 -- --lr {1,2}", "print(1)", "--gpus: 2.5 is not accepted"),
+    ],
+)
+def test_cell_mistakes(
+    ip: InteractiveShell, started: GPUJobScheduler, line: str, body: str, message: str
+) -> None:
+    with pytest.raises(UsageError, match=None) as info:
+        cell(ip, line, body)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert started.jobs().empty
+
+
+def test_a_mistake_in_a_cell_shows_no_traceback(
+    ip: InteractiveShell, started: GPUJobScheduler, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = ip.run_cell("%gpusched run --gpus 1.5 -- true")
+    assert isinstance(result.error_in_exec, UsageError)
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "UsageError: %gpusched run: argument --gpus: 1.5 is not accepted" in shown
+    assert "Traceback" not in shown
+    assert started.jobs().empty
+
+
+# -- the parsers, with hypothesis -----------------------------------------------------------------
+
+words = st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(words.filter(lambda w: w.strip() == w and w != "--"), max_size=4), st.text())
+def test_split_dashdash_keeps_the_tail_verbatim(head_words: list[str], tail: str) -> None:
+    from shlex import quote
+
+    head = " ".join(quote(w) for w in head_words)
+    before, after = split_dashdash(f"{head} -- {tail}")
+    assert before == head.strip()
+    assert after == tail.strip()
+    assert split_dashdash(head) == (head.strip(), None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True), st.integers(-3, 10), st.text(max_size=5)))
+def test_gpus_type_accepts_exactly_what_the_engine_accepts(value: object) -> None:
+    import argparse
+
+    text = str(value)
+    try:
+        expected: float | None = check_requirement("x", float(text))
+    except ValueError:
+        expected = None
+    try:
+        got: float | None = gpus_type(text)
+    except argparse.ArgumentTypeError as exc:
+        got = None
+        assert text in str(exc) or repr(text) in str(exc)
+    assert got == expected
+
+
+@pytest.fixture(scope="module")
+def unstarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GPUJobScheduler]:
+    """A scheduler that is never started: what is queued stays queued."""
+    from nbsched import SchedulerConfig
+
+    config = SchedulerConfig(
+        state_dir=tmp_path_factory.mktemp("unstarted"), gpu_provider="simulated", num_gpus=1
+    )
+    s = GPUJobScheduler(config=config)
+    yield s
+    s.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(command=st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), max_size=30))
+def test_run_passes_the_command_verbatim(unstarted: GPUJobScheduler, command: str) -> None:
+    magics = GpuschedMagics(InteractiveShell.instance())
+    magics.scheduler = unstarted
+    if not command.strip():
+        with pytest.raises(UsageError, match="needs a command after --"):
+            magics.gpusched(f"run -- {command}")
+        return
+    jid = magics.gpusched(f"run --gpus 0.5 -- {command}")
+    assert unstarted.job(jid)["command"] == command.strip()

@@ -1,0 +1,279 @@
+"""The submission form and the dashboard, built and driven as a user would."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import ipywidgets as widgets
+import pytest
+
+from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.gpus import write_simulated_gpus
+from nbsched.jupyter import Dashboard, SubmitForm
+from nbsched.jupyter.form import conda_envs
+
+GPU = {
+    "name": "Sim A100",
+    "memory_total_mb": 1000,
+    "external_memory_used_mb": 0,
+    "external_load": 0,
+}
+
+
+@pytest.fixture
+def gpus_file(tmp_path: Path) -> Path:
+    path = tmp_path / "gpus.json"
+    write_simulated_gpus(path, [dict(GPU) for _ in range(3)])
+    return path
+
+
+@pytest.fixture
+def llm_file(tmp_path: Path) -> Path:
+    path = tmp_path / "llm_config.json"
+    path.write_text(json.dumps({"default_requirement": 1, "models": {"small": 0.25, "big": 2}}))
+    return path
+
+
+def _config(tmp_path: Path, gpus_file: Path, llm_file: Path) -> SchedulerConfig:
+    return SchedulerConfig(
+        state_dir=tmp_path / "state",
+        gpu_provider="simulated",
+        simulated_gpus_file=str(gpus_file),
+        llm_config_file=str(llm_file),
+        gpu_monitor_interval_s=0.0,
+    )
+
+
+@pytest.fixture
+def sched(tmp_path: Path, gpus_file: Path, llm_file: Path) -> Iterator[GPUJobScheduler]:
+    """Not started: what the form queues stays queued."""
+    s = GPUJobScheduler(config=_config(tmp_path, gpus_file, llm_file))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path, gpus_file: Path, llm_file: Path) -> Iterator[GPUJobScheduler]:
+    s = GPUJobScheduler(config=_config(tmp_path, gpus_file, llm_file)).start()
+    yield s
+    s.stop(kill=True)
+    s.close()
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text("import sys\nprint(sys.argv[1:])\n")
+    return path
+
+
+# -- the form ------------------------------------------------------------------------------------
+
+
+def test_form_submits_a_job(sched: GPUJobScheduler, script: Path) -> None:
+    form = SubmitForm(sched, conda_env_names=[])
+    assert isinstance(form, widgets.VBox)
+    assert isinstance(form.conda_env, widgets.Text)  # no conda environments: a text field
+    assert len(form.allowed) == 3
+    form.script.value = str(script)
+    form.arguments.value = "--lr 0.1 --note 'a b'"
+    form.gpus.value = "0.5"
+    form.allowed[0].value = True
+    form.allowed[2].value = True
+    form.priority.value = 4
+    form.submit_button.click()
+    assert form.error is None
+    assert len(form.submitted) == 1
+    job = sched.store.get(form.submitted[0])
+    assert job.spec.args == ("--lr", "0.1", "--note", "a b")
+    assert (job.required_gpus, job.allowed_gpus, job.priority) == (0.5, (0, 2), 4)
+    assert f"queued job {job.id}" in form.result.value
+
+
+def test_script_is_checked_as_you_type(sched: GPUJobScheduler, script: Path) -> None:
+    form = SubmitForm(sched, conda_env_names=[])
+    form.script.value = str(script.parent / "nope.py")
+    assert "no such file" in form.script_check.value
+    form.script.value = str(script)
+    assert "found" in form.script_check.value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("gpus", "1.5", "above 1 it must be a whole number"),
+        ("gpus", "lots", "expected a fraction in (0, 1]"),
+        ("gpus", "4", "has only 3 GPU(s)"),
+        ("script", "missing.py", "not found"),
+        ("script", "", "give the path of the script"),
+        ("arguments", "'unclosed", "No closing quotation"),
+        ("sweep", "--lr {1,2", "without '}'"),
+    ],
+)
+def test_form_mistakes_are_shown_inline_and_submit_nothing(
+    sched: GPUJobScheduler, script: Path, field: str, value: str, message: str
+) -> None:
+    form = SubmitForm(sched, conda_env_names=[])
+    form.script.value = str(script)
+    getattr(form, field).value = value
+    form.submit_button.click()
+    assert form.error is not None and message in form.error
+    assert "nothing submitted" in form.result.value
+    assert form.submitted == []
+    assert sched.jobs().empty
+
+
+def test_form_submits_a_sweep(sched: GPUJobScheduler, script: Path) -> None:
+    form = SubmitForm(sched, conda_env_names=[])
+    form.script.value = str(script)
+    form.arguments.value = "--epochs 2"
+    form.sweep.value = "--lr {0.1,0.01} --seed {1..2}"
+    form.gpus.value = "0.25"
+    form.submit_button.click()
+    assert len(form.submitted) == 4
+    jobs = sched.jobs()
+    assert jobs["sweep"].nunique() == 1
+    assert [sched.store.get(i).spec.args for i in form.submitted][0] == (
+        "--epochs",
+        "2",
+        "--lr",
+        "0.1",
+        "--seed",
+        "1",
+    )
+    assert "queued 4 job(s)" in form.result.value
+    form.submit_button.click()  # the same sweep again: nothing new
+    assert "nothing new" in form.result.value and len(sched.jobs()) == 4
+
+
+def test_llm_model_sets_the_gpus(sched: GPUJobScheduler, script: Path) -> None:
+    form = SubmitForm(sched, conda_env_names=["base", "torch"])
+    assert isinstance(form.conda_env, widgets.Dropdown)
+    assert [v for _, v in form.llm_model.options] == ["", "big", "small"]
+    form.llm_model.value = "small"
+    assert form.gpus.value == "0.25"
+    form.script.value = str(script)
+    form.conda_env.value = "torch"
+    form.submit_button.click()
+    job = sched.store.get(form.submitted[0])
+    assert job.spec.args == ("--llm", "small")
+    assert (job.required_gpus, job.spec.conda_env) == (0.25, "torch")
+
+
+def test_no_conda_means_no_environment_list(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("CONDA_EXE", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert conda_envs() is None
+
+
+# -- the dashboard ------------------------------------------------------------------------------
+
+
+def test_dashboard_refresh_follows_the_gpus(
+    sched: GPUJobScheduler, gpus_file: Path, script: Path
+) -> None:
+    board = Dashboard(sched, autostart=False)
+    try:
+        assert not board.refreshing
+        assert bytes(board.chart.value).startswith(b"\x89PNG")
+        labels = [row.children[2].value for row in board.gpu_rows.children]
+        assert len(labels) == 3 and all("load 0%" in x for x in labels)
+        busy = [dict(GPU) for _ in range(3)]
+        busy[1].update(external_load=0.95, external_memory_used_mb=900)
+        write_simulated_gpus(gpus_file, busy)
+        before = bytes(board.chart.value)
+        board.refresh()
+        labels = [row.children[2].value for row in board.gpu_rows.children]
+        assert "load 95%" in labels[1] and "load 0%" in labels[0]
+        assert bytes(board.chart.value) != before  # a new reading, a new picture
+        assert "3 GPU(s)" in board.header.value
+    finally:
+        board.close()
+
+
+def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler) -> None:
+    running.pause_gpu(0)
+    board = Dashboard(running, autostart=False)
+    try:
+        toggles = [row.children[1] for row in board.gpu_rows.children]
+        assert [t.value for t in toggles] == [True, False, False]
+        toggles[0].value = False  # resume GPU 0 from the dashboard
+        toggles[1].value = True
+        toggles[2].value = True
+        assert list(running.get_gpu_status()["paused"]) == [False, True, True]
+        long = running.add_command("sleep 60", required_gpus=1, name="long")
+        queued = running.add_command("true", required_gpus=1, name="waits")
+        _wait_for(lambda: running.job(long)["status"] == "running")
+        board.refresh()
+        assert "long" in board.jobs_table.value and "waits" in board.jobs_table.value
+        assert [v for _, v in board.job_select.options] == [long, queued]
+        board.job_select.value = long
+        board.cancel_button.click()
+        assert running.job(long)["status"] == "cancelled"
+        assert "cancelled" in board.message.value
+        toggles[1].value = False
+        running.wait([queued], timeout=60)
+        script = running.config.state_dir / "s.py"
+        script.write_text("")
+        ids = running.add_sweep(str(script), args="--x {1..3}", required_gpus=0.5)
+        board.refresh()
+        running.wait(ids, timeout=60)
+        board.refresh()
+        assert (board.sweep_bar.value, board.sweep_bar.max) == (3, 3)
+        assert f"{ids.sweep_id}: 3/3 ended" in board.sweep_label.value  # type: ignore[attr-defined]
+    finally:
+        board.close()
+
+
+def test_dashboard_thread_refreshes_and_stops_with_the_engine(
+    running: GPUJobScheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    escaped: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    board = Dashboard(running, interval=0.02)
+    try:
+        start = board.refreshes
+        _wait_for(lambda: board.refreshes >= start + 3)
+        # An error inside the thread is shown, not raised; refreshing goes on.
+        calls = {"n": 0}
+
+        def broken() -> None:
+            calls["n"] += 1
+            raise RuntimeError("GPU readings unavailable")
+
+        monkeypatch.setattr(running, "get_gpu_status", broken)
+        _wait_for(lambda: calls["n"] >= 3)
+        assert "GPU readings unavailable" in board.message.value
+        assert board.refreshing
+        monkeypatch.undo()
+        monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+        running.stop()
+        _wait_for(lambda: not board.refreshing)
+        assert "engine stopped" in board.message.value
+        assert escaped == []
+    finally:
+        board.close()
+
+
+def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> None:
+    board = Dashboard(running, interval=0.05)
+    assert board.refreshing
+    board.close()
+    assert not board.refreshing
+    count = board.refreshes
+    assert board._thread is None and board.refreshes == count
+
+
+def _wait_for(condition: object, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        time.sleep(0.01)

@@ -298,7 +298,7 @@ class Store:
                     delay = min(delay * 2, 0.05)
             try:
                 yield self._conn
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # locked, disk full, malformed, ...
                 self._conn.execute("ROLLBACK")
                 raise _storage_error(self.path, exc) from exc
             except BaseException:
@@ -306,7 +306,7 @@ class Store:
                 raise
             try:
                 self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 self._conn.execute("ROLLBACK")
                 raise _storage_error(self.path, exc) from exc
 
@@ -314,7 +314,7 @@ class Store:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # OperationalError, or a malformed file
                 raise _storage_error(self.path, exc) from exc
 
     def _meta(self, key: str) -> str:
@@ -616,5 +616,10 @@ def _storage_error(path: Path, exc: sqlite3.Error) -> StateDirError:
         return StateDirError(
             f"cannot write {path}: the disk is full ({text}); nothing was changed. Free space "
             f"and try again."
+        )
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return StateDirError(
+            f"the state database {path} cannot be read ({text}); nbsched will not reset it. "
+            f"Move it aside to start afresh, or restore it from a backup."
         )
     return StateDirError(f"cannot use {path}: {text}")

@@ -222,11 +222,24 @@ class Dispatcher:
             _append(log_path, f"nbsched: the job could not start: {exc}\n")
             self._end(running, JobStatus.FAILED, None, f"could not start: {exc}", time.time())
             return
-        self.store.update(job.id, pid=started.pid, proc_start=started.proc_start, node=started.node)
+        recorded = self.store.transition(
+            job.id,
+            JobStatus.RUNNING,
+            expect={JobStatus.RUNNING},
+            guard=lambda j: j.token == token and not j.cancel_requested,
+            pid=started.pid,
+            proc_start=started.proc_start,
+            node=started.node,
+        )
         attempt = replace(
             running, pid=started.pid, proc_start=started.proc_start, node=started.node
         )
         self._running[job.id] = attempt
+        if recorded is None:
+            # Cancelled after it was marked running but before its process existed:
+            # cancel() found nothing to kill, so the process just started must go.
+            logger.info("job %s was cancelled while it was being started; ending it", job.id)
+            executor.kill(attempt, self.config.kill_grace_s)
         executor.watch(attempt, self._on_exit)
 
     def result_path(self, job: Job) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,16 +169,42 @@ def kill_tree(pid: int | None, proc_start: float | None, token: str | None, grac
             os.killpg(pid, signal.SIGTERM)  # the launcher leads its own session and group
         except (ProcessLookupError, PermissionError):
             pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace_s)
+    alive = _wait_gone(list(procs.values()), grace_s)
     for _ in range(3):
         for proc in alive:
             _signal(proc, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=1.0)
+        _wait_gone(alive, 1.0)
         # A process may have forked while we were signalling: look once more.
         alive = list(collect().values())
         if not alive:
             return
     logger.warning("job %s: processes %s survived SIGKILL", token, [p.pid for p in alive])
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until ``procs`` have ended (a zombie counts as ended); returns those left.
+
+    Not ``psutil.wait_procs``: it waits for a zombie until its parent reaps it, which
+    under a container's init may be never (every cancel then took the whole grace
+    period), and it reaps our own children, stealing their exit status from Popen.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        procs = [p for p in procs if _running(p)]
+        if not procs or time.monotonic() >= deadline:
+            return procs
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:

@@ -89,7 +89,7 @@ class SchedulerConfig:
         for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
             _check_float(name, getattr(self, name), low=0.0, high=math.inf, low_open=False)
         _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0)
-        _check_optional_int("max_retries", self.max_retries, minimum=0)
+        _check_optional_int("max_retries", self.max_retries, minimum=0, maximum=2**63 - 1)
         _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, minimum=1)
         _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False)
         check_requirement("default_requirement", self.default_requirement)

@@ -255,7 +255,8 @@ class Dispatcher:
             reason = exit.reason or f"exit code {exit.code}"
             budget = job.spec.max_retries
             if job.attempts <= budget:
-                delay = self.config.retry_backoff_s * (2 ** (job.attempts - 1))
+                # (exponent capped: 2**1024 does not fit a float; 2**32 s is forever anyway)
+                delay = self.config.retry_backoff_s * (2 ** min(job.attempts - 1, 32))
                 moved = self.store.transition(
                     job.id,
                     JobStatus.QUEUED,

@@ -44,6 +44,7 @@ from .store import Store, prepare_state_dir
 logger = logging.getLogger(__name__)
 
 STANDBY_POLL_S = 0.25
+_INT64 = 2**63  # integers the store keeps must lie in [-_INT64, _INT64)
 
 
 class GPUJobScheduler:
@@ -350,6 +351,8 @@ class GPUJobScheduler:
         n_gpus = self.num_gpus
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidTypeError(f"priority={priority!r}: expected an integer")
+        if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
+            raise InvalidValueError(f"priority={priority!r}: must be in {-_INT64}..{_INT64 - 1}")
         workdir = os.fspath(cwd) if cwd is not None else os.getcwd()
         if not os.path.isdir(workdir):
             raise MissingFileError(f"cwd={workdir!r}: no such folder")
@@ -380,8 +383,10 @@ class GPUJobScheduler:
             where = f"allowed_gpus {list(allowed)}" if allowed is not None else "this machine"
             raise InvalidValueError(f"required_gpus={required:g}: {where} has only {limit} GPU(s)")
         retries = self.config.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise InvalidValueError(f"max_retries={max_retries!r}: expected a whole number >= 0")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
+            raise InvalidValueError(
+                f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
+            )
         check_launcher(launcher)
         if gpu_arg is not None and (not isinstance(gpu_arg, str) or not gpu_arg.startswith("-")):
             raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")

@@ -615,3 +615,21 @@ def test_jobs_survive_a_restart(make_sched: Callable[..., GPUJobScheduler], tmp_
     second.wait([job_id], timeout=TIMEOUT)
     row = second.job(job_id)
     assert (row["status"], row["exit_code"]) == ("failed", 4)
+
+
+def test_retry_back_off_after_very_many_attempts(sched: GPUJobScheduler) -> None:
+    """The back-off doubles per attempt; at attempt 1500, 2**1499 s must not overflow."""
+    from nbsched.executors.base import Exit
+    from nbsched.jobs import JobStatus
+
+    for g in range(4):
+        sched.pause_gpu(g)
+    job_id = sched.add_command("true", required_gpus=1, max_retries=5000)
+    job = sched.store.transition(job_id, JobStatus.RUNNING, attempts=1500, token="t", gpus=(0,))
+    assert job is not None
+    d = wait_for(lambda: sched._dispatcher, what="the dispatcher")
+    before = time.time()
+    d._on_exit(job, Exit(1))
+    after = sched.store.get(job_id)
+    assert after.status == JobStatus.QUEUED and after.exit_code == 1
+    assert after.not_before is not None and after.not_before > before + 3600

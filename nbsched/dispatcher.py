@@ -157,22 +157,37 @@ class Dispatcher:
         return timeout
 
     def _refresh(self) -> None:
-        rev, changed = self.store.changed_since(self._rev)
+        rev, changes = self.store.changes_since(self._rev)
         self._rev = rev
-        for job in changed:
-            old = self._queued.pop(job.id, None)
-            if old is not None:
-                i = bisect.bisect_left(self._queue, queue_key(old), key=queue_key)
-                while i < len(self._queue) and self._queue[i].id != job.id:
-                    i += 1
-                if i < len(self._queue):
-                    del self._queue[i]
-            self._running.pop(job.id, None)
+        wanted = []
+        for job_id, status, token in changes:
+            known = self._running.get(job_id)
+            if status == JobStatus.RUNNING and known is not None and known.token == token:
+                self._forget(job_id, running=False)  # off the queue; nothing else to learn:
+                continue  # it is this dispatcher's own write (started, pid recorded)
+            if status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                wanted.append(job_id)
+            else:
+                self._forget(job_id)  # ended: nothing of the row is needed
+        for job in self.store.get_many(wanted) if wanted else ():
+            self._forget(job.id)
             if job.status == JobStatus.QUEUED:
                 self._queued[job.id] = job
                 bisect.insort(self._queue, job, key=queue_key)
             elif job.status == JobStatus.RUNNING:
                 self._running[job.id] = job
+
+    def _forget(self, job_id: str, running: bool = True) -> None:
+        """Drop a job from the queue cache (and, with ``running``, from the running one)."""
+        old = self._queued.pop(job_id, None)
+        if old is not None:
+            i = bisect.bisect_left(self._queue, queue_key(old), key=queue_key)
+            while i < len(self._queue) and self._queue[i].id != job_id:
+                i += 1
+            if i < len(self._queue):
+                del self._queue[i]
+        if running:
+            self._running.pop(job_id, None)
 
     # -- starting and ending --------------------------------------------------------------
 
@@ -222,20 +237,14 @@ class Dispatcher:
             _append(log_path, f"nbsched: the job could not start: {exc}\n")
             self._end(running, JobStatus.FAILED, None, f"could not start: {exc}", time.time())
             return
-        recorded = self.store.transition(
-            job.id,
-            JobStatus.RUNNING,
-            expect={JobStatus.RUNNING},
-            guard=lambda j: j.token == token and not j.cancel_requested,
-            pid=started.pid,
-            proc_start=started.proc_start,
-            node=started.node,
+        recorded = self.store.record_start(
+            job.id, token, pid=started.pid, proc_start=started.proc_start, node=started.node
         )
         attempt = replace(
             running, pid=started.pid, proc_start=started.proc_start, node=started.node
         )
         self._running[job.id] = attempt
-        if recorded is None:
+        if not recorded:
             # Cancelled after it was marked running but before its process existed:
             # cancel() found nothing to kill, so the process just started must go.
             logger.info("job %s was cancelled while it was being started; ending it", job.id)

@@ -29,6 +29,7 @@ from .errors import (
     MissingFileError,
     NbschedError,
     PermissionDeniedError,
+    UnknownJobError,
 )
 from .executors.base import Executor
 from .gpus import make_provider
@@ -39,7 +40,7 @@ from .jobs import Job, JobSpec, JobStatus
 from .launch import check_launcher
 from .lease import DispatcherLease, WakeChannel
 from .llmconfig import LLMConfigWatcher
-from .store import Store, prepare_state_dir
+from .store import Store, parse_job_id, prepare_state_dir
 
 logger = logging.getLogger(__name__)
 
@@ -552,26 +553,39 @@ class GPUJobScheduler:
 
         Returns their :meth:`jobs` rows; raises ``TimeoutError`` after ``timeout`` s.
         """
-        if isinstance(ids, str):
-            ids = [ids]
-        if ids is None:
-            wanted = [j.id for j in self.store.active()]
-        else:
-            wanted = [self.store.get(i).id for i in ids]
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise InvalidValueError(f"timeout={timeout!r}: expected seconds >= 0 or None")
+        if isinstance(ids, str):
+            ids = [ids]
+        rev = self.store.revision()  # before the first look: later changes are seen below
+        if ids is None:
+            pending = self.store.unended(None)
+            wanted = sorted(pending)
+        else:
+            wanted = sorted({parse_job_id(i) for i in ids})
+            pending = self.store.unended(set(wanted))
+            missing = set(wanted) - pending - {j.seq for j in self.store.get_many(wanted)}
+            if missing:
+                raise UnknownJobError(f"no job {str(min(missing))!r} in {self.store.path}")
+        wanted_set = set(wanted)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            found = self.store.find(ids=wanted)
-            if all(j.status.ended for j in found):
-                return frames.jobs_frame(found)
+            if not pending:
+                return frames.jobs_frame(self.store.get_many(wanted))
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                left = [j.id for j in found if not j.status.ended]
-                raise TimeoutError(f"after {timeout}s, job(s) {', '.join(left)} had not ended")
+                left = ", ".join(map(str, sorted(pending)))
+                raise TimeoutError(f"after {timeout}s, job(s) {left} had not ended")
             with self._changed:
                 # Woken at once by this process's engine; 50 ms covers another process's.
                 self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+            # Read only what changed since the last look (not every wanted row: decoding
+            # them on each wake-up held the GIL and starved the engine threads).
+            rev, changes = self.store.changes_since(rev)
+            for job_id, status, _ in changes:
+                seq = int(job_id)
+                if seq in wanted_set:
+                    (pending.discard if status.ended else pending.add)(seq)
 
     def why(self, job_id: str) -> str:
         """Why a queued job is waiting (as far as this process's dispatcher knows)."""

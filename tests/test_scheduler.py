@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -467,6 +468,36 @@ def test_wait_timeout(sched: GPUJobScheduler) -> None:
     sched.cancel(job_id)
     assert list(sched.wait(job_id, timeout=TIMEOUT)["status"]) == ["cancelled"]
     assert len(sched.wait(timeout=TIMEOUT)) == 0  # nothing active: returns at once
+    with pytest.raises(KeyError, match="no job '999'"):
+        sched.wait(["999"], timeout=1)
+
+
+def test_wait_sees_ends_written_by_another_process(tmp_path: Path) -> None:
+    """No engine here: the job is ended through a second connection, as another process
+    (the dispatching kernel) would; wait() must notice it."""
+    from nbsched.jobs import JobStatus
+    from nbsched.store import Store
+
+    config = SchedulerConfig(state_dir=tmp_path / "s", gpu_provider="simulated", num_gpus=2)
+    s = GPUJobScheduler(config=config)  # not started
+    try:
+        a = s.add_command("true", required_gpus=1)
+        b = s.add_command("true", required_gpus=1)
+        other = Store(config.db_path)
+
+        def finish() -> None:
+            for job_id in (a, b):
+                other.transition(job_id, JobStatus.RUNNING, gpus=(0,))
+                other.transition(job_id, JobStatus.SUCCEEDED, exit_code=0)
+
+        t = threading.Thread(target=finish)
+        t.start()
+        done = s.wait(timeout=TIMEOUT)
+        t.join()
+        other.close()
+        assert list(done["id"]) == [a, b] and set(done["status"]) == {"succeeded"}
+    finally:
+        s.close()
 
 
 def test_pause_and_resume(sched: GPUJobScheduler) -> None:

@@ -410,3 +410,51 @@ def test_newer_schema_refused(state: Path) -> None:
     raw.close()
     with pytest.raises(StateDirError, match="newer nbsched"):
         Store(state / "state.db")
+
+
+# ------------------------------------------------------------------ light reads for the hot path
+
+
+def test_changes_since_and_get_many(store: Store) -> None:
+    rev0 = store.revision()
+    a, b = add(store, spec(), spec(0.5))
+    store.transition(b, R, token="tb", gpus=(1,))
+    rev1, changes = store.changes_since(rev0)
+    assert rev1 == store.revision()
+    assert sorted(changes) == [(a, Q, None), (b, R, "tb")]
+    assert store.changes_since(rev1) == (rev1, [])
+    assert [j.id for j in store.get_many([b, a, "999", int(a)])] == [a, b]
+    assert store.get_many([]) == []
+    many = add(store, *(spec() for _ in range(1200)))  # more than one chunk of ids
+    assert [j.id for j in store.get_many(many)] == many
+
+
+def test_unended(store: Store) -> None:
+    a, b, c = add(store, spec(), spec(), spec())
+    store.transition(b, R)
+    store.transition(c, C)
+    seqs = {int(a), int(b), int(c)}
+    assert store.unended(seqs) == {int(a), int(b)}
+    assert store.unended(None) == {int(a), int(b)}
+    assert store.unended(set()) == set()
+    assert store.unended({999}) == set()
+    many = {int(i) for i in add(store, *(spec() for _ in range(600)))}
+    store.transition(str(min(many)), C)
+    assert store.unended(many | seqs) == (many - {min(many)}) | {int(a), int(b)}
+
+
+def test_record_start_is_guarded(store: Store) -> None:
+    (j,) = add(store, spec())
+    assert store.record_start(j, "tok", pid=5) is False  # still queued
+    store.transition(j, R, token="tok")
+    rev = store.revision()
+    assert store.record_start(j, "other", pid=5) is False  # another attempt
+    assert store.revision() == rev and store.get(j).pid is None
+    assert store.record_start(j, "tok", pid=5, proc_start=1.5, node="n") is True
+    job = store.get(j)
+    assert (job.pid, job.proc_start, job.node) == (5, 1.5, "n")
+    rev2, changes = store.changes_since(rev)
+    assert rev2 == rev + 1 and changes == [(j, R, "tok")]
+    store.update(j, cancel_requested=True)
+    assert store.record_start(j, "tok", pid=6) is False  # a cancel is under way
+    assert store.get(j).pid == 5

@@ -564,7 +564,8 @@ class GPUJobScheduler:
         else:
             wanted = sorted({parse_job_id(i) for i in ids})
             pending = self.store.unended(set(wanted))
-            missing = set(wanted) - pending - {j.seq for j in self.store.get_many(wanted)}
+            unsure = set(wanted) - pending  # ended, or no such job: look only at these
+            missing = unsure - {j.seq for j in self.store.get_many(unsure)} if unsure else set()
             if missing:
                 raise UnknownJobError(f"no job {str(min(missing))!r} in {self.store.path}")
         wanted_set = set(wanted)

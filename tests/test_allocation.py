@@ -271,7 +271,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Job], list[GpuState], float]:
     return queue, states, precision
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scenarios())
 def test_plan_properties(scenario: tuple[list[Job], list[GpuState], float]) -> None:
     queue, states, precision = scenario
@@ -307,7 +307,7 @@ def test_plan_properties(scenario: tuple[list[Job], list[GpuState], float]) -> N
             assert total <= 1 + precision, f"GPU {g} booked {total}"
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(scenarios())
 def test_plan_is_deterministic_and_pure(scenario: tuple[list[Job], list[GpuState], float]) -> None:
     queue, states, precision = scenario

@@ -655,10 +655,12 @@ def test_retry_back_off_after_very_many_attempts(sched: GPUJobScheduler) -> None
 
     for g in range(4):
         sched.pause_gpu(g)
+    settle(sched)  # the dispatcher has recovered (it would re-queue our hand-made attempt)
+    d = sched._dispatcher
+    assert d is not None
     job_id = sched.add_command("true", required_gpus=1, max_retries=5000)
     job = sched.store.transition(job_id, JobStatus.RUNNING, attempts=1500, token="t", gpus=(0,))
     assert job is not None
-    d = wait_for(lambda: sched._dispatcher, what="the dispatcher")
     before = time.time()
     d._on_exit(job, Exit(1))
     after = sched.store.get(job_id)

@@ -9,19 +9,30 @@ Errors exit with status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 
 from .config import PROVIDERS, SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr (exit status 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,7 +58,7 @@ def _job_opts(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbsched", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nbsched", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("demo", help="run a small mixed sweep on this machine's GPUs and exit")
@@ -57,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("direct", "screen", "ray"), default=None)
     p.add_argument("--jobs-file", default=None)
     p.add_argument("--llm-config", default=None)
+    p.add_argument("--max-retries", type=int, default=None, help="re-runs of a failed job")
     for verb, text in (
         ("status", "GPUs and queue"),
         ("gpus", "the GPU table"),
@@ -70,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _job_opts(p)
     p.add_argument("--env", default=None, help="conda environment")
+    p.add_argument("--launcher", choices=("torchrun",), default=None, help="run under torchrun")
+    p.add_argument(
+        "--gpu-arg", default=None, help="pass the job's local GPU indices with this option"
+    )
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p = sub.add_parser("run", help="queue a shell command: nbsched run -- nvidia-smi")
@@ -118,11 +134,10 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
     if saved and ns.provider is None and ns.simulate is None and ns.num_gpus is None:
         info = json.loads(saved)
         s.close()
-        keep = {
-            k: info[k]
-            for k in ("gpu_provider", "num_gpus", "simulated_gpus_file", "executor")
-            if k in info
-        }
+        names = ["gpu_provider", "num_gpus", "simulated_gpus_file", "executor"]
+        if ns.verb == "add":  # --llm MODEL in the arguments: the engine's LLM config decides
+            names.append("llm_config_file")
+        keep = {k: info[k] for k in names if k in info}
         s = GPUJobScheduler(config=cfg.replace(**keep))
     return s
 
@@ -157,18 +172,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(ns)
-    except (NbschedError, ValueError, TypeError, FileNotFoundError, TimeoutError) as exc:
-        print(f"nbsched {ns.verb}: {exc}", file=sys.stderr)
+    except (NbschedError, ValueError, TypeError, OSError, TimeoutError) as exc:
+        print(f"nbsched {ns.verb}: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line, with what it was
+        print(
+            f"nbsched {ns.verb}: internal error: {type(exc).__name__}: {_one_line(exc)}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _run(ns: argparse.Namespace) -> int:
     if ns.verb == "demo":
         from .demo import run_demo
 
-        return run_demo(_config(ns) if ns.state_dir else None, ns)
+        if not ns.json:
+            return run_demo(_config(ns) if ns.state_dir else None, ns)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = run_demo(_config(ns) if ns.state_dir else None, ns)
+        print(json.dumps({"ok": rc == 0, "exit_code": rc, "output": buf.getvalue()}))
+        return rc
     if ns.verb == "serve":
         return _serve(ns)
     s = _client(ns)
@@ -181,29 +212,7 @@ def _run(ns: argparse.Namespace) -> int:
 def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     verb = ns.verb
     if verb == "status":
-        counts = s.counts()
-        if ns.json:
-            print(
-                json.dumps(
-                    {
-                        "counts": counts,
-                        "gpus": json.loads(s.get_gpu_status().to_json(orient="records")),
-                        "notices": s.store.notices(),
-                    }
-                )
-            )
-            return 0
-        print("queue: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-        holder = s._lease.holder_pid()
-        print(f"engine: {'pid ' + str(holder) if holder else 'none running'}")
-        _print_frame(s.get_gpu_status(), False)
-        active = s.jobs(status="active")
-        if not active.empty:
-            print()
-            _print_frame(active, False, JOB_TABLE)
-        for n in s.store.notices(10):
-            print(f"{n['level'].upper()}: {n['source']}: {n['message']}")
-        return 0
+        return _status(s, ns.json)
     if verb == "gpus":
         _print_frame(s.get_gpu_status(), ns.json)
     elif verb == "jobs":
@@ -218,7 +227,9 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
         )
         if verb == "add":
             args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
-            jid = s.add_job(ns.script, ns.env, args, **common)
+            jid = s.add_job(
+                ns.script, ns.env, args, launcher=ns.launcher, gpu_arg=ns.gpu_arg, **common
+            )
         else:
             cmd = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
             if not cmd:
@@ -226,42 +237,102 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
             jid = s.add_command(" ".join(cmd), **common)
         print(json.dumps({"id": jid}) if ns.json else jid)
     elif verb == "retry":
-        for jid in ns.ids:
-            print(s.retry(jid))
+        ids = [s.retry(jid) for jid in ns.ids]
+        print(json.dumps({"retried": ids}) if ns.json else "\n".join(ids))
     elif verb == "cancel":
-        for jid in ns.ids:
-            done = s.cancel(jid)
-            print(f"{jid}: {'cancelled' if done else 'had already ended'}")
-    elif verb == "pause":
-        s.pause_gpu(ns.gpu)
-    elif verb == "resume":
-        s.resume_gpu(ns.gpu)
+        done = {jid: s.cancel(jid) for jid in ns.ids}
+        if ns.json:
+            print(json.dumps([{"id": k, "cancelled": v} for k, v in done.items()]))
+        else:
+            for jid, ok in done.items():
+                print(f"{jid}: {'cancelled' if ok else 'had already ended'}")
+    elif verb in ("pause", "resume"):
+        if verb == "pause":
+            s.pause_gpu(ns.gpu)
+        else:
+            s.resume_gpu(ns.gpu)
+        paused = ns.gpu in s.store.paused()
+        if ns.json:
+            print(json.dumps({"gpu": ns.gpu, "paused": paused}))
+        else:
+            print(f"GPU {ns.gpu}: {'paused' if paused else 'resumed'}")
     elif verb == "logs":
-        sys.stdout.write(s.logs(ns.id, tail=ns.lines))
+        text = s.logs(ns.id, tail=ns.lines)
+        if ns.json:
+            print(json.dumps({"id": s.job(ns.id)["id"], "log": text}))
+        else:
+            sys.stdout.write(text)
     elif verb == "wait":
         _print_frame(s.wait(ns.ids or None, timeout=ns.timeout), ns.json, JOB_TABLE)
     elif verb == "screens":
-        rows = s.screens() if hasattr(s, "screens") else []
+        rows = s.screens()
         if ns.json:
             print(json.dumps(rows))
+        elif not rows:
+            print("(no running job has a screen session)")
         else:
+            print("id\tpid\tsession (attach with: screen -r SESSION)")
             for row in rows:
-                print(f"{row['session']}\tjob {row['id']}")
+                print(f"{row['id']}\t{row['pid']}\t{row['session'] or '(gone)'}")
+    return 0
+
+
+def _status(s: GPUJobScheduler, as_json: bool) -> int:
+    counts = s.counts()
+    holder = s._lease.holder_pid()
+    notices = s.store.notices(20)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "counts": counts,
+                    "engine_pid": holder,
+                    "gpus": json.loads(s.get_gpu_status().to_json(orient="records")),
+                    "active": json.loads(
+                        s.jobs(status="active").to_json(orient="records", date_format="iso")
+                    ),
+                    "notices": notices,
+                }
+            )
+        )
+        return 0
+    print("queue: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"engine: {'pid ' + str(holder) if holder else 'none running'}")
+    _print_frame(s.get_gpu_status(), False)
+    active = s.jobs(status="active")
+    if not active.empty:
+        print()
+        _print_frame(active, False, JOB_TABLE)
+    if notices:
+        print("\nnotices:")
+    for n in notices[-10:]:
+        when = time.strftime("%H:%M:%S", time.localtime(n["at"]))
+        print(f"  {when} {n['level'].upper()}: {n['source']}: {n['message']}")
     return 0
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    cfg = _config(ns, executor=ns.executor, jobs_file=ns.jobs_file, llm_config_file=ns.llm_config)
+    cfg = _config(
+        ns,
+        executor=ns.executor,
+        jobs_file=os.path.abspath(ns.jobs_file) if ns.jobs_file else None,
+        llm_config_file=os.path.abspath(ns.llm_config) if ns.llm_config else None,
+        max_retries=ns.max_retries,
+    )
     s = GPUJobScheduler(config=cfg)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     s.start()
-    print(
-        f"nbsched: serving {cfg.state_dir} ({s.provider.name} GPUs: {s.num_gpus}); "
-        f"Ctrl-C stops the engine, running jobs go on",
-        flush=True,
-    )
+    if ns.json:
+        info = {"state_dir": str(cfg.state_dir), "pid": os.getpid(), "gpus": s.num_gpus}
+        print(json.dumps({"serving": info, "provider": s.provider.name}), flush=True)
+    else:
+        print(
+            f"nbsched: serving {cfg.state_dir} ({s.provider.name} GPUs: {s.num_gpus}); "
+            f"Ctrl-C stops the engine, running jobs go on",
+            flush=True,
+        )
     stop.wait()
     s.close()
     return 0

@@ -4,7 +4,7 @@ It runs in the one process that holds the state directory's lease
 (:mod:`nbsched.lease`).  It sleeps in ``select`` until something happens: a
 submission, cancel, pause or resume in this process (a byte on a pipe) or in
 another one (a byte on the FIFO), or a job's end (the process watcher).  Then it
-reads the jobs written since its last look (:meth:`Store.changed_since`), calls
+reads the jobs written since its last look (:meth:`Store.changes_since`), calls
 the pure :func:`nbsched.allocation.plan`, and starts what the plan says.  The only
 timed wake-ups are a retry's back-off, a re-read of the GPUs while some job waits
 for them (other users' load can only be polled), and a slow safety net.
@@ -41,7 +41,7 @@ from .config import SchedulerConfig
 from .executors.base import Executor, Exit, Launch, find_by_token, read_exit_file
 from .gpus.monitor import GPUMonitor
 from .jobs import Job, JobStatus
-from .launch import build_argv, build_env
+from .launch import build_argv, build_env, conda_failure
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Dispatcher:
         self._queue: list[Job] = []  # dispatch order
         self._queued: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
+        self._backoff: dict[str, float] = {}  # queued job -> not_before, for the wake-up timer
         self._env = dict(os.environ)
         self.head_waiting: tuple[str, str] | None = None
         self.reserved: dict[int, str] = {}
@@ -149,9 +150,9 @@ class Dispatcher:
         if decision.placements:
             self._on_change()
         timeout = SAFETY_NET_S
-        backoffs = [j.not_before for j in self._queue if j.not_before and j.not_before > now]
-        if backoffs:
-            timeout = min(timeout, max(0.0, min(backoffs) - now))
+        waits = [t - now for t in self._backoff.values() if t > now]
+        if waits:
+            timeout = min(timeout, min(waits))
         if self._queue:
             timeout = min(timeout, max(self.config.gpu_monitor_interval_s, 0.05))
         return timeout
@@ -174,6 +175,8 @@ class Dispatcher:
             if job.status == JobStatus.QUEUED:
                 self._queued[job.id] = job
                 bisect.insort(self._queue, job, key=queue_key)
+                if job.not_before is not None:
+                    self._backoff[job.id] = job.not_before
             elif job.status == JobStatus.RUNNING:
                 self._running[job.id] = job
 
@@ -188,6 +191,7 @@ class Dispatcher:
                 del self._queue[i]
         if running:
             self._running.pop(job_id, None)
+        self._backoff.pop(job_id, None)
 
     # -- starting and ending --------------------------------------------------------------
 
@@ -262,8 +266,11 @@ class Dispatcher:
                 self._end(job, JobStatus.SUCCEEDED, 0, None, now)
                 return
             reason = exit.reason or f"exit code {exit.code}"
+            missing_env = conda_failure(job, job.log_path) if exit.code else None
+            if missing_env:  # retrying cannot help
+                reason = f"{reason}: {missing_env}"
             budget = job.spec.max_retries
-            if job.attempts <= budget:
+            if job.attempts <= budget and not missing_env:
                 # (exponent capped: 2**1024 does not fit a float; 2**32 s is forever anyway)
                 delay = self.config.retry_backoff_s * (2 ** min(job.attempts - 1, 32))
                 moved = self.store.transition(

@@ -259,7 +259,9 @@ class JobsFileReader:
       is missing).  Other ``OSError`` s (no permission, a directory) propagate.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, partial_line_grace_s: float | None = 2.0):
+    def __init__(
+        self, path: str | os.PathLike[str], *, partial_line_grace_s: float | None = 2.0
+    ) -> None:
         self.path = os.fspath(path)
         self.partial_line_grace_s = partial_line_grace_s
         self.missing = False

@@ -72,6 +72,35 @@ def build_argv(job: Job, gpus: tuple[int, ...], environ: Mapping[str, str]) -> t
     return tuple(argv)
 
 
+#: What ``conda run`` prints when the environment does not exist (conda 4.x to 24.x).
+_CONDA_NO_ENV = (
+    "EnvironmentLocationNotFound",
+    "EnvironmentNameNotFound",
+    "Could not find conda environment",
+    "Not a conda environment",
+)
+
+
+def conda_failure(job: Job, log_path: str | os.PathLike[str] | None) -> str | None:
+    """Why a failed conda job failed, if conda said its environment does not exist.
+
+    Reads the end of the job's log (where ``conda run`` writes its error).
+    """
+    if not job.spec.conda_env or not log_path:
+        return None
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()):
+        if any(marker in line for marker in _CONDA_NO_ENV):
+            return f"conda environment {job.spec.conda_env!r} not found ({line.strip()})"
+    return None
+
+
 def build_env(
     job: Job, gpus: tuple[int, ...], token: str, result_file: Path, base: Mapping[str, str]
 ) -> dict[str, str]:

@@ -147,6 +147,7 @@ class GPUJobScheduler:
             "num_gpus": self.num_gpus,
             "simulated_gpus_file": self.config.simulated_gpus_file,
             "executor": self.config.executor,
+            "llm_config_file": _abspath(self.config.llm_config_file),
             "pid": os.getpid(),
         }
 
@@ -546,6 +547,21 @@ class GPUJobScheduler:
     def counts(self) -> dict[str, int]:
         return self.store.counts()
 
+    def screens(self) -> list[dict[str, Any]]:
+        """The GNU screen sessions of running jobs: ``[{"id", "session", "pid"}]``.
+
+        ``session`` is the full name (``12345.nbsched-17``) for ``screen -r``."""
+        from .executors.base import same_process_alive
+        from .executors.screen import session_of
+
+        out = []
+        for job in self.store.find(statuses=[JobStatus.RUNNING]):
+            if job.executor == "screen" and job.pid is not None:
+                alive = same_process_alive(job.pid, job.proc_start)
+                session = session_of(job.pid) if alive else None
+                out.append({"id": job.id, "session": session, "pid": job.pid})
+        return out
+
     def wait(
         self, ids: Iterable[str] | str | None = None, timeout: float | None = None
     ) -> pd.DataFrame:
@@ -600,6 +616,10 @@ class GPUJobScheduler:
             until = time.strftime("%H:%M:%S", time.localtime(job.not_before))
             return f"retry back-off until {until}"
         return "waiting for GPUs (jobs ahead of it come first)"
+
+
+def _abspath(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
 
 
 def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:

@@ -126,18 +126,17 @@ def fake_gputil(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return module
 
 
-def _real_or_skip(provider: NvmlProvider | GputilProvider) -> GPUProvider:
-    if not provider.is_available():
-        pytest.skip(f"{provider.name} not available here: {provider.unavailable_reason}")
-    return provider
+#: Real hardware providers join the contract where they work (on a GPU machine).
+REAL_PROVIDERS = [
+    name for name, cls in (("nvml", NvmlProvider), ("gputil", GputilProvider))
+    if cls().is_available()
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------- contract
 
 
-@pytest.fixture(
-    params=["simulated", "simulated-file", "nvml", "gputil", "nvml-fake", "gputil-fake"]
-)
+@pytest.fixture(params=["simulated", "simulated-file", "nvml-fake", "gputil-fake", *REAL_PROVIDERS])
 def provider(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GPUProvider]:
     kind = request.param
     p: GPUProvider
@@ -148,9 +147,9 @@ def provider(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GPUProv
         write_simulated_gpus(path, [A100, {"external_memory_used_mb": 80000, "external_load": 0.9}])
         p = SimulatedProvider(gpus_file=str(path), usage=lambda: {1: 0.5}, node="n1")
     elif kind == "nvml":
-        p = _real_or_skip(NvmlProvider())
+        p = NvmlProvider()
     elif kind == "gputil":
-        p = _real_or_skip(GputilProvider())
+        p = GputilProvider()
     elif kind == "nvml-fake":
         request.getfixturevalue("fake_nvml")
         p = NvmlProvider(own_pids=lambda: {123})
@@ -474,13 +473,20 @@ def test_valid_descriptions_round_trip(gpus: list[dict[str, float]]) -> None:
 # ---------------------------------------------------------------- make_provider
 
 
-def _no_hardware() -> None:
-    if NvmlProvider().is_available() or GputilProvider().is_available():
-        pytest.skip("this machine has NVIDIA GPUs")
+@pytest.fixture
+def _no_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without an NVIDIA driver: NVML's library is missing, nvidia-smi too."""
+    import pynvml
+
+    def no_library() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
+    monkeypatch.setattr("nbsched.gpus.gputil.shutil.which", lambda name: None)
 
 
+@pytest.mark.usefixtures("_no_hardware")
 def test_auto_picks_simulated_here_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    _no_hardware()
     with caplog.at_level(logging.INFO, logger="nbsched.gpus"):
         provider = make_provider("auto", num_gpus=None, simulated_gpus_file=None)
     assert provider.name == "simulated"
@@ -489,8 +495,8 @@ def test_auto_picks_simulated_here_and_says_why(caplog: pytest.LogCaptureFixture
     assert note in caplog.text
 
 
+@pytest.mark.usefixtures("_no_hardware")
 def test_auto_passes_num_gpus_file_and_usage_to_simulated(tmp_path: Path) -> None:
-    _no_hardware()
     path = tmp_path / "gpus.json"
     write_simulated_gpus(path, [A100])
     provider = make_provider("auto", num_gpus=2, simulated_gpus_file=path, usage=lambda: {1: 1.0})
@@ -505,8 +511,8 @@ def test_explicit_simulated() -> None:
 
 
 @pytest.mark.parametrize("kind, why", [("nvml", "NVML library"), ("gputil", "nvidia-smi")])
+@pytest.mark.usefixtures("_no_hardware")
 def test_explicit_unavailable_hardware_raises(kind: str, why: str) -> None:
-    _no_hardware()
     with pytest.raises(InvalidValueError, match=f"gpu_provider='{kind}'.*{why}.*'simulated'"):
         make_provider(kind, num_gpus=None, simulated_gpus_file=None)
 
@@ -516,8 +522,8 @@ def test_unknown_kind() -> None:
         make_provider("cuda", num_gpus=None, simulated_gpus_file=None)
 
 
+@pytest.mark.usefixtures("_no_hardware")
 def test_nvml_unavailable_here_does_not_raise() -> None:
-    _no_hardware()
     provider = NvmlProvider()
     assert provider.is_available() is False
     assert provider.is_available() is False
@@ -535,9 +541,10 @@ def test_auto_prefers_nvml_and_checks_the_count(fake_nvml: FakeNvml) -> None:
     assert fake_nvml.calls["nvmlShutdown"] == 1  # the refused provider was closed
 
 
-def test_auto_falls_back_to_gputil(fake_gputil: types.ModuleType) -> None:
-    if NvmlProvider().is_available():
-        pytest.skip("NVML works here")
+def test_auto_falls_back_to_gputil(
+    fake_gputil: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(NvmlProvider, "is_available", lambda self: False)
     provider = make_provider("auto", num_gpus=None, simulated_gpus_file=None)
     assert provider.name == "gputil"
 

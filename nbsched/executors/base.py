@@ -173,11 +173,11 @@ def kill_tree(pid: int | None, proc_start: float | None, token: str | None, grac
             os.killpg(pid, signal.SIGTERM)  # the launcher leads its own session and group
         except (ProcessLookupError, PermissionError):
             pass
-    alive = _wait_gone(list(procs.values()), grace_s)
+    alive = _wait_ended(list(procs.values()), timeout=grace_s)
     for _ in range(3):
         for proc in alive:
             _signal(proc, signal.SIGKILL)
-        _wait_gone(alive, 1.0)
+        _wait_ended(alive, timeout=1.0)
         # A process may have forked while we were signalling: look once more.
         alive = list(collect().values())
         if not alive:
@@ -185,15 +185,13 @@ def kill_tree(pid: int | None, proc_start: float | None, token: str | None, grac
     logger.warning("job %s: processes %s survived SIGKILL", token, [p.pid for p in alive])
 
 
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until ``procs`` have ended (a zombie counts as ended); returns those left.
+def _wait_ended(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until ``procs`` have ended; returns those still running after ``timeout``.
 
-    Not ``psutil.wait_procs``: it waits for a zombie until its parent reaps it, which
-    under a container's init may be never (every cancel then took the whole grace
-    period), and it reaps our own children, stealing their exit status from Popen.
-    """
+    A zombie counts as ended: its parent may be an init that reaps late (containers),
+    and ``psutil.wait_procs`` would wait for the reaping."""
     deadline = time.monotonic() + timeout
-    delay = 0.001
+    delay = 0.002
     while True:
         procs = [p for p in procs if _running(p)]
         if not procs or time.monotonic() >= deadline:
@@ -205,10 +203,8 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
 def _running(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    except psutil.AccessDenied:
-        return True
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:

@@ -1,0 +1,195 @@
+"""Watching the original program's jobs file: each new line becomes a job, once.
+
+:class:`JobsFileWatcher` runs beside the engine (``GPUJobScheduler`` starts it
+when ``config.jobs_file`` is set).  Every ``jobs_file_poll_s`` (0.1 s) it asks a
+:class:`~nbsched.jobsfile.JobsFileReader` for the lines completed since its last
+look: a ``stat`` when nothing changed, and only the new bytes when the file grew,
+so an unchanged file is never parsed again.
+
+Why a stat poll rather than inotify: the standard library has no inotify, the
+well-kept wrappers (``watchdog``, ``inotify_simple``) would be a new dependency
+for a saving of one ``stat`` call (~2 µs) per 0.1 s, inotify misses changes on
+network file systems (where shared servers often keep home folders), and editors
+that replace the file need re-watching.  The poll's worst case, 0.1 s plus the
+dispatch, is inside the 300 ms goal (see BENCHMARKS.md).
+
+Each line is checked like any submission (the script exists, relative to the
+jobs file's folder; the allowed GPUs exist; the GPUs it needs fit them, from the
+LLM config when its arguments name ``--llm``) and submitted with ``hash`` set to
+the line's hash, skipping any hash the store already holds in *any* status: a
+line already seen is never queued again, also after a restart (``retry(id)``
+re-runs one on purpose).  A bad line is logged as a WARNING on this module's
+logger (``nbsched.jobsfile_watch``) naming the file, the line number and the
+reason, and kept as a store notice so ``nbsched status`` shows it; every other
+line is still taken.  Nothing a line contains can stop the watcher's thread.
+
+Jobs from the file run in the jobs file's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING
+
+from .jobs import JobSpec, JobStatus
+from .jobsfile import JobLine, JobsFileLineError, JobsFileReader, LineError, validate_line
+
+if TYPE_CHECKING:
+    from .scheduler import GPUJobScheduler
+
+logger = logging.getLogger(__name__)
+
+#: A line whose hash the store holds in any of these is not queued again.
+ALL_STATUSES = tuple(JobStatus)
+
+NOTICE_SOURCE = "jobs file"
+
+
+class JobsFileWatcher:
+    """Submits the new lines of ``scheduler.config.jobs_file`` as jobs."""
+
+    def __init__(self, scheduler: GPUJobScheduler) -> None:
+        path = scheduler.config.jobs_file
+        if not path:
+            raise ValueError("JobsFileWatcher needs config.jobs_file")
+        self.scheduler = scheduler
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.base_dir = os.path.dirname(self.path)
+        self.poll_s = scheduler.config.jobs_file_poll_s
+        self.reader = JobsFileReader(self.path)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reported: set[tuple[int, str, str]] = set()
+        self._missing_reported = False
+        self._pending: list[JobSpec] = []
+        self._os_error: str | None = None
+        #: Jobs submitted by this watcher, in order (ids).
+        self.submitted: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> JobsFileWatcher:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="nbsched-jobsfile", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # the thread boundary: log, and look again next time
+                logger.exception("jobs file %s: reading it failed; trying again", self.path)
+            self._stop.wait(self.poll_s)
+
+    # -- one look -------------------------------------------------------------------------
+
+    def poll(self) -> list[str]:
+        """Read the new lines once and submit the good ones; returns the new job ids."""
+        try:
+            lines, errors = self.reader.read_new()
+        except OSError as exc:
+            reason = f"cannot read it: {exc.strerror or exc}"
+            if reason != self._os_error:
+                self._os_error = reason
+                logger.warning("jobs file %s: %s", self.path, reason)
+                self._notice(f"{self.path}: {reason}")
+            return []
+        self._os_error = None
+        if self.reader.missing:
+            if not self._missing_reported:
+                self._missing_reported = True
+                logger.warning("jobs file %s does not exist (yet); watching for it", self.path)
+                self._notice(f"{self.path}: does not exist (yet); watching for it")
+            return []
+        self._missing_reported = False
+        for error in errors:
+            self._bad(error)
+        for line in lines:
+            try:
+                spec = self._spec(line)
+            except Exception as exc:  # a bug in a check must not lose the other lines
+                logger.exception(
+                    "jobs file %s, line %d: checking it failed", self.path, line.line_no
+                )
+                self._bad(LineError(self.path, line.line_no, "", f"internal error: {exc}"))
+                continue
+            if spec is not None:
+                self._pending.append(spec)
+        if not self._pending:
+            return []
+        # Kept until stored: a failed submit (say, a full disk) is tried again next time.
+        ids = self.scheduler.submit(self._pending, skip_hash_statuses=ALL_STATUSES)
+        self._pending = []
+        if ids:
+            logger.info("jobs file %s: queued job(s) %s", self.path, ", ".join(ids))
+        self.submitted += ids
+        return ids
+
+    def _spec(self, line: JobLine) -> JobSpec | None:
+        """The job of a good line; ``None`` (and a report) for a bad one."""
+        s = self.scheduler
+        try:
+            script = validate_line(
+                line, num_gpus=s.num_gpus, base_dir=self.base_dir, path=self.path
+            )
+            unknown = s._llm.current().unknown_model(line.args) if s._llm is not None else None
+            spec = s.make_spec(
+                script=script,
+                conda_env=line.conda_env,
+                args=list(line.args),
+                priority=line.priority,
+                allowed_gpus=line.allowed_gpus,
+                cwd=self.base_dir,
+                hash=line.hash,
+            )
+        except JobsFileLineError as exc:
+            self._bad(exc.error)
+            return None
+        except (ValueError, TypeError, OSError) as exc:  # make_spec's checks, e.g. too many GPUs
+            self._bad(LineError(self.path, line.line_no, "", str(exc)))
+            return None
+        if unknown is not None and s._llm is not None:
+            self._report(
+                line.line_no,
+                "",
+                f"model {unknown!r} is not in the LLM config {s._llm.path}; "
+                f"it gets default_requirement={spec.required_gpus:g} GPU(s)",
+            )
+        return spec
+
+    def _bad(self, error: LineError) -> None:
+        self._report(error.line_no, error.text, f"{error.reason}; the line was skipped")
+
+    def _report(self, line_no: int, text: str, reason: str) -> None:
+        key = (line_no, text, reason)
+        if key in self._reported:  # the file was read again from its start: said already
+            return
+        self._reported.add(key)
+        message = f"{self.path}:{line_no}: {reason}"
+        logger.warning("jobs file %s, line %d: %s", self.path, line_no, reason)
+        self._notice(message)
+
+    def _notice(self, message: str) -> None:
+        store = self.scheduler.store
+        recent = store.notices(200)
+        if any(n["source"] == NOTICE_SOURCE and n["message"] == message for n in recent):
+            return  # shown already (by an earlier engine on this state directory)
+        store.add_notice(NOTICE_SOURCE, message)
+
+
+__all__ = ["JobsFileWatcher", "ALL_STATUSES"]

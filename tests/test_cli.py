@@ -1,0 +1,258 @@
+"""The ``nbsched`` command as a subprocess, against a state directory that an engine in
+another process (``nbsched serve``) is using, and against one with no engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from legacy_support import cli, subprocess_env, wait_until
+
+from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.cli import main
+from nbsched.executors.base import find_by_token
+from nbsched.executors.screen import list_sessions
+
+
+@dataclass
+class Engine:
+    proc: subprocess.Popen[str]
+    state: Path
+    work: Path
+    client: GPUJobScheduler  # reads the same store from this process (never started)
+
+
+def _start_serve(state: Path, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbsched.cli", "serve", "--state-dir", str(state), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready, "nbsched serve did not start within 60 s"
+    line = proc.stdout.readline()
+    assert line, f"nbsched serve exited: {proc.stderr.read() if proc.stderr else ''}"
+    info = json.loads(line)
+    assert info["serving"]["pid"] == proc.pid
+    return proc
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    work = tmp_path_factory.mktemp("cli")
+    (work / "echo.py").write_text("import sys; print('echo', *sys.argv[1:])\n")
+    (work / "llm.json").write_text('{"models": {"big": 2}}')
+    (work / "jobs.txt").write_text(
+        "# the original program's jobs file\n"
+        "0,nope.py,,,\n"  # line 2: bad
+        "0,echo.py,,--llm big --from-file,\n"
+    )
+    state = work / "state"
+    proc = _start_serve(
+        state,
+        "--json",
+        "--simulate",
+        "2",
+        "--executor",
+        "screen",
+        "--jobs-file",
+        str(work / "jobs.txt"),
+        "--llm-config",
+        str(work / "llm.json"),
+    )
+    client = GPUJobScheduler(
+        config=SchedulerConfig(state_dir=state, gpu_provider="simulated", num_gpus=2)
+    )
+    try:
+        yield Engine(proc, state, work, client)
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_status_add_jobs_logs_against_a_serving_engine(engine: Engine) -> None:
+    c = engine.client
+    from_file = wait_until(lambda: c.store.find(), what="the jobs file's line")
+    c.wait([from_file[0].id], timeout=30)
+    assert c.job(from_file[0].id)["required_gpus"] == 2.0  # --llm big, from the LLM config
+
+    jid = cli(engine.state, "add", "--gpus", "0.5", str(engine.work / "echo.py"), "--", "a b", "c")
+    jid_text = jid.stdout.strip()
+    assert jid_text.isdigit()
+    c.wait([jid_text], timeout=30)
+    job = c.store.get(jid_text)
+    assert job.executor == "screen"  # the engine's executor, which the CLI learnt from the store
+
+    llm = cli(engine.state, "add", str(engine.work / "echo.py"), "--", "--llm", "big").stdout
+    c.wait([llm.strip()], timeout=30)  # the engine's LLM config, read by the CLI
+    assert c.job(llm.strip())["required_gpus"] == 2.0 and c.job(llm.strip())["gpus"] == [0, 1]
+
+    rows = json.loads(cli(engine.state, "jobs", "--json").stdout)
+    mine = next(r for r in rows if r["id"] == jid_text)
+    assert (mine["status"], mine["exit_code"], mine["required_gpus"]) == ("succeeded", 0, 0.5)
+    logs = json.loads(cli(engine.state, "logs", jid_text, "--json").stdout)
+    assert logs == {"id": jid_text, "log": "echo a b c\n"}
+    assert cli(engine.state, "logs", jid_text).stdout == "echo a b c\n"
+
+    status = json.loads(cli(engine.state, "status", "--json").stdout)
+    assert status["engine_pid"] == engine.proc.pid
+    assert status["counts"]["succeeded"] >= 2
+    assert len(status["gpus"]) == 2
+    assert any(":2: script 'nope.py' not found" in n["message"] for n in status["notices"])
+    text = cli(engine.state, "status").stdout
+    assert f"engine: pid {engine.proc.pid}" in text
+    assert re.search(r"WARNING: jobs file: .*jobs\.txt:2: script 'nope\.py' not found", text), text
+    assert re.search(r"queue: 0 queued, 0 running, [1-9]\d* succeeded", text), text
+
+
+def test_cancel_and_screens_from_the_cli(engine: Engine) -> None:
+    c = engine.client
+    jid = cli(engine.state, "run", "--gpus", "1", "--json", "--", "echo up; sleep 300")
+    jid_text = json.loads(jid.stdout)["id"]
+    wait_until(lambda: "up" in c.logs(jid_text), what="the job to run")
+    screens = json.loads(cli(engine.state, "screens", "--json").stdout)
+    assert [(r["id"], r["pid"]) for r in screens] == [(jid_text, c.store.get(jid_text).pid)]
+    session = screens[0]["session"]
+    assert session.endswith(f".nbsched-{jid_text}") and session in list_sessions()
+    assert session in cli(engine.state, "screens").stdout
+
+    done = json.loads(cli(engine.state, "cancel", jid_text, "--json").stdout)
+    assert done == [{"id": jid_text, "cancelled": True}]
+    assert c.job(jid_text)["status"] == "cancelled"
+    assert find_by_token(c.store.get(jid_text).token or "") == []
+    assert session not in list_sessions()
+    again = cli(engine.state, "cancel", jid_text).stdout
+    assert again.strip() == f"{jid_text}: had already ended"
+
+
+def test_retry_from_the_cli(engine: Engine) -> None:
+    c = engine.client
+    marker = engine.work / "retry-marker"
+    script = engine.work / "once.py"
+    script.write_text(
+        "import os, sys\n"
+        f"m = {str(marker)!r}\n"
+        "if not os.path.exists(m):\n"
+        "    open(m, 'w').close(); sys.exit('failing the first time')\n"
+        "print('ok now')\n"
+    )
+    jid = cli(engine.state, "add", "--gpus", "0.5", str(script)).stdout.strip()
+    c.wait([jid], timeout=30)
+    assert (c.job(jid)["status"], c.job(jid)["exit_code"]) == ("failed", 1)
+    assert json.loads(cli(engine.state, "retry", jid, "--json").stdout) == {"retried": [jid]}
+    c.wait([jid], timeout=30)
+    job = c.job(jid)
+    assert (job["status"], job["exit_code"], job["attempts"]) == ("succeeded", 0, 1)
+    assert "ok now" in c.logs(jid)
+
+
+def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Run CLI commands side by side (each a separate process), in order of the list."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "nbsched.cli", *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )
+        for cmd in commands
+    ]
+    out = []
+    for cmd, p in zip(commands, procs, strict=True):
+        stdout, stderr = p.communicate(timeout=120)
+        out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+    return out
+
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``nbsched ARGS`` in this process (cheaper than a subprocess; same code path)."""
+    capsys.readouterr()
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse
+        rc = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_errors_are_one_line_without_traceback(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    st = ["--state-dir", str(engine.state)]
+    (tmp_path / "file").write_text("not a folder")
+    cases = [
+        (["logs", "999999", *st], "no job '999999'"),
+        (["frobnicate"], "invalid choice"),
+        (["cancel", "abc", *st], "job ids are numbers"),
+        (["retry", "999999", *st], "no job"),
+        (["add", "--gpus", "1.5", str(engine.work / "echo.py"), *st], "whole number"),
+        (["add", str(tmp_path / "missing.py"), *st], "not found"),
+        (["pause", "9", *st], "gpu=9"),
+        (["pause", "x", *st], "invalid int value"),
+        (["jobs", "--status", "bogus", *st], "status='bogus'"),
+        (["status", "--state-dir", str(tmp_path / "file")], "state directory"),
+    ]
+    # The first two as real processes (nothing but one line may reach stderr), the rest here.
+    as_processes = _run_all([c for c, _ in cases[:2]])
+    results = [(d.returncode, d.stdout, d.stderr) for d in as_processes]
+    results += [_main(c, capsys) for c, _ in cases[2:]]
+    for (cmd, needle), (rc, out, err) in zip(cases, results, strict=True):
+        assert rc != 0, cmd
+        lines = err.splitlines()
+        assert len(lines) == 1, (cmd, err)
+        assert needle in lines[0], (cmd, lines[0])
+        assert "Traceback" not in err and out == "", cmd
+
+
+def test_every_verb_works_without_an_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    script = tmp_path / "t.py"
+    script.write_text("print('hi')\n")
+    sim = ["--state-dir", str(state), "--simulate", "2", "--json"]
+
+    def run(*args: str) -> Any:
+        rc, out, err = _main([*args[:1], *sim, *args[1:]], capsys)
+        assert rc == 0, (args, err)
+        return json.loads(out)
+
+    jid = run("add", "--gpus", "0.5", str(script), "--", "--x", "1")["id"]
+    status = run("status")
+    assert status["counts"]["queued"] == 1 and status["engine_pid"] is None
+    jobs = run("jobs", "--status", "queued")
+    assert [(j["id"], j["status"], j["command"]) for j in jobs] == [
+        (jid, "queued", f"{script} --x 1")
+    ]
+    assert [g["gpu"] for g in run("gpus")] == [0, 1]
+    assert run("screens") == []
+    assert run("logs", jid) == {"id": jid, "log": ""}
+    assert run("pause", "1") == {"gpu": 1, "paused": True}
+    assert run("resume", "1") == {"gpu": 1, "paused": False}
+    assert run("cancel", jid) == [{"id": jid, "cancelled": True}]
+    assert run("retry", jid) == {"retried": [jid]}
+
+
+def test_demo_json(tmp_path: Path) -> None:
+    done = _run_all([["demo", "--simulate", "2", "--json", "--state-dir", str(tmp_path / "s")]])[0]
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is True and "every job ended as expected" in report["output"]

@@ -1,0 +1,212 @@
+"""The jobs-file watcher: new lines become jobs once (also after a restart), bad lines
+are reported with their line number, and nothing stops the watcher."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from legacy_support import sched_factory, wait_until
+
+from nbsched import GPUJobScheduler
+from nbsched.jobs import JobStatus
+from nbsched.jobsfile import parse_line
+from nbsched.jobsfile_watch import JobsFileWatcher
+
+MakeSched = Callable[..., GPUJobScheduler]
+
+
+@pytest.fixture
+def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
+    with sched_factory(tmp_path) as make:
+        yield make
+
+
+# Writes its arguments (as JSON) and CUDA_VISIBLE_DEVICES to stdout.
+ECHO = (
+    "import json, os, sys\n"
+    "print(json.dumps({'args': sys.argv[1:], 'cvd': os.environ['CUDA_VISIBLE_DEVICES']}))\n"
+)
+
+
+def _folder(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "echo.py").write_text(ECHO)
+    (work / "sub" / "other.py").write_text(ECHO)
+    (work / "llm.json").write_text(json.dumps({"default_requirement": 1, "models": {"big": 2}}))
+    return work
+
+
+def _output(s: GPUJobScheduler, job_id: str) -> dict[str, object]:
+    out: dict[str, object] = json.loads(s.logs(job_id, tail=1))
+    return out
+
+
+def test_lines_become_jobs_and_bad_lines_are_reported(
+    tmp_path: Path, make_sched: MakeSched, caplog: pytest.LogCaptureFixture
+) -> None:
+    work = _folder(tmp_path)
+    jobs_file = work / "jobs.txt"
+    text = (
+        "\ufeff# priority,script_path,conda_env,arguments,allowed_gpus\n"  # BOM + comment
+        "0,echo.py,,--lr 1 --bs 2,0-1\n"
+        "\n"
+        "1,echo.py,,--lr 2 --bs 1,0-1\r\n"  # same words, other order: another job; CRLF
+        "2,sub/other.py,,--name 'a, b' \"x,y\",\n"  # commas inside quoted arguments
+        "x,echo.py,,,\n"  # 6: bad priority
+        "0,nope.py,,,\n"  # 7: missing script
+        "0,echo.py,,,7\n"  # 8: unknown GPU
+        "0,echo.py,,--say 'unbalanced,\n"  # 9: unbalanced quote
+        "0,echo.py,,--llm big,0\n"  # 10: needs 2 GPUs, allowed only 1
+        "0,echo.py,,--lr 1 --bs 2,0-1\n"  # 11: a repeat of line 2: not a second job
+        "3,echo.py,,--llm=big,\n"  # 12: 2 GPUs from the LLM config
+    )
+    jobs_file.write_bytes(text.encode("utf-8"))
+    s = make_sched(jobs_file=str(jobs_file), llm_config_file=str(work / "llm.json"))
+    with caplog.at_level(logging.WARNING, logger="nbsched"):
+        s.start()
+        wait_until(lambda: len(s.store.find()) >= 4, what="4 jobs from the file")
+        s.wait(timeout=60)
+    jobs = {j.spec.priority: j for j in s.store.find()}
+    assert len(s.store.find()) == 4
+    assert all(j.status == JobStatus.SUCCEEDED for j in jobs.values())
+    assert _output(s, jobs[0].id)["args"] == ["--lr", "1", "--bs", "2"]
+    assert _output(s, jobs[1].id)["args"] == ["--lr", "2", "--bs", "1"]
+    assert _output(s, jobs[2].id)["args"] == ["--name", "a, b", "x,y"]
+    assert jobs[2].spec.script == str(work / "sub" / "other.py")
+    assert jobs[2].spec.cwd == str(work)
+    assert jobs[0].spec.allowed_gpus == (0, 1)
+    assert jobs[3].spec.required_gpus == 2.0 and jobs[3].gpus == (0, 1)
+    assert _output(s, jobs[3].id)["cvd"] == "0,1"
+    expected_hash = parse_line("0,echo.py,,--lr 1 --bs 2,0-1", 2)
+    assert expected_hash is not None and jobs[0].spec.hash == expected_hash.hash
+
+    warnings = [r for r in caplog.records if r.name.startswith("nbsched.jobsfile")]
+    reasons = {
+        6: "bad priority",
+        7: "not found",
+        8: "GPU 7 does not exist",
+        9: "unbalanced",
+        10: "has only 1 GPU",
+    }
+    for line_no, reason in reasons.items():
+        hits = [
+            r
+            for r in warnings
+            if r.levelno == logging.WARNING
+            and f"line {line_no}:" in r.getMessage()
+            and str(jobs_file) in r.getMessage()
+            and reason in r.getMessage()
+        ]
+        assert hits, (
+            f"no WARNING for line {line_no} ({reason}): {[r.getMessage() for r in warnings]}"
+        )
+        notices = [n["message"] for n in s.store.notices(50)]
+        assert any(f"{jobs_file}:{line_no}: " in m and reason in m for m in notices), notices
+    assert s._extensions[0].alive  # the watcher outlived every bad line
+
+
+def test_new_lines_are_taken_while_running_and_partial_lines_wait(
+    tmp_path: Path, make_sched: MakeSched
+) -> None:
+    work = _folder(tmp_path)
+    jobs_file = work / "jobs.txt"
+    jobs_file.write_text("# nothing yet\n")
+    s = make_sched(jobs_file=str(jobs_file))
+
+    # A half-written line (no newline yet) is not parsed; once finished it is one job.
+    watcher = JobsFileWatcher(s)  # driven by hand, before the engine runs
+    assert watcher.poll() == []
+    with jobs_file.open("a") as fh:
+        fh.write("0,echo.py,,--n 1 --half")
+    assert watcher.poll() == []
+    with jobs_file.open("a") as fh:
+        fh.write("-done\n")
+    ids = watcher.poll()
+    assert len(ids) == 1
+
+    # A line appended while the engine runs is picked up and run.
+    s.start()
+    with jobs_file.open("a") as fh:
+        fh.write("0,echo.py,,--n 2,\n")
+    jobs = wait_until(lambda: s.store.find() if len(s.store.find()) == 2 else None, what="job 2")
+    s.wait(timeout=30)
+    assert _output(s, jobs[0].id)["args"] == ["--n", "1", "--half-done"]
+    assert _output(s, jobs[1].id)["args"] == ["--n", "2"]
+    assert len(s.store.find()) == 2  # the engine's watcher did not add line 2 again
+
+
+def test_no_line_runs_again_after_a_restart_until_retried(
+    tmp_path: Path, make_sched: MakeSched
+) -> None:
+    work = _folder(tmp_path)
+    jobs_file = work / "jobs.txt"
+    jobs_file.write_text("0,echo.py,,--run 1,\n0,echo.py,,--run 2,\n")
+    s = make_sched(jobs_file=str(jobs_file))
+    s.start()
+    wait_until(lambda: len(s.store.find()) == 2, what="two jobs")
+    s.wait(timeout=30)
+    s.close()
+
+    with jobs_file.open("a") as fh:
+        fh.write("0,echo.py,,--run 3,\n")
+    s2 = make_sched(jobs_file=str(jobs_file))
+    watcher = JobsFileWatcher(s2)
+    new = watcher.poll()  # reads the whole file again, as a restarted engine does
+    assert len(new) == 1
+    assert s2.store.get(new[0]).spec.args == ("--run", "3")
+    assert watcher.poll() == []
+    s2.start()
+    s2.wait(timeout=30)
+    assert len(s2.store.find()) == 3
+    assert [j.attempts for j in s2.store.find()] == [1, 1, 1]
+
+    first = s2.store.find()[0]
+    assert s2.retry(first.id) == first.id  # a re-run on purpose
+    s2.wait([first.id], timeout=30)
+    assert s2.store.get(first.id).status == JobStatus.SUCCEEDED
+    assert s2.logs(first.id, tail=None).count('"--run", "1"') == 2
+
+
+def test_garbage_never_stops_the_watcher(tmp_path: Path, make_sched: MakeSched) -> None:
+    work = _folder(tmp_path)
+    jobs_file = work / "jobs.txt"
+    s = make_sched(jobs_file=str(jobs_file))  # the file does not exist yet
+    watcher = JobsFileWatcher(s)
+    assert watcher.poll() == []
+    assert any("does not exist" in n["message"] for n in s.store.notices())
+    garbage = (
+        b"\x00\x01\x02,,,\n"
+        b"\xff\xfe not utf-8\n"
+        b",,,,,,,,,,\n"
+        b"0\n"
+        b"0,echo.py,,\\\n"
+        b"0,echo.py,,--x,0-99999999\n"
+        b"0,'echo.py' 'two',,,\n"
+        b'0,echo.py,,--q "unterminated\n' + "0,echo.py,,--u über 日本,\n".encode()
+    )
+    jobs_file.write_bytes(garbage)
+    ids = watcher.poll()
+    assert [s.store.get(i).spec.args for i in ids] == [("--u", "über", "日本")]
+    assert len(s.store.notices(50)) >= 8
+
+    # An unexpected error while checking a line is reported; the other lines still go.
+    real = s.make_spec
+    calls = {"n": 0}
+
+    def flaky(**kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real(**kw)  # type: ignore[arg-type]
+
+    s.make_spec = flaky  # type: ignore[method-assign,assignment]
+    with jobs_file.open("ab") as fh:
+        fh.write(b"0,echo.py,,--a,\n0,echo.py,,--b,\n")
+    ids = watcher.poll()
+    assert [s.store.get(i).spec.args for i in ids] == [("--b",)]
+    assert any("internal error: boom" in n["message"] for n in s.store.notices(50))

@@ -1,0 +1,192 @@
+"""The LLM config file: validation, requirement lookup, the reloading watcher."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nbsched.errors import InvalidTypeError, InvalidValueError, MissingFileError
+from nbsched.llmconfig import LLMConfig, LLMConfigWatcher, load_llm_config
+
+GOOD = {"default_requirement": 1.0, "models": {"qwen2.5-3b-inst": 0.5, "llama-70b": 4}}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_load_good_file(tmp_path: Path) -> None:
+    config = load_llm_config(write(tmp_path / "llm.json", json.dumps(GOOD)))
+    assert config == LLMConfig(1.0, {"qwen2.5-3b-inst": 0.5, "llama-70b": 4.0})
+    assert config.models["llama-70b"] == 4.0
+    assert isinstance(hash(config), int)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{}", LLMConfig()),
+        ('{"models": {}}', LLMConfig()),
+        ('{"default_requirement": 0.25}', LLMConfig(0.25)),
+        ('\ufeff{"models": {"a": 1}}', LLMConfig(1.0, {"a": 1.0})),
+    ],
+)
+def test_optional_keys_and_bom(tmp_path: Path, text: str, expected: LLMConfig) -> None:
+    assert load_llm_config(write(tmp_path / "llm.json", text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "not valid JSON"),
+        ('{"models": {"a": 0.5}', "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ("NaN", "got NaN"),
+        ('{"default_requirement": NaN}', "default_requirement=NaN"),
+        ('{"models": {"a": Infinity}}', "models['a']=Infinity"),
+        ('{"models": {"a": -Infinity}}', "models['a']=-Infinity"),
+        ('{"models": {"a": 1e999}}', "models['a']=inf"),
+        ('{"models": {"a": 0}}', "models['a']=0"),
+        ('{"models": {"a": -1}}', "models['a']=-1"),
+        ('{"models": {"a": 1.5}}', "above 1 it must be a whole number"),
+        ('{"models": {"a": "0.5"}}', "models['a']='0.5'"),
+        ('{"models": {"a": true}}', "models['a']=True"),
+        ('{"models": {"a": null}}', "models['a']=None"),
+        ('{"models": {"": 1}}', "model name ''"),
+        ('{"default_requirement": "1"}', "default_requirement='1'"),
+        ('{"default_requirement": false}', "default_requirement=False"),
+        ('{"models": [["a", 1]]}', "models=[['a', 1]]"),
+        ('{"models": {"a": 1, "a": 0.5}}', "duplicate key 'a'"),
+        ('{"model": {"a": 1}}', "unknown key(s) 'model'"),
+        ('{"models": {"a": ' + "1" * 5000 + "}}", "not a valid LLM config"),
+        ("[" * 100_000, "not"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path / "llm.json", text)
+    with pytest.raises(InvalidValueError) as info:
+        load_llm_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_not_utf8_and_directory(tmp_path: Path) -> None:
+    path = tmp_path / "llm.json"
+    path.write_bytes(b'{"models": {"\xff": 1}}')
+    with pytest.raises(InvalidValueError, match="not UTF-8"):
+        load_llm_config(path)
+    with pytest.raises(InvalidValueError, match="is a directory"):
+        load_llm_config(tmp_path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError, match="not found") as info:
+        load_llm_config(tmp_path / "nope.json")
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_dataclass_validates() -> None:
+    with pytest.raises(InvalidValueError):
+        LLMConfig(default_requirement=0)
+    with pytest.raises(InvalidTypeError):
+        LLMConfig(models={"a": "1"})  # type: ignore[dict-item]
+    config = LLMConfig(models={"a": 1})
+    with pytest.raises(TypeError):
+        config.models["b"] = 1  # type: ignore[index]
+
+
+# ------------------------------------------------------------ lookup
+
+CONFIG = LLMConfig(0.75, {"small": 0.5, "big": 2})
+
+
+@pytest.mark.parametrize(
+    ("args", "model", "requirement"),
+    [
+        ([], None, None),
+        (["--lr", "0.1"], None, None),
+        (["--llm", "small"], "small", 0.5),
+        (["--llm=big", "--epochs", "3"], "big", 2.0),
+        (["--llm", "small", "--llm", "big"], "big", 2.0),  # argparse keeps the last
+        (["--llm", "other"], "other", 0.75),  # unknown: the default
+        (["--llm"], None, None),
+        (["--llm", "--lr", "1"], None, None),
+        (["--llm="], None, None),
+        (["--", "--llm", "big"], None, None),  # after --: a positional argument
+        (["--llmx", "big"], None, None),
+    ],
+)
+def test_requirement_for(args: list[str], model: str | None, requirement: float | None) -> None:
+    assert CONFIG.model_of(args) == model
+    assert CONFIG.requirement_for(args) == requirement
+
+
+def test_unknown_model_is_discoverable() -> None:
+    assert CONFIG.unknown_model(["--llm", "other"]) == "other"
+    assert CONFIG.unknown_model(["--llm", "small"]) is None
+    assert CONFIG.unknown_model([]) is None
+    with pytest.raises(InvalidTypeError):
+        CONFIG.model_of("--llm small")
+
+
+@given(st.lists(st.text(max_size=8), max_size=8))
+def test_lookup_never_fails(args: list[str]) -> None:
+    requirement = CONFIG.requirement_for(args)
+    assert requirement is None or requirement in (0.5, 2.0, 0.75)
+
+
+# ------------------------------------------------------------ watcher
+
+
+def _bump(path: Path) -> None:
+    """Make a rewrite visible even on a file system with coarse mtimes."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def test_watcher_reloads_and_keeps_previous_on_bad_rewrite(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "llm.json", json.dumps(GOOD))
+    watcher = LLMConfigWatcher(path)
+    first = watcher.current()
+    assert first.models["llama-70b"] == 4.0
+    assert watcher.current() is first and watcher.last_error is None
+
+    write(path, '{"models": {"a": 0.5}}')
+    _bump(path)
+    assert watcher.current().models == {"a": 0.5}
+
+    good = watcher.current()
+    write(path, '{"models": {"a": NaN}}')
+    _bump(path)
+    with caplog.at_level(logging.WARNING, logger="nbsched.llmconfig"):
+        assert watcher.current() is good
+        assert watcher.current() is good  # warned once per version, not per call
+    assert watcher.last_error is not None and "models['a']=NaN" in watcher.last_error
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(path) in warnings[0].getMessage() and "NaN" in warnings[0].getMessage()
+
+    path.unlink()
+    assert watcher.current() is good
+    assert watcher.last_error is not None and "not found" in watcher.last_error
+
+    new = write(tmp_path / "llm.json.tmp", '{"default_requirement": 0.5}')
+    os.replace(new, path)  # an editor's atomic save: a new inode
+    assert watcher.current() == LLMConfig(0.5)
+    assert watcher.last_error is None
+
+
+def test_watcher_first_read_raises(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError):
+        LLMConfigWatcher(tmp_path / "nope.json")
+    with pytest.raises(InvalidValueError):
+        LLMConfigWatcher(write(tmp_path / "bad.json", "{"))

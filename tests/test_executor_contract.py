@@ -22,12 +22,14 @@ import pytest
 from nbsched.config import SchedulerConfig
 from nbsched.executors.base import Executor, Exit, Launch
 from nbsched.executors.direct import DirectExecutor
+from nbsched.executors.screen import ScreenExecutor
 from nbsched.jobs import Job, JobSpec, JobStatus
 from nbsched.launch import build_argv, build_env
 from nbsched.store import prepare_state_dir
 
 EXECUTORS: dict[str, Callable[[SchedulerConfig], Executor]] = {
     "direct": lambda config: DirectExecutor(config.run_dir),
+    "screen": lambda config: ScreenExecutor(config.run_dir),
 }
 
 TIMEOUT = 60.0

@@ -131,8 +131,11 @@ def plan(
         candidates = [g for g in free if g not in reserved and (allowed is None or g in allowed)]
         chosen = _choose(req, candidates, free, eps)
         if chosen is not None:
+            # Subtract what the job really books, not its rounded size: rounding 0.0149
+            # down to 0.01 would otherwise let 100 such jobs book 1.49 of one GPU.
+            share = booked_share(job.required_gpus, len(chosen))
             for g in chosen:
-                free[g] = 0.0 if req >= 1 else free[g] - req
+                free[g] = 0.0 if req >= 1 else free[g] - share
             placements.append(Placement(job.id, chosen))
         else:
             hopeless.add(shape)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidTypeError, InvalidValueError
+from .gpuspec import MAX_GPU_ID
 
 PROVIDERS = ("auto", "nvml", "gputil", "simulated")
 EXECUTORS = ("direct", "screen", "ray")
@@ -73,7 +74,7 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", _as_path("state_dir", self.state_dir))
-        _check_optional_int("num_gpus", self.num_gpus, minimum=1)
+        _check_optional_int("num_gpus", self.num_gpus, minimum=1, maximum=MAX_GPU_ID + 1)
         _check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
         _check_choice("executor", self.executor, EXECUTORS)
         for name in ("simulated_gpus_file", "jobs_file", "llm_config_file", "ray_address"):
@@ -88,7 +89,7 @@ class SchedulerConfig:
         for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
             _check_float(name, getattr(self, name), low=0.0, high=math.inf, low_open=False)
         _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0)
-        _check_optional_int("max_retries", self.max_retries, minimum=0)
+        _check_optional_int("max_retries", self.max_retries, minimum=0, maximum=2**63 - 1)
         _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, minimum=1)
         _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False)
         check_requirement("default_requirement", self.default_requirement)
@@ -125,7 +126,7 @@ def check_requirement(name: str, value: object) -> float:
     """A GPU requirement: a fraction in (0, 1], or a whole number above 1."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidTypeError(f"{name}={value!r}: expected a number of GPUs")
-    v = float(value)
+    v = _to_float(value)
     if not math.isfinite(v) or v <= 0:
         raise InvalidValueError(
             f"{name}={value!r}: must be a fraction in (0, 1] or a whole number of GPUs"
@@ -149,19 +150,29 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise InvalidValueError(f"{name}={value!r}: accepted values are {', '.join(choices)}")
 
 
-def _check_optional_int(name: str, value: object, minimum: int) -> None:
+def _to_float(value: int | float) -> float:
+    """``float(value)``, but an int too large for a float becomes +-inf (not OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _check_optional_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
     if value is None and name == "num_gpus":
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidTypeError(f"{name}={value!r}: expected a whole number >= {minimum}")
     if value < minimum:
         raise InvalidValueError(f"{name}={value!r}: must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise InvalidValueError(f"{name}={value!r}: must be <= {maximum}")
 
 
 def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidTypeError(f"{name}={value!r}: expected a number")
-    v = float(value)
+    v = _to_float(value)
     bad_low = v <= low if low_open else v < low
     if math.isnan(v) or bad_low or v > high:
         bracket = "(" if low_open else "["

@@ -4,7 +4,7 @@ It runs in the one process that holds the state directory's lease
 (:mod:`nbsched.lease`).  It sleeps in ``select`` until something happens: a
 submission, cancel, pause or resume in this process (a byte on a pipe) or in
 another one (a byte on the FIFO), or a job's end (the process watcher).  Then it
-reads the jobs written since its last look (:meth:`Store.changed_since`), calls
+reads the jobs written since its last look (:meth:`Store.changes_since`), calls
 the pure :func:`nbsched.allocation.plan`, and starts what the plan says.  The only
 timed wake-ups are a retry's back-off, a re-read of the GPUs while some job waits
 for them (other users' load can only be polled), and a slow safety net.
@@ -158,18 +158,20 @@ class Dispatcher:
         return timeout
 
     def _refresh(self) -> None:
-        rev, changed = self.store.changed_since(self._rev)
+        rev, changes = self.store.changes_since(self._rev)
         self._rev = rev
-        for job in changed:
-            old = self._queued.pop(job.id, None)
-            if old is not None:
-                i = bisect.bisect_left(self._queue, queue_key(old), key=queue_key)
-                while i < len(self._queue) and self._queue[i].id != job.id:
-                    i += 1
-                if i < len(self._queue):
-                    del self._queue[i]
-            self._running.pop(job.id, None)
-            self._backoff.pop(job.id, None)
+        wanted = []
+        for job_id, status, token in changes:
+            known = self._running.get(job_id)
+            if status == JobStatus.RUNNING and known is not None and known.token == token:
+                self._forget(job_id, running=False)  # off the queue; nothing else to learn:
+                continue  # it is this dispatcher's own write (started, pid recorded)
+            if status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                wanted.append(job_id)
+            else:
+                self._forget(job_id)  # ended: nothing of the row is needed
+        for job in self.store.get_many(wanted) if wanted else ():
+            self._forget(job.id)
             if job.status == JobStatus.QUEUED:
                 self._queued[job.id] = job
                 bisect.insort(self._queue, job, key=queue_key)
@@ -177,6 +179,19 @@ class Dispatcher:
                     self._backoff[job.id] = job.not_before
             elif job.status == JobStatus.RUNNING:
                 self._running[job.id] = job
+
+    def _forget(self, job_id: str, running: bool = True) -> None:
+        """Drop a job from the queue cache (and, with ``running``, from the running one)."""
+        old = self._queued.pop(job_id, None)
+        if old is not None:
+            i = bisect.bisect_left(self._queue, queue_key(old), key=queue_key)
+            while i < len(self._queue) and self._queue[i].id != job_id:
+                i += 1
+            if i < len(self._queue):
+                del self._queue[i]
+        if running:
+            self._running.pop(job_id, None)
+        self._backoff.pop(job_id, None)
 
     # -- starting and ending --------------------------------------------------------------
 
@@ -226,11 +241,18 @@ class Dispatcher:
             _append(log_path, f"nbsched: the job could not start: {exc}\n")
             self._end(running, JobStatus.FAILED, None, f"could not start: {exc}", time.time())
             return
-        self.store.update(job.id, pid=started.pid, proc_start=started.proc_start, node=started.node)
+        recorded = self.store.record_start(
+            job.id, token, pid=started.pid, proc_start=started.proc_start, node=started.node
+        )
         attempt = replace(
             running, pid=started.pid, proc_start=started.proc_start, node=started.node
         )
         self._running[job.id] = attempt
+        if not recorded:
+            # Cancelled after it was marked running but before its process existed:
+            # cancel() found nothing to kill, so the process just started must go.
+            logger.info("job %s was cancelled while it was being started; ending it", job.id)
+            executor.kill(attempt, self.config.kill_grace_s)
         executor.watch(attempt, self._on_exit)
 
     def result_path(self, job: Job) -> Path:
@@ -249,7 +271,8 @@ class Dispatcher:
                 reason = f"{reason}: {missing_env}"
             budget = job.spec.max_retries
             if job.attempts <= budget and not missing_env:
-                delay = self.config.retry_backoff_s * (2 ** (job.attempts - 1))
+                # (exponent capped: 2**1024 does not fit a float; 2**32 s is forever anyway)
+                delay = self.config.retry_backoff_s * (2 ** min(job.attempts - 1, 32))
                 moved = self.store.transition(
                     job.id,
                     JobStatus.QUEUED,

@@ -14,7 +14,6 @@ import os
 import shlex
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from .errors import (
     MissingFileError,
     NbschedError,
     PermissionDeniedError,
+    UnknownJobError,
 )
 from .executors.base import Executor
 from .gpus import make_provider
@@ -42,11 +42,12 @@ from .lease import DispatcherLease, WakeChannel
 from .llmconfig import LLMConfig, LLMConfigWatcher
 from .progress import WaitProgress
 from .progress import wanted as progress_wanted
-from .store import Store, prepare_state_dir
+from .store import Store, parse_job_id, prepare_state_dir
 
 logger = logging.getLogger(__name__)
 
 STANDBY_POLL_S = 0.25
+_INT64 = 2**63  # integers the store keeps must lie in [-_INT64, _INT64)
 
 
 class GPUJobScheduler:
@@ -421,6 +422,8 @@ class GPUJobScheduler:
         n_gpus = self.num_gpus
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidTypeError(f"priority={priority!r}: expected an integer")
+        if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
+            raise InvalidValueError(f"priority={priority!r}: must be in {-_INT64}..{_INT64 - 1}")
         workdir = os.fspath(cwd) if cwd is not None else os.getcwd()
         if not os.path.isdir(workdir):
             raise MissingFileError(f"cwd={workdir!r}: no such folder")
@@ -451,8 +454,10 @@ class GPUJobScheduler:
             where = f"allowed_gpus {list(allowed)}" if allowed is not None else "this machine"
             raise InvalidValueError(f"required_gpus={required:g}: {where} has only {limit} GPU(s)")
         retries = self.config.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise InvalidValueError(f"max_retries={max_retries!r}: expected a whole number >= 0")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
+            raise InvalidValueError(
+                f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
+            )
         check_launcher(launcher)
         if gpu_arg is not None and (not isinstance(gpu_arg, str) or not gpu_arg.startswith("-")):
             raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
@@ -654,31 +659,44 @@ class GPUJobScheduler:
         ``progress`` shows a bar (tqdm's notebook bar in Jupyter, a text bar in a
         terminal); by default only where someone watches (a kernel or a terminal).
         """
-        if isinstance(ids, str):
-            ids = [ids]
-        if ids is None:
-            wanted = [j.id for j in self.store.active()]
-        else:
-            wanted = [self.store.get(i).id for i in ids]
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise InvalidValueError(f"timeout={timeout!r}: expected seconds >= 0 or None")
+        if isinstance(ids, str):
+            ids = [ids]
+        rev = self.store.revision()  # before the first look: later changes are seen below
+        if ids is None:
+            pending = self.store.unended(None)
+            wanted = sorted(pending)
+        else:
+            wanted = sorted({parse_job_id(i) for i in ids})
+            pending = self.store.unended(set(wanted))
+            unsure = set(wanted) - pending  # ended, or no such job: look only at these
+            missing = unsure - {j.seq for j in self.store.get_many(unsure)} if unsure else set()
+            if missing:
+                raise UnknownJobError(f"no job {str(min(missing))!r} in {self.store.path}")
+        wanted_set = set(wanted)
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = WaitProgress(len(wanted), progress_wanted(progress))
         try:
             while True:
-                found = self.store.find(ids=wanted)
-                ended = sum(1 for j in found if j.status.ended)
                 if bar.enabled:
-                    bar.update(ended, Counter(j.status.value for j in found))
-                if ended == len(found):
-                    return frames.jobs_frame(found)
+                    bar.update(len(wanted) - len(pending), self.store.status_counts(wanted_set))
+                if not pending:
+                    return frames.jobs_frame(self.store.get_many(wanted))
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    left = [j.id for j in found if not j.status.ended]
-                    raise TimeoutError(f"after {timeout}s, job(s) {', '.join(left)} had not ended")
+                    left = ", ".join(map(str, sorted(pending)))
+                    raise TimeoutError(f"after {timeout}s, job(s) {left} had not ended")
                 with self._changed:
                     # Woken at once by this process's engine; 50 ms covers another process's.
                     self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+                # Read only what changed since the last look (not every wanted row: decoding
+                # them on each wake-up held the GIL and starved the engine threads).
+                rev, changes = self.store.changes_since(rev)
+                for job_id, status, _ in changes:
+                    seq = int(job_id)
+                    if seq in wanted_set:
+                        (pending.discard if status.ended else pending.add)(seq)
         finally:
             bar.close()
 

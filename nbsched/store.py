@@ -14,6 +14,7 @@ dispatcher's work is proportional to what changed, not to the queue length.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -298,7 +299,7 @@ class Store:
                     delay = min(delay * 2, 0.05)
             try:
                 yield self._conn
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # locked, disk full, malformed, ...
                 self._conn.execute("ROLLBACK")
                 raise _storage_error(self.path, exc) from exc
             except BaseException:
@@ -306,7 +307,7 @@ class Store:
                 raise
             try:
                 self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 self._conn.execute("ROLLBACK")
                 raise _storage_error(self.path, exc) from exc
 
@@ -314,7 +315,7 @@ class Store:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # OperationalError, or a malformed file
                 raise _storage_error(self.path, exc) from exc
 
     def _meta(self, key: str) -> str:
@@ -488,9 +489,33 @@ class Store:
     def changed_since(self, rev: int) -> tuple[int, list[Job]]:
         """``(current revision, jobs written after rev)``."""
         with self._lock:
-            rows = self._read(f"SELECT {_JOB_COLUMNS}, rev FROM jobs WHERE rev > ?", (rev,))
+            # The revision first: a commit by another process between the two reads then
+            # shows up now *and* next time (harmless), instead of never.
             current = int(self._meta("rev"))
+            rows = self._read(f"SELECT {_JOB_COLUMNS}, rev FROM jobs WHERE rev > ?", (rev,))
         return current, [_row_to_job(r) for r in rows]
+
+    def changes_since(self, rev: int) -> tuple[int, list[tuple[str, JobStatus, str | None]]]:
+        """``(current revision, [(id, status, token)] of the jobs written after rev)``:
+        what :meth:`changed_since` says, without reading and decoding whole rows."""
+        with self._lock:
+            current = int(self._meta("rev"))  # first: see changed_since
+            rows = self._read("SELECT seq, status, token FROM jobs WHERE rev > ?", (rev,))
+        return current, [(str(r[0]), JobStatus(r[1]), r[2]) for r in rows]
+
+    def get_many(self, ids: Iterable[object]) -> list[Job]:
+        """The jobs with these ids (unknown ones left out), in submission order."""
+        seqs = sorted({parse_job_id(i) for i in ids})
+        out: list[Job] = []
+        for start in range(0, len(seqs), 500):  # stay under SQLite's bound-parameter limit
+            chunk = seqs[start : start + 500]
+            rows = self._read(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY seq",
+                chunk,
+            )
+            out += [_row_to_job(r) for r in rows]
+        return out
 
     def transition(
         self,
@@ -534,8 +559,11 @@ class Store:
                     "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)",
                     (seq, job.status.value, new.value, now, reason),
                 )
-            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
-        return _row_to_job(row)
+            after = _applied(job, new, fields, cols)
+            if after is None:  # a field Job does not carry directly: read the row back
+                row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq = ?", (seq,))
+                after = _row_to_job(row.fetchone())
+        return after
 
     def update(self, job_id: object, **fields: Any) -> None:
         """Set fields of a job without changing its status (e.g. its pid once spawned)."""
@@ -563,6 +591,51 @@ class Store:
             for g in gpus:
                 alloc[g] = alloc.get(g, 0.0) + share
         return alloc
+
+    def unended(self, seqs: set[int] | None) -> set[int]:
+        """Those of the job numbers ``seqs`` (None: of all jobs) still queued or running.
+        Reads one indexed column and decodes nothing."""
+        if seqs is None or len(seqs) > 500:  # scan the covering status index
+            rows = self._read("SELECT seq FROM jobs WHERE status IN ('queued', 'running')")
+            found = {r[0] for r in rows}
+            return found if seqs is None else seqs & found
+        if not seqs:
+            return set()
+        rows = self._read(
+            f"SELECT seq FROM jobs WHERE seq IN ({','.join('?' * len(seqs))}) "
+            "AND status IN ('queued', 'running')",
+            list(seqs),
+        )
+        return {r[0] for r in rows}
+
+    def record_start(self, job_id: object, token: str, **fields: Any) -> bool:
+        """Set ``fields`` (pid, ...) of a job still running attempt ``token`` with no cancel
+        requested, in one statement.  False, and nothing written, if it is not."""
+        seq = parse_job_id(job_id)
+        cols = _encode_fields(fields)
+        assignments = "".join(f"{k} = ?, " for k in cols)
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET {assignments}"
+                "rev = (SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'rev') "
+                "WHERE seq = ? AND status = 'running' AND token = ? AND cancel_requested = 0",
+                (*cols.values(), seq, token),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._bump_rev(conn)  # to the value the row just took
+        return True
+
+    def status_counts(self, seqs: set[int]) -> dict[str, int]:
+        """Jobs per status among the job numbers ``seqs`` (for progress displays)."""
+        if not seqs:
+            return {}
+        rows = self._read(
+            f"SELECT status, COUNT(*) AS n FROM jobs WHERE seq IN ({','.join('?' * len(seqs))}) "
+            "GROUP BY status",
+            list(seqs),
+        )
+        return {r["status"]: r["n"] for r in rows}
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """Jobs per status; of a sweep, its newest job per combination (hash)."""
@@ -623,6 +696,23 @@ class Store:
             )
 
 
+_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job)) - {"id", "seq", "spec", "status"}
+
+
+def _applied(job: Job, new: JobStatus, fields: dict[str, Any], cols: dict[str, Any]) -> Job | None:
+    """The job as ``transition`` just wrote it, without reading it back (None: read it)."""
+    if not fields.keys() <= _JOB_FIELDS:
+        return None
+    changes: dict[str, Any] = dict(fields)
+    if "gpus" in changes:
+        changes["gpus"] = tuple(changes["gpus"])
+    if "cancel_requested" in changes:
+        changes["cancel_requested"] = bool(changes["cancel_requested"])
+    if "reason" in cols:
+        changes["reason"] = cols["reason"]
+    return dataclasses.replace(job, status=new, **changes)
+
+
 def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in fields.items():
@@ -640,5 +730,10 @@ def _storage_error(path: Path, exc: sqlite3.Error) -> StateDirError:
         return StateDirError(
             f"cannot write {path}: the disk is full ({text}); nothing was changed. Free space "
             f"and try again."
+        )
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return StateDirError(
+            f"the state database {path} cannot be read ({text}); nbsched will not reset it. "
+            f"Move it aside to start afresh, or restore it from a backup."
         )
     return StateDirError(f"cannot use {path}: {text}")

@@ -201,7 +201,8 @@ def _templates(draw: st.DrawFn) -> tuple[str, list[list[str]]]:
             )
         else:
             items = draw(st.lists(_item, min_size=2, max_size=4))
-            quoted = [shlex.quote(i) for i in items]
+            # Always quoted: shlex.quote leaves a bare ',' unquoted, which would split the group.
+            quoted = ["'" + i.replace("'", "'\"'\"'") + "'" for i in items]
             words.append("{" + ",".join(quoted) + "}")
             choices.append(items)
         if draw(st.booleans()):

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..jobs import Job
 from .base import (
     LAUNCHER,
+    LAUNCHER_SHELL,
     Exit,
     Launch,
     OnExit,
@@ -89,7 +90,14 @@ class DirectExecutor(LocalProcessExecutor):
         log_fd = open_log(launch.log_path)
         try:
             popen = subprocess.Popen(
-                ["bash", "-c", LAUNCHER, "nbsched-job", str(launch.exit_path), *launch.argv],
+                [
+                    LAUNCHER_SHELL,
+                    "-c",
+                    LAUNCHER,
+                    "nbsched-job",
+                    str(launch.exit_path),
+                    *launch.argv,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,

@@ -65,6 +65,9 @@ class ProcessWatcher:
         self._poke()
 
     def close(self) -> None:
+        """Stop the thread and release the descriptors; a second call does nothing."""
+        if self._closed:
+            return
         self._closed = True
         self._poke()
         self._thread.join(timeout=5)

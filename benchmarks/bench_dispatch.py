@@ -1,0 +1,463 @@
+"""Dispatch speed: nbsched against a bare reference dispatcher, measured in one run.
+
+The reference is what a minimal scheduler on one machine does: a
+``threading.Condition``, a dispatcher thread, a thread per job that ``Popen``s the
+same command (``bash -c CMD``, as nbsched's ``add_command`` runs it) and waits, and
+4 slots.  nbsched runs on 4 simulated GPUs with a fresh state directory per round.
+
+Figures (each the median over ``--rounds`` interleaved rounds):
+
+(a) throughput of 300 trivial jobs (``true``), 1 GPU each: jobs/s; goal >= 0.5x the reference;
+(b) slot efficiency of 80 jobs of ``sleep 0.05`` on 4 slots:
+    80 x 0.05 s / (4 x makespan); goal >= 0.95 (the reference reaches about 0.96);
+(c) submit->start latency on an idle GPU: from just before ``add_command`` to the
+    job's own first instruction (bash's ``$EPOCHREALTIME``, written to a file), ~50
+    submissions one after another; median and p90; goal: median <= reference + 2 ms.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/bench_dispatch.py [--rounds 3] [--write BENCHMARKS.md]
+    PYTHONPATH=. python benchmarks/bench_dispatch.py --profile a   # cProfile of nbsched's threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import platform
+import pstats
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.executors import base as _executors_base
+
+LAUNCHER = _executors_base.LAUNCHER
+#: (engines before the launcher moved to /bin/sh ran it under bash: lets this script
+#: measure an older checkout for a before/after comparison)
+LAUNCHER_SHELL: str = getattr(_executors_base, "LAUNCHER_SHELL", "bash")
+
+SLOTS = 4
+N_TRIVIAL = 300
+N_SHORT = 80
+SHORT_S = 0.05
+N_LATENCY = 50
+
+
+# ------------------------------------------------------------------ the reference dispatcher
+
+
+class ReferenceDispatcher:
+    """A queue, a Condition, SLOTS slots, a thread per job running Popen(...).wait()."""
+
+    def __init__(self, slots: int = SLOTS, launcher_dir: Path | None = None) -> None:
+        #: With a folder: wrap each command in nbsched's launcher (exit file in that
+        #: folder, read and removed after the job), to show what the launcher costs.
+        self._launcher_dir = launcher_dir
+        self._count = 0
+        self._cond = threading.Condition()
+        self._queue: deque[list[str]] = deque()
+        self._free = slots
+        self._submitted = 0
+        self._done = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def submit(self, command: str) -> None:
+        argv = ["bash", "-c", command]
+        with self._cond:
+            if self._launcher_dir is not None:
+                self._count += 1
+                exit_file = str(self._launcher_dir / f"{self._count}.exit")
+                argv = [LAUNCHER_SHELL, "-c", LAUNCHER, "nbsched-job", exit_file, *argv]
+            self._queue.append(argv)
+            self._submitted += 1
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and not (self._queue and self._free > 0):
+                    self._cond.wait()
+                if self._stop:
+                    return
+                argv = self._queue.popleft()
+                self._free -= 1
+            threading.Thread(target=self._run, args=(argv,), daemon=True).start()
+
+    def _run(self, argv: list[str]) -> None:
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        ).wait()
+        if self._launcher_dir is not None:
+            exit_file = Path(argv[4])
+            int(exit_file.read_text())
+            exit_file.unlink()
+        with self._cond:
+            self._free += 1
+            self._done += 1
+            self._cond.notify_all()
+
+    def wait_all(self) -> None:
+        with self._cond:
+            while self._done < self._submitted:
+                self._cond.wait()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+# ------------------------------------------------------------------ the two contenders
+
+
+class Contender:
+    name = ""
+
+    def submit(self, command: str) -> None:
+        raise NotImplementedError
+
+    def wait_all(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Reference(Contender):
+    name = "reference"
+
+    def __init__(self, workdir: Path) -> None:
+        self.d = ReferenceDispatcher()
+
+    def submit(self, command: str) -> None:
+        self.d.submit(command)
+
+    def wait_all(self) -> None:
+        self.d.wait_all()
+
+    def close(self) -> None:
+        self.d.close()
+
+
+class ReferenceWithLauncher(Reference):
+    """The reference, each job run under nbsched's launcher: what the process
+    structure alone costs, without the engine."""
+
+    name = "ref+launcher"
+
+    def __init__(self, workdir: Path) -> None:
+        (workdir / "run").mkdir()
+        self.d = ReferenceDispatcher(launcher_dir=workdir / "run")
+
+
+class Nbsched(Contender):
+    name = "nbsched"
+
+    def __init__(self, workdir: Path) -> None:
+        config = SchedulerConfig(
+            state_dir=workdir / "state", gpu_provider="simulated", num_gpus=SLOTS
+        )
+        self.s = GPUJobScheduler(config=config).start()
+
+    def submit(self, command: str) -> None:
+        self.s.add_command(command, required_gpus=1)
+
+    def wait_all(self) -> None:
+        self.s.wait(timeout=600)
+        failed = self.s.jobs(status="failed")
+        if len(failed):
+            raise RuntimeError(f"{len(failed)} benchmark job(s) failed: {failed.iloc[0].to_dict()}")
+
+    def close(self) -> None:
+        self.s.stop(kill=True)
+        self.s.close()
+
+
+CONTENDERS: dict[str, Callable[[Path], Contender]] = {
+    "reference": Reference,
+    "ref+launcher": ReferenceWithLauncher,
+    "nbsched": Nbsched,
+}
+
+
+#: Where state directories and marks go.  Not /tmp: on some machines (this one) creating
+#: a file under /tmp costs ~0.5 ms of CPU against ~15 us elsewhere on the same disk, which
+#: would dominate a benchmark that creates a log and an exit file per job.
+SCRATCH = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbsched-bench"
+
+
+def scratch_dir(prefix: str) -> Path:
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
+
+
+@contextmanager
+def contender(name: str) -> Iterator[Contender]:
+    workdir = scratch_dir("state-")
+    c = CONTENDERS[name](workdir)
+    try:
+        yield c
+    finally:
+        c.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ the measurements
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds used so far by this process and by its reaped children."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def throughput(name: str, cpu: dict[str, list[tuple[float, float]]] | None = None) -> float:
+    """Jobs per second for N_TRIVIAL `true` jobs, from the first submission to the last end.
+    With ``cpu``, also records (this process, children) CPU ms per job: a figure that
+    depends less on what else the machine is doing than the rate does."""
+    with contender(name) as c:
+        before = _cpu()
+        t0 = time.perf_counter()
+        for _ in range(N_TRIVIAL):
+            c.submit("true")
+        c.wait_all()
+        rate = N_TRIVIAL / (time.perf_counter() - t0)
+        after = _cpu()
+    if cpu is not None:
+        cpu.setdefault(name, []).append(
+            tuple(1e3 * (a - b) / N_TRIVIAL for a, b in zip(after, before, strict=True))  # type: ignore[arg-type]
+        )
+    return rate
+
+
+def efficiency(name: str) -> float:
+    """Work done / slot time offered, for N_SHORT jobs of SHORT_S seconds on SLOTS slots."""
+    with contender(name) as c:
+        t0 = time.perf_counter()
+        for _ in range(N_SHORT):
+            c.submit(f"sleep {SHORT_S}")
+        c.wait_all()
+        makespan = time.perf_counter() - t0
+        return N_SHORT * SHORT_S / (SLOTS * makespan)
+
+
+def latency(name: str) -> list[float]:
+    """Seconds from just before submission to the job's first instruction, one job at a time."""
+    with contender(name) as c:
+        marks = scratch_dir("marks-")
+        out = []
+        try:
+            for i in range(N_LATENCY + 3):
+                mark = marks / f"{i}"
+                t0 = time.time()
+                c.submit(f'echo "$EPOCHREALTIME" > {mark}')
+                c.wait_all()
+                if i >= 3:  # the first few warm caches up (imports, page cache)
+                    out.append(float(mark.read_text()) - t0)
+        finally:
+            shutil.rmtree(marks, ignore_errors=True)
+        return out
+
+
+def p90(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=10)[-1]
+
+
+# ------------------------------------------------------------------ profiling
+
+
+def profile(which: str) -> None:
+    """cProfile nbsched's engine thread and the submitting thread for one measurement."""
+    from nbsched import dispatcher
+
+    prof = cProfile.Profile()
+    lock = threading.Lock()
+    original = dispatcher.Dispatcher.run
+
+    def run(self: Any) -> None:
+        p = cProfile.Profile()
+        p.enable()
+        try:
+            original(self)
+        finally:
+            p.disable()
+            with lock:
+                stats.append(p)
+
+    stats: list[cProfile.Profile] = []
+    dispatcher.Dispatcher.run = run  # type: ignore[method-assign]
+    fn = {"a": throughput, "b": efficiency, "c": latency}[which]
+    prof.enable()
+    fn("nbsched")
+    prof.disable()
+    for label, p in [("submitting thread", prof)] + [("dispatcher thread", s) for s in stats]:
+        buf = io.StringIO()
+        pstats.Stats(p, stream=buf).sort_stats("cumulative").print_stats(25)
+        print(f"==== {label} ====\n{buf.getvalue()}")
+
+
+# ------------------------------------------------------------------ report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--write", metavar="FILE", help="put the figures in FILE's Dispatch section")
+    ap.add_argument("--profile", choices=["a", "b", "c"], help="profile one measurement and exit")
+    args = ap.parse_args(argv)
+    if args.profile:
+        profile(args.profile)
+        return 0
+
+    names = ["reference", "ref+launcher", "nbsched"]
+    tput: dict[str, list[float]] = {n: [] for n in names}
+    eff: dict[str, list[float]] = {n: [] for n in names}
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[tuple[float, float]]] = {}
+    for r in range(args.rounds):
+        order = names if r % 2 == 0 else names[::-1]  # interleave to spread machine noise
+        for n in order:
+            tput[n].append(throughput(n, cpu))
+            eff[n].append(efficiency(n))
+            lat[n].extend(latency(n))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+    med = statistics.median
+    t = {n: med(tput[n]) for n in names}
+    e = {n: med(eff[n]) for n in names}
+    lm = {n: med(lat[n]) * 1e3 for n in names}
+    l90 = {n: p90(lat[n]) * 1e3 for n in names}
+    ref, nb = "reference", "nbsched"
+    # (label, {contender: text}, goal, met)
+    rows: list[tuple[str, dict[str, str], str, bool | None]] = [
+        (
+            f"(a) throughput, {N_TRIVIAL} `true` jobs, 4 GPUs",
+            {n: f"{t[n]:,.0f} jobs/s ({t[n] / t[ref]:.2f}x)" for n in names},
+            ">= 0.5x reference",
+            t[nb] >= 0.5 * t[ref],
+        ),
+        (
+            "(a) CPU per job: own process + jobs",
+            {n: _cpu_text(cpu[n]) for n in names},
+            "",
+            None,
+        ),
+        (
+            f"(b) slot efficiency, {N_SHORT} jobs of {SHORT_S * 1e3:.0f} ms, 4 slots",
+            {n: f"{e[n]:.3f}" for n in names},
+            ">= 0.95",
+            e[nb] >= 0.95,
+        ),
+        (
+            "(c) submit->start latency, idle GPU, median",
+            {n: f"{lm[n]:.2f} ms (+{lm[n] - lm[ref]:.2f})" for n in names},
+            "<= reference + 2 ms",
+            lm[nb] <= lm[ref] + 2.0,
+        ),
+        ("(c) submit->start latency, p90", {n: f"{l90[n]:.2f} ms" for n in names}, "", None),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'measure':<{width}}" + "".join(f"  {n:>24}" for n in names) + "  goal")
+    for label, vals, goal, met in rows:
+        verdict = "" if met is None else ("  met" if met else "  MISSED")
+        print(
+            f"{label:<{width}}" + "".join(f"  {vals[n]:>24}" for n in names) + f"  {goal}{verdict}"
+        )
+
+    cpu_name = _cpu_name()
+    command = "PYTHONPATH=. python benchmarks/bench_dispatch.py" + (
+        f" --rounds {args.rounds}" if args.rounds != 3 else ""
+    )
+    md = [
+        "## Dispatch (issue 2)",
+        "",
+        f"`{command}` — medians of {args.rounds} interleaved rounds in one run, on "
+        f"{os.cpu_count()} CPU(s) ({cpu_name}), Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end (other work shares this machine). "
+        "*reference*: a bare dispatcher (a `threading.Condition`, a thread per job, "
+        "`Popen(['bash', '-c', CMD]).wait()`, 4 slots) in the same process. "
+        "*ref+launcher*: the same, each command run under nbsched's launcher "
+        f"(`{LAUNCHER_SHELL} -c LAUNCHER exit_file bash -c CMD`, the exit file read and removed "
+        "afterwards): what the process structure alone costs. "
+        "*nbsched*: `add_command(CMD, required_gpus=1)` on 4 simulated GPUs, fresh state "
+        "directory (SQLite store, launcher, log file per job), then `wait()`.",
+        "",
+        "| measure | reference | ref+launcher | nbsched | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, vals, goal, met in rows:
+        verdict = "" if met is None else ("yes" if met else "no")
+        md.append(
+            f"| {label} | {vals[ref]} | {vals['ref+launcher']} | {vals[nb]} | {goal} | {verdict} |"
+        )
+    md += [
+        "",
+        "Latency: from just before the submission to the job's own first instruction "
+        f"(`echo $EPOCHREALTIME > file` in the job's bash), {N_LATENCY} jobs one after another "
+        f"per round. Efficiency: {N_SHORT} x {SHORT_S} s / (4 x makespan), makespan from the "
+        "first submission to the return of `wait()`. CPU per job: user+system time of the "
+        "benchmark process and of the reaped job processes, over the throughput run.",
+        "",
+    ]
+    block = "\n".join(md)
+    print("\n" + block)
+    if args.write:
+        _write_section(Path(args.write), block)
+        print(f"wrote {args.write}", file=sys.stderr)
+    return 0
+
+
+def _cpu_text(samples: list[tuple[float, float]]) -> str:
+    me = statistics.median(m for m, _ in samples)
+    kids = statistics.median(k for _, k in samples)
+    return f"{me:.2f} + {kids:.2f} ms"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _write_section(path: Path, block: str) -> None:
+    """Replace the '## Dispatch (issue 2)' section of ``path`` (or append it)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(r"^## Dispatch \(issue 2\)\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

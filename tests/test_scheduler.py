@@ -1,0 +1,668 @@
+"""Integration tests of GPUJobScheduler: real subprocesses, a real SQLite store, simulated GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.frames import GPU_COLUMNS
+from nbsched.gpus import write_simulated_gpus
+
+#: The columns DESIGN.md promises for jobs() and job(), in this order.
+DESIGN_JOB_COLUMNS = [
+    "id",
+    "status",
+    "priority",
+    "command",
+    "required_gpus",
+    "gpus",
+    "submitted",
+    "started",
+    "ended",
+    "exit_code",
+    "attempts",
+    "log",
+]
+DESIGN_GPU_COLUMNS = [
+    "gpu",
+    "name",
+    "memory_used",
+    "memory_total",
+    "load",
+    "allocated",
+    "paused",
+    "jobs",
+]
+
+TIMEOUT = 60.0  # generous: 2 cores shared with other test runs
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+@pytest.fixture
+def make_sched(tmp_path: Path) -> Iterator[Callable[..., GPUJobScheduler]]:
+    made: list[GPUJobScheduler] = []
+
+    def make(start: bool = True, **overrides: Any) -> GPUJobScheduler:
+        kw: dict[str, Any] = {
+            "state_dir": tmp_path / f"state{len(made)}",
+            "gpu_provider": "simulated",
+            "num_gpus": 4,
+            "kill_grace_s": 0.5,
+        }
+        kw.update(overrides)
+        s = GPUJobScheduler(config=SchedulerConfig(**kw))
+        made.append(s)
+        return s.start() if start else s
+
+    yield make
+    for s in made:
+        s.stop(kill=True)
+        s.close()
+
+
+@pytest.fixture
+def sched(make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
+    return make_sched()
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns something truthy, or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def status(s: GPUJobScheduler, job_id: str) -> str:
+    return str(s.job(job_id)["status"])
+
+
+def wait_running(s: GPUJobScheduler, job_id: str) -> dict[str, Any]:
+    wait_for(lambda: status(s, job_id) != "queued", what=f"job {job_id} to start")
+    row = s.job(job_id)
+    assert row["status"] == "running", row
+    return row
+
+
+def settle(s: GPUJobScheduler) -> None:
+    """Return once the dispatcher has completed a whole cycle that began after this call,
+    so everything committed before it has been considered."""
+    d = wait_for(lambda: s._dispatcher, what="the engine to start dispatching")
+    first = d.cycles + 1
+    wait_for(lambda: (d.wake(), d.cycles > first)[1], what="a dispatcher cycle")
+
+
+def token_processes(token: str) -> list[int]:
+    """Live processes (any state but zombie) whose environment carries the job's token."""
+    needle = f"NBSCHED_JOB_TOKEN={token}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+# ------------------------------------------------------------------ placement and over-booking
+
+
+def test_placement_by_cuda_visible_devices(sched: GPUJobScheduler) -> None:
+    cmd = 'echo "$CUDA_VISIBLE_DEVICES|$CUDA_DEVICE_ORDER|$NBSCHED_JOB_ID"'
+    ids = {req: sched.add_command(cmd, required_gpus=req) for req in (0.5, 0.25, 1, 2, 3)}
+    done = sched.wait(list(ids.values()), timeout=TIMEOUT)
+    assert list(done["status"]) == ["succeeded"] * 5
+    for req, job_id in ids.items():
+        row = sched.job(job_id)
+        gpus = row["gpus"]
+        assert len(gpus) == (1 if req < 1 else req)
+        assert all(0 <= g < 4 for g in gpus)
+        visible = ",".join(map(str, gpus))
+        assert sched.logs(job_id) == f"{visible}|PCI_BUS_ID|{job_id}\n"
+
+
+def test_no_gpu_ever_overbooked(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    out = tmp_path / "marks"
+    out.mkdir()
+    cmd = (
+        f'f={out}/$NBSCHED_JOB_ID; echo "$EPOCHREALTIME $CUDA_VISIBLE_DEVICES" > $f; '
+        f'sleep $1; echo "$EPOCHREALTIME" >> $f'
+    )
+    reqs = [0.25, 0.5, 1, 0.25, 2, 0.75, 0.5, 1, 0.25, 3, 0.5, 0.25, 1, 0.5, 2, 0.25] * 2
+    ids = {}
+    for i, req in enumerate(reqs):
+        duration = 0.05 + 0.05 * (i % 3)
+        job_id = sched.add_command(f"set -- {duration}; {cmd}", required_gpus=req)
+        ids[job_id] = req
+    done = sched.wait(list(ids), timeout=TIMEOUT)
+    assert set(done["status"]) == {"succeeded"}
+    events: list[tuple[float, int, float, tuple[int, ...]]] = []
+    for job_id, req in ids.items():
+        first, second = (out / job_id).read_text().splitlines()
+        t0, visible = first.split(" ")
+        gpus = tuple(int(g) for g in visible.split(","))
+        assert gpus == tuple(sched.job(job_id)["gpus"])
+        share = req if req < 1 else 1.0
+        events.append((float(t0), 1, share, gpus))
+        events.append((float(second), 0, share, gpus))  # ends sort before starts at a tie
+    booked = dict.fromkeys(range(4), 0.0)
+    peak = 0.0
+    for _, kind, share, gpus in sorted(events):
+        for g in gpus:
+            booked[g] += share if kind else -share
+            assert booked[g] <= 1 + 1e-9, f"GPU {g} over-booked: {booked[g]}"
+            peak = max(peak, booked[g])
+    assert peak > 0.7  # GPUs were really shared and filled, so the check had teeth
+
+
+# ------------------------------------------------------------------ outcomes and logs
+
+
+def test_exit_codes(sched: GPUJobScheduler) -> None:
+    ok = sched.add_command("exit 0", required_gpus=0.1)
+    bad = sched.add_command("exit 3", required_gpus=0.1)
+    killed = sched.add_command("kill -9 $$", required_gpus=0.1)
+    sched.wait([ok, bad, killed], timeout=TIMEOUT)
+    assert (status(sched, ok), sched.job(ok)["exit_code"]) == ("succeeded", 0)
+    assert (status(sched, bad), sched.job(bad)["exit_code"]) == ("failed", 3)
+    assert sched.store.get(bad).reason == "exit code 3"
+    assert (status(sched, killed), sched.job(killed)["exit_code"]) == ("failed", 137)
+    assert sched.job(ok)["attempts"] == 1
+    hist = sched.store.history(bad)
+    assert [h["new"] for h in hist] == ["queued", "running", "failed"]
+    assert hist[1]["at"] <= hist[2]["at"]
+
+
+def test_retries_then_fails(make_sched: Callable[..., GPUJobScheduler]) -> None:
+    s = make_sched(retry_backoff_s=0.01)
+    job_id = s.add_command("echo try; exit 5", required_gpus=0.5, max_retries=2)
+    s.wait([job_id], timeout=TIMEOUT)
+    row = s.job(job_id)
+    assert (row["status"], row["exit_code"], row["attempts"]) == ("failed", 5, 3)
+    log = s.logs(job_id, tail=None)
+    assert log.count("try\n") == 3 and "attempt 3" in log
+
+
+def test_logs(sched: GPUJobScheduler) -> None:
+    job_id = sched.add_command(
+        "echo to-stdout; echo to-stderr >&2; for i in $(seq 1 100); do echo line$i; done",
+        required_gpus=0.5,
+    )
+    sched.wait([job_id], timeout=TIMEOUT)
+    full = sched.logs(job_id, tail=None)
+    assert full.startswith("to-stdout\nto-stderr\nline1\n") and full.endswith("line100\n")
+    assert sched.logs(job_id, tail=3) == "line98\nline99\nline100\n"
+    assert sched.logs(job_id, tail=0) == ""
+    assert sched.logs(job_id).count("\n") == 50
+    path = Path(sched.job(job_id)["log"])
+    assert path.parent == sched.config.logs_dir
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for bad in (-1, 1.5, "3", True):
+        with pytest.raises(ValueError, match="tail="):
+            sched.logs(job_id, tail=bad)  # type: ignore[arg-type]
+
+
+def test_env_and_job_env(sched: GPUJobScheduler) -> None:
+    job_id = sched.add_command(
+        'echo "$CUDA_DEVICE_ORDER $NBSCHED_JOB_ID $MINE ${NBSCHED_JOB_TOKEN:+has-token}"',
+        required_gpus=1,
+        env={"MINE": "x y"},
+    )
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert sched.logs(job_id) == f"PCI_BUS_ID {job_id} x y has-token\n"
+
+
+# ------------------------------------------------------------------ cancel
+
+
+def test_cancel_queued_job(sched: GPUJobScheduler) -> None:
+    for g in range(4):
+        sched.pause_gpu(g)
+    job_id = sched.add_command("echo never", required_gpus=1)
+    settle(sched)
+    assert status(sched, job_id) == "queued"
+    assert sched.cancel(job_id) is True
+    row = sched.job(job_id)
+    assert row["status"] == "cancelled" and row["started"] is None and row["exit_code"] is None
+    assert sched.cancel(job_id) is False
+    for g in range(4):
+        sched.resume_gpu(g)
+    settle(sched)
+    assert status(sched, job_id) == "cancelled" and sched.logs(job_id) == ""
+
+
+def test_cancel_running_tree_with_setsid_and_background_children(
+    sched: GPUJobScheduler, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready"
+    cmd = (
+        "setsid sleep 301 & "
+        "sleep 302 & "
+        "( setsid bash -c 'sleep 303 & wait' & ) ; "
+        "bash -c 'trap \"\" TERM; exec sleep 304' & "
+        "nohup sleep 305 >/dev/null 2>&1 & "
+        f"touch {ready}; wait"
+    )
+    job_id = sched.add_command(cmd, required_gpus=0.5)
+    wait_running(sched, job_id)
+    token = sched.store.get(job_id).token
+    assert token
+    wait_for(ready.exists, what="the job to spawn its children")
+
+    def sleeps() -> set[str]:
+        names = set()
+        for pid in token_processes(token):
+            try:
+                names.add(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                pass
+        return {n.strip() for n in names if n.startswith("sleep")}
+
+    wait_for(lambda: len(sleeps()) == 5, what="all five sleeps")
+    assert sched.cancel(job_id) is True
+    assert token_processes(token) == []
+    row = sched.job(job_id)
+    assert row["status"] == "cancelled" and row["ended"] is not None
+    settle(sched)
+    assert status(sched, job_id) == "cancelled"  # the watcher's late report changed nothing
+    assert sched.store.allocation() == {}
+
+
+def test_stop_kill_cancels_running(make_sched: Callable[..., GPUJobScheduler]) -> None:
+    s = make_sched()
+    job_id = s.add_command("sleep 300", required_gpus=1)
+    wait_running(s, job_id)
+    token = s.store.get(job_id).token
+    assert token
+    s.stop(kill=True)
+    assert status(s, job_id) == "cancelled" and token_processes(token) == []
+    assert not s.running
+
+
+def test_cancel_just_after_marked_running(make_sched: Callable[..., GPUJobScheduler]) -> None:
+    """A cancel between 'marked running' and 'process spawned' must still end the process."""
+    s = make_sched()
+    for _ in range(10):
+        job_id = s.add_command("sleep 300", required_gpus=1)
+        deadline = time.monotonic() + TIMEOUT
+        while not (token := s.store.get(job_id).token):  # no sleep: hit the window
+            assert time.monotonic() < deadline, "the job was never marked running"
+        assert s.cancel(job_id) is True
+        settle(s)  # the dispatcher has finished starting it
+        assert status(s, job_id) == "cancelled"
+        wait_for(lambda: token_processes(token) == [], what="the cancelled job's processes to end")
+    assert s.store.allocation() == {}
+
+
+# ------------------------------------------------------------------ arguments arrive intact
+
+ARG_CASES = {
+    "single-quote": ["it's", "'"],
+    "double-quote": ['say "hi"', '"'],
+    "semicolon": ["a; echo PWNED > pwned", ";"],
+    "command-subst": ["$(touch pwned)", "$(id)"],
+    "backticks": ["`touch pwned`", "`"],
+    "spaces": ["two words", " lead", "trail ", "   "],
+    "newlines": ["line1\nline2", "\n", "a\r\nb"],
+    "tabs": ["tab\there", "\t"],
+    "unicode": ["ünïcödé", "日本語", "🚀✓", "e\u0301", "\u202eRTL"],
+    "expansions": ["$HOME", "${PATH}", "~", "*", "?", "[a]", "{0.1,0.01}", "{1..3}"],
+    "dashes-and-empty": ["", "--", "-x", "--flag=$(id)", "-"],
+    "backslashes": ["\\", "\\n", "'\"'\"'", "\\$HOME"],
+    "history-and-format": ["!!", "!$", "%s%d", "%%"],
+    "submitit-path": ["a'; echo foo", "&&", "|", ">", "<", "2>&1"],
+}
+
+
+@pytest.fixture
+def weird_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "dir with 'quote'; $(x) `y` ü"
+    d.mkdir()
+    (d / "dump.py").write_text(
+        "import json, os, sys\n"
+        "with open(os.environ['OUT'], 'w', encoding='utf-8') as f:\n"
+        "    json.dump(sys.argv[1:], f)\n"
+    )
+    (d / "dump.sh").write_text('printf "%s\\0" "$@" > "$OUT"\n')
+    return d
+
+
+@pytest.mark.parametrize("kind", ["py", "sh"])
+@pytest.mark.parametrize("case", sorted(ARG_CASES))
+def test_arguments_arrive_byte_identical(
+    sched: GPUJobScheduler, weird_dir: Path, tmp_path: Path, case: str, kind: str
+) -> None:
+    args = ARG_CASES[case]
+    out = tmp_path / "argv.out"
+    job_id = sched.add_job(
+        str(weird_dir / f"dump.{kind}"),
+        args=args,
+        required_gpus=0.5,
+        env={"OUT": str(out)},
+        cwd=weird_dir,
+    )
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert status(sched, job_id) == "succeeded", sched.logs(job_id)
+    raw = out.read_bytes()
+    if kind == "py":
+        got = json.loads(raw.decode("utf-8"))
+    else:
+        got = [a.decode("utf-8") for a in raw.split(b"\0")[:-1]]
+    assert got == args
+    assert list(sched.store.get(job_id).spec.args) == args
+    assert not list(weird_dir.glob("pwned")) and not (tmp_path / "pwned").exists()
+
+
+def test_args_string_is_split_like_a_shell(sched: GPUJobScheduler, weird_dir: Path) -> None:
+    job_id = sched.add_job(
+        str(weird_dir / "dump.py"),
+        args="--name 'two words' --x \"a;b\"",
+        required_gpus=0.5,
+        env={"OUT": str(weird_dir / "o")},
+    )
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert json.loads((weird_dir / "o").read_text()) == ["--name", "two words", "--x", "a;b"]
+
+
+def test_sh_script_runs_with_bash(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    script = tmp_path / "bashy.sh"  # no shebang, not executable, bash-only syntax
+    script.write_text(
+        'if [[ -n "$BASH_VERSION" ]]; then echo "bash $1"; fi\narr=(a b); echo ${arr[1]}\n'
+    )
+    os.chmod(script, 0o644)
+    job_id = sched.add_job(str(script), args=["x"], required_gpus=0.5)
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert status(sched, job_id) == "succeeded"
+    assert sched.logs(job_id) == "bash x\nb\n"
+
+
+def test_py_script_runs_with_this_python_unbuffered(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    script = tmp_path / "who.py"
+    script.write_text("import sys; print(sys.executable, sys.orig_argv[1])\n")
+    job_id = sched.add_job(str(script), required_gpus=0.5)
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert sched.logs(job_id) == f"{sys.executable} -u\n"
+
+
+# ------------------------------------------------------------------ tables
+
+
+def test_jobs_and_job_columns(sched: GPUJobScheduler) -> None:
+    empty = sched.jobs()
+    assert list(empty.columns)[: len(DESIGN_JOB_COLUMNS)] == DESIGN_JOB_COLUMNS
+    a = sched.add_command("exit 2", required_gpus=0.5, priority=3)
+    b = sched.add_command("true", required_gpus=2)
+    sched.wait([a, b], timeout=TIMEOUT)
+    df = sched.jobs()
+    assert list(df.columns)[: len(DESIGN_JOB_COLUMNS)] == DESIGN_JOB_COLUMNS
+    assert list(df["id"]) == [a, b]
+    assert list(df["status"]) == ["failed", "succeeded"]
+    assert list(df["priority"]) == [3, 0]
+    assert list(df["command"]) == ["exit 2", "true"]
+    assert list(df["required_gpus"]) == [0.5, 2.0]
+    assert [len(g) for g in df["gpus"]] == [1, 2]
+    assert list(df["exit_code"]) == [2, 0]
+    assert list(df["attempts"]) == [1, 1]
+    assert (df["submitted"] <= df["started"]).all() and (df["started"] <= df["ended"]).all()
+    row = sched.job(a)
+    assert list(row)[: len(DESIGN_JOB_COLUMNS)] == DESIGN_JOB_COLUMNS
+    assert row["status"] == "failed" and row["log"].endswith(f"/{a}.log")
+    assert list(sched.jobs(status="failed")["id"]) == [a]
+    assert list(sched.jobs(status="ended")["id"]) == [a, b]
+    with pytest.raises(ValueError, match="accepted values"):
+        sched.jobs(status="finished")
+    with pytest.raises(KeyError, match="no job"):
+        sched.job("12345")
+
+
+def test_gpu_status_columns(sched: GPUJobScheduler) -> None:
+    job_id = sched.add_command("sleep 300", required_gpus=0.5)
+    wait_running(sched, job_id)
+    (gpu,) = sched.job(job_id)["gpus"]
+    sched.pause_gpu(3)
+    # Readings are cached for gpu_monitor_interval_s: wait for one taken after the start.
+    wait_for(lambda: sched.get_gpu_status().loc[gpu, "load"] > 0, what="a GPU reading with the job")
+    df = sched.get_gpu_status()
+    assert list(df.columns) == DESIGN_GPU_COLUMNS == list(GPU_COLUMNS)
+    assert list(df["gpu"]) == [0, 1, 2, 3]
+    assert df.loc[gpu, "allocated"] == 0.5 and df.loc[gpu, "jobs"] == [job_id]
+    assert list(df["paused"]) == [False, False, False, True]
+    assert (df["memory_total"] > 0).all()
+    assert df.loc[gpu, "memory_used"] > 0 and df.loc[gpu, "load"] == 0.5
+
+
+# ------------------------------------------------------------------ wait, pause, thresholds
+
+
+def test_wait_timeout(sched: GPUJobScheduler) -> None:
+    job_id = sched.add_command("sleep 300", required_gpus=1)
+    with pytest.raises(TimeoutError, match=job_id):
+        sched.wait([job_id], timeout=0.2)
+    with pytest.raises(TimeoutError):
+        sched.wait(timeout=0)
+    with pytest.raises(ValueError, match="timeout"):
+        sched.wait(timeout=-1)
+    sched.cancel(job_id)
+    assert list(sched.wait(job_id, timeout=TIMEOUT)["status"]) == ["cancelled"]
+    assert len(sched.wait(timeout=TIMEOUT)) == 0  # nothing active: returns at once
+    with pytest.raises(KeyError, match="no job '999'"):
+        sched.wait(["999"], timeout=1)
+
+
+def test_wait_sees_ends_written_by_another_process(tmp_path: Path) -> None:
+    """No engine here: the job is ended through a second connection, as another process
+    (the dispatching kernel) would; wait() must notice it."""
+    from nbsched.jobs import JobStatus
+    from nbsched.store import Store
+
+    config = SchedulerConfig(state_dir=tmp_path / "s", gpu_provider="simulated", num_gpus=2)
+    s = GPUJobScheduler(config=config)  # not started
+    try:
+        a = s.add_command("true", required_gpus=1)
+        b = s.add_command("true", required_gpus=1)
+        other = Store(config.db_path)
+
+        def finish() -> None:
+            for job_id in (a, b):
+                other.transition(job_id, JobStatus.RUNNING, gpus=(0,))
+                other.transition(job_id, JobStatus.SUCCEEDED, exit_code=0)
+
+        t = threading.Thread(target=finish)
+        t.start()
+        done = s.wait(timeout=TIMEOUT)
+        t.join()
+        other.close()
+        assert list(done["id"]) == [a, b] and set(done["status"]) == {"succeeded"}
+    finally:
+        s.close()
+
+
+def test_pause_and_resume(sched: GPUJobScheduler) -> None:
+    for g in (0, 1, 2):
+        sched.pause_gpu(g)
+    a = sched.add_command("sleep 300", required_gpus=1)
+    assert wait_running(sched, a)["gpus"] == [3]
+    b = sched.add_command("sleep 300", required_gpus=0.5)
+    settle(sched)
+    assert status(sched, b) == "queued"
+    assert sched.store.paused() == {0, 1, 2}
+    sched.resume_gpu(1)
+    assert wait_running(sched, b)["gpus"] == [1]
+    # a paused GPU keeps its running job
+    sched.pause_gpu(3)
+    assert status(sched, a) == "running"
+    with pytest.raises(ValueError, match="gpu=4"):
+        sched.pause_gpu(4)
+    with pytest.raises(TypeError, match="gpu="):
+        sched.pause_gpu("1")  # type: ignore[arg-type]
+
+
+def test_gpu_used_by_others_gets_no_job(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    gpus_file = tmp_path / "gpus.json"
+    gpu = {"name": "Sim", "memory_total_mb": 1000}
+    busy = {**gpu, "external_memory_used_mb": 950, "external_load": 0.5}
+    write_simulated_gpus(gpus_file, [gpu, gpu, busy, gpu])
+    s = make_sched(simulated_gpus_file=str(gpus_file), gpu_monitor_interval_s=0.05)
+    ids = [s.add_command("sleep 300", required_gpus=1) for _ in range(4)]
+    for job_id in ids[:3]:
+        wait_running(s, job_id)
+    settle(s)
+    assert status(s, ids[3]) == "queued"
+    assert sorted(g for j in ids[:3] for g in s.job(j)["gpus"]) == [0, 1, 3]
+    assert s.get_gpu_status().loc[2, "memory_used"] == 950
+    write_simulated_gpus(gpus_file, [gpu, gpu, {**gpu, "external_memory_used_mb": 100}, gpu])
+    assert wait_running(s, ids[3])["gpus"] == [2]
+
+
+def test_gpu_load_by_others_blocks_fractions_too(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    gpus_file = tmp_path / "gpus.json"
+    free = {"name": "Sim", "memory_total_mb": 1000}
+    loaded = {**free, "external_load": 0.95}
+    write_simulated_gpus(gpus_file, [loaded, loaded])
+    s = make_sched(simulated_gpus_file=str(gpus_file), num_gpus=2, gpu_monitor_interval_s=0.05)
+    job_id = s.add_command("true", required_gpus=0.1)
+    settle(s)
+    assert status(s, job_id) == "queued"
+    write_simulated_gpus(gpus_file, [loaded, free])
+    s.wait([job_id], timeout=TIMEOUT)
+    assert s.job(job_id)["gpus"] == [1]
+
+
+# ------------------------------------------------------------------ the engine survives bad jobs
+
+
+def test_engine_survives_bad_jobs(
+    sched: GPUJobScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for g in range(4):
+        sched.pause_gpu(g)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    no_cwd = sched.add_command("echo hi", required_gpus=1, cwd=gone)
+    gone.rmdir()
+    script = tmp_path / "t.py"
+    script.write_text("print('x')\n")
+    no_conda = sched.add_job(str(script), conda_env="no-such-env", required_gpus=1)
+    boom = sched.add_command("echo boom", required_gpus=1, name="boom")
+    good = sched.add_command("echo fine", required_gpus=1)
+
+    executor = sched._executor("direct")
+    real_start = executor.start
+
+    def start(launch: Any) -> Any:
+        if launch.job.spec.name == "boom":
+            raise RuntimeError("the executor broke")
+        return real_start(launch)
+
+    monkeypatch.setattr(executor, "start", start)
+    for g in range(4):
+        sched.resume_gpu(g)
+    sched.wait([no_cwd, no_conda, boom, good], timeout=TIMEOUT)
+    for job_id, why in ((no_cwd, "gone"), (no_conda, "conda"), (boom, "the executor broke")):
+        row = sched.job(job_id)
+        assert row["status"] == "failed", row
+        assert "could not start" in row["reason"] and why in row["reason"]
+        assert why in sched.logs(job_id)
+    assert status(sched, good) == "succeeded" and sched.logs(good) == "fine\n"
+    assert sched.running
+    later = sched.add_command("echo later", required_gpus=1)
+    sched.wait([later], timeout=TIMEOUT)
+    assert status(sched, later) == "succeeded"
+    assert sched.store.allocation() == {}
+
+
+# ------------------------------------------------------------------ construction
+
+
+def test_original_call(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NBSCHED_HOME", str(tmp_path / "home"))
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("")
+    s = GPUJobScheduler(num_gpus=8, jobs_file_path=jobs)
+    try:
+        assert s.config.num_gpus == 8 and s.num_gpus == 8
+        assert s.config.jobs_file == str(jobs)
+        assert s.config.state_dir == tmp_path / "home"
+        assert (tmp_path / "home" / "state.db").exists()
+        job_id = s.add_command("true", required_gpus=8)
+        assert s.job(job_id)["status"] == "queued"
+    finally:
+        s.close()
+    s = GPUJobScheduler(8, str(jobs))  # positionally, as the original program called it
+    try:
+        assert s.num_gpus == 8 and s.config.jobs_file == str(jobs)
+    finally:
+        s.close()
+
+
+def test_keyword_overrides_and_bad_config(tmp_path: Path) -> None:
+    base = SchedulerConfig(state_dir=tmp_path / "s", gpu_provider="simulated", num_gpus=2)
+    s = GPUJobScheduler(config=base, num_gpus=3)
+    try:
+        assert s.num_gpus == 3 and base.num_gpus == 2
+    finally:
+        s.close()
+    with pytest.raises(TypeError, match="config="):
+        GPUJobScheduler(config={"num_gpus": 2})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="gpu_provider"):
+        GPUJobScheduler(config=base, gpu_provider="tpu")
+
+
+def test_jobs_survive_a_restart(make_sched: Callable[..., GPUJobScheduler], tmp_path: Path) -> None:
+    state = tmp_path / "shared"
+    first = make_sched(state_dir=state)
+    job_id = first.add_command("sleep 0.3; exit 4", required_gpus=1)
+    wait_running(first, job_id)
+    first.stop()  # the job goes on without an engine
+    assert status(first, job_id) == "running"
+    second = make_sched(state_dir=state)
+    second.wait([job_id], timeout=TIMEOUT)
+    row = second.job(job_id)
+    assert (row["status"], row["exit_code"]) == ("failed", 4)
+
+
+def test_retry_back_off_after_very_many_attempts(sched: GPUJobScheduler) -> None:
+    """The back-off doubles per attempt; at attempt 1500, 2**1499 s must not overflow."""
+    from nbsched.executors.base import Exit
+    from nbsched.jobs import JobStatus
+
+    for g in range(4):
+        sched.pause_gpu(g)
+    settle(sched)  # the dispatcher has recovered (it would re-queue our hand-made attempt)
+    d = sched._dispatcher
+    assert d is not None
+    job_id = sched.add_command("true", required_gpus=1, max_retries=5000)
+    job = sched.store.transition(job_id, JobStatus.RUNNING, attempts=1500, token="t", gpus=(0,))
+    assert job is not None
+    before = time.time()
+    d._on_exit(job, Exit(1))
+    after = sched.store.get(job_id)
+    assert after.status == JobStatus.QUEUED and after.exit_code == 1
+    assert after.not_before is not None and after.not_before > before + 3600

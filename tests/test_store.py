@@ -1,0 +1,460 @@
+"""Tests of nbsched.store: a real SQLite file in tmp_path, opened as the engine opens it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbsched.errors import StateDirError, UnknownJobError
+from nbsched.jobs import JobSpec, JobStatus
+from nbsched.store import Store, parse_job_id, prepare_state_dir
+
+Q, R, S, F, C = (
+    JobStatus.QUEUED,
+    JobStatus.RUNNING,
+    JobStatus.SUCCEEDED,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
+)
+
+
+def spec(req: float = 1.0, **kw: object) -> JobSpec:
+    return JobSpec(kind="command", command=kw.pop("command", "true"), required_gpus=req, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return prepare_state_dir(tmp_path / "state")
+
+
+@pytest.fixture
+def store(state: Path) -> Iterator[Store]:
+    s = Store(state / "state.db")
+    yield s
+    s.close()
+
+
+def add(store: Store, *specs: JobSpec) -> list[str]:
+    jobs = store.add_jobs(list(specs), owner_uid=os.getuid(), executor="direct")
+    return [j.id for j in jobs if j is not None]
+
+
+# ------------------------------------------------------------------ jobs
+
+
+def test_add_jobs_committed_before_return(store: Store, state: Path) -> None:
+    ids = add(store, spec(0.5, priority=2, name="a"), spec(2, allowed_gpus=(0, 1, 2)))
+    other = Store(state / "state.db")  # a second connection, as another process has
+    try:
+        jobs = other.find(ids=ids)
+        assert [j.id for j in jobs] == ids
+        assert jobs[0].status == Q and jobs[0].priority == 2 and jobs[0].spec.name == "a"
+        assert jobs[1].required_gpus == 2.0 and jobs[1].allowed_gpus == (0, 1, 2)
+        assert other.counts()["queued"] == 2
+    finally:
+        other.close()
+    # A raw sqlite3 connection sees them too: nothing is held in an open transaction.
+    raw = sqlite3.connect(state / "state.db")
+    try:
+        assert raw.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
+    finally:
+        raw.close()
+
+
+def test_add_jobs_roundtrips_every_spec_field(store: Store) -> None:
+    s = JobSpec(
+        kind="script",
+        required_gpus=0.25,
+        priority=-3,
+        script="/x/train.py",
+        args=("--a", "b c", "ü'\"$(x)"),
+        conda_env="env",
+        allowed_gpus=(1, 3),
+        max_retries=2,
+        launcher="torchrun",
+        gpu_arg="--cuda",
+        cwd="/x",
+        env={"K": "v"},
+        name="n",
+        sweep="sw1",
+        params={"lr": 0.1},
+        hash="h",
+    )
+    (job_id,) = add(store, s)
+    assert store.get(job_id).spec == s
+    assert store.get(int(job_id)).spec == s
+
+
+def test_skip_hash_statuses(store: Store) -> None:
+    (a,) = add(store, spec(hash="h1"))
+    got = store.add_jobs(
+        [spec(hash="h1"), spec(hash="h2")],
+        owner_uid=os.getuid(),
+        executor="direct",
+        skip_hash_statuses=[Q, R, S],
+    )
+    assert got[0] is None and got[1] is not None
+    assert [j.id for j in store.find(hash="h1")] == [a]
+
+
+def test_unknown_job(store: Store) -> None:
+    with pytest.raises(UnknownJobError, match="no job '99'"):
+        store.get("99")
+    with pytest.raises(KeyError):
+        store.transition("99", R)
+    for bad in ("abc", True, None, 1.5, "-1"):
+        with pytest.raises(UnknownJobError):
+            parse_job_id(bad)
+
+
+# ------------------------------------------------------------------ transitions
+
+
+def test_transitions_recorded_with_times(store: Store) -> None:
+    (j,) = add(store, spec())
+    store.transition(j, R, now=100.0, gpus=(2,), started=100.0, token="t")
+    store.transition(j, F, now=105.5, reason="exit code 3", exit_code=3, ended=105.5)
+    job = store.get(j)
+    assert (
+        job.status == F and job.exit_code == 3 and job.gpus == (2,) and job.reason == "exit code 3"
+    )
+    hist = store.history(j)
+    assert [(h["old"], h["new"]) for h in hist] == [
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "failed"),
+    ]
+    assert [h["at"] for h in hist[1:]] == [100.0, 105.5]
+    assert hist[0]["reason"] == "submitted" and hist[2]["reason"] == "exit code 3"
+    # A retry (ended -> queued) is allowed and recorded too.
+    assert store.transition(j, Q, reason="retry requested", now=110.0) is not None
+    assert store.history(j)[-1] == {
+        "old": "failed",
+        "new": "queued",
+        "at": 110.0,
+        "reason": "retry requested",
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "illegal"),
+    [
+        ((), S),  # queued -> succeeded
+        ((), F),  # queued -> failed
+        ((R, S), R),  # succeeded -> running
+        ((R, S), C),  # succeeded -> cancelled
+        ((C,), R),  # cancelled -> running
+    ],
+)
+def test_illegal_transitions_refused(
+    store: Store, path: tuple[JobStatus, ...], illegal: JobStatus
+) -> None:
+    (j,) = add(store, spec())
+    for st_ in path:
+        assert store.transition(j, st_) is not None
+    before, rev = store.get(j), store.revision()
+    n_hist = len(store.history(j))
+    assert store.transition(j, illegal, exit_code=9) is None
+    assert store.get(j) == before
+    assert store.revision() == rev
+    assert len(store.history(j)) == n_hist
+
+
+def test_expect_and_guard(store: Store) -> None:
+    (j,) = add(store, spec())
+    rev = store.revision()
+    # expect: only from these statuses
+    assert store.transition(j, C, expect={R}) is None
+    assert store.get(j).status == Q and store.revision() == rev
+    # guard: sees the current job, can refuse
+    seen = []
+
+    def no(job: object) -> bool:
+        seen.append(job)
+        return False
+
+    assert store.transition(j, R, expect={Q}, guard=no, token="x") is None
+    assert seen and seen[0].status == Q  # type: ignore[attr-defined]
+    assert store.get(j).token is None and store.revision() == rev
+    moved = store.transition(j, R, expect={Q}, guard=lambda job: job.status == Q, token="tok")
+    assert moved is not None and moved.status == R and moved.token == "tok"
+    # a second dispatcher that still thinks it is queued loses
+    assert store.transition(j, R, expect={Q}, token="other") is None
+    assert store.get(j).token == "tok"
+
+
+def test_update_sets_fields_without_transition(store: Store) -> None:
+    (j,) = add(store, spec())
+    store.transition(j, R, gpus=(0,))
+    n = len(store.history(j))
+    store.update(j, pid=1234, proc_start=5.5, node="n1", cancel_requested=True)
+    job = store.get(j)
+    assert (job.pid, job.proc_start, job.node, job.cancel_requested) == (1234, 5.5, "n1", True)
+    assert job.status == R and len(store.history(j)) == n
+
+
+# ------------------------------------------------------------------ derived allocation
+
+
+def test_allocation_derived_from_running_jobs(store: Store) -> None:
+    a, b, c, d = add(store, spec(0.5), spec(0.25), spec(2), spec(1))
+    assert store.allocation() == {}
+    store.transition(a, R, gpus=(0,))
+    store.transition(b, R, gpus=(0,))
+    store.transition(c, R, gpus=(1, 2))
+    assert store.allocation() == {0: 0.75, 1: 1.0, 2: 1.0}
+    store.transition(a, S)
+    store.transition(c, C)
+    assert store.allocation() == {0: 0.25}
+    store.transition(d, R, gpus=(0,))  # (a 1-GPU job on a shared GPU only in this hand-made state)
+    assert store.allocation() == {0: 1.25}
+    store.transition(b, Q)  # back to the queue (retry): its share is released
+    assert store.allocation() == {0: 1.0}
+
+
+# ------------------------------------------------------------------ incremental reads
+
+
+def test_changed_since_is_incremental(store: Store) -> None:
+    rev0, changed = store.changed_since(0)
+    assert changed == []
+    a, b = add(store, spec(), spec())
+    rev1, changed = store.changed_since(rev0)
+    assert rev1 > rev0 and {j.id for j in changed} == {a, b}
+    assert store.changed_since(rev1) == (rev1, [])
+    store.transition(b, R, gpus=(3,))
+    rev2, changed = store.changed_since(rev1)
+    assert rev2 > rev1 and [(j.id, j.status, j.gpus) for j in changed] == [(b, R, (3,))]
+    store.update(a, name="renamed")
+    rev3, changed = store.changed_since(rev2)
+    assert [j.id for j in changed] == [a]
+    # A refused transition writes nothing, so nothing looks changed.
+    store.transition(a, S)
+    assert store.changed_since(rev3) == (rev3, [])
+
+
+def test_changed_since_sees_other_connections(store: Store, state: Path) -> None:
+    rev = store.revision()
+    other = Store(state / "state.db")
+    try:
+        (j,) = add(other, spec())
+    finally:
+        other.close()
+    _, changed = store.changed_since(rev)
+    assert [c.id for c in changed] == [j]
+
+
+# ------------------------------------------------------------------ pauses, notices, kv
+
+
+def test_pauses(store: Store, state: Path) -> None:
+    assert store.paused() == frozenset()
+    rev = store.revision()
+    store.set_paused(2, True)
+    store.set_paused(2, True)
+    store.set_paused(0, True)
+    assert store.paused() == {0, 2}
+    assert store.revision() > rev  # a pause wakes an incremental reader
+    other = Store(state / "state.db")
+    try:
+        assert other.paused() == {0, 2}
+    finally:
+        other.close()
+    store.set_paused(2, False)
+    store.set_paused(5, False)  # resuming a GPU that is not paused is harmless
+    assert store.paused() == {0}
+
+
+def test_notices_are_bounded(store: Store) -> None:
+    for i in range(1100):
+        store.add_notice("jobs-file", f"line {i}: bad")
+    got = store.notices(limit=5000)
+    assert len(got) == 1000
+    assert got[-1]["message"] == "line 1099: bad" and got[0]["message"] == "line 100: bad"
+    assert [n["message"] for n in store.notices(limit=2)] == ["line 1098: bad", "line 1099: bad"]
+    assert got[-1]["level"] == "warning" and got[-1]["source"] == "jobs-file"
+
+
+def test_kv(store: Store) -> None:
+    assert store.kv_get("engine") is None
+    store.kv_set("engine", "a")
+    store.kv_set("engine", "b")
+    assert store.kv_get("engine") == "b"
+
+
+def test_sweeps(store: Store) -> None:
+    sid = store.new_sweep({"script": "t.py", "args": "--lr {1,2}"})
+    assert sid.startswith("sw")
+    assert store.sweep_spec(sid) == {"script": "t.py", "args": "--lr {1,2}"}
+    assert store.sweep_spec("sw999") is None and store.sweep_spec("nope") is None
+
+
+# ------------------------------------------------------------------ the state directory
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_modes_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        state = prepare_state_dir(tmp_path / "a" / "state")
+        s = Store(state / "state.db")
+        try:
+            add(s, spec())
+            files = sorted(p.name for p in state.iterdir())
+            assert "state.db" in files and "state.db-wal" in files
+            for p in state.iterdir():
+                want = 0o700 if p.is_dir() else 0o600
+                assert _mode(p) == want, (p.name, oct(_mode(p)))
+        finally:
+            s.close()
+    finally:
+        os.umask(old)
+    assert _mode(state) == 0o700
+
+
+def test_existing_dir_too_open_for_reading_is_tightened(tmp_path: Path) -> None:
+    d = tmp_path / "state"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    prepare_state_dir(d)
+    assert _mode(d) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o777, 0o702])
+def test_writable_by_others_refused(tmp_path: Path, mode: int) -> None:
+    d = tmp_path / "state"
+    d.mkdir()
+    os.chmod(d, mode)
+    with pytest.raises(StateDirError, match="writable by other users") as info:
+        prepare_state_dir(d)
+    assert str(d) in str(info.value) and "chmod 700" in str(info.value)
+    assert _mode(d) == mode  # refused, not silently changed
+
+
+def test_symlink_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(StateDirError, match="symbolic link"):
+        prepare_state_dir(link)
+    assert not (real / "logs").exists()
+
+
+def test_symlinked_logs_refused(tmp_path: Path) -> None:
+    d = prepare_state_dir(tmp_path / "state")
+    (d / "logs").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (d / "logs").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StateDirError, match="symbolic link"):
+        prepare_state_dir(d)
+
+
+def test_state_dir_that_is_a_file_refused(tmp_path: Path) -> None:
+    f = tmp_path / "state"
+    f.write_text("x")
+    with pytest.raises(StateDirError, match="not a folder"):
+        prepare_state_dir(f)
+
+
+def _corrupt_variants(state: Path) -> dict[str, bytes]:
+    """A file that is not SQLite at all, and a real database with a damaged page."""
+    s = Store(state / "good.db")
+    add(s, *(spec(command="x" * 500) for _ in range(50)))
+    s.close()
+    good = (state / "good.db").read_bytes()
+    for side in ("-wal", "-shm"):
+        Path(str(state / "good.db") + side).unlink(missing_ok=True)
+    assert len(good) > 8192
+    damaged = bytearray(good)
+    damaged[4096 : 4096 + 512] = b"\xff" * 512  # the second page: part of the schema/data b-tree
+    damaged[100:4096] = b"\x13" * (4096 - 100)  # the schema page's body after the header
+    data_pages = bytearray(good)
+    for off in range(4096 * 8, len(good), 4096):  # leave the schema, damage the rows
+        data_pages[off : off + 64] = b"\xee" * 64
+    return {
+        "data_pages": bytes(data_pages),
+        "garbage": b"this is not a database, it is a text file someone wrote here\n" * 200,
+        "damaged": bytes(damaged),
+    }
+
+
+@pytest.mark.parametrize("variant", ["garbage", "damaged", "data_pages"])
+def test_corrupt_db_is_refused_never_reset(state: Path, variant: str) -> None:
+    content = _corrupt_variants(state)[variant]
+    db = state / "state.db"
+    db.write_bytes(content)
+    os.chmod(db, 0o600)
+    with pytest.raises(StateDirError) as info:
+        s = Store(db)
+        # If opening happened to work (SQLite reads lazily), the first read must fail.
+        s.find()
+    assert str(db) in str(info.value)
+    assert db.read_bytes() == content
+
+
+def test_newer_schema_refused(state: Path) -> None:
+    s = Store(state / "state.db")
+    s.close()
+    raw = sqlite3.connect(state / "state.db")
+    raw.execute("UPDATE meta SET value = '999' WHERE key = 'schema'")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StateDirError, match="newer nbsched"):
+        Store(state / "state.db")
+
+
+# ------------------------------------------------------------------ light reads for the hot path
+
+
+def test_changes_since_and_get_many(store: Store) -> None:
+    rev0 = store.revision()
+    a, b = add(store, spec(), spec(0.5))
+    store.transition(b, R, token="tb", gpus=(1,))
+    rev1, changes = store.changes_since(rev0)
+    assert rev1 == store.revision()
+    assert sorted(changes) == [(a, Q, None), (b, R, "tb")]
+    assert store.changes_since(rev1) == (rev1, [])
+    assert [j.id for j in store.get_many([b, a, "999", int(a)])] == [a, b]
+    assert store.get_many([]) == []
+    many = add(store, *(spec() for _ in range(1200)))  # more than one chunk of ids
+    assert [j.id for j in store.get_many(many)] == many
+
+
+def test_unended(store: Store) -> None:
+    a, b, c = add(store, spec(), spec(), spec())
+    store.transition(b, R)
+    store.transition(c, C)
+    seqs = {int(a), int(b), int(c)}
+    assert store.unended(seqs) == {int(a), int(b)}
+    assert store.unended(None) == {int(a), int(b)}
+    assert store.unended(set()) == set()
+    assert store.unended({999}) == set()
+    many = {int(i) for i in add(store, *(spec() for _ in range(600)))}
+    store.transition(str(min(many)), C)
+    assert store.unended(many | seqs) == (many - {min(many)}) | {int(a), int(b)}
+
+
+def test_record_start_is_guarded(store: Store) -> None:
+    (j,) = add(store, spec())
+    assert store.record_start(j, "tok", pid=5) is False  # still queued
+    store.transition(j, R, token="tok")
+    rev = store.revision()
+    assert store.record_start(j, "other", pid=5) is False  # another attempt
+    assert store.revision() == rev and store.get(j).pid is None
+    assert store.record_start(j, "tok", pid=5, proc_start=1.5, node="n") is True
+    job = store.get(j)
+    assert (job.pid, job.proc_start, job.node) == (5, 1.5, "n")
+    rev2, changes = store.changes_since(rev)
+    assert rev2 == rev + 1 and changes == [(j, R, "tok")]
+    store.update(j, cancel_requested=True)
+    assert store.record_start(j, "tok", pid=6) is False  # a cancel is under way
+    assert store.get(j).pid == 5

@@ -1,0 +1,258 @@
+"""Bad submissions raise at once, name the bad value, and store nothing (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.errors import NbschedError
+
+N_GPUS = 4
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture
+def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
+    # Not started: validation happens before anything reaches the engine.
+    s = GPUJobScheduler(
+        config=SchedulerConfig(
+            state_dir=tmp_path / "state", gpu_provider="simulated", num_gpus=N_GPUS
+        )
+    )
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> str:
+    p = tmp_path / "train.py"
+    p.write_text("print('hi')\n")
+    return str(p)
+
+
+def snapshot(s: GPUJobScheduler) -> tuple[dict[str, int], int]:
+    return s.store.counts(), s.store.revision()
+
+
+def rejects(
+    s: GPUJobScheduler,
+    call: Callable[[], object],
+    excs: tuple[type[BaseException], ...],
+    field: str,
+) -> str:
+    """``call`` raises one of ``excs`` whose message names ``field``; nothing is stored."""
+    before = snapshot(s)
+    with pytest.raises(excs) as info:
+        call()
+    assert isinstance(info.value, NbschedError), repr(info.value)
+    msg = str(info.value)
+    assert field in msg, msg
+    assert snapshot(s) == before, "something was stored for a rejected submission"
+    return msg
+
+
+# ------------------------------------------------------------------ required_gpus
+
+BAD_REQUIRED = st.one_of(
+    st.floats(max_value=0.0),  # <= 0, including -inf and -0.0
+    st.just(math.nan),
+    st.just(math.inf),
+    st.floats(min_value=1.0001, max_value=1e6).filter(lambda v: not v.is_integer()),
+    st.integers(min_value=N_GPUS + 1),  # more than the machine has (also huge ints)
+    st.integers(max_value=0),
+    st.booleans(),
+    st.text(max_size=4),
+    st.lists(st.integers(), max_size=2),
+    st.none().map(lambda _: object()),
+)
+
+
+@SETTINGS
+@given(value=BAD_REQUIRED)
+def test_bad_required_gpus(sched: GPUJobScheduler, script: str, value: Any) -> None:
+    msg = rejects(
+        sched,
+        lambda: sched.add_command("true", required_gpus=value),
+        (ValueError, TypeError),
+        "required_gpus",
+    )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        assert (repr(value) in msg) or (f"{value:g}" in msg)
+    rejects(
+        sched,
+        lambda: sched.add_job(script, required_gpus=value),
+        (ValueError, TypeError),
+        "required_gpus",
+    )
+
+
+@SETTINGS
+@given(
+    allowed=st.lists(st.integers(0, N_GPUS - 1), min_size=1, max_size=N_GPUS, unique=True),
+    extra=st.integers(1, N_GPUS),
+)
+def test_more_gpus_than_allowed(sched: GPUJobScheduler, allowed: list[int], extra: int) -> None:
+    required = len(allowed) + extra
+    msg = rejects(
+        sched,
+        lambda: sched.add_command("true", required_gpus=required, allowed_gpus=allowed),
+        (ValueError,),
+        "required_gpus",
+    )
+    assert str(required) in msg
+
+
+# ------------------------------------------------------------------ allowed_gpus
+
+BAD_ALLOWED = st.one_of(
+    st.lists(st.integers(min_value=N_GPUS), min_size=1, max_size=3),  # GPUs that do not exist
+    st.lists(st.integers(max_value=-1), min_size=1, max_size=3),
+    st.builds(lambda a, b: [a, b], st.integers(0, N_GPUS - 1), st.integers(min_value=N_GPUS)),
+    st.sampled_from(["0-9", "4", "7,1", "", " ", "a", "1-0", "0,,1", "-1", "0-3,x", "2.5"]),
+    st.just([]),
+    st.lists(st.sampled_from([1.5, "1", None, True]), min_size=1, max_size=2),
+    st.sampled_from([3, 2.0, b"0-3", {"0": 1}]),
+)
+
+
+@SETTINGS
+@given(value=BAD_ALLOWED)
+def test_bad_allowed_gpus(sched: GPUJobScheduler, value: Any) -> None:
+    rejects(
+        sched,
+        lambda: sched.add_command("true", required_gpus=0.5, allowed_gpus=value),
+        (ValueError, TypeError),
+        "allowed_gpus",
+    )
+
+
+def test_good_allowed_gpus_forms(sched: GPUJobScheduler) -> None:
+    a = sched.add_command("true", required_gpus=2, allowed_gpus="1-2")
+    b = sched.add_command("true", required_gpus=1, allowed_gpus=[3, 0, 3])
+    c = sched.add_command("true", required_gpus=1, allowed_gpus=range(4))
+    assert sched.store.get(a).allowed_gpus == (1, 2)
+    assert sched.store.get(b).allowed_gpus == (0, 3)
+    assert sched.store.get(c).allowed_gpus == (0, 1, 2, 3)
+
+
+# ------------------------------------------------------------------ priority, retries, others
+
+BAD_PRIORITY = st.one_of(
+    st.floats(),
+    st.text(max_size=3),
+    st.booleans(),
+    st.none(),
+    st.integers(min_value=2**63),
+    st.integers(max_value=-(2**63) - 1),
+)
+
+
+@SETTINGS
+@given(value=BAD_PRIORITY)
+def test_bad_priority(sched: GPUJobScheduler, script: str, value: Any) -> None:
+    rejects(
+        sched,
+        lambda: sched.add_command("true", priority=value),
+        (ValueError, TypeError),
+        "priority",
+    )
+    rejects(
+        sched, lambda: sched.add_job(script, priority=value), (ValueError, TypeError), "priority"
+    )
+
+
+@pytest.mark.parametrize("value", [-(2**63), -5, 0, 7, 2**63 - 1])
+def test_good_priorities(sched: GPUJobScheduler, value: int) -> None:
+    job_id = sched.add_command("true", priority=value)
+    assert sched.store.get(job_id).priority == value
+
+
+@SETTINGS
+@given(
+    value=st.one_of(
+        st.integers(max_value=-1),
+        st.integers(min_value=2**63),
+        st.floats(),
+        st.booleans(),
+        st.text(max_size=2),
+    )
+)
+def test_bad_max_retries(sched: GPUJobScheduler, value: Any) -> None:
+    rejects(
+        sched,
+        lambda: sched.add_command("true", max_retries=value),
+        (ValueError, TypeError),
+        "max_retries",
+    )
+
+
+@SETTINGS
+@given(name=st.text(min_size=1, max_size=30).filter(lambda n: "\0" not in n and "/" not in n))
+def test_missing_script(sched: GPUJobScheduler, tmp_path: Path, name: str) -> None:
+    target = tmp_path / "nowhere" / name
+    msg = rejects(sched, lambda: sched.add_job(str(target)), (FileNotFoundError,), "script")
+    assert repr(str(target)) in msg
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "excs", "field"),
+    [
+        ({"command": ""}, (ValueError,), "command"),
+        ({"command": "   "}, (ValueError,), "command"),
+        ({"command": 5}, (TypeError,), "command"),
+        ({"command": "true", "cwd": "/no/such/dir"}, (FileNotFoundError,), "cwd"),
+        ({"command": "true", "env": {"A=B": "x"}}, (ValueError,), "env"),
+        ({"command": "true", "env": {"A": 1}}, (ValueError,), "env"),
+    ],
+)
+def test_bad_command_submissions(
+    sched: GPUJobScheduler,
+    kwargs: dict[str, Any],
+    excs: tuple[type[BaseException], ...],
+    field: str,
+) -> None:
+    command = kwargs.pop("command")
+    rejects(sched, lambda: sched.add_command(command, **kwargs), excs, field)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "excs", "field"),
+    [
+        ({"script": 5}, (TypeError,), "script"),
+        ({"script": ""}, (TypeError,), "script"),
+        ({"args": 5}, (TypeError,), "args"),
+        ({"args": [1, None]}, (TypeError,), "args"),
+        ({"args": b"--x"}, (TypeError,), "args"),
+        ({"args": "--x 'unclosed"}, (ValueError,), "args"),
+        ({"conda_env": ""}, (ValueError,), "conda_env"),
+        ({"conda_env": 3}, (ValueError,), "conda_env"),
+        ({"launcher": "mpirun"}, (ValueError,), "launcher"),
+        ({"gpu_arg": "cuda"}, (ValueError,), "gpu_arg"),
+    ],
+)
+def test_bad_script_submissions(
+    sched: GPUJobScheduler,
+    script: str,
+    kwargs: dict[str, Any],
+    excs: tuple[type[BaseException], ...],
+    field: str,
+) -> None:
+    kwargs.setdefault("script", script)
+    rejects(sched, lambda: sched.add_job(**kwargs), excs, field)
+
+
+def test_a_rejected_submission_leaves_the_queue_usable(sched: GPUJobScheduler, script: str) -> None:
+    with pytest.raises(ValueError):
+        sched.add_job(script, required_gpus=1.5)
+    job_id = sched.add_job(script, args=["--x", "1"], required_gpus=0.5)
+    assert sched.store.counts()["queued"] == 1
+    assert sched.store.get(job_id).spec.args == ("--x", "1")

@@ -492,7 +492,9 @@ def test_wait_sees_ends_written_by_another_process(tmp_path: Path) -> None:
 
         t = threading.Thread(target=finish)
         t.start()
-        done = s.wait(timeout=TIMEOUT)
+        # Named ids: with none, wait() takes the jobs active when it is called, and the
+        # thread may already have ended both.
+        done = s.wait([a, b], timeout=TIMEOUT)
         t.join()
         other.close()
         assert list(done["id"]) == [a, b] and set(done["status"]) == {"succeeded"}

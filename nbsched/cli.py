@@ -120,7 +120,7 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
         s.close()
         keep = {
             k: info[k]
-            for k in ("gpu_provider", "num_gpus", "simulated_gpus_file", "executor")
+            for k in ("gpu_provider", "num_gpus", "simulated_gpus_file", "executor", "ray_address")
             if k in info
         }
         s = GPUJobScheduler(config=cfg.replace(**keep))

@@ -141,7 +141,7 @@ def test_fractional_jobs_share_a_gpu(sched: GPUJobScheduler, tmp_path: Path) -> 
     for job_id, gpus in zip(rows["id"], rows["gpus"], strict=True):
         (gpu,) = gpus
         per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
-        assert sched.logs(job_id).strip() == f"cvd={gpu}"  # what Ray gave is what it saw
+        assert sched.logs(job_id).strip() == f"cvd={gpu}"  # the GPU it was given is the one it saw
     assert sorted(per_gpu.values()) == [2, 2]  # four halves packed on two GPUs
 
 

@@ -10,8 +10,18 @@ for ``num_gpus=required_gpus`` (fractions rounded as the plan books them),
 ``num_cpus=config.ray_num_cpus`` (Ray's default of one CPU per task would cap the
 GPU queue at the core count), ``max_retries=0`` (nbsched retries, not Ray: a
 re-run after a cancel would be wrong) and a hard affinity to the node the plan
-chose.  Within the node Ray picks the GPU (best-fit, as the plan does), sets
-``CUDA_VISIBLE_DEVICES``, and the job's row records the GPUs Ray actually gave.
+chose.
+
+**Which GPUs of the node.**  Ray accounts the shares per node and sets
+``CUDA_VISIBLE_DEVICES`` to the GPUs *it* picked; the job is given the ones the
+plan picked instead (translated to that node's device ids through Ray's list of
+them).  Both pick best-fit with the lowest index first, so they agree whenever every
+GPU of the node is open to the job; where ``allowed_gpus`` or a paused GPU rule
+some out, only the plan's choice honours them, and following Ray's for some jobs
+and the plan's for others would let two jobs meet on one GPU.  So the ``gpus`` of
+a job are the GPUs it really uses, and Ray's own pick is only logged (debug).
+This assumes nbsched hands out the cluster's GPUs: a task another Ray program
+puts on a GPU is not seen per GPU.
 
 **Worker reuse.**  Ray gives a task that names ``num_gpus`` in ``@ray.remote`` a
 fresh worker process each time (``max_calls=1``, so the GPU memory a task leaves
@@ -141,7 +151,13 @@ class RayExecutor:
             max_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
             name=f"nbsched-job-{launch.job.id}",
-        ).remote(tuple(launch.argv), dict(launch.env), launch.cwd, self.config.kill_grace_s)
+        ).remote(
+            tuple(launch.argv),
+            dict(launch.env),
+            launch.cwd,
+            self.config.kill_grace_s,
+            [g.local_id for g in where],
+        )
         attempt = _Attempt(launch.job, token, gen, node_id, launch.env.get("NBSCHED_RESULT_FILE"))
         with _LOCK:
             _ATTEMPTS[token] = attempt
@@ -172,19 +188,20 @@ class RayExecutor:
             _report(attempt, on_exit, job, outcome)
 
     def _apply_started(self, attempt: _Attempt) -> None:
-        """Record where the job runs (node, Ray's GPUs, pid there) once it is watched."""
+        """Record where the job runs (node, its pid there, when it began) once it is watched."""
         with attempt.lock:
             info = attempt.started
             if info is None or attempt.applied or attempt.on_exit is None:
                 return
             attempt.applied = True
             job = attempt.job
-        gpus = list(job.gpus)
-        ids = info.get("gpu_ids") or []
-        if ids and all(str(i).isdigit() for i in ids):
-            found = [self.cluster.index_of(info["node_id"], int(i)) for i in ids]
-            if all(g is not None for g in found) and len(found) == len(gpus):
-                gpus = sorted(g for g in found if g is not None)
+        if info.get("visible") != ",".join(info.get("ray_gpu_ids") or []):
+            logger.debug(
+                "job %s: runs on CUDA devices %s of its node (Ray's own pick: %s)",
+                job.id,
+                info.get("visible"),
+                info.get("ray_gpu_ids"),
+            )
         store = self._open_store()
         if store is None:
             return
@@ -197,7 +214,6 @@ class RayExecutor:
                 pid=info.get("pid"),
                 proc_start=info.get("proc_start"),
                 node=self.cluster.label(info["node_id"]),
-                gpus=gpus,
                 started=time.time(),
             )
         except Exception:

@@ -107,16 +107,27 @@ def run_job(
     env: Mapping[str, str],
     cwd: str | None,
     grace_s: float,
+    local_gpus: Sequence[int] | None = None,
     flush_s: float = 0.25,
     chunk_bytes: int = 256 * 1024,
 ) -> Iterator[Any]:
-    """The Ray task behind a job: yields ``started``, output chunks (bytes), ``exit``."""
+    """The Ray task behind a job: yields ``started``, output chunks (bytes), ``exit``.
+
+    ``local_gpus`` are the GPUs of this node (Ray's instance numbers) that nbsched's
+    plan chose; the job sees them as ``CUDA_VISIBLE_DEVICES``, translated to the
+    device ids this node's Ray was given.  ``None`` keeps what Ray set.
+    """
     import ray
 
     ctx = ray.get_runtime_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     job_env = dict(env)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if local_gpus is not None:
+        devices = _node_devices()
+        visible = ",".join(
+            devices[i] if devices is not None and i < len(devices) else str(i) for i in local_gpus
+        )
     job_env["CUDA_VISIBLE_DEVICES"] = visible if visible is not None else ",".join(gpu_ids)
     result_dir = tempfile.mkdtemp(prefix="nbsched-result-")
     result_file = os.path.join(result_dir, "result.json")
@@ -144,7 +155,7 @@ def run_job(
             "pid": proc.pid,
             "proc_start": _start_time(proc.pid),
             "node_id": ctx.get_node_id(),
-            "gpu_ids": gpu_ids,
+            "ray_gpu_ids": gpu_ids,
             "visible": job_env["CUDA_VISIBLE_DEVICES"],
             "worker_pid": os.getpid(),
         }
@@ -163,6 +174,17 @@ def run_job(
         raise
     finally:
         shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def _node_devices() -> list[str] | None:
+    """The CUDA device ids behind Ray's GPU instances on this node (``None``: 0, 1, ...)."""
+    try:
+        from ray._private.worker import global_worker
+
+        ids = global_worker.original_visible_accelerator_ids.get("GPU")
+    except Exception:
+        return None
+    return [str(i) for i in ids] if ids is not None else None
 
 
 def _stream(

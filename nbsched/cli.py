@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the engine in the foreground (Ctrl-C stops it)")
     _common(p)
     p.add_argument("--executor", choices=("direct", "screen", "ray"), default=None)
+    p.add_argument("--ray-address", default=None, help="with --executor ray: 'auto' or host:port")
     p.add_argument("--jobs-file", default=None)
     p.add_argument("--llm-config", default=None)
     for verb, text in (
@@ -251,7 +252,13 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    cfg = _config(ns, executor=ns.executor, jobs_file=ns.jobs_file, llm_config_file=ns.llm_config)
+    cfg = _config(
+        ns,
+        executor=ns.executor,
+        jobs_file=ns.jobs_file,
+        llm_config_file=ns.llm_config,
+        ray_address=ns.ray_address,
+    )
     s = GPUJobScheduler(config=cfg)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

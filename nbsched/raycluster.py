@@ -96,7 +96,8 @@ class RayCluster:
         with self._lock:
             if not ray.is_initialized():
                 self._init(ray)
-            session = str(ray.get_runtime_context().get_job_id())
+            ctx = ray.get_runtime_context()
+            session = f"{ctx.gcs_address}/{ctx.get_node_id()}/{ctx.get_job_id()}"
             if session != self._session:  # a new Ray: number its GPUs afresh
                 self._session = session
                 self._slots.clear()

@@ -183,6 +183,29 @@ def test_cancel_ends_the_whole_remote_tree(sched: GPUJobScheduler) -> None:
     assert sched.wait([after], timeout=TIMEOUT)["status"].tolist() == ["succeeded"]
 
 
+def test_cancel_before_ray_starts_the_task(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    """Another Ray program holds every GPU, so Ray keeps nbsched's task pending: a cancel
+    drops it there, and the job never runs."""
+    import ray
+
+    @ray.remote(num_gpus=4, num_cpus=0)
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.remote()  # type: ignore[attr-defined]
+    assert ray.get(hog.ready.remote(), timeout=TIMEOUT)
+    marker = tmp_path / "ran"
+    job_id = sched.add_command(f"touch {marker}", required_gpus=1)
+    wait_for(lambda: sched.job(job_id)["node"] is not None, "the job to be handed to Ray")
+    assert sched.cancel(job_id) is True
+    ray.kill(hog)
+    after = sched.add_command("true", required_gpus=4)  # the GPUs are Ray's again
+    assert sched.wait([after], timeout=TIMEOUT)["status"].tolist() == ["succeeded"]
+    assert sched.job(job_id)["status"] == "cancelled"
+    assert not marker.exists()
+
+
 def test_worker_death_ends_the_job_and_its_processes(sched: GPUJobScheduler) -> None:
     job_id = sched.add_command("sleep 300 & echo ready; wait", required_gpus=0.5)
     wait_log(sched, job_id, "ready")

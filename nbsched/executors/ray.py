@@ -259,7 +259,15 @@ class RayExecutor:
             else:
                 pid, proc_start = info.get("pid"), info.get("proc_start")
             node = self.cluster.label(attempt.node_id)
-        self._kill_on_nodes(node, pid, proc_start, token, grace_s)
+        try:
+            self._kill_on_nodes(node, pid, proc_start, token, grace_s)
+        except Exception as exc:
+            if attempt is None:
+                raise
+            # The node cannot be reached: at least end the task (its worker and the
+            # worker's guard take the job's process group with them).
+            logger.warning("job %s: could not end its processes on %s (%s)", job.id, node, exc)
+            import_ray().cancel(attempt.gen, force=True)
 
     def _kill_on_nodes(
         self,

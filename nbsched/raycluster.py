@@ -123,6 +123,8 @@ class RayCluster:
                 ray.init(num_gpus=gpus, **common)
             self.started_here = True
             return
+        if self.address != "auto":
+            _use_local_token(self.address)
         try:
             ray.init(address=self.address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -211,6 +213,31 @@ class RayCluster:
         """The node this process (the Ray driver) runs on."""
         ray = self.connect()
         return str(ray.get_runtime_context().get_node_id())
+
+
+def _use_local_token(address: str) -> None:
+    """Join a Ray of this machine with this machine's Ray token, as Ray itself does for
+    ``"auto"`` (a ``ray.init()`` or ``ray start`` here turns token authentication on
+    and keeps the token in ``~/.ray``), but not for an explicit address: so the
+    ``nbsched`` command can join the Ray a kernel's engine started."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return  # the user said
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        import psutil
+
+        local = {"localhost"} | {
+            a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+        }
+        if host not in local:
+            return
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except Exception as exc:  # a Ray without token authentication
+        logger.debug("no Ray token authentication: %s", exc)
 
 
 _CLUSTER: RayCluster | None = None

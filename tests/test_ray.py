@@ -132,6 +132,21 @@ def test_exit_codes_logs_results_and_arguments(sched: GPUJobScheduler, tmp_path:
     assert set(rows["node"]) == {sched.get_gpu_status()["node"][0]}
 
 
+def test_a_job_that_cannot_start_on_its_node_fails_with_the_reason(
+    sched: GPUJobScheduler, tmp_path: Path
+) -> None:
+    gate, work = tmp_path / "gate", tmp_path / "work"
+    work.mkdir()
+    blocker = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=4)
+    job_id = sched.add_command("pwd", required_gpus=1, cwd=work)
+    work.rmdir()  # gone by the time the job reaches its node
+    gate.touch()
+    rows = sched.wait([blocker, job_id], timeout=TIMEOUT).set_index("id")
+    assert rows.loc[job_id, "status"] == "failed"
+    assert "could not start on node" in rows.loc[job_id, "reason"]
+    assert str(work) in sched.logs(job_id)
+
+
 def test_fractional_jobs_share_a_gpu(sched: GPUJobScheduler, tmp_path: Path) -> None:
     cmd = barrier(tmp_path / "met", 4)
     ids = [sched.add_command(cmd, required_gpus=0.5) for _ in range(4)]

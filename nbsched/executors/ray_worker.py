@@ -7,7 +7,9 @@ the job's output in chunks (at most every ``flush_s`` or ``chunk_bytes``), and a
 the chunks to the job's log on its own machine.
 
 The job runs in a session of its own with the environment the driver built, except
-``CUDA_VISIBLE_DEVICES``, which is what Ray gave this task.  When the job's main
+``CUDA_VISIBLE_DEVICES``: the GPUs of this node that nbsched's plan chose (see
+:mod:`nbsched.executors.ray` for why not always the ones Ray picked), as this node's
+device ids.  When the job's main
 process exits, whatever it left behind in its process group is killed, so a job's
 processes end with the job.  If the worker itself dies (Ray kills it when the task
 is cancelled by force, or when the driver that owns the task goes away), a *guard*
@@ -16,7 +18,8 @@ jobs the worker was running: it reads ``+ PGID`` / ``- PGID`` lines on a pipe wh
 other end only the worker holds, and at end of file it signals what is left.
 
 This module imports only the standard library at its top, and is shipped to the
-workers by value, so a worker does not import nbsched (and pandas) to run a job.
+workers by value, so a worker does not import nbsched (and pandas) to run a job; only
+ending a job's tree on a cancel imports :mod:`nbsched.executors.base` there.
 """
 
 from __future__ import annotations

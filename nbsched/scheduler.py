@@ -265,7 +265,7 @@ class GPUJobScheduler:
         if name == "ray":
             from .executors.ray import RayExecutor
 
-            return RayExecutor(self.config)
+            return RayExecutor(self.config, store=self.store)
         raise InvalidValueError(f"executor={name!r}: accepted values are direct, screen, ray")
 
     def _notify(self) -> None:

@@ -113,10 +113,13 @@ class RayExecutor:
     #: The job's processes are not on this machine: recovery asks :meth:`watch`, not ``/proc``.
     local_processes = False
 
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, store: Store | None = None) -> None:
+        """``store``: where to record where a job runs (the scheduler's, so one connection
+        writes); without it the executor opens its own on ``config.db_path``."""
         self.config = config
         self.cluster: RayCluster = cluster_for(config.ray_address, config.num_gpus)
-        self._store: Store | None = None
+        self._store: Store | None = store
+        self._own_store = store is None
         self._store_lock = threading.Lock()
         self._closed = False
         self._run: Any = None
@@ -310,9 +313,9 @@ class RayExecutor:
         """Stop recording for this engine.  Ray, and jobs still running, go on."""
         with self._store_lock:
             self._closed = True
-            if self._store is not None:
+            if self._store is not None and self._own_store:
                 self._store.close()
-                self._store = None
+            self._store = None
 
 
 async def _follow(attempt: _Attempt, log_path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,12 @@ def local_ray() -> Iterator[None]:
     cluster.connect()  # nbsched's own start of a local Ray declaring 4 GPUs
     assert cluster.started_here
     yield
+    # Every engine stopped and every job reported: nbsched leaves no thread behind.
+    wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("nbsched-")],
+        "nbsched's threads to end",
+        timeout=30,
+    )
     ray.shutdown()
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,6 +41,12 @@ def cluster() -> Iterator[str]:
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False, logging_level="WARNING")
     yield c.address
+    # Every engine stopped and every job reported: nbsched leaves no thread behind.
+    wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("nbsched-")],
+        "nbsched's threads to end",
+        timeout=30,
+    )
     ray.shutdown()
     c.shutdown()
 

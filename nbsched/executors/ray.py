@@ -95,17 +95,37 @@ class _Attempt:
 _ATTEMPTS: dict[str, _Attempt] = {}
 _LOCK = threading.Lock()
 _LOOP: asyncio.AbstractEventLoop | None = None
+_OPEN_EXECUTORS = 0
 
 
 def _loop() -> asyncio.AbstractEventLoop:
-    """The event loop (one thread) that follows every attempt's stream of results."""
+    """The event loop (one thread) that follows every attempt's stream of results; it
+    runs while an executor is open or an attempt is in flight."""
     global _LOOP
     with _LOCK:
         if _LOOP is None:
             loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="nbsched-ray", daemon=True).start()
+            threading.Thread(
+                target=_run_loop, args=(loop,), name="nbsched-ray-results", daemon=True
+            ).start()
             _LOOP = loop
         return _LOOP
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def _stop_loop_if_idle() -> None:
+    global _LOOP
+    with _LOCK:
+        if _LOOP is None or _OPEN_EXECUTORS > 0 or _ATTEMPTS:
+            return
+        loop, _LOOP = _LOOP, None
+    loop.call_soon_threadsafe(loop.stop)
 
 
 class RayExecutor:
@@ -120,6 +140,9 @@ class RayExecutor:
         self.cluster: RayCluster = cluster_for(config.ray_address, config.num_gpus)
         self._store: Store | None = store
         self._own_store = store is None
+        global _OPEN_EXECUTORS
+        with _LOCK:
+            _OPEN_EXECUTORS += 1
         self._store_lock = threading.Lock()
         self._closed = False
         self._run: Any = None
@@ -311,11 +334,17 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop recording for this engine.  Ray, and jobs still running, go on."""
+        global _OPEN_EXECUTORS
         with self._store_lock:
+            if self._closed:
+                return
             self._closed = True
             if self._store is not None and self._own_store:
                 self._store.close()
             self._store = None
+        with _LOCK:
+            _OPEN_EXECUTORS -= 1
+        _stop_loop_if_idle()
 
 
 async def _follow(attempt: _Attempt, log_path: Path) -> None:
@@ -370,6 +399,7 @@ def _report(attempt: _Attempt, on_exit: OnExit, job: Job, outcome: Exit) -> None
         on_exit(job, outcome)
     except Exception:
         logger.exception("recording the end of job %s failed", job.id)
+    _stop_loop_if_idle()
 
 
 def _describe(exc: BaseException) -> str:

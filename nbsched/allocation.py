@@ -10,14 +10,17 @@ Rules, in the order they are applied:
 * **Fractions** (a requirement in (0, 1)) go to one GPU, packed best-fit: the
   fullest GPU that still has room, so fractional jobs share GPUs and whole GPUs
   stay free for multi-GPU jobs.  A requirement of exactly 1 takes one empty GPU.
-* **Whole numbers** N > 1 take N GPUs with nothing else on them.
+* **Whole numbers** N > 1 take N GPUs with nothing else on them, all in one
+  *group* (a node of a cluster: GPUs with different ``group`` never serve one job).
+  Among the groups that have room, the one with the fewest empty GPUs is taken, so
+  larger blocks stay whole for larger jobs.  GPUs without a group form one group.
 * **Reservation (no starvation).**  The first job in that order that cannot start
   now reserves the GPUs it will start on: for N GPUs, the N eligible GPUs closest
   to being free; for a fraction, the one GPU with the most room.  Jobs behind it
   may start ("backfill") only on GPUs outside that reservation, so they provably
   cannot delay it.  This is EASY backfilling, as in Slurm: one reservation, held
   for the highest-priority blocked job; when it starts, the next blocked job gets
-  the reservation.
+  the reservation.  A multi-GPU reservation, like the job, lies within one group.
 
 Nothing here reads a clock, a file or a GPU: :func:`plan` is called by the
 dispatcher thread and by the tests with hand-built states.
@@ -41,6 +44,8 @@ class GpuState:
     paused: bool = False
     #: Why the GPU takes no new job although not paused (others use it), or None.
     blocked: str | None = None
+    #: GPUs a multi-GPU job may share (one node of a cluster); ``None`` is a group too.
+    group: str | None = None
 
     @property
     def eligible(self) -> bool:
@@ -87,6 +92,7 @@ def gpu_states(
                 allocated=allocation.get(snap.index, 0.0),
                 paused=snap.index in paused,
                 blocked=blocked,
+                group=snap.node,
             )
         )
     return out
@@ -110,6 +116,8 @@ def plan(
     """
     eps = precision / 2
     free: dict[int, float] = {g.index: max(0.0, 1.0 - g.allocated) for g in gpus if g.eligible}
+    group_of: dict[int, str | None] = {g.index: g.group for g in gpus}
+    grouped = len(set(group_of.values())) > 1
     all_eligible = dict(free)
     reserved: dict[int, str] = {}
     head_waiting: tuple[str, str] | None = None
@@ -129,7 +137,7 @@ def plan(
             continue
         allowed = set(job.allowed_gpus) if job.allowed_gpus is not None else None
         candidates = [g for g in free if g not in reserved and (allowed is None or g in allowed)]
-        chosen = _choose(req, candidates, free, eps)
+        chosen = _choose(req, candidates, free, eps, group_of)
         if chosen is not None:
             # Subtract what the job really books, not its rounded size: rounding 0.0149
             # down to 0.01 would otherwise let 100 such jobs book 1.49 of one GPU.
@@ -141,10 +149,10 @@ def plan(
             hopeless.add(shape)
             if head_waiting is None:
                 pool = [g for g in all_eligible if allowed is None or g in allowed]
-                hold = _reserve(req, pool, free)
+                hold = _reserve(req, pool, free, group_of)
                 for g in hold:
                     reserved[g] = job.id
-                head_waiting = (job.id, _why(req, pool, hold))
+                head_waiting = (job.id, _why(req, pool, hold, grouped))
         if not any(v > eps for g, v in free.items() if g not in reserved):
             break  # nothing left to hand out (the dispatcher tracks back-offs itself)
     return Plan(tuple(placements), reserved, next_wakeup, head_waiting)
@@ -155,6 +163,12 @@ def queue_key(job: Job) -> tuple[int, int]:
     return (job.priority, job.seq)
 
 
+def rounded_requirement(value: float, precision: float) -> float:
+    """A requirement as :func:`plan` books it: whole numbers as they are, fractions
+    rounded to ``precision`` (at least one step)."""
+    return _round(value, precision)
+
+
 def _round(value: float, precision: float) -> float:
     if value >= 1:
         return float(round(value))
@@ -162,8 +176,20 @@ def _round(value: float, precision: float) -> float:
     return min(1.0, steps * precision)
 
 
+def _by_group(gpus: Iterable[int], group_of: Mapping[int, str | None]) -> list[list[int]]:
+    """``gpus`` split by group, each list ascending, groups ordered by their first GPU."""
+    groups: dict[str | None, list[int]] = {}
+    for g in sorted(gpus):
+        groups.setdefault(group_of.get(g), []).append(g)
+    return list(groups.values())
+
+
 def _choose(
-    req: float, candidates: list[int], free: Mapping[int, float], eps: float
+    req: float,
+    candidates: list[int],
+    free: Mapping[int, float],
+    eps: float,
+    group_of: Mapping[int, str | None],
 ) -> tuple[int, ...] | None:
     if req < 1:
         fits = [g for g in candidates if free[g] + eps >= req]
@@ -172,22 +198,40 @@ def _choose(
         best = min(fits, key=lambda g: (free[g], g))  # best-fit: the fullest that fits
         return (best,)
     n = int(req)
-    empty = sorted(g for g in candidates if free[g] >= 1 - eps)
-    if len(empty) < n:
+    empty = [g for g in candidates if free[g] >= 1 - eps]
+    if n == 1:
+        return (min(empty),) if empty else None
+    roomy = [grp for grp in _by_group(empty, group_of) if len(grp) >= n]
+    if not roomy:
         return None
-    return tuple(empty[:n])
+    # Best-fit over groups: the one with the fewest empty GPUs that still has room.
+    best_group = min(roomy, key=lambda grp: (len(grp), grp[0]))
+    return tuple(best_group[:n])
 
 
-def _reserve(req: float, pool: list[int], free: Mapping[int, float]) -> tuple[int, ...]:
+def _reserve(
+    req: float, pool: list[int], free: Mapping[int, float], group_of: Mapping[int, str | None]
+) -> tuple[int, ...]:
     n = 1 if req < 1 else int(req)
-    if len(pool) < n:
-        return ()
-    ranked = sorted(pool, key=lambda g: (-free[g], g))
-    return tuple(sorted(ranked[:n]))
+    best: tuple[float, int, tuple[int, ...]] | None = None
+    groups = [pool] if n == 1 else _by_group(pool, group_of)
+    for grp in groups:
+        if len(grp) < n:
+            continue
+        ranked = sorted(grp, key=lambda g: (-free[g], g))[:n]
+        key = (-sum(free[g] for g in ranked), min(ranked), tuple(sorted(ranked)))
+        if best is None or key < best:
+            best = key
+    return best[2] if best is not None else ()
 
 
-def _why(req: float, pool: list[int], hold: tuple[int, ...]) -> str:
+def _why(req: float, pool: list[int], hold: tuple[int, ...], grouped: bool = False) -> str:
     need = f"{req:g} of a GPU" if req < 1 else f"{int(req)} free GPU{'s' if req > 1 else ''}"
     if not hold:
+        if grouped and req > 1:
+            return (
+                f"needs {need} in one node; no node has {int(req)} usable GPUs "
+                "(others paused or busy elsewhere)"
+            )
         return f"needs {need}; only {len(pool)} usable GPU(s) (others paused or busy elsewhere)"
     return f"needs {need}; GPU(s) {','.join(map(str, hold))} held for it"

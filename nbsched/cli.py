@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the engine in the foreground (Ctrl-C stops it)")
     _common(p)
     p.add_argument("--executor", choices=("direct", "screen", "ray"), default=None)
+    p.add_argument("--ray-address", default=None, help="with --executor ray: 'auto' or host:port")
     p.add_argument("--jobs-file", default=None)
     p.add_argument("--llm-config", default=None)
     p.add_argument("--max-retries", type=int, default=None, help="re-runs of a failed job")
@@ -134,7 +135,7 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
     if saved and ns.provider is None and ns.simulate is None and ns.num_gpus is None:
         info = json.loads(saved)
         s.close()
-        names = ["gpu_provider", "num_gpus", "simulated_gpus_file", "executor"]
+        names = ["gpu_provider", "num_gpus", "simulated_gpus_file", "executor", "ray_address"]
         if ns.verb == "add":  # --llm MODEL in the arguments: the engine's LLM config decides
             names.append("llm_config_file")
         keep = {k: info[k] for k in names if k in info}
@@ -318,6 +319,7 @@ def _serve(ns: argparse.Namespace) -> int:
         jobs_file=os.path.abspath(ns.jobs_file) if ns.jobs_file else None,
         llm_config_file=os.path.abspath(ns.llm_config) if ns.llm_config else None,
         max_retries=ns.max_retries,
+        ray_address=ns.ray_address,
     )
     s = GPUJobScheduler(config=cfg)
     stop = threading.Event()

@@ -338,6 +338,9 @@ class Dispatcher:
         if job.token is None:
             self._requeue_unstarted(job)
             return
+        if not getattr(executor, "local_processes", True):
+            executor.watch(job, self._on_exit)  # e.g. Ray: its processes are not here
+            return
         if job.pid is None:
             procs = find_by_token(job.token)
             leaders = [p for p in procs if p.pid == _sid(p.pid)] or procs

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .executors.base import Executor
 from .gpus import make_provider
-from .gpus.base import GPUProvider
+from .gpus.base import GPUProvider, GpuSnapshot
 from .gpus.monitor import GPUMonitor
 from .gpuspec import normalize_allowed_gpus
 from .jobs import Job, JobSpec, JobStatus
@@ -104,6 +104,13 @@ class GPUJobScheduler:
     @property
     def provider(self) -> GPUProvider:
         with self._lock:
+            if self._provider is None and self.config.executor == "ray":
+                from .gpus.ray_provider import RayGpuProvider
+                from .raycluster import cluster_for, import_ray
+
+                import_ray()  # NotSupportedError naming `pip install 'nbsched[ray]'`
+                cluster = cluster_for(self.config.ray_address, self.config.num_gpus)
+                self._provider = RayGpuProvider(cluster)
             if self._provider is None:
                 self._provider = make_provider(
                     self.config.gpu_provider,
@@ -156,7 +163,7 @@ class GPUJobScheduler:
 
     def _engine_info(self) -> dict[str, Any]:
         """What another process (the CLI) needs to validate jobs as this engine would."""
-        return {
+        info = {
             "gpu_provider": self.provider.name,
             "num_gpus": self.num_gpus,
             "simulated_gpus_file": self.config.simulated_gpus_file,
@@ -164,6 +171,12 @@ class GPUJobScheduler:
             "llm_config_file": _abspath(self.config.llm_config_file),
             "pid": os.getpid(),
         }
+        if self.config.executor == "ray":  # other processes join the same Ray
+            from .raycluster import cluster_for
+
+            cluster = cluster_for(self.config.ray_address, self.config.num_gpus)
+            info.update(gpu_provider=self.config.gpu_provider, ray_address=cluster.gcs_address)
+        return info
 
     def stop(self, kill: bool = False) -> None:
         """Stop the engine threads.  Running jobs go on (the next engine adopts them)
@@ -269,7 +282,7 @@ class GPUJobScheduler:
         if name == "ray":
             from .executors.ray import RayExecutor
 
-            return RayExecutor(self.config)
+            return RayExecutor(self.config, store=self.store)
         raise InvalidValueError(f"executor={name!r}: accepted values are direct, screen, ray")
 
     def _notify(self) -> None:
@@ -453,6 +466,8 @@ class GPUJobScheduler:
         if required > limit:
             where = f"allowed_gpus {list(allowed)}" if allowed is not None else "this machine"
             raise InvalidValueError(f"required_gpus={required:g}: {where} has only {limit} GPU(s)")
+        if required > 1:
+            _check_one_node(required, allowed, self.monitor.snapshot())
         retries = self.config.max_retries if max_retries is None else max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
             raise InvalidValueError(
@@ -716,6 +731,22 @@ class GPUJobScheduler:
 
 def _abspath(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
+
+
+def _check_one_node(
+    required: float, allowed: Sequence[int] | None, snapshots: Sequence[GpuSnapshot]
+) -> None:
+    """A multi-GPU job runs on one node: one must have enough (allowed) GPUs."""
+    per_node: dict[str, int] = {}
+    for snap in snapshots:
+        if snap.node is not None and (allowed is None or snap.index in allowed):
+            per_node[snap.node] = per_node.get(snap.node, 0) + 1
+    if len(per_node) > 1 and required > max(per_node.values()):
+        raise InvalidValueError(
+            f"required_gpus={required:g}: a multi-GPU job runs on one node, and no node has "
+            f"{required:g} GPUs{' among allowed_gpus' if allowed is not None else ''} "
+            f"(largest: {max(per_node.values())})"
+        )
 
 
 def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:

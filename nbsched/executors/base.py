@@ -104,10 +104,30 @@ def read_exit_file(path: Path) -> int | None:
 
 
 def process_start_time(pid: int) -> float | None:
+    """The start time psutil reports for ``pid`` (``create_time()``), read cheaply.
+
+    On Linux this parses ``/proc/PID/stat`` directly (a process start is on the
+    dispatcher's hot path; ``psutil.Process`` costs ~0.4 ms more here), with psutil's
+    own formula: boot time + start ticks / clock ticks per second.
+    """
+    global _BOOT_TIME
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        ticks = int(data[data.rindex(b")") + 2 :].split()[19])  # field 22, starttime
+        if _BOOT_TIME is None:
+            _BOOT_TIME = psutil.boot_time()
+        return _BOOT_TIME + ticks / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
+
+
+_BOOT_TIME: float | None = None
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def same_process_alive(pid: int | None, proc_start: float | None) -> bool:

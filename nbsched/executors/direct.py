@@ -83,30 +83,51 @@ class LocalProcessExecutor:
         self._watcher.close()
 
 
+class SpawnedChild:
+    """A child started with ``os.posix_spawn``: the part of ``Popen`` the watcher uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
 class DirectExecutor(LocalProcessExecutor):
     name = "direct"
 
     def start(self, launch: Launch) -> Started:
-        log_fd = open_log(launch.log_path)
-        try:
-            popen = subprocess.Popen(
-                [
-                    LAUNCHER_SHELL,
-                    "-c",
-                    LAUNCHER,
-                    "nbsched-job",
-                    str(launch.exit_path),
-                    *launch.argv,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                cwd=launch.cwd,
-                env=dict(launch.env),
-                start_new_session=True,
-                close_fds=True,
-            )
-        finally:
-            os.close(log_fd)
-        self._popens[popen.pid] = popen
-        return Started(pid=popen.pid, proc_start=process_start_time(popen.pid))
+        # posix_spawn (vfork + exec in the C library) instead of Popen: a kernel holding
+        # gigabytes is never forked, and a start costs ~0.1 ms less CPU.  It has no cwd in
+        # Python 3.11, so the launcher changes folder itself; a missing folder is refused
+        # here, with a clear reason, rather than in the job's log.
+        cwd = launch.cwd or os.getcwd()
+        if not os.path.isdir(cwd):
+            raise FileNotFoundError(f"the job's folder {cwd!r} no longer exists")
+        argv = [LAUNCHER_SHELL, "-c", _CD + LAUNCHER, "nbsched-job", cwd]
+        argv += [str(launch.exit_path), *launch.argv]
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(launch.log_path), _LOG_FLAGS, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        pid = os.posix_spawn(LAUNCHER_SHELL, argv, dict(launch.env), file_actions=actions,
+                             setsid=True)  # fmt: skip
+        self._popens[pid] = SpawnedChild(pid)  # type: ignore[assignment]
+        return Started(pid=pid, proc_start=process_start_time(pid))
+
+
+#: Run by the launcher's shell before LAUNCHER: go to the job's folder ($1), then drop it.
+_CD = 'cd -- "$1" || exit 126; shift; '
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # no O_CLOEXEC: it becomes fd 1

@@ -96,6 +96,25 @@ def test_start_is_idempotent_for_the_same_settings(
     assert started.config.num_gpus == 2 and started.config.gpu_provider == "simulated"
 
 
+def test_start_passes_every_setting(ip: InteractiveShell, tmp_path: Path) -> None:
+    llm = tmp_path / "llm.json"
+    llm.write_text('{"models": {"small": 0.5}}')
+    s = gs(
+        ip,
+        f"start --simulate 2 --state-dir {tmp_path / 'st'} --executor screen "
+        f"--llm-config {llm} --ray-address 127.0.0.1:6379",
+    )
+    try:
+        cfg = s.config
+        assert (cfg.executor, cfg.llm_config_file, cfg.ray_address) == (
+            "screen",
+            str(llm),
+            "127.0.0.1:6379",
+        )
+    finally:
+        gs(ip, "stop --kill")
+
+
 def test_run_add_wait_logs(ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path) -> None:
     script = tmp_path / "show args.py"
     script.write_text(ARGV_SCRIPT)

@@ -157,6 +157,7 @@ class GpuschedMagics(Magics):
     @argument("--state-dir", metavar="DIR", help="where jobs, logs and results live")
     @argument("--jobs-file", metavar="F", help="a jobs file to watch for new lines")
     @argument("--llm-config", metavar="F", help="LLM config: GPUs per --llm model")
+    @argument("--ray-address", metavar="ADDR", help="with --executor ray: 'auto' or an address")
     def _start(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         fields: dict[str, Any] = {}
         if args.simulate is not None:
@@ -180,6 +181,7 @@ class GpuschedMagics(Magics):
             ("state_dir", "state_dir"),
             ("jobs_file", "jobs_file"),
             ("llm_config", "llm_config_file"),
+            ("ray_address", "ray_address"),
         ):
             if getattr(args, flag) is not None:
                 fields[field] = getattr(args, flag)

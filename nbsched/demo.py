@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +45,17 @@ def run_demo(config: SchedulerConfig | None, ns: argparse.Namespace | None = Non
             tmp.cleanup()
 
 
+def _show_busy_gpus(s: GPUJobScheduler, timeout_s: float = 10.0) -> None:
+    """Print the GPU table once the first jobs run, so it shows them sharing GPUs."""
+    deadline = time.monotonic() + timeout_s
+    while s.counts()["running"] < 2 and s.counts()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.02)  # display only: the engine itself never polls
+    s.monitor.invalidate()
+    print("GPUs while the first jobs run (allocated: the fraction nbsched has booked):")
+    with pd.option_context("display.width", 200):
+        print(s.get_gpu_status().to_string(index=False))
+
+
 def _demo(config: SchedulerConfig) -> int:
     s = GPUJobScheduler(config=config)
     provider = s.provider
@@ -72,10 +84,9 @@ def _demo(config: SchedulerConfig) -> int:
             name="command",
         )
         print(f"queued {len(ids) + 1} jobs; waiting for them to end ...\n")
+        _show_busy_gpus(s)
         s.wait(timeout=120)
-        print("GPUs:")
         with pd.option_context("display.width", 200):
-            print(s.get_gpu_status().to_string(index=False))
             print("\nJobs:")
             jobs = s.jobs()
             print(

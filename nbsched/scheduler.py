@@ -172,7 +172,12 @@ class GPUJobScheduler:
             for ex in self._executors.values():
                 ex.close()
             self._executors.clear()
-            self._lease.release()
+            if thread is not None and thread.is_alive():
+                # Still dispatching (a slow kill, say): it releases the lease itself when
+                # it ends; released here, a second dispatcher could start beside it.
+                logger.warning("nbsched: the engine thread is slow to stop")
+            else:
+                self._lease.release()
         self._notify()
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ An executor starts a job's command and reports, exactly once, how it ended.
 
 Local executors (direct, screen) run each job under a tiny bash *launcher*::
 
-    bash -c 'exit_file=$1; shift; "$@"; rc=$?; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
+    bash -c 'exit_file=$1; shift; "$@"; rc=$?;
+             umask 077; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
 
 in a session of its own (outside the kernel's process group, so a kernel restart
 does not kill it).  The launcher writes the job's exit code to
@@ -29,7 +30,10 @@ from ..jobs import Job
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER = 'exit_file=$1; shift; "$@"; rc=$?; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
+#: ``umask 077`` after the job, so the exit file is 0600 whatever umask the engine has.
+LAUNCHER = (
+    'exit_file=$1; shift; "$@"; rc=$?; umask 077; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
+)
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,13 @@ def main() -> int:
                 break
             time.sleep(0.05)
     rows = [s.job(i) for i in ids]
+    frame = s.jobs()
+    frame = frame[frame["id"].isin(ids)]
     emit(
         event="done",
         dispatcher=s.is_dispatcher,
         jobs=[{k: r[k] for k in ("id", "status", "exit_code", "reason")} for r in rows],
+        frame=dict(zip(frame["id"], frame["status"], strict=True)),
     )
     s.stop()
     s.close()

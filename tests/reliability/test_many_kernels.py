@@ -77,6 +77,7 @@ def test_four_kernels_one_state_dir(tmp_path: Path, engines: Engines) -> None:
             assert row["exit_code"] == code, row
             assert row["status"] == ("succeeded" if code == 0 else "failed"), row
             seen[row["id"]] = code
+        assert done["frame"] == {r["id"]: r["status"] for r in done["jobs"]}  # jobs() too
     assert len(seen) == total
 
     starts, ends, intervals = read_markers(markers)

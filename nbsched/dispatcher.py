@@ -425,11 +425,18 @@ class Dispatcher:
 
     def recover(self) -> None:
         """Re-attach the jobs a previous dispatcher left running (see the module doc)."""
-        for job in self.store.find(statuses=[JobStatus.RUNNING]):
+        running = self.store.find(statuses=[JobStatus.RUNNING])
+        for job in running:
             try:
                 self._recover_one(job)
             except Exception:
                 logger.exception("could not recover job %s", job.id)
+        # Exit files of attempts that are no longer running (e.g. cancelled while no
+        # engine was alive) are read by nobody: remove them.
+        keep = {f"{job.token}.exit" for job in running if job.token}
+        for path in self.config.run_dir.glob("*.exit"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
     def _recover_one(self, job: Job) -> None:
         executor = self.executor_for(job.executor or self.config.executor)

@@ -123,3 +123,23 @@ def test_clock_step_does_not_orphan_a_running_job(tmp_path: Path) -> None:
     finally:
         s.stop()
         s.close()
+
+
+def test_exit_file_of_a_job_cancelled_while_no_engine_ran_is_removed(tmp_path: Path) -> None:
+    state, jid, markers, gate = _leave_running(tmp_path, code=0)
+    gate.touch()
+    exit_file = _exit_file(state, jid)
+    wait_for(exit_file.exists, what="the job's exit file")
+    client = _scheduler(state)  # the `nbsched cancel` of a user who thinks it still runs
+    try:
+        assert client.cancel(jid) is True
+    finally:
+        client.close()
+    s = _scheduler(state).start()
+    try:
+        wait_for(lambda: s._dispatcher is not None and s._dispatcher.cycles > 0, what="recovery")
+        assert s.job(jid)["status"] == "cancelled"
+        assert list((state / "run").iterdir()) == []
+    finally:
+        s.stop()
+        s.close()

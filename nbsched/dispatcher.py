@@ -18,9 +18,22 @@ Crash windows, and how the next dispatcher repairs them (:meth:`recover`):
    found (or its exit file): it is adopted (or its exit code recorded).
 3. *Running, engine gone.*  The launcher's pid and start time are checked; a live
    one is adopted and watched; a finished one left its exit code in the exit file.
+   A pid whose start time does not match is not trusted: either the pid was reused
+   by an unrelated process (never adopted, never signalled) or the wall clock was
+   stepped, which shifts the start times psutil reports; so the job's process is
+   looked for by its token, as in 2.  With no process and no exit file, the job is
+   recorded ``failed`` with the reason.
+4. *Ended, end not recorded.*  The exit file stays until the end is committed
+   (:meth:`_on_exit` deletes it), so the next dispatcher records the real code.
 
 Because a GPU is booked in the same transaction that marks the job running, and
 only the lease holder does that, no GPU is ever booked twice.
+
+Test hook: with ``NBSCHED_TEST_CRASH_AT=POINT[:N]`` in its environment, the engine
+process SIGKILLs itself the N-th time (default 1st) it reaches POINT, one of
+``after_mark_running``, ``after_spawn`` (before the pid is recorded) and
+``before_record_end``.  Only ``tests/reliability`` sets it; unset, it costs one
+``None`` check per launch.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import bisect
 import logging
 import os
 import selectors
+import signal
 import threading
 import time
 import uuid
@@ -38,7 +52,16 @@ from pathlib import Path
 
 from .allocation import booked_share, gpu_states, plan, queue_key
 from .config import SchedulerConfig
-from .executors.base import Executor, Exit, Launch, find_by_token, read_exit_file
+from .errors import StateDirError
+from .executors.base import (
+    Executor,
+    Exit,
+    Launch,
+    find_by_token,
+    process_start_time,
+    read_exit_file,
+    same_process_alive,
+)
 from .gpus.monitor import GPUMonitor
 from .jobs import Job, JobStatus
 from .launch import build_argv, build_env, conda_failure
@@ -47,6 +70,23 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 SAFETY_NET_S = 2.0
+
+
+def _crash_hook() -> Callable[[str], None] | None:
+    """The test-only crash hook described in the module doc, or None."""
+    spec = os.environ.get("NBSCHED_TEST_CRASH_AT")
+    if not spec:
+        return None
+    point, _, nth = spec.partition(":")
+    left = {point: int(nth or 1)}
+
+    def reach(name: str) -> None:
+        if name in left:
+            left[name] -= 1
+            if left[name] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return reach
 
 
 class Dispatcher:
@@ -73,11 +113,16 @@ class Dispatcher:
         self._queue: list[Job] = []  # dispatch order
         self._queued: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
-        self._backoff: dict[str, float] = {}  # queued job -> not_before, for the wake-up timer
         self._env = dict(os.environ)
         self.head_waiting: tuple[str, str] | None = None
         self.reserved: dict[int, str] = {}
         self.cycles = 0
+        self._crash = _crash_hook()
+        #: job id -> time.monotonic() at which its retry back-off ends (see _eligible).
+        self._backoff_until: dict[str, float] = {}
+        #: Ends that could not be committed (disk full...): retried each cycle.
+        self._unrecorded: list[tuple[Job, Exit]] = []
+        self._unrecorded_lock = threading.Lock()
 
     # -- wake-ups -------------------------------------------------------------------------
 
@@ -125,6 +170,7 @@ class Dispatcher:
     def cycle(self, now: float) -> float:
         """One decision: refresh caches, plan, start.  Returns how long to sleep at most."""
         self.cycles += 1
+        self._retry_unrecorded()
         self._refresh()
         paused = self.store.paused()
         snaps = self.monitor.snapshot()
@@ -140,7 +186,8 @@ class Dispatcher:
             self.config.gpu_memory_threshold,
             self.config.gpu_load_threshold,
         )
-        decision = plan(self._queue, states, now, self.config.gpu_allocation_precision)
+        queue = self._eligible(now)
+        decision = plan(queue, states, now, self.config.gpu_allocation_precision)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)
         for placement in decision.placements:
@@ -149,8 +196,8 @@ class Dispatcher:
                 self._launch(job, placement.gpus, now)
         if decision.placements:
             self._on_change()
-        timeout = SAFETY_NET_S
-        waits = [t - now for t in self._backoff.values() if t > now]
+        timeout = SAFETY_NET_S if not self._unrecorded else 1.0
+        waits = [w for w in self._backoff_waits(now) if w > 0]
         if waits:
             timeout = min(timeout, min(waits))
         if self._queue:
@@ -176,7 +223,10 @@ class Dispatcher:
                 self._queued[job.id] = job
                 bisect.insort(self._queue, job, key=queue_key)
                 if job.not_before is not None:
-                    self._backoff[job.id] = job.not_before
+                    # How long the back-off has left, by the monotonic clock, and never
+                    # more than the back-off itself (the wall clock may have been stepped).
+                    left = min(job.not_before - time.time(), self._backoff_s(job))
+                    self._backoff_until[job.id] = time.monotonic() + max(0.0, left)
             elif job.status == JobStatus.RUNNING:
                 self._running[job.id] = job
 
@@ -191,7 +241,49 @@ class Dispatcher:
                 del self._queue[i]
         if running:
             self._running.pop(job_id, None)
-        self._backoff.pop(job_id, None)
+        self._backoff_until.pop(job_id, None)
+
+    def _backoff_waits(self, now: float) -> list[float]:
+        """Seconds each job in a back-off has left: the sooner of the wall clock's
+        ``not_before`` and the monotonic deadline (see :meth:`_eligible`)."""
+        mono = time.monotonic()
+        out = []
+        for job_id, until in self._backoff_until.items():
+            job = self._queued.get(job_id)
+            if job is not None and job.not_before is not None:
+                out.append(min(job.not_before - now, until - mono))
+        return out
+
+    def _backoff_s(self, job: Job) -> float:
+        """The back-off :meth:`_on_exit` gave a job after its last failed attempt."""
+        return float(self.config.retry_backoff_s * (2 ** min(max(0, job.attempts - 1), 32)))
+
+    def _eligible(self, now: float) -> list[Job]:
+        """The queue as :func:`plan` should see it at ``now``.
+
+        A retry's ``not_before`` is wall-clock time (it is stored, and shown to users).
+        A job waits out its back-off until the wall clock *or* the monotonic clock says
+        it is over, so a wall clock stepped back does not hold it for hours, and one
+        stepped forward only shortens the back-off (it never runs a job twice).
+        """
+        if not self._backoff_until:
+            return self._queue
+        mono = time.monotonic()
+        if all(
+            job_id not in self._queued
+            or (self._queued[job_id].not_before or 0.0) - now <= until - mono
+            for job_id, until in self._backoff_until.items()
+        ):
+            return self._queue  # the wall clock is not behind: the stored times hold
+        out = []
+        for job in self._queue:
+            until = self._backoff_until.get(job.id)
+            if until is not None and job.not_before is not None:
+                not_before = min(job.not_before, now + max(0.0, until - mono))
+                if not_before != job.not_before:
+                    job = replace(job, not_before=not_before)
+            out.append(job)
+        return out
 
     # -- starting and ending --------------------------------------------------------------
 
@@ -218,6 +310,8 @@ class Dispatcher:
         )
         if running is None:
             return  # cancelled meanwhile
+        if self._crash:
+            self._crash("after_mark_running")
         self._running[job.id] = running
         executor = self.executor_for(running.executor or self.config.executor)
         try:
@@ -241,56 +335,90 @@ class Dispatcher:
             _append(log_path, f"nbsched: the job could not start: {exc}\n")
             self._end(running, JobStatus.FAILED, None, f"could not start: {exc}", time.time())
             return
-        recorded = self.store.record_start(
-            job.id, token, pid=started.pid, proc_start=started.proc_start, node=started.node
-        )
+        if self._crash:
+            self._crash("after_spawn")
         attempt = replace(
             running, pid=started.pid, proc_start=started.proc_start, node=started.node
         )
         self._running[job.id] = attempt
+        try:
+            recorded = self.store.record_start(
+                job.id, token, pid=started.pid, proc_start=started.proc_start, node=started.node
+            )
+        except Exception:
+            # The process runs: watch it anyway, so its end is recorded when it can be.
+            logger.exception("job %s: could not record its pid %s", job.id, started.pid)
+            recorded = True
         if not recorded:
-            # Cancelled after it was marked running but before its process existed:
-            # cancel() found nothing to kill, so the process just started must go.
-            logger.info("job %s was cancelled while it was being started; ending it", job.id)
-            executor.kill(attempt, self.config.kill_grace_s)
+            # Cancelled between "marked running" and now: a cancel in another process
+            # may have looked for the process before it existed.  End it here.
+            logger.info("job %s was cancelled while it started; ending it", job.id)
+            executor.kill(attempt, 0.0)
         executor.watch(attempt, self._on_exit)
 
     def result_path(self, job: Job) -> Path:
         return self.config.state_dir / "results" / f"{job.id}.json"
 
     def _on_exit(self, job: Job, exit: Exit) -> None:
-        """From the watcher thread (or at recovery): record how an attempt ended."""
+        """From the watcher thread (or at recovery): record how an attempt ended.
+
+        The exit file is deleted once the end is committed.  An end that cannot be
+        committed (a full disk) is kept and retried by each cycle.
+        """
         try:
-            now = time.time()
-            if exit.code == 0:
-                self._end(job, JobStatus.SUCCEEDED, 0, None, now)
-                return
-            reason = exit.reason or f"exit code {exit.code}"
-            missing_env = conda_failure(job, job.log_path) if exit.code else None
-            if missing_env:  # retrying cannot help
-                reason = f"{reason}: {missing_env}"
-            budget = job.spec.max_retries
-            if job.attempts <= budget and not missing_env:
-                # (exponent capped: 2**1024 does not fit a float; 2**32 s is forever anyway)
-                delay = self.config.retry_backoff_s * (2 ** min(job.attempts - 1, 32))
-                moved = self.store.transition(
-                    job.id,
-                    JobStatus.QUEUED,
-                    expect={JobStatus.RUNNING},
-                    guard=lambda j: j.token == job.token and not j.cancel_requested,
-                    reason=f"attempt {job.attempts} failed ({reason}); retrying in {delay:g}s",
-                    now=now,
-                    exit_code=exit.code,
-                    ended=now,
-                    not_before=now + delay,
-                    pid=None,
-                )
-                if moved is not None:
-                    self._changed()
-                    return
-            self._end(job, JobStatus.FAILED, exit.code, reason, now)
+            self._record_exit(job, exit)
+        except StateDirError as exc:
+            logger.warning("recording the end of job %s failed (%s); will retry", job.id, exc)
+            with self._unrecorded_lock:
+                self._unrecorded.append((job, exit))
+            self.wake()
+            return
         except Exception:
             logger.exception("recording the end of job %s failed", job.id)
+            return
+        if job.token:
+            try:
+                (self.config.run_dir / f"{job.token}.exit").unlink()
+            except OSError:
+                pass
+
+    def _retry_unrecorded(self) -> None:
+        with self._unrecorded_lock:
+            pending, self._unrecorded = self._unrecorded, []
+        for job, exit in pending:
+            self._on_exit(job, exit)
+
+    def _record_exit(self, job: Job, exit: Exit) -> None:
+        if self._crash:
+            self._crash("before_record_end")
+        now = time.time()
+        if exit.code == 0:
+            self._end(job, JobStatus.SUCCEEDED, 0, None, now)
+            return
+        reason = exit.reason or f"exit code {exit.code}"
+        missing_env = conda_failure(job, job.log_path) if exit.code else None
+        if missing_env:  # retrying cannot help
+            reason = f"{reason}: {missing_env}"
+        budget = job.spec.max_retries
+        if job.attempts <= budget and not missing_env:
+            # (exponent capped: 2**1024 does not fit a float; 2**32 s is forever anyway)
+            delay = self.config.retry_backoff_s * (2 ** min(job.attempts - 1, 32))
+            moved = self.store.transition(
+                job.id,
+                JobStatus.QUEUED,
+                expect={JobStatus.RUNNING},
+                guard=lambda j: j.token == job.token and not j.cancel_requested,
+                reason=f"attempt {job.attempts} failed ({reason}); retrying in {delay:g}s",
+                now=now,
+                exit_code=exit.code,
+                ended=now,
+                not_before=now + delay,
+                pid=None,
+            )
+            if moved is not None:
+                self._changed()
+                return
+        self._end(job, JobStatus.FAILED, exit.code, reason, now)
 
     def _end(
         self, job: Job, status: JobStatus, code: int | None, reason: str | None, now: float
@@ -327,11 +455,18 @@ class Dispatcher:
 
     def recover(self) -> None:
         """Re-attach the jobs a previous dispatcher left running (see the module doc)."""
-        for job in self.store.find(statuses=[JobStatus.RUNNING]):
+        running = self.store.find(statuses=[JobStatus.RUNNING])
+        for job in running:
             try:
                 self._recover_one(job)
             except Exception:
                 logger.exception("could not recover job %s", job.id)
+        # Exit files of attempts that are no longer running (e.g. cancelled while no
+        # engine was alive) are read by nobody: remove them.
+        keep = {f"{job.token}.exit" for job in running if job.token}
+        for path in self.config.run_dir.glob("*.exit"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
 
     def _recover_one(self, job: Job) -> None:
         executor = self.executor_for(job.executor or self.config.executor)
@@ -341,16 +476,22 @@ class Dispatcher:
         if not getattr(executor, "local_processes", True):
             executor.watch(job, self._on_exit)  # e.g. Ray: its processes are not here
             return
-        if job.pid is None:
-            procs = find_by_token(job.token)
-            leaders = [p for p in procs if p.pid == _sid(p.pid)] or procs
-            if leaders:
-                proc = min(leaders, key=lambda p: p.create_time())
-                self.store.update(job.id, pid=proc.pid, proc_start=proc.create_time())
-                job = replace(job, pid=proc.pid, proc_start=proc.create_time())
-                logger.info("job %s: adopted process %d found by its token", job.id, proc.pid)
-            elif read_exit_file(self.config.run_dir / f"{job.token}.exit") is None:
+        exit_file = self.config.run_dir / f"{job.token}.exit"
+        if not same_process_alive(job.pid, job.proc_start) and read_exit_file(exit_file) is None:
+            # No pid, or one that is not the job's launcher any more: look by token.
+            found = _find_launcher(job.token)
+            if found is not None:
+                pid, start = found
+                self.store.update(job.id, pid=pid, proc_start=start)
+                job = replace(job, pid=pid, proc_start=start)
+                logger.info("job %s: adopted process %d found by its token", job.id, pid)
+            elif read_exit_file(exit_file) is not None:
+                pass  # it ended between the two looks; the watch below records its code
+            elif job.pid is None:
                 self._requeue_unstarted(job)
+                return
+            else:
+                self._on_exit(job, Exit(None, _gone_reason(job.pid)))
                 return
         executor.watch(job, self._on_exit)
 
@@ -364,6 +505,36 @@ class Dispatcher:
             token=None,
             gpus=[],
         )
+
+
+def _find_launcher(token: str) -> tuple[int, float] | None:
+    """(pid, start time) of the oldest live process carrying ``token`` that leads its
+    session (the launcher, unless it died and left children), or None."""
+    found = []
+    for proc in find_by_token(token):
+        start = process_start_time(proc.pid)
+        if start is not None:
+            found.append((_sid(proc.pid) != proc.pid, start, proc.pid))
+    if not found:
+        return None
+    _, start, pid = min(found)
+    return pid, start
+
+
+def _gone_reason(pid: int) -> str:
+    try:
+        os.kill(pid, 0)
+        taken = True
+    except ProcessLookupError:
+        taken = False
+    except PermissionError:
+        taken = True
+    if taken:
+        return (
+            f"the job's process ended without recording an exit code (its pid {pid} now "
+            f"belongs to another process, which was left alone)"
+        )
+    return f"the job's process (pid {pid}) ended without recording an exit code"
 
 
 def _sid(pid: int) -> int | None:

@@ -197,12 +197,21 @@ class GPUJobScheduler:
             thread = self._role_thread
         if thread is not None:
             thread.join(timeout=10)
+            if thread.is_alive():  # e.g. a store write waiting out another process's lock
+                logger.warning("nbsched: the engine thread is slow to stop; waiting for it")
+                thread.join(timeout=60)
         with self._lock:
-            self._role_thread = None
-            for ex in self._executors.values():
-                ex.close()
-            self._executors.clear()
-            self._lease.release()
+            alive = thread is not None and thread.is_alive()
+            # A thread still dispatching keeps the lease (it releases it when it ends):
+            # released here, a second dispatcher could start beside it.
+            self._role_thread = thread if alive else None
+            if alive:
+                logger.error("nbsched: the engine thread did not stop; it keeps the lease")
+            else:
+                for ex in self._executors.values():
+                    ex.close()
+                self._executors.clear()
+                self._lease.release()
         self._notify()
 
     def close(self) -> None:

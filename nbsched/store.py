@@ -260,7 +260,12 @@ class Store:
                     (str(SCHEMA_VERSION),),
                 )
             version = int(self._meta("schema"))
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
+            if not isinstance(exc, sqlite3.DatabaseError):
+                raise
             raise StateDirError(
                 f"the state database {db_path} cannot be read ({exc}); nbsched will not "
                 f"reset it. Move it aside to start afresh, or restore it from a backup."
@@ -282,7 +287,11 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction, retried while another process holds the lock."""
+        """A ``BEGIN IMMEDIATE`` transaction, retried while another process holds the lock.
+
+        Any failure rolls back (if SQLite has not already done so itself, as it does
+        on a full disk) and is raised as a :class:`StateDirError` naming the file.
+        """
         with self._lock:
             delay = 0.001
             deadline = time.monotonic() + 60.0
@@ -297,25 +306,32 @@ class Store:
                         raise StateDirError(f"{self.path} stayed locked for 60 s") from exc
                     time.sleep(delay)
                     delay = min(delay * 2, 0.05)
+                except sqlite3.DatabaseError as exc:
+                    raise _storage_error(self.path, exc) from exc
             try:
                 yield self._conn
-            except sqlite3.DatabaseError as exc:  # locked, disk full, malformed, ...
-                self._conn.execute("ROLLBACK")
-                raise _storage_error(self.path, exc) from exc
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
                 self._conn.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
+            except BaseException as exc:
+                self._rollback()
+                if _is_storage_error(exc):
+                    assert isinstance(exc, sqlite3.Error)
+                    raise _storage_error(self.path, exc) from exc
+                raise
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
                 self._conn.execute("ROLLBACK")
-                raise _storage_error(self.path, exc) from exc
+            except sqlite3.Error:
+                logger.warning("rolling back a transaction on %s failed", self.path)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:  # OperationalError, or a malformed file
+            except sqlite3.DatabaseError as exc:
+                if not _is_storage_error(exc):
+                    raise
                 raise _storage_error(self.path, exc) from exc
 
     def _meta(self, key: str) -> str:
@@ -487,7 +503,14 @@ class Store:
         return self.find(statuses=(JobStatus.QUEUED, JobStatus.RUNNING))
 
     def changed_since(self, rev: int) -> tuple[int, list[Job]]:
-        """``(current revision, jobs written after rev)``."""
+        """``(current revision, jobs written after rev)``.
+
+        The revision is read *before* the jobs: each statement is its own snapshot, so
+        read the other way round a job committed between the two reads by another
+        process would be covered by the revision returned, yet missing from the
+        jobs, and never be seen.  This way such a job is returned now and, harmlessly,
+        once more by the next call.
+        """
         with self._lock:
             # The revision first: a commit by another process between the two reads then
             # shows up now *and* next time (harmless), instead of never.
@@ -724,12 +747,25 @@ def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _is_storage_error(exc: BaseException) -> bool:
+    """An error of the database file (locked, full, corrupt...), not of nbsched's SQL."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
 def _storage_error(path: Path, exc: sqlite3.Error) -> StateDirError:
     text = str(exc)
-    if "disk" in text and ("full" in text or "I/O" in text):
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    if code.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or (
+        "disk" in text and ("full" in text or "I/O" in text)
+    ):
         return StateDirError(
-            f"cannot write {path}: the disk is full ({text}); nothing was changed. Free space "
-            f"and try again."
+            f"cannot write {path}: the disk is full or failing ({text}); nothing was "
+            f"changed. Free space and try again."
+        )
+    if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text:
+        return StateDirError(
+            f"the state database {path} is damaged ({text}); nbsched will not reset it. "
+            f"Move it aside to start afresh, or restore it from a backup."
         )
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
         return StateDirError(

@@ -4,7 +4,8 @@ An executor starts a job's command and reports, exactly once, how it ended.
 
 Local executors (direct, screen) run each job under a tiny POSIX shell *launcher*::
 
-    /bin/sh -c 'exit_file=$1; shift; "$@"; rc=$?; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
+    /bin/sh -c 'exit_file=$1; shift; "$@"; rc=$?;
+                umask 077; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
 
 in a session of its own (outside the kernel's process group, so a kernel restart
 does not kill it).  The launcher writes the job's exit code to
@@ -30,7 +31,10 @@ from ..jobs import Job
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER = 'exit_file=$1; shift; "$@"; rc=$?; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
+#: ``umask 077`` after the job, so the exit file is 0600 whatever umask the engine has.
+LAUNCHER = (
+    'exit_file=$1; shift; "$@"; rc=$?; umask 077; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
+)
 #: The shell that runs LAUNCHER (a POSIX script).  Not bash: where /bin/sh is dash
 #: (Debian, Ubuntu) the launcher costs a job ~1.7 ms less CPU and starts it ~2 ms
 #: sooner on a busy 2-core machine.  The job's own command still runs under bash.

@@ -62,10 +62,7 @@ class LocalProcessExecutor:
                     job,
                     Exit(None, f"the job's process ended without recording an exit code ({why})"),
                 )
-            try:
-                exit_file.unlink()
-            except OSError:
-                pass
+            # The exit file stays until the end is committed; the dispatcher deletes it.
 
         if popen is None and not same_process_alive(job.pid, job.proc_start):
             ended(None)

@@ -7,7 +7,6 @@ attempts).  Nothing goes through a shell except a command job's own ``bash -c``.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from ..jobs import Job
@@ -23,7 +22,7 @@ from .base import (
     read_exit_file,
     same_process_alive,
 )
-from .watcher import ProcessWatcher
+from .watcher import Child, ProcessWatcher
 
 
 def open_log(path: Path) -> int:
@@ -41,7 +40,7 @@ class LocalProcessExecutor:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._watcher = ProcessWatcher()
-        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        self._popens: dict[int, Child] = {}
 
     def is_available(self) -> bool:
         return True
@@ -121,7 +120,7 @@ class DirectExecutor(LocalProcessExecutor):
         ]
         pid = os.posix_spawn(LAUNCHER_SHELL, argv, dict(launch.env), file_actions=actions,
                              setsid=True)  # fmt: skip
-        self._popens[pid] = SpawnedChild(pid)  # type: ignore[assignment]
+        self._popens[pid] = SpawnedChild(pid)
         return Started(pid=pid, proc_start=process_start_time(pid))
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +23,20 @@ logger = logging.getLogger(__name__)
 EndCallback = Callable[[int | None], None]
 
 
+class Child(Protocol):
+    """A child process we started: ``subprocess.Popen`` or a ``posix_spawn`` wrapper."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+
 @dataclass
 class _Watch:
     pid: int
-    popen: subprocess.Popen[bytes] | None
+    popen: Child | None
     callback: EndCallback
     fd: int | None = None
 
@@ -45,9 +55,7 @@ class ProcessWatcher:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def add(
-        self, pid: int, callback: EndCallback, popen: subprocess.Popen[bytes] | None = None
-    ) -> None:
+    def add(self, pid: int, callback: EndCallback, popen: Child | None = None) -> None:
         """Call ``callback`` once when ``pid`` ends (at once if it already has)."""
         watch = _Watch(pid, popen, callback)
         if self._has_pidfd:

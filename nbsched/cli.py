@@ -19,13 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import PROVIDERS, SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,6 +145,8 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
 
 
 def _print_frame(df: pd.DataFrame, as_json: bool, columns: Sequence[str] | None = None) -> None:
+    import pandas as pd  # lazily: `nbsched add` and friends start faster without it
+
     if as_json:
         print(df.to_json(orient="records", date_format="iso"))
         return

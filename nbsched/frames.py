@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .allocation import booked_share
 from .errors import InvalidValueError
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The columns of ``GPUJobScheduler.jobs()``, in order.
 JOB_COLUMNS = (
@@ -71,6 +72,8 @@ def parse_statuses(status: str | Iterable[str] | None) -> list[JobStatus] | None
 
 
 def _ts(value: float | None) -> pd.Timestamp | None:
+    import pandas as pd  # (lazily: `nbsched add` from a shell never needs it)
+
     return None if value is None else pd.Timestamp(value, unit="s", tz="UTC").tz_convert(None)
 
 
@@ -96,6 +99,8 @@ def job_row(job: Job) -> dict[str, Any]:
 
 
 def jobs_frame(jobs: Sequence[Job]) -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.DataFrame([job_row(j) for j in jobs], columns=list(JOB_COLUMNS))
     df["exit_code"] = df["exit_code"].astype("Int64")
     for col in ("submitted", "started", "ended"):
@@ -106,6 +111,8 @@ def jobs_frame(jobs: Sequence[Job]) -> pd.DataFrame:
 def gpu_frame(
     snapshots: Sequence[GpuSnapshot], running: Sequence[Job], paused: Iterable[int]
 ) -> pd.DataFrame:
+    import pandas as pd
+
     paused = set(paused)
     alloc: dict[int, float] = {}
     on: dict[int, list[str]] = {}

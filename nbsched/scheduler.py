@@ -16,9 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from . import frames
 from .config import SchedulerConfig, check_requirement
@@ -43,6 +41,9 @@ from .llmconfig import LLMConfig, LLMConfigWatcher
 from .progress import WaitProgress
 from .progress import wanted as progress_wanted
 from .store import Store, parse_job_id, prepare_state_dir
+
+if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from .errors import InvalidTypeError, InvalidValueError
 from .jobs import Job, JobSpec, JobStatus, job_hash
 from .sweep import Expansion, check_size, count_combinations, expand_args, expand_params
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .scheduler import GPUJobScheduler
 
 #: A combination already in one of these statuses is not queued again.
@@ -237,6 +237,8 @@ def combination_jobs(
 
 
 def sweep_frame(s: GPUJobScheduler, sweep_id: str | None = None) -> pd.DataFrame:
+    import pandas as pd
+
     """One row per combination: parameters, status, duration, exit code, id, results."""
     if isinstance(sweep_id, SweepIds):
         sweep_id = sweep_id.sweep_id
@@ -298,6 +300,8 @@ def _read_result(path: os.PathLike[str]) -> dict[str, Any]:
 
 
 def _numeric_if_possible(col: pd.Series) -> pd.Series:
+    import pandas as pd
+
     try:
         return pd.to_numeric(col)
     except (ValueError, TypeError):
@@ -305,6 +309,8 @@ def _numeric_if_possible(col: pd.Series) -> pd.Series:
 
 
 def sweeps_frame(s: GPUJobScheduler) -> pd.DataFrame:
+    import pandas as pd
+
     """One row per sweep: its definition, its combinations, and its jobs per status
     (the newest job of each combination it queued; combinations another sweep had
     already queued or done count there)."""

@@ -246,7 +246,10 @@ class Store:
             )
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _retry_locked(
+                lambda: self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0],
+                busy_timeout_s,
+            )
             if mode.lower() != "wal":
                 raise StateDirError(f"{db_path}: cannot switch the database to WAL mode")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -745,6 +748,26 @@ def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
             value = int(bool(value))
         out[key] = value
     return out
+
+
+def _retry_locked(op: Callable[[], T], timeout_s: float) -> T:
+    """Run ``op``, retrying while the database is locked by another process.
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers
+    "database is locked" at once, without its busy handler, when several processes
+    open a fresh state directory together: that must wait, not fail.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            return op()
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def _is_storage_error(exc: BaseException) -> bool:

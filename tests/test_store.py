@@ -7,6 +7,7 @@ import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -458,3 +459,28 @@ def test_record_start_is_guarded(store: Store) -> None:
     store.update(j, cancel_requested=True)
     assert store.record_start(j, "tok", pid=6) is False  # a cancel is under way
     assert store.get(j).pid == 5
+
+
+def _open_store_at(args: tuple[str, Any]) -> str:
+    path, barrier = args
+    barrier.wait()
+    try:
+        Store(Path(path)).close()
+        return "ok"
+    except Exception as exc:  # reported to the test, which names it
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_many_processes_open_a_fresh_database_together(tmp_path: Path) -> None:
+    """Kernels started together on a new state directory: none may see 'database is
+    locked' (turning a new database to WAL needs an exclusive lock)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    n = 6
+    with ctx.Manager() as manager, ctx.Pool(n) as pool:
+        for round_ in range(8):
+            folder = prepare_state_dir(tmp_path / f"s{round_}")
+            barrier = manager.Barrier(n)
+            results = pool.map(_open_store_at, [(str(folder / "state.db"), barrier)] * n)
+            assert results == ["ok"] * n, results

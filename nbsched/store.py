@@ -331,7 +331,9 @@ class Store:
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
-                return self._conn.execute(sql, params).fetchall()
+                # (a reader can meet "locked" too, e.g. while another process recovers
+                # the WAL after a crash: that waits, like a writer does)
+                return _retry_locked(lambda: self._conn.execute(sql, params).fetchall(), 30.0)
             except sqlite3.DatabaseError as exc:
                 if not _is_storage_error(exc):
                     raise

@@ -352,11 +352,6 @@ class Store:
         with self._lock:
             return int(self._meta("rev"))
 
-    def data_version(self) -> int:
-        """Changes whenever another connection commits (SQLite's ``PRAGMA data_version``)."""
-        with self._lock:
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-
     # -- jobs -----------------------------------------------------------------------------
 
     def add_jobs(

@@ -6,10 +6,11 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from waiting import wait_for  # noqa: F401  (re-exported)
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 
@@ -38,18 +39,6 @@ def cli(state_dir: Path, *args: str, check: bool = True) -> subprocess.Completed
     if check and done.returncode != 0:
         raise AssertionError(f"nbsched {' '.join(args)} exited {done.returncode}: {done.stderr}")
     return done
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def write_exe(path: Path, text: str) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from legacy_support import cli, subprocess_env, wait_until
+from legacy_support import cli, subprocess_env, wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.cli import main
@@ -89,7 +89,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 def test_status_add_jobs_logs_against_a_serving_engine(engine: Engine) -> None:
     c = engine.client
-    from_file = wait_until(lambda: c.store.find(), what="the jobs file's line")
+    from_file = wait_for(lambda: c.store.find(), what="the jobs file's line")
     c.wait([from_file[0].id], timeout=30)
     assert c.job(from_file[0].id)["required_gpus"] == 2.0  # --llm big, from the LLM config
 
@@ -126,7 +126,7 @@ def test_cancel_and_screens_from_the_cli(engine: Engine) -> None:
     c = engine.client
     jid = cli(engine.state, "run", "--gpus", "1", "--json", "--", "echo up; sleep 300")
     jid_text = json.loads(jid.stdout)["id"]
-    wait_until(lambda: "up" in c.logs(jid_text), what="the job to run")
+    wait_for(lambda: "up" in c.logs(jid_text), what="the job to run")
     screens = json.loads(cli(engine.state, "screens", "--json").stdout)
     assert [(r["id"], r["pid"]) for r in screens] == [(jid_text, c.store.get(jid_text).pid)]
     session = screens[0]["session"]

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from nbsched.config import SchedulerConfig
 from nbsched.executors.base import Executor, Exit, Launch
@@ -144,13 +145,6 @@ def token_alive(token: str) -> list[int]:
             continue
         out.append(int(pid))
     return out
-
-
-def wait_for(pred: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 class TestExecutorContract:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from legacy_support import sched_factory, wait_until
+from legacy_support import sched_factory, wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.jobs import JobStatus
@@ -69,7 +69,7 @@ def test_lines_become_jobs_and_bad_lines_are_reported(
     s = make_sched(jobs_file=str(jobs_file), llm_config_file=str(work / "llm.json"))
     with caplog.at_level(logging.WARNING, logger="nbsched"):
         s.start()
-        wait_until(lambda: len(s.store.find()) >= 4, what="4 jobs from the file")
+        wait_for(lambda: len(s.store.find()) >= 4, what="4 jobs from the file")
         s.wait(timeout=60)
     jobs = {j.spec.priority: j for j in s.store.find()}
     assert len(s.store.find()) == 4
@@ -133,7 +133,7 @@ def test_new_lines_are_taken_while_running_and_partial_lines_wait(
     s.start()
     with jobs_file.open("a") as fh:
         fh.write("0,echo.py,,--n 2,\n")
-    jobs = wait_until(lambda: s.store.find() if len(s.store.find()) == 2 else None, what="job 2")
+    jobs = wait_for(lambda: s.store.find() if len(s.store.find()) == 2 else None, what="job 2")
     s.wait(timeout=30)
     assert _output(s, jobs[0].id)["args"] == ["--n", "1", "--half-done"]
     assert _output(s, jobs[1].id)["args"] == ["--n", "2"]
@@ -148,7 +148,7 @@ def test_no_line_runs_again_after_a_restart_until_retried(
     jobs_file.write_text("0,echo.py,,--run 1,\n0,echo.py,,--run 2,\n")
     s = make_sched(jobs_file=str(jobs_file))
     s.start()
-    wait_until(lambda: len(s.store.find()) == 2, what="two jobs")
+    wait_for(lambda: len(s.store.find()) == 2, what="two jobs")
     s.wait(timeout=30)
     s.close()
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from legacy_support import cli, sched_factory, wait_until, write_exe
+from legacy_support import cli, sched_factory, wait_for, write_exe
 
 from nbsched import GPUJobScheduler
 from nbsched.errors import InvalidValueError
@@ -315,7 +315,7 @@ def test_pause_from_another_process_takes_effect_and_survives_restart(
     assert s2.get_gpu_status()["paused"].tolist() == [True, False]
     s2.start()
     only0 = s2.add_command("true", required_gpus=1, allowed_gpus=[0])
-    wait_until(
+    wait_for(
         lambda: (
             s2._dispatcher is not None
             and s2._dispatcher.head_waiting is not None

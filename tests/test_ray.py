@@ -13,11 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.executors.base import find_by_token
@@ -66,16 +67,6 @@ def sched(local_ray: None, tmp_path: Path) -> Iterator[GPUJobScheduler]:
     yield s
     s.stop(kill=True)
     s.close()
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = TIMEOUT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_log(s: GPUJobScheduler, job_id: str, text: str) -> None:

@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import InvalidValueError
@@ -64,16 +64,6 @@ def sched(cluster: str, tmp_path: Path) -> Iterator[GPUJobScheduler]:
     yield s
     s.stop(kill=True)
     s.close()
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = TIMEOUT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def gate_cmd(gate: Path, first: str = "") -> str:

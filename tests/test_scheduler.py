@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.frames import GPU_COLUMNS
@@ -75,18 +76,6 @@ def make_sched(tmp_path: Path) -> Iterator[Callable[..., GPUJobScheduler]]:
 @pytest.fixture
 def sched(make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
     return make_sched()
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    """Poll ``pred`` until it returns something truthy, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def status(s: GPUJobScheduler, job_id: str) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from legacy_support import sched_factory, wait_until
+from legacy_support import sched_factory, wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.executors.base import find_by_token, same_process_alive
@@ -94,7 +94,7 @@ def test_screen_session_output_log_and_real_exit_code(
     jid = s.add_job(
         str(script), args=["hello"], required_gpus=1, env={"MARKER": str(marker), "CODE": "3"}
     )
-    wait_until(lambda: "started" in s.logs(jid), what="the job's first output in its log")
+    wait_for(lambda: "started" in s.logs(jid), what="the job's first output in its log")
     rows = s.screens()
     assert [r["id"] for r in rows] == [jid]
     session = rows[0]["session"]
@@ -110,7 +110,7 @@ def test_screen_session_output_log_and_real_exit_code(
         subprocess.run([SCREEN, "-S", session, "-p", "0", "-X", "hardcopy", str(shot)], check=True)
         return shot.exists() and 'started ["hello"]' in shot.read_text(errors="replace")
 
-    wait_until(window_shows_output, what="the output in the screen window")
+    wait_for(window_shows_output, what="the output in the screen window")
 
     marker.touch()
     s.wait([jid], timeout=30)
@@ -131,7 +131,7 @@ def test_vanished_session_is_failed_not_succeeded(tmp_path: Path, make_sched: Ma
     s = make_sched(executor="screen")
     s.start()
     jid = s.add_job(str(script), required_gpus=1, env={"MARKER": str(tmp_path / "never")})
-    wait_until(lambda: "started" in s.logs(jid), what="the job to start")
+    wait_for(lambda: "started" in s.logs(jid), what="the job to start")
     session = s.screens()[0]["session"]
     subprocess.run([SCREEN, "-S", session, "-X", "quit"], check=True)
     s.wait([jid], timeout=30)
@@ -149,10 +149,10 @@ def test_cancel_ends_the_tree_and_the_session(tmp_path: Path, make_sched: MakeSc
     jid = s.add_command(
         "setsid sleep 300 & sleep 300 & echo children started; wait", required_gpus=1
     )
-    wait_until(lambda: "children started" in s.logs(jid), what="the job's children")
+    wait_for(lambda: "children started" in s.logs(jid), what="the job's children")
     job = s.store.get(jid)
     assert job.token is not None
-    wait_until(lambda: len(find_by_token(job.token or "")) >= 4, what="all the job's processes")
+    wait_for(lambda: len(find_by_token(job.token or "")) >= 4, what="all the job's processes")
     session = s.screens()[0]["session"]
     assert s.cancel(jid) is True
     assert s.job(jid)["status"] == "cancelled"
@@ -170,7 +170,7 @@ def test_two_state_dirs_each_have_their_job_1(tmp_path: Path, make_sched: MakeSc
     ja = a.add_job(str(script), required_gpus=1, env={"MARKER": str(tmp_path / "go-a")})
     jb = b.add_job(str(script), required_gpus=1, env={"MARKER": str(tmp_path / "go-b")})
     assert ja == jb == "1"
-    wait_until(lambda: "started" in a.logs(ja) and "started" in b.logs(jb), what="both jobs")
+    wait_for(lambda: "started" in a.logs(ja) and "started" in b.logs(jb), what="both jobs")
     (ra,), (rb,) = a.screens(), b.screens()
     assert ra["pid"] != rb["pid"] and ra["session"] != rb["session"]
     assert ra["session"].endswith(".nbsched-1") and rb["session"].endswith(".nbsched-1")
@@ -202,7 +202,7 @@ def test_a_new_engine_adopts_a_running_screen_job(tmp_path: Path, make_sched: Ma
     s = make_sched(executor="screen")
     s.start()
     jid = s.add_job(str(script), required_gpus=1, env={"MARKER": str(marker), "CODE": "7"})
-    wait_until(lambda: "started" in s.logs(jid), what="the job to start")
+    wait_for(lambda: "started" in s.logs(jid), what="the job to start")
     job = s.store.get(jid)
     s.close()  # the engine goes; the job goes on in its session
     assert same_process_alive(job.pid, job.proc_start)
@@ -210,7 +210,7 @@ def test_a_new_engine_adopts_a_running_screen_job(tmp_path: Path, make_sched: Ma
     s2 = make_sched(executor="screen")
     s2.start()
     assert s2.store.get(jid).status == JobStatus.RUNNING
-    wait_until(lambda: s2._dispatcher is not None and s2._dispatcher.cycles > 0, what="recovery")
+    wait_for(lambda: s2._dispatcher is not None and s2._dispatcher.cycles > 0, what="recovery")
     marker.touch()
     s2.wait([jid], timeout=30)
     assert (s2.job(jid)["status"], s2.job(jid)["exit_code"]) == ("failed", 7)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import pytest
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.gpus import write_simulated_gpus
@@ -208,7 +209,7 @@ def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler
         assert list(running.get_gpu_status()["paused"]) == [False, True, True]
         long = running.add_command("sleep 60", required_gpus=1, name="long")
         queued = running.add_command("true", required_gpus=1, name="waits")
-        _wait_for(lambda: running.job(long)["status"] == "running")
+        wait_for(lambda: running.job(long)["status"] == "running")
         board.refresh()
         assert "long" in board.jobs_table.value and "waits" in board.jobs_table.value
         assert [v for _, v in board.job_select.options] == [long, queued]
@@ -238,7 +239,7 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
     board = Dashboard(running, interval=0.02)
     try:
         start = board.refreshes
-        _wait_for(lambda: board.refreshes >= start + 3)
+        wait_for(lambda: board.refreshes >= start + 3)
         # An error inside the thread is shown, not raised; refreshing goes on.
         calls = {"n": 0}
 
@@ -247,13 +248,13 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
             raise RuntimeError("GPU readings unavailable")
 
         monkeypatch.setattr(running, "get_gpu_status", broken)
-        _wait_for(lambda: calls["n"] >= 3)
+        wait_for(lambda: calls["n"] >= 3)
         assert "GPU readings unavailable" in board.message.value
         assert board.refreshing
         monkeypatch.undo()
         monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
         running.stop()
-        _wait_for(lambda: not board.refreshing)
+        wait_for(lambda: not board.refreshing)
         assert "engine stopped" in board.message.value
         assert escaped == []
     finally:
@@ -267,13 +268,3 @@ def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> Non
     assert not board.refreshing
     count = board.refreshes
     assert board._thread is None and board.refreshes == count
-
-
-def _wait_for(condition: object, timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(0.01)

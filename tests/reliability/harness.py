@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+from waiting import wait_for  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("driver.py")
@@ -29,18 +30,6 @@ DRIVER = Path(__file__).with_name("driver.py")
 #: Set in the environment of every engine a test starts (and so of every job it runs),
 #: so that the fixture can end whatever is left, and only that.
 RUN_TAG = "NBSCHED_RELTEST_RUN"
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something true; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def job_command(

@@ -65,7 +65,7 @@ from .executors.base import (
 from .gpus.monitor import GPUMonitor
 from .jobs import Job, JobStatus
 from .launch import build_argv, build_env, conda_failure
-from .store import Store
+from .store import AttemptEnd, AttemptStart, Store
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,14 @@ class Dispatcher:
         self._crash = _crash_hook()
         #: job id -> time.monotonic() at which its retry back-off ends (see _eligible).
         self._backoff_until: dict[str, float] = {}
-        #: Ends that could not be committed (disk full...): retried each cycle.
-        self._unrecorded: list[tuple[Job, Exit]] = []
-        self._unrecorded_lock = threading.Lock()
+        #: Attempts that ended and are not recorded yet: the next cycle records them
+        #: (and keeps them while the store cannot be written, e.g. on a full disk).
+        self._ended: list[tuple[Job, Exit]] = []
+        self._ended_lock = threading.Lock()
+        self._sel: selectors.BaseSelector | None = None
+        self._thread_id: int | None = None
+        #: Executors whose process watchers this loop drives (see _executor).
+        self._driven: dict[str, Executor] = {}
 
     # -- wake-ups -------------------------------------------------------------------------
 
@@ -148,15 +153,22 @@ class Dispatcher:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel = selectors.DefaultSelector()
         sel.register(self._rpipe, selectors.EVENT_READ)
         sel.register(self._fifo_fd, selectors.EVENT_READ)
+        self._thread_id = threading.get_ident()
         try:
             self.recover()
             timeout: float | None = 0.0
             while not self._stop.is_set():
                 for key, _ in sel.select(timeout):
-                    _drain(key.fd)
+                    if key.data is None:
+                        _drain(key.fd)
+                    else:
+                        try:
+                            key.data()  # an executor's processes ended: it reports them
+                        except Exception:
+                            logger.exception("reading the ends of jobs failed")
                 if self._stop.is_set():
                     break
                 try:
@@ -168,14 +180,55 @@ class Dispatcher:
             sel.close()
 
     def cycle(self, now: float) -> float:
-        """One decision: refresh caches, plan, start.  Returns how long to sleep at most."""
+        """One decision: record the ends reported since the last one, refresh caches,
+        plan, start.  Returns how long to sleep at most.
+
+        The ends and the starts of one cycle are written in one transaction (ends
+        first), and the started attempts' pids in a second one, so a busy queue costs
+        two commits per cycle however many jobs end and start in it.
+        """
+        with self._ended_lock:
+            ended, self._ended = self._ended, []
+        try:
+            self._refresh()
+            ends = [self._decide_end(job, exit, now) for job, exit in ended]
+            starts = self._plan(now, gone={end.job.id for end in ends})
+            if self._crash:
+                for _ in ends:
+                    self._crash("before_record_end")
+            recorded, running = self.store.record_attempts(ends, starts, now)
+        except BaseException as exc:
+            # Nothing was written (a full disk, say): keep the ends for the next cycle
+            # (their exit files stay, so no engine loses them) and start nothing.
+            with self._ended_lock:
+                self._ended[:0] = ended
+            if not isinstance(exc, StateDirError):
+                raise
+            logger.warning("recording job ends and starts failed (%s); will retry", exc)
+            return 1.0
+        self._after_ends(ends, recorded)
+        self._start(running)
+        if ends or starts:
+            self._on_change()
+        timeout = SAFETY_NET_S
+        waits = [w for w in self._backoff_waits(now) if w > 0]
+        if waits:
+            timeout = min(timeout, min(waits))
+        if self._queue:
+            timeout = min(timeout, max(self.config.gpu_monitor_interval_s, 0.05))
+        if any(status == JobStatus.QUEUED for status in recorded):
+            timeout = 0.0  # a retry went back to the queue: look at it now
         self.cycles += 1
-        self._retry_unrecorded()
-        self._refresh()
+        return timeout
+
+    def _plan(self, now: float, gone: set[str]) -> list[AttemptStart]:
+        """What to start now, given the queue and the GPUs (without the jobs ``gone``)."""
         paused = self.store.paused()
         snaps = self.monitor.snapshot()
         alloc: dict[int, float] = {}
         for run in self._running.values():
+            if run.id in gone:
+                continue
             share = booked_share(run.required_gpus, len(run.gpus))
             for g in run.gpus:
                 alloc[g] = alloc.get(g, 0.0) + share
@@ -186,23 +239,17 @@ class Dispatcher:
             self.config.gpu_memory_threshold,
             self.config.gpu_load_threshold,
         )
-        queue = self._eligible(now)
-        decision = plan(queue, states, now, self.config.gpu_allocation_precision)
+        decision = plan(self._eligible(now), states, now, self.config.gpu_allocation_precision)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)
+        starts = []
         for placement in decision.placements:
             job = self._queued.get(placement.job_id)
             if job is not None:
-                self._launch(job, placement.gpus, now)
-        if decision.placements:
-            self._on_change()
-        timeout = SAFETY_NET_S if not self._unrecorded else 1.0
-        waits = [w for w in self._backoff_waits(now) if w > 0]
-        if waits:
-            timeout = min(timeout, min(waits))
-        if self._queue:
-            timeout = min(timeout, max(self.config.gpu_monitor_interval_s, 0.05))
-        return timeout
+                token = uuid.uuid4().hex
+                log_path = str(self.config.logs_dir / f"{job.id}.log")
+                starts.append(AttemptStart(job, tuple(placement.gpus), token, log_path))
+        return starts
 
     def _refresh(self) -> None:
         rev, changes = self.store.changes_since(self._rev)
@@ -287,38 +334,57 @@ class Dispatcher:
 
     # -- starting and ending --------------------------------------------------------------
 
-    def _launch(self, job: Job, gpus: tuple[int, ...], now: float) -> None:
-        token = uuid.uuid4().hex
-        log_path = self.config.logs_dir / f"{job.id}.log"
-        running = self.store.transition(
-            job.id,
-            JobStatus.RUNNING,
-            expect={JobStatus.QUEUED},
-            now=now,
-            gpus=gpus,
-            started=now,
-            ended=None,
-            exit_code=None,
-            attempts=job.attempts + 1,
-            token=token,
-            pid=None,
-            proc_start=None,
-            node=None,
-            log_path=str(log_path),
-            not_before=None,
-            cancel_requested=False,
-        )
-        if running is None:
-            return  # cancelled meanwhile
-        if self._crash:
-            self._crash("after_mark_running")
-        self._running[job.id] = running
-        executor = self.executor_for(running.executor or self.config.executor)
+    def _start(self, running: list[Job | None]) -> None:
+        """Spawn the attempts just marked running, record their pids, watch them."""
+        started: list[tuple[Job, Executor]] = []
+        for job in running:
+            if job is None:
+                continue  # cancelled meanwhile
+            if self._crash:
+                self._crash("after_mark_running")
+            self._running[job.id] = job
+            attempt = self._spawn(job)
+            if attempt is not None:
+                started.append(attempt)
+                if self._crash:
+                    self._crash("after_spawn")
+        if not started:
+            return
         try:
+            missed = self.store.record_starts(
+                [
+                    (
+                        job.seq,
+                        job.token or "",
+                        {"pid": job.pid, "proc_start": job.proc_start, "node": job.node},
+                    )  # fmt: skip
+                    for job, _ in started
+                ]
+            )
+        except Exception:
+            # The processes run: watch them anyway, so their ends are recorded when they
+            # can be (and the next engine finds them by their tokens).
+            logger.exception("could not record the pids of %d started job(s)", len(started))
+            missed = set()
+        for job, executor in started:
+            if job.seq in missed:
+                # Cancelled between "marked running" and now: a cancel in another process
+                # may have looked for the process before it existed.  End it here.
+                logger.info("job %s was cancelled while it started; ending it", job.id)
+                executor.kill(job, 0.0)
+            executor.watch(job, self._on_exit)
+
+    def _spawn(self, running: Job) -> tuple[Job, Executor] | None:
+        """Start one attempt; None (and the job failed, with the reason) if it cannot."""
+        assert running.log_path is not None and running.token is not None
+        log_path = Path(running.log_path)
+        gpus = running.gpus
+        try:
+            executor = self._executor(running.executor or self.config.executor)
             if running.attempts > 1:
                 _append(log_path, f"\n--- nbsched: attempt {running.attempts} ---\n")
             argv = build_argv(running, gpus, self._env)
-            env = build_env(running, gpus, token, self.result_path(running), self._env)
+            env = build_env(running, gpus, running.token, self.result_path(running), self._env)
             started = executor.start(
                 Launch(
                     job=running,
@@ -327,124 +393,98 @@ class Dispatcher:
                     env=env,
                     cwd=running.spec.cwd,
                     log_path=log_path,
-                    exit_path=self.config.run_dir / f"{token}.exit",
+                    exit_path=self.config.run_dir / f"{running.token}.exit",
                 )
             )
         except Exception as exc:
-            logger.warning("job %s could not start: %s", job.id, exc)
-            _append(log_path, f"nbsched: the job could not start: {exc}\n")
+            logger.warning("job %s could not start: %s", running.id, exc)
+            try:
+                _append(log_path, f"nbsched: the job could not start: {exc}\n")
+            except OSError:
+                pass
             self._end(running, JobStatus.FAILED, None, f"could not start: {exc}", time.time())
-            return
-        if self._crash:
-            self._crash("after_spawn")
+            return None
         attempt = replace(
             running, pid=started.pid, proc_start=started.proc_start, node=started.node
         )
-        self._running[job.id] = attempt
-        try:
-            recorded = self.store.record_start(
-                job.id, token, pid=started.pid, proc_start=started.proc_start, node=started.node
-            )
-        except Exception:
-            # The process runs: watch it anyway, so its end is recorded when it can be.
-            logger.exception("job %s: could not record its pid %s", job.id, started.pid)
-            recorded = True
-        if not recorded:
-            # Cancelled between "marked running" and now: a cancel in another process
-            # may have looked for the process before it existed.  End it here.
-            logger.info("job %s was cancelled while it started; ending it", job.id)
-            executor.kill(attempt, 0.0)
-        executor.watch(attempt, self._on_exit)
+        self._running[running.id] = attempt
+        return attempt, executor
+
+    def _executor(self, name: str) -> Executor:
+        """The executor ``name``; the first time, its process watcher joins this loop
+        (a job's end then wakes this thread directly: no watcher thread, no pipe)."""
+        executor = self.executor_for(name)
+        if self._driven.get(name) is not executor and self._sel is not None:
+            self._driven[name] = executor
+            source = getattr(executor, "event_source", None)
+            found = source() if source is not None else None
+            if found is not None:
+                fd, handler = found
+                self._sel.register(fd, selectors.EVENT_READ, handler)
+        return executor
 
     def result_path(self, job: Job) -> Path:
         return self.config.state_dir / "results" / f"{job.id}.json"
 
     def _on_exit(self, job: Job, exit: Exit) -> None:
-        """From the watcher thread (or at recovery): record how an attempt ended.
+        """From the watcher thread (or at recovery): an attempt ended.  The next cycle
+        records it (with the other ends and starts of that cycle, in one transaction);
+        its exit file is deleted once that is committed."""
+        with self._ended_lock:
+            self._ended.append((job, exit))
+        if threading.get_ident() != self._thread_id:
+            self.wake()  # (in this thread, the loop runs a cycle next anyway)
 
-        The exit file is deleted once the end is committed.  An end that cannot be
-        committed (a full disk) is kept and retried by each cycle.
-        """
-        try:
-            self._record_exit(job, exit)
-        except StateDirError as exc:
-            logger.warning("recording the end of job %s failed (%s); will retry", job.id, exc)
-            with self._unrecorded_lock:
-                self._unrecorded.append((job, exit))
-            self.wake()
-            return
-        except Exception:
-            logger.exception("recording the end of job %s failed", job.id)
-            return
-        if job.token:
-            try:
-                (self.config.run_dir / f"{job.token}.exit").unlink()
-            except OSError:
-                pass
-
-    def _retry_unrecorded(self) -> None:
-        with self._unrecorded_lock:
-            pending, self._unrecorded = self._unrecorded, []
-        for job, exit in pending:
-            self._on_exit(job, exit)
-
-    def _record_exit(self, job: Job, exit: Exit) -> None:
-        if self._crash:
-            self._crash("before_record_end")
-        now = time.time()
+    def _decide_end(self, job: Job, exit: Exit, now: float) -> AttemptEnd:
+        """What an attempt's end means: succeeded, failed, or queued again for a retry."""
         if exit.code == 0:
-            self._end(job, JobStatus.SUCCEEDED, 0, None, now)
-            return
+            return AttemptEnd(job, JobStatus.SUCCEEDED, 0, None)
         reason = exit.reason or f"exit code {exit.code}"
-        missing_env = conda_failure(job, job.log_path) if exit.code else None
+        try:
+            missing_env = conda_failure(job, job.log_path) if exit.code else None
+        except Exception:  # (a log that cannot be read must not lose the end)
+            logger.exception("job %s: could not read its log", job.id)
+            missing_env = None
         if missing_env:  # retrying cannot help
             reason = f"{reason}: {missing_env}"
-        budget = job.spec.max_retries
-        if job.attempts <= budget and not missing_env:
+        if job.attempts <= job.spec.max_retries and not missing_env:
             # (exponent capped: 2**1024 does not fit a float; 2**32 s is forever anyway)
             delay = self.config.retry_backoff_s * (2 ** min(job.attempts - 1, 32))
-            moved = self.store.transition(
-                job.id,
+            return AttemptEnd(
+                job,
                 JobStatus.QUEUED,
-                expect={JobStatus.RUNNING},
-                guard=lambda j: j.token == job.token and not j.cancel_requested,
-                reason=f"attempt {job.attempts} failed ({reason}); retrying in {delay:g}s",
-                now=now,
-                exit_code=exit.code,
-                ended=now,
+                exit.code,
+                reason,
                 not_before=now + delay,
-                pid=None,
+                retry_reason=f"attempt {job.attempts} failed ({reason}); retrying in {delay:g}s",
             )
-            if moved is not None:
-                self._changed()
-                return
-        self._end(job, JobStatus.FAILED, exit.code, reason, now)
+        return AttemptEnd(job, JobStatus.FAILED, exit.code, reason)
+
+    def _after_ends(self, ends: list[AttemptEnd], recorded: list[JobStatus | None]) -> None:
+        """Once the ends are committed: drop the jobs and delete their exit files."""
+        for end, status in zip(ends, recorded, strict=True):
+            job = end.job
+            known = self._running.get(job.id)
+            if known is not None and known.token == job.token:
+                self._running.pop(job.id, None)
+            if status is None:
+                logger.debug("job %s: the end of attempt %s no longer applied", job.id, job.token)
+            if job.token:
+                try:
+                    (self.config.run_dir / f"{job.token}.exit").unlink()
+                except OSError:
+                    pass
 
     def _end(
         self, job: Job, status: JobStatus, code: int | None, reason: str | None, now: float
     ) -> None:
-        done = self.store.transition(
-            job.id,
-            status,
-            expect={JobStatus.RUNNING},
-            guard=lambda j: j.token == job.token and not j.cancel_requested,
-            reason=reason,
-            now=now,
-            exit_code=code,
-            ended=now,
-        )
-        if done is None:
-            # Cancelled by a user (the job's process died of it): say so, once.
-            self.store.transition(
-                job.id,
-                JobStatus.CANCELLED,
-                expect={JobStatus.RUNNING},
-                guard=lambda j: j.token == job.token and j.cancel_requested,
-                reason="cancelled",
-                now=now,
-                exit_code=code,
-                ended=now,
-            )
+        """Record an attempt's end at once (one that never started)."""
+        try:
+            self.store.record_attempts([AttemptEnd(job, status, code, reason)], [], now)
+        except StateDirError:
+            with self._ended_lock:
+                self._ended.append((job, Exit(code, reason)))
+        self._running.pop(job.id, None)
         self._changed()
 
     def _changed(self) -> None:
@@ -469,7 +509,7 @@ class Dispatcher:
                 path.unlink(missing_ok=True)
 
     def _recover_one(self, job: Job) -> None:
-        executor = self.executor_for(job.executor or self.config.executor)
+        executor = self._executor(job.executor or self.config.executor)
         if job.token is None:
             self._requeue_unstarted(job)
             return

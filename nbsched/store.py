@@ -634,20 +634,121 @@ class Store:
     def record_start(self, job_id: object, token: str, **fields: Any) -> bool:
         """Set ``fields`` (pid, ...) of a job still running attempt ``token`` with no cancel
         requested, in one statement.  False, and nothing written, if it is not."""
-        seq = parse_job_id(job_id)
-        cols = _encode_fields(fields)
-        assignments = "".join(f"{k} = ?, " for k in cols)
+        return not self.record_starts([(parse_job_id(job_id), token, fields)])
+
+    def record_starts(self, items: Sequence[tuple[int, str, dict[str, Any]]]) -> set[int]:
+        """:meth:`record_start` for several ``(seq, token, fields)`` in one transaction.
+        Returns the job numbers that were not recorded (not running that attempt any
+        more, or cancelled meanwhile)."""
+        missed: set[int] = set()
+        if not items:
+            return missed
         with self._write() as conn:
+            # (the revision moves only if a row is written)
+            rev = int(conn.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0]) + 1
+            for seq, token, fields in items:
+                cols = _encode_fields(fields)
+                assignments = "".join(f"{k} = ?, " for k in cols)
+                cur = conn.execute(
+                    f"UPDATE jobs SET {assignments}rev = ? WHERE seq = ? AND status = 'running' "
+                    "AND token = ? AND cancel_requested = 0",
+                    (*cols.values(), rev, seq, token),
+                )
+                if cur.rowcount == 0:
+                    missed.add(seq)
+            if len(missed) < len(items):
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'rev'", (str(rev),))
+        return missed
+
+    def record_attempts(
+        self, ends: Sequence[AttemptEnd], starts: Sequence[AttemptStart], now: float
+    ) -> tuple[list[JobStatus | None], list[Job | None]]:
+        """Record how attempts ended and mark queued jobs running, in one transaction.
+
+        Each end applies only to the attempt it names (the job still ``running`` with
+        that token); a job whose cancel was requested ends ``cancelled``; a retry
+        (``status=QUEUED``) falls back to ``failed`` if it may not be queued again.
+        Each start applies only to a job still ``queued``.  Returns, in order, the
+        status each end was recorded with and the running job each start became
+        (``None`` where it no longer applied: another process got there first).
+        Ends come first, so GPUs they free may be booked by the starts.
+        """
+        ended: list[JobStatus | None] = []
+        started: list[Job | None] = []
+        if not ends and not starts:
+            return ended, started
+        with self._write() as conn:
+            rev = self._bump_rev(conn)
+            for end in ends:
+                ended.append(self._apply_end(conn, rev, end, now))
+            for start in starts:
+                started.append(self._apply_start(conn, rev, start, now))
+        return ended, started
+
+    def _apply_end(
+        self, conn: sqlite3.Connection, rev: int, end: AttemptEnd, now: float
+    ) -> JobStatus | None:
+        seq, token = end.job.seq, end.job.token
+        attempt = "seq = ? AND status = 'running' AND token = ?"
+        tries: list[tuple[JobStatus, str | None, str]] = []
+        if end.status == JobStatus.QUEUED:
+            tries.append((JobStatus.QUEUED, end.retry_reason, " AND cancel_requested = 0"))
+        final = JobStatus.FAILED if end.status == JobStatus.QUEUED else end.status
+        tries.append((final, end.reason, " AND cancel_requested = 0"))
+        tries.append((JobStatus.CANCELLED, "cancelled", " AND cancel_requested = 1"))
+        for status, reason, cond in tries:
+            extra = ", not_before = ?, pid = NULL" if status == JobStatus.QUEUED else ""
+            params: tuple[Any, ...] = (status.value, rev, reason, end.exit_code, now)
+            if status == JobStatus.QUEUED:
+                params += (end.not_before,)
             cur = conn.execute(
-                f"UPDATE jobs SET {assignments}"
-                "rev = (SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'rev') "
-                "WHERE seq = ? AND status = 'running' AND token = ? AND cancel_requested = 0",
-                (*cols.values(), seq, token),
+                "UPDATE jobs SET status = ?, rev = ?, reason = ?, exit_code = ?, ended = ?"
+                f"{extra} WHERE {attempt}{cond}",
+                (*params, seq, token),
             )
-            if cur.rowcount == 0:
-                return False
-            self._bump_rev(conn)  # to the value the row just took
-        return True
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)",
+                    (seq, JobStatus.RUNNING.value, status.value, now, reason),
+                )
+                return status
+        return None
+
+    def _apply_start(
+        self, conn: sqlite3.Connection, rev: int, start: AttemptStart, now: float
+    ) -> Job | None:
+        job = start.job
+        attempts = job.attempts + 1
+        cur = conn.execute(
+            "UPDATE jobs SET status = 'running', rev = ?, reason = NULL, gpus = ?, started = ?, "
+            "ended = NULL, exit_code = NULL, attempts = ?, token = ?, pid = NULL, "
+            "proc_start = NULL, node = NULL, log_path = ?, not_before = NULL, "
+            "cancel_requested = 0 WHERE seq = ? AND status = 'queued'",
+            (rev, _dumps(list(start.gpus)), now, attempts, start.token, start.log_path, job.seq),
+        )
+        if not cur.rowcount:
+            return None
+        conn.execute(
+            "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)",
+            (job.seq, JobStatus.QUEUED.value, JobStatus.RUNNING.value, now, None),
+        )
+        return dataclasses.replace(
+            job,
+            status=JobStatus.RUNNING,
+            reason=None,
+            gpus=tuple(start.gpus),
+            started=now,
+            ended=None,
+            exit_code=None,
+            attempts=attempts,
+            token=start.token,
+            pid=None,
+            proc_start=None,
+            node=None,
+            log_path=start.log_path,
+            not_before=None,
+            cancel_requested=False,
+        )
 
     def status_counts(self, seqs: set[int]) -> dict[str, int]:
         """Jobs per status among the job numbers ``seqs`` (for progress displays)."""
@@ -717,6 +818,33 @@ class Store:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (f"kv:{key}", value),
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class AttemptStart:
+    """A queued job to mark running (see :meth:`Store.record_attempts`)."""
+
+    job: Job
+    gpus: tuple[int, ...]
+    token: str
+    log_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AttemptEnd:
+    """How a running attempt (``job.token``) ended (see :meth:`Store.record_attempts`).
+
+    ``status`` is succeeded, failed, or queued for a retry: then ``not_before`` and
+    ``retry_reason`` apply, and ``reason`` is the failure recorded if the job may not be
+    queued again (its cancel was requested meanwhile).
+    """
+
+    job: Job
+    status: JobStatus
+    exit_code: int | None
+    reason: str | None
+    not_before: float | None = None
+    retry_reason: str | None = None
 
 
 _JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job)) - {"id", "seq", "spec", "status"}

@@ -653,7 +653,8 @@ def test_retry_back_off_after_very_many_attempts(sched: GPUJobScheduler) -> None
     job = sched.store.transition(job_id, JobStatus.RUNNING, attempts=1500, token="t", gpus=(0,))
     assert job is not None
     before = time.time()
-    d._on_exit(job, Exit(1))
+    d._on_exit(job, Exit(1))  # (recorded by the dispatcher's next cycle)
+    wait_for(lambda: sched.store.get(job_id).status != JobStatus.RUNNING, what="the end recorded")
     after = sched.store.get(job_id)
     assert after.status == JobStatus.QUEUED and after.exit_code == 1
     assert after.not_before is not None and after.not_before > before + 3600

@@ -7,6 +7,7 @@ attempts).  Nothing goes through a shell except a command job's own ``bash -c``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..jobs import Job
@@ -44,6 +45,12 @@ class LocalProcessExecutor:
 
     def is_available(self) -> bool:
         return True
+
+    def event_source(self) -> tuple[int, Callable[[], None]] | None:
+        """For a dispatcher's event loop: ``(fd, handler)``, the descriptor readable when
+        a watched job ended and what to call then; None if the watcher keeps a thread."""
+        fd = self._watcher.drive()
+        return None if fd is None else (fd, self._watcher.process_ready)
 
     def watch(self, job: Job, on_exit: OnExit) -> None:
         popen = self._popens.pop(job.pid, None) if job.pid is not None else None

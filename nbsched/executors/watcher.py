@@ -5,6 +5,12 @@ process ends, for our own children and for processes we adopted after a restart
 alike.  One selector thread waits on all of them, so a job's end is seen at once
 (no polling).  Where ``pidfd_open`` is missing, it falls back to checking each
 process every ``fallback_poll_s``.
+
+A host with an event loop of its own (the dispatcher) can *drive* the watcher
+instead: :meth:`ProcessWatcher.drive` hands it the watcher's epoll descriptor, which
+becomes readable when a watched process ends, and the host calls
+:meth:`ProcessWatcher.process_ready` then, in its own thread.  A job's end then
+costs no thread switch, no wake-up pipe and no second thread competing for the GIL.
 """
 
 from __future__ import annotations
@@ -52,8 +58,31 @@ class ProcessWatcher:
         self._fallback_poll_s = fallback_poll_s
         self._has_pidfd = hasattr(os, "pidfd_open")
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._name = name
+        self._driven = False
+        self._thread: threading.Thread | None = None
+
+    def drive(self) -> int | None:
+        """Let the caller's event loop drive this watcher: returns a descriptor that
+        becomes readable when a watched process ends (then call :meth:`process_ready`),
+        or None where the watcher needs its own thread (no ``pidfd_open``, or a thread
+        already started)."""
+        with self._lock:
+            if not self._has_pidfd or self._thread is not None:
+                return None
+            self._driven = True
+            return self._sel.fileno()
+
+    def process_ready(self) -> None:
+        """Report the watched processes that have ended (for a driving event loop)."""
+        if not self._closed:
+            self._report(self._sel.select(0))
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
 
     def add(self, pid: int, callback: EndCallback, popen: Child | None = None) -> None:
         """Call ``callback`` once when ``pid`` ends (at once if it already has)."""
@@ -70,7 +99,9 @@ class ProcessWatcher:
             self._watches[pid] = watch
             if watch.fd is not None:
                 self._sel.register(watch.fd, selectors.EVENT_READ, pid)
-        self._poke()
+        if watch.fd is None or not self._driven:
+            self._ensure_thread()  # (a driving loop sees the new descriptor by itself)
+            self._poke()
 
     def close(self) -> None:
         """Stop the thread and release the descriptors; a second call does nothing."""
@@ -78,7 +109,8 @@ class ProcessWatcher:
             return
         self._closed = True
         self._poke()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         with self._lock:
             for watch in self._watches.values():
                 if watch.fd is not None:
@@ -104,28 +136,31 @@ class ProcessWatcher:
                 events = self._sel.select(timeout)
             except OSError:  # pragma: no cover - selector closed under us
                 return
-            ended: list[_Watch] = []
-            for key, _ in events:
-                if key.data is None:
-                    try:
-                        os.read(self._rpipe, 4096)
-                    except BlockingIOError:
-                        pass
-                    continue
-                with self._lock:
-                    watch = self._watches.pop(key.data, None)
-                    if watch is not None and watch.fd is not None:
-                        self._sel.unregister(watch.fd)
-                if watch is not None:
-                    ended.append(watch)
-            if not self._has_pidfd:
-                with self._lock:
-                    gone = [w for w in self._watches.values() if not _alive(w)]
-                    for w in gone:
-                        del self._watches[w.pid]
-                ended.extend(gone)
-            for watch in ended:
-                self._finish(watch)
+            self._report(events)
+
+    def _report(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        ended: list[_Watch] = []
+        for key, _ in events:
+            if key.data is None:
+                try:
+                    os.read(self._rpipe, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            with self._lock:
+                watch = self._watches.pop(key.data, None)
+                if watch is not None and watch.fd is not None:
+                    self._sel.unregister(watch.fd)
+            if watch is not None:
+                ended.append(watch)
+        if not self._has_pidfd:
+            with self._lock:
+                gone = [w for w in self._watches.values() if w.fd is None and not _alive(w)]
+                for w in gone:
+                    del self._watches[w.pid]
+            ended.extend(gone)
+        for watch in ended:
+            self._finish(watch)
 
     def _finish(self, watch: _Watch) -> None:
         if watch.fd is not None:

@@ -124,6 +124,8 @@ class Dispatcher:
         #: (and keeps them while the store cannot be written, e.g. on a full disk).
         self._ended: list[tuple[Job, Exit]] = []
         self._ended_lock = threading.Lock()
+        #: Jobs submitted in this process, with the revision they were written at.
+        self._offered: dict[str, tuple[int, Job]] = {}
         self._sel: selectors.BaseSelector | None = None
         self._thread_id: int | None = None
         #: Executors whose process watchers this loop drives (see _executor).
@@ -251,20 +253,34 @@ class Dispatcher:
                 starts.append(AttemptStart(job, tuple(placement.gpus), token, log_path))
         return starts
 
+    def offer(self, rev: int, jobs: list[Job]) -> None:
+        """Jobs this process just submitted, as written at ``rev``: the next cycle takes
+        them from here instead of reading their rows back (if they are unchanged)."""
+        with self._ended_lock:
+            for job in jobs:
+                self._offered[job.id] = (rev, job)
+
     def _refresh(self) -> None:
+        with self._ended_lock:
+            offered, self._offered = self._offered, {}
         rev, changes = self.store.changes_since(self._rev)
         self._rev = rev
         wanted = []
-        for job_id, status, token in changes:
+        fresh = []
+        for job_id, status, token, row_rev in changes:
             known = self._running.get(job_id)
             if status == JobStatus.RUNNING and known is not None and known.token == token:
                 self._forget(job_id, running=False)  # off the queue; nothing else to learn:
                 continue  # it is this dispatcher's own write (started, pid recorded)
             if status in (JobStatus.QUEUED, JobStatus.RUNNING):
-                wanted.append(job_id)
+                hit = offered.get(job_id)
+                if status == JobStatus.QUEUED and hit is not None and hit[0] == row_rev:
+                    fresh.append(hit[1])  # the row is still as submitted
+                else:
+                    wanted.append(job_id)
             else:
                 self._forget(job_id)  # ended: nothing of the row is needed
-        for job in self.store.get_many(wanted) if wanted else ():
+        for job in fresh + (self.store.get_many(wanted) if wanted else []):
             self._forget(job.id)
             if job.status == JobStatus.QUEUED:
                 self._queued[job.id] = job
@@ -350,6 +366,11 @@ class Dispatcher:
                     self._crash("after_spawn")
         if not started:
             return
+        for i, (job, executor) in enumerate(started):
+            if job.pid is not None and job.proc_start is None:
+                job = replace(job, proc_start=process_start_time(job.pid))
+                self._running[job.id] = job
+                started[i] = (job, executor)
         try:
             missed = self.store.record_starts(
                 [
@@ -416,6 +437,8 @@ class Dispatcher:
         executor = self.executor_for(name)
         if self._driven.get(name) is not executor and self._sel is not None:
             self._driven[name] = executor
+            if hasattr(executor, "defer_start_time"):
+                executor.defer_start_time = True  # _start reads them after the spawns
             source = getattr(executor, "event_source", None)
             found = source() if source is not None else None
             if found is not None:

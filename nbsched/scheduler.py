@@ -526,12 +526,15 @@ class GPUJobScheduler:
         With ``skip_hash_statuses``, specs whose hash matches a job in those statuses
         are skipped (their ids are missing from the result).
         """
-        jobs = self.store.add_jobs(
+        rev, jobs = self.store.add_jobs_at(
             specs,
             owner_uid=os.getuid(),
             executor=self.config.executor,
             skip_hash_statuses=skip_hash_statuses,
         )
+        d = self._dispatcher
+        if d is not None:  # our own engine: it need not read the new rows back
+            d.offer(rev, [j for j in jobs if j is not None])
         self._poke()
         return [j.id for j in jobs if j is not None]
 
@@ -696,7 +699,7 @@ class GPUJobScheduler:
             wanted = sorted({parse_job_id(i) for i in ids})
             pending = self.store.unended(set(wanted))
             unsure = set(wanted) - pending  # ended, or no such job: look only at these
-            missing = unsure - {j.seq for j in self.store.get_many(unsure)} if unsure else set()
+            missing = unsure - self.store.existing(unsure) if unsure else set()
             if missing:
                 raise UnknownJobError(f"no job {str(min(missing))!r} in {self.store.path}")
         wanted_set = set(wanted)
@@ -718,7 +721,7 @@ class GPUJobScheduler:
                 # Read only what changed since the last look (not every wanted row: decoding
                 # them on each wake-up held the GIL and starved the engine threads).
                 rev, changes = self.store.changes_since(rev)
-                for job_id, status, _ in changes:
+                for job_id, status, _, _ in changes:
                     seq = int(job_id)
                     if seq in wanted_set:
                         (pending.discard if status.ended else pending.add)(seq)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -422,7 +423,9 @@ def test_changes_since_and_get_many(store: Store) -> None:
     store.transition(b, R, token="tb", gpus=(1,))
     rev1, changes = store.changes_since(rev0)
     assert rev1 == store.revision()
-    assert sorted(changes) == [(a, Q, None), (b, R, "tb")]
+    assert sorted(c[:3] for c in changes) == [(a, Q, None), (b, R, "tb")]
+    assert {c[0]: c[3] for c in changes}[b] == rev1  # each row's own revision
+    assert {c[0]: c[3] for c in changes}[a] < rev1
     assert store.changes_since(rev1) == (rev1, [])
     assert [j.id for j in store.get_many([b, a, "999", int(a)])] == [a, b]
     assert store.get_many([]) == []
@@ -455,7 +458,7 @@ def test_record_start_is_guarded(store: Store) -> None:
     job = store.get(j)
     assert (job.pid, job.proc_start, job.node) == (5, 1.5, "n")
     rev2, changes = store.changes_since(rev)
-    assert rev2 == rev + 1 and changes == [(j, R, "tok")]
+    assert rev2 == rev + 1 and changes == [(j, R, "tok", rev2)]
     store.update(j, cancel_requested=True)
     assert store.record_start(j, "tok", pid=6) is False  # a cancel is under way
     assert store.get(j).pid == 5
@@ -484,3 +487,73 @@ def test_many_processes_open_a_fresh_database_together(tmp_path: Path) -> None:
             barrier = manager.Barrier(n)
             results = pool.map(_open_store_at, [(str(folder / "state.db"), barrier)] * n)
             assert results == ["ok"] * n, results
+
+
+def test_add_jobs_at_reports_the_revision_the_rows_carry(store: Store) -> None:
+    rev, jobs = store.add_jobs_at([spec(), spec()], owner_uid=os.getuid(), executor="direct")
+    assert rev == store.revision()
+    _, changes = store.changes_since(rev - 1)
+    assert sorted((c[0], c[3]) for c in changes) == sorted((j.id, rev) for j in jobs if j)
+
+
+def test_record_starts_writes_only_the_attempts_still_running(store: Store) -> None:
+    a, b, c = add(store, spec(), spec(), spec())
+    store.transition(a, R, token="ta")
+    store.transition(b, R, token="tb")
+    store.update(b, cancel_requested=True)
+    rev = store.revision()
+    missed = store.record_starts(
+        [(int(a), "ta", {"pid": 11}), (int(b), "tb", {"pid": 12}), (int(c), "tc", {"pid": 13})]
+    )
+    assert missed == {int(b), int(c)}
+    assert (store.get(a).pid, store.get(b).pid, store.get(c).pid) == (11, None, None)
+    assert store.revision() == rev + 1  # one revision for the batch
+    assert store.record_starts([(int(c), "tc", {"pid": 13})]) == {int(c)}
+    assert store.revision() == rev + 1  # nothing written, nothing bumped
+
+
+def test_record_attempts_applies_each_end_and_start_to_its_own_attempt(store: Store) -> None:
+    from nbsched.store import AttemptEnd, AttemptStart
+
+    ok, bad, retry, cancelled, stale, retry_cancelled, new, gone = add(
+        store, *(spec() for _ in range(8))
+    )
+    for j in (ok, bad, retry, cancelled, stale, retry_cancelled):
+        store.transition(j, R, token=f"t{j}", attempts=1)
+    for j in (cancelled, retry_cancelled):
+        store.update(j, cancel_requested=True)
+    store.transition(gone, C)  # cancelled while queued: a start must not apply
+    job = {j: store.get(j) for j in (ok, bad, retry, cancelled, stale, retry_cancelled, new, gone)}
+    old_attempt = dataclasses.replace(job[stale], token="an-older-attempt")
+    ends = [
+        AttemptEnd(job[ok], S, 0, None),
+        AttemptEnd(job[bad], F, 3, "exit code 3"),
+        AttemptEnd(job[retry], Q, 1, "exit code 1", 500.0, "retrying in 1s"),
+        AttemptEnd(job[cancelled], F, -15, "exit code -15"),
+        AttemptEnd(old_attempt, F, 1, "exit code 1"),
+        AttemptEnd(job[retry_cancelled], Q, 1, "exit code 1", 500.0, "retrying in 1s"),
+    ]
+    starts = [AttemptStart(job[new], (2,), "tnew", "/l/new.log"),
+              AttemptStart(job[gone], (3,), "tgone", "/l/gone.log")]  # fmt: skip
+    rev = store.revision()
+    recorded, running = store.record_attempts(ends, starts, now=400.0)
+    assert recorded == [S, F, Q, C, None, C]
+    assert store.revision() == rev + 1  # one transaction, one revision
+    assert (store.get(ok).status, store.get(ok).exit_code) == (S, 0)
+    assert (store.get(bad).status, store.get(bad).reason) == (F, "exit code 3")
+    again = store.get(retry)
+    assert (again.status, again.not_before, again.reason, again.pid) == (
+        Q,
+        500.0,
+        "retrying in 1s",
+        None,
+    )
+    assert (store.get(cancelled).status, store.get(cancelled).reason) == (C, "cancelled")
+    assert store.get(stale).status == R  # the end of another attempt changes nothing
+    assert store.get(retry_cancelled).status == C
+    assert running[1] is None and store.get(gone).status == C
+    started = running[0]
+    assert started is not None and started == store.get(new)  # the job as the row says
+    assert (started.status, started.gpus, started.token, started.attempts) == (R, (2,), "tnew", 1)
+    assert [h["new"] for h in store.history(ok)] == ["queued", "running", "succeeded"]
+    assert store.history(new)[-1]["at"] == 400.0

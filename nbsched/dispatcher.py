@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .allocation import booked_share, gpu_states, plan, queue_key
 from .config import SchedulerConfig
@@ -124,6 +125,9 @@ class Dispatcher:
         #: (and keeps them while the store cannot be written, e.g. on a full disk).
         self._ended: list[tuple[Job, Exit]] = []
         self._ended_lock = threading.Lock()
+        #: Attempts started whose pids are not written yet: the next transaction (the
+        #: next cycle's, or one of their own before the loop sleeps) writes them.
+        self._unrecorded: list[tuple[Job, Executor]] = []
         #: Jobs submitted in this process, with the revision they were written at.
         self._offered: dict[str, tuple[int, Job]] = {}
         self._sel: selectors.BaseSelector | None = None
@@ -161,9 +165,15 @@ class Dispatcher:
         self._thread_id = threading.get_ident()
         try:
             self.recover()
-            timeout: float | None = 0.0
+            timeout: float = 0.0
             while not self._stop.is_set():
-                for key, _ in sel.select(timeout):
+                ready = sel.select(0.0 if self._unrecorded else timeout)
+                if self._unrecorded and not ready and timeout > 0:
+                    # Nothing else to do: write the new pids now, then sleep.  (When
+                    # something is ready, the cycle's own transaction takes them.)
+                    self._record_starts()
+                    ready = sel.select(timeout)
+                for key, _ in ready:
                     if key.data is None:
                         _drain(key.fd)
                     else:
@@ -179,6 +189,8 @@ class Dispatcher:
                     logger.exception("dispatcher cycle failed; retrying in 1 s")
                     timeout = 1.0
         finally:
+            if self._unrecorded:
+                self._record_starts()
             sel.close()
 
     def cycle(self, now: float) -> float:
@@ -186,11 +198,14 @@ class Dispatcher:
         plan, start.  Returns how long to sleep at most.
 
         The ends and the starts of one cycle are written in one transaction (ends
-        first), and the started attempts' pids in a second one, so a busy queue costs
-        two commits per cycle however many jobs end and start in it.
+        first), with the pids of the attempts the previous cycle started; the pids of
+        this cycle's go into the next one, or into a transaction of their own when the
+        loop has nothing else to do.  A busy queue costs one commit per cycle however
+        many jobs end and start in it.
         """
         with self._ended_lock:
             ended, self._ended = self._ended, []
+        unrecorded, self._unrecorded = self._unrecorded, []
         try:
             self._refresh()
             ends = [self._decide_end(job, exit, now) for job, exit in ended]
@@ -198,16 +213,20 @@ class Dispatcher:
             if self._crash:
                 for _ in ends:
                     self._crash("before_record_end")
-            recorded, running = self.store.record_attempts(ends, starts, now)
+            recorded, running, missed = self.store.record_attempts(
+                ends, starts, now, pids=_pid_records(unrecorded)
+            )
         except BaseException as exc:
             # Nothing was written (a full disk, say): keep the ends for the next cycle
             # (their exit files stay, so no engine loses them) and start nothing.
             with self._ended_lock:
                 self._ended[:0] = ended
+            self._unrecorded[:0] = unrecorded
             if not isinstance(exc, StateDirError):
                 raise
             logger.warning("recording job ends and starts failed (%s); will retry", exc)
             return 1.0
+        self._kill_cancelled(unrecorded, missed)
         self._after_ends(ends, recorded)
         self._start(running)
         if ends or starts:
@@ -364,36 +383,32 @@ class Dispatcher:
                 started.append(attempt)
                 if self._crash:
                     self._crash("after_spawn")
-        if not started:
-            return
-        for i, (job, executor) in enumerate(started):
+        for job, executor in started:
             if job.pid is not None and job.proc_start is None:
                 job = replace(job, proc_start=process_start_time(job.pid))
                 self._running[job.id] = job
-                started[i] = (job, executor)
+            executor.watch(job, self._on_exit)
+            self._unrecorded.append((job, executor))
+
+    def _record_starts(self) -> None:
+        """Write the pids of the attempts started since the last transaction."""
+        unrecorded, self._unrecorded = self._unrecorded, []
         try:
-            missed = self.store.record_starts(
-                [
-                    (
-                        job.seq,
-                        job.token or "",
-                        {"pid": job.pid, "proc_start": job.proc_start, "node": job.node},
-                    )  # fmt: skip
-                    for job, _ in started
-                ]
-            )
+            missed = self.store.record_starts(_pid_records(unrecorded))
         except Exception:
-            # The processes run: watch them anyway, so their ends are recorded when they
-            # can be (and the next engine finds them by their tokens).
-            logger.exception("could not record the pids of %d started job(s)", len(started))
-            missed = set()
+            # The processes run and are watched: their ends are recorded when they can
+            # be (and the next engine finds them by their tokens).
+            logger.exception("could not record the pids of %d started job(s)", len(unrecorded))
+            return
+        self._kill_cancelled(unrecorded, missed)
+
+    def _kill_cancelled(self, started: list[tuple[Job, Executor]], missed: set[int]) -> None:
         for job, executor in started:
             if job.seq in missed:
                 # Cancelled between "marked running" and now: a cancel in another process
                 # may have looked for the process before it existed.  End it here.
                 logger.info("job %s was cancelled while it started; ending it", job.id)
                 executor.kill(job, 0.0)
-            executor.watch(job, self._on_exit)
 
     def _spawn(self, running: Job) -> tuple[Job, Executor] | None:
         """Start one attempt; None (and the job failed, with the reason) if it cannot."""
@@ -568,6 +583,13 @@ class Dispatcher:
             token=None,
             gpus=[],
         )
+
+
+def _pid_records(started: list[tuple[Job, Executor]]) -> list[tuple[int, str, dict[str, Any]]]:
+    return [
+        (job.seq, job.token or "", {"pid": job.pid, "proc_start": job.proc_start, "node": job.node})
+        for job, _ in started
+    ]
 
 
 def _find_launcher(token: str) -> tuple[int, float] | None:

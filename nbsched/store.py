@@ -244,7 +244,12 @@ class Store:
 
     def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = db_path
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the write connection's
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()  # each thread's read connection (see _read)
+        self._readers: dict[int, sqlite3.Connection] = {}
+        self._readers_lock = threading.Lock()
+        self._closed = False
         existed = db_path.exists()
         try:
             if not existed:
@@ -293,8 +298,12 @@ class Store:
     # -- plumbing -------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
             self._conn.close()
+            for conn in self._readers.values():
+                conn.close()
+            self._readers.clear()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -337,15 +346,44 @@ class Store:
                 logger.warning("rolling back a transaction on %s failed", self.path)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        """Run a query on this thread's own read connection.
+
+        Reads take no lock: in WAL mode a reader sees the last commit and never waits
+        for a writer, so a thread reading (a ``wait()``, a status display) does not hold
+        up the dispatcher's writes, nor the other way round.
+        """
+        conn = self._reader()
+        try:
+            # (a reader can meet "locked" too, e.g. while another process recovers
+            # the WAL after a crash: that waits, like a writer does)
+            return _retry_locked(lambda: conn.execute(sql, params).fetchall(), 30.0)
+        except sqlite3.DatabaseError as exc:
+            if not _is_storage_error(exc):
+                raise
+            raise _storage_error(self.path, exc) from exc
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._readers_lock:
+            if self._closed:
+                raise StateDirError(f"{self.path}: the store is closed")
             try:
-                # (a reader can meet "locked" too, e.g. while another process recovers
-                # the WAL after a crash: that waits, like a writer does)
-                return _retry_locked(lambda: self._conn.execute(sql, params).fetchall(), 30.0)
+                conn = sqlite3.connect(
+                    self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
+                conn.row_factory = sqlite3.Row
             except sqlite3.DatabaseError as exc:
-                if not _is_storage_error(exc):
-                    raise
                 raise _storage_error(self.path, exc) from exc
+            # Connections of threads that have ended are closed here (one per thread).
+            alive = {t.ident for t in threading.enumerate()}
+            for ident in [i for i in self._readers if i not in alive]:
+                self._readers.pop(ident).close()
+            self._readers[threading.get_ident()] = conn
+        self._local.conn = conn
+        return conn
 
     def _meta(self, key: str) -> str:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -357,8 +395,7 @@ class Store:
 
     def revision(self) -> int:
         """The revision of the last write; see :meth:`changed_since`."""
-        with self._lock:
-            return int(self._meta("rev"))
+        return int(self._read("SELECT value FROM meta WHERE key = 'rev'")[0][0])
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -538,19 +575,17 @@ class Store:
         jobs, and never be seen.  This way such a job is returned now and, harmlessly,
         once more by the next call.
         """
-        with self._lock:
-            # The revision first: a commit by another process between the two reads then
-            # shows up now *and* next time (harmless), instead of never.
-            current = int(self._meta("rev"))
-            rows = self._read(f"SELECT {_JOB_COLUMNS}, rev FROM jobs WHERE rev > ?", (rev,))
+        # The revision first: a commit between the two reads then shows up now *and*
+        # next time (harmless), instead of never.
+        current = self.revision()
+        rows = self._read(f"SELECT {_JOB_COLUMNS}, rev FROM jobs WHERE rev > ?", (rev,))
         return current, [_row_to_job(r) for r in rows]
 
     def changes_since(self, rev: int) -> tuple[int, list[tuple[str, JobStatus, str | None, int]]]:
         """``(current revision, [(id, status, token, rev)] of the jobs written after
         rev)``: what :meth:`changed_since` says, without reading and decoding whole rows."""
-        with self._lock:
-            current = int(self._meta("rev"))  # first: see changed_since
-            rows = self._read("SELECT seq, status, token, rev FROM jobs WHERE rev > ?", (rev,))
+        current = self.revision()  # first: see changed_since
+        rows = self._read("SELECT seq, status, token, rev FROM jobs WHERE rev > ?", (rev,))
         return current, [(str(r[0]), JobStatus(r[1]), r[2], r[3]) for r in rows]
 
     def get_many(self, ids: Iterable[object]) -> list[Job]:
@@ -674,43 +709,59 @@ class Store:
             # (the revision moves only if a row is written)
             rev = int(conn.execute("SELECT value FROM meta WHERE key = 'rev'").fetchone()[0]) + 1
             for seq, token, fields in items:
-                cols = _encode_fields(fields)
-                assignments = "".join(f"{k} = ?, " for k in cols)
-                cur = conn.execute(
-                    f"UPDATE jobs SET {assignments}rev = ? WHERE seq = ? AND status = 'running' "
-                    "AND token = ? AND cancel_requested = 0",
-                    (*cols.values(), rev, seq, token),
-                )
-                if cur.rowcount == 0:
+                if not self._apply_pid(conn, rev, seq, token, fields):
                     missed.add(seq)
             if len(missed) < len(items):
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'rev'", (str(rev),))
         return missed
 
     def record_attempts(
-        self, ends: Sequence[AttemptEnd], starts: Sequence[AttemptStart], now: float
-    ) -> tuple[list[JobStatus | None], list[Job | None]]:
-        """Record how attempts ended and mark queued jobs running, in one transaction.
+        self,
+        ends: Sequence[AttemptEnd],
+        starts: Sequence[AttemptStart],
+        now: float,
+        pids: Sequence[tuple[int, str, dict[str, Any]]] = (),
+    ) -> tuple[list[JobStatus | None], list[Job | None], set[int]]:
+        """Record started attempts' pids (as :meth:`record_starts`), how attempts ended,
+        and mark queued jobs running, in one transaction.
 
         Each end applies only to the attempt it names (the job still ``running`` with
         that token); a job whose cancel was requested ends ``cancelled``; a retry
         (``status=QUEUED``) falls back to ``failed`` if it may not be queued again.
         Each start applies only to a job still ``queued``.  Returns, in order, the
         status each end was recorded with and the running job each start became
-        (``None`` where it no longer applied: another process got there first).
-        Ends come first, so GPUs they free may be booked by the starts.
+        (``None`` where it no longer applied: another process got there first), and
+        the job numbers whose pids were not recorded.  The pids come first (an attempt
+        may have ended already), then the ends, so GPUs they free may be booked by the
+        starts.
         """
         ended: list[JobStatus | None] = []
         started: list[Job | None] = []
         if not ends and not starts:
-            return ended, started
+            return ended, started, self.record_starts(pids)
+        missed: set[int] = set()
         with self._write() as conn:
             rev = self._bump_rev(conn)
+            for seq, token, fields in pids:
+                if not self._apply_pid(conn, rev, seq, token, fields):
+                    missed.add(seq)
             for end in ends:
                 ended.append(self._apply_end(conn, rev, end, now))
             for start in starts:
                 started.append(self._apply_start(conn, rev, start, now))
-        return ended, started
+        return ended, started, missed
+
+    def _apply_pid(
+        self, conn: sqlite3.Connection, rev: int, seq: int, token: str, fields: dict[str, Any]
+    ) -> bool:
+        cols = _encode_fields(fields)
+        assignments = "".join(f"{k} = ?, " for k in cols)
+        cur = conn.execute(
+            f"UPDATE jobs SET {assignments}rev = ? WHERE seq = ? AND status = 'running' "
+            "AND token = ? AND cancel_requested = 0",
+            (*cols.values(), rev, seq, token),
+        )
+        return bool(cur.rowcount)
 
     def _apply_end(
         self, conn: sqlite3.Connection, rev: int, end: AttemptEnd, now: float

@@ -536,7 +536,10 @@ def test_record_attempts_applies_each_end_and_start_to_its_own_attempt(store: St
     starts = [AttemptStart(job[new], (2,), "tnew", "/l/new.log"),
               AttemptStart(job[gone], (3,), "tgone", "/l/gone.log")]  # fmt: skip
     rev = store.revision()
-    recorded, running = store.record_attempts(ends, starts, now=400.0)
+    pids = [(int(ok), f"t{ok}", {"pid": 71}), (int(gone), "tgone", {"pid": 72})]
+    recorded, running, missed = store.record_attempts(ends, starts, now=400.0, pids=pids)
+    assert missed == {int(gone)}  # not running: its pid is not written
+    assert store.get(ok).pid == 71  # written before its end, in the same transaction
     assert recorded == [S, F, Q, C, None, C]
     assert store.revision() == rev + 1  # one transaction, one revision
     assert (store.get(ok).status, store.get(ok).exit_code) == (S, 0)

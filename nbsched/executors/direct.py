@@ -115,9 +115,17 @@ class DirectExecutor(LocalProcessExecutor):
         # gigabytes is never forked, and a start costs ~0.1 ms less CPU.  It has no cwd in
         # Python 3.11, so the launcher changes folder itself; a missing folder is refused
         # here, with a clear reason, rather than in the job's log.
-        cwd = launch.cwd or os.getcwd()
-        if not os.path.isdir(cwd):
-            raise FileNotFoundError(f"the job's folder {cwd!r} no longer exists")
+        if launch.cwd is None:
+            try:
+                cwd = os.getcwd()
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    "the engine's working folder no longer exists; give the job a cwd"
+                ) from None
+        elif not os.path.isdir(launch.cwd):
+            raise FileNotFoundError(f"the job's folder {launch.cwd!r} no longer exists")
+        else:
+            cwd = launch.cwd
         argv = [LAUNCHER_SHELL, "-c", _CD + LAUNCHER, "nbsched-job", cwd]
         argv += [str(launch.exit_path), *launch.argv]
         actions = [
@@ -125,7 +133,7 @@ class DirectExecutor(LocalProcessExecutor):
             (os.POSIX_SPAWN_OPEN, 1, str(launch.log_path), _LOG_FLAGS, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]
-        pid = os.posix_spawn(LAUNCHER_SHELL, argv, dict(launch.env), file_actions=actions,
+        pid = os.posix_spawn(LAUNCHER_SHELL, argv, launch.env, file_actions=actions,
                              setsid=True)  # fmt: skip
         self._popens[pid] = SpawnedChild(pid)
         if self.defer_start_time:

@@ -169,6 +169,8 @@ class Dispatcher:
             timeout: float = 0.0
             while not self._stop.is_set():
                 ready = sel.select(0.0 if self._unrecorded else timeout)
+                if any(key.data is not None for key, _ in ready):
+                    self._stamp()  # (before the ends below are reaped)
                 if self._unrecorded and not ready and timeout > 0:
                     # Nothing else to do: write the new pids now, then sleep.  (When
                     # something is ready, the cycle's own transaction takes them.)
@@ -206,6 +208,7 @@ class Dispatcher:
         """
         with self._ended_lock:
             ended, self._ended = self._ended, []
+        self._stamp()
         unrecorded, self._unrecorded = self._unrecorded, []
         try:
             self._refresh()
@@ -384,19 +387,29 @@ class Dispatcher:
                 spawned.append(attempt)
                 if self._crash:
                     self._crash("after_spawn")
-        # The start times are read once all are spawned: read right after its spawn, a
-        # launcher's waits for its exec to finish (~0.7 ms each).
         for job, started, executor in spawned:
-            proc_start = started.proc_start
-            if started.pid is not None and proc_start is None:
-                proc_start = process_start_time(started.pid)
-            job = replace(job, pid=started.pid, proc_start=proc_start, node=started.node)
+            job = replace(job, pid=started.pid, proc_start=started.proc_start, node=started.node)
             self._running[job.id] = job
             executor.watch(job, self._on_exit)
             self._unrecorded.append((job, executor))
 
+    def _stamp(self) -> None:
+        """Read the start times the executors left to us (see ``defer_start_time``).
+
+        Done later than the spawn (by the next loop turn, before any end is reaped):
+        read right after the spawn, a launcher's start time waits ~0.7 ms for its exec
+        to finish, and other jobs' ends would wait with it.
+        """
+        for i, (job, executor) in enumerate(self._unrecorded):
+            if job.pid is not None and job.proc_start is None:
+                job = replace(job, proc_start=process_start_time(job.pid))
+                self._unrecorded[i] = (job, executor)
+                if job.id in self._running and self._running[job.id].token == job.token:
+                    self._running[job.id] = job
+
     def _record_starts(self) -> None:
         """Write the pids of the attempts started since the last transaction."""
+        self._stamp()
         unrecorded, self._unrecorded = self._unrecorded, []
         try:
             missed = self.store.record_starts(_pid_records(unrecorded))

@@ -112,6 +112,7 @@ class Dispatcher:
         os.set_blocking(self._wpipe, False)
         self._stop = threading.Event()
         self._rev = 0
+        self._paused: frozenset[int] = frozenset()  # read with the changes (_refresh)
         self._queue: list[Job] = []  # dispatch order
         self._queued: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
@@ -248,7 +249,7 @@ class Dispatcher:
 
     def _plan(self, now: float, gone: set[str]) -> list[AttemptStart]:
         """What to start now, given the queue and the GPUs (without the jobs ``gone``)."""
-        paused = self.store.paused()
+        paused = self._paused
         snaps = self.monitor.snapshot()
         alloc: dict[int, float] = {}
         for run in self._running.values():
@@ -286,7 +287,7 @@ class Dispatcher:
     def _refresh(self) -> None:
         with self._ended_lock:
             offered, self._offered = self._offered, {}
-        rev, changes = self.store.changes_since(self._rev)
+        rev, changes, self._paused = self.store.dispatch_view(self._rev)
         self._rev = rev
         wanted = []
         fresh = []

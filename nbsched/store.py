@@ -584,9 +584,32 @@ class Store:
     def changes_since(self, rev: int) -> tuple[int, list[tuple[str, JobStatus, str | None, int]]]:
         """``(current revision, [(id, status, token, rev)] of the jobs written after
         rev)``: what :meth:`changed_since` says, without reading and decoding whole rows."""
-        current = self.revision()  # first: see changed_since
-        rows = self._read("SELECT seq, status, token, rev FROM jobs WHERE rev > ?", (rev,))
-        return current, [(str(r[0]), JobStatus(r[1]), r[2], r[3]) for r in rows]
+        current, changes, _ = self.dispatch_view(rev)
+        return current, changes
+
+    def dispatch_view(
+        self, rev: int
+    ) -> tuple[int, list[tuple[str, JobStatus, str | None, int]], frozenset[int]]:
+        """:meth:`changes_since` and :meth:`paused` in one statement (one read, one
+        consistent snapshot): what the dispatcher reads at each turn."""
+        rows = self._read(
+            "SELECT 0, seq, status, token, rev FROM jobs WHERE rev > ? "
+            "UNION ALL SELECT 1, NULL, NULL, NULL, CAST(value AS INTEGER) FROM meta "
+            "WHERE key = 'rev' "
+            "UNION ALL SELECT 2, gpu, NULL, NULL, NULL FROM gpu_pauses",
+            (rev,),
+        )
+        current = rev
+        changes = []
+        paused = []
+        for kind, seq, status, token, row_rev in rows:
+            if kind == 0:
+                changes.append((str(seq), JobStatus(status), token, row_rev))
+            elif kind == 1:
+                current = row_rev
+            else:
+                paused.append(seq)
+        return current, changes, frozenset(paused)
 
     def get_many(self, ids: Iterable[object]) -> list[Job]:
         """The jobs with these ids (unknown ones left out), in submission order."""

@@ -560,3 +560,17 @@ def test_record_attempts_applies_each_end_and_start_to_its_own_attempt(store: St
     assert (started.status, started.gpus, started.token, started.attempts) == (R, (2,), "tnew", 1)
     assert [h["new"] for h in store.history(ok)] == ["queued", "running", "succeeded"]
     assert store.history(new)[-1]["at"] == 400.0
+
+
+def test_dispatch_view_reads_changes_revision_and_pauses_together(store: Store) -> None:
+    rev0 = store.revision()
+    (a,) = add(store, spec())
+    store.set_paused(2, True)
+    store.set_paused(0, True)
+    rev, changes, paused = store.dispatch_view(rev0)
+    assert rev == store.revision() and paused == frozenset({0, 2})
+    assert [c[:3] for c in changes] == [(a, Q, None)]
+    store.set_paused(2, False)
+    rev2, changes2, paused2 = store.dispatch_view(rev)
+    assert (rev2, changes2, paused2) == (rev + 1, [], frozenset({0}))  # a pause moves the revision
+    assert store.changes_since(rev0) == (rev2, changes)

@@ -318,7 +318,7 @@ def profile(which: str) -> None:
     prof.disable()
     for label, p in [("submitting thread", prof)] + [("dispatcher thread", s) for s in stats]:
         buf = io.StringIO()
-        pstats.Stats(p, stream=buf).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", "25")))
+        pstats.Stats(p, stream=buf).sort_stats("cumulative").print_stats(25)
         print(f"==== {label} ====\n{buf.getvalue()}")
 
 

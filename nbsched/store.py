@@ -247,7 +247,7 @@ class Store:
         self._lock = threading.RLock()  # the write connection's
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()  # each thread's read connection (see _read)
-        self._readers: dict[int, sqlite3.Connection] = {}
+        self._readers: dict[threading.Thread, sqlite3.Connection] = {}
         self._readers_lock = threading.Lock()
         self._closed = False
         existed = db_path.exists()
@@ -378,10 +378,9 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise _storage_error(self.path, exc) from exc
             # Connections of threads that have ended are closed here (one per thread).
-            alive = {t.ident for t in threading.enumerate()}
-            for ident in [i for i in self._readers if i not in alive]:
-                self._readers.pop(ident).close()
-            self._readers[threading.get_ident()] = conn
+            for thread in [t for t in self._readers if not t.is_alive()]:
+                self._readers.pop(thread).close()
+            self._readers[threading.current_thread()] = conn
         self._local.conn = conn
         return conn
 

@@ -574,3 +574,36 @@ def test_dispatch_view_reads_changes_revision_and_pauses_together(store: Store) 
     rev2, changes2, paused2 = store.dispatch_view(rev)
     assert (rev2, changes2, paused2) == (rev + 1, [], frozenset({0}))  # a pause moves the revision
     assert store.changes_since(rev0) == (rev2, changes)
+
+
+def test_reads_from_many_short_lived_threads_do_not_pile_up_connections(store: Store) -> None:
+    """Each thread reads through its own connection; those of ended threads are closed."""
+    import threading
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    store.revision()
+    before = open_fds()
+    for _ in range(40):
+        t = threading.Thread(target=store.revision)
+        t.start()
+        t.join()
+    store.revision()
+    assert open_fds() <= before + 3  # (one thread's connection may still be open)
+
+
+def test_reads_in_other_threads_see_every_commit(store: Store) -> None:
+    import threading
+
+    seen: list[int] = []
+    (a,) = add(store, spec())
+    t = threading.Thread(target=lambda: seen.append(len(store.get_many([a]))))
+    t.start()
+    t.join()
+    store.transition(a, R, token="t")
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(store.get(a).status))
+    t.start()
+    t.join()
+    assert seen == [1] and got == [R]

@@ -231,9 +231,9 @@ class Dispatcher:
                 raise
             logger.warning("recording job ends and starts failed (%s); will retry", exc)
             return 1.0
+        self._start(running)  # first: what follows can wait, the next jobs should not
         self._kill_cancelled(unrecorded, missed)
         self._after_ends(ends, recorded)
-        self._start(running)
         if ends or starts:
             self._on_change()
         timeout = SAFETY_NET_S

@@ -127,6 +127,7 @@ class Dispatcher:
         #: (and keeps them while the store cannot be written, e.g. on a full disk).
         self._ended: list[tuple[Job, Exit]] = []
         self._ended_lock = threading.Lock()
+        self._new_ends = False  # reported since the last cycle took them
         #: Attempts started whose pids are not written yet: the next transaction (the
         #: next cycle's, or one of their own before the loop sleeps) writes them.
         self._unrecorded: list[tuple[Job, Executor]] = []
@@ -169,10 +170,12 @@ class Dispatcher:
             self.recover()
             timeout: float = 0.0
             while not self._stop.is_set():
-                ready = sel.select(0.0 if self._unrecorded else timeout)
+                # (an end reported in this thread, e.g. at recovery, did not wake it)
+                pending = bool(self._unrecorded or self._new_ends)
+                ready = sel.select(0.0 if pending else timeout)
                 if any(key.data is not None for key, _ in ready):
                     self._stamp()  # (before the ends below are reaped)
-                if self._unrecorded and not ready and timeout > 0:
+                if self._unrecorded and not self._new_ends and not ready and timeout > 0:
                     # Nothing else to do: write the new pids now, then sleep.  (When
                     # something is ready, the cycle's own transaction takes them.)
                     self._record_starts()
@@ -209,6 +212,7 @@ class Dispatcher:
         """
         with self._ended_lock:
             ended, self._ended = self._ended, []
+            self._new_ends = False  # (ends put back after a failed write wait a turn)
         self._stamp()
         unrecorded, self._unrecorded = self._unrecorded, []
         try:
@@ -480,11 +484,13 @@ class Dispatcher:
         return self.config.state_dir / "results" / f"{job.id}.json"
 
     def _on_exit(self, job: Job, exit: Exit) -> None:
-        """From the watcher thread (or at recovery): an attempt ended.  The next cycle
+        """From an executor (in this thread when it drives the process watcher; in a
+        thread of its own otherwise) or at recovery: an attempt ended.  The next cycle
         records it (with the other ends and starts of that cycle, in one transaction);
         its exit file is deleted once that is committed."""
         with self._ended_lock:
             self._ended.append((job, exit))
+            self._new_ends = True
         if threading.get_ident() != self._thread_id:
             self.wake()  # (in this thread, the loop runs a cycle next anyway)
 

@@ -471,13 +471,14 @@ class Dispatcher:
         executor = self.executor_for(name)
         if self._driven.get(name) is not executor and self._sel is not None:
             self._driven[name] = executor
-            if hasattr(executor, "defer_start_time"):
-                executor.defer_start_time = True  # _start reads them after the spawns
             source = getattr(executor, "event_source", None)
             found = source() if source is not None else None
             if found is not None:
                 fd, handler = found
                 self._sel.register(fd, selectors.EVENT_READ, handler)
+                # Ends are reaped in this thread, so start times can wait for _stamp.
+                if hasattr(executor, "defer_start_time"):
+                    executor.defer_start_time = True
         return executor
 
     def result_path(self, job: Job) -> Path:

@@ -9,6 +9,7 @@ The config file says::
 
     {"state_dir": ..., "num_gpus": 2, "umask": null, "kill_grace_s": 1.0,
      "jobs": [{"command": ..., "required_gpus": 1, "max_retries": 0}, ...],
+     "submit_first": false,                # submit the jobs before starting the engine
      "wait": "mine" | "all" | "forever",   # what to wait for before stopping
      "expect_total": null}                 # with "all": wait until this many jobs exist
 
@@ -45,16 +46,24 @@ def main() -> int:
             retry_backoff_s=cfg.get("retry_backoff_s", 0.2),
         )
     )
+
+    def submit() -> list[str]:
+        return [
+            s.add_command(
+                j["command"],
+                required_gpus=j.get("required_gpus", 1),
+                max_retries=j.get("max_retries", 0),
+            )
+            for j in cfg.get("jobs", [])
+        ]
+
+    # "submit_first": every job is in the store before the engine starts, so a crash
+    # the engine provokes in its first turns cannot come before the last submission.
+    ids = submit() if cfg.get("submit_first") else []
     s.start()
     emit(event="started", pid=os.getpid())
-    ids = [
-        s.add_command(
-            j["command"],
-            required_gpus=j.get("required_gpus", 1),
-            max_retries=j.get("max_retries", 0),
-        )
-        for j in cfg.get("jobs", [])
-    ]
+    if not cfg.get("submit_first"):
+        ids = submit()
     emit(event="submitted", ids=ids)
     mode = cfg.get("wait", "mine")
     if mode == "forever":

@@ -126,7 +126,7 @@ class Dispatcher:
         #: Attempts that ended and are not recorded yet: the next cycle records them
         #: (and keeps them while the store cannot be written, e.g. on a full disk).
         self._ended: list[tuple[Job, Exit]] = []
-        self._ended_lock = threading.Lock()
+        self._inbox_lock = threading.Lock()  # guards _ended, _new_ends and _offered
         self._new_ends = False  # reported since the last cycle took them
         #: Attempts started whose pids are not written yet: the next transaction (the
         #: next cycle's, or one of their own before the loop sleeps) writes them.
@@ -210,7 +210,7 @@ class Dispatcher:
         loop has nothing else to do.  A busy queue costs one commit per cycle however
         many jobs end and start in it.
         """
-        with self._ended_lock:
+        with self._inbox_lock:
             ended, self._ended = self._ended, []
             self._new_ends = False  # (ends put back after a failed write wait a turn)
         self._stamp()
@@ -228,7 +228,7 @@ class Dispatcher:
         except BaseException as exc:
             # Nothing was written (a full disk, say): keep the ends for the next cycle
             # (their exit files stay, so no engine loses them) and start nothing.
-            with self._ended_lock:
+            with self._inbox_lock:
                 self._ended[:0] = ended
             self._unrecorded[:0] = unrecorded
             if not isinstance(exc, StateDirError):
@@ -284,12 +284,12 @@ class Dispatcher:
     def offer(self, rev: int, jobs: list[Job]) -> None:
         """Jobs this process just submitted, as written at ``rev``: the next cycle takes
         them from here instead of reading their rows back (if they are unchanged)."""
-        with self._ended_lock:
+        with self._inbox_lock:
             for job in jobs:
                 self._offered[job.id] = (rev, job)
 
     def _refresh(self) -> None:
-        with self._ended_lock:
+        with self._inbox_lock:
             offered, self._offered = self._offered, {}
         rev, changes, self._paused = self.store.dispatch_view(self._rev)
         self._rev = rev
@@ -489,7 +489,7 @@ class Dispatcher:
         thread of its own otherwise) or at recovery: an attempt ended.  The next cycle
         records it (with the other ends and starts of that cycle, in one transaction);
         its exit file is deleted once that is committed."""
-        with self._ended_lock:
+        with self._inbox_lock:
             self._ended.append((job, exit))
             self._new_ends = True
         if threading.get_ident() != self._thread_id:
@@ -542,7 +542,7 @@ class Dispatcher:
         try:
             self.store.record_attempts([AttemptEnd(job, status, code, reason)], [], now)
         except StateDirError:
-            with self._ended_lock:
+            with self._inbox_lock:
                 self._ended.append((job, Exit(code, reason)))
         self._running.pop(job.id, None)
         self._changed()

@@ -77,14 +77,20 @@ def test_killed_while_running_and_queued(tmp_path: Path, engines: Engines) -> No
     # One running job ends while no engine is alive: its exit code must not be lost.
     gates[ids.index(running[0])].touch()
     wait_for(lambda: _exit_files(Path(cfg["state_dir"])) >= 1, what="exit file")
-    b = engines.start({**cfg, "jobs": [], "wait": "all", "expect_total": len(JOBS)})
+    done = _restart_and_finish(engines, cfg, gates, ids)
+    _check(tmp_path, cfg, markers, done, JOBS)
+
+
+def _restart_and_finish(engines: Engines, cfg: dict, gates: list[Path], ids: list[str]) -> dict:
+    """A new engine on the same state directory; every gate opened; wait until all the
+    jobs ended and the engine stopped.  Returns the jobs' rows as ``_check`` takes them."""
+    b = engines.start({**cfg, "jobs": [], "wait": "all", "expect_total": len(ids)})
     b.event("started")
     for g in gates:
         g.touch()
     b.event("done")
     assert b.wait_exit() == 0
-    done = {"jobs": [_store_row(cfg, i) for i in ids]}
-    _check(tmp_path, cfg, markers, done, JOBS)
+    return {"jobs": [_store_row(cfg, i) for i in ids]}
 
 
 def _store_row(cfg: dict, job_id: str) -> dict:
@@ -129,13 +135,7 @@ def test_crash_windows(
         assert store.get("1").status.value == "running"
         assert _exit_files(state) == 1
     store.close()
-    b = engines.start({**cfg, "jobs": [], "wait": "all", "expect_total": len(jobs)})
-    b.event("started")
-    for g in gates:
-        g.touch()
-    b.event("done")
-    assert b.wait_exit() == 0
-    done = {"jobs": [_store_row(cfg, i) for i in ids]}
+    done = _restart_and_finish(engines, cfg, gates, ids)
     store = _check(tmp_path, cfg, markers, done, jobs)
     if crash_at.startswith("after_mark_running"):
         reasons = [h["reason"] for h in store.history("2")]

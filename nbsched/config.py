@@ -104,7 +104,7 @@ class SchedulerConfig:
 
     @property
     def run_dir(self) -> Path:
-        """Per-job wrapper files: exit codes written by the job's launcher."""
+        """Per-job exit codes (``<token>.exit``) and the spawner's socket, lock and log."""
         return self.state_dir / "run"
 
     def replace(self, **changes: Any) -> SchedulerConfig:

@@ -16,8 +16,8 @@ Crash windows, and how the next dispatcher repairs them (:meth:`recover`):
    so it goes back to ``queued`` (its attempt uncounted).
 2. *Spawned, pid not yet recorded.*  A process carrying ``NBSCHED_JOB_TOKEN`` is
    found (or its exit file): it is adopted (or its exit code recorded).
-3. *Running, engine gone.*  The launcher's pid and start time are checked; a live
-   one is adopted and watched; a finished one left its exit code in the exit file.
+3. *Running, engine gone.*  The job's pid and start time are checked; a live one
+   is adopted and watched; a finished one left its exit code in the exit file.
    A pid whose start time does not match is not trusted: either the pid was reused
    by an unrelated process (never adopted, never signalled) or the wall clock was
    stepped, which shifts the start times psutil reports; so the job's process is
@@ -402,8 +402,8 @@ class Dispatcher:
         """Read the start times the executors left to us (see ``defer_start_time``).
 
         Done later than the spawn (by the next loop turn, before any end is reaped):
-        read right after the spawn, a launcher's start time waits ~0.7 ms for its exec
-        to finish, and other jobs' ends would wait with it.
+        reading them all at once costs less than one after each start, and the next
+        job's start does not wait for it.
         """
         for i, (job, executor) in enumerate(self._unrecorded):
             if job.pid is not None and job.proc_start is None:
@@ -578,8 +578,8 @@ class Dispatcher:
             return
         exit_file = self.config.run_dir / f"{job.token}.exit"
         if not same_process_alive(job.pid, job.proc_start) and read_exit_file(exit_file) is None:
-            # No pid, or one that is not the job's launcher any more: look by token.
-            found = _find_launcher(job.token)
+            # No pid, or one that is not the job's process any more: look by token.
+            found = _find_job_process(job.token)
             if found is not None:
                 pid, start = found
                 self.store.update(job.id, pid=pid, proc_start=start)
@@ -614,9 +614,9 @@ def _pid_records(started: list[tuple[Job, Executor]]) -> list[tuple[int, str, di
     ]
 
 
-def _find_launcher(token: str) -> tuple[int, float] | None:
+def _find_job_process(token: str) -> tuple[int, float] | None:
     """(pid, start time) of the oldest live process carrying ``token`` that leads its
-    session (the launcher, unless it died and left children), or None."""
+    session (the job's own process, unless it ended and left children), or None."""
     found = []
     for proc in find_by_token(token):
         start = process_start_time(proc.pid)

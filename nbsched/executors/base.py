@@ -2,16 +2,11 @@
 
 An executor starts a job's command and reports, exactly once, how it ended.
 
-Local executors (direct, screen) run each job under a tiny POSIX shell *launcher*::
-
-    /bin/sh -c 'exit_file=$1; shift; "$@"; rc=$?;
-                umask 077; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
-
-in a session of its own (outside the kernel's process group, so a kernel restart
-does not kill it).  The launcher writes the job's exit code to
-``state_dir/run/<token>.exit`` when the job ends, whether or not an engine is alive
-to see it; the next engine reads it.  A job is identified by its launcher's pid
-*and* that process's start time, so a reused pid is never taken for the job.
+Local executors identify a job by its process's pid *and* that process's start
+time, so a reused pid is never taken for the job, and find its exit code in
+``state_dir/run/<token>.exit``, written when the job ends whether or not an engine
+is alive to see it: by the spawner for the direct executor
+(:mod:`nbsched.executors.spawner`), by a wrapper shell in the session for screen.
 """
 
 from __future__ import annotations
@@ -30,15 +25,6 @@ import psutil
 from ..jobs import Job
 
 logger = logging.getLogger(__name__)
-
-#: ``umask 077`` after the job, so the exit file is 0600 whatever umask the engine has.
-LAUNCHER = (
-    'exit_file=$1; shift; "$@"; rc=$?; umask 077; printf "%d\\n" "$rc" > "$exit_file"; exit "$rc"'
-)
-#: The shell that runs LAUNCHER (a POSIX script).  Not bash: where /bin/sh is dash
-#: (Debian, Ubuntu) the launcher costs a job ~1.7 ms less CPU and starts it ~2 ms
-#: sooner on a busy 2-core machine.  The job's own command still runs under bash.
-LAUNCHER_SHELL = "/bin/sh"
 
 
 @dataclass(frozen=True)
@@ -172,7 +158,7 @@ def find_by_token(token: str) -> list[psutil.Process]:
 
 
 def kill_tree(pid: int | None, proc_start: float | None, token: str | None, grace_s: float) -> None:
-    """SIGTERM the job's launcher, its descendants, its process group and every process
+    """SIGTERM the job's process, its descendants, its process group and every process
     carrying its token (also ones that called ``setsid``); SIGKILL what is left after
     ``grace_s``."""
 
@@ -197,7 +183,7 @@ def kill_tree(pid: int | None, proc_start: float | None, token: str | None, grac
         _signal(proc, signal.SIGTERM)
     if pid is not None and pid in procs:
         try:
-            os.killpg(pid, signal.SIGTERM)  # the launcher leads its own session and group
+            os.killpg(pid, signal.SIGTERM)  # the job's process leads its session and group
         except (ProcessLookupError, PermissionError):
             pass
     alive = _wait_ended(list(procs.values()), timeout=grace_s)

@@ -10,7 +10,7 @@ for byte, to its log.  How:
   sessions.
 * The wrapper writes its pid to ``run/<token>.pid``, runs the job as
   ``"$@" 2>&1 | tee -i -a LOG`` and records ``${PIPESTATUS[0]}`` (the job's exit
-  code, not tee's) in ``run/<token>.exit``, as the direct launcher does.  Why tee
+  code, not tee's) in ``run/<token>.exit``, as the direct executor's spawner does.  Why tee
   and not screen's own ``-L -Logfile``: screen logs what it *draws* (CR-LF line
   ends, terminal escapes) and flushes every few seconds, so the log would be late
   and altered; tee writes each chunk the moment the job writes it, unaltered, whether
@@ -76,7 +76,6 @@ def session_of(pid: int | None) -> str | None:
 class ScreenExecutor(LocalProcessExecutor):
     name = "screen"
     #: The wrapper is screen's child, not ours: its wait status never reaches us.
-    trust_status = False
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(run_dir)

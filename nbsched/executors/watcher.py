@@ -11,38 +11,32 @@ instead: :meth:`ProcessWatcher.drive` hands it the watcher's epoll descriptor, w
 becomes readable when a watched process ends, and the host calls
 :meth:`ProcessWatcher.process_ready` then, in its own thread.  A job's end then
 costs no thread switch, no wake-up pipe and no second thread competing for the GIL.
+
+Any other descriptor that becomes readable at an end can be watched the same way
+(:meth:`ProcessWatcher.add_fd`): the direct executor's jobs are children of the
+spawner (:mod:`nbsched.executors.spawner`), which closes a pipe once it has recorded
+a job's exit code.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import selectors
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
-#: Called with the process's wait status when it was our child (its exit code), else None.
-EndCallback = Callable[[int | None], None]
-
-
-class Child(Protocol):
-    """A child process we started: ``subprocess.Popen`` or a ``posix_spawn`` wrapper."""
-
-    pid: int
-
-    def poll(self) -> int | None: ...
-
-    def wait(self) -> int: ...
+#: Called once, when what was watched has ended.
+EndCallback = Callable[[], None]
 
 
 @dataclass
 class _Watch:
-    pid: int
-    popen: Child | None
+    pid: int | None  # None for a plain descriptor (add_fd)
     callback: EndCallback
     fd: int | None = None
 
@@ -51,7 +45,8 @@ class ProcessWatcher:
     def __init__(self, name: str = "nbsched-watcher", fallback_poll_s: float = 0.2) -> None:
         self._sel = selectors.DefaultSelector()
         self._lock = threading.Lock()
-        self._watches: dict[int, _Watch] = {}
+        self._watches: dict[int, _Watch] = {}  # by a key of their own
+        self._keys = itertools.count()
         self._rpipe, self._wpipe = os.pipe()
         os.set_blocking(self._rpipe, False)
         self._sel.register(self._rpipe, selectors.EVENT_READ, None)
@@ -84,9 +79,9 @@ class ProcessWatcher:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
 
-    def add(self, pid: int, callback: EndCallback, popen: Child | None = None) -> None:
-        """Call ``callback`` once when ``pid`` ends (at once if it already has)."""
-        watch = _Watch(pid, popen, callback)
+    def add(self, pid: int, callback: EndCallback) -> None:
+        """Call ``callback`` once when process ``pid`` ends (at once if it already has)."""
+        watch = _Watch(pid, callback)
         if self._has_pidfd:
             try:
                 watch.fd = os.pidfd_open(pid)
@@ -95,10 +90,20 @@ class ProcessWatcher:
                 return
             except OSError:
                 self._has_pidfd = False
+        self._add(watch)
+
+    def add_fd(self, fd: int, callback: EndCallback) -> None:
+        """Call ``callback`` once when ``fd`` becomes readable (e.g. the other end of a
+        pipe is closed); the watcher owns ``fd`` from now on and closes it after the
+        callback, which may read it."""
+        self._add(_Watch(None, callback, fd))
+
+    def _add(self, watch: _Watch) -> None:
+        key = next(self._keys)
         with self._lock:
-            self._watches[pid] = watch
+            self._watches[key] = watch
             if watch.fd is not None:
-                self._sel.register(watch.fd, selectors.EVENT_READ, pid)
+                self._sel.register(watch.fd, selectors.EVENT_READ, key)
         if watch.fd is None or not self._driven:
             self._ensure_thread()  # (a driving loop sees the new descriptor by itself)
             self._poke()
@@ -155,31 +160,29 @@ class ProcessWatcher:
                 ended.append(watch)
         if not self._has_pidfd:
             with self._lock:
-                gone = [w for w in self._watches.values() if w.fd is None and not _alive(w)]
-                for w in gone:
-                    del self._watches[w.pid]
-            ended.extend(gone)
+                gone = [k for k, w in self._watches.items() if w.fd is None and not _alive(w)]
+                ended.extend(self._watches.pop(k) for k in gone)
         for watch in ended:
             self._finish(watch)
 
     def _finish(self, watch: _Watch) -> None:
+        try:
+            watch.callback()
+        except Exception:
+            logger.exception("callback for the end of %s failed", _what(watch))
         if watch.fd is not None:
             try:
                 os.close(watch.fd)
             except OSError:
                 pass
-        status: int | None = None
-        if watch.popen is not None:
-            status = watch.popen.wait()  # reaps our child; returns at once, it has ended
-        try:
-            watch.callback(status)
-        except Exception:
-            logger.exception("callback for the end of process %d failed", watch.pid)
+
+
+def _what(watch: _Watch) -> str:
+    return f"process {watch.pid}" if watch.pid is not None else f"descriptor {watch.fd}"
 
 
 def _alive(watch: _Watch) -> bool:
-    if watch.popen is not None:
-        return watch.popen.poll() is None
+    assert watch.pid is not None  # (descriptors are always in the selector)
     try:
         os.kill(watch.pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,366 @@
+"""The spawner: one small process per state directory that starts the direct executor's
+jobs, is their parent, and records how each one ended.
+
+Why a process of its own: a job must outlive the kernel that started it, and its
+exit code must be recorded even when no engine is alive to see it.  The spawner is
+started by the first engine that needs it, in a session of its own (so restarting
+the kernel does not kill it), and lives while an engine is connected or a job of
+its runs.  For every job it:
+
+* starts the command with ``posix_spawn`` in a new session (``setsid``), in the
+  job's folder, stdin from ``/dev/null``, stdout and stderr to the job's log, every
+  signal at its default disposition (a job's ``yes | head`` ends by ``SIGPIPE``, as
+  in a terminal), and no other descriptor;
+* reaps it, writes its exit code to ``run/<token>.exit`` (atomically: a temporary
+  file renamed; 128+N for a job killed by signal N, as a shell reports it), and only
+  then writes the code to the *end descriptors* engines gave it for that job, and
+  closes them.
+
+An engine learns of a job's end from its end descriptor: the write end of a pipe it
+passed to the spawner (``SCM_RIGHTS``), whose read end it waits on as on a pidfd, in
+the dispatcher's own ``select``.  It reads the exit code from the pipe (so it needs
+no file read, and has the code even when a full disk kept the file from being
+written); a pipe closed with nothing in it means the spawner died.  A restarted
+engine asks for a new end descriptor of each job it finds running (``watch``); a
+job the spawner does not know has ended, and its exit file is already written.
+
+If the spawner itself is killed, its pipes close, the engines find no exit file,
+and they watch the jobs (now orphans) by pid; their exit codes are lost, and they
+are recorded as failed with that reason.  The next job starts a new spawner.
+
+Protocol: a Unix stream socket ``run/spawner.sock`` (the ``run`` folder is 0700), one
+JSON request per line, one JSON reply line each, descriptors attached to the request
+they belong to:
+
+* ``{"op": "hello", "version": 1, "env": {...}}`` -> ``{"ok": true, "pid": P}``:
+  the environment the connection's jobs start from;
+* ``{"op": "start", "token", "argv", "env", "unset", "cwd", "log", "exit"}`` plus
+  one end descriptor -> ``{"ok": true, "pid": P}`` or ``{"ok": false, "error": "..."}``;
+  ``env`` and ``unset`` are the job's differences from the hello environment;
+* ``{"op": "watch", "token"}`` plus one end descriptor -> ``{"ok": true, "pid": P}``
+  for a job still running, ``{"ok": true, "pid": null}`` for one it does not know.
+
+This file imports nothing but the standard library and runs by its path
+(``python -I -S spawner.py RUN_DIR``), so starting it imports neither nbsched nor
+anything installed.  A second spawner for the same folder sees the first one's lock
+(``run/spawner.lock``), says ``exists`` and exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+VERSION = 1
+SOCKET_NAME = "spawner.sock"
+LOCK_NAME = "spawner.lock"
+LOG_NAME = "spawner.log"
+#: How long the spawner stays with no engine connected and no job running.
+IDLE_EXIT_S = 2.0
+#: Every signal a job starts with at its default disposition (Python ignores SIGPIPE
+#: and SIGXFSZ; an ignored signal would otherwise stay ignored across exec).
+DEFAULT_SIGNALS = tuple(
+    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
+)
+_MAX_REQUEST = 16 << 20
+
+
+class _Job:
+    __slots__ = ("token", "pid", "exit_path", "end_fds")
+
+    def __init__(self, token: str, pid: int, exit_path: str, end_fd: int) -> None:
+        self.token = token
+        self.pid = pid
+        self.exit_path = exit_path
+        self.end_fds = [end_fd]
+
+
+class _Conn:
+    __slots__ = ("sock", "buf", "fds", "env")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.fds: list[int] = []
+        self.env: dict[str, str] = {}
+
+
+class Spawner:
+    def __init__(self, run_dir: str, listener: socket.socket) -> None:
+        self.run_dir = run_dir
+        self.listener = listener
+        self.sel = selectors.DefaultSelector()
+        self.jobs: dict[int, _Job] = {}  # by pid
+        self.by_token: dict[str, _Job] = {}
+        self.conns: dict[int, _Conn] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "child")
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        idle_since: float | None = None
+        while True:
+            if self.conns or self.jobs:
+                idle_since = None
+                timeout = None
+            else:
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= IDLE_EXIT_S:
+                    return
+                timeout = IDLE_EXIT_S - (now - idle_since)
+            for key, _ in self.sel.select(timeout):
+                if key.data == "listen":
+                    self._accept()
+                elif key.data == "child":
+                    _drain(self._wake_r)
+                    self._reap()
+                else:
+                    self._read(key.data)
+            self._reap()  # (a SIGCHLD that came while a request was served)
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        conn = _Conn(sock)
+        self.conns[sock.fileno()] = conn
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        for fd in conn.fds:
+            _close(fd)
+        conn.fds.clear()
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(conn.sock, 65536, 8)
+        except OSError:
+            data, fds = b"", []
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        conn.fds.extend(fds)
+        if not data:
+            self._drop(conn)
+            return
+        conn.buf += data
+        if len(conn.buf) > _MAX_REQUEST:
+            self._drop(conn)
+            return
+        while b"\n" in conn.buf:
+            line, conn.buf = conn.buf.split(b"\n", 1)
+            fds, conn.fds = conn.fds, []
+            try:
+                reply = self._serve(conn, json.loads(line), fds)
+            except Exception as exc:  # a bad request must not end the spawner
+                if not isinstance(exc, OSError):  # (a missing program, folder, ...)
+                    _log(traceback.format_exc())
+                for fd in fds:
+                    _close(fd)
+                reply = {"ok": False, "error": str(exc) or type(exc).__name__}
+            try:
+                conn.sock.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                self._drop(conn)
+                return
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _serve(self, conn: _Conn, req: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "hello":
+            for fd in fds:
+                _close(fd)
+            if req.get("version") != VERSION:
+                return {"ok": False, "error": f"protocol version {VERSION} only"}
+            conn.env = dict(req["env"])
+            return {"ok": True, "pid": os.getpid(), "version": VERSION}
+        if len(fds) != 1:
+            for fd in fds:
+                _close(fd)
+            raise ValueError(f"{op!r} needs exactly one end descriptor, got {len(fds)}")
+        if op == "start":
+            return self._start(conn, req, fds[0])
+        if op == "watch":
+            job = self.by_token.get(req["token"])
+            if job is None:
+                _close(fds[0])
+                return {"ok": True, "pid": None}
+            job.end_fds.append(fds[0])
+            return {"ok": True, "pid": job.pid}
+        _close(fds[0])
+        raise ValueError(f"unknown op {op!r}")
+
+    def _start(self, conn: _Conn, req: dict[str, Any], end_fd: int) -> dict[str, Any]:
+        token = req["token"]
+        try:
+            if token in self.by_token:
+                raise ValueError(f"a job with token {token} is running already")
+            env = dict(conn.env)
+            env.update(req["env"])
+            for name in req["unset"]:
+                env.pop(name, None)
+            argv = list(req["argv"])
+            os.chdir(req["cwd"])  # (this process has one thread: nothing else sees it)
+            pid = os.posix_spawn(
+                _resolve(argv[0], env),
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, req["log"], _LOG_FLAGS, 0o600),
+                    (os.POSIX_SPAWN_DUP2, 1, 2),
+                ],
+                setsid=True,
+                setsigdef=DEFAULT_SIGNALS,
+                setsigmask=(),
+            )
+        except Exception:
+            os.chdir("/")
+            _close(end_fd)
+            raise
+        os.chdir("/")  # (holds no folder of a user's between jobs)
+        job = _Job(token, pid, req["exit"], end_fd)
+        self.jobs[pid] = job
+        self.by_token[token] = job
+        return {"ok": True, "pid": pid}
+
+    # -- ends -------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while self.jobs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            job = self.jobs.pop(pid, None)
+            if job is None:
+                continue
+            self.by_token.pop(job.token, None)
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code
+            _write_exit(job.exit_path, code)
+            for fd in job.end_fds:  # the engines learn of the end now
+                try:
+                    os.write(fd, b"%d\n" % code)  # (also when the disk was full)
+                except OSError:  # (that engine is gone)
+                    pass
+                _close(fd)
+
+
+def _resolve(name: str, env: dict[str, str]) -> str:
+    """The program ``name`` as the job's own shell would find it: on the job's PATH."""
+    if "/" in name:
+        return name
+    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(folder or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(f"{name!r} was not found on the job's PATH")
+
+
+def _write_exit(path: str, code: int) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"%d\n" % code)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:  # (a full disk, or the state directory was removed)
+        _log(f"could not write {path}: {exc}")
+
+
+def _log(message: str) -> None:
+    """A line to the spawner's log (its stderr); never raises (the disk may be full)."""
+    try:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} nbsched spawner: {message}", file=sys.stderr)
+    except Exception:
+        pass
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass
+
+
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # no O_CLOEXEC: it becomes fd 1
+
+
+def main(argv: list[str]) -> int:
+    """Start a spawner for ``RUN_DIR`` in the background.
+
+    Prints ``ready`` once it accepts connections (or ``exists`` when one already
+    runs for that folder), then the first process exits and the spawner, forked off,
+    goes on: its parent is then init, not the engine, so it never lingers as a zombie.
+    """
+    (run_dir,) = argv
+    lock_fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("exists", flush=True)
+        return 0
+    path = os.path.join(run_dir, SOCKET_NAME)
+    try:
+        os.unlink(path)  # a dead spawner's: nobody else holds the lock
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o600)  # (the folder is 0700 already; every file of ours is 0600)
+    listener.listen(64)
+    if os.fork():
+        os._exit(0)  # the child keeps the lock and the socket
+    try:
+        spawner = Spawner(run_dir, listener)
+        print("ready", flush=True)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
+        spawner.run()
+    finally:
+        try:
+            os.unlink(path)  # (before the lock goes: a new spawner may bind it then)
+        except OSError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

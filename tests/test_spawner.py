@@ -1,0 +1,217 @@
+"""The spawner: the process that starts the direct executor's jobs and records their ends.
+
+Through the public API where a user would see it (signals, descriptors, exit codes,
+a killed spawner, an engine restart), and through its socket for what only the
+protocol shows (a bad request does not end it; one spawner per folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from waiting import wait_for
+
+from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.executors import spawner
+from nbsched.executors.direct import SPAWNER_GONE
+
+
+def _config(state: Path) -> SchedulerConfig:
+    return SchedulerConfig(state_dir=state, gpu_provider="simulated", num_gpus=2)
+
+
+@pytest.fixture
+def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
+    s = GPUJobScheduler(config=_config(tmp_path / "state")).start()
+    yield s
+    s.stop(kill=True)
+    s.close()
+
+
+def spawner_of(run_dir: Path) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if len(cmd) >= 2 and cmd[-2] == spawner.__file__ and cmd[-1] == str(run_dir):
+            return proc
+    return None
+
+
+def test_jobs_start_with_default_signal_dispositions(sched: GPUJobScheduler) -> None:
+    # The kernel ignores SIGPIPE (Python does); a job must not inherit that, or a
+    # pipeline such as `yes | head -1` ends with an error instead of quietly.
+    jid = sched.add_command(
+        "grep SigIgn /proc/self/status; yes | head -1 >/dev/null; echo pipe=${PIPESTATUS[0]}"
+    )
+    sched.wait([jid], timeout=60)
+    log = sched.logs(jid)
+    ignored = int(log.split("SigIgn:")[1].split()[0], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), log
+    assert not ignored & (1 << (signal.SIGXFSZ - 1)), log
+    assert "pipe=141" in log  # yes died of SIGPIPE, as in a terminal
+
+
+def test_jobs_inherit_no_descriptors(sched: GPUJobScheduler) -> None:
+    jid = sched.add_command("ls /proc/$$/fd; true")  # (the job's bash's, not ls's)
+    sched.wait([jid], timeout=60)
+    assert sorted(sched.logs(jid).split()) == ["0", "1", "2"]
+
+
+def test_exit_codes_as_a_shell_reports_them(sched: GPUJobScheduler) -> None:
+    ids = [sched.add_command(cmd) for cmd in ("exit 7", "kill -TERM $$", "kill -KILL $$")]
+    rows = sched.wait(ids, timeout=60)
+    assert list(rows["exit_code"]) == [7, 128 + signal.SIGTERM, 128 + signal.SIGKILL]
+    assert list(rows["status"]) == ["failed"] * 3
+
+
+def test_a_program_not_on_the_jobs_path_fails_with_the_reason(sched: GPUJobScheduler) -> None:
+    jid = sched.add_command("true", env={"PATH": "/nonexistent"})
+    row = sched.wait([jid], timeout=60).iloc[0]
+    assert row["status"] == "failed"
+    assert "'bash' was not found on the job's PATH" in row["reason"]
+    ok = sched.add_command("true")  # the spawner is still there for the next job
+    assert sched.wait([ok], timeout=60).iloc[0]["status"] == "succeeded"
+
+
+def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path) -> None:
+    state, gate = tmp_path / "state", tmp_path / "gate"
+    first = GPUJobScheduler(config=_config(state)).start()
+    jid = first.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5")
+    pid = wait_for(lambda: first.store.get(jid).pid, what="the job's start")
+    first.stop()  # leaves the job running
+    first.close()
+    owner = spawner_of(state / "run")
+    assert owner is not None and owner.pid == psutil.Process(pid).ppid()
+    second = GPUJobScheduler(config=_config(state)).start()
+    try:
+        wait_for(lambda: second._dispatcher is not None and second._dispatcher.cycles > 0)
+        assert second.job(jid)["status"] == "running"
+        gate.touch()
+        row = second.wait([jid], timeout=60).iloc[0]
+        assert (row["status"], row["exit_code"]) == ("failed", 5)
+        assert spawner_of(state / "run") == owner  # the same spawner, watched again
+    finally:
+        second.stop(kill=True)
+        second.close()
+
+
+def test_killed_spawner_loses_only_the_exit_codes_of_its_running_jobs(
+    sched: GPUJobScheduler, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    jid = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 0")
+    pid = wait_for(lambda: sched.store.get(jid).pid, what="the job's start")
+    owner = spawner_of(sched.config.run_dir)
+    assert owner is not None
+    owner.kill()
+    owner.wait(10)
+    # The job, now an orphan, runs on, and is still running in the engine's eyes.
+    assert psutil.Process(pid).is_running()
+    assert sched.job(jid)["status"] == "running"
+    gate.touch()
+    row = sched.wait([jid], timeout=60).iloc[0]
+    assert row["status"] == "failed" and pd.isna(row["exit_code"])
+    assert row["reason"] == SPAWNER_GONE
+    # The next job starts a new spawner and ends normally.
+    nxt = sched.add_command("exit 3")
+    assert sched.wait([nxt], timeout=60).iloc[0]["exit_code"] == 3
+    new = spawner_of(sched.config.run_dir)
+    assert new is not None and new.pid != owner.pid
+
+
+def test_spawner_leaves_once_no_engine_and_no_job_needs_it(tmp_path: Path) -> None:
+    s = GPUJobScheduler(config=_config(tmp_path / "state")).start()
+    jid = s.add_command("true")
+    s.wait([jid], timeout=60)
+    proc = spawner_of(s.config.run_dir)
+    assert proc is not None
+    s.stop()
+    s.close()
+    proc.wait(spawner.IDLE_EXIT_S + 30)
+    assert not (s.config.run_dir / spawner.SOCKET_NAME).exists()
+
+
+# -- the protocol ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    yield run
+    proc = spawner_of(run)
+    if proc is not None:
+        proc.kill()
+
+
+def _launch(run: Path) -> str:
+    """Start a spawner for ``run``; what it says (its stderr is not waited for: the
+    spawner that goes on keeps it)."""
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", spawner.__file__, str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def _ask(sock: socket.socket, request: object, fds: tuple[int, ...] = ()) -> dict[str, object]:
+    data = (request if isinstance(request, bytes) else json.dumps(request).encode()) + b"\n"
+    socket.send_fds(sock, [data], list(fds)) if fds else sock.sendall(data)
+    reply: dict[str, object] = json.loads(sock.makefile("rb").readline())
+    return reply
+
+
+def test_one_spawner_per_folder(run_dir: Path) -> None:
+    assert _launch(run_dir) == "ready"
+    assert _launch(run_dir) == "exists"
+    assert oct((run_dir / spawner.SOCKET_NAME).stat().st_mode & 0o777) == "0o600"
+
+
+def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) -> None:
+    assert _launch(run_dir) == "ready"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(run_dir / spawner.SOCKET_NAME))
+        assert _ask(sock, {"op": "hello", "version": 99, "env": {}})["ok"] is False
+        assert _ask(sock, b"not json")["ok"] is False
+        assert _ask(sock, {"op": "nope"})["ok"] is False
+        reply = _ask(sock, {"op": "start", "token": "t"})  # no end descriptor
+        assert reply["ok"] is False and "end descriptor" in str(reply["error"])
+        r, w = os.pipe()
+        reply = _ask(sock, {"op": "start", "token": "t"}, (w,))  # fields missing
+        os.close(w)
+        assert reply["ok"] is False
+        assert os.read(r, 10) == b""  # the descriptor was closed, not kept
+        os.close(r)
+        # Still serving: a proper job runs, and its code comes through its pipe.
+        assert _ask(sock, {"op": "hello", "version": spawner.VERSION, "env": {}})["ok"]
+        r, w = os.pipe()
+        request = {
+            "op": "start",
+            "token": "t1",
+            "argv": ["/bin/sh", "-c", "exit 4"],
+            "env": {},
+            "unset": [],
+            "cwd": str(run_dir),
+            "log": str(run_dir / "t1.log"),
+            "exit": str(run_dir / "t1.exit"),
+        }
+        reply = _ask(sock, request, (w,))
+        os.close(w)
+        assert reply["ok"] is True and isinstance(reply["pid"], int)
+        assert os.read(r, 10) == b"4\n"  # (blocks until the job has ended)
+        os.close(r)
+        assert (run_dir / "t1.exit").read_text() == "4\n"
+        assert oct((run_dir / "t1.exit").stat().st_mode & 0o777) == "0o600"

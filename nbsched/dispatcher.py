@@ -174,7 +174,7 @@ class Dispatcher:
                 pending = bool(self._unrecorded or self._new_ends)
                 ready = sel.select(0.0 if pending else timeout)
                 if any(key.data is not None for key, _ in ready):
-                    self._stamp()  # (before the ends below are reaped)
+                    self._stamp(wait=False)  # (before the ends below are handled)
                 if self._unrecorded and not self._new_ends and not ready and timeout > 0:
                     # Nothing else to do: write the new pids now, then sleep.  (When
                     # something is ready, the cycle's own transaction takes them.)
@@ -213,8 +213,7 @@ class Dispatcher:
         with self._inbox_lock:
             ended, self._ended = self._ended, []
             self._new_ends = False  # (ends put back after a failed write wait a turn)
-        self._stamp()
-        unrecorded, self._unrecorded = self._unrecorded, []
+        unrecorded = self._take_identified()
         try:
             self._refresh()
             ends = [self._decide_end(job, exit, now) for job, exit in ended]
@@ -398,23 +397,47 @@ class Dispatcher:
             executor.watch(job, self._on_exit)
             self._unrecorded.append((job, executor))
 
-    def _stamp(self) -> None:
-        """Read the start times the executors left to us (see ``defer_start_time``).
+    def _stamp(self, wait: bool) -> None:
+        """Read the pids and start times the executors left to us (``defer_identity``):
+        without ``wait``, only those that have come.
 
-        Done later than the spawn (by the next loop turn, before any end is reaped):
-        reading them all at once costs less than one after each start, and the next
-        job's start does not wait for it.
+        Done later than the start (by the next loop turn, before any end is handled):
+        the next job's start does not wait for this one's ``exec``, and reading them
+        all at once costs less than one after each start.  An attempt that could not
+        start has no pid to write: its end (code 127) says why.
         """
-        for i, (job, executor) in enumerate(self._unrecorded):
-            if job.pid is not None and job.proc_start is None:
+        kept: list[tuple[Job, Executor]] = []
+        for job, executor in self._unrecorded:
+            if job.pid is None and getattr(executor, "defer_identity", False):
+                found = executor.identify(job, wait=wait)  # type: ignore[attr-defined]
+                if found is None:
+                    kept.append((job, executor))  # not known yet
+                    continue
+                pid, proc_start = found
+                if pid is None:
+                    continue
+                job = replace(job, pid=pid, proc_start=proc_start)
+            elif job.pid is not None and job.proc_start is None:
                 job = replace(job, proc_start=process_start_time(job.pid))
-                self._unrecorded[i] = (job, executor)
-                if job.id in self._running and self._running[job.id].token == job.token:
-                    self._running[job.id] = job
+            kept.append((job, executor))
+            if job.id in self._running and self._running[job.id].token == job.token:
+                self._running[job.id] = job
+        self._unrecorded = kept
+
+    def _take_identified(self) -> list[tuple[Job, Executor]]:
+        """The started attempts whose pids can be written now (off ``_unrecorded``)."""
+        self._stamp(wait=False)
+        taken: list[tuple[Job, Executor]] = []
+        kept: list[tuple[Job, Executor]] = []
+        for job, executor in self._unrecorded:
+            waiting = job.pid is None and getattr(executor, "defer_identity", False)
+            (kept if waiting else taken).append((job, executor))
+        self._unrecorded = kept
+        return taken
 
     def _record_starts(self) -> None:
         """Write the pids of the attempts started since the last transaction."""
-        self._stamp()
+        self._stamp(wait=True)
         unrecorded, self._unrecorded = self._unrecorded, []
         try:
             missed = self.store.record_starts(_pid_records(unrecorded))
@@ -476,9 +499,9 @@ class Dispatcher:
             if found is not None:
                 fd, handler = found
                 self._sel.register(fd, selectors.EVENT_READ, handler)
-                # Ends are reaped in this thread, so start times can wait for _stamp.
-                if hasattr(executor, "defer_start_time"):
-                    executor.defer_start_time = True
+                # Ends are handled in this thread, so pids can wait for _stamp.
+                if hasattr(executor, "defer_identity"):
+                    executor.defer_identity = True
         return executor
 
     def result_path(self, job: Job) -> Path:

@@ -76,8 +76,9 @@ def test_exit_codes_as_a_shell_reports_them(sched: GPUJobScheduler) -> None:
 def test_a_program_not_on_the_jobs_path_fails_with_the_reason(sched: GPUJobScheduler) -> None:
     jid = sched.add_command("true", env={"PATH": "/nonexistent"})
     row = sched.wait([jid], timeout=60).iloc[0]
-    assert row["status"] == "failed"
-    assert "'bash' was not found on the job's PATH" in row["reason"]
+    assert (row["status"], row["exit_code"]) == ("failed", 127)  # as a shell's
+    assert row["reason"] == "could not start: not found on the job's PATH: 'bash'"
+    assert "could not start: not found on the job's PATH: 'bash'" in sched.logs(jid)
     ok = sched.add_command("true")  # the spawner is still there for the next job
     assert sched.wait([ok], timeout=60).iloc[0]["status"] == "succeeded"
 
@@ -215,3 +216,40 @@ def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) 
         os.close(r)
         assert (run_dir / "t1.exit").read_text() == "4\n"
         assert oct((run_dir / "t1.exit").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_state_directory_path_longer_than_a_socket_address(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "state"  # run/spawner.sock: > 107 bytes
+    s = GPUJobScheduler(config=_config(deep)).start()
+    try:
+        jid = s.add_command("exit 6")
+        assert s.wait([jid], timeout=60).iloc[0]["exit_code"] == 6
+    finally:
+        s.stop(kill=True)
+        s.close()
+
+
+_DYING_ENGINE = """
+import json, os, socket, sys
+run = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.path.join(run, "spawner.sock"))
+s.sendall(json.dumps({"op": "hello", "version": 1, "env": {}}).encode() + b"\\n")
+for t in ("a", "b", "c"):
+    r, w = os.pipe()
+    request = {"op": "start", "token": t, "argv": ["/bin/sh", "-c", "exit 0"], "env": {},
+               "unset": [], "cwd": run, "log": f"{run}/{t}.log", "exit": f"{run}/{t}.exit"}
+    socket.send_fds(s, [json.dumps(request).encode() + b"\\n"], [w])
+os.kill(os.getpid(), 9)  # killed before reading a single reply
+"""
+
+
+def test_starts_sent_by_an_engine_that_dies_before_the_replies_still_run(run_dir: Path) -> None:
+    # The engine marks each job running in the store before it sends the start, and
+    # reads the replies later: a start it sent must run even if it never reads a reply.
+    assert _launch(run_dir) == "ready"
+    engine = subprocess.run([sys.executable, "-c", _DYING_ENGINE, str(run_dir)])
+    assert engine.returncode == -signal.SIGKILL
+    for token in "abc":
+        wait_for(lambda t=token: (run_dir / f"{t}.exit").exists(), what=f"job {token}'s end")
+        assert (run_dir / f"{token}.exit").read_text() == "0\n"

@@ -42,8 +42,9 @@ class Launch:
 
 @dataclass(frozen=True)
 class Started:
-    """A started attempt.  A local process's ``proc_start`` is left None only where the
-    caller asked for that (``DirectExecutor.defer_start_time``) and reads it itself."""
+    """A started attempt.  A local process's ``pid`` and ``proc_start`` are left None
+    only where the caller asked for that (``DirectExecutor.defer_identity``) and reads
+    them itself."""
 
     pid: int | None
     proc_start: float | None

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -109,7 +110,7 @@ class DirectExecutor(LocalProcessExecutor):
     def __init__(self, run_dir: Path) -> None:
         super().__init__(run_dir)
         self._spawner = SpawnerClient(run_dir)
-        self._end_fds: dict[int, int] = {}  # pid -> the end descriptor of a job started here
+        self._end_fds: dict[str, int] = {}  # token -> end descriptor of a job started here
 
     def start(self, launch: Launch) -> Started:
         # A missing folder is refused here, with a clear reason, not in the job's log.
@@ -124,30 +125,46 @@ class DirectExecutor(LocalProcessExecutor):
             raise FileNotFoundError(f"the job's folder {launch.cwd!r} no longer exists")
         else:
             cwd = launch.cwd
+        token = launch.job.token or ""
         read_end, write_end = os.pipe()
         try:
-            pid, watched = self._spawner.start(launch, cwd, write_end)
+            self._spawner.start(launch, cwd, write_end)
         except BaseException:
             os.close(read_end)
             raise
         finally:
             os.close(write_end)  # the spawner holds the only write end now
-        if watched:
-            self._end_fds[pid] = read_end
-        else:
+        self._end_fds[token] = read_end
+        if self.defer_identity:
+            return Started(pid=None, proc_start=None)
+        pid, error = self._spawner.result_of(token)
+        if pid is None:
+            self._end_fds.pop(token, None)
             os.close(read_end)
-        if self.defer_start_time:
-            return Started(pid=pid, proc_start=None)
+            raise OSError(error or "the spawner did not start the job")
         return Started(pid=pid, proc_start=process_start_time(pid))
 
-    #: Leave ``Started.proc_start`` None for the caller to read (the dispatcher does,
-    #: once all the jobs of its cycle are started).
-    defer_start_time = False
+    #: Return from :meth:`start` at once, with ``Started.pid`` and ``proc_start`` None,
+    #: and leave the caller to ask :meth:`identify` later (the dispatcher does, before
+    #: its next transaction): the next job's start then does not wait for this one's
+    #: ``exec``.  A job that cannot start then ends with code 127 and the reason.
+    defer_identity = False
+
+    def identify(self, job: Job, wait: bool = True) -> tuple[int | None, float | None] | None:
+        """(pid, start time) of a job :meth:`start` started; (None, None) if its process
+        could not be started (its end, code 127, is then reported as any other); None
+        if, without ``wait``, the spawner's reply has not come yet."""
+        token = job.token or ""
+        if not wait and not self._spawner.has_reply(token):
+            return None
+        pid = self._spawner.pid_of(token)
+        return pid, (process_start_time(pid) if pid is not None else None)
 
     def watch(self, job: Job, on_exit: OnExit) -> None:
-        fd = self._end_fds.pop(job.pid, None) if job.pid is not None else None
-        if fd is None and job.token:
-            fd = self._spawner.watch(job.token)  # a job a previous engine started
+        token = job.token or ""
+        fd = self._end_fds.pop(token, None)
+        if fd is None and token:
+            fd = self._spawner.watch(token)  # a job a previous engine started
         if fd is None:
             # Not the spawner's (any more): an orphan whose spawner was killed, or a job
             # of an nbsched that still ran jobs under a launcher shell.  Watch its pid.
@@ -156,16 +173,23 @@ class DirectExecutor(LocalProcessExecutor):
         exit_file = self.run_dir / f"{job.token}.exit"
 
         def ended() -> None:
-            code = _read_code(fd)
-            if code is None:
+            exit = _read_end(fd)
+            if exit is None:
                 code = read_exit_file(exit_file)
-            if code is not None:
-                on_exit(job, Exit(code))
+                exit = Exit(code) if code is not None else None
+            if exit is not None:
+                on_exit(job, exit)
                 return
             # The spawner went before the job's end: the job may still run, an orphan.
             orphan = job
-            if job.pid is not None and job.proc_start is None:
-                orphan = replace(job, proc_start=process_start_time(job.pid))
+            if job.pid is None:  # (not identified yet when it was watched)
+                pid = self._spawner.pid_of(token) or _session_leader(token)
+                orphan = replace(job, pid=pid)
+            if orphan.pid is None:
+                on_exit(job, Exit(None, SPAWNER_GONE))
+                return
+            if orphan.proc_start is None:
+                orphan = replace(orphan, proc_start=process_start_time(orphan.pid))
             super(DirectExecutor, self).watch(orphan, lambda j, e: on_exit(j, _orphaned(e)))
 
         self._watcher.add_fd(fd, ended)
@@ -178,10 +202,12 @@ class DirectExecutor(LocalProcessExecutor):
         self._spawner.close()
 
 
-def _read_code(fd: int) -> int | None:
-    """The exit code the spawner wrote to an end descriptor (None if it wrote none)."""
+def _read_end(fd: int) -> Exit | None:
+    """How the spawner said a job ended, from its end descriptor (None if it said
+    nothing: it was killed)."""
     try:
-        return int(os.read(fd, 64))
+        code, _, reason = os.read(fd, 4096).decode("utf-8", "replace").strip().partition(" ")
+        return Exit(int(code), reason or None)
     except (OSError, ValueError):
         return None
 
@@ -197,9 +223,10 @@ class SpawnerError(RuntimeError):
 class SpawnerClient:
     """An engine's connection to the spawner of one run folder.
 
-    Requests are synchronous (one line out, one line back).  The connection is made,
-    and the spawner started if none runs, at the first job; a spawner found gone is
-    replaced at the next one.
+    The connection is made, and the spawner started if none runs, at the first job; a
+    spawner found gone is replaced at the next one.  Starts are pipelined: their
+    replies (pids) are read when asked for (:meth:`pid_of`), or before the reply of
+    any later request; other requests are synchronous.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -207,12 +234,14 @@ class SpawnerClient:
         self._path = str(run_dir / _spawner.SOCKET_NAME)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._reader: Any = None
+        self._buf = b""  # what was received of the replies not read yet
         self._base: dict[str, str] = {}
+        self._pending: deque[str] = deque()  # tokens of starts whose replies are unread
+        self._pids: dict[str, int | None] = {}  # replies read, not yet asked for
+        self._errors: dict[str, str] = {}  # why a start was refused, by token
 
-    def start(self, launch: Launch, cwd: str, end_fd: int) -> tuple[int, bool]:
-        """Have the spawner start ``launch``; returns (pid, whether ``end_fd`` is the
-        spawner's).  Raises with the spawner's reason when the job cannot start."""
+    def start(self, launch: Launch, cwd: str, end_fd: int) -> None:
+        """Send the spawner ``launch`` (with ``end_fd``); its pid comes with :meth:`pid_of`."""
         token = launch.job.token or ""
         with self._lock:
             for attempt in (1, 2):
@@ -230,21 +259,35 @@ class SpawnerClient:
                     "exit": str(launch.exit_path),
                 }
                 try:
-                    reply = self._request(request, end_fd)
+                    self._send(request, end_fd)
                 except (OSError, ValueError) as exc:
-                    self._disconnect()
-                    # Did the spawner start the job before it went?  Then it runs, an
-                    # orphan: never start it twice.
-                    found = _session_leader(token)
-                    if found is not None:
-                        return found, False
+                    # Not sent (a spawner that left when idle, or was killed): a new one.
+                    self._lose_connection()
                     if attempt == 2:
                         raise SpawnerError(f"nbsched's spawner stopped answering: {exc}") from exc
                     continue
-                if not reply.get("ok"):
-                    raise OSError(reply.get("error") or "the spawner refused the job")
-                return int(reply["pid"]), True
-        raise AssertionError("unreachable")
+                self._pending.append(token)
+                return
+
+    def pid_of(self, token: str) -> int | None:
+        """The pid of the job ``token`` sent to :meth:`start` (reads its reply if it is
+        not read yet); None if it could not start."""
+        return self.result_of(token)[0]
+
+    def result_of(self, token: str) -> tuple[int | None, str | None]:
+        """(pid, None) of the job ``token`` sent to :meth:`start`, or (None, why) if it
+        could not start (reads its reply if it is not read yet)."""
+        with self._lock:
+            while token in self._pending:
+                self._read_reply()
+            return self._pids.pop(token, None), self._errors.pop(token, None)
+
+    def has_reply(self, token: str) -> bool:
+        """Whether :meth:`pid_of` would answer for ``token`` without waiting."""
+        with self._lock:
+            while token in self._pending and self._reply_ready():
+                self._read_reply()
+            return token not in self._pending
 
     def watch(self, token: str) -> int | None:
         """A new end descriptor of the running job ``token``, or None if the spawner
@@ -253,12 +296,15 @@ class SpawnerClient:
         try:
             with self._lock:
                 if self._connect(start=False):
-                    reply = self._request({"op": "watch", "token": token}, write_end)
+                    self._send({"op": "watch", "token": token}, write_end)
+                    while self._pending:
+                        self._read_reply()
+                    reply = self._reply()
                     if reply.get("ok") and reply.get("pid") is not None:
                         return read_end
         except (OSError, ValueError):
             with self._lock:
-                self._disconnect()
+                self._lose_connection()
         finally:
             os.close(write_end)
         os.close(read_end)
@@ -266,7 +312,7 @@ class SpawnerClient:
 
     def close(self) -> None:
         with self._lock:
-            self._disconnect()
+            self._lose_connection()
 
     # -- the connection ---------------------------------------------------------------
 
@@ -279,10 +325,11 @@ class SpawnerClient:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.settimeout(SPAWNER_TIMEOUT_S)
-                sock.connect(self._path)
-                self._sock, self._reader = sock, sock.makefile("rb")
+                _connect_unix(sock, self._path)
+                self._sock, self._buf = sock, b""
                 base = dict(os.environ)
-                reply = self._request({"op": "hello", "version": _spawner.VERSION, "env": base})
+                self._send({"op": "hello", "version": _spawner.VERSION, "env": base})
+                reply = self._reply()
                 if not reply.get("ok"):
                     raise SpawnerError(f"nbsched's spawner refused: {reply.get('error')}")
                 self._base = base
@@ -324,24 +371,77 @@ class SpawnerClient:
                 f"see {self.run_dir / _spawner.LOG_NAME})"
             )
 
+    def _read_reply(self) -> None:
+        """Read the reply to the oldest pending start."""
+        token = self._pending[0]
+        try:
+            reply = self._reply()
+        except (OSError, ValueError):
+            self._lose_connection()
+            return
+        self._pending.popleft()
+        self._pids[token] = reply.get("pid") if reply.get("ok") else None
+        if not reply.get("ok"):
+            self._errors[token] = str(reply.get("error"))
+
+    def _lose_connection(self) -> None:
+        """The spawner is gone: did it start the jobs whose replies never came?  (Then
+        they run, orphans: their pids are found by their tokens; never start them twice.)"""
+        self._disconnect()
+        for token in self._pending:
+            self._pids[token] = _session_leader(token)
+        self._pending.clear()
+
     def _disconnect(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
         if self._sock is not None:
             self._sock.close()
-        self._sock = self._reader = None
+        self._sock, self._buf = None, b""
 
-    def _request(self, request: Mapping[str, Any], fd: int | None = None) -> dict[str, Any]:
-        assert self._sock is not None
+    def _send(self, request: Mapping[str, Any], fd: int | None = None) -> None:
+        if self._sock is None:
+            raise ConnectionResetError("not connected to the spawner")
         data = json.dumps(request).encode() + b"\n"
         sent = socket.send_fds(self._sock, [data], [fd]) if fd is not None else 0
         if sent < len(data):
             self._sock.sendall(data[sent:])
-        line = self._reader.readline()
-        if not line:
-            raise ConnectionResetError("the spawner closed the connection")
+
+    def _reply_ready(self) -> bool:
+        """Whether a whole reply line has come (reads what has, without waiting)."""
+        while b"\n" not in self._buf and self._sock is not None:
+            try:
+                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True  # (the next read reports the failure)
+            if not data:
+                return True
+            self._buf += data
+        return True
+
+    def _reply(self) -> dict[str, Any]:
+        while b"\n" not in self._buf:
+            data = self._sock.recv(65536) if self._sock is not None else b""
+            if not data:
+                raise ConnectionResetError("the spawner closed the connection")
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
         reply: dict[str, Any] = json.loads(line)
         return reply
+
+
+def _connect_unix(sock: socket.socket, path: str) -> None:
+    """``sock.connect(path)``, also for a path longer than a socket address holds (107
+    bytes): then through ``/proc/self/fd`` and a descriptor of the folder."""
+    if len(os.fsencode(path)) < 100:
+        sock.connect(path)
+        return
+    folder, name = os.path.split(path)
+    fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}/{name}")
+    finally:
+        os.close(fd)
 
 
 def _session_leader(token: str) -> int | None:

@@ -13,8 +13,8 @@ its runs.  For every job it:
   in a terminal), and no other descriptor;
 * reaps it, writes its exit code to ``run/<token>.exit`` (atomically: a temporary
   file renamed; 128+N for a job killed by signal N, as a shell reports it), and only
-  then writes the code to the *end descriptors* engines gave it for that job, and
-  closes them.
+  then writes ``CODE[ REASON]`` to the *end descriptors* engines gave it for that job,
+  and closes them.
 
 An engine learns of a job's end from its end descriptor: the write end of a pipe it
 passed to the spawner (``SCM_RIGHTS``), whose read end it waits on as on a pidfd, in
@@ -36,7 +36,10 @@ they belong to:
   the environment the connection's jobs start from;
 * ``{"op": "start", "token", "argv", "env", "unset", "cwd", "log", "exit"}`` plus
   one end descriptor -> ``{"ok": true, "pid": P}`` or ``{"ok": false, "error": "..."}``;
-  ``env`` and ``unset`` are the job's differences from the hello environment;
+  ``env`` and ``unset`` are the job's differences from the hello environment.  A job
+  that cannot start (a missing program or folder) ends at once: exit code 127, the
+  reason in its log, its exit file and its end descriptors, like any other end.  An
+  engine may send several starts before it reads their replies;
 * ``{"op": "watch", "token"}`` plus one end descriptor -> ``{"ok": true, "pid": P}``
   for a job still running, ``{"ok": true, "pid": null}`` for one it does not know.
 
@@ -48,6 +51,7 @@ anything installed.  A second spawner for the same folder sees the first one's l
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -71,6 +75,10 @@ DEFAULT_SIGNALS = tuple(
     s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
 )
 _MAX_REQUEST = 16 << 20
+#: The requests that come with one end descriptor each.
+_WITH_FD = ("start", "watch")
+#: The exit code of a job that could not be started (as a shell's "command not found").
+START_FAILED = 127
 
 
 class _Job:
@@ -84,13 +92,14 @@ class _Job:
 
 
 class _Conn:
-    __slots__ = ("sock", "buf", "fds", "env")
+    __slots__ = ("sock", "buf", "fds", "env", "gone")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
         self.fds: list[int] = []
         self.env: dict[str, str] = {}
+        self.gone = False  # the engine no longer reads the replies
 
 
 class Spawner:
@@ -170,20 +179,26 @@ class Spawner:
             return
         while b"\n" in conn.buf:
             line, conn.buf = conn.buf.split(b"\n", 1)
-            fds, conn.fds = conn.fds, []
+            taken: list[int] = []
             try:
-                reply = self._serve(conn, json.loads(line), fds)
+                req = json.loads(line)
+                if req.get("op") in _WITH_FD and conn.fds:
+                    # (one read may bring several requests, each with its descriptor)
+                    taken.append(conn.fds.pop(0))
+                reply = self._serve(conn, req, taken)
             except Exception as exc:  # a bad request must not end the spawner
-                if not isinstance(exc, OSError):  # (a missing program, folder, ...)
-                    _log(traceback.format_exc())
-                for fd in fds:
+                _log(traceback.format_exc())
+                for fd in taken:  # (a request that raised kept no descriptor)
                     _close(fd)
                 reply = {"ok": False, "error": str(exc) or type(exc).__name__}
+            if conn.gone:
+                continue
             try:
                 conn.sock.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
-                self._drop(conn)
-                return
+                # The engine is gone (killed, say).  What it sent before still counts:
+                # its jobs are marked running in the store, so they must start.
+                conn.gone = True
 
     # -- requests ---------------------------------------------------------------------
 
@@ -196,10 +211,10 @@ class Spawner:
                 return {"ok": False, "error": f"protocol version {VERSION} only"}
             conn.env = dict(req["env"])
             return {"ok": True, "pid": os.getpid(), "version": VERSION}
+        if op not in _WITH_FD:
+            raise ValueError(f"unknown op {op!r}")
         if len(fds) != 1:
-            for fd in fds:
-                _close(fd)
-            raise ValueError(f"{op!r} needs exactly one end descriptor, got {len(fds)}")
+            raise ValueError(f"{op!r} needs an end descriptor, sent with it")
         if op == "start":
             return self._start(conn, req, fds[0])
         if op == "watch":
@@ -209,39 +224,46 @@ class Spawner:
                 return {"ok": True, "pid": None}
             job.end_fds.append(fds[0])
             return {"ok": True, "pid": job.pid}
-        _close(fds[0])
-        raise ValueError(f"unknown op {op!r}")
+        raise AssertionError(op)
 
     def _start(self, conn: _Conn, req: dict[str, Any], end_fd: int) -> dict[str, Any]:
-        token = req["token"]
+        token, exit_path, log = req["token"], req["exit"], req["log"]
+        argv, cwd = list(req["argv"]), req["cwd"]
+        env = dict(conn.env)
+        env.update(req["env"])
+        for name in req["unset"]:
+            env.pop(name, None)
+        if token in self.by_token:  # (the caller closes end_fd)
+            raise ValueError(f"a job with token {token} is running already")
         try:
-            if token in self.by_token:
-                raise ValueError(f"a job with token {token} is running already")
-            env = dict(conn.env)
-            env.update(req["env"])
-            for name in req["unset"]:
-                env.pop(name, None)
-            argv = list(req["argv"])
-            os.chdir(req["cwd"])  # (this process has one thread: nothing else sees it)
+            os.chdir(cwd)  # (this process has one thread: nothing else sees it)
             pid = os.posix_spawn(
                 _resolve(argv[0], env),
                 argv,
                 env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, req["log"], _LOG_FLAGS, 0o600),
+                    (os.POSIX_SPAWN_OPEN, 1, log, _LOG_FLAGS, 0o600),
                     (os.POSIX_SPAWN_DUP2, 1, 2),
                 ],
                 setsid=True,
                 setsigdef=DEFAULT_SIGNALS,
                 setsigmask=(),
             )
-        except Exception:
+        except Exception as exc:  # (OSError mostly: a missing program or folder)
+            # The job ends at once, as a shell's "command not found" would: code 127,
+            # the reason in its log and to the engines.
             os.chdir("/")
-            _close(end_fd)
-            raise
+            if isinstance(exc, OSError) and exc.filename is not None:
+                reason = f"could not start: {exc.strerror}: {exc.filename!r}"
+            else:
+                reason = f"could not start: {exc}"
+            _append(log, f"nbsched: the job {reason}\n")
+            _write_exit(exit_path, START_FAILED)
+            _end(end_fd, START_FAILED, reason)
+            return {"ok": False, "error": reason}
         os.chdir("/")  # (holds no folder of a user's between jobs)
-        job = _Job(token, pid, req["exit"], end_fd)
+        job = _Job(token, pid, exit_path, end_fd)
         self.jobs[pid] = job
         self.by_token[token] = job
         return {"ok": True, "pid": pid}
@@ -264,11 +286,28 @@ class Spawner:
             code = 128 - code if code < 0 else code
             _write_exit(job.exit_path, code)
             for fd in job.end_fds:  # the engines learn of the end now
-                try:
-                    os.write(fd, b"%d\n" % code)  # (also when the disk was full)
-                except OSError:  # (that engine is gone)
-                    pass
-                _close(fd)
+                _end(fd, code)
+
+
+def _end(fd: int, code: int, reason: str = "") -> None:
+    """Tell an engine how a job ended (``CODE[ REASON]``; also when the disk is full),
+    and close its end descriptor."""
+    try:
+        os.write(fd, f"{code} {reason}".strip().encode("utf-8", "replace") + b"\n")
+    except OSError:  # (that engine is gone)
+        pass
+    _close(fd)
+
+
+def _append(path: str, text: str) -> None:
+    try:
+        fd = os.open(path, _LOG_FLAGS | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, text.encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _resolve(name: str, env: dict[str, str]) -> str:
@@ -279,7 +318,7 @@ def _resolve(name: str, env: dict[str, str]) -> str:
         path = os.path.join(folder or ".", name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
-    raise FileNotFoundError(f"{name!r} was not found on the job's PATH")
+    raise FileNotFoundError(errno.ENOENT, "not found on the job's PATH", name)
 
 
 def _write_exit(path: str, code: int) -> None:
@@ -341,7 +380,9 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError:
         pass
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    os.chdir(run_dir)  # (bound by a relative name: a socket's path is limited to 107 bytes)
+    listener.bind(SOCKET_NAME)
+    os.chdir("/")
     os.chmod(path, 0o600)  # (the folder is 0700 already; every file of ours is 0600)
     listener.listen(64)
     if os.fork():

@@ -14,10 +14,13 @@ Crash windows, and how the next dispatcher repairs them (:meth:`recover`):
 1. *Marked running, not yet spawned.*  The job is ``running`` with a token but no
    pid.  No process carries the token and no exit file exists: it never started,
    so it goes back to ``queued`` (its attempt uncounted).
-2. *Spawned, pid not yet recorded.*  A process carrying ``NBSCHED_JOB_TOKEN`` is
-   found (or its exit file): it is adopted (or its exit code recorded).
-3. *Running, engine gone.*  The job's pid and start time are checked; a live one
-   is adopted and watched; a finished one left its exit code in the exit file.
+2. *Spawned, pid not yet recorded.*  The direct executor's spawner still has the
+   job (or it ended and left its exit file), or a process carrying
+   ``NBSCHED_JOB_TOKEN`` is found: it is adopted (or its exit code recorded).
+3. *Running, engine gone.*  The spawner is asked first (it answers for its jobs in
+   one step, so a job that just ended is never caught without its exit file); else
+   the job's pid and start time are checked; a live one is adopted and watched; a
+   finished one left its exit code in the exit file.
    A pid whose start time does not match is not trusted: either the pid was reused
    by an unrelated process (never adopted, never signalled) or the wall clock was
    stepped, which shifts the start times psutil reports; so the job's process is
@@ -176,8 +179,9 @@ class Dispatcher:
                 if any(key.data is not None for key, _ in ready):
                     self._stamp(wait=False)  # (before the ends below are handled)
                 if self._unrecorded and not self._new_ends and not ready and timeout > 0:
-                    # Nothing else to do: write the new pids now, then sleep.  (When
-                    # something is ready, the cycle's own transaction takes them.)
+                    # Nothing else to do: write the new pids known now, then sleep.  (When
+                    # something is ready, the cycle's own transaction takes them; a pid
+                    # that comes later wakes the loop, as a job's end does.)
                     self._record_starts()
                     ready = sel.select(timeout)
                 for key, _ in ready:
@@ -197,7 +201,7 @@ class Dispatcher:
                     timeout = 1.0
         finally:
             if self._unrecorded:
-                self._record_starts()
+                self._record_starts(wait=True)
             sel.close()
 
     def cycle(self, now: float) -> float:
@@ -435,10 +439,16 @@ class Dispatcher:
         self._unrecorded = kept
         return taken
 
-    def _record_starts(self) -> None:
-        """Write the pids of the attempts started since the last transaction."""
-        self._stamp(wait=True)
-        unrecorded, self._unrecorded = self._unrecorded, []
+    def _record_starts(self, wait: bool = False) -> None:
+        """Write the pids of the attempts started since the last transaction: those
+        known now, or (``wait``) all of them."""
+        if wait:
+            self._stamp(wait=True)
+            unrecorded, self._unrecorded = self._unrecorded, []
+        else:
+            unrecorded = self._take_identified()
+        if not unrecorded:
+            return
         try:
             missed = self.store.record_starts(_pid_records(unrecorded))
         except Exception:
@@ -599,6 +609,17 @@ class Dispatcher:
         if not getattr(executor, "local_processes", True):
             executor.watch(job, self._on_exit)  # e.g. Ray: its processes are not here
             return
+        adopt = getattr(executor, "adopt", None)
+        if adopt is not None:
+            # The direct executor's spawner knows its jobs: running (or ended, end not
+            # reported yet) ones are watched again; any other has its exit file.
+            pid = adopt(job, self._on_exit)
+            if pid is not None:
+                if job.pid != pid:
+                    start = process_start_time(pid)
+                    self.store.update(job.id, pid=pid, proc_start=start)
+                    logger.info("job %s: adopted process %d from the spawner", job.id, pid)
+                return
         exit_file = self.config.run_dir / f"{job.token}.exit"
         if not same_process_alive(job.pid, job.proc_start) and read_exit_file(exit_file) is None:
             # No pid, or one that is not the job's process any more: look by token.

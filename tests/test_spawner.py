@@ -38,6 +38,15 @@ def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
     s.close()
 
 
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Path]:
+    """A file a gated job waits for; opened at the end whatever happened, so a failed
+    test leaves no job running."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
+
+
 def spawner_of(run_dir: Path) -> psutil.Process | None:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
@@ -83,8 +92,10 @@ def test_a_program_not_on_the_jobs_path_fails_with_the_reason(sched: GPUJobSched
     assert sched.wait([ok], timeout=60).iloc[0]["status"] == "succeeded"
 
 
-def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path) -> None:
-    state, gate = tmp_path / "state", tmp_path / "gate"
+def test_job_ended_after_its_engine_is_recorded_by_the_next_one(
+    tmp_path: Path, gate: Path
+) -> None:
+    state = tmp_path / "state"
     first = GPUJobScheduler(config=_config(state)).start()
     jid = first.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5")
     pid = wait_for(lambda: first.store.get(jid).pid, what="the job's start")
@@ -106,9 +117,8 @@ def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path) 
 
 
 def test_killed_spawner_loses_only_the_exit_codes_of_its_running_jobs(
-    sched: GPUJobScheduler, tmp_path: Path
+    sched: GPUJobScheduler, gate: Path
 ) -> None:
-    gate = tmp_path / "gate"
     jid = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 0")
     pid = wait_for(lambda: sched.store.get(jid).pid, what="the job's start")
     owner = spawner_of(sched.config.run_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -111,6 +112,28 @@ class DirectExecutor(LocalProcessExecutor):
         super().__init__(run_dir)
         self._spawner = SpawnerClient(run_dir)
         self._end_fds: dict[str, int] = {}  # token -> end descriptor of a job started here
+        self._events: select.epoll | None = None  # see event_source
+
+    def event_source(self) -> tuple[int, Callable[[], None]] | None:
+        """Also wakes the loop when the spawner's replies (the pids) come."""
+        fd = self._watcher.drive()
+        if fd is None:
+            return None
+        events = self._events = select.epoll()
+        events.register(fd, select.EPOLLIN)
+        self._spawner.on_connect = self._watch_socket
+        return events.fileno(), self._ready
+
+    def _watch_socket(self, sock: socket.socket) -> None:
+        assert self._events is not None
+        try:
+            self._events.register(sock, select.EPOLLIN)
+        except FileExistsError:  # (a closed socket's number, reused)
+            self._events.modify(sock, select.EPOLLIN)
+
+    def _ready(self) -> None:
+        self._spawner.read_ready()
+        self._watcher.process_ready()
 
     def start(self, launch: Launch) -> Started:
         # A missing folder is refused here, with a clear reason, not in the job's log.
@@ -160,16 +183,36 @@ class DirectExecutor(LocalProcessExecutor):
         pid = self._spawner.pid_of(token)
         return pid, (process_start_time(pid) if pid is not None else None)
 
+    def adopt(self, job: Job, on_exit: OnExit) -> int | None:
+        """Watch ``job`` if the spawner still has it (it is running, or just ended and
+        its end not yet reported): returns its pid, else None (then it has ended and
+        its exit file is written, or it is no child of the spawner).  One question to
+        the spawner, so there is no moment where a job that ended has no exit file yet."""
+        if not job.token:
+            return None
+        found = self._spawner.watch(job.token)
+        if found is None:
+            return None
+        pid, fd = found
+        self._watch_end(replace(job, pid=pid), fd, on_exit)
+        return pid
+
     def watch(self, job: Job, on_exit: OnExit) -> None:
         token = job.token or ""
         fd = self._end_fds.pop(token, None)
         if fd is None and token:
-            fd = self._spawner.watch(token)  # a job a previous engine started
+            found = self._spawner.watch(token)  # a job a previous engine started
+            fd = found[1] if found is not None else None
         if fd is None:
             # Not the spawner's (any more): an orphan whose spawner was killed, or a job
             # of an nbsched that still ran jobs under a launcher shell.  Watch its pid.
             super().watch(job, on_exit)
             return
+        self._watch_end(job, fd, on_exit)
+
+    def _watch_end(self, job: Job, fd: int, on_exit: OnExit) -> None:
+        """Report ``job``'s end when its end descriptor ``fd`` says it ended."""
+        token = job.token or ""
         exit_file = self.run_dir / f"{job.token}.exit"
 
         def ended() -> None:
@@ -200,6 +243,8 @@ class DirectExecutor(LocalProcessExecutor):
             os.close(fd)
         self._end_fds.clear()
         self._spawner.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def _read_end(fd: int) -> Exit | None:
@@ -239,6 +284,8 @@ class SpawnerClient:
         self._pending: deque[str] = deque()  # tokens of starts whose replies are unread
         self._pids: dict[str, int | None] = {}  # replies read, not yet asked for
         self._errors: dict[str, str] = {}  # why a start was refused, by token
+        #: Called with each new connection's socket (an event loop may watch it).
+        self.on_connect: Callable[[socket.socket], None] | None = None
 
     def start(self, launch: Launch, cwd: str, end_fd: int) -> None:
         """Send the spawner ``launch`` (with ``end_fd``); its pid comes with :meth:`pid_of`."""
@@ -282,6 +329,26 @@ class SpawnerClient:
                 self._read_reply()
             return self._pids.pop(token, None), self._errors.pop(token, None)
 
+    def read_ready(self) -> None:
+        """Read the replies that have come, without waiting (for an event loop that
+        watches the socket: afterwards it is not readable, unless more came)."""
+        with self._lock:
+            if self._sock is None:
+                return
+            while self._pending and self._reply_ready():
+                self._read_reply()
+            if not self._pending and self._sock is not None:
+                try:
+                    data = os.read(self._sock.fileno(), 65536)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    data = b""
+                if data:
+                    self._buf += data  # (nothing is expected: kept for the next read)
+                else:
+                    self._lose_connection()  # the spawner is gone
+
     def has_reply(self, token: str) -> bool:
         """Whether :meth:`pid_of` would answer for ``token`` without waiting."""
         with self._lock:
@@ -289,9 +356,9 @@ class SpawnerClient:
                 self._read_reply()
             return token not in self._pending
 
-    def watch(self, token: str) -> int | None:
-        """A new end descriptor of the running job ``token``, or None if the spawner
-        (if any runs) does not have it: then the job has ended, or is not its child."""
+    def watch(self, token: str) -> tuple[int, int] | None:
+        """(pid, a new end descriptor) of the job ``token``, or None if the spawner (if
+        any runs) does not have it: then the job has ended, or is not its child."""
         read_end, write_end = os.pipe()
         try:
             with self._lock:
@@ -301,7 +368,7 @@ class SpawnerClient:
                         self._read_reply()
                     reply = self._reply()
                     if reply.get("ok") and reply.get("pid") is not None:
-                        return read_end
+                        return int(reply["pid"]), read_end
         except (OSError, ValueError):
             with self._lock:
                 self._lose_connection()
@@ -333,6 +400,8 @@ class SpawnerClient:
                 if not reply.get("ok"):
                     raise SpawnerError(f"nbsched's spawner refused: {reply.get('error')}")
                 self._base = base
+                if self.on_connect is not None:
+                    self.on_connect(sock)
                 return True
             except (OSError, ValueError):
                 # None runs, or one is just ending (it left when idle): start one.
@@ -409,7 +478,9 @@ class SpawnerClient:
         """Whether a whole reply line has come (reads what has, without waiting)."""
         while b"\n" not in self._buf and self._sock is not None:
             try:
-                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+                # (os.read: a socket with a timeout is non-blocking underneath, and its
+                # own recv would wait for data up to that timeout, whatever the flags)
+                data = os.read(self._sock.fileno(), 65536)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError:

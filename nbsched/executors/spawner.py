@@ -311,14 +311,32 @@ def _append(path: str, text: str) -> None:
 
 
 def _resolve(name: str, env: dict[str, str]) -> str:
-    """The program ``name`` as the job's own shell would find it: on the job's PATH."""
+    """The program ``name`` as the job's own shell would find it: on the job's PATH.
+
+    Remembered, as bash remembers the commands it ran (``hash``), for a PATH of
+    absolute folders only, and looked up again if the file is no longer there.
+    """
     if "/" in name:
         return name
-    for folder in env.get("PATH", os.defpath).split(os.pathsep):
+    search = env.get("PATH", os.defpath)
+    key = (name, search)
+    path = _FOUND.get(key)
+    if path is not None and os.access(path, os.X_OK):
+        return path
+    folders = search.split(os.pathsep)
+    for folder in folders:
         path = os.path.join(folder or ".", name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
+            if all(os.path.isabs(f) for f in folders):  # (else it depends on cwd)
+                if len(_FOUND) > 256:
+                    _FOUND.clear()
+                _FOUND[key] = path
             return path
     raise FileNotFoundError(errno.ENOENT, "not found on the job's PATH", name)
+
+
+#: (program, PATH) -> where it was found (see _resolve).
+_FOUND: dict[tuple[str, str], str] = {}
 
 
 def _write_exit(path: str, code: int) -> None:

@@ -92,9 +92,7 @@ def test_a_program_not_on_the_jobs_path_fails_with_the_reason(sched: GPUJobSched
     assert sched.wait([ok], timeout=60).iloc[0]["status"] == "succeeded"
 
 
-def test_job_ended_after_its_engine_is_recorded_by_the_next_one(
-    tmp_path: Path, gate: Path
-) -> None:
+def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path, gate: Path) -> None:
     state = tmp_path / "state"
     first = GPUJobScheduler(config=_config(state)).start()
     jid = first.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 5")

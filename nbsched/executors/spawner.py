@@ -69,10 +69,13 @@ LOCK_NAME = "spawner.lock"
 LOG_NAME = "spawner.log"
 #: How long the spawner stays with no engine connected and no job running.
 IDLE_EXIT_S = 2.0
-#: Every signal a job starts with at its default disposition (Python ignores SIGPIPE
-#: and SIGXFSZ; an ignored signal would otherwise stay ignored across exec).
+#: The signals a job must have set back to their default disposition: those ignored
+#: here (Python ignores SIGPIPE and SIGXFSZ), since an ignored signal stays ignored
+#: across exec; a handled one is reset by exec itself.
 DEFAULT_SIGNALS = tuple(
-    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
+    s
+    for s in signal.valid_signals()
+    if s not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(s) == signal.SIG_IGN
 )
 _MAX_REQUEST = 16 << 20
 #: The requests that come with one end descriptor each.
@@ -132,15 +135,19 @@ class Spawner:
                 if now - idle_since >= IDLE_EXIT_S:
                     return
                 timeout = IDLE_EXIT_S - (now - idle_since)
-            for key, _ in self.sel.select(timeout):
-                if key.data == "listen":
-                    self._accept()
-                elif key.data == "child":
-                    _drain(self._wake_r)
-                    self._reap()
-                else:
-                    self._read(key.data)
-            self._reap()  # (a SIGCHLD that came while a request was served)
+            try:
+                for key, _ in self.sel.select(timeout):
+                    if key.data == "listen":
+                        self._accept()
+                    elif key.data == "child":
+                        _drain(self._wake_r)
+                        self._reap()
+                    else:
+                        self._read(key.data)
+                self._reap()  # (a SIGCHLD that came while a request was served)
+            except Exception:  # never end with jobs whose exit codes are still to come
+                _log(traceback.format_exc())
+                time.sleep(0.1)  # (not a busy loop, if it happens again at once)
 
     def _accept(self) -> None:
         try:
@@ -164,7 +171,7 @@ class Spawner:
 
     def _read(self, conn: _Conn) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(conn.sock, 65536, 8)
+            data, fds, _, _ = socket.recv_fds(conn.sock, 65536, 64)
         except OSError:
             data, fds = b"", []
         for fd in fds:

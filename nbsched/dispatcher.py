@@ -171,8 +171,9 @@ class Dispatcher:
         self._thread_id = threading.get_ident()
         try:
             self.recover()
-            timeout: float = 0.0
+            due = time.monotonic()  # the next cycle, at the latest
             while not self._stop.is_set():
+                timeout = max(0.0, due - time.monotonic())
                 # (an end reported in this thread, e.g. at recovery, did not wake it)
                 pending = bool(self._unrecorded or self._new_ends)
                 ready = sel.select(0.0 if pending else timeout)
@@ -183,22 +184,26 @@ class Dispatcher:
                     # something is ready, the cycle's own transaction takes them; a pid
                     # that comes later wakes the loop, as a job's end does.)
                     self._record_starts()
-                    ready = sel.select(timeout)
+                    ready = sel.select(max(0.0, due - time.monotonic()))
+                asked = False  # a submission, cancel, pause, ... (the pipe or the FIFO)
                 for key, _ in ready:
                     if key.data is None:
                         _drain(key.fd)
+                        asked = True
                     else:
                         try:
-                            key.data()  # an executor's processes ended: it reports them
+                            key.data()  # an executor's jobs ended, or their pids came
                         except Exception:
                             logger.exception("reading the ends of jobs failed")
                 if self._stop.is_set():
                     break
+                if ready and not asked and not self._new_ends and time.monotonic() < due:
+                    continue  # only pids came: written at the top of the next turn
                 try:
-                    timeout = self.cycle(time.time())
+                    due = time.monotonic() + self.cycle(time.time())
                 except Exception:
                     logger.exception("dispatcher cycle failed; retrying in 1 s")
-                    timeout = 1.0
+                    due = time.monotonic() + 1.0
         finally:
             if self._unrecorded:
                 self._record_starts(wait=True)

@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 from .errors import NotSupportedError
 from .jobs import Job
@@ -102,7 +101,11 @@ def conda_failure(job: Job, log_path: str | os.PathLike[str] | None) -> str | No
 
 
 def build_env(
-    job: Job, gpus: tuple[int, ...], token: str, result_file: Path, base: Mapping[str, str]
+    job: Job,
+    gpus: tuple[int, ...],
+    token: str,
+    result_file: str | os.PathLike[str],
+    base: Mapping[str, str],
 ) -> dict[str, str]:
     env = dict(base)
     env.update(job.spec.env)

@@ -112,6 +112,9 @@ def process_start_time(pid: int) -> float | None:
         if _BOOT_TIME is None:
             _BOOT_TIME = psutil.boot_time()
         return _BOOT_TIME + ticks / _CLOCK_TICKS
+    except FileNotFoundError:
+        if _HAS_PROC:
+            return None  # the process is gone (and reaped)
     except (OSError, ValueError, IndexError):
         pass
     try:
@@ -121,6 +124,7 @@ def process_start_time(pid: int) -> float | None:
 
 
 _BOOT_TIME: float | None = None
+_HAS_PROC = os.path.isdir("/proc/self")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

@@ -213,12 +213,11 @@ class DirectExecutor(LocalProcessExecutor):
     def _watch_end(self, job: Job, fd: int, on_exit: OnExit) -> None:
         """Report ``job``'s end when its end descriptor ``fd`` says it ended."""
         token = job.token or ""
-        exit_file = self.run_dir / f"{job.token}.exit"
 
         def ended() -> None:
             exit = _read_end(fd)
             if exit is None:
-                code = read_exit_file(exit_file)
+                code = read_exit_file(self.run_dir / f"{token}.exit")
                 exit = Exit(code) if code is not None else None
             if exit is not None:
                 on_exit(job, exit)

@@ -82,6 +82,18 @@ def test_exit_codes_as_a_shell_reports_them(sched: GPUJobScheduler) -> None:
     assert list(rows["status"]) == ["failed"] * 3
 
 
+def test_a_job_whose_process_group_is_killed_records_its_signal(
+    sched: GPUJobScheduler, gate: Path
+) -> None:
+    # `kill -9 -PGID`, the way a user ends a job's whole tree by hand: nothing of
+    # nbsched's is in that group, so the code (128+9) is still recorded.
+    jid = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    pid = wait_for(lambda: sched.store.get(jid).pid, what="the job's start")
+    os.killpg(pid, signal.SIGKILL)
+    row = sched.wait([jid], timeout=60).iloc[0]
+    assert (row["status"], row["exit_code"]) == ("failed", 128 + signal.SIGKILL)
+
+
 def test_a_program_not_on_the_jobs_path_fails_with_the_reason(sched: GPUJobScheduler) -> None:
     jid = sched.add_command("true", env={"PATH": "/nonexistent"})
     row = sched.wait([jid], timeout=60).iloc[0]
@@ -106,6 +118,7 @@ def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path, 
         wait_for(lambda: second._dispatcher is not None and second._dispatcher.cycles > 0)
         assert second.job(jid)["status"] == "running"
         gate.touch()
+        assert second.store.get(jid).pid == pid
         row = second.wait([jid], timeout=60).iloc[0]
         assert (row["status"], row["exit_code"]) == ("failed", 5)
         assert spawner_of(state / "run") == owner  # the same spawner, watched again

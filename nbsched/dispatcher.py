@@ -141,6 +141,11 @@ class Dispatcher:
         self._unrecorded: list[tuple[Job, Executor]] = []
         #: Jobs submitted in this process, with the revision they were written at.
         self._offered: dict[str, tuple[int, Job]] = {}
+        #: Whether the store may hold changes this dispatcher has not read: set by a
+        #: wake-up through the pipe or the FIFO (every writer sends one after its
+        #: commit), a timed turn, and a turn whose writes did not all apply.  A turn
+        #: woken only by ends (or pids) skips reading the store: it knows its own writes.
+        self._dirty = True
         self._sel: selectors.BaseSelector | None = None
         self._thread_id: int | None = None
         #: Executors whose process watchers this loop drives (see _executor).
@@ -194,7 +199,7 @@ class Dispatcher:
                 for key, _ in ready:
                     if key.data is None:
                         _drain(key.fd)
-                        asked = True
+                        asked = self._dirty = True
                     else:
                         try:
                             key.data()  # an executor's jobs ended, or their pids came
@@ -204,6 +209,8 @@ class Dispatcher:
                     break
                 if ready and not asked and not self._new_ends and time.monotonic() < due:
                     continue  # only pids came: written at the top of the next turn
+                if time.monotonic() >= due:
+                    self._dirty = True  # (a timed turn: back-offs, GPUs, the safety net)
                 try:
                     due = time.monotonic() + self.cycle(time.time())
                 except Exception:
@@ -229,7 +236,8 @@ class Dispatcher:
             self._new_ends = False  # (ends put back after a failed write wait a turn)
         unrecorded = self._take_identified()
         try:
-            self._refresh()
+            if self._dirty or self._offered:
+                self._refresh()
             ends = [self._decide_end(job, exit, now) for job, exit in ended]
             starts = self._plan(now, gone={end.job.id for end in ends})
             if self._crash:
@@ -244,10 +252,18 @@ class Dispatcher:
             with self._inbox_lock:
                 self._ended[:0] = ended
             self._unrecorded[:0] = unrecorded
+            self._dirty = True
             if not isinstance(exc, StateDirError):
                 raise
             logger.warning("recording job ends and starts failed (%s); will retry", exc)
             return 1.0
+        for job in running:
+            if job is not None:
+                self._forget(job.id, running=False)  # off the queue: it runs now
+        if None in running or _unusual(recorded):
+            # A write that did not apply (another process got there first), or an end
+            # that sent its job back to the queue (a retry): read the store next turn.
+            self._dirty = True
         self._start(running)  # first: what follows can wait, the next jobs should not
         self._kill_cancelled(unrecorded, missed)
         self._after_ends(ends, recorded)
@@ -302,6 +318,7 @@ class Dispatcher:
                 self._offered[job.id] = (rev, job)
 
     def _refresh(self) -> None:
+        self._dirty = False  # (a wake-up from now on sets it again)
         with self._inbox_lock:
             offered, self._offered = self._offered, {}
         rev, changes, self._paused = self.store.dispatch_view(self._rev)
@@ -660,6 +677,11 @@ class Dispatcher:
             token=None,
             gpus=[],
         )
+
+
+def _unusual(recorded: list[JobStatus | None]) -> bool:
+    """Whether recorded ends include one that did not apply or a retry (queued again)."""
+    return any(status is None or status == JobStatus.QUEUED for status in recorded)
 
 
 def _pid_records(started: list[tuple[Job, Executor]]) -> list[tuple[int, str, dict[str, Any]]]:

@@ -336,13 +336,25 @@ def main(argv: list[str] | None = None) -> int:
     eff: dict[str, list[float]] = {n: [] for n in names}
     lat: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[tuple[float, float]]] = {}
+    # Each round's nbsched figures against the reference's of the same round.
+    per_round: list[tuple[float, float, float]] = []
     for r in range(args.rounds):
         order = names if r % 2 == 0 else names[::-1]  # interleave to spread machine noise
         for n in order:
             tput[n].append(throughput(n, cpu))
             eff[n].append(efficiency(n))
             lat[n].extend(latency(n))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        ratio = tput["nbsched"][-1] / tput["reference"][-1]
+        extra = 1e3 * (
+            statistics.median(lat["nbsched"][-N_LATENCY:])
+            - statistics.median(lat["reference"][-N_LATENCY:])
+        )
+        per_round.append((ratio, eff["nbsched"][-1], extra))
+        print(
+            f"round {r + 1}/{args.rounds}: {ratio:.2f}x, efficiency {eff['nbsched'][-1]:.3f} "
+            f"(reference {eff['reference'][-1]:.3f}), latency +{extra:.2f} ms",
+            file=sys.stderr,
+        )
 
     med = statistics.median
     t = {n: med(tput[n]) for n in names}
@@ -408,7 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, vals, goal, met in rows:
         verdict = "" if met is None else ("yes" if met else "no")
         md.append(f"| {label} | {vals[ref]} | {vals[nb]} | {goal} | {verdict} |")
+    lo = [min(x[i] for x in per_round) for i in range(3)]
+    hi = [max(x[i] for x in per_round) for i in range(3)]
     md += [
+        "",
+        f"Round by round (each against the reference of the same round): throughput "
+        f"{lo[0]:.2f}x-{hi[0]:.2f}x, efficiency {lo[1]:.3f}-{hi[1]:.3f}, latency "
+        f"+{lo[2]:.2f} to +{hi[2]:.2f} ms.",
         "",
         "Latency: from just before the submission to the job's own first instruction "
         f"(`echo $EPOCHREALTIME > file` in the job's bash), {N_LATENCY} jobs one after another "

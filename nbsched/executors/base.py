@@ -82,10 +82,6 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def exit_path(run_dir: Path, token: str) -> Path:
-    return run_dir / f"{token}.exit"
-
-
 def read_exit_file(path: Path) -> int | None:
     try:
         text = path.read_text().strip()

@@ -8,6 +8,7 @@ protocol shows (a bad request does not end it; one spawner per folder).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -128,8 +129,9 @@ def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path, 
 
 
 def test_killed_spawner_loses_only_the_exit_codes_of_its_running_jobs(
-    sched: GPUJobScheduler, gate: Path
+    sched: GPUJobScheduler, gate: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="nbsched.executors.direct")
     jid = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 0")
     pid = wait_for(lambda: sched.store.get(jid).pid, what="the job's start")
     owner = spawner_of(sched.config.run_dir)
@@ -143,6 +145,7 @@ def test_killed_spawner_loses_only_the_exit_codes_of_its_running_jobs(
     row = sched.wait([jid], timeout=60).iloc[0]
     assert row["status"] == "failed" and pd.isna(row["exit_code"])
     assert row["reason"] == SPAWNER_GONE
+    assert "spawner for" in caplog.text and "exit codes will be unknown" in caplog.text
     # The next job starts a new spawner and ends normally.
     nxt = sched.add_command("exit 3")
     assert sched.wait([nxt], timeout=60).iloc[0]["exit_code"] == 3

@@ -346,7 +346,7 @@ class SpawnerClient:
                 if data:
                     self._buf += data  # (nothing is expected: kept for the next read)
                 else:
-                    self._lose_connection()  # the spawner is gone
+                    self._gone(None)
 
     def has_reply(self, token: str) -> bool:
         """Whether :meth:`pid_of` would answer for ``token`` without waiting."""
@@ -444,13 +444,25 @@ class SpawnerClient:
         token = self._pending[0]
         try:
             reply = self._reply()
-        except (OSError, ValueError):
-            self._lose_connection()
+        except (OSError, ValueError) as exc:
+            self._gone(exc)
             return
         self._pending.popleft()
         self._pids[token] = reply.get("pid") if reply.get("ok") else None
         if not reply.get("ok"):
             self._errors[token] = str(reply.get("error"))
+
+    def _gone(self, exc: Exception | None) -> None:
+        """The connection ended under us: the spawner was killed (it never leaves while
+        an engine is connected).  Said in the engine's log: its running jobs' exit
+        codes are lost (each job says so when it ends)."""
+        logger.warning(
+            "nbsched's spawner for %s ended while this engine was connected (%s); the jobs "
+            "it was running go on, but their exit codes will be unknown",
+            self.run_dir,
+            exc or "end of file",
+        )
+        self._lose_connection()
 
     def _lose_connection(self) -> None:
         """The spawner is gone: did it start the jobs whose replies never came?  (Then

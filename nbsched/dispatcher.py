@@ -62,7 +62,7 @@ from .executors.base import (
     Exit,
     Launch,
     Started,
-    find_by_token,
+    find_job_process,
     process_start_time,
     read_exit_file,
     same_process_alive,
@@ -439,7 +439,7 @@ class Dispatcher:
         """
         kept: list[tuple[Job, Executor]] = []
         for job, executor in self._unrecorded:
-            if job.pid is None and getattr(executor, "defer_identity", False):
+            if _awaiting(job, executor):
                 found = executor.identify(job, wait=wait)  # type: ignore[attr-defined]
                 if found is None:
                     kept.append((job, executor))  # not known yet
@@ -461,8 +461,7 @@ class Dispatcher:
         taken: list[tuple[Job, Executor]] = []
         kept: list[tuple[Job, Executor]] = []
         for job, executor in self._unrecorded:
-            waiting = job.pid is None and getattr(executor, "defer_identity", False)
-            (kept if waiting else taken).append((job, executor))
+            (kept if _awaiting(job, executor) else taken).append((job, executor))
         self._unrecorded = kept
         return taken
 
@@ -651,7 +650,7 @@ class Dispatcher:
         exit_file = self.config.run_dir / f"{job.token}.exit"
         if not same_process_alive(job.pid, job.proc_start) and read_exit_file(exit_file) is None:
             # No pid, or one that is not the job's process any more: look by token.
-            found = _find_job_process(job.token)
+            found = find_job_process(job.token)
             if found is not None:
                 pid, start = found
                 self.store.update(job.id, pid=pid, proc_start=start)
@@ -679,6 +678,11 @@ class Dispatcher:
         )
 
 
+def _awaiting(job: Job, executor: Executor) -> bool:
+    """Whether a started attempt's pid is still to come from its executor."""
+    return job.pid is None and getattr(executor, "defer_identity", False)
+
+
 def _unusual(recorded: list[JobStatus | None]) -> bool:
     """Whether recorded ends include one that did not apply or a retry (queued again)."""
     return any(status is None or status == JobStatus.QUEUED for status in recorded)
@@ -689,20 +693,6 @@ def _pid_records(started: list[tuple[Job, Executor]]) -> list[tuple[int, str, di
         (job.seq, job.token or "", {"pid": job.pid, "proc_start": job.proc_start, "node": job.node})
         for job, _ in started
     ]
-
-
-def _find_job_process(token: str) -> tuple[int, float] | None:
-    """(pid, start time) of the oldest live process carrying ``token`` that leads its
-    session (the job's own process, unless it ended and left children), or None."""
-    found = []
-    for proc in find_by_token(token):
-        start = process_start_time(proc.pid)
-        if start is not None:
-            found.append((_sid(proc.pid) != proc.pid, start, proc.pid))
-    if not found:
-        return None
-    _, start, pid = min(found)
-    return pid, start
 
 
 def _gone_reason(pid: int) -> str:
@@ -719,13 +709,6 @@ def _gone_reason(pid: int) -> str:
             f"belongs to another process, which was left alone)"
         )
     return f"the job's process (pid {pid}) ended without recording an exit code"
-
-
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
 
 
 def _drain(fd: int) -> None:

@@ -158,6 +158,27 @@ def find_by_token(token: str) -> list[psutil.Process]:
     return found
 
 
+def find_job_process(token: str) -> tuple[int, float] | None:
+    """(pid, start time) of the oldest live process carrying ``token`` that leads its
+    session (the job's own process, unless it ended and left children), or None."""
+    found = []
+    for proc in find_by_token(token):
+        start = process_start_time(proc.pid)
+        if start is not None:
+            found.append((_sid(proc.pid) != proc.pid, start, proc.pid))
+    if not found:
+        return None
+    _, start, pid = min(found)
+    return pid, start
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 def kill_tree(pid: int | None, proc_start: float | None, token: str | None, grace_s: float) -> None:
     """SIGTERM the job's process, its descendants, its process group and every process
     carrying its token (also ones that called ``setsid``); SIGKILL what is left after

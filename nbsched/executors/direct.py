@@ -37,7 +37,7 @@ from .base import (
     Launch,
     OnExit,
     Started,
-    find_by_token,
+    find_job_process,
     kill_tree,
     process_start_time,
     read_exit_file,
@@ -225,7 +225,7 @@ class DirectExecutor(LocalProcessExecutor):
             # The spawner went before the job's end: the job may still run, an orphan.
             orphan = job
             if job.pid is None:  # (not identified yet when it was watched)
-                pid = self._spawner.pid_of(token) or _session_leader(token)
+                pid = self._spawner.pid_of(token) or _job_pid(token)
                 orphan = replace(job, pid=pid)
             if orphan.pid is None:
                 on_exit(job, Exit(None, SPAWNER_GONE))
@@ -469,7 +469,7 @@ class SpawnerClient:
         they run, orphans: their pids are found by their tokens; never start them twice.)"""
         self._disconnect()
         for token in self._pending:
-            self._pids[token] = _session_leader(token)
+            self._pids[token] = _job_pid(token)
         self._pending.clear()
 
     def _disconnect(self) -> None:
@@ -526,12 +526,7 @@ def _connect_unix(sock: socket.socket, path: str) -> None:
         os.close(fd)
 
 
-def _session_leader(token: str) -> int | None:
-    """The pid of the process carrying ``token`` that leads its session, if any."""
-    for proc in find_by_token(token):
-        try:
-            if os.getsid(proc.pid) == proc.pid:
-                return proc.pid
-        except OSError:
-            continue
-    return None
+def _job_pid(token: str) -> int | None:
+    """The pid of the job's own process, found by its token, if it runs."""
+    found = find_job_process(token)
+    return found[0] if found is not None else None

@@ -75,7 +75,6 @@ def session_of(pid: int | None) -> str | None:
 
 class ScreenExecutor(LocalProcessExecutor):
     name = "screen"
-    #: The wrapper is screen's child, not ours: its wait status never reaches us.
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(run_dir)

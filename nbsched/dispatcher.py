@@ -50,7 +50,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -402,7 +401,7 @@ class Dispatcher:
             if until is not None and job.not_before is not None:
                 not_before = min(job.not_before, now + max(0.0, until - mono))
                 if not_before != job.not_before:
-                    job = replace(job, not_before=not_before)
+                    job = job.evolve(not_before=not_before)
             out.append(job)
         return out
 
@@ -423,7 +422,7 @@ class Dispatcher:
                 if self._crash:
                     self._crash("after_spawn")
         for job, started, executor in spawned:
-            job = replace(job, pid=started.pid, proc_start=started.proc_start, node=started.node)
+            job = job.evolve(pid=started.pid, proc_start=started.proc_start, node=started.node)
             self._running[job.id] = job
             executor.watch(job, self._on_exit)
             self._unrecorded.append((job, executor))
@@ -447,9 +446,9 @@ class Dispatcher:
                 pid, proc_start = found
                 if pid is None:
                     continue
-                job = replace(job, pid=pid, proc_start=proc_start)
+                job = job.evolve(pid=pid, proc_start=proc_start)
             elif job.pid is not None and job.proc_start is None:
-                job = replace(job, proc_start=process_start_time(job.pid))
+                job = job.evolve(proc_start=process_start_time(job.pid))
             kept.append((job, executor))
             if job.id in self._running and self._running[job.id].token == job.token:
                 self._running[job.id] = job
@@ -654,7 +653,7 @@ class Dispatcher:
             if found is not None:
                 pid, start = found
                 self.store.update(job.id, pid=pid, proc_start=start)
-                job = replace(job, pid=pid, proc_start=start)
+                job = job.evolve(pid=pid, proc_start=start)
                 logger.info("job %s: adopted process %d found by its token", job.id, pid)
             elif read_exit_file(exit_file) is not None:
                 pass  # it ended between the two looks; the watch below records its code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from .allocation import booked_share
 from .errors import InvalidValueError
 from .gpus.base import GpuSnapshot
-from .jobs import Job, JobStatus
+from .jobs import Job, JobStatus, display_command
+from .store import TABLE_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,6 +87,12 @@ def job_row(job: Job) -> dict[str, Any]:
 
 
 _TIME_COLUMNS = ("submitted", "started", "ended")
+# (jobs_frame unpacks the store's table rows by position)
+assert TABLE_COLUMNS == (
+    "seq", "status", "priority", "kind", "script", "args", "command", "conda_env",
+    "required_gpus", "gpus", "submitted", "started", "ended", "exit_code", "attempts",
+    "log_path", "name", "sweep", "node", "reason",
+)  # fmt: skip
 
 
 def _raw_row(job: Job) -> dict[str, Any]:
@@ -109,18 +117,71 @@ def _raw_row(job: Job) -> dict[str, Any]:
     }
 
 
-def jobs_frame(jobs: Sequence[Job]) -> pd.DataFrame:
+def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """The jobs table (:data:`JOB_COLUMNS`) of rows as :meth:`Store.table` returns them.
+
+    Built a column at a time from the raw values: no :class:`Job` per row, and each
+    column converted once (10,000 jobs in ~0.1 s, against ~0.6 s row by row).
+    """
     import pandas as pd
 
-    df = pd.DataFrame([_raw_row(j) for j in jobs], columns=list(JOB_COLUMNS))
+    if rows:
+        (seq, status, priority, kind, script, args, command, conda_env, required_gpus, gpus,
+         submitted, started, ended, exit_code, attempts, log_path, name, sweep, node,
+         reason) = zip(*rows, strict=True)  # fmt: skip
+        loads = json.loads
+        seen: dict[str, list[int]] = {}  # (few distinct GPU lists: each decoded once)
+
+        def gpu_list(text: str) -> list[int]:
+            found = seen.get(text)
+            if found is None:
+                found = seen[text] = loads(text)
+            return list(found)  # (a list of its own per row, as users may change one)
+
+        columns: dict[str, Any] = {
+            "id": [str(n) for n in seq],
+            "status": status,
+            "priority": priority,
+            "command": [
+                c or "" if k == "command" else display_command(k, c, s, loads(a), e)
+                for k, c, s, a, e in zip(kind, command, script, args, conda_env, strict=True)
+            ],
+            "required_gpus": required_gpus,
+            "gpus": [gpu_list(g) for g in gpus],
+            "submitted": submitted,
+            "started": started,
+            "ended": ended,
+            "exit_code": exit_code,
+            "attempts": attempts,
+            "log": log_path,
+            "name": name,
+            "sweep": sweep,
+            "node": node,
+            "reason": reason,
+        }
+        columns["exit_code"] = pd.array(exit_code, dtype="Int64")
+        for col in _TIME_COLUMNS:
+            columns[col] = _times(pd.Series(columns[col], dtype=object))
+        return pd.DataFrame({c: _column(columns[c]) for c in JOB_COLUMNS})
+    df = pd.DataFrame([], columns=list(JOB_COLUMNS))
     df["exit_code"] = df["exit_code"].astype("Int64")
-    for col in _TIME_COLUMNS:  # a column at once: ~7 us a value less than one by one
-        values = df[col]
-        if values.isna().all():  # (no time at all: the type pandas gives an empty column)
-            df[col] = pd.to_datetime(values)
-        else:
-            df[col] = pd.to_datetime(values.astype("float64"), unit="s")
+    for col in _TIME_COLUMNS:
+        df[col] = _times(df[col])
     return df
+
+
+def _column(values: Any) -> Any:
+    return list(values) if isinstance(values, tuple) else values
+
+
+def _times(values: pd.Series) -> pd.Series:
+    """Seconds since the epoch (or None) as pandas times (a column at once: ~7 us a
+    value less than one by one)."""
+    import pandas as pd
+
+    if values.isna().all():  # (no time at all: the type pandas gives an empty column)
+        return pd.to_datetime(values)
+    return pd.to_datetime(values.astype("float64"), unit="s")
 
 
 def gpu_frame(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -106,6 +106,19 @@ class Job:
     token: str | None = None
     cancel_requested: bool = False
 
+    def evolve(self, **changes: Any) -> Job:
+        """A copy with ``changes``: :func:`dataclasses.replace` without its per-field
+        work (~6x faster), for the dispatcher's path, which copies each job it starts a
+        few times.  Job has no ``__post_init__`` for this to skip."""
+        unknown = changes.keys() - _JOB_FIELDS
+        if unknown:
+            raise TypeError(f"Job has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(Job)
+        fields = new.__dict__  # (frozen: assignment is refused, the dict is not)
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
+
     # Convenience pass-throughs, so callers need not reach into ``spec``.
     @property
     def priority(self) -> int:
@@ -121,16 +134,25 @@ class Job:
 
     def display_command(self) -> str:
         """The command as a user would type it."""
-        import shlex
-
         s = self.spec
-        if s.kind == "command":
-            return s.command or ""
-        parts = [s.script or "", *s.args]
-        text = shlex.join(parts)
-        if s.conda_env:
-            text = f"[{s.conda_env}] {text}"
-        return text
+        return display_command(s.kind, s.command, s.script, s.args, s.conda_env)
+
+
+_JOB_FIELDS = frozenset(f.name for f in fields(Job))
+
+
+def display_command(
+    kind: str, command: str | None, script: str | None, args: Sequence[str], conda_env: str | None
+) -> str:
+    """A job's command as a user would type it (``[env] script 'arg'`` for a script)."""
+    if kind == "command":
+        return command or ""
+    import shlex
+
+    text = shlex.join([script or "", *args])
+    if conda_env:
+        text = f"[{conda_env}] {text}"
+    return text
 
 
 def job_hash(

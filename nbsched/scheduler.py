@@ -634,8 +634,8 @@ class GPUJobScheduler:
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
         ):
             raise InvalidValueError(f"first/last={limit!r}: expected a whole number >= 0")
-        found = self.store.find(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(found)
+        rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
+        return frames.jobs_frame(rows)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
@@ -710,7 +710,7 @@ class GPUJobScheduler:
                 if bar.enabled:
                     bar.update(len(wanted) - len(pending), self.store.status_counts(wanted_set))
                 if not pending:
-                    return frames.jobs_frame(self.store.get_many(wanted))
+                    return frames.jobs_frame(self.store.table(ids=wanted))
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     left = ", ".join(map(str, sorted(pending)))

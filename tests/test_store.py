@@ -607,3 +607,17 @@ def test_reads_in_other_threads_see_every_commit(store: Store) -> None:
     t.start()
     t.join()
     assert seen == [1] and got == [R]
+
+
+def test_job_evolve_is_dataclasses_replace(store: Store) -> None:
+    """The dispatcher's fast copy of a job gives what dataclasses.replace gives."""
+    (j,) = add(store, spec(0.5, name="a"))
+    job = store.get(j)
+    changes: dict[str, Any] = {"status": R, "pid": 12, "gpus": (1,), "node": "n"}
+    assert job.evolve(**changes) == dataclasses.replace(job, **changes)
+    assert job.evolve() == job and job.evolve() is not job
+    assert job.pid is None and job.status == Q  # the original is unchanged
+    with pytest.raises(TypeError, match="no field.*colour"):
+        job.evolve(colour="red")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.evolve(pid=3).pid = 4  # type: ignore[misc]

@@ -26,7 +26,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +193,7 @@ class DirectExecutor(LocalProcessExecutor):
         if found is None:
             return None
         pid, fd = found
-        self._watch_end(replace(job, pid=pid), fd, on_exit)
+        self._watch_end(job.evolve(pid=pid), fd, on_exit)
         return pid
 
     def watch(self, job: Job, on_exit: OnExit) -> None:
@@ -226,12 +225,12 @@ class DirectExecutor(LocalProcessExecutor):
             orphan = job
             if job.pid is None:  # (not identified yet when it was watched)
                 pid = self._spawner.pid_of(token) or _job_pid(token)
-                orphan = replace(job, pid=pid)
+                orphan = job.evolve(pid=pid)
             if orphan.pid is None:
                 on_exit(job, Exit(None, SPAWNER_GONE))
                 return
             if orphan.proc_start is None:
-                orphan = replace(orphan, proc_start=process_start_time(orphan.pid))
+                orphan = orphan.evolve(proc_start=process_start_time(orphan.pid))
             super(DirectExecutor, self).watch(orphan, lambda j, e: on_exit(j, _orphaned(e)))
 
         self._watcher.add_fd(fd, ended)

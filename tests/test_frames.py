@@ -1,0 +1,142 @@
+"""Tests of the jobs table (nbsched.frames.jobs_frame over Store.table): the table users
+get from jobs() and wait() says what each job's record says, with the same types."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nbsched import frames
+from nbsched.jobs import Job, JobSpec, JobStatus
+from nbsched.store import Store, prepare_state_dir
+
+Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(prepare_state_dir(tmp_path / "state") / "state.db")
+    yield s
+    s.close()
+
+
+def row_by_row(jobs: list[Job]) -> pd.DataFrame:
+    """The table built the plain way: one row per decoded job (``frames.job_row``, what
+    ``job(id)`` returns), then pandas' own types for each column."""
+    df = pd.DataFrame([frames.job_row(j) for j in jobs], columns=list(frames.JOB_COLUMNS))
+    df["exit_code"] = df["exit_code"].astype("Int64")
+    for col in ("submitted", "started", "ended"):
+        df[col] = pd.to_datetime(df[col])
+    return df
+
+
+def add(store: Store, spec: JobSpec) -> str:
+    (job,) = store.add_jobs([spec], owner_uid=os.getuid(), executor="direct")
+    assert job is not None
+    return job.id
+
+
+def varied(store: Store) -> list[str]:
+    """Jobs in every status, of both kinds, with and without the optional fields."""
+    cmd = JobSpec(kind="command", command="echo 'a b' | wc -c", required_gpus=0.25)
+    script = JobSpec(
+        kind="script",
+        script="/data/train.py",
+        args=("--name", 'it\'s a "test"', "ünï"),
+        conda_env="torch",
+        required_gpus=2,
+        priority=-3,
+        name="train",
+        sweep="sw1",
+    )
+    bare = JobSpec(kind="script", script="run.sh", required_gpus=1)
+    empty = JobSpec(kind="command", command="", required_gpus=1, name="")
+    ids = [add(store, s) for s in (cmd, script, bare, empty, cmd, script, bare)]
+    queued, running, succeeded, failed, cancelled, retried, cancelled_queued = ids
+    now = 1_700_000_000.25
+    store.transition(running, R, now=now, gpus=(0, 1), started=now, token="t1", attempts=1)
+    store.update(running, node="node-2", pid=4242)
+    for j, end, code, reason in (
+        (succeeded, JobStatus.SUCCEEDED, 0, None),
+        (failed, JobStatus.FAILED, 137, "exit code 137 (killed: SIGKILL)"),
+        (cancelled, JobStatus.CANCELLED, None, "cancelled"),
+    ):
+        store.transition(j, R, now=now + 1, gpus=(3,), started=now + 1, token=f"t{j}", attempts=1)
+        store.transition(j, end, now=now + 2.5, ended=now + 2.5, exit_code=code, reason=reason)
+    store.transition(retried, R, now=now, gpus=(2,), started=now, token="t9", attempts=1)
+    store.transition(
+        retried, Q, now=now + 3, reason="retrying in 2s", exit_code=1, not_before=now + 5
+    )
+    store.transition(cancelled_queued, JobStatus.CANCELLED, now=now + 4, reason="cancelled")
+    del queued
+    return ids
+
+
+def test_table_says_what_each_job_says(store: Store) -> None:
+    ids = varied(store)
+    table = frames.jobs_frame(store.table())
+    pd.testing.assert_frame_equal(table, row_by_row(store.find()))
+    assert list(table["id"]) == ids
+    assert table["command"][1] == "[torch] /data/train.py --name 'it'\"'\"'s a \"test\"' 'ünï'"
+    assert table["gpus"][1] == [0, 1] and table["node"][1] == "node-2"
+    assert list(table["exit_code"].astype(object).where(table["exit_code"].notna(), None)) == [
+        None, None, 0, 137, None, 1, None,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("statuses", "limit", "newest"),
+    [
+        (None, None, False),
+        ([Q], None, False),
+        ([R, Q], None, False),
+        ([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED], 2, False),
+        (None, 3, True),
+        ([JobStatus.FAILED], 0, False),
+        ([Q], 5, True),
+    ],
+)
+def test_table_filters_as_find_does(
+    store: Store, statuses: list[JobStatus] | None, limit: int | None, newest: bool
+) -> None:
+    varied(store)
+    want = store.find(statuses=statuses, limit=limit, newest=newest)
+    got = frames.jobs_frame(store.table(statuses=statuses, limit=limit, newest=newest))
+    pd.testing.assert_frame_equal(got, row_by_row(want))
+
+
+def test_table_by_ids_across_chunks(store: Store) -> None:
+    """wait() asks for its jobs by number: more than one statement's worth of them,
+    unknown ones left out, in submission order whatever the order asked."""
+    ids = store.add_jobs(
+        [JobSpec(kind="command", command=f"echo {i}", required_gpus=1) for i in range(1203)],
+        owner_uid=os.getuid(),
+        executor="direct",
+    )
+    wanted = [j.id for j in ids if j is not None][::-2] + ["99999"]
+    rows = store.table(ids=wanted)
+    assert [str(r[0]) for r in rows] == sorted(wanted[:-1], key=int)
+    assert [r[6] for r in rows][:2] == ["echo 0", "echo 2"]
+    assert store.table(ids=[]) == []
+    assert len(store.table(ids=wanted, limit=3, newest=True)) == 3
+
+
+def test_empty_table_has_the_columns_and_types(store: Store) -> None:
+    table = frames.jobs_frame(store.table())
+    assert list(table.columns) == list(frames.JOB_COLUMNS) and table.empty
+    pd.testing.assert_frame_equal(table, row_by_row([]))
+    assert str(table["exit_code"].dtype) == "Int64"
+    assert all(str(table[c].dtype).startswith("datetime64") for c in ("submitted", "ended"))
+
+
+def test_rows_do_not_share_their_gpu_lists(store: Store) -> None:
+    for _ in range(2):
+        j = add(store, JobSpec(kind="command", command="true", required_gpus=1))
+        store.transition(j, R, now=1.0, gpus=(1,), started=1.0, token=f"t{j}", attempts=1)
+    table = frames.jobs_frame(store.table())
+    table["gpus"][0].append(7)
+    assert table["gpus"][1] == [1]

@@ -98,6 +98,19 @@ def gpu_states(
     return out
 
 
+def most_room(gpus: Iterable[GpuState]) -> float:
+    """The largest fraction of one GPU that a new job could get now (0.0 if none)."""
+    return max((max(0.0, 1.0 - g.allocated) for g in gpus if g.eligible), default=0.0)
+
+
+def could_start(required: float, room: float, precision: float = 0.01) -> bool:
+    """Whether a job needing ``required`` GPUs might start where :func:`most_room` is
+    ``room``: False means it cannot, whatever the queue (:func:`plan` would place it on
+    no GPU); True means only that :func:`plan` must be asked."""
+    # (N whole GPUs need N empty ones: at least one GPU with all its room)
+    return min(_round(required, precision), 1.0) <= room + precision / 2
+
+
 def booked_share(required: float, n_gpus: int) -> float:
     """The fraction of each of its GPUs a running job books."""
     return required if n_gpus == 1 and required < 1 else 1.0

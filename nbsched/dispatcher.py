@@ -53,7 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .allocation import booked_share, gpu_states, plan, queue_key
+from .allocation import booked_share, could_start, gpu_states, most_room, plan, queue_key
 from .config import SchedulerConfig
 from .errors import StateDirError
 from .executors.base import (
@@ -133,18 +133,27 @@ class Dispatcher:
         #: Attempts that ended and are not recorded yet: the next cycle records them
         #: (and keeps them while the store cannot be written, e.g. on a full disk).
         self._ended: list[tuple[Job, Exit]] = []
-        self._inbox_lock = threading.Lock()  # guards _ended, _new_ends and _offered
+        self._inbox_lock = threading.Lock()  # guards _ended, _new_ends, _offered, _unchecked
         self._new_ends = False  # reported since the last cycle took them
         #: Attempts started whose pids are not written yet: the next transaction (the
         #: next cycle's, or one of their own before the loop sleeps) writes them.
         self._unrecorded: list[tuple[Job, Executor]] = []
         #: Jobs submitted in this process, with the revision they were written at.
         self._offered: dict[str, tuple[int, Job]] = {}
+        self._unchecked: list[Job] = []  # offered jobs _only_submissions has not seen
         #: Whether the store may hold changes this dispatcher has not read: set by a
         #: wake-up through the pipe or the FIFO (every writer sends one after its
         #: commit), a timed turn, and a turn whose writes did not all apply.  A turn
         #: woken only by ends (or pids) skips reading the store: it knows its own writes.
         self._dirty = True
+        #: Whether a wake-up other than a submission's came since the loop last looked
+        #: (a cancel, a pause, another process's write): see _only_submissions.
+        self._asked = False
+        #: The most a new job could get of one GPU, as the last plan that started
+        #: nothing found the GPUs (None: unknown, plan).  Submissions that cannot fit
+        #: in it cannot start before a job ends (an end wakes the loop) or the GPUs
+        #: change (a timed turn): their wake-ups need no turn.
+        self._room: float | None = None
         self._sel: selectors.BaseSelector | None = None
         self._thread_id: int | None = None
         #: Executors whose process watchers this loop drives (see _executor).
@@ -153,6 +162,10 @@ class Dispatcher:
     # -- wake-ups -------------------------------------------------------------------------
 
     def wake(self) -> None:
+        self._asked = True
+        self._poke()
+
+    def _poke(self) -> None:
         try:
             os.write(self._wpipe, b"x")
         except BlockingIOError:
@@ -199,6 +212,8 @@ class Dispatcher:
                     if key.data is None:
                         _drain(key.fd)
                         asked = self._dirty = True
+                        if key.fd == self._fifo_fd:
+                            self._asked = True  # (another process's write)
                     else:
                         try:
                             key.data()  # an executor's jobs ended, or their pids came
@@ -206,8 +221,18 @@ class Dispatcher:
                             logger.exception("reading the ends of jobs failed")
                 if self._stop.is_set():
                     break
-                if ready and not asked and not self._new_ends and time.monotonic() < due:
-                    continue  # only pids came: written at the top of the next turn
+                # (read after the pipe: a waker sets it before writing the pipe)
+                other, self._asked = self._asked, False
+                if other:
+                    self._dirty = True
+                if ready and not self._new_ends and time.monotonic() < due:
+                    if not (asked or other):
+                        continue  # only pids came: written at the top of the next turn
+                    if not other and self._only_submissions():
+                        # Queued at the next turn; it comes within a GPU-monitor
+                        # interval at the latest, as for any job waiting for a GPU.
+                        due = min(due, time.monotonic() + self._queue_wait_s())
+                        continue
                 if time.monotonic() >= due:
                     self._dirty = True  # (a timed turn: back-offs, GPUs, the safety net)
                 try:
@@ -273,7 +298,7 @@ class Dispatcher:
         if waits:
             timeout = min(timeout, min(waits))
         if self._queue:
-            timeout = min(timeout, max(self.config.gpu_monitor_interval_s, 0.05))
+            timeout = min(timeout, self._queue_wait_s())
         if any(status == JobStatus.QUEUED for status in recorded):
             timeout = 0.0  # a retry went back to the queue: look at it now
         self.cycles += 1
@@ -298,6 +323,7 @@ class Dispatcher:
             self.config.gpu_load_threshold,
         )
         decision = plan(self._eligible(now), states, now, self.config.gpu_allocation_precision)
+        self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)
         starts = []
@@ -315,11 +341,28 @@ class Dispatcher:
         with self._inbox_lock:
             for job in jobs:
                 self._offered[job.id] = (rev, job)
+            self._unchecked += jobs
+        self._poke()
+
+    def _only_submissions(self) -> bool:
+        """Whether the jobs this process submitted since the last turn (when they are
+        all its wake-ups brought) can all not start now, no GPU having room for any:
+        a turn would only queue them, and the next one (at a job's end, or a timed
+        one) does that as well."""
+        if self._room is None:
+            return False
+        room, precision = self._room, self.config.gpu_allocation_precision
+        with self._inbox_lock:
+            # (those offered before were found unable to start by earlier turns, and
+            # the room has not changed since: a turn would have taken them in)
+            unchecked, self._unchecked = self._unchecked, []
+        return not any(could_start(job.required_gpus, room, precision) for job in unchecked)
 
     def _refresh(self) -> None:
         self._dirty = False  # (a wake-up from now on sets it again)
         with self._inbox_lock:
             offered, self._offered = self._offered, {}
+            self._unchecked = []
         rev, changes, self._paused = self.store.dispatch_view(self._rev)
         self._rev = rev
         wanted = []
@@ -362,6 +405,10 @@ class Dispatcher:
         if running:
             self._running.pop(job_id, None)
         self._backoff_until.pop(job_id, None)
+
+    def _queue_wait_s(self) -> float:
+        """How long a queued job waits at most before the next look at the GPUs."""
+        return max(self.config.gpu_monitor_interval_s, 0.05)
 
     def _backoff_waits(self, now: float) -> list[float]:
         """Seconds each job in a back-off has left: the sooner of the wall clock's

@@ -534,8 +534,10 @@ class GPUJobScheduler:
         )
         d = self._dispatcher
         if d is not None:  # our own engine: it need not read the new rows back
-            d.offer(rev, [j for j in jobs if j is not None])
-        self._poke()
+            d.offer(rev, [j for j in jobs if j is not None])  # (and wakes it)
+            self._notify()
+        else:
+            self._poke()
         return [j.id for j in jobs if j is not None]
 
     def retry(self, job_id: str) -> str:

@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from nbsched.allocation import GpuState, Plan, booked_share, gpu_states, plan, queue_key
+from nbsched.allocation import (
+    GpuState,
+    Plan,
+    booked_share,
+    could_start,
+    gpu_states,
+    most_room,
+    plan,
+    queue_key,
+)
 from nbsched.gpus.base import GpuSnapshot
 from nbsched.jobs import Job, JobSpec, JobStatus
 
@@ -238,7 +247,7 @@ REQS = st.one_of(
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[list[Job], list[GpuState], float]:
+def scenarios(draw: st.DrawFn, max_jobs: int = 25) -> tuple[list[Job], list[GpuState], float]:
     n = draw(st.integers(1, 6))
     states = []
     for i in range(n):
@@ -252,7 +261,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Job], list[GpuState], float]:
             )
         )
     queue = []
-    for seq in range(1, draw(st.integers(0, 25)) + 1):
+    for seq in range(1, draw(st.integers(0, max_jobs)) + 1):
         allowed = draw(
             st.one_of(
                 st.none(), st.lists(st.integers(0, n + 1), min_size=1, max_size=n, unique=True)
@@ -305,6 +314,32 @@ def test_plan_properties(scenario: tuple[list[Job], list[GpuState], float]) -> N
     for g, total in alloc.items():
         if total > by_gpu[g].allocated:  # only what this plan added is its responsibility
             assert total <= 1 + precision, f"GPU {g} booked {total}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(max_jobs=4))
+@example(([job(1, 2.0)], gpus(0.0, 0.0), 0.01))
+def test_no_room_means_no_start(scenario: tuple[list[Job], list[GpuState], float]) -> None:
+    """The dispatcher skips planning for new jobs that ``could_start`` says cannot start:
+    plan() must then place none of them, whatever the queue around them."""
+    queue, states, precision = scenario
+    room = most_room(states)
+    p = plan(sorted(queue, key=queue_key), states, NOW, precision)
+    placed_ids = {pl.job_id for pl in p.placements}
+    for j in queue:
+        if not could_start(j.required_gpus, room, precision):
+            assert j.id not in placed_ids, f"job needing {j.required_gpus} placed, room {room}"
+
+
+def test_most_room() -> None:
+    assert most_room(gpus(1.0, 0.25, 0.5)) == 0.75
+    assert most_room(gpus(1.0, 0.0, paused=[1])) == 0.0  # a paused GPU has no room
+    assert most_room(gpus(0.0, 1.0, blocked=[0])) == 0.0  # nor one others use
+    assert most_room([]) == 0.0
+    assert could_start(0.75, 0.75) and could_start(0.5, 0.75) and not could_start(1, 0.75)
+    assert could_start(1, 1.0) and could_start(3, 1.0)  # (plan() decides the number)
+    assert not could_start(2, 0.99)
+    assert not could_start(0.01, 0.0)
 
 
 @settings(max_examples=25, deadline=None)

@@ -546,6 +546,40 @@ def test_gpu_load_by_others_blocks_fractions_too(
     assert s.job(job_id)["gpus"] == [1]
 
 
+def test_submissions_while_every_gpu_is_busy(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """A sweep queued while the GPUs are full costs the engine no turn per job (it plans
+    again when a job ends); none is lost, they start in the order they were queued,
+    and a job that fits where there is room still starts at once."""
+    s = make_sched(gpu_monitor_interval_s=30.0)
+    gate = tmp_path / "gate"
+    hold = f"while [ ! -e {gate} ]; do sleep 0.02; done"
+    busy = [s.add_command(hold, required_gpus=1) for _ in range(3)]
+    half = s.add_command(hold, required_gpus=0.5)
+    for job_id in [*busy, half]:
+        wait_running(s, job_id)
+    settle(s)
+    d = s._dispatcher
+    assert d is not None
+    before = d.cycles
+    sweep = [s.add_command(f"echo {i}", required_gpus=1) for i in range(40)]
+    assert d.cycles - before <= 3  # (2 s safety-net turns at most), not one per job
+    assert {status(s, j) for j in sweep} == {"queued"}
+    # Ahead of the sweep, and room for it on the half-used GPU: it starts now.
+    fits = s.add_command("true", required_gpus=0.5, priority=-1)
+    s.wait([fits], timeout=TIMEOUT)
+    assert s.job(fits)["gpus"] == s.job(half)["gpus"]
+    assert {status(s, j) for j in sweep} == {"queued"}
+    gate.touch()
+    s.wait(timeout=TIMEOUT)
+    done = s.jobs().set_index("id")
+    assert set(done["status"]) == {"succeeded"} and len(done) == 45
+    started = list(done.loc[sweep, "started"])
+    assert started == sorted(started)  # in the order they were queued
+    assert all(s.logs(j) == f"{i}\n" for i, j in enumerate(sweep))
+
+
 # ------------------------------------------------------------------ the engine survives bad jobs
 
 

@@ -161,12 +161,12 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
         }
         columns["exit_code"] = pd.array(exit_code, dtype="Int64")
         for col in _TIME_COLUMNS:
-            columns[col] = _times(pd.Series(columns[col], dtype=object))
+            columns[col] = _times(columns[col])
         return pd.DataFrame({c: _column(columns[c]) for c in JOB_COLUMNS})
     df = pd.DataFrame([], columns=list(JOB_COLUMNS))
     df["exit_code"] = df["exit_code"].astype("Int64")
     for col in _TIME_COLUMNS:
-        df[col] = _times(df[col])
+        df[col] = pd.to_datetime(df[col])
     return df
 
 
@@ -174,14 +174,15 @@ def _column(values: Any) -> Any:
     return list(values) if isinstance(values, tuple) else values
 
 
-def _times(values: pd.Series) -> pd.Series:
-    """Seconds since the epoch (or None) as pandas times (a column at once: ~7 us a
-    value less than one by one)."""
+def _times(values: Sequence[float | None]) -> Any:
+    """Seconds since the epoch (or None) as pandas times, converted at once (~7 us a
+    value less than one by one, and half the time of going through a Series)."""
     import pandas as pd
 
-    if values.isna().all():  # (no time at all: the type pandas gives an empty column)
-        return pd.to_datetime(values)
-    return pd.to_datetime(values.astype("float64"), unit="s")
+    if all(v is None for v in values):  # (the type pandas gives a column of no time)
+        return pd.to_datetime(pd.Series(list(values), dtype=object))
+    nan = float("nan")
+    return pd.to_datetime([nan if v is None else v for v in values], unit="s")
 
 
 def gpu_frame(

@@ -7,7 +7,10 @@ another one (a byte on the FIFO), or a job's end (the process watcher).  Then it
 reads the jobs written since its last look (:meth:`Store.changes_since`), calls
 the pure :func:`nbsched.allocation.plan`, and starts what the plan says.  The only
 timed wake-ups are a retry's back-off, a re-read of the GPUs while some job waits
-for them (other users' load can only be polled), and a slow safety net.
+for them (other users' load can only be polled), and a slow safety net.  A wake-up
+that brought only this process's submissions, none of which fits on any GPU now
+(every GPU full), takes no turn: nothing can start before a job ends, and that end's
+turn (or the next timed one) queues them.
 
 Crash windows, and how the next dispatcher repairs them (:meth:`recover`):
 

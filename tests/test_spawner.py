@@ -24,6 +24,7 @@ from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.executors import spawner
+from nbsched.executors.base import same_process_alive, start_time_at
 from nbsched.executors.direct import SPAWNER_GONE
 
 
@@ -240,6 +241,43 @@ def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) 
         os.close(r)
         assert (run_dir / "t1.exit").read_text() == "4\n"
         assert oct((run_dir / "t1.exit").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_start_time_of_a_job_is_its_process_start_time(
+    sched: GPUJobScheduler, run_dir: Path, gate: Path
+) -> None:
+    """The engine writes a job's start time (what tells its process from a later one
+    with the same pid) from the spawner's clock reading at the spawn, not from /proc:
+    it must be the time /proc gives, to its 10 ms tick."""
+    jid = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done")
+    job = wait_for(lambda: sched.store.get(jid) if sched.store.get(jid).proc_start else None)
+    assert job.pid is not None and job.proc_start is not None
+    assert abs(psutil.Process(job.pid).create_time() - job.proc_start) <= 0.011
+    assert same_process_alive(job.pid, job.proc_start)
+    # What the spawner says, through its socket: the clock at the spawn.
+    assert _launch(run_dir) == "ready"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(run_dir / spawner.SOCKET_NAME))
+        assert _ask(sock, {"op": "hello", "version": spawner.VERSION, "env": {}})["ok"]
+        r, w = os.pipe()
+        request = {
+            "op": "start",
+            "token": "t1",
+            "argv": ["/bin/sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"],
+            "env": {},
+            "unset": [],
+            "cwd": str(run_dir),
+            "log": str(run_dir / "t1.log"),
+            "exit": str(run_dir / "t1.exit"),
+        }
+        reply = _ask(sock, request, (w,))
+        os.close(w)
+        born, pid = reply["born"], reply["pid"]
+        assert isinstance(born, int) and isinstance(pid, int)
+        assert abs(start_time_at(born) - psutil.Process(pid).create_time()) <= 0.011
+        gate.touch()
+        assert os.read(r, 10) == b"0\n"
+        os.close(r)
 
 
 def test_a_state_directory_path_longer_than_a_socket_address(tmp_path: Path) -> None:

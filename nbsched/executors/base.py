@@ -119,6 +119,18 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def start_time_at(boottime_ns: int) -> float:
+    """:func:`process_start_time` of a process created when ``CLOCK_BOOTTIME`` read
+    ``boottime_ns``, without reading ``/proc``: the kernel stamps a new process with
+    that clock, and ``/proc/PID/stat`` gives it in clock ticks (so a reading taken
+    just before the fork is the same tick, or, across a tick's edge, one tick early:
+    well within :func:`same_process_alive`'s 0.05 s)."""
+    global _BOOT_TIME
+    if _BOOT_TIME is None:
+        _BOOT_TIME = psutil.boot_time()
+    return _BOOT_TIME + (boottime_ns * _CLOCK_TICKS // 1_000_000_000) / _CLOCK_TICKS
+
+
 _BOOT_TIME: float | None = None
 _HAS_PROC = os.path.isdir("/proc/self")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -104,7 +104,7 @@ class Dispatcher:
         monitor: GPUMonitor,
         executor_for: Callable[[str], Executor],
         fifo_fd: int,
-        on_change: Callable[[], None],
+        on_change: Callable[[list[int]], None],
     ) -> None:
         self.config = config
         self.store = store
@@ -295,7 +295,10 @@ class Dispatcher:
         self._kill_cancelled(unrecorded, missed)
         self._after_ends(ends, recorded)
         if ends or starts:
-            self._on_change()
+            # (the jobs that ended, or may have: an end that did not apply was another's)
+            self._on_change(
+                [e.job.seq for e, st in zip(ends, recorded, strict=True) if st is None or st.ended]
+            )
         timeout = SAFETY_NET_S
         waits = [w for w in self._backoff_waits(now) if w > 0]
         if waits:
@@ -654,11 +657,8 @@ class Dispatcher:
             with self._inbox_lock:
                 self._ended.append((job, Exit(code, reason)))
         self._running.pop(job.id, None)
-        self._changed()
-
-    def _changed(self) -> None:
         self.wake()
-        self._on_change()
+        self._on_change([job.seq])
 
     # -- recovery -------------------------------------------------------------------------
 

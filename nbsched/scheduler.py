@@ -14,7 +14,7 @@ import os
 import shlex
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,18 @@ STANDBY_POLL_S = 0.25
 _INT64 = 2**63  # integers the store keeps must lie in [-_INT64, _INT64)
 
 
+class _Waiter:
+    """A ``wait()`` in progress, as :meth:`GPUJobScheduler._notify` sees it."""
+
+    __slots__ = ("left", "seen", "every", "event")
+
+    def __init__(self) -> None:
+        self.left: set[int] = set()  # its jobs not ended at its last look, nor told since
+        self.seen: set[int] = set()  # the ends told since its last look began
+        self.every = False  # woken at every change (it shows progress)
+        self.event = threading.Event()
+
+
 class GPUJobScheduler:
     """Queue jobs on GPUs and run them.
 
@@ -79,7 +91,8 @@ class GPUJobScheduler:
         (self.config.state_dir / "results").mkdir(mode=0o700, exist_ok=True)
         self.store = Store(self.config.db_path)
         self._lock = threading.RLock()
-        self._changed = threading.Condition()
+        self._waiters: set[_Waiter] = set()  # the wait()s in progress
+        self._waiters_lock = threading.Lock()
         self._provider: GPUProvider | None = None
         self._monitor: GPUMonitor | None = None
         self._executors: dict[str, Executor] = {}
@@ -295,9 +308,21 @@ class GPUJobScheduler:
             return RayExecutor(self.config, store=self.store)
         raise InvalidValueError(f"executor={name!r}: accepted values are direct, screen, ray")
 
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+    def _notify(self, ended: Collection[int] | None = None) -> None:
+        """Wake the wait()s a change may concern.  ``ended``: the jobs this process's
+        engine just recorded as ended (or may have), which wake a wait() only once none
+        of its jobs is left to end; None: any other change, which wakes them all.  (A
+        wait() showing progress wakes at every change; other processes' changes are
+        seen by each wait()'s own look every 50 ms.)"""
+        with self._waiters_lock:
+            for w in self._waiters:
+                if ended is None or w.every:
+                    w.event.set()
+                elif ended:
+                    w.seen.update(ended)
+                    w.left.difference_update(ended)
+                    if not w.left:
+                        w.event.set()
 
     def _poke(self) -> None:
         """Wake the dispatcher: ours directly, another process's through the FIFO."""
@@ -535,7 +560,7 @@ class GPUJobScheduler:
         d = self._dispatcher
         if d is not None:  # our own engine: it need not read the new rows back
             d.offer(rev, [j for j in jobs if j is not None])  # (and wakes it)
-            self._notify()
+            self._notify(())  # (ends nothing: only a wait() showing progress cares)
         else:
             self._poke()
         return [j.id for j in jobs if j is not None]
@@ -693,6 +718,22 @@ class GPUJobScheduler:
             raise InvalidValueError(f"timeout={timeout!r}: expected seconds >= 0 or None")
         if isinstance(ids, str):
             ids = [ids]
+        waiter = _Waiter()
+        with self._waiters_lock:  # (before the first look: no end told after it is missed)
+            self._waiters.add(waiter)
+        try:
+            return self._wait(waiter, ids, timeout, progress)
+        finally:
+            with self._waiters_lock:
+                self._waiters.discard(waiter)
+
+    def _wait(
+        self,
+        waiter: _Waiter,
+        ids: Iterable[str] | None,
+        timeout: float | None,
+        progress: bool | None,
+    ) -> pd.DataFrame:
         rev = self.store.revision()  # before the first look: later changes are seen below
         if ids is None:
             pending = self.store.unended(None)
@@ -707,6 +748,9 @@ class GPUJobScheduler:
         wanted_set = set(wanted)
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = WaitProgress(len(wanted), progress_wanted(progress))
+        with self._waiters_lock:
+            waiter.every = bar.enabled
+            waiter.left = pending - waiter.seen
         try:
             while True:
                 if bar.enabled:
@@ -717,9 +761,13 @@ class GPUJobScheduler:
                 if remaining is not None and remaining <= 0:
                     left = ", ".join(map(str, sorted(pending)))
                     raise TimeoutError(f"after {timeout}s, job(s) {left} had not ended")
-                with self._changed:
-                    # Woken at once by this process's engine; 50 ms covers another process's.
-                    self._changed.wait(0.05 if remaining is None else min(0.05, remaining))
+                # Woken by this process's engine once all its jobs may have ended (not at
+                # every end: each wake-up took the GIL from the engine); 50 ms covers
+                # another process's.
+                waiter.event.wait(0.05 if remaining is None else min(0.05, remaining))
+                with self._waiters_lock:
+                    waiter.event.clear()
+                    waiter.seen = set()  # (ends told from now on may be missed below)
                 # Read only what changed since the last look (not every wanted row: decoding
                 # them on each wake-up held the GIL and starved the engine threads).
                 rev, changes = self.store.changes_since(rev)
@@ -727,6 +775,10 @@ class GPUJobScheduler:
                     seq = int(job_id)
                     if seq in wanted_set:
                         (pending.discard if status.ended else pending.add)(seq)
+                with self._waiters_lock:
+                    waiter.left = pending - waiter.seen
+                    if pending and not waiter.left:
+                        waiter.event.set()  # (they ended while the store was read: look again)
         finally:
             bar.close()
 

@@ -18,6 +18,7 @@ from waiting import wait_for
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.frames import GPU_COLUMNS
 from nbsched.gpus import write_simulated_gpus
+from nbsched.jobs import JobStatus
 
 #: The columns DESIGN.md promises for jobs() and job(), in this order.
 DESIGN_JOB_COLUMNS = [
@@ -464,7 +465,6 @@ def test_wait_timeout(sched: GPUJobScheduler) -> None:
 def test_wait_sees_ends_written_by_another_process(tmp_path: Path) -> None:
     """No engine here: the job is ended through a second connection, as another process
     (the dispatching kernel) would; wait() must notice it."""
-    from nbsched.jobs import JobStatus
     from nbsched.store import Store
 
     config = SchedulerConfig(state_dir=tmp_path / "s", gpu_provider="simulated", num_gpus=2)
@@ -487,6 +487,58 @@ def test_wait_sees_ends_written_by_another_process(tmp_path: Path) -> None:
         t.join()
         other.close()
         assert list(done["id"]) == [a, b] and set(done["status"]) == {"succeeded"}
+    finally:
+        s.close()
+
+
+def test_wait_is_woken_when_its_jobs_may_all_have_ended(tmp_path: Path) -> None:
+    """The engine tells wait() of each end it records; a wait() wakes (and reads the
+    store) only when none of its jobs is left, or at any change when it shows progress.
+    The ends told while it reads the store are not lost."""
+    from nbsched.scheduler import _Waiter
+
+    config = SchedulerConfig(state_dir=tmp_path / "s", gpu_provider="simulated", num_gpus=2)
+    s = GPUJobScheduler(config=config)
+    try:
+        plain, progress = _Waiter(), _Waiter()
+        progress.every = True
+        plain.left, progress.left = {1, 2, 3}, {1, 2, 3}
+        s._waiters |= {plain, progress}
+        s._notify([1])
+        assert not plain.event.is_set() and progress.event.is_set()
+        s._notify(())  # a submission: ends nothing
+        assert not plain.event.is_set()
+        s._notify([2, 7])
+        assert plain.left == {3} and not plain.event.is_set()
+        s._notify([3])
+        assert plain.event.is_set() and plain.seen == {1, 2, 3, 7}
+        other = _Waiter()
+        other.left = {5}
+        s._waiters.add(other)
+        s._notify()  # any other change (a cancel, a stop, ...): every wait() looks
+        assert other.event.is_set()
+        s._waiters.clear()
+
+        # Through wait(): an end told while it reads the store counts, even though the
+        # read (a snapshot from before) still shows the job running.
+        a = s.add_command("true", required_gpus=1)
+        s.store.transition(a, JobStatus.RUNNING, gpus=(0,), token="t")
+        reads = 0
+        read = s.store.changes_since
+
+        def changes_since(rev: int) -> Any:
+            nonlocal reads
+            reads += 1
+            result = read(rev)
+            if reads == 1:  # the engine records the end now, and tells
+                s.store.transition(a, JobStatus.SUCCEEDED, exit_code=0)
+                s._notify([int(a)])
+                assert next(iter(s._waiters)).event.is_set()  # look again, at once
+            return result
+
+        s.store.changes_since = changes_since  # type: ignore[method-assign]
+        assert list(s.wait([a], timeout=TIMEOUT)["status"]) == ["succeeded"]
+        assert not s._waiters  # (gone with its wait())
     finally:
         s.close()
 

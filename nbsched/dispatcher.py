@@ -29,8 +29,10 @@ Crash windows, and how the next dispatcher repairs them (:meth:`recover`):
    stepped, which shifts the start times psutil reports; so the job's process is
    looked for by its token, as in 2.  With no process and no exit file, the job is
    recorded ``failed`` with the reason.
-4. *Ended, end not recorded.*  The exit file stays until the end is committed
-   (:meth:`_on_exit` deletes it), so the next dispatcher records the real code.
+4. *Ended, end not recorded.*  The exit code is kept until the end is committed
+   (the spawner keeps it, and writes the exit file when this engine's connection
+   ends; a screen job's file stays until then), so the next dispatcher records the
+   real code.
 
 Because a GPU is booked in the same transaction that marks the job running, and
 only the lease holder does that, no GPU is ever booked twice.
@@ -633,7 +635,9 @@ class Dispatcher:
         return AttemptEnd(job, JobStatus.FAILED, exit.code, reason)
 
     def _after_ends(self, ends: list[AttemptEnd], recorded: list[JobStatus | None]) -> None:
-        """Once the ends are committed: drop the jobs and delete their exit files."""
+        """Once the ends are committed: drop the jobs, and let their executors forget
+        them (their exit files are read by nobody now)."""
+        by_executor: dict[str, list[Job]] = {}
         for end, status in zip(ends, recorded, strict=True):
             job = end.job
             known = self._running.get(job.id)
@@ -642,6 +646,16 @@ class Dispatcher:
             if status is None:
                 logger.debug("job %s: the end of attempt %s no longer applied", job.id, job.token)
             if job.token:
+                by_executor.setdefault(job.executor or self.config.executor, []).append(job)
+        for name, jobs in by_executor.items():
+            try:
+                forget = getattr(self._executor(name), "forget", None)
+            except Exception:  # (an executor this engine cannot make)
+                forget = None
+            if forget is not None:
+                forget(jobs)
+                continue
+            for job in jobs:
                 try:
                     os.unlink(f"{self._run}{job.token}.exit")
                 except OSError:

@@ -243,6 +243,7 @@ class TestExecutorContract:
         launch = harness.launch(command="exit 7")
         started = first.start(launch)
         job = replace(launch.job, pid=started.pid, proc_start=started.proc_start)
+        first.close()  # (its engine is gone: the exit code is then kept on disk)
         wait_for(launch.exit_path.exists, "the job to end")
         second = harness.executor()
         rec = Recorder()

@@ -239,8 +239,76 @@ def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) 
         assert reply["ok"] is True and isinstance(reply["pid"], int)
         assert os.read(r, 10) == b"4\n"  # (blocks until the job has ended)
         os.close(r)
-        assert (run_dir / "t1.exit").read_text() == "4\n"
-        assert oct((run_dir / "t1.exit").stat().st_mode & 0o777) == "0o600"
+
+
+def _start_request(run_dir: Path, token: str, command: str) -> dict[str, object]:
+    return {
+        "op": "start",
+        "token": token,
+        "argv": ["/bin/sh", "-c", command],
+        "env": {},
+        "unset": [],
+        "cwd": str(run_dir),
+        "log": str(run_dir / f"{token}.log"),
+        "exit": str(run_dir / f"{token}.exit"),
+    }
+
+
+def test_a_job_costs_the_state_directory_no_exit_file(sched: GPUJobScheduler) -> None:
+    """While an engine records each end it is told, the spawner writes no exit file:
+    the folder the files would go to is not even touched (its mtime stays)."""
+    sched.wait([sched.add_command("true")], timeout=60)  # (the spawner is started)
+    run = sched.config.run_dir
+    before = run.stat().st_mtime_ns
+    ids = [sched.add_command(f"exit {i % 3}") for i in range(20)]
+    done = sched.wait(ids, timeout=60)
+    assert list(done["exit_code"]) == [i % 3 for i in range(20)]
+    assert not list(run.glob("*.exit*"))
+    assert run.stat().st_mtime_ns == before
+
+
+def test_an_end_is_kept_until_acknowledged_and_on_disk_only_where_needed(
+    run_dir: Path,
+) -> None:
+    """A told end is kept by the spawner, not written to a file, until an engine
+    acknowledges it; it is written when an engine asks for the job, when a connection
+    ends (its engine may have died before recording it), or at once for an engine of
+    protocol version 1, which reads the files itself."""
+    assert _launch(run_dir) == "ready"
+    exit_file = run_dir / "a.exit"
+
+    def start(sock: socket.socket, token: str, code: int) -> None:
+        r, w = os.pipe()
+        assert _ask(sock, _start_request(run_dir, token, f"exit {code}"), (w,))["ok"]
+        os.close(w)
+        assert os.read(r, 10) == b"%d\n" % code  # (once it has ended)
+        os.close(r)
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(run_dir / spawner.SOCKET_NAME))
+        assert _ask(sock, {"op": "hello", "version": 2, "env": {}})["version"] == 2
+        start(sock, "a", 3)
+        assert not exit_file.exists()  # told, kept: no file
+        r, w = os.pipe()
+        assert _ask(sock, {"op": "watch", "token": "a"}, (w,)) == {"ok": True, "pid": None}
+        os.close(w)
+        assert os.read(r, 10) == b""  # ended: no end to wait for; the file says it
+        os.close(r)
+        assert exit_file.read_text() == "3\n"
+        assert oct(exit_file.stat().st_mode & 0o777) == "0o600"
+        start(sock, "b", 5)
+        sock.sendall(b'{"op": "ack", "tokens": ["a", "b"]}\n')  # (no reply)
+        assert _ask(sock, {"op": "hello", "version": 2, "env": {}})["ok"]  # (in order)
+        assert not exit_file.exists() and not (run_dir / "b.exit").exists()
+        start(sock, "c", 6)
+    # That engine went without acknowledging c: its end is written for the next one.
+    wait_for(lambda: (run_dir / "c.exit").exists(), what="c's exit file")
+    assert (run_dir / "c.exit").read_text() == "6\n"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(run_dir / spawner.SOCKET_NAME))
+        assert _ask(sock, {"op": "hello", "version": 1, "env": {}})["version"] == 1
+        start(sock, "d", 7)
+        assert (run_dir / "d.exit").read_text() == "7\n"  # at once, as version 1 had it
 
 
 def test_the_start_time_of_a_job_is_its_process_start_time(

@@ -4,9 +4,10 @@ An executor starts a job's command and reports, exactly once, how it ended.
 
 Local executors identify a job by its process's pid *and* that process's start
 time, so a reused pid is never taken for the job, and find its exit code in
-``state_dir/run/<token>.exit``, written when the job ends whether or not an engine
-is alive to see it: by the spawner for the direct executor
-(:mod:`nbsched.executors.spawner`), by a wrapper shell in the session for screen.
+``state_dir/run/<token>.exit`` when no engine was told it: written by the spawner for
+the direct executor where an engine may need it (:mod:`nbsched.executors.spawner`:
+it tells the engine through a pipe, and keeps the code until the end is committed),
+by a wrapper shell in the session for screen at each end.
 """
 
 from __future__ import annotations

@@ -101,6 +101,15 @@ class LocalProcessExecutor:
     def kill(self, job: Job, grace_s: float) -> None:
         kill_tree(job.pid, job.proc_start, job.token, grace_s)
 
+    def forget(self, jobs: list[Job]) -> None:
+        """These jobs' ends are in the database: their exit files are read by nobody."""
+        for job in jobs:
+            if job.token:
+                try:
+                    os.unlink(self.run_dir / f"{job.token}.exit")
+                except OSError:
+                    pass
+
     def close(self) -> None:
         self._watcher.close()
 
@@ -112,6 +121,9 @@ class DirectExecutor(LocalProcessExecutor):
         super().__init__(run_dir)
         self._spawner = SpawnerClient(run_dir)
         self._end_fds: dict[str, int] = {}  # token -> end descriptor of a job started here
+        #: Jobs whose end the spawner told through their end descriptor, and keeps until
+        #: it is acknowledged (see forget).
+        self._told: set[str] = set()
         self._events: select.epoll | None = None  # see event_source
 
     def event_source(self) -> tuple[int, Callable[[], None]] | None:
@@ -216,7 +228,9 @@ class DirectExecutor(LocalProcessExecutor):
 
         def ended() -> None:
             exit = _read_end(fd)
-            if exit is None:
+            if exit is not None:
+                self._told.add(token)
+            else:
                 code = read_exit_file(self.run_dir / f"{token}.exit")
                 exit = Exit(code) if code is not None else None
             if exit is not None:
@@ -235,6 +249,18 @@ class DirectExecutor(LocalProcessExecutor):
             super(DirectExecutor, self).watch(orphan, lambda j, e: on_exit(j, _orphaned(e)))
 
         self._watcher.add_fd(fd, ended)
+
+    def forget(self, jobs: list[Job]) -> None:
+        """These jobs' ends are in the database: acknowledge those the spawner told (it
+        keeps each until then, and wrote an exit file only if it had to); remove the
+        exit files of the others (read from their files: a spawner that was killed, or
+        an end recorded at recovery)."""
+        told = {job.token for job in jobs if job.token in self._told}
+        self._told -= told
+        # (all of them: the spawner also keeps, until then, an end it had to write)
+        acked = self._spawner.ack([job.token for job in jobs if job.token])
+        # (not acknowledged: an older spawner, which wrote each file, or none connected)
+        super().forget([job for job in jobs if not (acked and job.token in told)])
 
     def close(self) -> None:
         super().close()
@@ -291,6 +317,7 @@ class SpawnerClient:
         self._pids: dict[str, int | None] = {}  # replies read, not yet asked for
         self._born: dict[str, int] = {}  # CLOCK_BOOTTIME at each spawn, by token
         self._errors: dict[str, str] = {}  # why a start was refused, by token
+        self.version = _spawner.VERSION  # the protocol the connected spawner speaks
         #: Called with each new connection's socket (an event loop may watch it).
         self.on_connect: Callable[[socket.socket], None] | None = None
 
@@ -389,6 +416,20 @@ class SpawnerClient:
         os.close(read_end)
         return None
 
+    def ack(self, tokens: list[str]) -> bool:
+        """Tell the spawner these jobs' ends are recorded (it forgets them, and removes
+        their exit files if it wrote any); False if it was not told: a spawner of
+        protocol version 1 (it wrote each exit file at the end), or none connected."""
+        with self._lock:
+            if self._sock is None or self.version < 2:
+                return False
+            try:
+                self._send({"op": "ack", "tokens": tokens})
+                return True
+            except (OSError, ValueError):
+                self._lose_connection()
+                return False
+
     def close(self) -> None:
         with self._lock:
             self._lose_connection()
@@ -407,10 +448,15 @@ class SpawnerClient:
                 _connect_unix(sock, self._path)
                 self._sock, self._buf = sock, b""
                 base = dict(os.environ)
-                self._send({"op": "hello", "version": _spawner.VERSION, "env": base})
-                reply = self._reply()
+                for version in (_spawner.VERSION, 1):
+                    # (1: a spawner of an older nbsched, still running its jobs)
+                    self._send({"op": "hello", "version": version, "env": base})
+                    reply = self._reply()
+                    if reply.get("ok"):
+                        break
                 if not reply.get("ok"):
                     raise SpawnerError(f"nbsched's spawner refused: {reply.get('error')}")
+                self.version = int(reply.get("version") or 1)
                 self._base = base
                 if self.on_connect is not None:
                     self.on_connect(sock)

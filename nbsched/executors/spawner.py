@@ -11,10 +11,16 @@ its runs.  For every job it:
   job's folder, stdin from ``/dev/null``, stdout and stderr to the job's log, every
   signal at its default disposition (a job's ``yes | head`` ends by ``SIGPIPE``, as
   in a terminal), and no other descriptor;
-* reaps it, writes its exit code to ``run/<token>.exit`` (atomically: a temporary
-  file renamed; 128+N for a job killed by signal N, as a shell reports it), and only
-  then writes ``CODE[ REASON]`` to the *end descriptors* engines gave it for that job,
-  and closes them.
+* reaps it and writes ``CODE[ REASON]`` (128+N for a job killed by signal N, as a
+  shell reports it) to the *end descriptors* engines gave it for that job, and closes
+  them.  It keeps the code until an engine *acknowledges* it (``ack``, sent once the
+  end is in the database), and writes it to ``run/<token>.exit`` (atomically: a
+  temporary file renamed) only where it may be needed: when no engine could be told,
+  when a connection ends (its engine may have died before recording the end), when
+  an engine asks for the job (``watch``), and before the spawner exits.  So a job
+  costs one file (its log), not three more operations on the state directory (an
+  exit file's create, rename and removal): on a slow or network file system those
+  were most of the cost of a short job.
 
 An engine learns of a job's end from its end descriptor: the write end of a pipe it
 passed to the spawner (``SCM_RIGHTS``), whose read end it waits on as on a pidfd, in
@@ -26,14 +32,17 @@ job the spawner does not know has ended, and its exit file is already written.
 
 If the spawner itself is killed, its pipes close, the engines find no exit file,
 and they watch the jobs (now orphans) by pid; their exit codes are lost, and they
-are recorded as failed with that reason.  The next job starts a new spawner.
+are recorded as failed with that reason.  The next job starts a new spawner.  (An end
+already written to an engine's pipe is still read from it: the spawner's death loses
+it only if that engine also dies before recording it.)
 
 Protocol: a Unix stream socket ``run/spawner.sock`` (the ``run`` folder is 0700), one
 JSON request per line, one JSON reply line each, descriptors attached to the request
 they belong to:
 
-* ``{"op": "hello", "version": 1, "env": {...}}`` -> ``{"ok": true, "pid": P}``:
-  the environment the connection's jobs start from;
+* ``{"op": "hello", "version": 2, "env": {...}}`` -> ``{"ok": true, "pid": P}``:
+  the environment the connection's jobs start from.  Version 1 (an engine of an older
+  nbsched) is served too: its jobs' exit files are written at once, as it expects;
 * ``{"op": "start", "token", "argv", "env", "unset", "cwd", "log", "exit"}`` plus
   one end descriptor -> ``{"ok": true, "pid": P, "born": NS}`` or ``{"ok": false,
   "error": "..."}``; ``born`` is ``CLOCK_BOOTTIME`` in ns just before the spawn (where
@@ -44,7 +53,10 @@ they belong to:
   reason in its log, its exit file and its end descriptors, like any other end.  An
   engine may send several starts before it reads their replies;
 * ``{"op": "watch", "token"}`` plus one end descriptor -> ``{"ok": true, "pid": P}``
-  for a job still running, ``{"ok": true, "pid": null}`` for one it does not know.
+  for a job still running, ``{"ok": true, "pid": null}`` for one that has ended (its
+  exit file is then written) or that it does not know;
+* ``{"op": "ack", "tokens": [...]}`` (no reply): those jobs' ends are recorded; their
+  codes are dropped, and their exit files removed if they were written.
 
 This file imports nothing but the standard library and runs by its path
 (``python -I -S spawner.py RUN_DIR``), so starting it imports neither nbsched nor
@@ -66,7 +78,9 @@ import time
 import traceback
 from typing import Any
 
-VERSION = 1
+VERSION = 2
+#: The protocol versions served (1: exit files written at each end, no ``ack``).
+VERSIONS = (1, 2)
 SOCKET_NAME = "spawner.sock"
 LOCK_NAME = "spawner.lock"
 LOG_NAME = "spawner.log"
@@ -88,17 +102,29 @@ START_FAILED = 127
 
 
 class _Job:
-    __slots__ = ("token", "pid", "exit_path", "end_fds")
+    __slots__ = ("token", "pid", "exit_path", "end_fds", "acked")
 
-    def __init__(self, token: str, pid: int, exit_path: str, end_fd: int) -> None:
+    def __init__(self, token: str, pid: int, exit_path: str, end_fd: int, acked: bool) -> None:
         self.token = token
         self.pid = pid
         self.exit_path = exit_path
         self.end_fds = [end_fd]
+        self.acked = acked  # every engine told of its end acknowledges it (version 2)
+
+
+class _Ended:
+    """An end told to the engines, kept until one acknowledges it."""
+
+    __slots__ = ("exit_path", "code", "written")
+
+    def __init__(self, exit_path: str, code: int) -> None:
+        self.exit_path = exit_path
+        self.code = code
+        self.written = False  # its exit file is written
 
 
 class _Conn:
-    __slots__ = ("sock", "buf", "fds", "env", "gone")
+    __slots__ = ("sock", "buf", "fds", "env", "gone", "version")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -106,6 +132,7 @@ class _Conn:
         self.fds: list[int] = []
         self.env: dict[str, str] = {}
         self.gone = False  # the engine no longer reads the replies
+        self.version = 1
 
 
 class Spawner:
@@ -115,6 +142,7 @@ class Spawner:
         self.sel = selectors.DefaultSelector()
         self.jobs: dict[int, _Job] = {}  # by pid
         self.by_token: dict[str, _Job] = {}
+        self.ended: dict[str, _Ended] = {}  # by token: told, not yet acknowledged
         self.conns: dict[int, _Conn] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -171,6 +199,15 @@ class Spawner:
         for fd in conn.fds:
             _close(fd)
         conn.fds.clear()
+        # Its engine may have died before recording the ends it was told: keep them
+        # on disk for the next one.  (The others' too: one write each, once.)
+        self.write_ended()
+
+    def write_ended(self) -> None:
+        """Write the exit file of every end not acknowledged yet."""
+        for end in self.ended.values():
+            if not end.written:
+                end.written = _write_exit(end.exit_path, end.code)
 
     def _read(self, conn: _Conn) -> None:
         try:
@@ -192,6 +229,9 @@ class Spawner:
             taken: list[int] = []
             try:
                 req = json.loads(line)
+                if req.get("op") == "ack":
+                    self._ack(req["tokens"])
+                    continue  # (no reply)
                 if req.get("op") in _WITH_FD and conn.fds:
                     # (one read may bring several requests, each with its descriptor)
                     taken.append(conn.fds.pop(0))
@@ -217,10 +257,12 @@ class Spawner:
         if op == "hello":
             for fd in fds:
                 _close(fd)
-            if req.get("version") != VERSION:
-                return {"ok": False, "error": f"protocol version {VERSION} only"}
+            if req.get("version") not in VERSIONS:
+                accepted = " or ".join(map(str, VERSIONS))
+                return {"ok": False, "error": f"protocol version {accepted} only"}
             conn.env = dict(req["env"])
-            return {"ok": True, "pid": os.getpid(), "version": VERSION}
+            conn.version = int(req["version"])
+            return {"ok": True, "pid": os.getpid(), "version": conn.version}
         if op not in _WITH_FD:
             raise ValueError(f"unknown op {op!r}")
         if len(fds) != 1:
@@ -231,8 +273,12 @@ class Spawner:
             job = self.by_token.get(req["token"])
             if job is None:
                 _close(fds[0])
+                end = self.ended.get(req["token"])
+                if end is not None and not end.written:  # (the asker reads the file)
+                    end.written = _write_exit(end.exit_path, end.code)
                 return {"ok": True, "pid": None}
             job.end_fds.append(fds[0])
+            job.acked = job.acked and conn.version >= 2
             return {"ok": True, "pid": job.pid}
         raise AssertionError(op)
 
@@ -270,11 +316,16 @@ class Spawner:
             else:
                 reason = f"could not start: {exc}"
             _append(log, f"nbsched: the job {reason}\n")
-            _write_exit(exit_path, START_FAILED)
-            _end(end_fd, START_FAILED, reason)
+            if conn.version < 2:
+                _write_exit(exit_path, START_FAILED)
+                _end(end_fd, START_FAILED, reason)
+            elif _end(end_fd, START_FAILED, reason):
+                self.ended[token] = _Ended(exit_path, START_FAILED)
+            else:
+                _write_exit(exit_path, START_FAILED)
             return {"ok": False, "error": reason}
         os.chdir("/")  # (holds no folder of a user's between jobs)
-        job = _Job(token, pid, exit_path, end_fd)
+        job = _Job(token, pid, exit_path, end_fd, acked=conn.version >= 2)
         self.jobs[pid] = job
         self.by_token[token] = job
         return {"ok": True, "pid": pid, "born": born}
@@ -295,19 +346,36 @@ class Spawner:
             self.by_token.pop(job.token, None)
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
-            _write_exit(job.exit_path, code)
-            for fd in job.end_fds:  # the engines learn of the end now
-                _end(fd, code)
+            if not job.acked:  # (an engine of version 1 reads the file: it comes first)
+                _write_exit(job.exit_path, code)
+            told = [_end(fd, code) for fd in job.end_fds]  # the engines learn of it now
+            if job.acked:
+                if any(told):
+                    self.ended[job.token] = _Ended(job.exit_path, code)  # until acknowledged
+                else:  # no engine could be told: keep it on disk for the next one
+                    _write_exit(job.exit_path, code)
+
+    def _ack(self, tokens: list[str]) -> None:
+        """Those jobs' ends are in the database: forget them (and their exit files)."""
+        for token in tokens:
+            end = self.ended.pop(token, None)
+            if end is not None and end.written:
+                try:
+                    os.unlink(end.exit_path)
+                except OSError:
+                    pass
 
 
-def _end(fd: int, code: int, reason: str = "") -> None:
+def _end(fd: int, code: int, reason: str = "") -> bool:
     """Tell an engine how a job ended (``CODE[ REASON]``; also when the disk is full),
-    and close its end descriptor."""
+    and close its end descriptor.  False if it could not be told (it is gone)."""
     try:
         os.write(fd, f"{code} {reason}".strip().encode("utf-8", "replace") + b"\n")
+        told = True
     except OSError:  # (that engine is gone)
-        pass
+        told = False
     _close(fd)
+    return told
 
 
 def _append(path: str, text: str) -> None:
@@ -357,7 +425,8 @@ def _resolve(name: str, env: dict[str, str]) -> str:
 _FOUND: dict[tuple[str, str], str] = {}
 
 
-def _write_exit(path: str, code: int) -> None:
+def _write_exit(path: str, code: int) -> bool:
+    """Write a job's exit file (False if it could not be written)."""
     tmp = f"{path}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -366,8 +435,10 @@ def _write_exit(path: str, code: int) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        return True
     except OSError as exc:  # (a full disk, or the state directory was removed)
         _log(f"could not write {path}: {exc}")
+        return False
 
 
 def _log(message: str) -> None:
@@ -431,6 +502,7 @@ def main(argv: list[str]) -> int:
         os.dup2(null, 1)
         os.close(null)
         spawner.run()
+        spawner.write_ended()  # (none left, normally: each closed connection wrote them)
     finally:
         try:
             os.unlink(path)  # (before the lock goes: a new spawner may bind it then)

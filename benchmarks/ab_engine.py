@@ -27,11 +27,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-SCRATCH = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbsched-bench"
+import scratch
 
 
 def one_run(kind: str, n: int) -> dict[str, float]:
@@ -40,8 +39,7 @@ def one_run(kind: str, n: int) -> dict[str, float]:
 
     from nbsched import GPUJobScheduler, SchedulerConfig
 
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix="ab-", dir=SCRATCH))
+    d = scratch.scratch_dir("ab-")
     config = SchedulerConfig(state_dir=d / "state", gpu_provider="simulated", num_gpus=4)
     s = GPUJobScheduler(config=config).start()
     try:
@@ -91,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one_run(args.kind, args.jobs)))
         return 0
     dirs = [str(Path(d).resolve()) for d in args.checkouts]
+    folder, _ = scratch.root()  # (chosen once: both checkouts run in the same folder)
+    print(scratch.describe(), file=sys.stderr)
     results: dict[str, list[dict[str, float]]] = {d: [] for d in dirs}
     for r in range(args.runs):
         for d in dirs if r % 2 == 0 else dirs[::-1]:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(args.jobs),
                 ],  # fmt: skip
                 cwd=d,
-                env={**os.environ, "PYTHONPATH": d},
+                env={**os.environ, "PYTHONPATH": d, scratch.ENV: str(folder)},
                 capture_output=True,
                 text=True,
                 check=True,

@@ -34,7 +34,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from scratch import describe, scratch_dir
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 
@@ -197,17 +197,6 @@ CONTENDERS: dict[str, Callable[[Path], Contender]] = {
 }
 
 
-#: Where state directories and marks go.  Not /tmp: on some machines (this one) creating
-#: a file under /tmp costs ~0.5 ms of CPU against ~15 us elsewhere on the same disk, which
-#: would dominate a benchmark that creates a log and an exit file per job.
-SCRATCH = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbsched-bench"
-
-
-def scratch_dir(prefix: str) -> Path:
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
-
-
 @contextmanager
 def contender(name: str) -> Iterator[Contender]:
     workdir = scratch_dir("state-")
@@ -331,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         profile(args.profile)
         return 0
 
+    print(describe(), file=sys.stderr)
     names = ["reference", "nbsched"]
     tput: dict[str, list[float]] = {n: [] for n in names}
     eff: dict[str, list[float]] = {n: [] for n in names}
@@ -412,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         "`Popen(['bash', '-c', CMD]).wait()`, 4 slots) in the same process. "
         "*nbsched*: `add_command(CMD, required_gpus=1)` on 4 simulated GPUs, fresh state "
         "directory (SQLite store, spawner process, log file per job), after one warm-up job "
-        "(which starts the spawner, once per engine), then `wait()`.",
+        "(which starts the spawner, once per engine), then `wait()`. "
+        f"Both run with their {describe()}: see `benchmarks/scratch.py`.",
         "",
         "| measure | reference | nbsched | goal | met |",
         "|---|---|---|---|---|",

@@ -18,15 +18,13 @@ import argparse
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from scratch import describe, scratch_dir
 
 from nbsched import GPUJobScheduler, SchedulerConfig, frames
-
-SCRATCH = Path.home() / ".cache" / "nbsched-bench"
 
 
 def _scheduler(root: Path) -> GPUJobScheduler:
@@ -36,7 +34,7 @@ def _scheduler(root: Path) -> GPUJobScheduler:
 
 def submit_us(n: int, engine: bool) -> float:
     """Microseconds per add_command, with (engine) every GPU busy on a running engine."""
-    root = Path(tempfile.mkdtemp(prefix="queue-", dir=SCRATCH))
+    root = scratch_dir("queue-")
     s = _scheduler(root / "state")
     gate = root / "gate"
     try:
@@ -62,7 +60,7 @@ def submit_us(n: int, engine: bool) -> float:
 
 def table_ms(n: int) -> tuple[float, float]:
     """(jobs(), the plain row-by-row table) in ms for n queued jobs."""
-    root = Path(tempfile.mkdtemp(prefix="queue-", dir=SCRATCH))
+    root = scratch_dir("queue-")
     s = _scheduler(root / "state")
     try:
         script = root / "train.py"
@@ -88,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
-    SCRATCH.mkdir(parents=True, exist_ok=True)
+    print(describe(), file=sys.stderr)
     busy, alone, fast, plain = [], [], [], []
     for r in range(args.rounds):
         busy.append(submit_us(args.jobs, engine=True))

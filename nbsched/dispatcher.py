@@ -145,6 +145,8 @@ class Dispatcher:
         self._unrecorded: list[tuple[Job, Executor]] = []
         #: Jobs submitted in this process, with the revision they were written at.
         self._offered: dict[str, tuple[int, Job]] = {}
+        #: The revision each queued job was last read or taken at (see _take_offered).
+        self._queued_rev: dict[str, int] = {}
         self._unchecked: list[Job] = []  # offered jobs _only_submissions has not seen
         #: Whether the store may hold changes this dispatcher has not read: set by a
         #: wake-up through the pipe or the FIFO (every writer sends one after its
@@ -216,7 +218,7 @@ class Dispatcher:
                 for key, _ in ready:
                     if key.data is None:
                         _drain(key.fd)
-                        asked = self._dirty = True
+                        asked = True
                         if key.fd == self._fifo_fd:
                             self._asked = True  # (another process's write)
                     else:
@@ -265,8 +267,10 @@ class Dispatcher:
             self._new_ends = False  # (ends put back after a failed write wait a turn)
         unrecorded = self._take_identified()
         try:
-            if self._dirty or self._offered:
+            if self._dirty:
                 self._refresh()
+            elif self._offered:
+                self._take_offered()
             ends = [self._decide_end(job, exit, now) for job, exit in ended]
             starts = self._plan(now, gone={end.job.id for end in ends})
             if self._crash:
@@ -366,6 +370,23 @@ class Dispatcher:
             unchecked, self._unchecked = self._unchecked, []
         return not any(could_start(job.required_gpus, room, precision) for job in unchecked)
 
+    def _take_offered(self) -> None:
+        """Queue the jobs this process submitted, as they were written, without reading
+        the store: when nothing else woke the loop, they are all that changed in it
+        (every other writer wakes it, and then it reads).  A job changed meanwhile (a
+        cancel) woke it too; and a start applies only to a job still queued."""
+        with self._inbox_lock:
+            offered, self._offered = self._offered, {}
+            self._unchecked = []
+        for job_id, (rev, job) in offered.items():
+            self._forget(job_id)
+            self._queue_job(job, rev)
+
+    def _queue_job(self, job: Job, rev: int) -> None:
+        self._queued[job.id] = job
+        self._queued_rev[job.id] = rev
+        bisect.insort(self._queue, job, key=queue_key)
+
     def _refresh(self) -> None:
         self._dirty = False  # (a wake-up from now on sets it again)
         with self._inbox_lock:
@@ -373,6 +394,7 @@ class Dispatcher:
             self._unchecked = []
         rev, changes, self._paused = self.store.dispatch_view(self._rev)
         self._rev = rev
+        revs = {job_id: row_rev for job_id, _, _, row_rev in changes}
         wanted = []
         fresh = []
         for job_id, status, token, row_rev in changes:
@@ -380,6 +402,8 @@ class Dispatcher:
             if status == JobStatus.RUNNING and known is not None and known.token == token:
                 self._forget(job_id, running=False)  # off the queue; nothing else to learn:
                 continue  # it is this dispatcher's own write (started, pid recorded)
+            if status == JobStatus.QUEUED and self._queued_rev.get(job_id) == row_rev:
+                continue  # queued here as it still is (taken from the offers: see above)
             if status in (JobStatus.QUEUED, JobStatus.RUNNING):
                 hit = offered.get(job_id)
                 if status == JobStatus.QUEUED and hit is not None and hit[0] == row_rev:
@@ -391,8 +415,8 @@ class Dispatcher:
         for job in fresh + (self.store.get_many(wanted) if wanted else []):
             self._forget(job.id)
             if job.status == JobStatus.QUEUED:
-                self._queued[job.id] = job
-                bisect.insort(self._queue, job, key=queue_key)
+                # (the revision it was read at: a job read again since is not queued at it)
+                self._queue_job(job, revs.get(job.id, -1))
                 if job.not_before is not None:
                     # How long the back-off has left, by the monotonic clock, and never
                     # more than the back-off itself (the wall clock may have been stepped).
@@ -404,6 +428,7 @@ class Dispatcher:
     def _forget(self, job_id: str, running: bool = True) -> None:
         """Drop a job from the queue cache (and, with ``running``, from the running one)."""
         old = self._queued.pop(job_id, None)
+        self._queued_rev.pop(job_id, None)
         if old is not None:
             i = bisect.bisect_left(self._queue, queue_key(old), key=queue_key)
             while i < len(self._queue) and self._queue[i].id != job_id:

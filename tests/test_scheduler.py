@@ -244,6 +244,21 @@ def test_cancel_queued_job(sched: GPUJobScheduler) -> None:
     assert status(sched, job_id) == "cancelled" and sched.logs(job_id) == ""
 
 
+def test_cancel_right_after_submission(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    """The engine takes jobs submitted in its kernel from memory: one cancelled at once
+    (before or while the engine takes it) is never started, or is started and ended
+    as cancelled; it never runs to its end."""
+    ids = []
+    for i in range(30):
+        job_id = sched.add_command(f"sleep 0.3; touch {tmp_path}/ran-{i}", required_gpus=0.25)
+        sched.cancel(job_id)
+        ids.append(job_id)
+    done = sched.wait(ids, timeout=TIMEOUT)
+    assert set(done["status"]) == {"cancelled"}
+    time.sleep(0.5)  # (long enough for a job that was not stopped to finish)
+    assert not list(tmp_path.glob("ran-*"))
+
+
 def test_cancel_running_tree_with_setsid_and_background_children(
     sched: GPUJobScheduler, tmp_path: Path
 ) -> None:

@@ -149,9 +149,10 @@ class Dispatcher:
         self._queued_rev: dict[str, int] = {}
         self._unchecked: list[Job] = []  # offered jobs _only_submissions has not seen
         #: Whether the store may hold changes this dispatcher has not read: set by a
-        #: wake-up through the pipe or the FIFO (every writer sends one after its
-        #: commit), a timed turn, and a turn whose writes did not all apply.  A turn
-        #: woken only by ends (or pids) skips reading the store: it knows its own writes.
+        #: wake-up through the FIFO or a marked one through the pipe (every writer sends
+        #: one after its commit), a timed turn, and a turn whose writes did not all
+        #: apply.  A turn woken only by ends, pids or this process's submissions (taken
+        #: from memory) skips reading the store: it knows those writes.
         self._dirty = True
         #: Whether a wake-up other than a submission's came since the loop last looked
         #: (a cancel, a pause, another process's write): see _only_submissions.

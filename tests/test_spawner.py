@@ -224,17 +224,7 @@ def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) 
         # Still serving: a proper job runs, and its code comes through its pipe.
         assert _ask(sock, {"op": "hello", "version": spawner.VERSION, "env": {}})["ok"]
         r, w = os.pipe()
-        request = {
-            "op": "start",
-            "token": "t1",
-            "argv": ["/bin/sh", "-c", "exit 4"],
-            "env": {},
-            "unset": [],
-            "cwd": str(run_dir),
-            "log": str(run_dir / "t1.log"),
-            "exit": str(run_dir / "t1.exit"),
-        }
-        reply = _ask(sock, request, (w,))
+        reply = _ask(sock, _start_request(run_dir, "t1", "exit 4"), (w,))
         os.close(w)
         assert reply["ok"] is True and isinstance(reply["pid"], int)
         assert os.read(r, 10) == b"4\n"  # (blocks until the job has ended)
@@ -328,16 +318,7 @@ def test_the_start_time_of_a_job_is_its_process_start_time(
         sock.connect(str(run_dir / spawner.SOCKET_NAME))
         assert _ask(sock, {"op": "hello", "version": spawner.VERSION, "env": {}})["ok"]
         r, w = os.pipe()
-        request = {
-            "op": "start",
-            "token": "t1",
-            "argv": ["/bin/sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"],
-            "env": {},
-            "unset": [],
-            "cwd": str(run_dir),
-            "log": str(run_dir / "t1.log"),
-            "exit": str(run_dir / "t1.exit"),
-        }
+        request = _start_request(run_dir, "t1", f"while [ ! -e {gate} ]; do sleep 0.02; done")
         reply = _ask(sock, request, (w,))
         os.close(w)
         born, pid = reply["born"], reply["pid"]

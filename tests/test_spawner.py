@@ -329,6 +329,48 @@ def test_the_start_time_of_a_job_is_its_process_start_time(
         os.close(r)
 
 
+def test_an_engine_works_with_a_spawner_of_protocol_version_1(tmp_path: Path) -> None:
+    """After an upgrade, an older nbsched's spawner may still be running its jobs: a new
+    engine speaks its protocol (exit files written at each end, which the engine then
+    removes; no spawn time sent: the start time comes from /proc, as before)."""
+    config = _config(tmp_path / "state")
+    s = GPUJobScheduler(config=config)
+    old = "\n".join(
+        [
+            "import importlib.util, sys",
+            f"spec = importlib.util.spec_from_file_location('old', {spawner.__file__!r})",
+            "m = importlib.util.module_from_spec(spec)",
+            "spec.loader.exec_module(m)",
+            "m.VERSION, m.VERSIONS = 1, (1,)",
+            "m._boottime_ns = lambda: None",
+            f"sys.exit(m.main([{str(config.run_dir)!r}]))",
+        ]
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", old],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "ready"
+    try:
+        s.start()
+        ids = [s.add_command(f"exit {code}") for code in (0, 3, 0, 141)]
+        done = s.wait(ids, timeout=60)
+        assert list(done["exit_code"]) == [0, 3, 0, 141]
+        client = s._executors["direct"]._spawner  # type: ignore[attr-defined]
+        assert client.version == 1
+        assert not list(config.run_dir.glob("*.exit*"))  # written, then removed
+    finally:
+        s.stop(kill=True)
+        s.close()
+        proc = spawner_of(config.run_dir)
+        if proc is not None:
+            proc.kill()
+
+
 def test_a_state_directory_path_longer_than_a_socket_address(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60) / "state"  # run/spawner.sock: > 107 bytes
     s = GPUJobScheduler(config=_config(deep)).start()

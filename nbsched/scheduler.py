@@ -734,13 +734,13 @@ class GPUJobScheduler:
         timeout: float | None,
         progress: bool | None,
     ) -> pd.DataFrame:
-        rev = self.store.revision()  # before the first look: later changes are seen below
+        # (the revision with the first look, in one read: later changes are seen below)
         if ids is None:
-            pending = self.store.unended(None)
+            rev, pending = self.store.unended_at(None)
             wanted = sorted(pending)
         else:
             wanted = sorted({parse_job_id(i) for i in ids})
-            pending = self.store.unended(set(wanted))
+            rev, pending = self.store.unended_at(set(wanted))
             unsure = set(wanted) - pending  # ended, or no such job: look only at these
             missing = unsure - self.store.existing(unsure) if unsure else set()
             if missing:

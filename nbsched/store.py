@@ -760,18 +760,31 @@ class Store:
     def unended(self, seqs: set[int] | None) -> set[int]:
         """Those of the job numbers ``seqs`` (None: of all jobs) still queued or running.
         Reads one indexed column and decodes nothing."""
+        return self.unended_at(seqs)[1]
+
+    def unended_at(self, seqs: set[int] | None) -> tuple[int, set[int]]:
+        """``(revision, unended(seqs))`` read in one statement (one snapshot): every
+        change after that revision is one :meth:`changes_since` reports."""
+        rev_sql = "SELECT 1, CAST(value AS INTEGER) FROM meta WHERE key = 'rev'"
+        unended = "status IN ('queued', 'running')"
+        params: list[int] = []
         if seqs is None or len(seqs) > 500:  # scan the covering status index
-            rows = self._read("SELECT seq FROM jobs WHERE status IN ('queued', 'running')")
-            found = {r[0] for r in rows}
-            return found if seqs is None else seqs & found
-        if not seqs:
-            return set()
-        rows = self._read(
-            f"SELECT seq FROM jobs WHERE seq IN ({','.join('?' * len(seqs))}) "
-            "AND status IN ('queued', 'running')",
-            list(seqs),
-        )
-        return {r[0] for r in rows}
+            sql = f"SELECT 0, seq FROM jobs WHERE {unended} UNION ALL {rev_sql}"
+        elif not seqs:
+            sql = rev_sql
+        else:
+            params = list(seqs)
+            sql = (
+                f"SELECT 0, seq FROM jobs WHERE seq IN ({','.join('?' * len(seqs))}) "
+                f"AND {unended} UNION ALL {rev_sql}"
+            )
+        rev, found = 0, set()
+        for kind, value in self._read_tuples(sql, params):
+            if kind:
+                rev = int(value)
+            else:
+                found.add(value)
+        return rev, (found if seqs is None else seqs & found)
 
     def record_start(self, job_id: object, token: str, **fields: Any) -> bool:
         """Set ``fields`` (pid, ...) of a job still running attempt ``token`` with no cancel

@@ -445,6 +445,12 @@ def test_unended(store: Store) -> None:
     many = {int(i) for i in add(store, *(spec() for _ in range(600)))}
     store.transition(str(min(many)), C)
     assert store.unended(many | seqs) == (many - {min(many)}) | {int(a), int(b)}
+    # With the revision of the same read: a change after it is one changes_since reports.
+    rev, found = store.unended_at(seqs)
+    assert (rev, found) == (store.revision(), {int(a), int(b)})
+    assert store.unended_at(set()) == (rev, set())
+    store.transition(a, R)
+    assert [c[0] for c in store.changes_since(rev)[1]] == [a]
 
 
 def test_record_start_is_guarded(store: Store) -> None:

@@ -140,38 +140,31 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
 
         columns: dict[str, Any] = {
             "id": [str(n) for n in seq],
-            "status": status,
-            "priority": priority,
+            "status": list(status),
+            "priority": list(priority),
             "command": [
                 c or "" if k == "command" else display_command(k, c, s, loads(a), e)
                 for k, c, s, a, e in zip(kind, command, script, args, conda_env, strict=True)
             ],
-            "required_gpus": required_gpus,
+            "required_gpus": list(required_gpus),
             "gpus": [gpu_list(g) for g in gpus],
-            "submitted": submitted,
-            "started": started,
-            "ended": ended,
-            "exit_code": exit_code,
-            "attempts": attempts,
-            "log": log_path,
-            "name": name,
-            "sweep": sweep,
-            "node": node,
-            "reason": reason,
+            "submitted": _times(submitted),
+            "started": _times(started),
+            "ended": _times(ended),
+            "exit_code": pd.array(exit_code, dtype="Int64"),
+            "attempts": list(attempts),
+            "log": list(log_path),
+            "name": list(name),
+            "sweep": list(sweep),
+            "node": list(node),
+            "reason": list(reason),
         }
-        columns["exit_code"] = pd.array(exit_code, dtype="Int64")
-        for col in _TIME_COLUMNS:
-            columns[col] = _times(columns[col])
-        return pd.DataFrame({c: _column(columns[c]) for c in JOB_COLUMNS})
+        return pd.DataFrame({c: columns[c] for c in JOB_COLUMNS})
     df = pd.DataFrame([], columns=list(JOB_COLUMNS))
     df["exit_code"] = df["exit_code"].astype("Int64")
     for col in _TIME_COLUMNS:
         df[col] = pd.to_datetime(df[col])
     return df
-
-
-def _column(values: Any) -> Any:
-    return list(values) if isinstance(values, tuple) else values
 
 
 def _times(values: Sequence[float | None]) -> Any:

@@ -608,12 +608,7 @@ class Store:
                 params.append(max(0, int(limit)))
             rows = self._read_tuples(sql, params)
             return rows[::-1] if newest else rows
-        seqs = sorted({parse_job_id(i) for i in ids})
-        rows = []
-        for start in range(0, len(seqs), 500):  # stay under SQLite's bound-parameter limit
-            chunk = seqs[start : start + 500]
-            cond = " AND ".join([*where, f"seq IN ({','.join('?' * len(chunk))})"])
-            rows += self._read_tuples(f"{base} WHERE {cond} ORDER BY seq", [*params, *chunk])
+        rows = self._read_by_seq(_TABLE_SQL, {parse_job_id(i) for i in ids}, where, params)
         if limit is not None:
             n = max(0, int(limit))
             rows = rows[len(rows) - n :] if newest else rows[:n]
@@ -670,17 +665,27 @@ class Store:
 
     def get_many(self, ids: Iterable[object]) -> list[Job]:
         """The jobs with these ids (unknown ones left out), in submission order."""
-        seqs = sorted({parse_job_id(i) for i in ids})
-        out: list[Job] = []
-        for start in range(0, len(seqs), 500):  # stay under SQLite's bound-parameter limit
-            chunk = seqs[start : start + 500]
-            rows = self._read_tuples(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE seq IN ({','.join('?' * len(chunk))}) "
-                "ORDER BY seq",
-                chunk,
+        seqs = {parse_job_id(i) for i in ids}
+        return [_row_to_job(r) for r in self._read_by_seq(_JOB_COLUMNS, seqs)]
+
+    def _read_by_seq(
+        self,
+        columns: str,
+        seqs: Iterable[int],
+        where: Sequence[str] = (),
+        params: Sequence[Any] = (),
+    ) -> list[tuple[Any, ...]]:
+        """``columns`` of the jobs numbered ``seqs`` (and matching ``where``), in
+        submission order: read 500 at a time, under SQLite's bound-parameter limit."""
+        ordered = sorted(seqs)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            cond = " AND ".join([*where, f"seq IN ({','.join('?' * len(chunk))})"])
+            rows += self._read_tuples(
+                f"SELECT {columns} FROM jobs WHERE {cond} ORDER BY seq", [*params, *chunk]
             )
-            out += [_row_to_job(r) for r in rows]
-        return out
+        return rows
 
     def transition(
         self,
@@ -757,14 +762,10 @@ class Store:
                 alloc[g] = alloc.get(g, 0.0) + share
         return alloc
 
-    def unended(self, seqs: set[int] | None) -> set[int]:
-        """Those of the job numbers ``seqs`` (None: of all jobs) still queued or running.
-        Reads one indexed column and decodes nothing."""
-        return self.unended_at(seqs)[1]
-
     def unended_at(self, seqs: set[int] | None) -> tuple[int, set[int]]:
-        """``(revision, unended(seqs))`` read in one statement (one snapshot): every
-        change after that revision is one :meth:`changes_since` reports."""
+        """``(revision, those of the job numbers seqs still queued or running)`` (None:
+        of all jobs), in one statement (one snapshot): every change after that revision
+        is one :meth:`changes_since` reports.  Reads one indexed column, decodes nothing."""
         rev_sql = "SELECT 1, CAST(value AS INTEGER) FROM meta WHERE key = 'rev'"
         unended = "status IN ('queued', 'running')"
         params: list[int] = []
@@ -922,15 +923,7 @@ class Store:
 
     def existing(self, seqs: set[int]) -> set[int]:
         """Those of the job numbers ``seqs`` that exist (reads one indexed column)."""
-        out: set[int] = set()
-        ordered = sorted(seqs)
-        for start in range(0, len(ordered), 500):  # SQLite's bound-parameter limit
-            chunk = ordered[start : start + 500]
-            rows = self._read(
-                f"SELECT seq FROM jobs WHERE seq IN ({','.join('?' * len(chunk))})", chunk
-            )
-            out.update(r[0] for r in rows)
-        return out
+        return {r[0] for r in self._read_by_seq("seq", seqs)}
 
     def status_counts(self, seqs: set[int]) -> dict[str, int]:
         """Jobs per status among the job numbers ``seqs`` (for progress displays)."""

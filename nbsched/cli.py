@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jobs", help="the job table")
     _common(p)
     p.add_argument("--status", default=None, help="queued, running, ended, failed, ...")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--first", type=int, metavar="N", default=None, help="only the first N")
+    only.add_argument("--last", type=int, metavar="N", default=None, help="only the last N")
     p = sub.add_parser("add", help="queue a script: nbsched add train.py -- --lr 0.1")
     _common(p)
     _job_opts(p)
@@ -220,7 +223,7 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     if verb == "gpus":
         _print_frame(s.get_gpu_status(), ns.json)
     elif verb == "jobs":
-        _print_frame(s.jobs(status=ns.status), ns.json, JOB_TABLE)
+        _print_frame(s.jobs(status=ns.status, first=ns.first, last=ns.last), ns.json, JOB_TABLE)
     elif verb in ("add", "run"):
         common = dict(
             required_gpus=ns.gpus,

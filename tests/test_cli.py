@@ -250,6 +250,15 @@ def test_every_verb_works_without_an_engine(
     assert run("cancel", jid) == [{"id": jid, "cancelled": True}]
     assert run("retry", jid) == {"retried": [jid]}
 
+    more = [run("add", str(script), "--", "--x", str(i))["id"] for i in range(2, 5)]
+    assert [j["id"] for j in run("jobs", "--first", "2")] == [jid, more[0]]
+    assert [j["id"] for j in run("jobs", "--last", "2")] == more[1:]
+    assert [j["id"] for j in run("jobs", "--status", "queued", "--last", "1")] == more[-1:]
+    rc, _, err = _main(["jobs", *sim, "--first", "1", "--last", "1"], capsys)
+    assert rc == 2 and "not allowed with argument --first" in err
+    rc, _, err = _main(["jobs", *sim, "--last", "-1"], capsys)
+    assert rc == 2 and "last=-1: expected a whole number >= 0" in err
+
 
 def test_demo_json(tmp_path: Path) -> None:
     done = _run_all([["demo", "--simulate", "2", "--json", "--state-dir", str(tmp_path / "s")]])[0]

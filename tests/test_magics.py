@@ -135,6 +135,8 @@ def test_run_add_wait_logs(ip: InteractiveShell, started: GPUJobScheduler, tmp_p
     assert started.job(cmd)["name"] == "hello"
     jobs = gs(ip, "jobs --status succeeded")
     assert list(jobs["id"]) == [jid, cmd]
+    assert list(gs(ip, "jobs --first 1")["id"]) == [jid]
+    assert list(gs(ip, "jobs --status succeeded --last 1")["id"]) == [cmd]
     assert list(gs(ip, "gpus")["gpu"]) == [0, 1]
 
 
@@ -309,6 +311,8 @@ MISTAKES = [
     ("pause 5", "gpu=5: GPUs are 0-1"),
     ("pause x", "'x' is not accepted: expected a GPU index"),
     ("jobs --status nope", "status='nope': accepted values are queued"),
+    ("jobs --last -2", "--last: -2 is not accepted: expected a number of jobs"),
+    ("jobs --first 1 --last 1", "give first= or last=, not both"),
     ("wait --timeout -1", "'-1' is not accepted: expected seconds >= 0"),
     ("wait 12345", "no job '12345'"),
     ("results sw77", "sw77"),

@@ -30,6 +30,7 @@ from .parsing import (
     limit_type,
     lines_type,
     priority_type,
+    rows_type,
     save_cell_script,
     seconds_type,
     split_dashdash,
@@ -310,8 +311,10 @@ class GpuschedMagics(Magics):
 
     @verb("jobs", "the job table (a DataFrame)")
     @argument("--status", metavar="S", help="e.g. queued, running, failed, ended, active")
+    @argument("--first", metavar="N", type=rows_type, help="only the first N (in submission order)")
+    @argument("--last", metavar="N", type=rows_type, help="only the last N")
     def _jobs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return self._require().jobs(args.status)
+        return self._require().jobs(args.status, first=args.first, last=args.last)
 
     @verb("gpus", "the GPU table (a DataFrame)")
     def _gpus(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:

@@ -114,6 +114,10 @@ def limit_type(text: str) -> int:
     return _whole(text, 1, "a number of jobs")
 
 
+def rows_type(text: str) -> int:
+    return _whole(text, 0, "a number of jobs")
+
+
 def priority_type(text: str) -> int:
     try:
         return int(text)

@@ -24,7 +24,7 @@ EXECUTORS = ("direct", "screen", "ray")
 def default_state_dir() -> Path:
     """``$NBSCHED_HOME`` if set, else ``~/.nbsched``."""
     env = os.environ.get("NBSCHED_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".nbsched"
+    return Path(os.path.abspath(Path(env).expanduser())) if env else Path.home() / ".nbsched"
 
 
 def _default_simulated_file() -> str | None:
@@ -81,7 +81,12 @@ class SchedulerConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise InvalidTypeError(f"{name}={value!r}: expected a path string or None")
-            if value is not None:
+            if value is not None and not os.fspath(value):
+                raise InvalidValueError(f"{name}={value!r}: must not be empty (None for none)")
+            if value is not None and name != "ray_address":
+                # (absolute: the kernel may change folder later, and the spawner runs in /)
+                object.__setattr__(self, name, os.path.abspath(os.path.expanduser(value)))
+            elif value is not None:
                 object.__setattr__(self, name, os.fspath(value))
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
             _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False)
@@ -141,7 +146,8 @@ def _as_path(name: str, value: object) -> Path:
         text = os.fspath(value)
         if not text:
             raise InvalidValueError(f"{name}={value!r}: must not be empty")
-        return Path(text).expanduser()
+        # Absolute: the kernel may change folder later, and the spawner runs in "/".
+        return Path(os.path.abspath(Path(text).expanduser()))
     raise InvalidTypeError(f"{name}={value!r}: expected a path")
 
 

@@ -67,6 +67,30 @@ def test_paths_are_normalised(tmp_path: Path) -> None:
     assert SchedulerConfig(state_dir="~/x").state_dir == Path.home() / "x"
 
 
+def test_relative_paths_are_made_absolute_where_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel may change folder later (``%cd``), and the spawner runs in ``/``: a
+    relative path means the folder it was given in."""
+    monkeypatch.chdir(tmp_path)
+    c = SchedulerConfig(
+        state_dir="runs/state",
+        jobs_file="jobs.txt",
+        llm_config_file="./llm.json",
+        simulated_gpus_file="../gpus.json",
+        ray_address="auto",
+    )
+    assert c.state_dir == tmp_path / "runs" / "state"
+    assert c.jobs_file == str(tmp_path / "jobs.txt")
+    assert c.llm_config_file == str(tmp_path / "llm.json")
+    assert c.simulated_gpus_file == str(tmp_path.parent / "gpus.json")
+    assert c.ray_address == "auto"  # (not a path)
+    monkeypatch.setenv("NBSCHED_HOME", "home")
+    assert SchedulerConfig().state_dir == tmp_path / "home"
+    with pytest.raises(ValueError, match="jobs_file='': must not be empty"):
+        SchedulerConfig(jobs_file="")
+
+
 def test_frozen_and_replace() -> None:
     c = make()
     with pytest.raises(dataclasses.FrozenInstanceError):

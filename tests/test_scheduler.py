@@ -79,6 +79,31 @@ def sched(make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
     return make_sched()
 
 
+def test_a_relative_state_dir_works_after_a_change_of_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's example: ``state_dir="runs/state"``; then the notebook does ``%cd``."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    config = SchedulerConfig(state_dir="runs/state", gpu_provider="simulated", num_gpus=2)
+    s = GPUJobScheduler(config=config).start()
+    try:
+        first = s.add_command("pwd", required_gpus=0.5)
+        s.wait([first], timeout=TIMEOUT)
+        os.chdir(tmp_path / "b")
+        second = s.add_command("pwd", required_gpus=0.5)
+        s.wait([second], timeout=TIMEOUT)
+        assert [s.job(j)["status"] for j in (first, second)] == ["succeeded"] * 2
+        assert s.logs(first) == f"{tmp_path / 'a'}\n"
+        assert s.logs(second) == f"{tmp_path / 'b'}\n"
+        assert (tmp_path / "a" / "runs" / "state" / "state.db").exists()
+        assert not (tmp_path / "b" / "runs").exists()
+    finally:
+        s.stop(kill=True)
+        s.close()
+
+
 def status(s: GPUJobScheduler, job_id: str) -> str:
     return str(s.job(job_id)["status"])
 

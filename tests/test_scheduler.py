@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import sys
 import threading
@@ -319,6 +320,74 @@ def test_cancel_running_tree_with_setsid_and_background_children(
     settle(sched)
     assert status(sched, job_id) == "cancelled"  # the watcher's late report changed nothing
     assert sched.store.allocation() == {}
+
+
+#: A process that leaves the job's session and lives on (a daemon's double fork):
+#: ``python -c DAEMON PIDFILE`` writes the daemon's pid and returns at once.
+DAEMON = (
+    "import os, sys, time\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+    "        time.sleep(300)\n"
+    "    os._exit(0)\n"
+    "os.wait()\n"
+)
+
+
+def test_what_a_job_leaves_running_ends_with_it(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    """The job's main process exits with processes of its own still running (``&``,
+    ``nohup``, ``setsid``, a daemon): they would hold the GPU the next job is given."""
+    ready = tmp_path / "ready"
+    cmd = (
+        "setsid sleep 311 & "
+        "sleep 312 & "
+        "nohup sleep 313 >/dev/null 2>&1 & "
+        "bash -c 'trap \"\" TERM HUP; exec sleep 314' & "
+        f"{sys.executable} -c {shlex.quote(DAEMON)} {tmp_path / 'daemon'}; "
+        f"touch {ready}; exit 3"
+    )
+    job_id = sched.add_command(cmd, required_gpus=0.5)
+    sched.wait([job_id], timeout=TIMEOUT)
+    token = sched.store.get(job_id).token
+    assert token
+    assert ready.exists()  # (it got as far as its own exit)
+    row = sched.job(job_id)
+    assert (row["status"], row["exit_code"]) == ("failed", 3)  # its main process's code
+    wait_for(lambda: token_processes(token) == [], what="the job's leftovers to be ended")
+
+
+def test_a_running_jobs_processes_outlive_another_jobs_end(
+    sched: GPUJobScheduler, tmp_path: Path
+) -> None:
+    """Orphans of a job that still runs are left alone when another job ends."""
+    gate = tmp_path / "gate"
+    daemon, sleep = tmp_path / "daemon", tmp_path / "sleep"
+    long = sched.add_command(
+        f"{sys.executable} -c {shlex.quote(DAEMON)} {daemon}; sleep 322 & echo $! > {sleep}; "
+        f"while [ ! -e {gate} ]; do sleep 0.05; done",
+        required_gpus=0.5,
+    )
+
+    def written(path: Path) -> bool:
+        return path.exists() and path.read_text().endswith(
+            ("\n", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+        )
+
+    wait_for(lambda: written(daemon) and written(sleep), what="the daemon's and sleep's pids")
+    mine = [int(p.read_text()) for p in (daemon, sleep)]
+    token = sched.store.get(long).token
+    assert token
+    for _ in range(3):
+        short = sched.add_command("sleep 0.01 & exit 0", required_gpus=0.5)
+        sched.wait([short], timeout=TIMEOUT)
+    assert set(mine) <= set(token_processes(token))
+    assert status(sched, long) == "running"
+    gate.touch()
+    sched.wait([long], timeout=TIMEOUT)
+    assert sched.job(long)["exit_code"] == 0
+    wait_for(lambda: token_processes(token) == [], what="the leftovers to be ended")
 
 
 def test_stop_kill_cancels_running(make_sched: Callable[..., GPUJobScheduler]) -> None:

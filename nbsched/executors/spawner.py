@@ -11,16 +11,28 @@ its runs.  For every job it:
   job's folder, stdin from ``/dev/null``, stdout and stderr to the job's log, every
   signal at its default disposition (a job's ``yes | head`` ends by ``SIGPIPE``, as
   in a terminal), and no other descriptor;
-* reaps it and writes ``CODE[ REASON]`` (128+N for a job killed by signal N, as a
-  shell reports it) to the *end descriptors* engines gave it for that job, and closes
-  them.  It keeps the code until an engine *acknowledges* it (``ack``, sent once the
-  end is in the database), and writes it to ``run/<token>.exit`` (atomically: a
-  temporary file renamed) only where it may be needed: when no engine could be told,
-  when a connection ends (its engine may have died before recording the end), when
-  an engine asks for the job (``watch``), and before the spawner exits.  So a job
+* reaps it, ends what it left running (below), and writes ``CODE[ REASON]`` (128+N
+  for a job killed by signal N, as a shell reports it) to the *end descriptors*
+  engines gave it for that job, and closes them.  It keeps the code until an engine
+  *acknowledges* it (``ack``, sent once the end is in the database), and writes it
+  to ``run/<token>.exit`` (atomically: a temporary file renamed) only where it may be
+  needed: when no engine could be told, when a connection ends (its engine may have
+  died before recording the end), when an engine asks for the job (``watch``), and
+  before the spawner exits.  So a job
   costs one file (its log), not three more operations on the state directory (an
   exit file's create, rename and removal): on a slow or network file system those
   were most of the cost of a short job.
+
+**What a job leaves behind** is ended with it, before its end is told (so before its
+GPUs go to another job): a job's main process may exit while processes it started run
+on (``cmd &``, a data loader's workers, ``nohup``), and they would hold the GPU the
+next job is given.  The spawner sends ``SIGKILL`` to the job's process group (the
+session it started the job in), and, being a *child subreaper*
+(``PR_SET_CHILD_SUBREAPER``: orphans below it come to it instead of to init), to each
+orphan of its own that belongs to no running job: one that left the job's session
+(``setsid``, a daemon's double fork) is known by the ``NBSCHED_JOB_TOKEN`` in its
+environment (one without it is ended once no job runs: whose it is cannot be told).
+(Where there is no ``/proc`` or no subreaper, only the process group is ended.)
 
 An engine learns of a job's end from its end descriptor: the write end of a pipe it
 passed to the spawner (``SCM_RIGHTS``), whose read end it waits on as on a pidfd, in
@@ -151,6 +163,10 @@ class Spawner:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "child")
+        self._group = os.getpgid(0)
+        #: Where this process's children are listed, if orphans come to it (see the
+        #: module doc); None: only the jobs' process groups are ended.
+        self._children = _subreaper()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -333,7 +349,7 @@ class Spawner:
     # -- ends -------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        while self.jobs:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -342,10 +358,11 @@ class Spawner:
                 return
             job = self.jobs.pop(pid, None)
             if job is None:
-                continue
+                continue  # (a leftover that was ended: an orphan it adopted)
             self.by_token.pop(job.token, None)
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
+            self._end_leftovers(job.pid)  # before the GPUs can go to another job
             if not job.acked:  # (an engine of version 1 reads the file: it comes first)
                 _write_exit(job.exit_path, code)
             told = [_end(fd, code) for fd in job.end_fds]  # the engines learn of it now
@@ -354,6 +371,37 @@ class Spawner:
                     self.ended[job.token] = _Ended(job.exit_path, code)  # until acknowledged
                 else:  # no engine could be told: keep it on disk for the next one
                     _write_exit(job.exit_path, code)
+
+    def _end_leftovers(self, pid: int) -> None:
+        """SIGKILL what the job whose main process ``pid`` just ended left running: its
+        process group, and the orphans that came to this subreaper from ended jobs."""
+        _kill_group(pid)  # (the job's main process led it: setsid at the spawn)
+        if self._children is None:
+            return
+        try:
+            with open(self._children, "rb") as fh:
+                orphans = [int(p) for p in fh.read().split()]
+        except (OSError, ValueError):
+            return
+        running = {job.pid for job in self.jobs.values()}
+        for orphan in orphans:
+            if orphan in self.jobs:
+                continue
+            token = _token_of(orphan)
+            if token is None:
+                # An environment of its own (env -i): whose it is cannot be told while
+                # any job runs, so it is ended once none does.
+                if running:
+                    continue
+            elif token in self.by_token:
+                continue  # its job still runs
+            try:
+                group = os.getpgid(orphan)
+                if group != self._group and group not in running:
+                    _kill_group(group)
+                os.kill(orphan, signal.SIGKILL)
+            except OSError:  # (gone meanwhile)
+                pass
 
     def _ack(self, tokens: list[str]) -> None:
         """Those jobs' ends are in the database: forget them (and their exit files)."""
@@ -364,6 +412,46 @@ class Spawner:
                     os.unlink(end.exit_path)
                 except OSError:
                     pass
+
+
+def _subreaper() -> str | None:
+    """Make this process the child subreaper of what it starts (Linux); the file that
+    lists its children, or None where that cannot be done."""
+    children = f"/proc/self/task/{os.getpid()}/children"
+    if not os.path.exists(children):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return children
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:  # (none left, or not ours)
+        pass
+
+
+def _token_of(pid: int) -> str | None:
+    """The ``NBSCHED_JOB_TOKEN`` in process ``pid``'s environment, if any."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = fh.read()
+    except OSError:
+        return None
+    for entry in env.split(b"\0"):
+        if entry.startswith(b"NBSCHED_JOB_TOKEN="):
+            return entry[len(b"NBSCHED_JOB_TOKEN=") :].decode("ascii", "replace")
+    return None
 
 
 def _end(fd: int, code: int, reason: str = "") -> bool:
@@ -475,6 +563,7 @@ def main(argv: list[str]) -> int:
     goes on: its parent is then init, not the engine, so it never lingers as a zombie.
     """
     (run_dir,) = argv
+    run_dir = os.path.abspath(run_dir)
     lock_fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -160,6 +160,26 @@ def test_cancel_ends_the_tree_and_the_session(tmp_path: Path, make_sched: MakeSc
     assert session not in list_sessions()
 
 
+def test_what_a_job_leaves_running_ends_with_it(tmp_path: Path, make_sched: MakeSched) -> None:
+    s = make_sched(executor="screen")
+    s.start()
+    # (their output elsewhere: under screen a job ends when its output does, see README)
+    jid = s.add_command(
+        "setsid sleep 341 >/dev/null 2>&1 & sleep 342 >/dev/null 2>&1 & echo left; exit 4",
+        required_gpus=1,
+    )
+    s.wait([jid], timeout=60)
+    assert (s.job(jid)["status"], s.job(jid)["exit_code"]) == ("failed", 4)
+    assert "left" in s.logs(jid)
+    token = s.store.get(jid).token
+    assert token
+    wait_for(lambda: find_by_token(token) == [], what="the job's leftovers to be ended")
+    wait_for(
+        lambda: not [n for n in list_sessions() if n.endswith(f".nbsched-{jid}")],
+        what="its session to end by itself",
+    )
+
+
 def test_two_state_dirs_each_have_their_job_1(tmp_path: Path, make_sched: MakeSched) -> None:
     script = tmp_path / "waiter.py"
     script.write_text(WAITER)

@@ -26,20 +26,35 @@ for byte, to its log.  How:
 * A session that ends without an exit code recorded (killed, ``screen -X quit``)
   makes the job ``failed`` with that reason, never ``succeeded``.
 * Cancel ends the whole process tree, then the session.
+* What a job leaves running when it ends (``cmd &``, ``setsid``, daemons: the processes
+  carrying its ``NBSCHED_JOB_TOKEN``) is killed before its end is reported, as the
+  direct executor's spawner does; the session's own screen process ends by itself.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ..jobs import Job
 from ..launch import LaunchError
-from .base import Exit, Launch, OnExit, Started, kill_tree, process_start_time, same_process_alive
+from .base import (
+    Exit,
+    Launch,
+    OnExit,
+    Started,
+    find_by_token,
+    kill_tree,
+    process_start_time,
+    same_process_alive,
+)
 from .direct import LocalProcessExecutor, open_log
 
 SCREEN_LAUNCHER = (
@@ -164,6 +179,7 @@ class ScreenExecutor(LocalProcessExecutor):
 
         def ended(j: Job, exit: Exit) -> None:
             self._sessions.pop(job.token or "", None)
+            end_leftovers(job.token, sty)  # before its GPUs can go to another job
             if exit.code is None:
                 exit = Exit(
                     None,
@@ -185,6 +201,22 @@ class ScreenExecutor(LocalProcessExecutor):
         kill_tree(job.pid, job.proc_start, job.token, grace_s)
         if sty is not None:
             quit_session(sty)
+
+
+def end_leftovers(token: str | None, sty: str | None) -> None:
+    """SIGKILL the processes that carry ``token`` but the screen process of session
+    ``sty`` (it ends by itself once its window's process has: killed, it would leave a
+    dead session behind)."""
+    if not token:
+        return
+    head = (sty or "").split(".", 1)[0]
+    screen_pid = int(head) if head.isdigit() else None
+    for proc in find_by_token(token):
+        if proc.pid != screen_pid:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
 
 
 def quit_session(sty: str) -> None:

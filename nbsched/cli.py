@@ -13,7 +13,9 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -37,7 +39,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", default=None, help="state directory (default ~/.nbsched)")
+    p.add_argument(
+        "--state-dir", default=None, help="state directory (default $NBSCHED_HOME or ~/.nbsched)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--provider", choices=PROVIDERS, default=None)
     p.add_argument("--num-gpus", type=int, default=None)
@@ -92,13 +96,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-arg", default=None, help="pass the job's local GPU indices with this option"
     )
     p.add_argument("script")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p = sub.add_parser("run", help="queue a shell command: nbsched run -- nvidia-smi")
+    p = sub.add_parser(
+        "run",
+        help="queue a shell command: nbsched run -- nvidia-smi",
+        description="Queue a shell command (bash -c). One word after -- is the command "
+        "line as it is ('nvidia-smi; sleep 1'); several are joined with their quoting "
+        "kept, so they reach the job as your shell split them.",
+    )
     _common(p)
     _job_opts(p)
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("command", nargs="*", help="the command (better after --)")
+    p = sub.add_parser(
+        "sweep",
+        help="queue one job per combination: nbsched sweep train.py -- --lr '{0.1,0.01}'",
+        description="Queue one job per combination of the {a,b} / {1..5} groups in the "
+        "arguments after -- (quote the braces: your shell would expand them itself).",
+    )
+    _common(p)
+    _job_opts(p)
+    p.add_argument("--env", default=None, help="conda environment")
+    p.add_argument("--limit", type=int, default=None, help="allow a sweep of up to N jobs")
+    p.add_argument("script")
+    p = sub.add_parser("sweeps", help="every sweep and how far it got")
+    _common(p)
+    p = sub.add_parser("results", help="a sweep's table: parameters, status, results")
+    _common(p)
+    p.add_argument("sweep", nargs="?", help="sweep id such as sw1 (default: the latest)")
+    p = sub.add_parser("why", help="why a queued job is waiting")
+    _common(p)
+    p.add_argument("id")
     for verb, text in (("retry", "queue ended jobs again"), ("cancel", "cancel jobs")):
-        p = sub.add_parser(verb, help=text)
+        p = sub.add_parser(verb, help=f"{text} (every id is checked before any is done)")
         _common(p)
         p.add_argument("ids", nargs="+")
     for verb in ("pause", "resume"):
@@ -108,17 +136,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="a job's output")
     _common(p)
     p.add_argument("id")
-    p.add_argument("-n", "--lines", type=int, default=50)
-    p = sub.add_parser("wait", help="wait for jobs to end")
+    p.add_argument("-n", "--lines", type=_lines, default=50, help="last N lines (0: all)")
+    p = sub.add_parser(
+        "wait",
+        help="wait for jobs to end",
+        description="Wait for those jobs (default: every queued and running one) to end, "
+        "then print their rows. Exit status: 0 if every one succeeded, 1 if not.",
+    )
     _common(p)
     p.add_argument("ids", nargs="*")
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=_seconds, default=None, help="give up after S seconds")
     return parser
+
+
+def _lines(text: str) -> int | None:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of lines >= 0 (0: all)")
+    return n or None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds >= 0")
+    return value
 
 
 def _config(ns: argparse.Namespace, **extra: Any) -> SchedulerConfig:
     values: dict[str, Any] = {}
-    if ns.state_dir:
+    if ns.state_dir is not None:  # ('' is refused by the config, not taken as unset)
         values["state_dir"] = ns.state_dir
     if ns.simulate is not None:
         values["gpu_provider"], values["num_gpus"] = "simulated", ns.simulate
@@ -158,8 +211,8 @@ def _print_frame(df: pd.DataFrame, as_json: bool, columns: Sequence[str] | None 
     if df.empty:
         print("(none)")
     else:
-        with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-            print(df.to_string(index=False))
+        with pd.option_context("display.width", 200):
+            print(df.to_string(index=False, max_colwidth=60, na_rep=""))
 
 
 JOB_TABLE = (
@@ -171,14 +224,45 @@ JOB_TABLE = (
     "exit_code",
     "attempts",
     "command",
+    "reason",
 )
 
 
+#: The verbs whose words after ``--`` are the job's: a script's arguments, a command.
+_TAIL_VERBS = ("add", "run", "sweep")
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line: for ``add``, ``run`` and ``sweep``, nbsched's options are
+    everything before the first ``--`` (before or after the script), and the job's
+    words everything after it (``ns.tail``)."""
+    parser = build_parser()
+    argv = list(argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    tail: list[str] | None = None
+    if verb in _TAIL_VERBS and "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1 :]
+    ns, extra = parser.parse_known_args(argv)
+    if extra:
+        where = {"add": "the script's arguments", "sweep": "the swept arguments"}
+        hint = f"; {where[verb]} go after --" if verb in where else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    ns.tail = tail
+    return ns
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    ns = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(ns)
+        rc = _run(ns)
+        sys.stdout.flush()  # (here, where a reader gone is caught, not at exit)
+        return rc
+    except BrokenPipeError:  # (`nbsched jobs | head`: the reader has had enough)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (NbschedError, ValueError, TypeError, OSError, TimeoutError) as exc:
         print(f"nbsched {ns.verb}: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -233,20 +317,63 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
             name=ns.name,
         )
         if verb == "add":
-            args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
             jid = s.add_job(
-                ns.script, ns.env, args, launcher=ns.launcher, gpu_arg=ns.gpu_arg, **common
+                ns.script,
+                ns.env,
+                ns.tail or [],
+                launcher=ns.launcher,
+                gpu_arg=ns.gpu_arg,
+                **common,
             )
         else:
-            cmd = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+            if ns.command and ns.tail is not None:
+                raise ValueError(
+                    f"run: {' '.join(ns.command)!r} before --: the command goes after --"
+                )
+            cmd = ns.tail if ns.tail is not None else ns.command
             if not cmd:
                 raise ValueError("run needs a command: nbsched run -- COMMAND")
-            jid = s.add_command(" ".join(cmd), **common)
+            # One word is a command line as it is; several keep the quoting the user's
+            # shell removed, so each reaches the job as it was typed.
+            jid = s.add_command(cmd[0] if len(cmd) == 1 else shlex.join(cmd), **common)
         print(json.dumps({"id": jid}) if ns.json else jid)
+    elif verb == "sweep":
+        if not ns.tail:
+            raise ValueError(
+                "sweep needs the swept arguments after --, e.g. "
+                "nbsched sweep train.py -- --lr '{0.1,0.01}' --seed '{1..3}'"
+            )
+        ids = s.add_sweep(
+            ns.script,
+            args=ns.tail,
+            conda_env=ns.env,
+            priority=ns.priority,
+            required_gpus=ns.gpus,
+            allowed_gpus=ns.allowed,
+            limit=ns.limit,
+            max_retries=ns.retries,
+            name=ns.name,
+        )
+        sweep_id = getattr(ids, "sweep_id", None)
+        if ns.json:
+            print(json.dumps({"sweep": sweep_id, "ids": list(ids)}))
+        else:
+            print(f"{sweep_id}: {len(ids)} job(s) queued" + (f": {' '.join(ids)}" if ids else ""))
+    elif verb == "sweeps":
+        _print_frame(s.sweeps(), ns.json)
+    elif verb == "results":
+        _print_frame(s.sweep(ns.sweep), ns.json)
+    elif verb == "why":
+        text = s.why(ns.id)
+        print(json.dumps({"id": ns.id, "why": text}) if ns.json else text)
     elif verb == "retry":
-        ids = [s.retry(jid) for jid in ns.ids]
+        for jid in ns.ids:  # every id first: a bad one retries none
+            s.job(jid)
+        ids = [s.retry(jid) for jid in dict.fromkeys(ns.ids)]
         print(json.dumps({"retried": ids}) if ns.json else "\n".join(ids))
     elif verb == "cancel":
+        for jid in ns.ids:  # every id first: a bad one cancels none
+            s.job(jid)
         done = {jid: s.cancel(jid) for jid in ns.ids}
         if ns.json:
             print(json.dumps([{"id": k, "cancelled": v} for k, v in done.items()]))
@@ -270,7 +397,15 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     elif verb == "wait":
-        _print_frame(s.wait(ns.ids or None, timeout=ns.timeout), ns.json, JOB_TABLE)
+        if s._lease.holder_pid() is None and not s.jobs(status="active").empty:
+            print(
+                "nbsched wait: no engine is running on this state directory: queued jobs "
+                "start once one does (nbsched serve, or a notebook's scheduler)",
+                file=sys.stderr,
+            )
+        waited = s.wait(ns.ids or None, timeout=ns.timeout)
+        _print_frame(waited, ns.json, JOB_TABLE)
+        return 0 if (waited["status"] == "succeeded").all() else 1
     elif verb == "screens":
         rows = s.screens()
         if ns.json:
@@ -327,11 +462,14 @@ def _serve(ns: argparse.Namespace) -> int:
         max_retries=ns.max_retries,
         ray_address=ns.ray_address,
     )
+    if ns.ray_address is not None and cfg.executor != "ray":
+        raise ValueError(f"--ray-address {ns.ray_address}: only with --executor ray")
     s = GPUJobScheduler(config=cfg)
     stop = threading.Event()
+    s.start()
+    # (after start: starting Ray puts in signal handlers of its own)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    s.start()
     if ns.json:
         info = {"state_dir": str(cfg.state_dir), "pid": os.getpid(), "gpus": s.num_gpus}
         print(json.dumps({"serving": info, "provider": s.provider.name}), flush=True)

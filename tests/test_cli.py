@@ -163,6 +163,83 @@ def test_retry_from_the_cli(engine: Engine) -> None:
     assert "ok now" in c.logs(jid)
 
 
+def test_options_after_the_script_and_commands_as_the_shell_split_them(engine: Engine) -> None:
+    c = engine.client
+    echo = str(engine.work / "echo.py")
+    # nbsched's options may come after the script; only what follows -- is the script's.
+    jid = cli(engine.state, "add", echo, "--gpus", "0.5", "--name", "late", "--", "--lr", "1")
+    jid_text = jid.stdout.strip()
+    c.wait([jid_text], timeout=30)
+    row = c.job(jid_text)
+    assert (row["required_gpus"], row["name"]) == (0.5, "late")
+    assert c.logs(jid_text) == "echo --lr 1\n"
+    # Several words after --: each reaches the job as the user's shell split it.
+    words = ["python3", "-c", "import sys; print(sys.argv[1:])", "a  b", "$HOME", "it's"]
+    jid_text = cli(engine.state, "run", "--gpus", "0.5", "--", *words).stdout.strip()
+    # One word: a command line as it is.
+    line = cli(engine.state, "run", "--", "echo one; echo two").stdout.strip()
+    c.wait([jid_text, line], timeout=30)
+    assert c.logs(jid_text) == "['a  b', '$HOME', \"it's\"]\n"
+    assert c.logs(line) == "one\ntwo\n"
+    # wait's exit status says whether every job it waited for succeeded.
+    bad = cli(engine.state, "run", "--", "exit 3").stdout.strip()
+    failed = cli(engine.state, "wait", bad, "--timeout", "30", check=False)
+    assert failed.returncode == 1 and "failed" in failed.stdout
+    assert cli(engine.state, "wait", line).returncode == 0
+
+
+def test_a_bad_id_among_several_does_nothing(engine: Engine) -> None:
+    c = engine.client
+    jid = cli(engine.state, "run", "--gpus", "1", "--", "sleep 300").stdout.strip()
+    for verb in ("cancel", "retry"):
+        done = cli(engine.state, verb, jid, "999999", check=False)
+        assert done.returncode == 2 and "no job '999999'" in done.stderr
+        assert c.job(jid)["status"] in ("queued", "running")
+    assert cli(engine.state, "cancel", jid).returncode == 0
+
+
+def test_sweep_sweeps_results_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    script = tmp_path / "t.py"
+    script.write_text("")
+    sim = ["--state-dir", str(state), "--simulate", "2", "--json"]
+    rc, out, err = _main(
+        ["sweep", *sim, str(script), "--gpus", "0.5", "--", "--lr", "{1,2}"], capsys
+    )
+    assert rc == 0, err
+    queued = json.loads(out)
+    assert len(queued["ids"]) == 2 and queued["sweep"].startswith("sw")
+    rc, out, _ = _main(["sweeps", *sim], capsys)
+    assert [r["sweep"] for r in json.loads(out)] == [queued["sweep"]]
+    rc, out, _ = _main(["results", *sim, queued["sweep"]], capsys)
+    assert sorted(r["lr"] for r in json.loads(out)) == [1, 2]
+    rc, out, _ = _main(["why", *sim, queued["ids"][0]], capsys)
+    assert rc == 0 and json.loads(out)["why"]
+    rc, _, err = _main(["sweep", *sim, str(script)], capsys)
+    assert rc == 2 and "needs the swept arguments after --" in err
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    client = GPUJobScheduler(
+        config=SchedulerConfig(state_dir=state, gpu_provider="simulated", num_gpus=1)
+    )
+    try:
+        for i in range(800):  # (a table longer than a pipe holds)
+            client.add_command(f"echo {i} {'x' * 80}")
+    finally:
+        client.close()
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m nbsched.cli jobs --state-dir {state} | head -1"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert done.stdout.split()[:2] == ["id", "status"]
+    assert done.stderr == ""
+
+
 def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
     """Run CLI commands side by side (each a separate process), in order of the list."""
     procs = [
@@ -208,6 +285,12 @@ def test_errors_are_one_line_without_traceback(
         (["pause", "9", *st], "gpu=9"),
         (["pause", "x", *st], "invalid int value"),
         (["jobs", "--status", "bogus", *st], "status='bogus'"),
+        (["add", str(engine.work / "echo.py"), "--lr", "1", *st], "arguments go after --"),
+        (["run", "echo", *st, "--", "hi"], "the command goes after --"),
+        (["logs", "1", "-n", "-1", *st], "expected a number of lines >= 0"),
+        (["wait", "--timeout", "nan", *st], "'nan': expected seconds >= 0"),
+        (["status", "--state-dir", ""], "state_dir='': must not be empty"),
+        (["serve", "--ray-address", "auto", *st], "only with --executor ray"),
         (["status", "--state-dir", str(tmp_path / "file")], "state directory"),
     ]
     # The first two as real processes (nothing but one line may reach stderr), the rest here.

@@ -225,6 +225,30 @@ def test_cancel_pause_resume_retry_why_status(
     assert started.job(b)["status"] == "cancelled"
 
 
+def test_status_html_escapes_commands_names_and_gpu_names(
+    ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from html import escape
+
+    from nbsched.gpus import write_simulated_gpus
+
+    gpu = {"memory_total_mb": 1000, "external_memory_used_mb": 0, "external_load": 0}
+    gpus_file = tmp_path / "gpus.json"
+    write_simulated_gpus(gpus_file, [{**gpu, "name": "<b>A&B</b>"}, {**gpu, "name": "plain"}])
+    monkeypatch.setenv("NBSCHED_SIMULATED_GPUS", str(gpus_file))
+    s = gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'state'}")
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")  # the jobs stay queued
+    name = "<img src=x onerror=alert(1)>"
+    command = "cat <input.txt >output.txt"
+    gs(ip, f"run --gpus 1 --name '{name}' -- {command}")
+    assert s.jobs()["command"].tolist() == [command]
+    html = gs(ip, "status")._repr_html_()
+    for text in (name, command, "<b>A&B</b>"):
+        assert text not in html
+        assert escape(text) in html
+
+
 def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler) -> None:
     from nbsched.jupyter import Dashboard, SubmitForm
 

@@ -225,6 +225,18 @@ def test_cancel_pause_resume_retry_why_status(
     assert started.job(b)["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("bad", ["999", "abc"])
+def test_cancel_checks_every_id_before_cancelling_any(
+    ip: InteractiveShell, started: GPUJobScheduler, bad: str
+) -> None:
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")
+    c = gs(ip, "run -- true")
+    with pytest.raises(UsageError, match=f"no job '{bad}'"):
+        gs(ip, f"cancel {c} {bad}")
+    assert started.job(c)["status"] == "queued"
+
+
 def test_status_html_escapes_commands_names_and_gpu_names(
     ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

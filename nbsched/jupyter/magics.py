@@ -340,6 +340,8 @@ class GpuschedMagics(Magics):
     @argument("ids", nargs="+", metavar="ID", help="job ids")
     def _cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
+        for i in args.ids:  # check them all before cancelling any: a bad id cancels nothing
+            s.job(i)
         done = [s.cancel(i) for i in args.ids]
         return done[0] if len(done) == 1 else done
 

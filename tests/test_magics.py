@@ -237,6 +237,21 @@ def test_cancel_checks_every_id_before_cancelling_any(
     assert started.job(c)["status"] == "queued"
 
 
+def test_wait_timeout_is_a_one_line_error_naming_the_jobs(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")  # the jobs stay queued
+    a = gs(ip, "run -- true")
+    b = gs(ip, "run -- true")
+    with pytest.raises(UsageError) as info:
+        gs(ip, f"wait {a} {b} --timeout 0 --no-progress")
+    text = str(info.value)
+    assert text.startswith("%gpusched wait: ") and "\n" not in text
+    assert f"job(s) {a}, {b} had not ended" in text
+    assert started.job(a)["status"] == "queued"  # waiting gave up; the job did not
+
+
 def test_status_html_escapes_commands_names_and_gpu_names(
     ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

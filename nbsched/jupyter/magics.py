@@ -332,9 +332,14 @@ class GpuschedMagics(Magics):
     @argument("ids", nargs="*", metavar="ID", help="job ids (default: every active job)")
     def _wait(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
-        return s.wait(
-            args.ids or None, timeout=args.timeout, progress=False if args.no_progress else None
-        )
+        try:
+            return s.wait(
+                args.ids or None, timeout=args.timeout, progress=False if args.no_progress else None
+            )
+        except TimeoutError as exc:  # the jobs go on: say which, in one line
+            raise UsageError(
+                f"%gpusched wait: {exc} (they go on; wait again, or cancel them)"
+            ) from None
 
     @verb("cancel", "cancel jobs (a running one's process tree is ended)")
     @argument("ids", nargs="+", metavar="ID", help="job ids")

@@ -20,7 +20,7 @@ from nbsched import GPUJobScheduler
 from nbsched.config import check_requirement
 from nbsched.jupyter.extension import magics_of
 from nbsched.jupyter.magics import VERBS, GpuschedMagics
-from nbsched.jupyter.parsing import gpus_type, split_dashdash
+from nbsched.jupyter.parsing import expand_vars, gpus_type, split_dashdash
 from nbsched.jupyter.status import StatusReport
 
 ARGV_SCRIPT = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
@@ -154,6 +154,48 @@ def test_dollar_names_expand_before_the_double_dash(
     third = gs(ip, "run -- echo $jid")
     gs(ip, f"wait {third} --timeout 60 --no-progress")
     assert gs(ip, f"logs {third}") == "\n"
+
+
+@pytest.mark.parametrize("empty", [[], (), set(), ""])
+def test_an_empty_dollar_list_means_no_jobs_not_every_job(
+    ip: InteractiveShell, started: GPUJobScheduler, empty: object
+) -> None:
+    # e.g. ids = %gpusched sweep ... returned [] (nothing new), then %gpusched wait $ids
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")  # the job stays queued
+    queued = gs(ip, "run -- true")
+    ip.user_ns["ids"] = empty
+    rows = gs(ip, "wait $ids --timeout 0 --no-progress")
+    assert isinstance(rows, pd.DataFrame) and rows.empty
+    assert gs(ip, "cancel $ids") == []
+    assert gs(ip, "retry $ids") == []
+    assert started.job(queued)["status"] == "queued"
+    with pytest.raises(UsageError, match=r"required: id \(\$ids is empty\)"):
+        gs(ip, "logs $ids")
+    with pytest.raises(UsageError, match=r"\$ids is empty; give a sweep id"):
+        gs(ip, "results $ids")
+    # written with no id at all, they keep their meaning
+    with pytest.raises(UsageError, match=f"job\\(s\\) {queued} had not ended"):
+        gs(ip, "wait --timeout 0 --no-progress")
+    with pytest.raises(UsageError, match="the following arguments are required: ID"):
+        gs(ip, "cancel")
+
+
+def test_expand_vars_says_which_names_gave_nothing() -> None:
+    ns = {"ids": ["1", "2"], "none": [], "blank": "", "n": 3}
+    expanded = expand_vars("wait $ids $none $blank $n $unknown", ns)
+    assert expanded.text == "wait 1 2   3 $unknown"
+    assert expanded.empty == ("none", "blank")
+    assert expanded.empty_note() == "$none, $blank are empty"
+    assert expand_vars("wait $ids", ns).empty == ()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 10**6), max_size=5), st.sampled_from([list, tuple]))
+def test_expand_vars_gives_a_list_item_by_item(values: list[int], kind: type) -> None:
+    expanded = expand_vars("wait $ids --timeout 1", {"ids": kind(values)})
+    assert expanded.text.split() == ["wait", *map(str, values), "--timeout", "1"]
+    assert expanded.empty == (() if values else ("ids",))
 
 
 def test_cell_job_runs_the_cell_and_leaves_the_kernel_free(

@@ -140,6 +140,19 @@ class GpuschedMagics(Magics):
             s.close()
 
     @staticmethod
+    def _some_ids(args: argparse.Namespace, verb: str) -> bool:
+        """Whether ids were given; ``False`` when they came from an empty ``$list`` (nothing
+        to do); a ``UsageError`` when none were written."""
+        if args.ids:
+            return True
+        if args.expanded.empty:
+            return False
+        raise UsageError(
+            f"%gpusched {verb}: the following arguments are required: ID "
+            f"(usage: {_usage(VERBS[verb])})"
+        )
+
+    @staticmethod
     def _split(tail: str | None, what: str) -> list[str]:
         if tail is None:
             return []
@@ -329,31 +342,43 @@ class GpuschedMagics(Magics):
     @verb("wait", "block until those jobs (default: all) have ended; their rows")
     @argument("--no-progress", action="store_true", help="no progress bar")
     @argument("--timeout", type=seconds_type, metavar="S", help="give up after S seconds")
-    @argument("ids", nargs="*", metavar="ID", help="job ids (default: every active job)")
+    @argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="job ids (default: every active job; an empty $list: none)",
+    )
     def _wait(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
+        # ``wait $ids`` with ``ids == []`` (a sweep that queued nothing new) waits for no
+        # job; only ``wait`` written with no id at all means every active job.
+        ids = args.ids or ([] if args.expanded.empty else None)
         try:
-            return s.wait(
-                args.ids or None, timeout=args.timeout, progress=False if args.no_progress else None
-            )
+            return s.wait(ids, timeout=args.timeout, progress=False if args.no_progress else None)
         except TimeoutError as exc:  # the jobs go on: say which, in one line
             raise UsageError(
                 f"%gpusched wait: {exc} (they go on; wait again, or cancel them)"
             ) from None
 
     @verb("cancel", "cancel jobs (a running one's process tree is ended)")
-    @argument("ids", nargs="+", metavar="ID", help="job ids")
+    @argument("ids", nargs="*", metavar="ID", help="job ids (an empty $list: none)")
+    @kwds(usage="%(prog)s ID [ID ...]")  # required, unless an empty $list gave them
     def _cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
+        if not self._some_ids(args, "cancel"):
+            return []
         for i in args.ids:  # check them all before cancelling any: a bad id cancels nothing
             s.job(i)
         done = [s.cancel(i) for i in args.ids]
         return done[0] if len(done) == 1 else done
 
     @verb("retry", "queue ended jobs again")
-    @argument("ids", nargs="+", metavar="ID", help="job ids")
+    @argument("ids", nargs="*", metavar="ID", help="job ids (an empty $list: none)")
+    @kwds(usage="%(prog)s ID [ID ...]")  # required, unless an empty $list gave them
     def _retry(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
+        if not self._some_ids(args, "retry"):
+            return []
         for i in args.ids:  # check them all before queueing any
             status = s.job(i)["status"]
             if status in ("queued", "running"):
@@ -381,7 +406,13 @@ class GpuschedMagics(Magics):
     @verb("results", "a sweep's table: parameters, status, duration, results")
     @argument("sweep", nargs="?", help="sweep id such as sw1 (default: the latest)")
     def _results(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return self._require().sweep(args.sweep)
+        s = self._require()
+        if args.sweep is None and args.expanded.empty:  # not "the latest sweep" by accident
+            raise UsageError(
+                f"%gpusched results: {args.expanded.empty_note()}; give a sweep id, "
+                "or none for the latest sweep"
+            )
+        return s.sweep(args.sweep)
 
     @verb("sweeps", "every sweep and how far it got")
     def _sweeps(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
@@ -433,8 +464,8 @@ class GpuschedMagics(Magics):
         sweeps it.  ``%gpusched VERB -h`` shows one verb's options.
         """
         head, tail = split_dashdash(line)
-        head = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
-        parts = head.split(None, 1)
+        expanded = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
+        parts = expanded.text.split(None, 1)
         accepted = ", ".join(VERBS)
         if not parts:
             raise UsageError(f"%gpusched needs a verb; accepted verbs are {accepted}")
@@ -460,9 +491,12 @@ class GpuschedMagics(Magics):
             message = str(exc)
             if message.startswith("unrecognized") and func.takes_tail and tail is None:
                 message += "; the job's arguments go after --"
-            if not message.startswith("argument "):  # not one value: show what is accepted
+            if message.startswith("the following arguments are required") and expanded.empty:
+                message += f" ({expanded.empty_note()})"
+            elif not message.startswith("argument "):  # not one value: show what is accepted
                 message += f" (usage: {_usage(func)})"
             raise UsageError(f"{prefix} {name}: {message}") from None
+        args.expanded = expanded  # (which $names gave nothing: "no jobs", not "all jobs")
         try:
             return func(self, args, tail, cell)
         except NbschedError as exc:

@@ -9,6 +9,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,27 @@ def split_dashdash(line: str) -> tuple[str, str | None]:
     return line.strip(), None
 
 
-def expand_vars(text: str, namespace: Mapping[str, Any]) -> str:
+@dataclass(frozen=True)
+class Expanded:
+    """A line with its ``$name``s replaced, and which of them expanded to nothing."""
+
+    text: str
+    #: The names (without ``$``) whose value gave no word: an empty list, tuple, set or
+    #: string.  ``%gpusched wait $ids`` with ``ids == []`` means "no jobs", not "all".
+    empty: tuple[str, ...] = ()
+
+    def empty_note(self) -> str:
+        """``"$ids is empty"`` (or ``""``), to explain a missing argument."""
+        if not self.empty:
+            return ""
+        names = ", ".join(f"${n}" for n in self.empty)
+        return f"{names} {'is' if len(self.empty) == 1 else 'are'} empty"
+
+
+def expand_vars(text: str, namespace: Mapping[str, Any]) -> Expanded:
     """Replace ``$name`` by the value of ``name`` in the user's namespace (a list or
     tuple by its items, space-separated); unknown names stay as they are."""
+    empty: list[str] = []
 
     def value(m: re.Match[str]) -> str:
         name = m.group(1)
@@ -56,10 +75,14 @@ def expand_vars(text: str, namespace: Mapping[str, Any]) -> str:
             return m.group(0)
         v = namespace[name]
         if isinstance(v, (list, tuple, set, frozenset)):
-            return " ".join(str(x) for x in v)
-        return str(v)
+            out = " ".join(str(x) for x in v)
+        else:
+            out = str(v)
+        if not out.strip() and name not in empty:
+            empty.append(name)
+        return out
 
-    return _VAR.sub(value, text)
+    return Expanded(_VAR.sub(value, text), tuple(empty))
 
 
 # -- argument types: each raises ArgumentTypeError with the value and what is accepted --

@@ -197,6 +197,21 @@ def test_dashboard_refresh_follows_the_gpus(
         board.close()
 
 
+def test_dashboard_shows_the_command_of_an_unnamed_job(sched: GPUJobScheduler) -> None:
+    unnamed = sched.add_command("echo unnamed-job", required_gpus=1)
+    named = sched.add_command("echo named-job", required_gpus=1, name="labelled")
+    board = Dashboard(sched, autostart=False)
+    try:
+        labels = {v: label for label, v in board.job_select.options}
+        assert labels[unnamed] == f"{unnamed} · queued · echo unnamed-job"
+        assert labels[named] == f"{named} · queued · labelled"
+        table = board.jobs_table.value
+        assert "nan" not in table
+        assert "echo unnamed-job" in table and "labelled" in table
+    finally:
+        board.close()
+
+
 def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler) -> None:
     running.pause_gpu(0)
     board = Dashboard(running, autostart=False)

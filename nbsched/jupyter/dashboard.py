@@ -243,7 +243,7 @@ class Dashboard(widgets.VBox):
         ended = s.jobs("ended", last=SHOWN_ENDED)
         self.jobs_table.value = _jobs_html(running, queued, ended[::-1], counts)
         options = [
-            (f"{r.id} · {r.status} · {_short(r.name or r.command, 40)}", str(r.id))
+            (f"{r.id} · {r.status} · {_short(_name(r.name) or r.command, 40)}", str(r.id))
             for df in (running, queued)
             for r in _rows(df)
         ]
@@ -302,6 +302,11 @@ def _sweep_number(sweep_id: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+def _name(value: object) -> str:
+    """A job's name; ``""`` for none (``jobs()`` has NaN there, which is truthy)."""
+    return value if isinstance(value, str) else ""
+
+
 def _short(text: object, n: int) -> str:
     s = "" if text is None else str(text)
     return s if len(s) <= n else s[: n - 1] + "…"
@@ -327,7 +332,7 @@ def _jobs_html(
             cells = [
                 str(r.id),
                 f"<span style='color:{fg};background:{bg};padding:0 6px'>{r.status}</span>",
-                html.escape(_short(r.name, 20)),
+                html.escape(_short(_name(r.name), 20)),
                 f"{r.required_gpus:g}",
                 html.escape(",".join(map(str, r.gpus))),
                 took,

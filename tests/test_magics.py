@@ -329,6 +329,25 @@ def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler
     assert not board.refreshing
 
 
+def test_a_new_dashboard_closes_the_previous_and_closed_widgets_are_dropped(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    magics = magics_of(ip)
+    assert magics is not None
+    first = gs(ip, "dashboard --interval 0.2")
+    assert first.refreshing
+    second = gs(ip, "dashboard --interval 0.2")  # the same cell run again
+    assert not first.refreshing and first.comm is None  # stopped and closed
+    assert second.refreshing
+    assert magics._dashboard is second
+    form = gs(ip, "form")
+    form.close()
+    kept = gs(ip, "form")
+    assert magics._forms == [kept]
+    gs(ip, "stop")  # closes what is left
+    assert not second.refreshing and second.comm is None and kept.comm is None
+
+
 def test_stop_then_verbs_say_there_is_none(ip: InteractiveShell, started: GPUJobScheduler) -> None:
     jid = gs(ip, "run -- sleep 30")
     gs(ip, "stop --kill")

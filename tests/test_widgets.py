@@ -276,6 +276,20 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
         board.close()
 
 
+@pytest.mark.parametrize("interval", [0, -1, 0.0, float("nan"), float("inf"), 10**400, 1e9])
+def test_dashboard_refuses_a_bad_interval(running: GPUJobScheduler, interval: object) -> None:
+    before = [t for t in threading.enumerate() if t.name == "nbsched-dashboard"]
+    with pytest.raises(ValueError, match=r"interval=.*: expected seconds between refreshes"):
+        Dashboard(running, interval=interval)  # type: ignore[arg-type]
+    assert [t for t in threading.enumerate() if t.name == "nbsched-dashboard"] == before
+
+
+@pytest.mark.parametrize("interval", ["1", True, None])
+def test_dashboard_interval_must_be_a_number(running: GPUJobScheduler, interval: object) -> None:
+    with pytest.raises(TypeError, match="interval=.*: expected seconds"):
+        Dashboard(running, interval=interval)  # type: ignore[arg-type]
+
+
 def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> None:
     board = Dashboard(running, interval=0.05)
     assert board.refreshing

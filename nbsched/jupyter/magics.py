@@ -121,7 +121,8 @@ class GpuschedMagics(Magics):
     def __init__(self, shell: Any = None) -> None:
         super().__init__(shell)
         self.scheduler: GPUJobScheduler | None = None
-        self._widgets: list[Any] = []
+        self._forms: list[Any] = []  # the open forms made here (closed ones are dropped)
+        self._dashboard: Any = None  # the newest dashboard: the only one refreshing
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -132,9 +133,11 @@ class GpuschedMagics(Magics):
 
     def shutdown(self) -> None:
         """Close the widgets made here and stop the scheduler started here."""
-        for widget in self._widgets:
-            widget.close()
-        self._widgets.clear()
+        widgets, self._forms = [*self._forms, self._dashboard], []
+        self._dashboard = None
+        for widget in widgets:
+            if widget is not None:
+                widget.close()
         s, self.scheduler = self.scheduler, None
         if s is not None:
             s.close()
@@ -428,16 +431,22 @@ class GpuschedMagics(Magics):
         from .form import SubmitForm
 
         form = SubmitForm(self._require())
-        self._widgets.append(form)
+        self._forms = [f for f in self._forms if f.comm is not None]  # closed: forgotten
+        self._forms.append(form)
         return form
 
     @verb("dashboard", "live GPU charts, allocation and the job table")
     @argument("--interval", type=seconds_type, default=1.0, metavar="S", help="refresh period")
     def _dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        from .dashboard import Dashboard
+        from .dashboard import MAX_INTERVAL_S, Dashboard
 
-        board = Dashboard(self._require(), interval=max(args.interval, 0.1))
-        self._widgets.append(board)
+        interval = min(max(args.interval, 0.1), MAX_INTERVAL_S)
+        board = Dashboard(self._require(), interval=interval)
+        # One dashboard refreshes at a time: running the cell again (or another dashboard
+        # cell) closes the previous one, whose thread would otherwise refresh until stop.
+        previous, self._dashboard = self._dashboard, board
+        if previous is not None:
+            previous.close()
         return board
 
     # Give every verb its parser (usage shown by ``%gpusched VERB -h`` and ``%gpusched?``).

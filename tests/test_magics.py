@@ -469,6 +469,28 @@ def test_cell_mistakes(
     assert started.jobs().empty
 
 
+@pytest.mark.parametrize("verb", ["run --gpus 0.5", "sweep --gpus 0.5 -- --lr {1,2}"])
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ("!nvidia-smi\n", "line 1 of the cell's code, '!nvidia-smi': invalid syntax"),
+        ("import os\n%matplotlib inline\n", "line 2 of the cell's code, '%matplotlib inline'"),
+        ("x = 1\ndef f(:\n    pass\n", "line 2 of the cell's code, 'def f(:'"),
+        ("for i in range(2):\n    !ls\n", "line 2 of the cell's code, '!ls'"),
+    ],
+)
+def test_a_cell_that_is_not_python_is_refused_before_it_is_queued(
+    ip: InteractiveShell, started: GPUJobScheduler, verb: str, body: str, where: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        cell(ip, verb, body)
+    text = str(info.value)
+    assert text.startswith(f"%%gpusched {verb.split()[0]}: {where}")
+    assert "plain Python script: no ! or % lines" in text and "\n" not in text
+    assert started.jobs().empty and started.sweeps().empty
+    assert not (started.config.state_dir / "cells").exists()  # not even saved
+
+
 def test_a_mistake_in_a_cell_shows_no_traceback(
     ip: InteractiveShell, started: GPUJobScheduler, capsys: pytest.CaptureFixture[str]
 ) -> None:

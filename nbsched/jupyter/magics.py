@@ -23,6 +23,7 @@ from nbsched.errors import NbschedError
 from nbsched.scheduler import GPUJobScheduler
 
 from .parsing import (
+    check_cell_code,
     count_type,
     expand_vars,
     gpu_index_type,
@@ -261,6 +262,7 @@ class GpuschedMagics(Magics):
         if cell is not None:
             if not cell.strip():
                 raise UsageError("%%gpusched run: the cell is empty; write the job's Python code")
+            check_cell_code(cell)
             script = save_cell_script(s.config.state_dir, cell)
             argv = self._split(tail, "script arguments")
             return s.add_job(str(script), args.conda_env, argv, **options)
@@ -296,6 +298,7 @@ class GpuschedMagics(Magics):
                 )
             if not cell.strip():
                 raise UsageError("%%gpusched sweep: the cell is empty; write the job's code")
+            check_cell_code(cell)
             script: str = str(save_cell_script(s.config.state_dir, cell))
         elif args.script is None:
             raise UsageError(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nbsched.config import check_requirement
+from nbsched.errors import InvalidValueError
 
 _VAR = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
 
@@ -161,6 +162,32 @@ def seconds_type(text: str) -> float:
 
 
 # -- cell scripts -------------------------------------------------------------------------
+
+CELL_IS_PLAIN_PYTHON = (
+    "a cell job runs as a plain Python script: no ! or % lines (for a shell command use "
+    "subprocess, or %gpusched run -- COMMAND)"
+)
+
+
+def check_cell_code(body: str) -> None:
+    """Refuse a cell body that is not Python (``InvalidValueError`` naming the line).
+
+    The job runs the body as a script, where IPython's ``!cmd`` and ``%magic`` lines
+    are syntax errors: caught here, before anything is saved or queued, instead of in
+    the job's log after it took its GPUs.
+    """
+    try:
+        compile(body, "<cell>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        lines = body.splitlines()
+        where = ""
+        if exc.lineno is not None and 0 < exc.lineno <= len(lines):
+            text = lines[exc.lineno - 1].strip()
+            text = text if len(text) <= 60 else text[:57] + "..."
+            where = f"line {exc.lineno} of the cell's code, {text!r}: "
+        raise InvalidValueError(f"{where}{exc.msg}; {CELL_IS_PLAIN_PYTHON}") from None
+    except ValueError as exc:  # (Python < 3.11: null bytes)
+        raise InvalidValueError(f"{exc}; {CELL_IS_PLAIN_PYTHON}") from None
 
 
 def save_cell_script(state_dir: Path, body: str) -> Path:

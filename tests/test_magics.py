@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -94,6 +95,38 @@ def test_start_is_idempotent_for_the_same_settings(
     with pytest.raises(UsageError, match="already running"):
         gs(ip, f"start --simulate 3 --state-dir {tmp_path / 'state'}")
     assert started.config.num_gpus == 2 and started.config.gpu_provider == "simulated"
+
+
+@pytest.fixture
+def no_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without an NVIDIA driver: NVML's library is missing, nvidia-smi too."""
+    import pynvml
+
+    def no_library() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
+    monkeypatch.setattr("nbsched.gpus.gputil.shutil.which", lambda name: None)
+
+
+@pytest.mark.usefixtures("no_nvidia_gpu")
+def test_start_says_when_auto_took_simulated_gpus(
+    ip: InteractiveShell,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="nbsched"):
+        s = gs(ip, f"start --num-gpus 2 --state-dir {tmp_path / 'a'}")
+    assert s.provider.name == "simulated"
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nbsched: no NVIDIA GPU found (nvml: ")
+    assert lines[0].endswith("using 2 simulated GPUs")
+    assert [r for r in caplog.records if r.name.startswith("nbsched.gpus")] == []  # said once
+    gs(ip, "stop")
+    gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'b'}")  # chosen: nothing to say
+    assert capsys.readouterr().out == ""
 
 
 def test_start_passes_every_setting(ip: InteractiveShell, tmp_path: Path) -> None:

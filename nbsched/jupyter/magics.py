@@ -20,6 +20,7 @@ from IPython.core.magic_arguments import argument, kwds, magic_arguments
 
 from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
 from nbsched.errors import NbschedError
+from nbsched.gpus import provider_choice_shown_by_caller
 from nbsched.scheduler import GPUJobScheduler
 
 from .parsing import (
@@ -216,11 +217,15 @@ class GpuschedMagics(Magics):
             self.shutdown()
         s = GPUJobScheduler(config=config)
         try:
-            s.start()
+            with provider_choice_shown_by_caller():  # (said below, not also as a warning)
+                s.start()
         except BaseException:
             s.close()
             raise
         self.scheduler = s
+        if config.gpu_provider == "auto" and s.provider.name == "simulated":
+            note = getattr(s.provider, "selection_note", "") or "using simulated GPUs"
+            print(f"nbsched: {note}")
         return s
 
     @verb(

@@ -447,7 +447,8 @@ MISTAKES = [
     ("sweep -- --lr {{1,2}}", "needs a SCRIPT"),
     ("sweep {script}", "needs the swept arguments after --"),
     ("sweep {script} -- --lr {{1,2", "a '{{' without '}}'"),
-    ("sweep {script} --limit 2 -- --lr {{1..3}}", "3 jobs exceeds the limit of 2"),
+    ("sweep {script} --limit 2 -- --lr {{1..3}}", "3 jobs exceeds the limit of 2; add --limit 3"),
+    ("sweep {script} -- --lr {{1..6000}}", "limit of 5000; add --limit 6000 to submit it anyway"),
     ("sweep {script} --limit 0 -- --lr {{1,2}}", "--limit: 0 is not accepted"),
     ("logs 999", "no job '999'"),
     ("logs 1 -n -3", "-n/--lines: -3 is not accepted"),
@@ -457,7 +458,7 @@ MISTAKES = [
     ("pause x", "'x' is not accepted: expected a GPU index"),
     ("jobs --status nope", "status='nope': accepted values are queued"),
     ("jobs --last -2", "--last: -2 is not accepted: expected a number of jobs"),
-    ("jobs --first 1 --last 1", "give first= or last=, not both"),
+    ("jobs --first 1 --last 1", "jobs: argument --last: not allowed with argument --first"),
     ("wait --timeout -1", "'-1' is not accepted: expected seconds >= 0"),
     ("wait 12345", "no job '12345'"),
     ("results sw77", "sw77"),
@@ -491,6 +492,8 @@ def test_mistakes_raise_one_line_usage_errors_and_queue_nothing(
         ("run --gpus 3", "print(1)", "required_gpus=3: this machine has only 2 GPU(s)"),
         ("sweep s.py -- --lr {1,2}", "print(1)", "the cell is the script"),
         ("sweep --gpus 2.5 -- --lr {1,2}", "print(1)", "--gpus: 2.5 is not accepted"),
+        ("sweep -- --lr {1..6000}", "print(1)", "%%gpusched sweep: sweep of 6000 jobs exceeds"),
+        ("sweep -- --lr {1..6000}", "print(1)", "limit of 5000; add --limit 6000 to submit"),
     ],
 )
 def test_cell_mistakes(

@@ -112,6 +112,7 @@ def test_script_is_checked_as_you_type(sched: GPUJobScheduler, script: Path) -> 
         ("script", "", "give the path of the script"),
         ("arguments", "'unclosed", "No closing quotation"),
         ("sweep", "--lr {1,2", "without '}'"),
+        ("sweep", "--lr {1..6000}", "6000 jobs exceeds the limit of 5000: the form submits at"),
     ],
 )
 def test_form_mistakes_are_shown_inline_and_submit_nothing(

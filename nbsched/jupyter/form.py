@@ -19,7 +19,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbsched.errors import InvalidValueError, NbschedError
+from nbsched.errors import InvalidValueError, NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
 from nbsched.sweeps import SweepIds
 
@@ -203,6 +203,13 @@ class SubmitForm(widgets.VBox):
                     raise InvalidValueError(f"arguments {args!r}: {exc}") from None
                 ids = [s.add_job(script, args=argv, **options)]
                 text = f"queued job {ids[0]}"
+        except SweepTooLargeError as exc:  # (the API's advice, limit=N, is not the form's)
+            self._show_error(
+                f"sweep of {exc.jobs} jobs exceeds the limit of {exc.limit}: the form submits "
+                f"at most {exc.limit}; split the sweep, or submit it with "
+                f"%gpusched sweep ... --limit {exc.jobs}"
+            )
+            return []
         except (NbschedError, ValueError, TypeError, FileNotFoundError) as exc:
             self._show_error(str(exc))
             return []

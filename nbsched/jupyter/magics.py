@@ -16,10 +16,10 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, kwds, magic_arguments
+from IPython.core.magic_arguments import ArgDecorator, argument, kwds, magic_arguments
 
 from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
-from nbsched.errors import NbschedError
+from nbsched.errors import NbschedError, SweepTooLargeError
 from nbsched.gpus import provider_choice_shown_by_caller
 from nbsched.scheduler import GPUJobScheduler
 
@@ -63,6 +63,14 @@ def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Call
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+class exclusive(ArgDecorator):
+    """The options declared below it (in the source) exclude each other: argparse then
+    says so in the magic's terms (``argument --last: not allowed with argument --first``)."""
+
+    def add_to_parser(self, parser: Any, group: Any) -> Any:
+        return parser.add_mutually_exclusive_group()
 
 
 def _job_options(func: Any) -> Any:
@@ -316,16 +324,23 @@ class GpuschedMagics(Magics):
                 "%gpusched sweep needs the swept arguments after --, e.g. "
                 "-- --lr {0.1,0.01} --seed {1..3}"
             )
-        return s.add_sweep(
-            script,
-            args=tail,
-            conda_env=args.conda_env,
-            priority=args.priority,
-            required_gpus=args.gpus,
-            allowed_gpus=args.allowed,
-            limit=args.limit,
-            name=args.name,
-        )
+        try:
+            return s.add_sweep(
+                script,
+                args=tail,
+                conda_env=args.conda_env,
+                priority=args.priority,
+                required_gpus=args.gpus,
+                allowed_gpus=args.allowed,
+                limit=args.limit,
+                name=args.name,
+            )
+        except SweepTooLargeError as exc:  # (the API's message says limit=N)
+            prefix = "%%gpusched" if cell is not None else "%gpusched"
+            raise UsageError(
+                f"{prefix} sweep: sweep of {exc.jobs} jobs exceeds the limit of {exc.limit}; "
+                f"add --limit {exc.jobs} to submit it anyway"
+            ) from None
 
     @verb("status", "GPUs, queue counts, running and queued jobs (HTML in a notebook)")
     def _status(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
@@ -335,6 +350,7 @@ class GpuschedMagics(Magics):
 
     @verb("jobs", "the job table (a DataFrame)")
     @argument("--status", metavar="S", help="e.g. queued, running, failed, ended, active")
+    @exclusive()
     @argument("--first", metavar="N", type=rows_type, help="only the first N (in submission order)")
     @argument("--last", metavar="N", type=rows_type, help="only the last N")
     def _jobs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:

@@ -70,6 +70,38 @@ def test_verb_help_is_printed(ip: InteractiveShell, capsys: pytest.CaptureFixtur
     assert "%gpusched add" in out and "--allowed" in out
 
 
+@pytest.mark.parametrize("word", ["help", "-h", "--help"])
+def test_help_words_print_the_overview(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str], word: str
+) -> None:
+    capsys.readouterr()
+    assert gs(ip, word) is None
+    out = capsys.readouterr().out
+    assert out.strip() == ip.find_line_magic("gpusched").__doc__.strip()  # as %gpusched? shows
+    assert gs(ip, f"{word} add") is None  # one verb's help, as %gpusched add -h
+    verb_help = capsys.readouterr().out
+    assert gs(ip, "add -h") is None
+    assert verb_help == capsys.readouterr().out and "--allowed" in verb_help
+
+
+def test_only_a_real_help_word_asks_for_help(
+    ip: InteractiveShell,
+    started: GPUJobScheduler,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    script = tmp_path / "t.py"
+    script.write_text("")
+    capsys.readouterr()
+    jid = gs(ip, f"add {script} --name 'a -h b' -- --x -h")  # inside a value; after --
+    assert isinstance(jid, str) and started.job(jid)["name"] == "a -h b"
+    assert started.store.get(jid).spec.args == ("--x", "-h")
+    assert capsys.readouterr().out == ""
+    assert gs(ip, f"add {script} --name x -h") is None  # a word of its own: help
+    assert "%gpusched add" in capsys.readouterr().out
+    assert len(started.jobs()) == 1
+
+
 def test_unload_stops_the_engine_and_drops_the_magics(tmp_path: Path) -> None:
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "nbsched")

@@ -43,6 +43,9 @@ VERBS: dict[str, Any] = {}
 
 NO_SCHEDULER = "no scheduler is running: start one with %gpusched start [--simulate N]"
 
+#: ``%gpusched help``, ``-h``, ``--help``: the overview (``%gpusched help VERB``: one verb's).
+HELP_WORDS = ("help", "-h", "--help")
+
 
 def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Callable[..., Any]:
     """Register a method as ``%gpusched NAME``; ``tail``: what it takes after ``--`` (as
@@ -102,6 +105,10 @@ def _usage(func: Any) -> str:
     text = _one_line(func.parser.format_usage())
     text = text.removeprefix("::").removeprefix("usage:").strip()
     return f"{text} {func.tail_usage}".strip()
+
+
+def _verb_help(func: Any) -> str:
+    return f"{func.parser.format_help()}\nusage: {_usage(func)}"
 
 
 def _verbs_epilog() -> str:
@@ -494,15 +501,25 @@ class GpuschedMagics(Magics):
         ``$name`` before ``--`` is replaced by the value of ``name`` (braces are
         sweep grammar and are left alone).  ``%%gpusched run`` runs the cell as a
         Python script on the GPUs given; ``%%gpusched sweep -- --lr {0.1,0.01}``
-        sweeps it.  ``%gpusched VERB -h`` shows one verb's options.
+        sweeps it.  ``%gpusched VERB -h`` shows one verb's options,
+        ``%gpusched help`` this overview.
         """
         head, tail = split_dashdash(line)
         expanded = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
         parts = expanded.text.split(None, 1)
         accepted = ", ".join(VERBS)
         if not parts:
-            raise UsageError(f"%gpusched needs a verb; accepted verbs are {accepted}")
+            raise UsageError(
+                f"%gpusched needs a verb; accepted verbs are {accepted} "
+                "(%gpusched help describes them)"
+            )
         name, rest = parts[0], parts[1] if len(parts) > 1 else ""
+        if name in HELP_WORDS:
+            topic = rest.split()[:1]
+            if topic and topic[0] not in VERBS:
+                raise UsageError(f"unknown verb {topic[0]!r}: accepted verbs are {accepted}")
+            print(_verb_help(VERBS[topic[0]]) if topic else type(self).gpusched.__doc__)
+            return None
         func = VERBS.get(name)
         if func is None:
             raise UsageError(f"unknown verb {name!r}: accepted verbs are {accepted}")
@@ -511,13 +528,13 @@ class GpuschedMagics(Magics):
             raise UsageError(f"%%gpusched {name}: only run and sweep have a cell form")
         if tail is not None and not func.takes_tail:
             raise UsageError(f"{prefix} {name} takes nothing after --; got {tail!r}")
-        if {"-h", "--help"} & set(rest.split()):
-            print(f"{func.parser.format_help()}\nusage: {_usage(func)}")
-            return None
         try:
             words = shlex.split(rest)  # POSIX quoting (IPython's arg_split keeps the quotes)
         except ValueError as exc:
             raise UsageError(f"{prefix} {name}: {rest!r}: {exc}") from None
+        if "-h" in words or "--help" in words:  # a word of its own, not inside a quoted value
+            print(_verb_help(func))
+            return None
         try:
             args = func.parser.parse_args(words)
         except UsageError as exc:

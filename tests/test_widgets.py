@@ -165,6 +165,21 @@ def test_llm_model_sets_the_gpus(sched: GPUJobScheduler, script: Path) -> None:
     assert (job.required_gpus, job.spec.conda_env) == (0.25, "torch")
 
 
+def test_going_back_to_no_model_restores_the_gpus(sched: GPUJobScheduler) -> None:
+    form = SubmitForm(sched, conda_env_names=[])
+    form.gpus.value = "0.5"
+    form.llm_model.value = "small"
+    form.llm_model.value = "big"
+    assert form.gpus.value == "2"
+    form.llm_model.value = ""  # "(none)": what the field held before any model
+    assert form.gpus.value == "0.5"
+    form.gpus.value = ""
+    form.llm_model.value = "small"
+    form.gpus.value = "0.75"  # edited after the model set it: the user's value stays
+    form.llm_model.value = ""
+    assert form.gpus.value == "0.75"
+
+
 def test_no_conda_means_no_environment_list(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -164,20 +164,29 @@ def test_start_says_when_auto_took_simulated_gpus(
 def test_start_passes_every_setting(ip: InteractiveShell, tmp_path: Path) -> None:
     llm = tmp_path / "llm.json"
     llm.write_text('{"models": {"small": 0.5}}')
+    jobs = tmp_path / "jobs.txt"  # (need not exist yet)
     s = gs(
         ip,
         f"start --simulate 2 --state-dir {tmp_path / 'st'} --executor screen "
-        f"--llm-config {llm} --ray-address 127.0.0.1:6379",
+        f"--llm-config {llm} --jobs-file {jobs}",
     )
     try:
         cfg = s.config
-        assert (cfg.executor, cfg.llm_config_file, cfg.ray_address) == (
-            "screen",
-            str(llm),
-            "127.0.0.1:6379",
-        )
+        assert (cfg.executor, cfg.llm_config_file, cfg.jobs_file) == ("screen", str(llm), str(jobs))
     finally:
         gs(ip, "stop --kill")
+
+
+@pytest.mark.parametrize("executor", ["", "--executor direct", "--executor screen"])
+def test_start_refuses_a_ray_address_without_the_ray_executor(
+    ip: InteractiveShell, tmp_path: Path, executor: str
+) -> None:
+    # (--executor ray --ray-address ADDR would join a real cluster: not tried here)
+    with pytest.raises(UsageError) as info:
+        gs(ip, f"start --simulate 1 --state-dir {tmp_path} {executor} --ray-address auto")
+    text = str(info.value)
+    assert "--ray-address auto applies to --executor ray" in text and "\n" not in text
+    assert magics_of(ip).scheduler is None  # type: ignore[union-attr]
 
 
 def test_run_add_wait_logs(ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path) -> None:

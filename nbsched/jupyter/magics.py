@@ -206,6 +206,11 @@ class GpuschedMagics(Magics):
                     f"not --num-gpus {args.num_gpus}"
                 )
             fields.update(gpu_provider="simulated", num_gpus=args.simulate)
+        if args.ray_address is not None and args.executor != "ray":
+            raise UsageError(
+                f"%gpusched start: --ray-address {args.ray_address} applies to --executor ray "
+                f"(the executor would be {args.executor or 'direct'}); add --executor ray"
+            )
         if args.provider is not None:
             fields["gpu_provider"] = args.provider
         if args.num_gpus is not None:

@@ -83,6 +83,11 @@ class SchedulerConfig:
                 raise InvalidTypeError(f"{name}={value!r}: expected a path string or None")
             if value is not None:
                 object.__setattr__(self, name, os.fspath(value))
+        if self.jobs_file and os.path.isdir(os.path.expanduser(self.jobs_file)):
+            raise InvalidValueError(
+                f"jobs_file={self.jobs_file!r}: is a directory; give the path of a jobs file "
+                "(one that does not exist yet is watched for until it appears)"
+            )
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
             _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False)
         _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5)

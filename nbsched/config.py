@@ -77,6 +77,7 @@ class SchedulerConfig:
         _check_optional_int("num_gpus", self.num_gpus, minimum=1, maximum=MAX_GPU_ID + 1)
         _check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
         _check_choice("executor", self.executor, EXECUTORS)
+        given_jobs_file = self.jobs_file
         for name in ("simulated_gpus_file", "jobs_file", "llm_config_file", "ray_address"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -88,6 +89,11 @@ class SchedulerConfig:
                 object.__setattr__(self, name, os.path.abspath(os.path.expanduser(value)))
             elif value is not None:
                 object.__setattr__(self, name, os.fspath(value))
+        if self.jobs_file and os.path.isdir(self.jobs_file):
+            raise InvalidValueError(
+                f"jobs_file={given_jobs_file!r}: is a directory; give the path of a jobs file "
+                "(one that does not exist yet is watched for until it appears)"
+            )
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
             _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False)
         _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5)

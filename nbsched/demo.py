@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import SchedulerConfig
+from .gpus import provider_choice_shown_by_caller
 from .scheduler import GPUJobScheduler
 
 TRAIN = textwrap.dedent(
@@ -58,7 +59,8 @@ def _show_busy_gpus(s: GPUJobScheduler, timeout_s: float = 10.0) -> None:
 
 def _demo(config: SchedulerConfig) -> int:
     s = GPUJobScheduler(config=config)
-    provider = s.provider
+    with provider_choice_shown_by_caller():  # said on the next line, not also as a warning
+        provider = s.provider
     note = getattr(provider, "selection_note", "") or f"using the {provider.name} provider"
     print(f"nbsched demo: {note}")
     n = s.num_gpus

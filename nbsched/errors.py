@@ -20,6 +20,19 @@ class InvalidTypeError(NbschedError, TypeError):
     """A value a user gave has the wrong type."""
 
 
+class SweepTooLargeError(InvalidValueError):
+    """A sweep has more jobs than its limit; ``jobs`` and ``limit`` let a front end say
+    how to allow it in its own terms (``limit=N``, ``--limit N``)."""
+
+    def __init__(self, message: str, jobs: int, limit: int) -> None:
+        super().__init__(message)
+        self.jobs = jobs
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, int]]:  # (pickles whole)
+        return (type(self), (str(self), self.jobs, self.limit))
+
+
 class MissingFileError(NbschedError, FileNotFoundError):
     """A script or file a user named does not exist."""
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidTypeError, InvalidValueError
+from .errors import InvalidTypeError, InvalidValueError, SweepTooLargeError
 
 #: One job of a sweep: its argv and the value each parameter took.
 Expansion = tuple[tuple[str, ...], dict[str, str]]
@@ -268,8 +268,10 @@ def count_combinations(template: str | Sequence[str]) -> int:
 def check_size(n: int, limit: int) -> None:
     """Refuse a sweep of more than ``limit`` jobs."""
     if n > limit:
-        raise InvalidValueError(
-            f"sweep of {n} jobs exceeds the limit of {limit}; pass limit={n} to submit it anyway"
+        raise SweepTooLargeError(
+            f"sweep of {n} jobs exceeds the limit of {limit}; pass limit={n} to submit it anyway",
+            jobs=n,
+            limit=limit,
         )
 
 

@@ -91,6 +91,20 @@ def test_relative_paths_are_made_absolute_where_given(
         SchedulerConfig(jobs_file="")
 
 
+def test_jobs_file_may_be_missing_but_not_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = tmp_path / "not yet.txt"  # the engine watches for it to appear
+    assert SchedulerConfig(state_dir=tmp_path, jobs_file=later).jobs_file == str(later)
+    for folder in (tmp_path, str(tmp_path) + "/", "~"):
+        with pytest.raises(ValueError, match=r"jobs_file=.*: is a directory; give the path of"):
+            SchedulerConfig(state_dir=tmp_path, jobs_file=folder)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="jobs_file='sub': is a directory"):
+        SchedulerConfig(state_dir=tmp_path, jobs_file="sub")
+
+
 def test_frozen_and_replace() -> None:
     c = make()
     with pytest.raises(dataclasses.FrozenInstanceError):

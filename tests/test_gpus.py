@@ -28,6 +28,7 @@ from nbsched.gpus import (
     external_usage_changed,
     make_provider,
     parse_simulated_gpus,
+    provider_choice_shown_by_caller,
     write_simulated_gpus,
 )
 
@@ -491,8 +492,49 @@ def test_auto_picks_simulated_here_and_says_why(caplog: pytest.LogCaptureFixture
         provider = make_provider("auto", num_gpus=None, simulated_gpus_file=None)
     assert provider.name == "simulated"
     note = provider.selection_note  # type: ignore[attr-defined]
-    assert note.startswith("no NVIDIA driver found") and "using 4 simulated GPUs" in note
+    assert note.startswith("no NVIDIA GPU found") and "using 4 simulated GPUs" in note
     assert note in caplog.text
+
+
+@pytest.mark.usefixtures("_no_hardware")
+def test_auto_falling_back_to_simulated_gpus_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A notebook and a terminal show WARNING records, not INFO ones.
+    with caplog.at_level(logging.INFO, logger="nbsched.gpus"):
+        make_provider("auto", num_gpus=3, simulated_gpus_file=None)
+        make_provider("simulated", num_gpus=3, simulated_gpus_file=None)  # chosen: no warning
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].name == "nbsched.gpus"
+    text = warnings[0].getMessage()
+    assert "no NVIDIA GPU found (nvml: " in text and "; gputil: " in text
+    assert "using 3 simulated GPUs" in text
+
+
+@pytest.mark.usefixtures("_no_hardware")
+def test_a_front_end_that_shows_the_choice_gets_no_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="nbsched.gpus"):
+        with provider_choice_shown_by_caller():
+            provider = make_provider("auto", num_gpus=None, simulated_gpus_file=None)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert provider.selection_note in caplog.text  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("_no_hardware")
+def test_demo_says_which_provider_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from nbsched import SchedulerConfig
+    from nbsched.demo import run_demo
+
+    with caplog.at_level(logging.WARNING, logger="nbsched"):
+        assert run_demo(SchedulerConfig(state_dir=tmp_path / "s", num_gpus=2)) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("nbsched demo: no NVIDIA GPU found (nvml: ")
+    assert first.endswith("using 2 simulated GPUs")
+    assert [r.getMessage() for r in caplog.records if r.name == "nbsched.gpus"] == []
 
 
 @pytest.mark.usefixtures("_no_hardware")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from nbsched import GPUJobScheduler
 from nbsched.config import check_requirement
 from nbsched.jupyter.extension import magics_of
 from nbsched.jupyter.magics import VERBS, GpuschedMagics
-from nbsched.jupyter.parsing import gpus_type, split_dashdash
+from nbsched.jupyter.parsing import expand_vars, gpus_type, split_dashdash
 from nbsched.jupyter.status import StatusReport
 
 ARGV_SCRIPT = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
@@ -69,6 +70,38 @@ def test_verb_help_is_printed(ip: InteractiveShell, capsys: pytest.CaptureFixtur
     assert "%gpusched add" in out and "--allowed" in out
 
 
+@pytest.mark.parametrize("word", ["help", "-h", "--help"])
+def test_help_words_print_the_overview(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str], word: str
+) -> None:
+    capsys.readouterr()
+    assert gs(ip, word) is None
+    out = capsys.readouterr().out
+    assert out.strip() == ip.find_line_magic("gpusched").__doc__.strip()  # as %gpusched? shows
+    assert gs(ip, f"{word} add") is None  # one verb's help, as %gpusched add -h
+    verb_help = capsys.readouterr().out
+    assert gs(ip, "add -h") is None
+    assert verb_help == capsys.readouterr().out and "--allowed" in verb_help
+
+
+def test_only_a_real_help_word_asks_for_help(
+    ip: InteractiveShell,
+    started: GPUJobScheduler,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    script = tmp_path / "t.py"
+    script.write_text("")
+    capsys.readouterr()
+    jid = gs(ip, f"add {script} --name 'a -h b' -- --x -h")  # inside a value; after --
+    assert isinstance(jid, str) and started.job(jid)["name"] == "a -h b"
+    assert started.store.get(jid).spec.args == ("--x", "-h")
+    assert capsys.readouterr().out == ""
+    assert gs(ip, f"add {script} --name x -h") is None  # a word of its own: help
+    assert "%gpusched add" in capsys.readouterr().out
+    assert len(started.jobs()) == 1
+
+
 def test_unload_stops_the_engine_and_drops_the_magics(tmp_path: Path) -> None:
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "nbsched")
@@ -96,23 +129,64 @@ def test_start_is_idempotent_for_the_same_settings(
     assert started.config.num_gpus == 2 and started.config.gpu_provider == "simulated"
 
 
+@pytest.fixture
+def no_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without an NVIDIA driver: NVML's library is missing, nvidia-smi too."""
+    import pynvml
+
+    def no_library() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
+    monkeypatch.setattr("nbsched.gpus.gputil.shutil.which", lambda name: None)
+
+
+@pytest.mark.usefixtures("no_nvidia_gpu")
+def test_start_says_when_auto_took_simulated_gpus(
+    ip: InteractiveShell,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="nbsched"):
+        s = gs(ip, f"start --num-gpus 2 --state-dir {tmp_path / 'a'}")
+    assert s.provider.name == "simulated"
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nbsched: no NVIDIA GPU found (nvml: ")
+    assert lines[0].endswith("using 2 simulated GPUs")
+    assert [r for r in caplog.records if r.name.startswith("nbsched.gpus")] == []  # said once
+    gs(ip, "stop")
+    gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'b'}")  # chosen: nothing to say
+    assert capsys.readouterr().out == ""
+
+
 def test_start_passes_every_setting(ip: InteractiveShell, tmp_path: Path) -> None:
     llm = tmp_path / "llm.json"
     llm.write_text('{"models": {"small": 0.5}}')
+    jobs = tmp_path / "jobs.txt"  # (need not exist yet)
     s = gs(
         ip,
         f"start --simulate 2 --state-dir {tmp_path / 'st'} --executor screen "
-        f"--llm-config {llm} --ray-address 127.0.0.1:6379",
+        f"--llm-config {llm} --jobs-file {jobs}",
     )
     try:
         cfg = s.config
-        assert (cfg.executor, cfg.llm_config_file, cfg.ray_address) == (
-            "screen",
-            str(llm),
-            "127.0.0.1:6379",
-        )
+        assert (cfg.executor, cfg.llm_config_file, cfg.jobs_file) == ("screen", str(llm), str(jobs))
     finally:
         gs(ip, "stop --kill")
+
+
+@pytest.mark.parametrize("executor", ["", "--executor direct", "--executor screen"])
+def test_start_refuses_a_ray_address_without_the_ray_executor(
+    ip: InteractiveShell, tmp_path: Path, executor: str
+) -> None:
+    # (--executor ray --ray-address ADDR would join a real cluster: not tried here)
+    with pytest.raises(UsageError) as info:
+        gs(ip, f"start --simulate 1 --state-dir {tmp_path} {executor} --ray-address auto")
+    text = str(info.value)
+    assert "--ray-address auto applies to --executor ray" in text and "\n" not in text
+    assert magics_of(ip).scheduler is None  # type: ignore[union-attr]
 
 
 def test_run_add_wait_logs(ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path) -> None:
@@ -154,6 +228,48 @@ def test_dollar_names_expand_before_the_double_dash(
     third = gs(ip, "run -- echo $jid")
     gs(ip, f"wait {third} --timeout 60 --no-progress")
     assert gs(ip, f"logs {third}") == "\n"
+
+
+@pytest.mark.parametrize("empty", [[], (), set(), ""])
+def test_an_empty_dollar_list_means_no_jobs_not_every_job(
+    ip: InteractiveShell, started: GPUJobScheduler, empty: object
+) -> None:
+    # e.g. ids = %gpusched sweep ... returned [] (nothing new), then %gpusched wait $ids
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")  # the job stays queued
+    queued = gs(ip, "run -- true")
+    ip.user_ns["ids"] = empty
+    rows = gs(ip, "wait $ids --timeout 0 --no-progress")
+    assert isinstance(rows, pd.DataFrame) and rows.empty
+    assert gs(ip, "cancel $ids") == []
+    assert gs(ip, "retry $ids") == []
+    assert started.job(queued)["status"] == "queued"
+    with pytest.raises(UsageError, match=r"required: id \(\$ids is empty\)"):
+        gs(ip, "logs $ids")
+    with pytest.raises(UsageError, match=r"\$ids is empty; give a sweep id"):
+        gs(ip, "results $ids")
+    # written with no id at all, they keep their meaning
+    with pytest.raises(UsageError, match=f"job\\(s\\) {queued} had not ended"):
+        gs(ip, "wait --timeout 0 --no-progress")
+    with pytest.raises(UsageError, match="the following arguments are required: ID"):
+        gs(ip, "cancel")
+
+
+def test_expand_vars_says_which_names_gave_nothing() -> None:
+    ns = {"ids": ["1", "2"], "none": [], "blank": "", "n": 3}
+    expanded = expand_vars("wait $ids $none $blank $n $unknown", ns)
+    assert expanded.text == "wait 1 2   3 $unknown"
+    assert expanded.empty == ("none", "blank")
+    assert expanded.empty_note() == "$none, $blank are empty"
+    assert expand_vars("wait $ids", ns).empty == ()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 10**6), max_size=5), st.sampled_from([list, tuple]))
+def test_expand_vars_gives_a_list_item_by_item(values: list[int], kind: type) -> None:
+    expanded = expand_vars("wait $ids --timeout 1", {"ids": kind(values)})
+    assert expanded.text.split() == ["wait", *map(str, values), "--timeout", "1"]
+    assert expanded.empty == (() if values else ("ids",))
 
 
 def test_cell_job_runs_the_cell_and_leaves_the_kernel_free(
@@ -225,6 +341,57 @@ def test_cancel_pause_resume_retry_why_status(
     assert started.job(b)["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("bad", ["999", "abc"])
+def test_cancel_checks_every_id_before_cancelling_any(
+    ip: InteractiveShell, started: GPUJobScheduler, bad: str
+) -> None:
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")
+    c = gs(ip, "run -- true")
+    with pytest.raises(UsageError, match=f"no job '{bad}'"):
+        gs(ip, f"cancel {c} {bad}")
+    assert started.job(c)["status"] == "queued"
+
+
+def test_wait_timeout_is_a_one_line_error_naming_the_jobs(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")  # the jobs stay queued
+    a = gs(ip, "run -- true")
+    b = gs(ip, "run -- true")
+    with pytest.raises(UsageError) as info:
+        gs(ip, f"wait {a} {b} --timeout 0 --no-progress")
+    text = str(info.value)
+    assert text.startswith("%gpusched wait: ") and "\n" not in text
+    assert f"job(s) {a}, {b} had not ended" in text
+    assert started.job(a)["status"] == "queued"  # waiting gave up; the job did not
+
+
+def test_status_html_escapes_commands_names_and_gpu_names(
+    ip: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from html import escape
+
+    from nbsched.gpus import write_simulated_gpus
+
+    gpu = {"memory_total_mb": 1000, "external_memory_used_mb": 0, "external_load": 0}
+    gpus_file = tmp_path / "gpus.json"
+    write_simulated_gpus(gpus_file, [{**gpu, "name": "<b>A&B</b>"}, {**gpu, "name": "plain"}])
+    monkeypatch.setenv("NBSCHED_SIMULATED_GPUS", str(gpus_file))
+    s = gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'state'}")
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")  # the jobs stay queued
+    name = "<img src=x onerror=alert(1)>"
+    command = "cat <input.txt >output.txt"
+    gs(ip, f"run --gpus 1 --name '{name}' -- {command}")
+    assert s.jobs()["command"].tolist() == [command]
+    html = gs(ip, "status")._repr_html_()
+    for text in (name, command, "<b>A&B</b>"):
+        assert text not in html
+        assert escape(text) in html
+
+
 def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler) -> None:
     from nbsched.jupyter import Dashboard, SubmitForm
 
@@ -234,6 +401,25 @@ def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler
     assert board.refreshing
     board.close()
     assert not board.refreshing
+
+
+def test_a_new_dashboard_closes_the_previous_and_closed_widgets_are_dropped(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    magics = magics_of(ip)
+    assert magics is not None
+    first = gs(ip, "dashboard --interval 0.2")
+    assert first.refreshing
+    second = gs(ip, "dashboard --interval 0.2")  # the same cell run again
+    assert not first.refreshing and first.comm is None  # stopped and closed
+    assert second.refreshing
+    assert magics._dashboard is second
+    form = gs(ip, "form")
+    form.close()
+    kept = gs(ip, "form")
+    assert magics._forms == [kept]
+    gs(ip, "stop")  # closes what is left
+    assert not second.refreshing and second.comm is None and kept.comm is None
 
 
 def test_stop_then_verbs_say_there_is_none(ip: InteractiveShell, started: GPUJobScheduler) -> None:
@@ -302,7 +488,8 @@ MISTAKES = [
     ("sweep -- --lr {{1,2}}", "needs a SCRIPT"),
     ("sweep {script}", "needs the swept arguments after --"),
     ("sweep {script} -- --lr {{1,2", "a '{{' without '}}'"),
-    ("sweep {script} --limit 2 -- --lr {{1..3}}", "3 jobs exceeds the limit of 2"),
+    ("sweep {script} --limit 2 -- --lr {{1..3}}", "3 jobs exceeds the limit of 2; add --limit 3"),
+    ("sweep {script} -- --lr {{1..6000}}", "limit of 5000; add --limit 6000 to submit it anyway"),
     ("sweep {script} --limit 0 -- --lr {{1,2}}", "--limit: 0 is not accepted"),
     ("logs 999", "no job '999'"),
     ("logs 1 -n -3", "-n/--lines: -3 is not accepted"),
@@ -312,13 +499,14 @@ MISTAKES = [
     ("pause x", "'x' is not accepted: expected a GPU index"),
     ("jobs --status nope", "status='nope': accepted values are queued"),
     ("jobs --last -2", "--last: -2 is not accepted: expected a number of jobs"),
-    ("jobs --first 1 --last 1", "give first= or last=, not both"),
+    ("jobs --first 1 --last 1", "jobs: argument --last: not allowed with argument --first"),
     ("wait --timeout -1", "'-1' is not accepted: expected seconds >= 0"),
     ("wait 12345", "no job '12345'"),
     ("results sw77", "sw77"),
     ("stop -- now", "takes nothing after --"),
     ("start --simulate 2 --provider nvml", "--simulate 2 means --provider simulated"),
     ("start --executor slurm", "invalid choice: 'slurm'"),
+    ("start --jobs-file {script.parent}", "is a directory; give the path of a jobs file"),
     ("retry 1 2", "no job '1'"),
 ]
 
@@ -346,6 +534,8 @@ def test_mistakes_raise_one_line_usage_errors_and_queue_nothing(
         ("run --gpus 3", "print(1)", "required_gpus=3: this machine has only 2 GPU(s)"),
         ("sweep s.py -- --lr {1,2}", "print(1)", "the cell is the script"),
         ("sweep --gpus 2.5 -- --lr {1,2}", "print(1)", "--gpus: 2.5 is not accepted"),
+        ("sweep -- --lr {1..6000}", "print(1)", "%%gpusched sweep: sweep of 6000 jobs exceeds"),
+        ("sweep -- --lr {1..6000}", "print(1)", "limit of 5000; add --limit 6000 to submit"),
     ],
 )
 def test_cell_mistakes(
@@ -355,6 +545,28 @@ def test_cell_mistakes(
         cell(ip, line, body)
     assert message in str(info.value) and "\n" not in str(info.value)
     assert started.jobs().empty
+
+
+@pytest.mark.parametrize("verb", ["run --gpus 0.5", "sweep --gpus 0.5 -- --lr {1,2}"])
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ("!nvidia-smi\n", "line 1 of the cell's code, '!nvidia-smi': invalid syntax"),
+        ("import os\n%matplotlib inline\n", "line 2 of the cell's code, '%matplotlib inline'"),
+        ("x = 1\ndef f(:\n    pass\n", "line 2 of the cell's code, 'def f(:'"),
+        ("for i in range(2):\n    !ls\n", "line 2 of the cell's code, '!ls'"),
+    ],
+)
+def test_a_cell_that_is_not_python_is_refused_before_it_is_queued(
+    ip: InteractiveShell, started: GPUJobScheduler, verb: str, body: str, where: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        cell(ip, verb, body)
+    text = str(info.value)
+    assert text.startswith(f"%%gpusched {verb.split()[0]}: {where}")
+    assert "plain Python script: no ! or % lines" in text and "\n" not in text
+    assert started.jobs().empty and started.sweeps().empty
+    assert not (started.config.state_dir / "cells").exists()  # not even saved
 
 
 def test_a_mistake_in_a_cell_shows_no_traceback(

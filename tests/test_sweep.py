@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbsched.errors import InvalidTypeError, InvalidValueError
+from nbsched.errors import InvalidTypeError, InvalidValueError, SweepTooLargeError
 from nbsched.sweep import check_size, count_combinations, expand_args, expand_params
 
 
@@ -155,6 +155,9 @@ def test_check_size() -> None:
     assert str(info.value) == (
         "sweep of 12000 jobs exceeds the limit of 5000; pass limit=12000 to submit it anyway"
     )
+    # front ends reword the advice in their own terms (--limit N) from these
+    assert isinstance(info.value, SweepTooLargeError)
+    assert (info.value.jobs, info.value.limit) == (12000, 5000)
 
 
 def test_expand_params() -> None:

@@ -112,6 +112,7 @@ def test_script_is_checked_as_you_type(sched: GPUJobScheduler, script: Path) -> 
         ("script", "", "give the path of the script"),
         ("arguments", "'unclosed", "No closing quotation"),
         ("sweep", "--lr {1,2", "without '}'"),
+        ("sweep", "--lr {1..6000}", "6000 jobs exceeds the limit of 5000: the form submits at"),
     ],
 )
 def test_form_mistakes_are_shown_inline_and_submit_nothing(
@@ -164,6 +165,21 @@ def test_llm_model_sets_the_gpus(sched: GPUJobScheduler, script: Path) -> None:
     assert (job.required_gpus, job.spec.conda_env) == (0.25, "torch")
 
 
+def test_going_back_to_no_model_restores_the_gpus(sched: GPUJobScheduler) -> None:
+    form = SubmitForm(sched, conda_env_names=[])
+    form.gpus.value = "0.5"
+    form.llm_model.value = "small"
+    form.llm_model.value = "big"
+    assert form.gpus.value == "2"
+    form.llm_model.value = ""  # "(none)": what the field held before any model
+    assert form.gpus.value == "0.5"
+    form.gpus.value = ""
+    form.llm_model.value = "small"
+    form.gpus.value = "0.75"  # edited after the model set it: the user's value stays
+    form.llm_model.value = ""
+    assert form.gpus.value == "0.75"
+
+
 def test_no_conda_means_no_environment_list(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -193,6 +209,21 @@ def test_dashboard_refresh_follows_the_gpus(
         assert "load 95%" in labels[1] and "load 0%" in labels[0]
         assert bytes(board.chart.value) != before  # a new reading, a new picture
         assert "3 GPU(s)" in board.header.value
+    finally:
+        board.close()
+
+
+def test_dashboard_shows_the_command_of_an_unnamed_job(sched: GPUJobScheduler) -> None:
+    unnamed = sched.add_command("echo unnamed-job", required_gpus=1)
+    named = sched.add_command("echo named-job", required_gpus=1, name="labelled")
+    board = Dashboard(sched, autostart=False)
+    try:
+        labels = {v: label for label, v in board.job_select.options}
+        assert labels[unnamed] == f"{unnamed} · queued · echo unnamed-job"
+        assert labels[named] == f"{named} · queued · labelled"
+        table = board.jobs_table.value
+        assert "nan" not in table
+        assert "echo unnamed-job" in table and "labelled" in table
     finally:
         board.close()
 
@@ -259,6 +290,20 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
         assert escaped == []
     finally:
         board.close()
+
+
+@pytest.mark.parametrize("interval", [0, -1, 0.0, float("nan"), float("inf"), 10**400, 1e9])
+def test_dashboard_refuses_a_bad_interval(running: GPUJobScheduler, interval: object) -> None:
+    before = [t for t in threading.enumerate() if t.name == "nbsched-dashboard"]
+    with pytest.raises(ValueError, match=r"interval=.*: expected seconds between refreshes"):
+        Dashboard(running, interval=interval)  # type: ignore[arg-type]
+    assert [t for t in threading.enumerate() if t.name == "nbsched-dashboard"] == before
+
+
+@pytest.mark.parametrize("interval", ["1", True, None])
+def test_dashboard_interval_must_be_a_number(running: GPUJobScheduler, interval: object) -> None:
+    with pytest.raises(TypeError, match="interval=.*: expected seconds"):
+        Dashboard(running, interval=interval)  # type: ignore[arg-type]
 
 
 def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import TypeVar
 
 from nbsched.config import PROVIDERS
@@ -33,6 +35,7 @@ __all__ = [
     "external_usage_changed",
     "make_provider",
     "parse_simulated_gpus",
+    "provider_choice_shown_by_caller",
     "write_simulated_gpus",
 ]
 
@@ -41,6 +44,9 @@ logger = logging.getLogger(__name__)
 _P = TypeVar("_P", bound=NvmlProvider | GputilProvider | SimulatedProvider)
 
 PROVIDER_KINDS = PROVIDERS
+
+#: Set while a front end that prints the provider choice itself creates the provider.
+_CHOICE_SHOWN_BY_CALLER: ContextVar[bool] = ContextVar("nbsched_choice_shown", default=False)
 
 _HARDWARE_HELP = {
     "nvml": "no NVIDIA driver/NVML library found",
@@ -92,9 +98,28 @@ def make_provider(
     simulated = SimulatedProvider(num_gpus, simulated_gpus_file, usage)
     source = f" described in {simulated.gpus_file}" if simulated.gpus_file else ""
     note = f"using {simulated.num_gpus} simulated GPUs{source}"
-    if reasons:
-        note = f"no NVIDIA driver found ({'; '.join(reasons)}): {note}"
-    return _chosen(simulated, note)
+    if not reasons:
+        return _chosen(simulated, note)
+    # "auto" found no NVIDIA GPU: jobs will run on none, which nobody may have meant.  An
+    # INFO line is shown by neither a notebook nor a terminal; a WARNING is.
+    note = f"no NVIDIA GPU found ({'; '.join(reasons)}): {note}"
+    if _CHOICE_SHOWN_BY_CALLER.get():  # the caller prints it: log it once, quietly
+        return _chosen(simulated, note)
+    simulated.selection_note = note
+    logger.warning("gpu_provider='auto': %s, so jobs get no real GPU", note)
+    return simulated
+
+
+@contextlib.contextmanager
+def provider_choice_shown_by_caller() -> Iterator[None]:
+    """Within it (in this thread or task), ``"auto"`` falling back to simulated GPUs is
+    logged at INFO instead of WARNING: for a front end that prints the provider it took
+    itself (``nbsched demo``, ``%gpusched start``), so the user reads it once."""
+    token = _CHOICE_SHOWN_BY_CALLER.set(True)
+    try:
+        yield
+    finally:
+        _CHOICE_SHOWN_BY_CALLER.reset(token)
 
 
 def _check_count(provider: NvmlProvider | GputilProvider, kind: str, num_gpus: int | None) -> int:

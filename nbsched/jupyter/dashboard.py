@@ -21,6 +21,7 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
+from nbsched.errors import InvalidTypeError, InvalidValueError
 from nbsched.scheduler import GPUJobScheduler
 
 from .charts import GpuChart
@@ -33,6 +34,24 @@ JOBS_MAX_AGE_S = 5.0
 SHOWN_QUEUED = 20
 SHOWN_ENDED = 10
 ENDED = ("succeeded", "failed", "cancelled")
+#: The longest refresh period accepted (a day; Event.wait overflows past ~1e9 s).
+MAX_INTERVAL_S = 86400.0
+
+
+def check_interval(interval: object) -> float:
+    """The refresh period in seconds: a number in (0, MAX_INTERVAL_S]."""
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+        raise InvalidTypeError(f"interval={interval!r}: expected seconds, e.g. 1.0")
+    try:
+        value = float(interval)
+    except OverflowError:  # an int too large for a float
+        value = math.inf
+    if not 0 < value <= MAX_INTERVAL_S:  # (NaN fails too)
+        raise InvalidValueError(
+            f"interval={interval!r}: expected seconds between refreshes, above 0 and at most "
+            f"{MAX_INTERVAL_S:g} (e.g. 1.0)"
+        )
+    return value
 
 
 class Dashboard(widgets.VBox):
@@ -45,8 +64,8 @@ class Dashboard(widgets.VBox):
         window_s: float = 600.0,
         autostart: bool = True,
     ) -> None:
+        self.interval = check_interval(interval)
         self.scheduler = scheduler
-        self.interval = float(interval)
         self.window_s = float(window_s)
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -121,6 +140,9 @@ class Dashboard(widgets.VBox):
 
     def close(self) -> None:
         """Stop refreshing and close every widget of the dashboard."""
+        if "stop_button" not in self.__dict__:  # __init__ refused its arguments; ipywidgets'
+            super().close()  # __del__ still calls close(): there is nothing to stop
+            return
         self.stop()
         for w in self._own_widgets():
             w.close()
@@ -243,7 +265,7 @@ class Dashboard(widgets.VBox):
         ended = s.jobs("ended", last=SHOWN_ENDED)
         self.jobs_table.value = _jobs_html(running, queued, ended[::-1], counts)
         options = [
-            (f"{r.id} · {r.status} · {_short(r.name or r.command, 40)}", str(r.id))
+            (f"{r.id} · {r.status} · {_short(_name(r.name) or r.command, 40)}", str(r.id))
             for df in (running, queued)
             for r in _rows(df)
         ]
@@ -302,6 +324,11 @@ def _sweep_number(sweep_id: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+def _name(value: object) -> str:
+    """A job's name; ``""`` for none (``jobs()`` has NaN there, which is truthy)."""
+    return value if isinstance(value, str) else ""
+
+
 def _short(text: object, n: int) -> str:
     s = "" if text is None else str(text)
     return s if len(s) <= n else s[: n - 1] + "…"
@@ -327,7 +354,7 @@ def _jobs_html(
             cells = [
                 str(r.id),
                 f"<span style='color:{fg};background:{bg};padding:0 6px'>{r.status}</span>",
-                html.escape(_short(r.name, 20)),
+                html.escape(_short(_name(r.name), 20)),
                 f"{r.required_gpus:g}",
                 html.escape(",".join(map(str, r.gpus))),
                 took,

@@ -19,7 +19,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbsched.errors import InvalidValueError, NbschedError
+from nbsched.errors import InvalidValueError, NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
 from nbsched.sweeps import SweepIds
 
@@ -109,7 +109,9 @@ class SubmitForm(widgets.VBox):
             disabled=not models,
             style=style,
         )
-        self.llm_model.observe(lambda _: self._model_chosen(), names="value")
+        self._gpus_without_model = ""  # the GPUs field before a model was chosen
+        self._gpus_from_model: str | None = None  # what the chosen model wrote there
+        self.llm_model.observe(self._model_chosen, names="value")
         self.sweep = widgets.Text(
             description="sweep",
             placeholder="optional: --lr {0.1,0.01} --seed {1..3} (one job per combination)",
@@ -158,11 +160,20 @@ class SubmitForm(widgets.VBox):
         )
         return False
 
-    def _model_chosen(self) -> None:
+    def _model_chosen(self, change: dict[str, Any]) -> None:
+        """A model sets the GPUs field; back to "(none)", the field gets what it held
+        before, unless it was edited since the model set it."""
         llm = self.scheduler.llm_config
-        model = self.llm_model.value
+        if not change["old"]:
+            self._gpus_without_model = self.gpus.value
+        model = change["new"]
         if llm is not None and model:
-            self.gpus.value = f"{llm.models.get(model, llm.default_requirement):g}"
+            self._gpus_from_model = f"{llm.models.get(model, llm.default_requirement):g}"
+            self.gpus.value = self._gpus_from_model
+        elif not model:
+            if self.gpus.value == self._gpus_from_model:
+                self.gpus.value = self._gpus_without_model
+            self._gpus_from_model = None
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -203,6 +214,13 @@ class SubmitForm(widgets.VBox):
                     raise InvalidValueError(f"arguments {args!r}: {exc}") from None
                 ids = [s.add_job(script, args=argv, **options)]
                 text = f"queued job {ids[0]}"
+        except SweepTooLargeError as exc:  # (the API's advice, limit=N, is not the form's)
+            self._show_error(
+                f"sweep of {exc.jobs} jobs exceeds the limit of {exc.limit}: the form submits "
+                f"at most {exc.limit}; split the sweep, or submit it with "
+                f"%gpusched sweep ... --limit {exc.jobs}"
+            )
+            return []
         except (NbschedError, ValueError, TypeError, FileNotFoundError) as exc:
             self._show_error(str(exc))
             return []

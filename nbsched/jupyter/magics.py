@@ -16,13 +16,15 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, kwds, magic_arguments
+from IPython.core.magic_arguments import ArgDecorator, argument, kwds, magic_arguments
 
 from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
-from nbsched.errors import NbschedError
+from nbsched.errors import NbschedError, SweepTooLargeError
+from nbsched.gpus import provider_choice_shown_by_caller
 from nbsched.scheduler import GPUJobScheduler
 
 from .parsing import (
+    check_cell_code,
     count_type,
     expand_vars,
     gpu_index_type,
@@ -40,6 +42,9 @@ from .parsing import (
 VERBS: dict[str, Any] = {}
 
 NO_SCHEDULER = "no scheduler is running: start one with %gpusched start [--simulate N]"
+
+#: ``%gpusched help``, ``-h``, ``--help``: the overview (``%gpusched help VERB``: one verb's).
+HELP_WORDS = ("help", "-h", "--help")
 
 
 def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Callable[..., Any]:
@@ -61,6 +66,14 @@ def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Call
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+class exclusive(ArgDecorator):
+    """The options declared below it (in the source) exclude each other: argparse then
+    says so in the magic's terms (``argument --last: not allowed with argument --first``)."""
+
+    def add_to_parser(self, parser: Any, group: Any) -> Any:
+        return parser.add_mutually_exclusive_group()
 
 
 def _job_options(func: Any) -> Any:
@@ -94,6 +107,10 @@ def _usage(func: Any) -> str:
     return f"{text} {func.tail_usage}".strip()
 
 
+def _verb_help(func: Any) -> str:
+    return f"{func.parser.format_help()}\nusage: {_usage(func)}"
+
+
 def _verbs_epilog() -> str:
     lines = ["verbs:"]
     for func in VERBS.values():
@@ -121,7 +138,8 @@ class GpuschedMagics(Magics):
     def __init__(self, shell: Any = None) -> None:
         super().__init__(shell)
         self.scheduler: GPUJobScheduler | None = None
-        self._widgets: list[Any] = []
+        self._forms: list[Any] = []  # the open forms made here (closed ones are dropped)
+        self._dashboard: Any = None  # the newest dashboard: the only one refreshing
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -132,12 +150,27 @@ class GpuschedMagics(Magics):
 
     def shutdown(self) -> None:
         """Close the widgets made here and stop the scheduler started here."""
-        for widget in self._widgets:
-            widget.close()
-        self._widgets.clear()
+        widgets, self._forms = [*self._forms, self._dashboard], []
+        self._dashboard = None
+        for widget in widgets:
+            if widget is not None:
+                widget.close()
         s, self.scheduler = self.scheduler, None
         if s is not None:
             s.close()
+
+    @staticmethod
+    def _some_ids(args: argparse.Namespace, verb: str) -> bool:
+        """Whether ids were given; ``False`` when they came from an empty ``$list`` (nothing
+        to do); a ``UsageError`` when none were written."""
+        if args.ids:
+            return True
+        if args.expanded.empty:
+            return False
+        raise UsageError(
+            f"%gpusched {verb}: the following arguments are required: ID "
+            f"(usage: {_usage(VERBS[verb])})"
+        )
 
     @staticmethod
     def _split(tail: str | None, what: str) -> list[str]:
@@ -173,6 +206,11 @@ class GpuschedMagics(Magics):
                     f"not --num-gpus {args.num_gpus}"
                 )
             fields.update(gpu_provider="simulated", num_gpus=args.simulate)
+        if args.ray_address is not None and args.executor != "ray":
+            raise UsageError(
+                f"%gpusched start: --ray-address {args.ray_address} applies to --executor ray "
+                f"(the executor would be {args.executor or 'direct'}); add --executor ray"
+            )
         if args.provider is not None:
             fields["gpu_provider"] = args.provider
         if args.num_gpus is not None:
@@ -199,11 +237,15 @@ class GpuschedMagics(Magics):
             self.shutdown()
         s = GPUJobScheduler(config=config)
         try:
-            s.start()
+            with provider_choice_shown_by_caller():  # (said below, not also as a warning)
+                s.start()
         except BaseException:
             s.close()
             raise
         self.scheduler = s
+        if config.gpu_provider == "auto" and s.provider.name == "simulated":
+            note = getattr(s.provider, "selection_note", "") or "using simulated GPUs"
+            print(f"nbsched: {note}")
         return s
 
     @verb(
@@ -245,6 +287,7 @@ class GpuschedMagics(Magics):
         if cell is not None:
             if not cell.strip():
                 raise UsageError("%%gpusched run: the cell is empty; write the job's Python code")
+            check_cell_code(cell)
             script = save_cell_script(s.config.state_dir, cell)
             argv = self._split(tail, "script arguments")
             return s.add_job(str(script), args.conda_env, argv, **options)
@@ -280,6 +323,7 @@ class GpuschedMagics(Magics):
                 )
             if not cell.strip():
                 raise UsageError("%%gpusched sweep: the cell is empty; write the job's code")
+            check_cell_code(cell)
             script: str = str(save_cell_script(s.config.state_dir, cell))
         elif args.script is None:
             raise UsageError(
@@ -292,16 +336,23 @@ class GpuschedMagics(Magics):
                 "%gpusched sweep needs the swept arguments after --, e.g. "
                 "-- --lr {0.1,0.01} --seed {1..3}"
             )
-        return s.add_sweep(
-            script,
-            args=tail,
-            conda_env=args.conda_env,
-            priority=args.priority,
-            required_gpus=args.gpus,
-            allowed_gpus=args.allowed,
-            limit=args.limit,
-            name=args.name,
-        )
+        try:
+            return s.add_sweep(
+                script,
+                args=tail,
+                conda_env=args.conda_env,
+                priority=args.priority,
+                required_gpus=args.gpus,
+                allowed_gpus=args.allowed,
+                limit=args.limit,
+                name=args.name,
+            )
+        except SweepTooLargeError as exc:  # (the API's message says limit=N)
+            prefix = "%%gpusched" if cell is not None else "%gpusched"
+            raise UsageError(
+                f"{prefix} sweep: sweep of {exc.jobs} jobs exceeds the limit of {exc.limit}; "
+                f"add --limit {exc.jobs} to submit it anyway"
+            ) from None
 
     @verb("status", "GPUs, queue counts, running and queued jobs (HTML in a notebook)")
     def _status(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
@@ -311,6 +362,7 @@ class GpuschedMagics(Magics):
 
     @verb("jobs", "the job table (a DataFrame)")
     @argument("--status", metavar="S", help="e.g. queued, running, failed, ended, active")
+    @exclusive()
     @argument("--first", metavar="N", type=rows_type, help="only the first N (in submission order)")
     @argument("--last", metavar="N", type=rows_type, help="only the last N")
     def _jobs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
@@ -329,24 +381,43 @@ class GpuschedMagics(Magics):
     @verb("wait", "block until those jobs (default: all) have ended; their rows")
     @argument("--no-progress", action="store_true", help="no progress bar")
     @argument("--timeout", type=seconds_type, metavar="S", help="give up after S seconds")
-    @argument("ids", nargs="*", metavar="ID", help="job ids (default: every active job)")
+    @argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="job ids (default: every active job; an empty $list: none)",
+    )
     def _wait(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
-        return s.wait(
-            args.ids or None, timeout=args.timeout, progress=False if args.no_progress else None
-        )
+        # ``wait $ids`` with ``ids == []`` (a sweep that queued nothing new) waits for no
+        # job; only ``wait`` written with no id at all means every active job.
+        ids = args.ids or ([] if args.expanded.empty else None)
+        try:
+            return s.wait(ids, timeout=args.timeout, progress=False if args.no_progress else None)
+        except TimeoutError as exc:  # the jobs go on: say which, in one line
+            raise UsageError(
+                f"%gpusched wait: {exc} (they go on; wait again, or cancel them)"
+            ) from None
 
     @verb("cancel", "cancel jobs (a running one's process tree is ended)")
-    @argument("ids", nargs="+", metavar="ID", help="job ids")
+    @argument("ids", nargs="*", metavar="ID", help="job ids (an empty $list: none)")
+    @kwds(usage="%(prog)s ID [ID ...]")  # required, unless an empty $list gave them
     def _cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
+        if not self._some_ids(args, "cancel"):
+            return []
+        for i in args.ids:  # check them all before cancelling any: a bad id cancels nothing
+            s.job(i)
         done = [s.cancel(i) for i in args.ids]
         return done[0] if len(done) == 1 else done
 
     @verb("retry", "queue ended jobs again")
-    @argument("ids", nargs="+", metavar="ID", help="job ids")
+    @argument("ids", nargs="*", metavar="ID", help="job ids (an empty $list: none)")
+    @kwds(usage="%(prog)s ID [ID ...]")  # required, unless an empty $list gave them
     def _retry(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
+        if not self._some_ids(args, "retry"):
+            return []
         for i in args.ids:  # check them all before queueing any
             status = s.job(i)["status"]
             if status in ("queued", "running"):
@@ -374,7 +445,13 @@ class GpuschedMagics(Magics):
     @verb("results", "a sweep's table: parameters, status, duration, results")
     @argument("sweep", nargs="?", help="sweep id such as sw1 (default: the latest)")
     def _results(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return self._require().sweep(args.sweep)
+        s = self._require()
+        if args.sweep is None and args.expanded.empty:  # not "the latest sweep" by accident
+            raise UsageError(
+                f"%gpusched results: {args.expanded.empty_note()}; give a sweep id, "
+                "or none for the latest sweep"
+            )
+        return s.sweep(args.sweep)
 
     @verb("sweeps", "every sweep and how far it got")
     def _sweeps(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
@@ -390,16 +467,22 @@ class GpuschedMagics(Magics):
         from .form import SubmitForm
 
         form = SubmitForm(self._require())
-        self._widgets.append(form)
+        self._forms = [f for f in self._forms if f.comm is not None]  # closed: forgotten
+        self._forms.append(form)
         return form
 
     @verb("dashboard", "live GPU charts, allocation and the job table")
     @argument("--interval", type=seconds_type, default=1.0, metavar="S", help="refresh period")
     def _dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        from .dashboard import Dashboard
+        from .dashboard import MAX_INTERVAL_S, Dashboard
 
-        board = Dashboard(self._require(), interval=max(args.interval, 0.1))
-        self._widgets.append(board)
+        interval = min(max(args.interval, 0.1), MAX_INTERVAL_S)
+        board = Dashboard(self._require(), interval=interval)
+        # One dashboard refreshes at a time: running the cell again (or another dashboard
+        # cell) closes the previous one, whose thread would otherwise refresh until stop.
+        previous, self._dashboard = self._dashboard, board
+        if previous is not None:
+            previous.close()
         return board
 
     # Give every verb its parser (usage shown by ``%gpusched VERB -h`` and ``%gpusched?``).
@@ -423,15 +506,25 @@ class GpuschedMagics(Magics):
         ``$name`` before ``--`` is replaced by the value of ``name`` (braces are
         sweep grammar and are left alone).  ``%%gpusched run`` runs the cell as a
         Python script on the GPUs given; ``%%gpusched sweep -- --lr {0.1,0.01}``
-        sweeps it.  ``%gpusched VERB -h`` shows one verb's options.
+        sweeps it.  ``%gpusched VERB -h`` shows one verb's options,
+        ``%gpusched help`` this overview.
         """
         head, tail = split_dashdash(line)
-        head = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
-        parts = head.split(None, 1)
+        expanded = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
+        parts = expanded.text.split(None, 1)
         accepted = ", ".join(VERBS)
         if not parts:
-            raise UsageError(f"%gpusched needs a verb; accepted verbs are {accepted}")
+            raise UsageError(
+                f"%gpusched needs a verb; accepted verbs are {accepted} "
+                "(%gpusched help describes them)"
+            )
         name, rest = parts[0], parts[1] if len(parts) > 1 else ""
+        if name in HELP_WORDS:
+            topic = rest.split()[:1]
+            if topic and topic[0] not in VERBS:
+                raise UsageError(f"unknown verb {topic[0]!r}: accepted verbs are {accepted}")
+            print(_verb_help(VERBS[topic[0]]) if topic else type(self).gpusched.__doc__)
+            return None
         func = VERBS.get(name)
         if func is None:
             raise UsageError(f"unknown verb {name!r}: accepted verbs are {accepted}")
@@ -440,22 +533,25 @@ class GpuschedMagics(Magics):
             raise UsageError(f"%%gpusched {name}: only run and sweep have a cell form")
         if tail is not None and not func.takes_tail:
             raise UsageError(f"{prefix} {name} takes nothing after --; got {tail!r}")
-        if {"-h", "--help"} & set(rest.split()):
-            print(f"{func.parser.format_help()}\nusage: {_usage(func)}")
-            return None
         try:
             words = shlex.split(rest)  # POSIX quoting (IPython's arg_split keeps the quotes)
         except ValueError as exc:
             raise UsageError(f"{prefix} {name}: {rest!r}: {exc}") from None
+        if "-h" in words or "--help" in words:  # a word of its own, not inside a quoted value
+            print(_verb_help(func))
+            return None
         try:
             args = func.parser.parse_args(words)
         except UsageError as exc:
             message = str(exc)
             if message.startswith("unrecognized") and func.takes_tail and tail is None:
                 message += "; the job's arguments go after --"
-            if not message.startswith("argument "):  # not one value: show what is accepted
+            if message.startswith("the following arguments are required") and expanded.empty:
+                message += f" ({expanded.empty_note()})"
+            elif not message.startswith("argument "):  # not one value: show what is accepted
                 message += f" (usage: {_usage(func)})"
             raise UsageError(f"{prefix} {name}: {message}") from None
+        args.expanded = expanded  # (which $names gave nothing: "no jobs", not "all jobs")
         try:
             return func(self, args, tail, cell)
         except NbschedError as exc:

@@ -9,10 +9,12 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbsched.config import check_requirement
+from nbsched.errors import InvalidValueError
 
 _VAR = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
 
@@ -46,9 +48,27 @@ def split_dashdash(line: str) -> tuple[str, str | None]:
     return line.strip(), None
 
 
-def expand_vars(text: str, namespace: Mapping[str, Any]) -> str:
+@dataclass(frozen=True)
+class Expanded:
+    """A line with its ``$name``s replaced, and which of them expanded to nothing."""
+
+    text: str
+    #: The names (without ``$``) whose value gave no word: an empty list, tuple, set or
+    #: string.  ``%gpusched wait $ids`` with ``ids == []`` means "no jobs", not "all".
+    empty: tuple[str, ...] = ()
+
+    def empty_note(self) -> str:
+        """``"$ids is empty"`` (or ``""``), to explain a missing argument."""
+        if not self.empty:
+            return ""
+        names = ", ".join(f"${n}" for n in self.empty)
+        return f"{names} {'is' if len(self.empty) == 1 else 'are'} empty"
+
+
+def expand_vars(text: str, namespace: Mapping[str, Any]) -> Expanded:
     """Replace ``$name`` by the value of ``name`` in the user's namespace (a list or
     tuple by its items, space-separated); unknown names stay as they are."""
+    empty: list[str] = []
 
     def value(m: re.Match[str]) -> str:
         name = m.group(1)
@@ -56,10 +76,14 @@ def expand_vars(text: str, namespace: Mapping[str, Any]) -> str:
             return m.group(0)
         v = namespace[name]
         if isinstance(v, (list, tuple, set, frozenset)):
-            return " ".join(str(x) for x in v)
-        return str(v)
+            out = " ".join(str(x) for x in v)
+        else:
+            out = str(v)
+        if not out.strip() and name not in empty:
+            empty.append(name)
+        return out
 
-    return _VAR.sub(value, text)
+    return Expanded(_VAR.sub(value, text), tuple(empty))
 
 
 # -- argument types: each raises ArgumentTypeError with the value and what is accepted --
@@ -138,6 +162,32 @@ def seconds_type(text: str) -> float:
 
 
 # -- cell scripts -------------------------------------------------------------------------
+
+CELL_IS_PLAIN_PYTHON = (
+    "a cell job runs as a plain Python script: no ! or % lines (for a shell command use "
+    "subprocess, or %gpusched run -- COMMAND)"
+)
+
+
+def check_cell_code(body: str) -> None:
+    """Refuse a cell body that is not Python (``InvalidValueError`` naming the line).
+
+    The job runs the body as a script, where IPython's ``!cmd`` and ``%magic`` lines
+    are syntax errors: caught here, before anything is saved or queued, instead of in
+    the job's log after it took its GPUs.
+    """
+    try:
+        compile(body, "<cell>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        lines = body.splitlines()
+        where = ""
+        if exc.lineno is not None and 0 < exc.lineno <= len(lines):
+            text = lines[exc.lineno - 1].strip()
+            text = text if len(text) <= 60 else text[:57] + "..."
+            where = f"line {exc.lineno} of the cell's code, {text!r}: "
+        raise InvalidValueError(f"{where}{exc.msg}; {CELL_IS_PLAIN_PYTHON}") from None
+    except ValueError as exc:  # (Python < 3.11: null bytes)
+        raise InvalidValueError(f"{exc}; {CELL_IS_PLAIN_PYTHON}") from None
 
 
 def save_cell_script(state_dir: Path, body: str) -> Path:

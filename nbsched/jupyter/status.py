@@ -144,7 +144,9 @@ def _job_table(jobs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _styler(df: pd.DataFrame) -> Any:
-    styler = df.style.hide(axis="index")
+    # Styler does not escape by default: a command ``cat <in >out`` or a name holding
+    # markup would be read as HTML.  Every later ``.format`` escapes too.
+    styler = df.style.hide(axis="index").format(escape="html")
     return styler.set_table_attributes("class='nbsched-table'").set_table_styles(
         [{"selector": "th, td", "props": "text-align:left; padding:2px 8px"}]
     )
@@ -158,7 +160,7 @@ def _style_map(styler: Any, func: Any, subset: list[str]) -> Any:
 def _style_gpus(df: pd.DataFrame) -> str:
     try:
         styler = _styler(df).bar(subset=["allocated"], vmin=0, vmax=1, color="#9ec5fe")
-        styler = styler.format({"allocated": "{:.2f}"})
+        styler = styler.format({"allocated": "{:.2f}"}, escape="html")
         styler = _style_map(
             styler, lambda v: "color:#842029;font-weight:bold" if v else "", ["paused"]
         )
@@ -174,6 +176,6 @@ def _style_jobs(df: pd.DataFrame) -> str:
 
     try:
         styler = _style_map(_styler(df), colour, ["status"])
-        return str(styler.format({"required_gpus": "{:g}"}).to_html())
+        return str(styler.format({"required_gpus": "{:g}"}, escape="html").to_html())
     except ImportError:
         return str(df.to_html(index=False))

@@ -153,6 +153,8 @@ def _parse(text: str, line_no: int) -> JobLine:
     fields += [""] * (5 - len(fields))
     raw_priority = fields[0].strip()
     if not _PRIORITY.fullmatch(raw_priority):
+        if re.fullmatch(r"[+-]?[0-9]+", raw_priority, re.ASCII):
+            raise _Bad(f"bad priority {raw_priority!r}: at most 18 digits")
         raise _Bad(f"bad priority {raw_priority!r}: expected an integer")
     script = _one_word(fields[1], "script path")
     if not script:

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -166,12 +166,16 @@ class LLMConfigWatcher:
 
     The first read happens here and raises on a missing or bad file.  Later, a
     change is noticed by a stat of (mtime_ns, size, inode); a bad or missing new
-    version logs one WARNING and the previous config stays; :attr:`last_error`
+    version logs one WARNING (and is passed to ``on_error``, e.g. to keep it where
+    ``nbsched status`` shows it) and the previous config stays; :attr:`last_error`
     says why (``None`` after a good read).  Safe to call from several threads.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], on_error: Callable[[str], None] | None = None
+    ) -> None:
         self.path = os.fspath(path)
+        self._on_error = on_error
         self._lock = threading.Lock()
         self._sig = _signature(self.path)
         self._config = load_llm_config(self.path)
@@ -179,6 +183,7 @@ class LLMConfigWatcher:
 
     def current(self) -> LLMConfig:
         """The config as of the last good version of the file."""
+        failed = None
         with self._lock:
             sig = _signature(self.path)
             if sig == self._sig:
@@ -187,11 +192,17 @@ class LLMConfigWatcher:
             try:
                 self._config = load_llm_config(self.path)
             except (InvalidValueError, OSError) as exc:
-                self.last_error = str(exc)
+                self.last_error = failed = str(exc)
                 logger.warning(
                     "LLM config %s not reloaded, keeping the previous one: %s", self.path, exc
                 )
             else:
                 self.last_error = None
                 logger.info("LLM config %s reloaded", self.path)
-            return self._config
+            config = self._config
+        if failed is not None and self._on_error is not None:
+            try:
+                self._on_error(f"{self.path}: not reloaded, keeping the previous one: {failed}")
+            except Exception:  # (a full disk must not cost the caller its config)
+                logger.exception("could not record the LLM config's error")
+        return config

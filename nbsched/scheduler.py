@@ -102,7 +102,9 @@ class GPUJobScheduler:
         self._role_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._llm = (
-            LLMConfigWatcher(self.config.llm_config_file) if self.config.llm_config_file else None
+            LLMConfigWatcher(self.config.llm_config_file, self._llm_config_error)
+            if self.config.llm_config_file
+            else None
         )
         self._extensions: list[Any] = []
 
@@ -174,6 +176,10 @@ class GPUJobScheduler:
             for ext in self._start_extensions():
                 self._extensions.append(ext)
         return self
+
+    def _llm_config_error(self, message: str) -> None:
+        """A bad new version of the LLM config: kept where ``nbsched status`` shows it."""
+        self.store.add_notice("llm config", message)
 
     def _engine_info(self) -> dict[str, Any]:
         """What another process (the CLI) needs to validate jobs as this engine would."""

@@ -142,6 +142,7 @@ def test_short_lines_like_the_original() -> None:
     ("text", "reason"),
     [
         ("x,train.py,,,", "bad priority 'x': expected an integer"),
+        ("99999999999999999999,train.py,,,", "bad priority '99999999999999999999': at most 18"),
         ("1.5,train.py,,,", "bad priority '1.5'"),
         (",train.py,,,", "bad priority ''"),
         ("0", "expected comma-separated fields"),

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import InvalidTypeError, InvalidValueError, MissingFileError
 from nbsched.llmconfig import LLMConfig, LLMConfigWatcher, load_llm_config
 
@@ -155,7 +156,8 @@ def test_watcher_reloads_and_keeps_previous_on_bad_rewrite(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write(tmp_path / "llm.json", json.dumps(GOOD))
-    watcher = LLMConfigWatcher(path)
+    told: list[str] = []
+    watcher = LLMConfigWatcher(path, on_error=told.append)
     first = watcher.current()
     assert first.models["llama-70b"] == 4.0
     assert watcher.current() is first and watcher.last_error is None
@@ -174,6 +176,7 @@ def test_watcher_reloads_and_keeps_previous_on_bad_rewrite(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert str(path) in warnings[0].getMessage() and "NaN" in warnings[0].getMessage()
+    assert len(told) == 1 and told[0].startswith(f"{path}: not reloaded, keeping the previous")
 
     path.unlink()
     assert watcher.current() is good
@@ -183,6 +186,24 @@ def test_watcher_reloads_and_keeps_previous_on_bad_rewrite(
     os.replace(new, path)  # an editor's atomic save: a new inode
     assert watcher.current() == LLMConfig(0.5)
     assert watcher.last_error is None
+
+
+def test_a_bad_new_llm_config_is_a_notice_nbsched_status_shows(tmp_path: Path) -> None:
+    path = write(tmp_path / "llm.json", json.dumps(GOOD))
+    config = SchedulerConfig(
+        state_dir=tmp_path / "state", gpu_provider="simulated", num_gpus=2, llm_config_file=path
+    )
+    s = GPUJobScheduler(config=config)
+    try:
+        assert s.llm_config is not None
+        write(path, "{not json")
+        _bump(path)
+        assert s.llm_config.models["llama-70b"] == 4.0  # the previous one stays
+        notices = s.store.notices(10)
+        assert [n["source"] for n in notices] == ["llm config"]
+        assert str(path) in notices[0]["message"] and "not reloaded" in notices[0]["message"]
+    finally:
+        s.close()
 
 
 def test_watcher_first_read_raises(tmp_path: Path) -> None:

@@ -472,9 +472,7 @@ class GPUJobScheduler:
             raise InvalidTypeError(f"priority={priority!r}: expected an integer")
         if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
             raise InvalidValueError(f"priority={priority!r}: must be in {-_INT64}..{_INT64 - 1}")
-        workdir = os.fspath(cwd) if cwd is not None else os.getcwd()
-        if not os.path.isdir(workdir):
-            raise MissingFileError(f"cwd={workdir!r}: no such folder")
+        workdir = _workdir(cwd)
         argv: tuple[str, ...] = ()
         if command is not None:
             if not isinstance(command, str):
@@ -485,7 +483,7 @@ class GPUJobScheduler:
         else:
             if not isinstance(script, (str, os.PathLike)) or not os.fspath(script):
                 raise InvalidTypeError(f"script={script!r}: expected a path to a script")
-            path = Path(workdir, os.fspath(script)).expanduser()
+            path = Path(workdir, Path(os.fspath(script)).expanduser())
             if not path.is_file():
                 raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
             kind, script_path = "script", str(path.resolve())
@@ -814,6 +812,27 @@ def _check_one_node(
             f"{required:g} GPUs{' among allowed_gpus' if allowed is not None else ''} "
             f"(largest: {max(per_node.values())})"
         )
+
+
+def _workdir(cwd: object) -> str:
+    """The job's folder, absolute: ``cwd`` with ``~`` expanded, relative to the
+    submitter's current folder (the job's engine may run elsewhere); None: that folder."""
+    if cwd is None:
+        try:
+            return os.getcwd()
+        except FileNotFoundError:
+            raise MissingFileError(
+                "the current folder no longer exists; give the job a folder with cwd="
+            ) from None
+    if not isinstance(cwd, (str, os.PathLike)) or not isinstance(os.fspath(cwd), str):
+        raise InvalidTypeError(f"cwd={cwd!r}: expected a folder path (str or os.PathLike) or None")
+    text = os.fspath(cwd)
+    if not text:
+        raise InvalidValueError("cwd='': expected a folder path, or None for the current folder")
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.isdir(path):
+        raise MissingFileError(f"cwd={text!r}: no such folder (looked for {path})")
+    return path
 
 
 def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:

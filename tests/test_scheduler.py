@@ -215,6 +215,20 @@ def test_logs(sched: GPUJobScheduler) -> None:
             sched.logs(job_id, tail=bad)  # type: ignore[arg-type]
 
 
+def test_relative_cwd_runs_in_the_submitters_folder(
+    sched: GPUJobScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's process is started by the spawner (whose folder is not the kernel's):
+    a relative cwd names the folder it had at submission."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path)
+    here = sched.add_command("pwd -P", required_gpus=0.5, cwd=".")
+    work = sched.add_command("pwd -P", required_gpus=0.5, cwd="work")
+    sched.wait([here, work], timeout=TIMEOUT)
+    assert sched.logs(here) == f"{tmp_path.resolve()}\n"
+    assert sched.logs(work) == f"{(tmp_path / 'work').resolve()}\n"
+
+
 def test_env_and_job_env(sched: GPUJobScheduler) -> None:
     job_id = sched.add_command(
         'echo "$CUDA_DEVICE_ORDER $NBSCHED_JOB_ID $MINE ${NBSCHED_JOB_TOKEN:+has-token}"',

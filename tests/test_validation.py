@@ -256,3 +256,56 @@ def test_a_rejected_submission_leaves_the_queue_usable(sched: GPUJobScheduler, s
     job_id = sched.add_job(script, args=["--x", "1"], required_gpus=0.5)
     assert sched.store.counts()["queued"] == 1
     assert sched.store.get(job_id).spec.args == ("--x", "1")
+
+
+# ------------------------------------------------------------------ the job's folder
+
+
+def test_relative_cwd_is_made_absolute_at_submission(
+    sched: GPUJobScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine (perhaps another process, in another folder) runs the job: a relative
+    cwd is taken from the submitter's folder, as a relative script path is."""
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "sub" / "deeper" / "t.py").write_text("print('hi')\n")
+    monkeypatch.chdir(tmp_path)
+    here = sched.add_command("true", cwd=".")
+    sub = sched.add_command("true", cwd=Path("sub"))
+    up = sched.add_command("true", cwd="sub/deeper/..")
+    script = sched.add_job("deeper/t.py", cwd="sub")
+    assert sched.store.get(here).spec.cwd == str(tmp_path)
+    assert sched.store.get(sub).spec.cwd == str(tmp_path / "sub")
+    assert sched.store.get(up).spec.cwd == str(tmp_path / "sub")
+    spec = sched.store.get(script).spec
+    assert (spec.cwd, spec.script) == (str(tmp_path / "sub"), str(tmp_path / "sub/deeper/t.py"))
+
+
+def test_tilde_is_expanded_in_cwd_and_script(
+    sched: GPUJobScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / "proj").mkdir(parents=True)
+    (home / "proj" / "t.py").write_text("print('hi')\n")
+    monkeypatch.setenv("HOME", str(home))
+    job = sched.store.get(sched.add_command("true", cwd="~/proj"))
+    assert job.spec.cwd == str(home / "proj")
+    job = sched.store.get(sched.add_job("~/proj/t.py"))
+    assert job.spec.script == str(home / "proj" / "t.py")
+    job = sched.store.get(sched.add_job("t.py", cwd="~/proj"))
+    assert (job.spec.cwd, job.spec.script) == (str(home / "proj"), str(home / "proj" / "t.py"))
+
+
+@pytest.mark.parametrize(
+    ("cwd", "excs"),
+    [
+        (5, (TypeError,)),
+        (b"/tmp", (TypeError,)),
+        (["/tmp"], (TypeError,)),
+        ("", (ValueError,)),
+        ("no/such/folder", (FileNotFoundError,)),
+        ("~/no/such/folder", (FileNotFoundError,)),
+    ],
+)
+def test_bad_cwd(sched: GPUJobScheduler, script: str, cwd: Any, excs: tuple[type, ...]) -> None:
+    rejects(sched, lambda: sched.add_command("true", cwd=cwd), excs, "cwd")
+    rejects(sched, lambda: sched.add_job(script, cwd=cwd), excs, "cwd")

@@ -479,10 +479,16 @@ class GPUJobScheduler:
                 raise InvalidTypeError(f"command={command!r}: expected a string")
             if not command.strip():
                 raise InvalidValueError("command='': expected a shell command")
+            _no_nul("command", command)
             kind, script_path = "command", None
         else:
-            if not isinstance(script, (str, os.PathLike)) or not os.fspath(script):
+            if (
+                not isinstance(script, (str, os.PathLike))
+                or not isinstance(os.fspath(script), str)
+                or not os.fspath(script)
+            ):
                 raise InvalidTypeError(f"script={script!r}: expected a path to a script")
+            _no_nul("script", os.fspath(script))
             path = Path(workdir, Path(os.fspath(script)).expanduser())
             if not path.is_file():
                 raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
@@ -490,6 +496,8 @@ class GPUJobScheduler:
             argv = _as_args(args)
         if conda_env is not None and (not isinstance(conda_env, str) or not conda_env.strip()):
             raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
+        if conda_env is not None:
+            _no_nul("conda_env", conda_env)
         allowed = normalize_allowed_gpus(allowed_gpus, n_gpus)
         if required_gpus is None:
             required = self._default_requirement(argv)
@@ -509,10 +517,13 @@ class GPUJobScheduler:
         check_launcher(launcher)
         if gpu_arg is not None and (not isinstance(gpu_arg, str) or not gpu_arg.startswith("-")):
             raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
-        extra_env = dict(env or {})
-        for k, v in extra_env.items():
-            if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
-                raise InvalidValueError(f"env: {k!r}={v!r}: names and values must be strings")
+        if gpu_arg is not None:
+            _no_nul("gpu_arg", gpu_arg)
+        extra_env = _check_env(env)
+        if name is not None:
+            if not isinstance(name, str):
+                raise InvalidTypeError(f"name={name!r}: expected a string or None")
+            _no_nul("name", name)
         return JobSpec(
             kind=kind,
             required_gpus=required,
@@ -829,10 +840,41 @@ def _workdir(cwd: object) -> str:
     text = os.fspath(cwd)
     if not text:
         raise InvalidValueError("cwd='': expected a folder path, or None for the current folder")
+    _no_nul("cwd", text)
     path = os.path.abspath(os.path.expanduser(text))
     if not os.path.isdir(path):
         raise MissingFileError(f"cwd={text!r}: no such folder (looked for {path})")
     return path
+
+
+def _no_nul(field: str, value: str) -> str:
+    """``value``, refused if it holds a NUL byte: no program can be given one (in its
+    arguments, its environment or a path), so the job could only fail when started."""
+    if "\0" in value:
+        raise InvalidValueError(
+            f"{field}={value!r}: contains a NUL byte (\\x00), which no program can be given"
+        )
+    return value
+
+
+def _check_env(env: object) -> dict[str, str]:
+    """A job's own environment: a mapping of variable names to values, both strings."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidTypeError(f"env={env!r}: expected a dict of variable name -> value (str)")
+    out: dict[str, str] = {}
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidTypeError(f"env: {k!r}={v!r}: names and values must be strings")
+        if not k or "=" in k or "\0" in k:
+            raise InvalidValueError(
+                f"env: name {k!r}: a variable name must be non-empty, without '=' or NUL bytes"
+            )
+        if "\0" in v:
+            raise InvalidValueError(f"env: {k}={v!r}: contains a NUL byte (\\x00)")
+        out[k] = v
+    return out
 
 
 def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:
@@ -840,14 +882,20 @@ def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:
         return ()
     if isinstance(args, str):
         try:
-            return tuple(shlex.split(args))
+            split = tuple(shlex.split(args))
         except ValueError as exc:
             raise InvalidValueError(f"args={args!r}: {exc}") from exc
+        for a in split:
+            if "\0" in a:
+                raise InvalidValueError(f"args={args!r}: contains a NUL byte (\\x00)")
+        return split
     if isinstance(args, (bytes, Mapping)) or not isinstance(args, Sequence):
         raise InvalidTypeError(f"args={args!r}: expected a list of strings")
     out = []
     for a in args:
         if isinstance(a, bool) or not isinstance(a, (str, int, float)):
             raise InvalidTypeError(f"args: {a!r} is not a string")
+        if isinstance(a, str) and "\0" in a:
+            raise InvalidValueError(f"args: {a!r} contains a NUL byte (\\x00)")
         out.append(str(a))
     return tuple(out)

@@ -211,7 +211,13 @@ def test_missing_script(sched: GPUJobScheduler, tmp_path: Path, name: str) -> No
         ({"command": 5}, (TypeError,), "command"),
         ({"command": "true", "cwd": "/no/such/dir"}, (FileNotFoundError,), "cwd"),
         ({"command": "true", "env": {"A=B": "x"}}, (ValueError,), "env"),
-        ({"command": "true", "env": {"A": 1}}, (ValueError,), "env"),
+        ({"command": "true", "env": {"A": 1}}, (TypeError,), "env"),
+        ({"command": "true", "env": {1: "a"}}, (TypeError,), "env"),
+        ({"command": "true", "env": "A=1"}, (TypeError,), "env"),
+        ({"command": "true", "env": [("A", "1")]}, (TypeError,), "env"),
+        ({"command": "true", "env": {"": "x"}}, (ValueError,), "env"),
+        ({"command": "true", "name": object()}, (TypeError,), "name"),
+        ({"command": "true", "name": 5}, (TypeError,), "name"),
     ],
 )
 def test_bad_command_submissions(
@@ -309,3 +315,46 @@ def test_tilde_is_expanded_in_cwd_and_script(
 def test_bad_cwd(sched: GPUJobScheduler, script: str, cwd: Any, excs: tuple[type, ...]) -> None:
     rejects(sched, lambda: sched.add_command("true", cwd=cwd), excs, "cwd")
     rejects(sched, lambda: sched.add_job(script, cwd=cwd), excs, "cwd")
+
+
+# ------------------------------------------------------------------ NUL bytes
+
+NUL = "a\x00b"
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda s, script: s.add_command(f"echo {NUL}"), "command"),
+        (lambda s, script: s.add_job(script, args=["--x", NUL]), "args"),
+        (lambda s, script: s.add_job(script, args=f"--x {NUL}"), "args"),
+        (lambda s, script: s.add_job(script + NUL), "script"),
+        (lambda s, script: s.add_command("echo", env={"A": NUL}), "env"),
+        (lambda s, script: s.add_command("echo", env={NUL: "x"}), "env"),
+        (lambda s, script: s.add_command("echo", cwd=f"/tmp/{NUL}"), "cwd"),
+        (lambda s, script: s.add_command("echo", name=NUL), "name"),
+        (lambda s, script: s.add_job(script, conda_env=NUL), "conda_env"),
+        (lambda s, script: s.add_job(script, gpu_arg=f"--{NUL}"), "gpu_arg"),
+        (lambda s, script: s.add_sweep(script, args=f"--x {{1,{NUL}}}"), "args"),
+    ],
+    ids=[
+        "command",
+        "args",
+        "args-string",
+        "script",
+        "env-value",
+        "env-name",
+        "cwd",
+        "name",
+        "conda_env",
+        "gpu_arg",
+        "sweep-value",
+    ],  # fmt: skip
+)
+def test_nul_bytes_are_refused_at_submission(
+    sched: GPUJobScheduler, script: str, call: Callable[..., object], field: str
+) -> None:
+    """No program can be given a NUL byte (in an argument, its environment or a path):
+    such a job could only fail when started, so it is refused when submitted."""
+    msg = rejects(sched, lambda: call(sched, script), (ValueError,), field)
+    assert "NUL" in msg

@@ -48,6 +48,9 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 STANDBY_POLL_S = 0.25
+#: How long the GPU count another process's engine published is trusted before it is
+#: read again (submissions are validated against it).
+ENGINE_INFO_TTL_S = 1.0
 _INT64 = 2**63  # integers the store keeps must lie in [-_INT64, _INT64)
 
 
@@ -105,6 +108,8 @@ class GPUJobScheduler:
             LLMConfigWatcher(self.config.llm_config_file) if self.config.llm_config_file else None
         )
         self._extensions: list[Any] = []
+        # (when read, the GPU count the dispatching engine published, and its pid)
+        self._engine_gpus: tuple[float, int | None, int | None] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -165,7 +170,16 @@ class GPUJobScheduler:
             if self.running:
                 return self
             self.monitor.snapshot()  # fail here, not in a thread, if GPUs can't be read
-            self.store.kv_set("engine", json.dumps(self._engine_info()))
+            info = json.dumps(self._engine_info())
+            # The lease is tried here, not first in the thread: the engine record is the
+            # dispatcher's (other processes validate jobs against it), so a standby must
+            # not overwrite it; it writes its own when it takes over.
+            if self._lease.try_acquire():
+                try:
+                    self.store.kv_set("engine", info)
+                except BaseException:
+                    self._lease.release()
+                    raise
             self._stopping.clear()
             self._role_thread = threading.Thread(
                 target=self._role_loop, name="nbsched-engine", daemon=True
@@ -252,13 +266,52 @@ class GPUJobScheduler:
 
     def _role_loop(self) -> None:
         while not self._stopping.is_set():
+            taken_over = not self._lease.held  # (start() took it, and wrote the record)
             if self._lease.try_acquire():
                 try:
+                    if taken_over:
+                        self._publish_engine()
                     self._dispatch()
                 finally:
                     self._lease.release()
                 return
             self._stopping.wait(STANDBY_POLL_S)
+
+    def _publish_engine(self) -> None:
+        """Write this engine's record (a standby that took the lease over)."""
+        try:
+            self.store.kv_set("engine", json.dumps(self._engine_info()))
+        except Exception:
+            logger.exception("nbsched: could not record this engine's GPUs in the store")
+
+    def _gpu_count(self) -> tuple[int, str]:
+        """How many GPUs jobs may ask for, and whose they are (for messages): the
+        dispatching engine's (it is the one that runs them), as it published them in
+        the store; this process's own where it dispatches, or where no engine has
+        published any.  Another process's count is read again once a second at most."""
+        if not self._lease.held:
+            now = time.monotonic()
+            known = self._engine_gpus
+            if known is None or now - known[0] > ENGINE_INFO_TTL_S:
+                known = self._engine_gpus = (now, *self._published_gpus())
+            _, count, pid = known
+            if count is not None:
+                who = f" (pid {pid})" if pid is not None else ""
+                return count, f"the engine of this state directory{who}"
+        return self.num_gpus, "this machine"
+
+    def _published_gpus(self) -> tuple[int | None, int | None]:
+        """The GPU count and pid in the engine record, if there is a usable one."""
+        try:
+            info = json.loads(self.store.kv_get("engine") or "null")
+        except ValueError:
+            return None, None
+        if not isinstance(info, dict):
+            return None, None
+        count, pid = info.get("num_gpus"), info.get("pid")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            return None, None
+        return count, pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
     def _dispatch(self) -> None:
         fifo = self._wake.open_reader()
@@ -467,7 +520,7 @@ class GPUJobScheduler:
         hash: str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
-        n_gpus = self.num_gpus
+        n_gpus, owner = self._gpu_count()
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidTypeError(f"priority={priority!r}: expected an integer")
         if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
@@ -498,14 +551,14 @@ class GPUJobScheduler:
             raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
         if conda_env is not None:
             _no_nul("conda_env", conda_env)
-        allowed = normalize_allowed_gpus(allowed_gpus, n_gpus)
+        allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
         if required_gpus is None:
             required = self._default_requirement(argv)
         else:
             required = check_requirement("required_gpus", required_gpus)
         limit = len(allowed) if allowed is not None else n_gpus
         if required > limit:
-            where = f"allowed_gpus {list(allowed)}" if allowed is not None else "this machine"
+            where = f"allowed_gpus {list(allowed)}" if allowed is not None else owner
             raise InvalidValueError(f"required_gpus={required:g}: {where} has only {limit} GPU(s)")
         if required > 1:
             _check_one_node(required, allowed, self.monitor.snapshot())
@@ -646,9 +699,10 @@ class GPUJobScheduler:
     def _check_gpu(self, gpu: object) -> int:
         if isinstance(gpu, bool) or not isinstance(gpu, int):
             raise InvalidTypeError(f"gpu={gpu!r}: expected a GPU index")
-        n = self.num_gpus
+        n, owner = self._gpu_count()
         if not 0 <= gpu < n:
-            raise InvalidValueError(f"gpu={gpu}: GPUs are 0-{n - 1}")
+            whose = "" if owner == "this machine" else f" ({owner})"
+            raise InvalidValueError(f"gpu={gpu}: GPUs are 0-{n - 1}{whose}")
         return gpu
 
     # -- reading --------------------------------------------------------------------------

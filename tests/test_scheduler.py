@@ -754,6 +754,49 @@ def test_jobs_survive_a_restart(make_sched: Callable[..., GPUJobScheduler], tmp_
     assert (row["status"], row["exit_code"]) == ("failed", 4)
 
 
+def test_submissions_are_checked_against_the_engines_gpus(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """A process that does not dispatch validates jobs against the GPUs of the engine
+    that runs them (published in the store), not against its own count: a job asking
+    for GPUs the engine lacks would wait for ever."""
+    state = tmp_path / "shared"
+    engine = make_sched(state_dir=state, num_gpus=2)
+    other = make_sched(start=False, state_dir=state, num_gpus=4)
+    for kwargs, field in (
+        ({"required_gpus": 4}, "required_gpus"),
+        ({"required_gpus": 3}, "required_gpus"),
+        ({"required_gpus": 1, "allowed_gpus": [3]}, "allowed_gpus"),
+        ({"required_gpus": 0.5, "allowed_gpus": "1-2"}, "allowed_gpus"),
+    ):
+        with pytest.raises(ValueError, match=field) as info:
+            other.add_command("echo", **kwargs)
+        assert f"pid {os.getpid()}" in str(info.value) and "engine" in str(info.value)
+    with pytest.raises(ValueError, match="gpu=3"):
+        other.pause_gpu(3)
+    assert other.counts()["queued"] == 0
+    ok = other.add_command("echo ok", required_gpus=2, allowed_gpus=[0, 1])
+    engine.wait([ok], timeout=TIMEOUT)
+    assert status(engine, ok) == "succeeded"
+
+    # A standby engine does not overwrite the record of the engine that dispatches...
+    other.start()
+    assert not other.is_dispatcher
+    with pytest.raises(ValueError, match="required_gpus"):
+        other.add_command("echo", required_gpus=4)
+    assert json.loads(other.store.kv_get("engine") or "{}")["num_gpus"] == 2
+    # ... and writes its own when it takes over: its GPUs are then the ones that exist.
+    engine.stop()
+    wait_for(
+        lambda: json.loads(other.store.kv_get("engine") or "{}")["num_gpus"] == 4,
+        what="the standby to take over and record its GPUs",
+    )
+    assert other.is_dispatcher
+    big = other.add_command("echo big", required_gpus=4)
+    other.wait([big], timeout=TIMEOUT)
+    assert status(other, big) == "succeeded"
+
+
 def test_retry_back_off_after_very_many_attempts(sched: GPUJobScheduler) -> None:
     """The back-off doubles per attempt; at attempt 1500, 2**1499 s must not overflow."""
     from nbsched.executors.base import Exit

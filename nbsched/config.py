@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,11 +123,16 @@ class SchedulerConfig:
         return cls(**values)
 
 
+def is_real(value: object) -> bool:
+    """A real number: an int or float, numpy's too (any :class:`numbers.Real`), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_requirement(name: str, value: object) -> float:
     """A GPU requirement: a fraction in (0, 1], or a whole number above 1."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidTypeError(f"{name}={value!r}: expected a number of GPUs")
-    v = _to_float(value)
+    v = to_float(value)
     if not math.isfinite(v) or v <= 0:
         raise InvalidValueError(
             f"{name}={value!r}: must be a fraction in (0, 1] or a whole number of GPUs"
@@ -150,12 +156,15 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise InvalidValueError(f"{name}={value!r}: accepted values are {', '.join(choices)}")
 
 
-def _to_float(value: int | float) -> float:
-    """``float(value)``, but an int too large for a float becomes +-inf (not OverflowError)."""
+def to_float(value: object) -> float:
+    """``float(value)`` of a real number, but an int too large for a float becomes +-inf
+    (not OverflowError)."""
+    assert isinstance(value, numbers.Real)
     try:
         return float(value)
     except OverflowError:
-        return math.inf if value > 0 else -math.inf
+        assert isinstance(value, numbers.Integral)
+        return math.inf if int(value) > 0 else -math.inf
 
 
 def _check_optional_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
@@ -172,7 +181,7 @@ def _check_optional_int(name: str, value: object, minimum: int, maximum: int | N
 def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidTypeError(f"{name}={value!r}: expected a number")
-    v = _to_float(value)
+    v = to_float(value)
     bad_low = v <= low if low_open else v < low
     if math.isnan(v) or bad_low or v > high:
         bracket = "(" if low_open else "["

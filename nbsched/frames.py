@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .allocation import booked_share
-from .errors import InvalidValueError
+from .errors import InvalidTypeError, InvalidValueError
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus, display_command
 from .store import TABLE_COLUMNS
@@ -52,10 +52,21 @@ GPU_COLUMNS = (
 def parse_statuses(status: str | Iterable[str] | None) -> list[JobStatus] | None:
     if status is None:
         return None
-    items = [status] if isinstance(status, str) else list(status)
+    accepted = ", ".join([s.value for s in JobStatus] + ["ended", "active"])
+    if isinstance(status, str):
+        items: list[object] = [status]
+    elif isinstance(status, Iterable) and not isinstance(status, (bytes, bytearray)):
+        items = list(status)
+    else:
+        raise InvalidTypeError(
+            f"status={status!r}: expected a status name or a list of them ({accepted}), "
+            "or None for every job"
+        )
     out = []
     for item in items:
-        for part in str(item).split(","):
+        if not isinstance(item, str):
+            raise InvalidTypeError(f"status: {item!r} is not a status name ({accepted})")
+        for part in item.split(","):
             part = part.strip().lower()
             if part == "ended":
                 out += [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
@@ -66,7 +77,6 @@ def parse_statuses(status: str | Iterable[str] | None) -> list[JobStatus] | None
             try:
                 out.append(JobStatus(part))
             except ValueError:
-                accepted = ", ".join([s.value for s in JobStatus] + ["ended", "active"])
                 raise InvalidValueError(
                     f"status={part!r}: accepted values are {accepted}"
                 ) from None

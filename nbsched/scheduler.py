@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import frames
-from .config import SchedulerConfig, check_requirement
+from .config import SchedulerConfig, check_requirement, is_real, to_float
 from .dispatcher import Dispatcher
 from .errors import (
     InvalidTypeError,
@@ -777,15 +778,22 @@ class GPUJobScheduler:
         ``progress`` shows a bar (tqdm's notebook bar in Jupyter, a text bar in a
         terminal); by default only where someone watches (a kernel or a terminal).
         """
-        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
-            raise InvalidValueError(f"timeout={timeout!r}: expected seconds >= 0 or None")
+        limit = _check_timeout(timeout)
         if isinstance(ids, str):
             ids = [ids]
+        elif ids is not None and (
+            isinstance(ids, (bytes, bytearray)) or not isinstance(ids, Iterable)
+        ):
+            hint = f"; for a time limit, pass timeout={ids!r}" if is_real(ids) else ""
+            raise InvalidTypeError(
+                f"ids={ids!r}: expected a job id such as '17', a list of job ids, or None "
+                f"for every queued and running job{hint}"
+            )
         waiter = _Waiter()
         with self._waiters_lock:  # (before the first look: no end told after it is missed)
             self._waiters.add(waiter)
         try:
-            return self._wait(waiter, ids, timeout, progress)
+            return self._wait(waiter, ids, limit, progress)
         finally:
             with self._waiters_lock:
                 self._waiters.discard(waiter)
@@ -857,6 +865,22 @@ class GPUJobScheduler:
             until = time.strftime("%H:%M:%S", time.localtime(job.not_before))
             return f"retry back-off until {until}"
         return "waiting for GPUs (jobs ahead of it come first)"
+
+
+def _check_timeout(timeout: object) -> float | None:
+    """``wait()``'s ``timeout`` in seconds: a real number >= 0; None or inf: no limit."""
+    if timeout is None:
+        return None
+    if not is_real(timeout):
+        raise InvalidTypeError(
+            f"timeout={timeout!r}: expected seconds (a number >= 0), or None for no limit"
+        )
+    seconds = to_float(timeout)
+    if math.isnan(seconds) or seconds < 0:
+        raise InvalidValueError(
+            f"timeout={timeout!r}: expected seconds >= 0, or None (or inf) for no limit"
+        )
+    return None if math.isinf(seconds) else seconds
 
 
 def _abspath(path: str | None) -> str | None:

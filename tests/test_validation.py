@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -358,3 +359,48 @@ def test_nul_bytes_are_refused_at_submission(
     such a job could only fail when started, so it is refused when submitted."""
     msg = rejects(sched, lambda: call(sched, script), (ValueError,), field)
     assert "NUL" in msg
+
+
+# ------------------------------------------------------------------ wait() and jobs()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "excs"),
+    [
+        (math.nan, (ValueError,)),
+        (-1, (ValueError,)),
+        (-math.inf, (ValueError,)),
+        (-(10**400), (ValueError,)),
+        ("5", (TypeError,)),
+        (True, (TypeError,)),
+        ([1], (TypeError,)),
+    ],
+)
+def test_bad_wait_timeout(sched: GPUJobScheduler, timeout: Any, excs: tuple[type, ...]) -> None:
+    """Checked before anything else (with no job to wait for, wait() returns at once:
+    a NaN used to make it block for ever once there was one)."""
+    rejects(sched, lambda: sched.wait(timeout=timeout), excs, "timeout")
+    job_id = sched.add_command("true")
+    rejects(sched, lambda: sched.wait([job_id], timeout=timeout), excs, "timeout")
+
+
+def test_wait_timeout_forms(sched: GPUJobScheduler) -> None:
+    assert sched.wait(timeout=math.inf).empty  # no limit, like None
+    assert sched.wait(timeout=10**400).empty
+    job_id = sched.add_command("true")  # (no engine: it stays queued)
+    for timeout in (0, 0.0, np.float32(0.01), np.int64(0)):
+        with pytest.raises(TimeoutError, match=job_id):
+            sched.wait([job_id], timeout=timeout)
+
+
+@pytest.mark.parametrize("ids", [5, 5.0, np.int64(5), b"1", object()])
+def test_bad_wait_ids(sched: GPUJobScheduler, ids: Any) -> None:
+    msg = rejects(sched, lambda: sched.wait(ids), (TypeError,), "ids")
+    if isinstance(ids, (int, float, np.integer)):
+        assert f"timeout={ids!r}" in msg  # wait(5) meant a time limit
+
+
+@pytest.mark.parametrize("status", [5, b"queued", [5], ["queued", None], object()])
+def test_bad_jobs_status_type(sched: GPUJobScheduler, status: Any) -> None:
+    msg = rejects(sched, lambda: sched.jobs(status=status), (TypeError,), "status")
+    assert "queued" in msg  # (what is accepted)

@@ -548,9 +548,11 @@ class GPUJobScheduler:
                 raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
             kind, script_path = "script", str(path.resolve())
             argv = _as_args(args)
-        if conda_env is not None and (not isinstance(conda_env, str) or not conda_env.strip()):
-            raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
         if conda_env is not None:
+            if not isinstance(conda_env, str):
+                raise InvalidTypeError(f"conda_env={conda_env!r}: expected an environment name")
+            if not conda_env.strip():
+                raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
             _no_nul("conda_env", conda_env)
         allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
         if required_gpus is None:
@@ -564,14 +566,20 @@ class GPUJobScheduler:
         if required > 1:
             _check_one_node(required, allowed, self.monitor.snapshot())
         retries = self.config.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise InvalidTypeError(
+                f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
+            )
+        if not 0 <= retries < _INT64:
             raise InvalidValueError(
                 f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
             )
         check_launcher(launcher)
-        if gpu_arg is not None and (not isinstance(gpu_arg, str) or not gpu_arg.startswith("-")):
-            raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
         if gpu_arg is not None:
+            if not isinstance(gpu_arg, str):
+                raise InvalidTypeError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
+            if not gpu_arg.startswith("-"):
+                raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
             _no_nul("gpu_arg", gpu_arg)
         extra_env = _check_env(env)
         if name is not None:
@@ -721,10 +729,12 @@ class GPUJobScheduler:
         if first is not None and last is not None:
             raise InvalidValueError("jobs(): give first= or last=, not both")
         limit = first if first is not None else last
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise InvalidValueError(f"first/last={limit!r}: expected a whole number >= 0")
+        if limit is not None:
+            which = "first" if first is not None else "last"
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise InvalidTypeError(f"{which}={limit!r}: expected a whole number >= 0")
+            if limit < 0:
+                raise InvalidValueError(f"{which}={limit!r}: expected a whole number >= 0")
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
         return frames.jobs_frame(rows)
 
@@ -734,9 +744,12 @@ class GPUJobScheduler:
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
+        if tail is not None:
+            if isinstance(tail, bool) or not isinstance(tail, int):
+                raise InvalidTypeError(f"tail={tail!r}: expected a whole number >= 0 or None")
+            if tail < 0:
+                raise InvalidValueError(f"tail={tail!r}: expected a whole number >= 0 or None")
         job = self.store.get(job_id)
-        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
-            raise InvalidValueError(f"tail={tail!r}: expected a whole number >= 0 or None")
         return frames.read_tail(job.log_path, tail)
 
     def get_gpu_status(self) -> pd.DataFrame:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
     from .scheduler import GPUJobScheduler
 
+#: The options ``add_sweep`` passes on to each job (those of ``add_job``).
+SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
+
 #: A combination already in one of these statuses is not queued again.
 DEDUP_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
 
@@ -88,6 +91,12 @@ def submit_sweep(
     **options: Any,
 ) -> SweepIds:
     """Validate and queue every combination; see :meth:`GPUJobScheduler.add_sweep`."""
+    unknown = sorted(set(options) - set(SWEEP_OPTIONS))
+    if unknown:
+        raise InvalidTypeError(
+            f"add_sweep() got an unexpected keyword argument {unknown[0]!r}; its options "
+            f"are params, param_style, limit and those of add_job: {', '.join(SWEEP_OPTIONS)}"
+        )
     if isinstance(allowed_gpus, Iterable) and not isinstance(allowed_gpus, str):
         allowed_gpus = list(allowed_gpus)  # iterated once per combination
     combos = _expand(args, params, param_style, _limit(s, limit))
@@ -135,7 +144,9 @@ def _plain(value: Any) -> Any:
 def _limit(s: GPUJobScheduler, limit: int | None) -> int:
     if limit is None:
         return s.config.max_sweep_jobs
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidTypeError(f"limit={limit!r}: expected a whole number of jobs >= 1")
+    if limit < 1:
         raise InvalidValueError(f"limit={limit!r}: expected a whole number of jobs >= 1")
     return limit
 

@@ -210,8 +210,10 @@ def test_logs(sched: GPUJobScheduler) -> None:
     path = Path(sched.job(job_id)["log"])
     assert path.parent == sched.config.logs_dir
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    for bad in (-1, 1.5, "3", True):
-        with pytest.raises(ValueError, match="tail="):
+    with pytest.raises(ValueError, match="tail="):
+        sched.logs(job_id, tail=-1)
+    for bad in (1.5, "3", True):
+        with pytest.raises(TypeError, match="tail="):
             sched.logs(job_id, tail=bad)  # type: ignore[arg-type]
 
 

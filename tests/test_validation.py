@@ -241,7 +241,11 @@ def test_bad_command_submissions(
         ({"args": b"--x"}, (TypeError,), "args"),
         ({"args": "--x 'unclosed"}, (ValueError,), "args"),
         ({"conda_env": ""}, (ValueError,), "conda_env"),
-        ({"conda_env": 3}, (ValueError,), "conda_env"),
+        ({"conda_env": 3}, (TypeError,), "conda_env"),
+        ({"max_retries": "2"}, (TypeError,), "max_retries"),
+        ({"max_retries": 2.0}, (TypeError,), "max_retries"),
+        ({"max_retries": -1}, (ValueError,), "max_retries"),
+        ({"gpu_arg": 5}, (TypeError,), "gpu_arg"),
         ({"launcher": "mpirun"}, (ValueError,), "launcher"),
         ({"gpu_arg": "cuda"}, (ValueError,), "gpu_arg"),
     ],
@@ -404,3 +408,50 @@ def test_bad_wait_ids(sched: GPUJobScheduler, ids: Any) -> None:
 def test_bad_jobs_status_type(sched: GPUJobScheduler, status: Any) -> None:
     msg = rejects(sched, lambda: sched.jobs(status=status), (TypeError,), "status")
     assert "queued" in msg  # (what is accepted)
+
+
+# ------------------------------------------------------------------ unknown options
+
+
+def test_unknown_options_name_the_call(sched: GPUJobScheduler, script: str) -> None:
+    """add_sweep passes its options on to each job: one add_job does not take is refused
+    in add_sweep's name (not in that of an internal method), and nothing is queued."""
+    for option in ("bogus", "command", "sweep", "hash", "params_style"):
+        msg = rejects(
+            sched,
+            lambda o=option: sched.add_sweep(script, args="{1,2}", **{o: "x"}),  # type: ignore[misc]
+            (TypeError,),
+            "add_sweep",
+        )
+        assert repr(option) in msg and "make_spec" not in msg
+    assert sched.store.sweeps() == []
+    for call in (sched.add_job, sched.add_command):
+        with pytest.raises(TypeError, match=rf"{call.__name__}\(\) got an unexpected keyword"):
+            call(script, bogus=1)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "excs"),
+    [
+        (lambda s, j: s.logs(j, tail="3"), "tail", (TypeError,)),
+        (lambda s, j: s.logs(j, tail=1.5), "tail", (TypeError,)),
+        (lambda s, j: s.logs(j, tail=-1), "tail", (ValueError,)),
+        (lambda s, j: s.jobs(first="2"), "first", (TypeError,)),
+        (lambda s, j: s.jobs(last=2.0), "last", (TypeError,)),
+        (lambda s, j: s.jobs(last=-1), "last", (ValueError,)),
+    ],
+)
+def test_reading_calls_tell_type_from_value(
+    sched: GPUJobScheduler, call: Callable[..., object], field: str, excs: tuple[type, ...]
+) -> None:
+    job_id = sched.add_command("true")
+    rejects(sched, lambda: call(sched, job_id), excs, field)
+
+
+@pytest.mark.parametrize(
+    ("limit", "excs"), [("5", (TypeError,)), (2.0, (TypeError,)), (0, (ValueError,))]
+)
+def test_bad_sweep_limit(
+    sched: GPUJobScheduler, script: str, limit: Any, excs: tuple[type, ...]
+) -> None:
+    rejects(sched, lambda: sched.add_sweep(script, args="{1,2}", limit=limit), excs, "limit")

@@ -12,6 +12,7 @@ import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,10 @@ class SchedulerConfig:
     ray_num_cpus: float = 0.01
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "state_dir", _as_path("state_dir", self.state_dir))
-        _check_optional_int("num_gpus", self.num_gpus, minimum=1, maximum=MAX_GPU_ID + 1)
+        # (numbers are stored as plain int and float: numpy's scalars are accepted too)
+        set_ = partial(object.__setattr__, self)
+        set_("state_dir", _as_path("state_dir", self.state_dir))
+        set_("num_gpus", _check_optional_int("num_gpus", self.num_gpus, 1, MAX_GPU_ID + 1))
         _check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
         _check_choice("executor", self.executor, EXECUTORS)
         for name in ("simulated_gpus_file", "jobs_file", "llm_config_file", "ray_address"):
@@ -85,15 +88,24 @@ class SchedulerConfig:
             if value is not None:
                 object.__setattr__(self, name, os.fspath(value))
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
-            _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False)
-        _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5)
+            set_(name, _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False))
+        set_(
+            "gpu_allocation_precision",
+            _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5),
+        )
         for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
-            _check_float(name, getattr(self, name), low=0.0, high=math.inf, low_open=False)
-        _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0)
-        _check_optional_int("max_retries", self.max_retries, minimum=0, maximum=2**63 - 1)
-        _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, minimum=1)
-        _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False)
-        check_requirement("default_requirement", self.default_requirement)
+            set_(name, _check_float(name, getattr(self, name), 0.0, math.inf, low_open=False))
+        set_("jobs_file_poll_s", _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
+        set_("max_retries", _check_optional_int("max_retries", self.max_retries, 0, 2**63 - 1))
+        set_("max_sweep_jobs", _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, 1))
+        set_(
+            "ray_num_cpus",
+            _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False),
+        )
+        set_(
+            "default_requirement",
+            check_requirement("default_requirement", self.default_requirement),
+        )
 
     @property
     def db_path(self) -> Path:
@@ -128,9 +140,14 @@ def is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_whole(value: object) -> bool:
+    """A whole number: an int, numpy's too (any :class:`numbers.Integral`), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_requirement(name: str, value: object) -> float:
     """A GPU requirement: a fraction in (0, 1], or a whole number above 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a number of GPUs")
     v = to_float(value)
     if not math.isfinite(v) or v <= 0:
@@ -167,22 +184,30 @@ def to_float(value: object) -> float:
         return math.inf if int(value) > 0 else -math.inf
 
 
-def _check_optional_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+def _check_optional_int(
+    name: str, value: object, minimum: int, maximum: int | None = None
+) -> int | None:
+    """``value`` as a plain int (None is accepted for ``num_gpus`` only)."""
     if value is None and name == "num_gpus":
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if not is_whole(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a whole number >= {minimum}")
-    if value < minimum:
+    assert isinstance(value, numbers.Integral)
+    number = int(value)
+    if number < minimum:
         raise InvalidValueError(f"{name}={value!r}: must be >= {minimum}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise InvalidValueError(f"{name}={value!r}: must be <= {maximum}")
+    return number
 
 
-def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> float:
+    """``value`` as a plain float, if it lies in the range."""
+    if not is_real(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a number")
     v = to_float(value)
     bad_low = v <= low if low_open else v < low
     if math.isnan(v) or bad_low or v > high:
         bracket = "(" if low_open else "["
         raise InvalidValueError(f"{name}={value!r}: must be in {bracket}{low}, {high}]")
+    return v

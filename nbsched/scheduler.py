@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import shlex
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import frames
-from .config import SchedulerConfig, check_requirement, is_real, to_float
+from .config import SchedulerConfig, check_requirement, is_real, is_whole, to_float
 from .dispatcher import Dispatcher
 from .errors import (
     InvalidTypeError,
@@ -522,10 +523,13 @@ class GPUJobScheduler:
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         n_gpus, owner = self._gpu_count()
-        if isinstance(priority, bool) or not isinstance(priority, int):
+        if not is_whole(priority):
             raise InvalidTypeError(f"priority={priority!r}: expected an integer")
+        shown_priority, priority = priority, int(priority)
         if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
-            raise InvalidValueError(f"priority={priority!r}: must be in {-_INT64}..{_INT64 - 1}")
+            raise InvalidValueError(
+                f"priority={shown_priority!r}: must be in {-_INT64}..{_INT64 - 1}"
+            )
         workdir = _workdir(cwd)
         argv: tuple[str, ...] = ()
         if command is not None:
@@ -566,10 +570,11 @@ class GPUJobScheduler:
         if required > 1:
             _check_one_node(required, allowed, self.monitor.snapshot())
         retries = self.config.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int):
+        if not is_whole(retries):
             raise InvalidTypeError(
                 f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
             )
+        retries = int(retries)
         if not 0 <= retries < _INT64:
             raise InvalidValueError(
                 f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
@@ -706,13 +711,15 @@ class GPUJobScheduler:
         self._poke()
 
     def _check_gpu(self, gpu: object) -> int:
-        if isinstance(gpu, bool) or not isinstance(gpu, int):
+        if not is_whole(gpu):
             raise InvalidTypeError(f"gpu={gpu!r}: expected a GPU index")
+        assert isinstance(gpu, numbers.Integral)
+        index = int(gpu)
         n, owner = self._gpu_count()
-        if not 0 <= gpu < n:
+        if not 0 <= index < n:
             whose = "" if owner == "this machine" else f" ({owner})"
-            raise InvalidValueError(f"gpu={gpu}: GPUs are 0-{n - 1}{whose}")
-        return gpu
+            raise InvalidValueError(f"gpu={index}: GPUs are 0-{n - 1}{whose}")
+        return index
 
     # -- reading --------------------------------------------------------------------------
 
@@ -731,10 +738,11 @@ class GPUJobScheduler:
         limit = first if first is not None else last
         if limit is not None:
             which = "first" if first is not None else "last"
-            if isinstance(limit, bool) or not isinstance(limit, int):
+            if not is_whole(limit):
                 raise InvalidTypeError(f"{which}={limit!r}: expected a whole number >= 0")
             if limit < 0:
                 raise InvalidValueError(f"{which}={limit!r}: expected a whole number >= 0")
+            limit = int(limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
         return frames.jobs_frame(rows)
 
@@ -745,10 +753,11 @@ class GPUJobScheduler:
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
         if tail is not None:
-            if isinstance(tail, bool) or not isinstance(tail, int):
+            if not is_whole(tail):
                 raise InvalidTypeError(f"tail={tail!r}: expected a whole number >= 0 or None")
             if tail < 0:
                 raise InvalidValueError(f"tail={tail!r}: expected a whole number >= 0 or None")
+            tail = int(tail)
         job = self.store.get(job_id)
         return frames.read_tail(job.log_path, tail)
 
@@ -984,7 +993,7 @@ def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:
         raise InvalidTypeError(f"args={args!r}: expected a list of strings")
     out = []
     for a in args:
-        if isinstance(a, bool) or not isinstance(a, (str, int, float)):
+        if not isinstance(a, str) and not is_real(a):
             raise InvalidTypeError(f"args: {a!r} is not a string")
         if isinstance(a, str) and "\0" in a:
             raise InvalidValueError(f"args: {a!r} contains a NUL byte (\\x00)")

@@ -20,12 +20,14 @@ import hashlib
 import itertools
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .config import is_whole
 from .errors import InvalidTypeError, InvalidValueError
 from .jobs import Job, JobSpec, JobStatus, job_hash
 from .sweep import Expansion, check_size, count_combinations, expand_args, expand_params
@@ -120,9 +122,9 @@ def submit_sweep(
         "args": args if isinstance(args, (str, type(None))) else list(args),
         "params": {k: [str(v) for v in vs] for k, vs in (params or {}).items()},
         "param_style": param_style,
-        "required_gpus": required_gpus,
+        "required_gpus": _plain(required_gpus),
         "allowed_gpus": list(first.allowed_gpus) if first.allowed_gpus is not None else None,
-        "priority": priority,
+        "priority": _plain(priority),
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
     sweep_id = _sweep_id(s, definition, [(digest, values) for _, values, digest in made])
@@ -134,8 +136,14 @@ def submit_sweep(
 
 
 def _plain(value: Any) -> Any:
+    """``value`` as JSON has it (numpy's numbers as int and float), so that the same
+    definition always has the same sweep id."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
@@ -144,11 +152,11 @@ def _plain(value: Any) -> Any:
 def _limit(s: GPUJobScheduler, limit: int | None) -> int:
     if limit is None:
         return s.config.max_sweep_jobs
-    if isinstance(limit, bool) or not isinstance(limit, int):
+    if not is_whole(limit):
         raise InvalidTypeError(f"limit={limit!r}: expected a whole number of jobs >= 1")
     if limit < 1:
         raise InvalidValueError(f"limit={limit!r}: expected a whole number of jobs >= 1")
-    return limit
+    return int(limit)
 
 
 def _expand(

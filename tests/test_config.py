@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig, check_requirement
+from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig, check_requirement, to_float
 from nbsched.errors import NbschedError
 
 FIELDS = [f.name for f in dataclasses.fields(SchedulerConfig)]
@@ -262,7 +262,10 @@ def test_numeric_fields_never_raise_anything_else(name: str, value: object) -> N
         assert str(exc).startswith(f"{name}=")
         return
     got = getattr(c, name)
-    assert got == value
+    if name in ("num_gpus", "max_retries", "max_sweep_jobs"):
+        assert got == value and (type(got) is int or got is None)
+    else:  # (stored as a plain float, whatever number it was given as)
+        assert type(got) is float and got == to_float(value)
     if isinstance(got, float):
         assert math.isfinite(got) or name in {
             "gpu_monitor_interval_s",

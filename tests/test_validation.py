@@ -455,3 +455,70 @@ def test_bad_sweep_limit(
     sched: GPUJobScheduler, script: str, limit: Any, excs: tuple[type, ...]
 ) -> None:
     rejects(sched, lambda: sched.add_sweep(script, args="{1,2}", limit=limit), excs, "limit")
+
+
+# ------------------------------------------------------------------ numpy's numbers
+
+
+def test_numpy_numbers_are_taken_as_plain_ones(sched: GPUJobScheduler, script: str) -> None:
+    """Any numbers.Real / numbers.Integral is a number (never a bool), everywhere a
+    number is taken, and is stored as a plain float or int."""
+    half = sched.store.get(
+        sched.add_command(
+            "true",
+            required_gpus=np.float32(0.5),
+            priority=np.int64(1),
+            max_retries=np.uint8(2),
+            allowed_gpus=[np.int64(1)],
+        )
+    )
+    assert (half.required_gpus, half.priority, half.spec.max_retries) == (0.5, 1, 2)
+    assert type(half.required_gpus) is float and type(half.priority) is int
+    assert type(half.spec.max_retries) is int and half.allowed_gpus == (1,)
+    two = sched.store.get(
+        sched.add_job(script, args=[np.int64(3), np.float64(0.5)], required_gpus=np.int64(2))
+    )
+    assert two.required_gpus == 2.0 and type(two.required_gpus) is float
+    assert two.spec.args == ("3", "0.5")
+    sched.pause_gpu(np.int64(3))
+    assert sched.store.paused() == {3}
+    sched.resume_gpu(np.int32(3))
+    assert sched.logs(half.id, tail=np.int64(5)) == ""
+    assert list(sched.jobs(first=np.int64(1))["id"]) == [half.id]
+    ids = sched.add_sweep(
+        script, args="--x {1,2}", required_gpus=np.float64(0.25), limit=np.int16(2)
+    )
+    again = sched.add_sweep(script, args="--x {1,2}", required_gpus=0.25)
+    assert len(ids) == 2 and again.sweep_id == ids.sweep_id and not again
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"required_gpus": np.bool_(True)}, {"priority": np.bool_(False)}, {"priority": np.float64(1)}],
+)
+def test_numpy_bools_and_floats_for_integers_are_refused(
+    sched: GPUJobScheduler, kwargs: dict[str, Any]
+) -> None:
+    rejects(sched, lambda: sched.add_command("true", **kwargs), (TypeError,), next(iter(kwargs)))
+
+
+def test_numpy_numbers_in_the_config(tmp_path: Path) -> None:
+    config = SchedulerConfig(
+        state_dir=tmp_path / "s",
+        num_gpus=np.int64(2),
+        kill_grace_s=np.float32(0.5),
+        retry_backoff_s=np.int32(2),
+        default_requirement=np.float64(0.5),
+        gpu_allocation_precision=np.float64(0.05),
+        max_retries=np.int64(1),
+        max_sweep_jobs=np.int64(10),
+    )
+    for name, kind in (
+        ("num_gpus", int), ("kill_grace_s", float), ("retry_backoff_s", float),
+        ("default_requirement", float), ("gpu_allocation_precision", float),
+        ("max_retries", int), ("max_sweep_jobs", int),
+    ):  # fmt: skip
+        assert type(getattr(config, name)) is kind, name
+    assert (config.num_gpus, config.kill_grace_s, config.default_requirement) == (2, 0.5, 0.5)
+    with pytest.raises(TypeError, match="num_gpus"):
+        SchedulerConfig(state_dir=tmp_path / "s", num_gpus=np.float64(2))

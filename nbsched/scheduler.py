@@ -24,6 +24,7 @@ from . import frames
 from .config import SchedulerConfig, check_requirement, is_real, is_whole, to_float
 from .dispatcher import Dispatcher
 from .errors import (
+    ClosedError,
     InvalidTypeError,
     InvalidValueError,
     MissingFileError,
@@ -112,9 +113,10 @@ class GPUJobScheduler:
         self._extensions: list[Any] = []
         # (when read, the GPU count the dispatching engine published, and its pid)
         self._engine_gpus: tuple[float, int | None, int | None] | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
+        state = "closed" if self._closed else "running" if self.running else "stopped"
         return (
             f"<GPUJobScheduler {state}: {self.config.gpu_provider} GPUs, "
             f"{self.config.executor} executor, state_dir={str(self.config.state_dir)!r}>"
@@ -124,6 +126,7 @@ class GPUJobScheduler:
 
     @property
     def provider(self) -> GPUProvider:
+        self._check_open()
         with self._lock:
             if self._provider is None and self.config.executor == "ray":
                 from .gpus.ray_provider import RayGpuProvider
@@ -143,6 +146,7 @@ class GPUJobScheduler:
 
     @property
     def monitor(self) -> GPUMonitor:
+        self._check_open()
         with self._lock:
             if self._monitor is None:
                 self._monitor = GPUMonitor(self.provider, self.config.gpu_monitor_interval_s)
@@ -151,10 +155,12 @@ class GPUJobScheduler:
     @property
     def llm_config(self) -> LLMConfig | None:
         """The LLM config now in force (re-read when its file changes), if one is set."""
+        self._check_open()
         return self._llm.current() if self._llm is not None else None
 
     @property
     def num_gpus(self) -> int:
+        self._check_open()
         return len(self.monitor.snapshot())
 
     @property
@@ -168,6 +174,7 @@ class GPUJobScheduler:
 
     def start(self) -> GPUJobScheduler:
         """Start the engine threads (idempotent).  Returns the scheduler."""
+        self._check_open()
         with self._lock:
             if self.running:
                 return self
@@ -210,7 +217,9 @@ class GPUJobScheduler:
 
     def stop(self, kill: bool = False) -> None:
         """Stop the engine threads.  Running jobs go on (the next engine adopts them)
-        unless ``kill=True``, which cancels them."""
+        unless ``kill=True``, which cancels them.  After :meth:`close`, nothing to do."""
+        if self._closed:
+            return
         if kill:
             for job in self.store.find(statuses=[JobStatus.RUNNING]):
                 try:
@@ -245,11 +254,22 @@ class GPUJobScheduler:
         self._notify()
 
     def close(self) -> None:
-        """Stop, and release the database and GPU handles."""
+        """Stop, and release the database and GPU handles.  Every later call but
+        ``stop()`` and ``close()`` (which do nothing) raises :class:`ClosedError`."""
+        if self._closed:
+            return
         self.stop()
+        self._closed = True
         if self._provider is not None:
             self._provider.close()
         self.store.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(
+                f"this scheduler is closed (close() was called); create a new "
+                f"GPUJobScheduler for {str(self.config.state_dir)!r} to go on"
+            )
 
     def __enter__(self) -> GPUJobScheduler:
         return self.start()
@@ -407,6 +427,7 @@ class GPUJobScheduler:
         name: str | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id."""
+        self._check_open()
         spec = self.make_spec(
             script=script,
             conda_env=conda_env,
@@ -436,6 +457,7 @@ class GPUJobScheduler:
         name: str | None = None,
     ) -> str:
         """Queue a shell command (``bash -c command``); returns the job id."""
+        self._check_open()
         spec = self.make_spec(
             command=command,
             priority=priority,
@@ -471,6 +493,7 @@ class GPUJobScheduler:
         ``config.max_sweep_jobs`` jobs are refused unless ``limit`` allows them.
         ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...).
         """
+        self._check_open()
         from .sweeps import submit_sweep
 
         return submit_sweep(
@@ -491,12 +514,14 @@ class GPUJobScheduler:
         """One row per combination of a sweep (default: the latest): its parameters,
         status, duration (s), exit_code, id and the keys of the JSON object the job
         wrote to ``$NBSCHED_RESULT_FILE``."""
+        self._check_open()
         from .sweeps import sweep_frame
 
         return sweep_frame(self, sweep_id)
 
     def sweeps(self) -> pd.DataFrame:
         """One row per sweep: id, definition, and how many combinations are in each status."""
+        self._check_open()
         from .sweeps import sweeps_frame
 
         return sweeps_frame(self)
@@ -522,6 +547,7 @@ class GPUJobScheduler:
         hash: str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
+        self._check_open()
         n_gpus, owner = self._gpu_count()
         if not is_whole(priority):
             raise InvalidTypeError(f"priority={priority!r}: expected an integer")
@@ -627,6 +653,7 @@ class GPUJobScheduler:
         With ``skip_hash_statuses``, specs whose hash matches a job in those statuses
         are skipped (their ids are missing from the result).
         """
+        self._check_open()
         rev, jobs = self.store.add_jobs_at(
             specs,
             owner_uid=os.getuid(),
@@ -643,6 +670,7 @@ class GPUJobScheduler:
 
     def retry(self, job_id: str) -> str:
         """Queue an ended job again (same id); its attempts start afresh."""
+        self._check_open()
         job = self.store.get(job_id)
         if not job.status.ended:
             raise InvalidValueError(f"job {job.id} is {job.status.value}; only ended jobs retry")
@@ -666,6 +694,7 @@ class GPUJobScheduler:
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: a queued job is removed from the queue; a running one has its
         whole process tree ended.  Returns False if it had already ended."""
+        self._check_open()
         job = self.store.get(job_id)
         self._check_owner(job)
         if job.status == JobStatus.QUEUED:
@@ -703,10 +732,12 @@ class GPUJobScheduler:
 
     def pause_gpu(self, gpu: int) -> None:
         """No new job starts on ``gpu`` (running ones go on) until :meth:`resume_gpu`."""
+        self._check_open()
         self.store.set_paused(self._check_gpu(gpu), True)
         self._poke()
 
     def resume_gpu(self, gpu: int) -> None:
+        self._check_open()
         self.store.set_paused(self._check_gpu(gpu), False)
         self._poke()
 
@@ -732,6 +763,7 @@ class GPUJobScheduler:
     ) -> pd.DataFrame:
         """One row per job (columns in :data:`nbsched.frames.JOB_COLUMNS`), in
         submission order; only the ``first`` or the ``last`` N with those."""
+        self._check_open()
         statuses = frames.parse_statuses(status)
         if first is not None and last is not None:
             raise InvalidValueError("jobs(): give first= or last=, not both")
@@ -748,10 +780,12 @@ class GPUJobScheduler:
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
+        self._check_open()
         return frames.job_row(self.store.get(job_id))
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
+        self._check_open()
         if tail is not None:
             if not is_whole(tail):
                 raise InvalidTypeError(f"tail={tail!r}: expected a whole number >= 0 or None")
@@ -763,6 +797,7 @@ class GPUJobScheduler:
 
     def get_gpu_status(self) -> pd.DataFrame:
         """One row per GPU: readings, allocation, pause and the jobs on it."""
+        self._check_open()
         return frames.gpu_frame(
             self.monitor.snapshot(),
             self.store.find(statuses=[JobStatus.RUNNING]),
@@ -771,12 +806,14 @@ class GPUJobScheduler:
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """How many jobs are in each status (of a sweep: one per combination it queued)."""
+        self._check_open()
         return self.store.counts(sweep=sweep)
 
     def screens(self) -> list[dict[str, Any]]:
         """The GNU screen sessions of running jobs: ``[{"id", "session", "pid"}]``.
 
         ``session`` is the full name (``12345.nbsched-17``) for ``screen -r``."""
+        self._check_open()
         from .executors.base import same_process_alive
         from .executors.screen import session_of
 
@@ -800,6 +837,7 @@ class GPUJobScheduler:
         ``progress`` shows a bar (tqdm's notebook bar in Jupyter, a text bar in a
         terminal); by default only where someone watches (a kernel or a terminal).
         """
+        self._check_open()
         limit = _check_timeout(timeout)
         if isinstance(ids, str):
             ids = [ids]
@@ -877,6 +915,7 @@ class GPUJobScheduler:
 
     def why(self, job_id: str) -> str:
         """Why a queued job is waiting (as far as this process's dispatcher knows)."""
+        self._check_open()
         job = self.store.get(job_id)
         if job.status != JobStatus.QUEUED:
             return f"job {job.id} is {job.status.value}"

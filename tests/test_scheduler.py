@@ -743,6 +743,58 @@ def test_keyword_overrides_and_bad_config(tmp_path: Path) -> None:
         GPUJobScheduler(config=base, gpu_provider="tpu")
 
 
+def test_every_call_after_close_says_it_is_closed(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """Not "the state database cannot be read ... Move it aside" (the database is fine,
+    and moving it aside would lose every job), nor a raw sqlite3 error."""
+    from nbsched.errors import ClosedError
+
+    s = make_sched()
+    script = tmp_path / "t.py"
+    script.write_text("print('x')\n")
+    job_id = s.add_command("true", required_gpus=0.5)
+    s.wait([job_id], timeout=TIMEOUT)
+    s.close()
+    calls: dict[str, Callable[[], object]] = {
+        "add_command": lambda: s.add_command("echo x"),
+        "add_job": lambda: s.add_job(str(script)),
+        "add_sweep": lambda: s.add_sweep(str(script), args="{1,2}"),
+        "jobs": s.jobs,
+        "job": lambda: s.job(job_id),
+        "logs": lambda: s.logs(job_id),
+        "wait": lambda: s.wait([job_id]),
+        "retry": lambda: s.retry(job_id),
+        "cancel": lambda: s.cancel(job_id),
+        "pause_gpu": lambda: s.pause_gpu(0),
+        "resume_gpu": lambda: s.resume_gpu(0),
+        "get_gpu_status": s.get_gpu_status,
+        "counts": s.counts,
+        "screens": s.screens,
+        "why": lambda: s.why(job_id),
+        "sweep": s.sweep,
+        "sweeps": s.sweeps,
+        "start": s.start,
+        "num_gpus": lambda: s.num_gpus,
+        "store": s.store.counts,
+    }
+    for name, call in calls.items():
+        with pytest.raises(ClosedError) as info:
+            call()
+        assert isinstance(info.value, ValueError), name
+        assert "closed" in str(info.value) and "Move it aside" not in str(info.value), name
+        if name != "store":
+            assert "create a new GPUJobScheduler" in str(info.value), name
+    assert "closed" in repr(s) and not s.running
+    s.stop()  # (nothing left to do: not an error)
+    s.close()
+    again = GPUJobScheduler(config=s.config)  # the state directory is intact
+    try:
+        assert again.job(job_id)["status"] == "succeeded"
+    finally:
+        again.close()
+
+
 def test_jobs_survive_a_restart(make_sched: Callable[..., GPUJobScheduler], tmp_path: Path) -> None:
     state = tmp_path / "shared"
     first = make_sched(state_dir=state)

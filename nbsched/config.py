@@ -104,7 +104,9 @@ class SchedulerConfig:
         )
         set_(
             "default_requirement",
-            check_requirement("default_requirement", self.default_requirement),
+            check_requirement(
+                "default_requirement", self.default_requirement, self.gpu_allocation_precision
+            ),
         )
 
     @property
@@ -145,8 +147,9 @@ def is_whole(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_requirement(name: str, value: object) -> float:
-    """A GPU requirement: a fraction in (0, 1], or a whole number above 1."""
+def check_requirement(name: str, value: object, precision: float | None = None) -> float:
+    """A GPU requirement: a fraction in (0, 1], or a whole number above 1; with
+    ``precision`` (``gpu_allocation_precision``), a fraction of at least that."""
     if not is_real(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a number of GPUs")
     v = to_float(value)
@@ -156,7 +159,20 @@ def check_requirement(name: str, value: object) -> float:
         )
     if v > 1 and not v.is_integer():
         raise InvalidValueError(f"{name}={value!r}: above 1 it must be a whole number")
+    if precision is not None and below_precision(v, precision):
+        raise InvalidValueError(
+            f"{name}={value!r}: below gpu_allocation_precision={precision:g}, the smallest "
+            f"share of a GPU that is booked; ask for at least {precision:g}"
+        )
     return v
+
+
+def below_precision(required: float, precision: float) -> bool:
+    """Whether a requirement is less than one step of ``precision``: the allocator
+    (:func:`nbsched.allocation.plan`) places such a job as if it needed one step but
+    books only what it asked, so ever more of them would fit on one GPU.  (A float
+    just under one step, such as ``np.float32(0.01)``, counts as one step.)"""
+    return required < precision * (1 - 1e-6)
 
 
 def _as_path(name: str, value: object) -> Path:
@@ -207,7 +223,10 @@ def _check_float(name: str, value: object, low: float, high: float, low_open: bo
         raise InvalidTypeError(f"{name}={value!r}: expected a number")
     v = to_float(value)
     bad_low = v <= low if low_open else v < low
-    if math.isnan(v) or bad_low or v > high:
-        bracket = "(" if low_open else "["
-        raise InvalidValueError(f"{name}={value!r}: must be in {bracket}{low}, {high}]")
+    if not math.isfinite(v) or bad_low or v > high:
+        if math.isinf(high):
+            accepted = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            accepted = f"in {'(' if low_open else '['}{low}, {high}]"
+        raise InvalidValueError(f"{name}={value!r}: must be {accepted}")
     return v

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import frames
-from .config import SchedulerConfig, check_requirement, is_real, is_whole, to_float
+from .config import (
+    SchedulerConfig,
+    below_precision,
+    check_requirement,
+    is_real,
+    is_whole,
+    to_float,
+)
 from .dispatcher import Dispatcher
 from .errors import (
     ClosedError,
@@ -585,10 +592,17 @@ class GPUJobScheduler:
                 raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
             _no_nul("conda_env", conda_env)
         allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
+        precision = self.config.gpu_allocation_precision
         if required_gpus is None:
             required = self._default_requirement(argv)
+            if below_precision(required, precision):  # (an LLM config's model)
+                raise InvalidValueError(
+                    f"required_gpus={required:g} (from the LLM config): below "
+                    f"gpu_allocation_precision={precision:g}, the smallest share of a GPU "
+                    "that is booked"
+                )
         else:
-            required = check_requirement("required_gpus", required_gpus)
+            required = check_requirement("required_gpus", required_gpus, precision)
         limit = len(allowed) if allowed is not None else n_gpus
         if required > limit:
             where = f"allowed_gpus {list(allowed)}" if allowed is not None else owner

@@ -65,6 +65,7 @@ def rejects(
 
 BAD_REQUIRED = st.one_of(
     st.floats(max_value=0.0),  # <= 0, including -inf and -0.0
+    st.floats(min_value=0.0, max_value=0.0099, exclude_min=True),  # below the precision
     st.just(math.nan),
     st.just(math.inf),
     st.floats(min_value=1.0001, max_value=1e6).filter(lambda v: not v.is_integer()),
@@ -522,3 +523,38 @@ def test_numpy_numbers_in_the_config(tmp_path: Path) -> None:
     assert (config.num_gpus, config.kill_grace_s, config.default_requirement) == (2, 0.5, 0.5)
     with pytest.raises(TypeError, match="num_gpus"):
         SchedulerConfig(state_dir=tmp_path / "s", num_gpus=np.float64(2))
+
+
+# ------------------------------------------------------------------ the allocation precision
+
+
+def test_fractions_below_the_allocation_precision(tmp_path: Path, script: str) -> None:
+    """The allocator places a fraction below one step of gpu_allocation_precision as one
+    step but books what it asked: required_gpus=1e-9 let jobs without end share a GPU."""
+    llm = tmp_path / "llm.json"
+    llm.write_text('{"default_requirement": 1, "models": {"tinier": 0.001}}')
+    s = GPUJobScheduler(
+        config=SchedulerConfig(
+            state_dir=tmp_path / "s",
+            gpu_provider="simulated",
+            num_gpus=N_GPUS,
+            gpu_allocation_precision=0.05,
+            llm_config_file=str(llm),
+        )
+    )
+    try:
+        for value in (1e-9, 0.01, 0.049):
+            msg = rejects(
+                s,
+                lambda v=value: s.add_command("true", required_gpus=v),
+                (ValueError,),
+                "required_gpus",
+            )
+            assert repr(value) in msg and "gpu_allocation_precision=0.05" in msg
+        assert s.store.get(s.add_command("true", required_gpus=0.05)).required_gpus == 0.05
+        msg = rejects(
+            s, lambda: s.add_job(script, args=["--llm", "tinier"]), (ValueError,), "required_gpus"
+        )
+        assert "gpu_allocation_precision=0.05" in msg and "LLM config" in msg
+    finally:
+        s.close()

@@ -243,7 +243,7 @@ class Dashboard(widgets.VBox):
         ended = s.jobs("ended", last=SHOWN_ENDED)
         self.jobs_table.value = _jobs_html(running, queued, ended[::-1], counts)
         options = [
-            (f"{r.id} · {r.status} · {_short(r.name or r.command, 40)}", str(r.id))
+            (f"{r.id} · {r.status} · {_short(_text(r.name) or r.command, 40)}", str(r.id))
             for df in (running, queued)
             for r in _rows(df)
         ]
@@ -302,8 +302,14 @@ def _sweep_number(sweep_id: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+def _text(value: object) -> str:
+    """A text cell of the jobs table; "" where it has none (None, or pandas' NaN)."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "" if missing else str(value)
+
+
 def _short(text: object, n: int) -> str:
-    s = "" if text is None else str(text)
+    s = _text(text)
     return s if len(s) <= n else s[: n - 1] + "…"
 
 

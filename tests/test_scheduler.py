@@ -196,6 +196,41 @@ def test_retries_then_fails(make_sched: Callable[..., GPUJobScheduler]) -> None:
     assert log.count("try\n") == 3 and "attempt 3" in log
 
 
+def test_manual_retry_marks_its_run_in_the_log(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """retry(id) runs the job again after the output of its earlier runs, with the line
+    an automatic retry writes (its attempts count from 1 again)."""
+    s = make_sched(retry_backoff_s=0.01)
+    flag = tmp_path / "second"
+    job_id = s.add_command(
+        f"if [ -e {flag} ]; then echo second; else echo first; exit 3; fi",
+        required_gpus=0.5,
+        max_retries=1,
+    )
+    s.wait([job_id], timeout=TIMEOUT)
+    assert s.logs(job_id, tail=None) == "first\n\n--- nbsched: attempt 2 ---\nfirst\n"
+    flag.touch()
+    s.retry(job_id)
+    s.wait([job_id], timeout=TIMEOUT)
+    assert (status(s, job_id), s.job(job_id)["attempts"]) == ("succeeded", 1)
+    assert s.logs(job_id, tail=None) == (
+        "first\n\n--- nbsched: attempt 2 ---\nfirst\n\n--- nbsched: attempt 1 ---\nsecond\n"
+    )
+
+
+def test_retry_of_a_job_that_never_ran_writes_no_separator(sched: GPUJobScheduler) -> None:
+    for g in range(4):
+        sched.pause_gpu(g)
+    job_id = sched.add_command("echo ran", required_gpus=1)
+    sched.cancel(job_id)  # (cancelled while queued: no log)
+    for g in range(4):
+        sched.resume_gpu(g)
+    sched.retry(job_id)
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert sched.logs(job_id, tail=None) == "ran\n"
+
+
 def test_logs(sched: GPUJobScheduler) -> None:
     job_id = sched.add_command(
         "echo to-stdout; echo to-stderr >&2; for i in $(seq 1 100); do echo line$i; done",

@@ -594,21 +594,24 @@ class GPUJobScheduler:
         allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
         precision = self.config.gpu_allocation_precision
         if required_gpus is None:
-            required = self._default_requirement(argv)
+            required, source = self._default_requirement(argv)
+            # (said in messages: the number comes from an LLM config's model, say)
+            shown = f"required_gpus={required:g} (for {source})"
+            other = "; pass required_gpus= to ask for another number"
             if below_precision(required, precision):  # (an LLM config's model)
                 raise InvalidValueError(
-                    f"required_gpus={required:g} (from the LLM config): below "
-                    f"gpu_allocation_precision={precision:g}, the smallest share of a GPU "
-                    "that is booked"
+                    f"{shown}: below gpu_allocation_precision={precision:g}, the smallest "
+                    f"share of a GPU that is booked{other}"
                 )
         else:
             required = check_requirement("required_gpus", required_gpus, precision)
+            shown, other = f"required_gpus={required:g}", ""
         limit = len(allowed) if allowed is not None else n_gpus
         if required > limit:
             where = f"allowed_gpus {list(allowed)}" if allowed is not None else owner
-            raise InvalidValueError(f"required_gpus={required:g}: {where} has only {limit} GPU(s)")
+            raise InvalidValueError(f"{shown}: {where} has only {limit} GPU(s){other}")
         if required > 1:
-            _check_one_node(required, allowed, self.monitor.snapshot())
+            _check_one_node(shown, required, allowed, self.monitor.snapshot())
         retries = self.config.max_retries if max_retries is None else max_retries
         if not is_whole(retries):
             raise InvalidTypeError(
@@ -651,13 +654,21 @@ class GPUJobScheduler:
             hash=hash,
         )
 
-    def _default_requirement(self, args: Sequence[str]) -> float:
+    def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
+        """GPUs for a job that names none, and where that number comes from: the LLM
+        config's for the model ``--llm`` names (or its default), else the config's."""
         if self._llm is not None:
-            req = self._llm.current().requirement_for(args)
-            if req is not None:
-                return req
-            return self._llm.current().default_requirement
-        return self.config.default_requirement
+            llm = self._llm.current()
+            where = f"the LLM config {self._llm.path}"
+            model = llm.model_of(args)
+            if model is not None and model in llm.models:
+                return llm.models[model], f"--llm {model} in {where}"
+            if model is not None:
+                return llm.default_requirement, (
+                    f"--llm {model}: the default_requirement of {where}, which lists no {model}"
+                )
+            return llm.default_requirement, f"the default_requirement of {where}"
+        return self.config.default_requirement, "the default_requirement of the config"
 
     def submit(
         self, specs: Sequence[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
@@ -963,16 +974,17 @@ def _abspath(path: str | None) -> str | None:
 
 
 def _check_one_node(
-    required: float, allowed: Sequence[int] | None, snapshots: Sequence[GpuSnapshot]
+    shown: str, required: float, allowed: Sequence[int] | None, snapshots: Sequence[GpuSnapshot]
 ) -> None:
-    """A multi-GPU job runs on one node: one must have enough (allowed) GPUs."""
+    """A multi-GPU job runs on one node: one must have enough (allowed) GPUs.  ``shown``
+    is the requirement as messages say it."""
     per_node: dict[str, int] = {}
     for snap in snapshots:
         if snap.node is not None and (allowed is None or snap.index in allowed):
             per_node[snap.node] = per_node.get(snap.node, 0) + 1
     if len(per_node) > 1 and required > max(per_node.values()):
         raise InvalidValueError(
-            f"required_gpus={required:g}: a multi-GPU job runs on one node, and no node has "
+            f"{shown}: a multi-GPU job runs on one node, and no node has "
             f"{required:g} GPUs{' among allowed_gpus' if allowed is not None else ''} "
             f"(largest: {max(per_node.values())})"
         )

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .config import is_whole
-from .errors import InvalidTypeError, InvalidValueError
+from .errors import InvalidTypeError, InvalidValueError, NbschedError
 from .jobs import Job, JobSpec, JobStatus, job_hash
 from .sweep import Expansion, check_size, count_combinations, expand_args, expand_params
 
@@ -104,15 +104,22 @@ def submit_sweep(
     combos = _expand(args, params, param_style, _limit(s, limit))
     made: list[tuple[JobSpec, dict[str, str], str]] = []
     for argv, values in combos:
-        spec = s.make_spec(
-            script=script,
-            conda_env=conda_env,
-            args=argv,
-            priority=priority,
-            required_gpus=required_gpus,
-            allowed_gpus=allowed_gpus,
-            **options,
-        )
+        try:
+            spec = s.make_spec(
+                script=script,
+                conda_env=conda_env,
+                args=argv,
+                priority=priority,
+                required_gpus=required_gpus,
+                allowed_gpus=allowed_gpus,
+                **options,
+            )
+        except NbschedError as exc:
+            if not values:
+                raise
+            # (which combination: the model of `--llm {a,b}` may need more GPUs than exist)
+            combination = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
         digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
         made.append((spec, values, digest))
     first = made[0][0]

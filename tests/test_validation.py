@@ -558,3 +558,51 @@ def test_fractions_below_the_allocation_precision(tmp_path: Path, script: str) -
         assert "gpu_allocation_precision=0.05" in msg and "LLM config" in msg
     finally:
         s.close()
+
+
+# ------------------------------------------------------------------ the LLM config
+
+
+@pytest.fixture
+def llm_sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
+    llm = tmp_path / "llm_config.json"
+    llm.write_text('{"default_requirement": 8, "models": {"small": 0.5, "llama-70b": 8}}')
+    s = GPUJobScheduler(
+        config=SchedulerConfig(
+            state_dir=tmp_path / "llm-state",
+            gpu_provider="simulated",
+            num_gpus=N_GPUS,
+            llm_config_file=str(llm),
+        )
+    )
+    yield s
+    s.close()
+
+
+def test_a_model_needing_too_many_gpus_is_named(llm_sched: GPUJobScheduler, script: str) -> None:
+    """The number comes from the LLM config, not from the call: the message says which
+    model asked for it, and in a sweep which combination."""
+    s = llm_sched
+    msg = rejects(
+        s, lambda: s.add_job(script, args=["--llm", "llama-70b"]), (ValueError,), "llama-70b"
+    )
+    assert "required_gpus=8" in msg and "LLM config" in msg and "has only 4 GPU(s)" in msg
+    msg = rejects(s, lambda: s.add_job(script, args="--llm=unlisted"), (ValueError,), "unlisted")
+    assert "default_requirement" in msg and "has only 4 GPU(s)" in msg
+    msg = rejects(
+        s,
+        lambda: s.add_sweep(script, args="--llm {small,llama-70b} --seed {1,2}"),
+        (ValueError,),
+        "llama-70b",
+    )
+    assert "combination llm=llama-70b, seed=1" in msg
+    assert s.store.sweeps() == []
+    # The call's own number is taken as it is, and said as it was given.
+    msg = rejects(
+        s,
+        lambda: s.add_job(script, args=["--llm", "small"], required_gpus=5),
+        (ValueError,),
+        "required_gpus",
+    )
+    assert msg.startswith("required_gpus=5: this machine has only 4 GPU(s)")
+    assert s.store.get(s.add_job(script, args=["--llm", "small"])).required_gpus == 0.5

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import numbers
 import os
-import shlex
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -27,7 +25,6 @@ from .config import (
     check_requirement,
     is_real,
     is_whole,
-    to_float,
 )
 from .dispatcher import Dispatcher
 from .errors import (
@@ -41,7 +38,7 @@ from .errors import (
 )
 from .executors.base import Executor
 from .gpus import make_provider
-from .gpus.base import GPUProvider, GpuSnapshot
+from .gpus.base import GPUProvider
 from .gpus.monitor import GPUMonitor
 from .gpuspec import normalize_allowed_gpus
 from .jobs import Job, JobSpec, JobStatus
@@ -51,6 +48,7 @@ from .llmconfig import LLMConfig, LLMConfigWatcher
 from .progress import WaitProgress
 from .progress import wanted as progress_wanted
 from .store import Store, parse_job_id, prepare_state_dir
+from .submission import as_args, check_env, check_one_node, check_timeout, job_folder, no_nul
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
     import pandas as pd
@@ -563,14 +561,14 @@ class GPUJobScheduler:
             raise InvalidValueError(
                 f"priority={shown_priority!r}: must be in {-_INT64}..{_INT64 - 1}"
             )
-        workdir = _workdir(cwd)
+        workdir = job_folder(cwd)
         argv: tuple[str, ...] = ()
         if command is not None:
             if not isinstance(command, str):
                 raise InvalidTypeError(f"command={command!r}: expected a string")
             if not command.strip():
                 raise InvalidValueError("command='': expected a shell command")
-            _no_nul("command", command)
+            no_nul("command", command)
             kind, script_path = "command", None
         else:
             if (
@@ -579,18 +577,18 @@ class GPUJobScheduler:
                 or not os.fspath(script)
             ):
                 raise InvalidTypeError(f"script={script!r}: expected a path to a script")
-            _no_nul("script", os.fspath(script))
+            no_nul("script", os.fspath(script))
             path = Path(workdir, Path(os.fspath(script)).expanduser())
             if not path.is_file():
                 raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
             kind, script_path = "script", str(path.resolve())
-            argv = _as_args(args)
+            argv = as_args(args)
         if conda_env is not None:
             if not isinstance(conda_env, str):
                 raise InvalidTypeError(f"conda_env={conda_env!r}: expected an environment name")
             if not conda_env.strip():
                 raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
-            _no_nul("conda_env", conda_env)
+            no_nul("conda_env", conda_env)
         allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
         precision = self.config.gpu_allocation_precision
         if required_gpus is None:
@@ -611,7 +609,7 @@ class GPUJobScheduler:
             where = f"allowed_gpus {list(allowed)}" if allowed is not None else owner
             raise InvalidValueError(f"{shown}: {where} has only {limit} GPU(s){other}")
         if required > 1:
-            _check_one_node(shown, required, allowed, self.monitor.snapshot())
+            check_one_node(shown, required, allowed, self.monitor.snapshot())
         retries = self.config.max_retries if max_retries is None else max_retries
         if not is_whole(retries):
             raise InvalidTypeError(
@@ -628,12 +626,12 @@ class GPUJobScheduler:
                 raise InvalidTypeError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
             if not gpu_arg.startswith("-"):
                 raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
-            _no_nul("gpu_arg", gpu_arg)
-        extra_env = _check_env(env)
+            no_nul("gpu_arg", gpu_arg)
+        extra_env = check_env(env)
         if name is not None:
             if not isinstance(name, str):
                 raise InvalidTypeError(f"name={name!r}: expected a string or None")
-            _no_nul("name", name)
+            no_nul("name", name)
         return JobSpec(
             kind=kind,
             required_gpus=required,
@@ -863,7 +861,7 @@ class GPUJobScheduler:
         terminal); by default only where someone watches (a kernel or a terminal).
         """
         self._check_open()
-        limit = _check_timeout(timeout)
+        limit = check_timeout(timeout)
         if isinstance(ids, str):
             ids = [ids]
         elif ids is not None and (
@@ -953,114 +951,5 @@ class GPUJobScheduler:
         return "waiting for GPUs (jobs ahead of it come first)"
 
 
-def _check_timeout(timeout: object) -> float | None:
-    """``wait()``'s ``timeout`` in seconds: a real number >= 0; None or inf: no limit."""
-    if timeout is None:
-        return None
-    if not is_real(timeout):
-        raise InvalidTypeError(
-            f"timeout={timeout!r}: expected seconds (a number >= 0), or None for no limit"
-        )
-    seconds = to_float(timeout)
-    if math.isnan(seconds) or seconds < 0:
-        raise InvalidValueError(
-            f"timeout={timeout!r}: expected seconds >= 0, or None (or inf) for no limit"
-        )
-    return None if math.isinf(seconds) else seconds
-
-
 def _abspath(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
-
-
-def _check_one_node(
-    shown: str, required: float, allowed: Sequence[int] | None, snapshots: Sequence[GpuSnapshot]
-) -> None:
-    """A multi-GPU job runs on one node: one must have enough (allowed) GPUs.  ``shown``
-    is the requirement as messages say it."""
-    per_node: dict[str, int] = {}
-    for snap in snapshots:
-        if snap.node is not None and (allowed is None or snap.index in allowed):
-            per_node[snap.node] = per_node.get(snap.node, 0) + 1
-    if len(per_node) > 1 and required > max(per_node.values()):
-        raise InvalidValueError(
-            f"{shown}: a multi-GPU job runs on one node, and no node has "
-            f"{required:g} GPUs{' among allowed_gpus' if allowed is not None else ''} "
-            f"(largest: {max(per_node.values())})"
-        )
-
-
-def _workdir(cwd: object) -> str:
-    """The job's folder, absolute: ``cwd`` with ``~`` expanded, relative to the
-    submitter's current folder (the job's engine may run elsewhere); None: that folder."""
-    if cwd is None:
-        try:
-            return os.getcwd()
-        except FileNotFoundError:
-            raise MissingFileError(
-                "the current folder no longer exists; give the job a folder with cwd="
-            ) from None
-    if not isinstance(cwd, (str, os.PathLike)) or not isinstance(os.fspath(cwd), str):
-        raise InvalidTypeError(f"cwd={cwd!r}: expected a folder path (str or os.PathLike) or None")
-    text = os.fspath(cwd)
-    if not text:
-        raise InvalidValueError("cwd='': expected a folder path, or None for the current folder")
-    _no_nul("cwd", text)
-    path = os.path.abspath(os.path.expanduser(text))
-    if not os.path.isdir(path):
-        raise MissingFileError(f"cwd={text!r}: no such folder (looked for {path})")
-    return path
-
-
-def _no_nul(field: str, value: str) -> str:
-    """``value``, refused if it holds a NUL byte: no program can be given one (in its
-    arguments, its environment or a path), so the job could only fail when started."""
-    if "\0" in value:
-        raise InvalidValueError(
-            f"{field}={value!r}: contains a NUL byte (\\x00), which no program can be given"
-        )
-    return value
-
-
-def _check_env(env: object) -> dict[str, str]:
-    """A job's own environment: a mapping of variable names to values, both strings."""
-    if env is None:
-        return {}
-    if not isinstance(env, Mapping):
-        raise InvalidTypeError(f"env={env!r}: expected a dict of variable name -> value (str)")
-    out: dict[str, str] = {}
-    for k, v in env.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise InvalidTypeError(f"env: {k!r}={v!r}: names and values must be strings")
-        if not k or "=" in k or "\0" in k:
-            raise InvalidValueError(
-                f"env: name {k!r}: a variable name must be non-empty, without '=' or NUL bytes"
-            )
-        if "\0" in v:
-            raise InvalidValueError(f"env: {k}={v!r}: contains a NUL byte (\\x00)")
-        out[k] = v
-    return out
-
-
-def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:
-    if args is None:
-        return ()
-    if isinstance(args, str):
-        try:
-            split = tuple(shlex.split(args))
-        except ValueError as exc:
-            raise InvalidValueError(f"args={args!r}: {exc}") from exc
-        for a in split:
-            if "\0" in a:
-                raise InvalidValueError(f"args={args!r}: contains a NUL byte (\\x00)")
-        return split
-    if isinstance(args, (bytes, Mapping)) or not isinstance(args, Sequence):
-        raise InvalidTypeError(f"args={args!r}: expected a list of strings")
-    out = []
-    for a in args:
-        if not isinstance(a, str) and not is_real(a):
-            raise InvalidTypeError(f"args: {a!r} is not a string")
-        if isinstance(a, str) and "\0" in a:
-            raise InvalidValueError(f"args: {a!r} contains a NUL byte (\\x00)")
-        out.append(str(a))
-    return tuple(out)

@@ -115,9 +115,10 @@ def submit_sweep(
                 **options,
             )
         except NbschedError as exc:
-            if not values:
-                raise
-            # (which combination: the model of `--llm {a,b}` may need more GPUs than exist)
+            if not values or required_gpus is not None:
+                raise  # (the same for every combination, or naming the bad value itself)
+            # The GPUs come from the arguments (`--llm {a,b}`: one model may need more
+            # than there are): say which combination.
             combination = ", ".join(f"{k}={v}" for k, v in values.items())
             raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
         digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +75,10 @@ class SchedulerConfig:
     ray_num_cpus: float = 0.01
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "state_dir", _as_path("state_dir", self.state_dir))
-        _check_optional_int("num_gpus", self.num_gpus, minimum=1, maximum=MAX_GPU_ID + 1)
+        # (numbers are stored as plain int and float: numpy's scalars are accepted too)
+        set_ = partial(object.__setattr__, self)
+        set_("state_dir", _as_path("state_dir", self.state_dir))
+        set_("num_gpus", _check_optional_int("num_gpus", self.num_gpus, 1, MAX_GPU_ID + 1))
         _check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
         _check_choice("executor", self.executor, EXECUTORS)
         given_jobs_file = self.jobs_file
@@ -95,15 +99,26 @@ class SchedulerConfig:
                 "(one that does not exist yet is watched for until it appears)"
             )
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
-            _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False)
-        _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5)
+            set_(name, _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False))
+        set_(
+            "gpu_allocation_precision",
+            _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5),
+        )
         for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
-            _check_float(name, getattr(self, name), low=0.0, high=math.inf, low_open=False)
-        _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0)
-        _check_optional_int("max_retries", self.max_retries, minimum=0, maximum=2**63 - 1)
-        _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, minimum=1)
-        _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False)
-        check_requirement("default_requirement", self.default_requirement)
+            set_(name, _check_float(name, getattr(self, name), 0.0, math.inf, low_open=False))
+        set_("jobs_file_poll_s", _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
+        set_("max_retries", _check_optional_int("max_retries", self.max_retries, 0, 2**63 - 1))
+        set_("max_sweep_jobs", _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, 1))
+        set_(
+            "ray_num_cpus",
+            _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False),
+        )
+        set_(
+            "default_requirement",
+            check_requirement(
+                "default_requirement", self.default_requirement, self.gpu_allocation_precision
+            ),
+        )
 
     @property
     def db_path(self) -> Path:
@@ -133,18 +148,42 @@ class SchedulerConfig:
         return cls(**values)
 
 
-def check_requirement(name: str, value: object) -> float:
-    """A GPU requirement: a fraction in (0, 1], or a whole number above 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def is_real(value: object) -> bool:
+    """A real number: an int or float, numpy's too (any :class:`numbers.Real`), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_whole(value: object) -> bool:
+    """A whole number: an int, numpy's too (any :class:`numbers.Integral`), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_requirement(name: str, value: object, precision: float | None = None) -> float:
+    """A GPU requirement: a fraction in (0, 1], or a whole number above 1; with
+    ``precision`` (``gpu_allocation_precision``), a fraction of at least that."""
+    if not is_real(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a number of GPUs")
-    v = _to_float(value)
+    v = to_float(value)
     if not math.isfinite(v) or v <= 0:
         raise InvalidValueError(
             f"{name}={value!r}: must be a fraction in (0, 1] or a whole number of GPUs"
         )
     if v > 1 and not v.is_integer():
         raise InvalidValueError(f"{name}={value!r}: above 1 it must be a whole number")
+    if precision is not None and below_precision(v, precision):
+        raise InvalidValueError(
+            f"{name}={value!r}: below gpu_allocation_precision={precision:g}, the smallest "
+            f"share of a GPU that is booked; ask for at least {precision:g}"
+        )
     return v
+
+
+def below_precision(required: float, precision: float) -> bool:
+    """Whether a requirement is less than one step of ``precision``: the allocator
+    (:func:`nbsched.allocation.plan`) places such a job as if it needed one step but
+    books only what it asked, so ever more of them would fit on one GPU.  (A float
+    just under one step, such as ``np.float32(0.01)``, counts as one step.)"""
+    return required < precision * (1 - 1e-6)
 
 
 def _as_path(name: str, value: object) -> Path:
@@ -162,30 +201,44 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise InvalidValueError(f"{name}={value!r}: accepted values are {', '.join(choices)}")
 
 
-def _to_float(value: int | float) -> float:
-    """``float(value)``, but an int too large for a float becomes +-inf (not OverflowError)."""
+def to_float(value: object) -> float:
+    """``float(value)`` of a real number, but an int too large for a float becomes +-inf
+    (not OverflowError)."""
+    assert isinstance(value, numbers.Real)
     try:
         return float(value)
     except OverflowError:
-        return math.inf if value > 0 else -math.inf
+        assert isinstance(value, numbers.Integral)
+        return math.inf if int(value) > 0 else -math.inf
 
 
-def _check_optional_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+def _check_optional_int(
+    name: str, value: object, minimum: int, maximum: int | None = None
+) -> int | None:
+    """``value`` as a plain int (None is accepted for ``num_gpus`` only)."""
     if value is None and name == "num_gpus":
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if not is_whole(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a whole number >= {minimum}")
-    if value < minimum:
+    assert isinstance(value, numbers.Integral)
+    number = int(value)
+    if number < minimum:
         raise InvalidValueError(f"{name}={value!r}: must be >= {minimum}")
-    if maximum is not None and value > maximum:
+    if maximum is not None and number > maximum:
         raise InvalidValueError(f"{name}={value!r}: must be <= {maximum}")
+    return number
 
 
-def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> float:
+    """``value`` as a plain float, if it lies in the range."""
+    if not is_real(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a number")
-    v = _to_float(value)
+    v = to_float(value)
     bad_low = v <= low if low_open else v < low
-    if math.isnan(v) or bad_low or v > high:
-        bracket = "(" if low_open else "["
-        raise InvalidValueError(f"{name}={value!r}: must be in {bracket}{low}, {high}]")
+    if not math.isfinite(v) or bad_low or v > high:
+        if math.isinf(high):
+            accepted = f"a finite number {'>' if low_open else '>='} {low:g}"
+        else:
+            accepted = f"in {'(' if low_open else '['}{low}, {high}]"
+        raise InvalidValueError(f"{name}={value!r}: must be {accepted}")
+    return v

@@ -54,7 +54,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +298,9 @@ class Dispatcher:
             # A write that did not apply (another process got there first), or an end
             # that sent its job back to the queue (a retry): read the store next turn.
             self._dirty = True
-        self._start(running)  # first: what follows can wait, the next jobs should not
+        # (jobs that ran before: queued again by a retry(), their log kept)
+        reruns = {st.job.id for st in starts if st.job.log_path is not None}
+        self._start(running, reruns)  # first: what follows can wait, the next jobs should not
         self._kill_cancelled(unrecorded, missed)
         self._after_ends(ends, recorded)
         if ends or starts:
@@ -488,8 +490,9 @@ class Dispatcher:
 
     # -- starting and ending --------------------------------------------------------------
 
-    def _start(self, running: list[Job | None]) -> None:
-        """Spawn the attempts just marked running, record their pids, watch them."""
+    def _start(self, running: list[Job | None], reruns: Collection[str] = ()) -> None:
+        """Spawn the attempts just marked running, record their pids, watch them.
+        ``reruns``: those that ran before (their logs may hold an earlier run)."""
         spawned: list[tuple[Job, Started, Executor]] = []
         for job in running:
             if job is None:
@@ -497,7 +500,7 @@ class Dispatcher:
             if self._crash:
                 self._crash("after_mark_running")
             self._running[job.id] = job
-            attempt = self._spawn(job)
+            attempt = self._spawn(job, job.id in reruns)
             if attempt is not None:
                 spawned.append(attempt)
                 if self._crash:
@@ -572,15 +575,23 @@ class Dispatcher:
                 logger.info("job %s was cancelled while it started; ending it", job.id)
                 executor.kill(job, 0.0)
 
-    def _spawn(self, running: Job) -> tuple[Job, Started, Executor] | None:
-        """Start one attempt; None (and the job failed, with the reason) if it cannot."""
+    def _spawn(self, running: Job, rerun: bool = False) -> tuple[Job, Started, Executor] | None:
+        """Start one attempt; None (and the job failed, with the reason) if it cannot.
+
+        Its output goes on in the job's log after a line that says which attempt it is,
+        when an attempt came before: a retry, or (``rerun``) a run before a ``retry()``,
+        whose attempts count from 1 again.
+        """
         assert running.log_path is not None and running.token is not None
         log_path = Path(running.log_path)
         gpus = running.gpus
         try:
             executor = self._executor(running.executor or self.config.executor)
+            separator = f"\n--- nbsched: attempt {running.attempts} ---\n"
             if running.attempts > 1:
-                _append(log_path, f"\n--- nbsched: attempt {running.attempts} ---\n")
+                _append(log_path, separator)
+            elif rerun:  # (only after output: a run that never started left none)
+                _append(log_path, separator, only_after_output=True)
             argv = build_argv(running, gpus, self._env)
             result = f"{self._results}{running.id}.json"
             env = build_env(running, gpus, running.token, result, self._env)
@@ -808,9 +819,11 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _append(path: Path, text: str) -> None:
+def _append(path: Path, text: str, only_after_output: bool = False) -> None:
+    """Append ``text`` to a job's log (with ``only_after_output``, if it is not empty)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, text.encode())
+        if not only_after_output or os.fstat(fd).st_size > 0:
+            os.write(fd, text.encode())
     finally:
         os.close(fd)

@@ -54,3 +54,8 @@ class NotSupportedError(NbschedError, ValueError):
 
 class PermissionDeniedError(NbschedError, PermissionError):
     """The job belongs to another user."""
+
+
+class ClosedError(NbschedError, ValueError):
+    """A scheduler (or its store) used after ``close()`` (a ``ValueError``, as for a
+    closed file)."""

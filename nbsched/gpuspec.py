@@ -71,11 +71,12 @@ def describe_gpus(num_gpus: int) -> str:
 
 
 def normalize_allowed_gpus(
-    value: object, num_gpus: int | None, field: str = "allowed_gpus"
+    value: object, num_gpus: int | None, field: str = "allowed_gpus", owner: str = "this machine"
 ) -> tuple[int, ...] | None:
     """``None``, a ``"0-3,5"`` string or an iterable of ints -> sorted unique ids or ``None``.
 
-    Ids must exist on a machine with ``num_gpus`` GPUs (not checked when it is ``None``).
+    Ids must exist on a machine with ``num_gpus`` GPUs (not checked when it is ``None``);
+    ``owner`` says whose GPUs they are in the message.
     """
     if value is None:
         return None
@@ -111,6 +112,6 @@ def normalize_allowed_gpus(
             if gpu >= num_gpus:
                 raise InvalidValueError(
                     f"{field}={shown}: GPU {gpu} does not exist; "
-                    f"this machine has {describe_gpus(num_gpus)}"
+                    f"{owner} has {describe_gpus(num_gpus)}"
                 )
     return ids

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
-import shlex
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import frames
-from .config import SchedulerConfig, check_requirement
+from .config import (
+    SchedulerConfig,
+    below_precision,
+    check_requirement,
+    is_real,
+    is_whole,
+)
 from .dispatcher import Dispatcher
 from .errors import (
+    ClosedError,
     InvalidTypeError,
     InvalidValueError,
     MissingFileError,
@@ -31,7 +38,7 @@ from .errors import (
 )
 from .executors.base import Executor
 from .gpus import make_provider
-from .gpus.base import GPUProvider, GpuSnapshot
+from .gpus.base import GPUProvider
 from .gpus.monitor import GPUMonitor
 from .gpuspec import normalize_allowed_gpus
 from .jobs import Job, JobSpec, JobStatus
@@ -41,6 +48,7 @@ from .llmconfig import LLMConfig, LLMConfigWatcher
 from .progress import WaitProgress
 from .progress import wanted as progress_wanted
 from .store import Store, parse_job_id, prepare_state_dir
+from .submission import as_args, check_env, check_one_node, check_timeout, job_folder, no_nul
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
     import pandas as pd
@@ -48,6 +56,9 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 STANDBY_POLL_S = 0.25
+#: How long the GPU count another process's engine published is trusted before it is
+#: read again (submissions are validated against it).
+ENGINE_INFO_TTL_S = 1.0
 _INT64 = 2**63  # integers the store keeps must lie in [-_INT64, _INT64)
 
 
@@ -107,9 +118,12 @@ class GPUJobScheduler:
             else None
         )
         self._extensions: list[Any] = []
+        # (when read, the GPU count the dispatching engine published, and its pid)
+        self._engine_gpus: tuple[float, int | None, int | None] | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
+        state = "closed" if self._closed else "running" if self.running else "stopped"
         return (
             f"<GPUJobScheduler {state}: {self.config.gpu_provider} GPUs, "
             f"{self.config.executor} executor, state_dir={str(self.config.state_dir)!r}>"
@@ -119,6 +133,7 @@ class GPUJobScheduler:
 
     @property
     def provider(self) -> GPUProvider:
+        self._check_open()
         with self._lock:
             if self._provider is None and self.config.executor == "ray":
                 from .gpus.ray_provider import RayGpuProvider
@@ -138,6 +153,7 @@ class GPUJobScheduler:
 
     @property
     def monitor(self) -> GPUMonitor:
+        self._check_open()
         with self._lock:
             if self._monitor is None:
                 self._monitor = GPUMonitor(self.provider, self.config.gpu_monitor_interval_s)
@@ -146,10 +162,12 @@ class GPUJobScheduler:
     @property
     def llm_config(self) -> LLMConfig | None:
         """The LLM config now in force (re-read when its file changes), if one is set."""
+        self._check_open()
         return self._llm.current() if self._llm is not None else None
 
     @property
     def num_gpus(self) -> int:
+        self._check_open()
         return len(self.monitor.snapshot())
 
     @property
@@ -163,11 +181,21 @@ class GPUJobScheduler:
 
     def start(self) -> GPUJobScheduler:
         """Start the engine threads (idempotent).  Returns the scheduler."""
+        self._check_open()
         with self._lock:
             if self.running:
                 return self
             self.monitor.snapshot()  # fail here, not in a thread, if GPUs can't be read
-            self.store.kv_set("engine", json.dumps(self._engine_info()))
+            info = json.dumps(self._engine_info())
+            # The lease is tried here, not first in the thread: the engine record is the
+            # dispatcher's (other processes validate jobs against it), so a standby must
+            # not overwrite it; it writes its own when it takes over.
+            if self._lease.try_acquire():
+                try:
+                    self.store.kv_set("engine", info)
+                except BaseException:
+                    self._lease.release()
+                    raise
             self._stopping.clear()
             self._role_thread = threading.Thread(
                 target=self._role_loop, name="nbsched-engine", daemon=True
@@ -200,7 +228,9 @@ class GPUJobScheduler:
 
     def stop(self, kill: bool = False) -> None:
         """Stop the engine threads.  Running jobs go on (the next engine adopts them)
-        unless ``kill=True``, which cancels them."""
+        unless ``kill=True``, which cancels them.  After :meth:`close`, nothing to do."""
+        if self._closed:
+            return
         if kill:
             for job in self.store.find(statuses=[JobStatus.RUNNING]):
                 try:
@@ -235,11 +265,22 @@ class GPUJobScheduler:
         self._notify()
 
     def close(self) -> None:
-        """Stop, and release the database and GPU handles."""
+        """Stop, and release the database and GPU handles.  Every later call but
+        ``stop()`` and ``close()`` (which do nothing) raises :class:`ClosedError`."""
+        if self._closed:
+            return
         self.stop()
+        self._closed = True
         if self._provider is not None:
             self._provider.close()
         self.store.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(
+                f"this scheduler is closed (close() was called); create a new "
+                f"GPUJobScheduler for {str(self.config.state_dir)!r} to go on"
+            )
 
     def __enter__(self) -> GPUJobScheduler:
         return self.start()
@@ -258,13 +299,52 @@ class GPUJobScheduler:
 
     def _role_loop(self) -> None:
         while not self._stopping.is_set():
+            taken_over = not self._lease.held  # (start() took it, and wrote the record)
             if self._lease.try_acquire():
                 try:
+                    if taken_over:
+                        self._publish_engine()
                     self._dispatch()
                 finally:
                     self._lease.release()
                 return
             self._stopping.wait(STANDBY_POLL_S)
+
+    def _publish_engine(self) -> None:
+        """Write this engine's record (a standby that took the lease over)."""
+        try:
+            self.store.kv_set("engine", json.dumps(self._engine_info()))
+        except Exception:
+            logger.exception("nbsched: could not record this engine's GPUs in the store")
+
+    def _gpu_count(self) -> tuple[int, str]:
+        """How many GPUs jobs may ask for, and whose they are (for messages): the
+        dispatching engine's (it is the one that runs them), as it published them in
+        the store; this process's own where it dispatches, or where no engine has
+        published any.  Another process's count is read again once a second at most."""
+        if not self._lease.held:
+            now = time.monotonic()
+            known = self._engine_gpus
+            if known is None or now - known[0] > ENGINE_INFO_TTL_S:
+                known = self._engine_gpus = (now, *self._published_gpus())
+            _, count, pid = known
+            if count is not None:
+                who = f" (pid {pid})" if pid is not None else ""
+                return count, f"the engine of this state directory{who}"
+        return self.num_gpus, "this machine"
+
+    def _published_gpus(self) -> tuple[int | None, int | None]:
+        """The GPU count and pid in the engine record, if there is a usable one."""
+        try:
+            info = json.loads(self.store.kv_get("engine") or "null")
+        except ValueError:
+            return None, None
+        if not isinstance(info, dict):
+            return None, None
+        count, pid = info.get("num_gpus"), info.get("pid")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            return None, None
+        return count, pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
     def _dispatch(self) -> None:
         fifo = self._wake.open_reader()
@@ -358,6 +438,7 @@ class GPUJobScheduler:
         name: str | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id."""
+        self._check_open()
         spec = self.make_spec(
             script=script,
             conda_env=conda_env,
@@ -387,6 +468,7 @@ class GPUJobScheduler:
         name: str | None = None,
     ) -> str:
         """Queue a shell command (``bash -c command``); returns the job id."""
+        self._check_open()
         spec = self.make_spec(
             command=command,
             priority=priority,
@@ -422,6 +504,7 @@ class GPUJobScheduler:
         ``config.max_sweep_jobs`` jobs are refused unless ``limit`` allows them.
         ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...).
         """
+        self._check_open()
         from .sweeps import submit_sweep
 
         return submit_sweep(
@@ -442,12 +525,14 @@ class GPUJobScheduler:
         """One row per combination of a sweep (default: the latest): its parameters,
         status, duration (s), exit_code, id and the keys of the JSON object the job
         wrote to ``$NBSCHED_RESULT_FILE``."""
+        self._check_open()
         from .sweeps import sweep_frame
 
         return sweep_frame(self, sweep_id)
 
     def sweeps(self) -> pd.DataFrame:
         """One row per sweep: id, definition, and how many combinations are in each status."""
+        self._check_open()
         from .sweeps import sweeps_frame
 
         return sweeps_frame(self)
@@ -473,54 +558,86 @@ class GPUJobScheduler:
         hash: str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
-        n_gpus = self.num_gpus
-        if isinstance(priority, bool) or not isinstance(priority, int):
+        self._check_open()
+        n_gpus, owner = self._gpu_count()
+        if not is_whole(priority):
             raise InvalidTypeError(f"priority={priority!r}: expected an integer")
+        shown_priority, priority = priority, int(priority)
         if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
-            raise InvalidValueError(f"priority={priority!r}: must be in {-_INT64}..{_INT64 - 1}")
-        workdir = os.fspath(cwd) if cwd is not None else os.getcwd()
-        if not os.path.isdir(workdir):
-            raise MissingFileError(f"cwd={workdir!r}: no such folder")
+            raise InvalidValueError(
+                f"priority={shown_priority!r}: must be in {-_INT64}..{_INT64 - 1}"
+            )
+        workdir = job_folder(cwd)
         argv: tuple[str, ...] = ()
         if command is not None:
             if not isinstance(command, str):
                 raise InvalidTypeError(f"command={command!r}: expected a string")
             if not command.strip():
                 raise InvalidValueError("command='': expected a shell command")
+            no_nul("command", command)
             kind, script_path = "command", None
         else:
-            if not isinstance(script, (str, os.PathLike)) or not os.fspath(script):
+            if (
+                not isinstance(script, (str, os.PathLike))
+                or not isinstance(os.fspath(script), str)
+                or not os.fspath(script)
+            ):
                 raise InvalidTypeError(f"script={script!r}: expected a path to a script")
-            path = Path(workdir, os.fspath(script)).expanduser()
+            no_nul("script", os.fspath(script))
+            path = Path(workdir, Path(os.fspath(script)).expanduser())
             if not path.is_file():
                 raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
             kind, script_path = "script", str(path.resolve())
-            argv = _as_args(args)
-        if conda_env is not None and (not isinstance(conda_env, str) or not conda_env.strip()):
-            raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
-        allowed = normalize_allowed_gpus(allowed_gpus, n_gpus)
+            argv = as_args(args)
+        if conda_env is not None:
+            if not isinstance(conda_env, str):
+                raise InvalidTypeError(f"conda_env={conda_env!r}: expected an environment name")
+            if not conda_env.strip():
+                raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
+            no_nul("conda_env", conda_env)
+        allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
+        precision = self.config.gpu_allocation_precision
         if required_gpus is None:
-            required = self._default_requirement(argv)
+            required, source = self._default_requirement(argv)
+            # (said in messages: the number comes from an LLM config's model, say)
+            shown = f"required_gpus={required:g} (for {source})"
+            other = "; pass required_gpus= to ask for another number"
+            if below_precision(required, precision):  # (an LLM config's model)
+                raise InvalidValueError(
+                    f"{shown}: below gpu_allocation_precision={precision:g}, the smallest "
+                    f"share of a GPU that is booked{other}"
+                )
         else:
-            required = check_requirement("required_gpus", required_gpus)
+            required = check_requirement("required_gpus", required_gpus, precision)
+            shown, other = f"required_gpus={required:g}", ""
         limit = len(allowed) if allowed is not None else n_gpus
         if required > limit:
-            where = f"allowed_gpus {list(allowed)}" if allowed is not None else "this machine"
-            raise InvalidValueError(f"required_gpus={required:g}: {where} has only {limit} GPU(s)")
+            where = f"allowed_gpus {list(allowed)}" if allowed is not None else owner
+            raise InvalidValueError(f"{shown}: {where} has only {limit} GPU(s){other}")
         if required > 1:
-            _check_one_node(required, allowed, self.monitor.snapshot())
+            check_one_node(shown, required, allowed, self.monitor.snapshot())
         retries = self.config.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
+        if not is_whole(retries):
+            raise InvalidTypeError(
+                f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
+            )
+        retries = int(retries)
+        if not 0 <= retries < _INT64:
             raise InvalidValueError(
                 f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
             )
         check_launcher(launcher)
-        if gpu_arg is not None and (not isinstance(gpu_arg, str) or not gpu_arg.startswith("-")):
-            raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
-        extra_env = dict(env or {})
-        for k, v in extra_env.items():
-            if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
-                raise InvalidValueError(f"env: {k!r}={v!r}: names and values must be strings")
+        if gpu_arg is not None:
+            if not isinstance(gpu_arg, str):
+                raise InvalidTypeError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
+            if not gpu_arg.startswith("-"):
+                raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
+            no_nul("gpu_arg", gpu_arg)
+        extra_env = check_env(env)
+        if name is not None:
+            if not isinstance(name, str):
+                raise InvalidTypeError(f"name={name!r}: expected a string or None")
+            no_nul("name", name)
         return JobSpec(
             kind=kind,
             required_gpus=required,
@@ -541,13 +658,21 @@ class GPUJobScheduler:
             hash=hash,
         )
 
-    def _default_requirement(self, args: Sequence[str]) -> float:
+    def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
+        """GPUs for a job that names none, and where that number comes from: the LLM
+        config's for the model ``--llm`` names (or its default), else the config's."""
         if self._llm is not None:
-            req = self._llm.current().requirement_for(args)
-            if req is not None:
-                return req
-            return self._llm.current().default_requirement
-        return self.config.default_requirement
+            llm = self._llm.current()
+            where = f"the LLM config {self._llm.path}"
+            model = llm.model_of(args)
+            if model is not None and model in llm.models:
+                return llm.models[model], f"--llm {model} in {where}"
+            if model is not None:
+                return llm.default_requirement, (
+                    f"--llm {model}: the default_requirement of {where}, which lists no {model}"
+                )
+            return llm.default_requirement, f"the default_requirement of {where}"
+        return self.config.default_requirement, "the default_requirement of the config"
 
     def submit(
         self, specs: Sequence[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
@@ -557,6 +682,7 @@ class GPUJobScheduler:
         With ``skip_hash_statuses``, specs whose hash matches a job in those statuses
         are skipped (their ids are missing from the result).
         """
+        self._check_open()
         rev, jobs = self.store.add_jobs_at(
             specs,
             owner_uid=os.getuid(),
@@ -573,6 +699,7 @@ class GPUJobScheduler:
 
     def retry(self, job_id: str) -> str:
         """Queue an ended job again (same id); its attempts start afresh."""
+        self._check_open()
         job = self.store.get(job_id)
         if not job.status.ended:
             raise InvalidValueError(f"job {job.id} is {job.status.value}; only ended jobs retry")
@@ -596,6 +723,7 @@ class GPUJobScheduler:
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: a queued job is removed from the queue; a running one has its
         whole process tree ended.  Returns False if it had already ended."""
+        self._check_open()
         job = self.store.get(job_id)
         self._check_owner(job)
         if job.status == JobStatus.QUEUED:
@@ -633,20 +761,25 @@ class GPUJobScheduler:
 
     def pause_gpu(self, gpu: int) -> None:
         """No new job starts on ``gpu`` (running ones go on) until :meth:`resume_gpu`."""
+        self._check_open()
         self.store.set_paused(self._check_gpu(gpu), True)
         self._poke()
 
     def resume_gpu(self, gpu: int) -> None:
+        self._check_open()
         self.store.set_paused(self._check_gpu(gpu), False)
         self._poke()
 
     def _check_gpu(self, gpu: object) -> int:
-        if isinstance(gpu, bool) or not isinstance(gpu, int):
+        if not is_whole(gpu):
             raise InvalidTypeError(f"gpu={gpu!r}: expected a GPU index")
-        n = self.num_gpus
-        if not 0 <= gpu < n:
-            raise InvalidValueError(f"gpu={gpu}: GPUs are 0-{n - 1}")
-        return gpu
+        assert isinstance(gpu, numbers.Integral)
+        index = int(gpu)
+        n, owner = self._gpu_count()
+        if not 0 <= index < n:
+            whose = "" if owner == "this machine" else f" ({owner})"
+            raise InvalidValueError(f"gpu={index}: GPUs are 0-{n - 1}{whose}")
+        return index
 
     # -- reading --------------------------------------------------------------------------
 
@@ -659,30 +792,41 @@ class GPUJobScheduler:
     ) -> pd.DataFrame:
         """One row per job (columns in :data:`nbsched.frames.JOB_COLUMNS`), in
         submission order; only the ``first`` or the ``last`` N with those."""
+        self._check_open()
         statuses = frames.parse_statuses(status)
         if first is not None and last is not None:
             raise InvalidValueError("jobs(): give first= or last=, not both")
         limit = first if first is not None else last
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise InvalidValueError(f"first/last={limit!r}: expected a whole number >= 0")
+        if limit is not None:
+            which = "first" if first is not None else "last"
+            if not is_whole(limit):
+                raise InvalidTypeError(f"{which}={limit!r}: expected a whole number >= 0")
+            if limit < 0:
+                raise InvalidValueError(f"{which}={limit!r}: expected a whole number >= 0")
+            limit = int(limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
         return frames.jobs_frame(rows)
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
+        self._check_open()
         return frames.job_row(self.store.get(job_id))
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
+        self._check_open()
+        if tail is not None:
+            if not is_whole(tail):
+                raise InvalidTypeError(f"tail={tail!r}: expected a whole number >= 0 or None")
+            if tail < 0:
+                raise InvalidValueError(f"tail={tail!r}: expected a whole number >= 0 or None")
+            tail = int(tail)
         job = self.store.get(job_id)
-        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
-            raise InvalidValueError(f"tail={tail!r}: expected a whole number >= 0 or None")
         return frames.read_tail(job.log_path, tail)
 
     def get_gpu_status(self) -> pd.DataFrame:
         """One row per GPU: readings, allocation, pause and the jobs on it."""
+        self._check_open()
         return frames.gpu_frame(
             self.monitor.snapshot(),
             self.store.find(statuses=[JobStatus.RUNNING]),
@@ -691,12 +835,14 @@ class GPUJobScheduler:
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """How many jobs are in each status (of a sweep: one per combination it queued)."""
+        self._check_open()
         return self.store.counts(sweep=sweep)
 
     def screens(self) -> list[dict[str, Any]]:
         """The GNU screen sessions of running jobs: ``[{"id", "session", "pid"}]``.
 
         ``session`` is the full name (``12345.nbsched-17``) for ``screen -r``."""
+        self._check_open()
         from .executors.base import same_process_alive
         from .executors.screen import session_of
 
@@ -720,15 +866,23 @@ class GPUJobScheduler:
         ``progress`` shows a bar (tqdm's notebook bar in Jupyter, a text bar in a
         terminal); by default only where someone watches (a kernel or a terminal).
         """
-        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
-            raise InvalidValueError(f"timeout={timeout!r}: expected seconds >= 0 or None")
+        self._check_open()
+        limit = check_timeout(timeout)
         if isinstance(ids, str):
             ids = [ids]
+        elif ids is not None and (
+            isinstance(ids, (bytes, bytearray)) or not isinstance(ids, Iterable)
+        ):
+            hint = f"; for a time limit, pass timeout={ids!r}" if is_real(ids) else ""
+            raise InvalidTypeError(
+                f"ids={ids!r}: expected a job id such as '17', a list of job ids, or None "
+                f"for every queued and running job{hint}"
+            )
         waiter = _Waiter()
         with self._waiters_lock:  # (before the first look: no end told after it is missed)
             self._waiters.add(waiter)
         try:
-            return self._wait(waiter, ids, timeout, progress)
+            return self._wait(waiter, ids, limit, progress)
         finally:
             with self._waiters_lock:
                 self._waiters.discard(waiter)
@@ -790,6 +944,7 @@ class GPUJobScheduler:
 
     def why(self, job_id: str) -> str:
         """Why a queued job is waiting (as far as this process's dispatcher knows)."""
+        self._check_open()
         job = self.store.get(job_id)
         if job.status != JobStatus.QUEUED:
             return f"job {job.id} is {job.status.value}"
@@ -804,37 +959,3 @@ class GPUJobScheduler:
 
 def _abspath(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
-
-
-def _check_one_node(
-    required: float, allowed: Sequence[int] | None, snapshots: Sequence[GpuSnapshot]
-) -> None:
-    """A multi-GPU job runs on one node: one must have enough (allowed) GPUs."""
-    per_node: dict[str, int] = {}
-    for snap in snapshots:
-        if snap.node is not None and (allowed is None or snap.index in allowed):
-            per_node[snap.node] = per_node.get(snap.node, 0) + 1
-    if len(per_node) > 1 and required > max(per_node.values()):
-        raise InvalidValueError(
-            f"required_gpus={required:g}: a multi-GPU job runs on one node, and no node has "
-            f"{required:g} GPUs{' among allowed_gpus' if allowed is not None else ''} "
-            f"(largest: {max(per_node.values())})"
-        )
-
-
-def _as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:
-    if args is None:
-        return ()
-    if isinstance(args, str):
-        try:
-            return tuple(shlex.split(args))
-        except ValueError as exc:
-            raise InvalidValueError(f"args={args!r}: {exc}") from exc
-    if isinstance(args, (bytes, Mapping)) or not isinstance(args, Sequence):
-        raise InvalidTypeError(f"args={args!r}: expected a list of strings")
-    out = []
-    for a in args:
-        if isinstance(a, bool) or not isinstance(a, (str, int, float)):
-            raise InvalidTypeError(f"args: {a!r} is not a string")
-        out.append(str(a))
-    return tuple(out)

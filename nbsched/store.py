@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import StateDirError, UnknownJobError
+from .errors import ClosedError, StateDirError, UnknownJobError
 from .jobs import Job, JobSpec, JobStatus, can_transition
 
 logger = logging.getLogger(__name__)
@@ -316,6 +316,8 @@ class Store:
 
     def close(self) -> None:
         with self._lock, self._readers_lock:
+            if self._closed:
+                return
             self._closed = True
             self._conn.close()
             for conn in self._readers.values():
@@ -330,6 +332,7 @@ class Store:
         on a full disk) and is raised as a :class:`StateDirError` naming the file.
         """
         with self._lock:
+            self._check_open()
             delay = 0.001
             deadline = time.monotonic() + 60.0
             while True:
@@ -390,13 +393,17 @@ class Store:
                 raise
             raise _storage_error(self.path, exc) from exc
 
+    def _check_open(self) -> None:
+        if self._closed:  # (not "cannot be read": the database is fine)
+            raise ClosedError(f"{self.path}: this store is closed (close() was called)")
+
     def _reader(self) -> sqlite3.Connection:
+        self._check_open()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
         with self._readers_lock:
-            if self._closed:
-                raise StateDirError(f"{self.path}: the store is closed")
+            self._check_open()
             try:
                 conn = sqlite3.connect(
                     self.path, timeout=self._busy_timeout_s, isolation_level=None,

@@ -20,13 +20,15 @@ import hashlib
 import itertools
 import json
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidTypeError, InvalidValueError
+from .config import is_whole
+from .errors import InvalidTypeError, InvalidValueError, NbschedError
 from .jobs import Job, JobSpec, JobStatus, job_hash
 from .sweep import Expansion, check_size, count_combinations, expand_args, expand_params
 
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .scheduler import GPUJobScheduler
+
+#: The options ``add_sweep`` passes on to each job (those of ``add_job``).
+SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
 
 #: A combination already in one of these statuses is not queued again.
 DEDUP_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
@@ -88,20 +93,34 @@ def submit_sweep(
     **options: Any,
 ) -> SweepIds:
     """Validate and queue every combination; see :meth:`GPUJobScheduler.add_sweep`."""
+    unknown = sorted(set(options) - set(SWEEP_OPTIONS))
+    if unknown:
+        raise InvalidTypeError(
+            f"add_sweep() got an unexpected keyword argument {unknown[0]!r}; its options "
+            f"are params, param_style, limit and those of add_job: {', '.join(SWEEP_OPTIONS)}"
+        )
     if isinstance(allowed_gpus, Iterable) and not isinstance(allowed_gpus, str):
         allowed_gpus = list(allowed_gpus)  # iterated once per combination
     combos = _expand(args, params, param_style, _limit(s, limit))
     made: list[tuple[JobSpec, dict[str, str], str]] = []
     for argv, values in combos:
-        spec = s.make_spec(
-            script=script,
-            conda_env=conda_env,
-            args=argv,
-            priority=priority,
-            required_gpus=required_gpus,
-            allowed_gpus=allowed_gpus,
-            **options,
-        )
+        try:
+            spec = s.make_spec(
+                script=script,
+                conda_env=conda_env,
+                args=argv,
+                priority=priority,
+                required_gpus=required_gpus,
+                allowed_gpus=allowed_gpus,
+                **options,
+            )
+        except NbschedError as exc:
+            if not values or required_gpus is not None:
+                raise  # (the same for every combination, or naming the bad value itself)
+            # The GPUs come from the arguments (`--llm {a,b}`: one model may need more
+            # than there are): say which combination.
+            combination = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
         digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
         made.append((spec, values, digest))
     first = made[0][0]
@@ -111,9 +130,9 @@ def submit_sweep(
         "args": args if isinstance(args, (str, type(None))) else list(args),
         "params": {k: [str(v) for v in vs] for k, vs in (params or {}).items()},
         "param_style": param_style,
-        "required_gpus": required_gpus,
+        "required_gpus": _plain(required_gpus),
         "allowed_gpus": list(first.allowed_gpus) if first.allowed_gpus is not None else None,
-        "priority": priority,
+        "priority": _plain(priority),
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
     sweep_id = _sweep_id(s, definition, [(digest, values) for _, values, digest in made])
@@ -125,8 +144,14 @@ def submit_sweep(
 
 
 def _plain(value: Any) -> Any:
+    """``value`` as JSON has it (numpy's numbers as int and float), so that the same
+    definition always has the same sweep id."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
@@ -135,9 +160,11 @@ def _plain(value: Any) -> Any:
 def _limit(s: GPUJobScheduler, limit: int | None) -> int:
     if limit is None:
         return s.config.max_sweep_jobs
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if not is_whole(limit):
+        raise InvalidTypeError(f"limit={limit!r}: expected a whole number of jobs >= 1")
+    if limit < 1:
         raise InvalidValueError(f"limit={limit!r}: expected a whole number of jobs >= 1")
-    return limit
+    return int(limit)
 
 
 def _expand(

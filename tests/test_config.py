@@ -8,11 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig, check_requirement
+from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig, check_requirement, to_float
 from nbsched.errors import NbschedError
 
 FIELDS = [f.name for f in dataclasses.fields(SchedulerConfig)]
@@ -144,11 +145,18 @@ BAD = [
     ("gpu_load_threshold", True, TypeError, "number"),
     ("gpu_allocation_precision", 0, ValueError, "(0.0, 0.5]"),
     ("gpu_allocation_precision", 0.6, ValueError, "(0.0, 0.5]"),
-    ("gpu_monitor_interval_s", -1, ValueError, "[0.0, inf]"),
+    ("gpu_monitor_interval_s", -1, ValueError, "a finite number >= 0"),
     ("gpu_monitor_interval_s", None, TypeError, "number"),
-    ("retry_backoff_s", -0.5, ValueError, "[0.0, inf]"),
-    ("retry_backoff_s", math.nan, ValueError, "[0.0, inf]"),
-    ("kill_grace_s", -1, ValueError, "[0.0, inf]"),
+    ("retry_backoff_s", -0.5, ValueError, "a finite number >= 0"),
+    ("retry_backoff_s", math.nan, ValueError, "a finite number >= 0"),
+    ("kill_grace_s", -1, ValueError, "a finite number >= 0"),
+    # Every field in seconds is finite: kill_grace_s=inf made a cancel wait until the
+    # job ended by itself; an interval of inf, a GPU reading that is never refreshed.
+    ("kill_grace_s", math.inf, ValueError, "a finite number >= 0"),
+    ("gpu_monitor_interval_s", math.inf, ValueError, "a finite number >= 0"),
+    ("retry_backoff_s", math.inf, ValueError, "a finite number >= 0"),
+    ("retry_backoff_s", 10**400, ValueError, "a finite number >= 0"),
+    ("jobs_file_poll_s", math.inf, ValueError, "(0.0, 60.0]"),
     ("jobs_file_poll_s", 0, ValueError, "(0.0, 60.0]"),
     ("jobs_file_poll_s", 61, ValueError, "(0.0, 60.0]"),
     ("max_retries", -1, ValueError, ">= 0"),
@@ -162,6 +170,7 @@ BAD = [
     ("default_requirement", 1.5, ValueError, "whole number"),
     ("default_requirement", math.inf, ValueError, "fraction in (0, 1]"),
     ("default_requirement", "1", TypeError, "number of GPUs"),
+    ("default_requirement", 0.001, ValueError, "gpu_allocation_precision=0.01"),
     ("default_requirement", True, TypeError, "number of GPUs"),
 ]
 
@@ -195,7 +204,8 @@ def test_every_field_has_a_bad_value_case() -> None:
         ("gpu_memory_threshold", 1),
         ("gpu_allocation_precision", 0.5),
         ("gpu_monitor_interval_s", 0),
-        ("gpu_monitor_interval_s", math.inf),
+        ("gpu_monitor_interval_s", 86400.0),
+        ("kill_grace_s", 0),
         ("jobs_file_poll_s", 60),
         ("max_retries", 10),
         ("default_requirement", 0.25),
@@ -240,6 +250,25 @@ def test_from_dict_validates_values() -> None:
 @pytest.mark.parametrize("value", [0.01, 0.5, 1, 1.0, 2, 8.0])
 def test_check_requirement_good(value: float) -> None:
     assert check_requirement("required_gpus", value) == float(value)
+    assert check_requirement("required_gpus", value, 0.01) == float(value)
+
+
+def test_requirement_below_the_allocation_precision() -> None:
+    """The allocator places a fraction below one step of the precision as one step, but
+    books only what it asked: 1e-9 GPU would let a GPU take jobs without end."""
+    for value, precision in ((1e-9, 0.01), (0.005, 0.01), (0.04, 0.05), (5e-324, 0.5)):
+        with pytest.raises(ValueError) as info:
+            check_requirement("required_gpus", value, precision)
+        assert f"required_gpus={value!r}" in str(info.value)
+        assert f"gpu_allocation_precision={precision:g}" in str(info.value)
+    for value, precision in ((0.01, 0.01), (0.05, 0.05), (float(np.float32(0.01)), 0.01)):
+        assert check_requirement("required_gpus", value, precision) == value
+    assert check_requirement("required_gpus", 1e-9) == 1e-9  # (no precision: not checked)
+    assert make(gpu_allocation_precision=0.05, default_requirement=0.05).default_requirement == 0.05
+    with pytest.raises(
+        ValueError, match="default_requirement=0.04: below gpu_allocation_precision=0.05"
+    ):
+        make(gpu_allocation_precision=0.05, default_requirement=0.04)
 
 
 @pytest.mark.parametrize(
@@ -300,13 +329,12 @@ def test_numeric_fields_never_raise_anything_else(name: str, value: object) -> N
         assert str(exc).startswith(f"{name}=")
         return
     got = getattr(c, name)
-    assert got == value
+    if name in ("num_gpus", "max_retries", "max_sweep_jobs"):
+        assert got == value and (type(got) is int or got is None)
+    else:  # (stored as a plain float, whatever number it was given as)
+        assert type(got) is float and got == to_float(value)
     if isinstance(got, float):
-        assert math.isfinite(got) or name in {
-            "gpu_monitor_interval_s",
-            "retry_backoff_s",
-            "kill_grace_s",
-        }
+        assert math.isfinite(got)
 
 
 def test_nbsched_home_not_read_when_state_dir_given(monkeypatch: pytest.MonkeyPatch) -> None:

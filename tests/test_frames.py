@@ -24,14 +24,30 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+#: The type pandas gives a column of strings (pandas 3: str, with NaN for a missing one).
+TEXT = pd.Series(["x"]).dtype
+
+#: What jobs() promises each column is, with rows or without.
+DTYPES = {
+    **dict.fromkeys(["id", "status", "command", "log", "name", "sweep", "node", "reason"], TEXT),
+    "priority": "int64",
+    "required_gpus": "float64",
+    "attempts": "int64",
+    "exit_code": "Int64",
+    **dict.fromkeys(["submitted", "started", "ended"], "datetime64[ns]"),
+    "gpus": object,
+}
+
+
 def row_by_row(jobs: list[Job]) -> pd.DataFrame:
     """The table built the plain way: one row per decoded job (``frames.job_row``, what
-    ``job(id)`` returns), then pandas' own types for each column."""
+    ``job(id)`` returns), then the promised type for each column (what pandas infers
+    for one with values: a column of no value at all, or one with only None, would be
+    object otherwise)."""
     df = pd.DataFrame([frames.job_row(j) for j in jobs], columns=list(frames.JOB_COLUMNS))
-    df["exit_code"] = df["exit_code"].astype("Int64")
     for col in ("submitted", "started", "ended"):
         df[col] = pd.to_datetime(df[col])
-    return df
+    return df.astype(DTYPES)
 
 
 def add(store: Store, spec: JobSpec) -> str:
@@ -131,6 +147,39 @@ def test_empty_table_has_the_columns_and_types(store: Store) -> None:
     pd.testing.assert_frame_equal(table, row_by_row([]))
     assert str(table["exit_code"].dtype) == "Int64"
     assert all(str(table[c].dtype).startswith("datetime64") for c in ("submitted", "ended"))
+
+
+@pytest.mark.parametrize(
+    "statuses", [None, [Q], [R], [JobStatus.SUCCEEDED, JobStatus.FAILED], [JobStatus.CANCELLED]]
+)
+def test_types_are_the_same_with_rows_or_without(
+    store: Store, statuses: list[JobStatus] | None
+) -> None:
+    """A table of no job, or of jobs none of which has a name, a node or a start yet,
+    has the same column types as any other (the empty one had object for priority,
+    required_gpus and attempts and datetime64[s] for times; pandas picked the unit of
+    the times from the values, and gave a column of only None the type object)."""
+    empty = frames.jobs_frame(store.table())
+    varied(store)
+    table = frames.jobs_frame(store.table(statuses=statuses))
+    assert not table.empty
+    assert (
+        dict(table.dtypes)
+        == dict(empty.dtypes)
+        == {c: pd.Series(dtype=t).dtype for c, t in DTYPES.items()}
+    )
+    # One missing value in every text column: the reason's and the node's are alike.
+    text = table[["log", "name", "sweep", "node", "reason"]]
+    missing = {type(v) for col in text for v in text[col] if pd.isna(v)}
+    assert len(missing) <= 1
+
+
+def test_whole_second_times_are_nanoseconds_too(store: Store) -> None:
+    j = add(store, JobSpec(kind="command", command="true", required_gpus=1))
+    store.transition(j, R, now=2.0, gpus=(0,), started=2.0, token="t", attempts=1)
+    table = frames.jobs_frame(store.table())
+    assert str(table["started"].dtype) == "datetime64[ns]"
+    assert table["started"][0] == pd.Timestamp(2.0, unit="s")
 
 
 def test_rows_do_not_share_their_gpu_lists(store: Store) -> None:

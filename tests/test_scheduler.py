@@ -222,6 +222,41 @@ def test_retries_then_fails(make_sched: Callable[..., GPUJobScheduler]) -> None:
     assert log.count("try\n") == 3 and "attempt 3" in log
 
 
+def test_manual_retry_marks_its_run_in_the_log(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """retry(id) runs the job again after the output of its earlier runs, with the line
+    an automatic retry writes (its attempts count from 1 again)."""
+    s = make_sched(retry_backoff_s=0.01)
+    flag = tmp_path / "second"
+    job_id = s.add_command(
+        f"if [ -e {flag} ]; then echo second; else echo first; exit 3; fi",
+        required_gpus=0.5,
+        max_retries=1,
+    )
+    s.wait([job_id], timeout=TIMEOUT)
+    assert s.logs(job_id, tail=None) == "first\n\n--- nbsched: attempt 2 ---\nfirst\n"
+    flag.touch()
+    s.retry(job_id)
+    s.wait([job_id], timeout=TIMEOUT)
+    assert (status(s, job_id), s.job(job_id)["attempts"]) == ("succeeded", 1)
+    assert s.logs(job_id, tail=None) == (
+        "first\n\n--- nbsched: attempt 2 ---\nfirst\n\n--- nbsched: attempt 1 ---\nsecond\n"
+    )
+
+
+def test_retry_of_a_job_that_never_ran_writes_no_separator(sched: GPUJobScheduler) -> None:
+    for g in range(4):
+        sched.pause_gpu(g)
+    job_id = sched.add_command("echo ran", required_gpus=1)
+    sched.cancel(job_id)  # (cancelled while queued: no log)
+    for g in range(4):
+        sched.resume_gpu(g)
+    sched.retry(job_id)
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert sched.logs(job_id, tail=None) == "ran\n"
+
+
 def test_logs(sched: GPUJobScheduler) -> None:
     job_id = sched.add_command(
         "echo to-stdout; echo to-stderr >&2; for i in $(seq 1 100); do echo line$i; done",
@@ -236,9 +271,25 @@ def test_logs(sched: GPUJobScheduler) -> None:
     path = Path(sched.job(job_id)["log"])
     assert path.parent == sched.config.logs_dir
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    for bad in (-1, 1.5, "3", True):
-        with pytest.raises(ValueError, match="tail="):
+    with pytest.raises(ValueError, match="tail="):
+        sched.logs(job_id, tail=-1)
+    for bad in (1.5, "3", True):
+        with pytest.raises(TypeError, match="tail="):
             sched.logs(job_id, tail=bad)  # type: ignore[arg-type]
+
+
+def test_relative_cwd_runs_in_the_submitters_folder(
+    sched: GPUJobScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's process is started by the spawner (whose folder is not the kernel's):
+    a relative cwd names the folder it had at submission."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path)
+    here = sched.add_command("pwd -P", required_gpus=0.5, cwd=".")
+    work = sched.add_command("pwd -P", required_gpus=0.5, cwd="work")
+    sched.wait([here, work], timeout=TIMEOUT)
+    assert sched.logs(here) == f"{tmp_path.resolve()}\n"
+    assert sched.logs(work) == f"{(tmp_path / 'work').resolve()}\n"
 
 
 def test_env_and_job_env(sched: GPUJobScheduler) -> None:
@@ -821,6 +872,58 @@ def test_keyword_overrides_and_bad_config(tmp_path: Path) -> None:
         GPUJobScheduler(config=base, gpu_provider="tpu")
 
 
+def test_every_call_after_close_says_it_is_closed(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """Not "the state database cannot be read ... Move it aside" (the database is fine,
+    and moving it aside would lose every job), nor a raw sqlite3 error."""
+    from nbsched.errors import ClosedError
+
+    s = make_sched()
+    script = tmp_path / "t.py"
+    script.write_text("print('x')\n")
+    job_id = s.add_command("true", required_gpus=0.5)
+    s.wait([job_id], timeout=TIMEOUT)
+    s.close()
+    calls: dict[str, Callable[[], object]] = {
+        "add_command": lambda: s.add_command("echo x"),
+        "add_job": lambda: s.add_job(str(script)),
+        "add_sweep": lambda: s.add_sweep(str(script), args="{1,2}"),
+        "jobs": s.jobs,
+        "job": lambda: s.job(job_id),
+        "logs": lambda: s.logs(job_id),
+        "wait": lambda: s.wait([job_id]),
+        "retry": lambda: s.retry(job_id),
+        "cancel": lambda: s.cancel(job_id),
+        "pause_gpu": lambda: s.pause_gpu(0),
+        "resume_gpu": lambda: s.resume_gpu(0),
+        "get_gpu_status": s.get_gpu_status,
+        "counts": s.counts,
+        "screens": s.screens,
+        "why": lambda: s.why(job_id),
+        "sweep": s.sweep,
+        "sweeps": s.sweeps,
+        "start": s.start,
+        "num_gpus": lambda: s.num_gpus,
+        "store": s.store.counts,
+    }
+    for name, call in calls.items():
+        with pytest.raises(ClosedError) as info:
+            call()
+        assert isinstance(info.value, ValueError), name
+        assert "closed" in str(info.value) and "Move it aside" not in str(info.value), name
+        if name != "store":
+            assert "create a new GPUJobScheduler" in str(info.value), name
+    assert "closed" in repr(s) and not s.running
+    s.stop()  # (nothing left to do: not an error)
+    s.close()
+    again = GPUJobScheduler(config=s.config)  # the state directory is intact
+    try:
+        assert again.job(job_id)["status"] == "succeeded"
+    finally:
+        again.close()
+
+
 def test_jobs_survive_a_restart(make_sched: Callable[..., GPUJobScheduler], tmp_path: Path) -> None:
     state = tmp_path / "shared"
     first = make_sched(state_dir=state)
@@ -832,6 +935,49 @@ def test_jobs_survive_a_restart(make_sched: Callable[..., GPUJobScheduler], tmp_
     second.wait([job_id], timeout=TIMEOUT)
     row = second.job(job_id)
     assert (row["status"], row["exit_code"]) == ("failed", 4)
+
+
+def test_submissions_are_checked_against_the_engines_gpus(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """A process that does not dispatch validates jobs against the GPUs of the engine
+    that runs them (published in the store), not against its own count: a job asking
+    for GPUs the engine lacks would wait for ever."""
+    state = tmp_path / "shared"
+    engine = make_sched(state_dir=state, num_gpus=2)
+    other = make_sched(start=False, state_dir=state, num_gpus=4)
+    for kwargs, field in (
+        ({"required_gpus": 4}, "required_gpus"),
+        ({"required_gpus": 3}, "required_gpus"),
+        ({"required_gpus": 1, "allowed_gpus": [3]}, "allowed_gpus"),
+        ({"required_gpus": 0.5, "allowed_gpus": "1-2"}, "allowed_gpus"),
+    ):
+        with pytest.raises(ValueError, match=field) as info:
+            other.add_command("echo", **kwargs)
+        assert f"pid {os.getpid()}" in str(info.value) and "engine" in str(info.value)
+    with pytest.raises(ValueError, match="gpu=3"):
+        other.pause_gpu(3)
+    assert other.counts()["queued"] == 0
+    ok = other.add_command("echo ok", required_gpus=2, allowed_gpus=[0, 1])
+    engine.wait([ok], timeout=TIMEOUT)
+    assert status(engine, ok) == "succeeded"
+
+    # A standby engine does not overwrite the record of the engine that dispatches...
+    other.start()
+    assert not other.is_dispatcher
+    with pytest.raises(ValueError, match="required_gpus"):
+        other.add_command("echo", required_gpus=4)
+    assert json.loads(other.store.kv_get("engine") or "{}")["num_gpus"] == 2
+    # ... and writes its own when it takes over: its GPUs are then the ones that exist.
+    engine.stop()
+    wait_for(
+        lambda: json.loads(other.store.kv_get("engine") or "{}")["num_gpus"] == 4,
+        what="the standby to take over and record its GPUs",
+    )
+    assert other.is_dispatcher
+    big = other.add_command("echo big", required_gpus=4)
+    other.wait([big], timeout=TIMEOUT)
+    assert status(other, big) == "succeeded"
 
 
 def test_retry_back_off_after_very_many_attempts(sched: GPUJobScheduler) -> None:

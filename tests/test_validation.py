@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,6 +65,7 @@ def rejects(
 
 BAD_REQUIRED = st.one_of(
     st.floats(max_value=0.0),  # <= 0, including -inf and -0.0
+    st.floats(min_value=0.0, max_value=0.0099, exclude_min=True),  # below the precision
     st.just(math.nan),
     st.just(math.inf),
     st.floats(min_value=1.0001, max_value=1e6).filter(lambda v: not v.is_integer()),
@@ -211,7 +213,13 @@ def test_missing_script(sched: GPUJobScheduler, tmp_path: Path, name: str) -> No
         ({"command": 5}, (TypeError,), "command"),
         ({"command": "true", "cwd": "/no/such/dir"}, (FileNotFoundError,), "cwd"),
         ({"command": "true", "env": {"A=B": "x"}}, (ValueError,), "env"),
-        ({"command": "true", "env": {"A": 1}}, (ValueError,), "env"),
+        ({"command": "true", "env": {"A": 1}}, (TypeError,), "env"),
+        ({"command": "true", "env": {1: "a"}}, (TypeError,), "env"),
+        ({"command": "true", "env": "A=1"}, (TypeError,), "env"),
+        ({"command": "true", "env": [("A", "1")]}, (TypeError,), "env"),
+        ({"command": "true", "env": {"": "x"}}, (ValueError,), "env"),
+        ({"command": "true", "name": object()}, (TypeError,), "name"),
+        ({"command": "true", "name": 5}, (TypeError,), "name"),
     ],
 )
 def test_bad_command_submissions(
@@ -234,7 +242,11 @@ def test_bad_command_submissions(
         ({"args": b"--x"}, (TypeError,), "args"),
         ({"args": "--x 'unclosed"}, (ValueError,), "args"),
         ({"conda_env": ""}, (ValueError,), "conda_env"),
-        ({"conda_env": 3}, (ValueError,), "conda_env"),
+        ({"conda_env": 3}, (TypeError,), "conda_env"),
+        ({"max_retries": "2"}, (TypeError,), "max_retries"),
+        ({"max_retries": 2.0}, (TypeError,), "max_retries"),
+        ({"max_retries": -1}, (ValueError,), "max_retries"),
+        ({"gpu_arg": 5}, (TypeError,), "gpu_arg"),
         ({"launcher": "mpirun"}, (ValueError,), "launcher"),
         ({"gpu_arg": "cuda"}, (ValueError,), "gpu_arg"),
     ],
@@ -256,3 +268,341 @@ def test_a_rejected_submission_leaves_the_queue_usable(sched: GPUJobScheduler, s
     job_id = sched.add_job(script, args=["--x", "1"], required_gpus=0.5)
     assert sched.store.counts()["queued"] == 1
     assert sched.store.get(job_id).spec.args == ("--x", "1")
+
+
+# ------------------------------------------------------------------ the job's folder
+
+
+def test_relative_cwd_is_made_absolute_at_submission(
+    sched: GPUJobScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine (perhaps another process, in another folder) runs the job: a relative
+    cwd is taken from the submitter's folder, as a relative script path is."""
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "sub" / "deeper" / "t.py").write_text("print('hi')\n")
+    monkeypatch.chdir(tmp_path)
+    here = sched.add_command("true", cwd=".")
+    sub = sched.add_command("true", cwd=Path("sub"))
+    up = sched.add_command("true", cwd="sub/deeper/..")
+    script = sched.add_job("deeper/t.py", cwd="sub")
+    assert sched.store.get(here).spec.cwd == str(tmp_path)
+    assert sched.store.get(sub).spec.cwd == str(tmp_path / "sub")
+    assert sched.store.get(up).spec.cwd == str(tmp_path / "sub")
+    spec = sched.store.get(script).spec
+    assert (spec.cwd, spec.script) == (str(tmp_path / "sub"), str(tmp_path / "sub/deeper/t.py"))
+
+
+def test_tilde_is_expanded_in_cwd_and_script(
+    sched: GPUJobScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / "proj").mkdir(parents=True)
+    (home / "proj" / "t.py").write_text("print('hi')\n")
+    monkeypatch.setenv("HOME", str(home))
+    job = sched.store.get(sched.add_command("true", cwd="~/proj"))
+    assert job.spec.cwd == str(home / "proj")
+    job = sched.store.get(sched.add_job("~/proj/t.py"))
+    assert job.spec.script == str(home / "proj" / "t.py")
+    job = sched.store.get(sched.add_job("t.py", cwd="~/proj"))
+    assert (job.spec.cwd, job.spec.script) == (str(home / "proj"), str(home / "proj" / "t.py"))
+
+
+@pytest.mark.parametrize(
+    ("cwd", "excs"),
+    [
+        (5, (TypeError,)),
+        (b"/tmp", (TypeError,)),
+        (["/tmp"], (TypeError,)),
+        ("", (ValueError,)),
+        ("no/such/folder", (FileNotFoundError,)),
+        ("~/no/such/folder", (FileNotFoundError,)),
+    ],
+)
+def test_bad_cwd(sched: GPUJobScheduler, script: str, cwd: Any, excs: tuple[type, ...]) -> None:
+    rejects(sched, lambda: sched.add_command("true", cwd=cwd), excs, "cwd")
+    rejects(sched, lambda: sched.add_job(script, cwd=cwd), excs, "cwd")
+
+
+# ------------------------------------------------------------------ NUL bytes
+
+NUL = "a\x00b"
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda s, script: s.add_command(f"echo {NUL}"), "command"),
+        (lambda s, script: s.add_job(script, args=["--x", NUL]), "args"),
+        (lambda s, script: s.add_job(script, args=f"--x {NUL}"), "args"),
+        (lambda s, script: s.add_job(script + NUL), "script"),
+        (lambda s, script: s.add_command("echo", env={"A": NUL}), "env"),
+        (lambda s, script: s.add_command("echo", env={NUL: "x"}), "env"),
+        (lambda s, script: s.add_command("echo", cwd=f"/tmp/{NUL}"), "cwd"),
+        (lambda s, script: s.add_command("echo", name=NUL), "name"),
+        (lambda s, script: s.add_job(script, conda_env=NUL), "conda_env"),
+        (lambda s, script: s.add_job(script, gpu_arg=f"--{NUL}"), "gpu_arg"),
+        (lambda s, script: s.add_sweep(script, args=f"--x {{1,{NUL}}}"), "args"),
+    ],
+    ids=[
+        "command",
+        "args",
+        "args-string",
+        "script",
+        "env-value",
+        "env-name",
+        "cwd",
+        "name",
+        "conda_env",
+        "gpu_arg",
+        "sweep-value",
+    ],  # fmt: skip
+)
+def test_nul_bytes_are_refused_at_submission(
+    sched: GPUJobScheduler, script: str, call: Callable[..., object], field: str
+) -> None:
+    """No program can be given a NUL byte (in an argument, its environment or a path):
+    such a job could only fail when started, so it is refused when submitted."""
+    msg = rejects(sched, lambda: call(sched, script), (ValueError,), field)
+    assert "NUL" in msg
+
+
+# ------------------------------------------------------------------ wait() and jobs()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "excs"),
+    [
+        (math.nan, (ValueError,)),
+        (-1, (ValueError,)),
+        (-math.inf, (ValueError,)),
+        (-(10**400), (ValueError,)),
+        ("5", (TypeError,)),
+        (True, (TypeError,)),
+        ([1], (TypeError,)),
+    ],
+)
+def test_bad_wait_timeout(sched: GPUJobScheduler, timeout: Any, excs: tuple[type, ...]) -> None:
+    """Checked before anything else (with no job to wait for, wait() returns at once:
+    a NaN used to make it block for ever once there was one)."""
+    rejects(sched, lambda: sched.wait(timeout=timeout), excs, "timeout")
+    job_id = sched.add_command("true")
+    rejects(sched, lambda: sched.wait([job_id], timeout=timeout), excs, "timeout")
+
+
+def test_wait_timeout_forms(sched: GPUJobScheduler) -> None:
+    assert sched.wait(timeout=math.inf).empty  # no limit, like None
+    assert sched.wait(timeout=10**400).empty
+    job_id = sched.add_command("true")  # (no engine: it stays queued)
+    for timeout in (0, 0.0, np.float32(0.01), np.int64(0)):
+        with pytest.raises(TimeoutError, match=job_id):
+            sched.wait([job_id], timeout=timeout)
+
+
+@pytest.mark.parametrize("ids", [5, 5.0, np.int64(5), b"1", object()])
+def test_bad_wait_ids(sched: GPUJobScheduler, ids: Any) -> None:
+    msg = rejects(sched, lambda: sched.wait(ids), (TypeError,), "ids")
+    if isinstance(ids, (int, float, np.integer)):
+        assert f"timeout={ids!r}" in msg  # wait(5) meant a time limit
+
+
+@pytest.mark.parametrize("status", [5, b"queued", [5], ["queued", None], object()])
+def test_bad_jobs_status_type(sched: GPUJobScheduler, status: Any) -> None:
+    msg = rejects(sched, lambda: sched.jobs(status=status), (TypeError,), "status")
+    assert "queued" in msg  # (what is accepted)
+
+
+# ------------------------------------------------------------------ unknown options
+
+
+def test_unknown_options_name_the_call(sched: GPUJobScheduler, script: str) -> None:
+    """add_sweep passes its options on to each job: one add_job does not take is refused
+    in add_sweep's name (not in that of an internal method), and nothing is queued."""
+    for option in ("bogus", "command", "sweep", "hash", "params_style"):
+        msg = rejects(
+            sched,
+            lambda o=option: sched.add_sweep(script, args="{1,2}", **{o: "x"}),  # type: ignore[misc]
+            (TypeError,),
+            "add_sweep",
+        )
+        assert repr(option) in msg and "make_spec" not in msg
+    assert sched.store.sweeps() == []
+    for call in (sched.add_job, sched.add_command):
+        with pytest.raises(TypeError, match=rf"{call.__name__}\(\) got an unexpected keyword"):
+            call(script, bogus=1)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "excs"),
+    [
+        (lambda s, j: s.logs(j, tail="3"), "tail", (TypeError,)),
+        (lambda s, j: s.logs(j, tail=1.5), "tail", (TypeError,)),
+        (lambda s, j: s.logs(j, tail=-1), "tail", (ValueError,)),
+        (lambda s, j: s.jobs(first="2"), "first", (TypeError,)),
+        (lambda s, j: s.jobs(last=2.0), "last", (TypeError,)),
+        (lambda s, j: s.jobs(last=-1), "last", (ValueError,)),
+    ],
+)
+def test_reading_calls_tell_type_from_value(
+    sched: GPUJobScheduler, call: Callable[..., object], field: str, excs: tuple[type, ...]
+) -> None:
+    job_id = sched.add_command("true")
+    rejects(sched, lambda: call(sched, job_id), excs, field)
+
+
+@pytest.mark.parametrize(
+    ("limit", "excs"), [("5", (TypeError,)), (2.0, (TypeError,)), (0, (ValueError,))]
+)
+def test_bad_sweep_limit(
+    sched: GPUJobScheduler, script: str, limit: Any, excs: tuple[type, ...]
+) -> None:
+    rejects(sched, lambda: sched.add_sweep(script, args="{1,2}", limit=limit), excs, "limit")
+
+
+# ------------------------------------------------------------------ numpy's numbers
+
+
+def test_numpy_numbers_are_taken_as_plain_ones(sched: GPUJobScheduler, script: str) -> None:
+    """Any numbers.Real / numbers.Integral is a number (never a bool), everywhere a
+    number is taken, and is stored as a plain float or int."""
+    half = sched.store.get(
+        sched.add_command(
+            "true",
+            required_gpus=np.float32(0.5),
+            priority=np.int64(1),
+            max_retries=np.uint8(2),
+            allowed_gpus=[np.int64(1)],
+        )
+    )
+    assert (half.required_gpus, half.priority, half.spec.max_retries) == (0.5, 1, 2)
+    assert type(half.required_gpus) is float and type(half.priority) is int
+    assert type(half.spec.max_retries) is int and half.allowed_gpus == (1,)
+    two = sched.store.get(
+        sched.add_job(script, args=[np.int64(3), np.float64(0.5)], required_gpus=np.int64(2))
+    )
+    assert two.required_gpus == 2.0 and type(two.required_gpus) is float
+    assert two.spec.args == ("3", "0.5")
+    sched.pause_gpu(np.int64(3))
+    assert sched.store.paused() == {3}
+    sched.resume_gpu(np.int32(3))
+    assert sched.logs(half.id, tail=np.int64(5)) == ""
+    assert list(sched.jobs(first=np.int64(1))["id"]) == [half.id]
+    ids = sched.add_sweep(
+        script, args="--x {1,2}", required_gpus=np.float64(0.25), limit=np.int16(2)
+    )
+    again = sched.add_sweep(script, args="--x {1,2}", required_gpus=0.25)
+    assert len(ids) == 2 and again.sweep_id == ids.sweep_id and not again
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"required_gpus": np.bool_(True)}, {"priority": np.bool_(False)}, {"priority": np.float64(1)}],
+)
+def test_numpy_bools_and_floats_for_integers_are_refused(
+    sched: GPUJobScheduler, kwargs: dict[str, Any]
+) -> None:
+    rejects(sched, lambda: sched.add_command("true", **kwargs), (TypeError,), next(iter(kwargs)))
+
+
+def test_numpy_numbers_in_the_config(tmp_path: Path) -> None:
+    config = SchedulerConfig(
+        state_dir=tmp_path / "s",
+        num_gpus=np.int64(2),
+        kill_grace_s=np.float32(0.5),
+        retry_backoff_s=np.int32(2),
+        default_requirement=np.float64(0.5),
+        gpu_allocation_precision=np.float64(0.05),
+        max_retries=np.int64(1),
+        max_sweep_jobs=np.int64(10),
+    )
+    for name, kind in (
+        ("num_gpus", int), ("kill_grace_s", float), ("retry_backoff_s", float),
+        ("default_requirement", float), ("gpu_allocation_precision", float),
+        ("max_retries", int), ("max_sweep_jobs", int),
+    ):  # fmt: skip
+        assert type(getattr(config, name)) is kind, name
+    assert (config.num_gpus, config.kill_grace_s, config.default_requirement) == (2, 0.5, 0.5)
+    with pytest.raises(TypeError, match="num_gpus"):
+        SchedulerConfig(state_dir=tmp_path / "s", num_gpus=np.float64(2))
+
+
+# ------------------------------------------------------------------ the allocation precision
+
+
+def test_fractions_below_the_allocation_precision(tmp_path: Path, script: str) -> None:
+    """The allocator places a fraction below one step of gpu_allocation_precision as one
+    step but books what it asked: required_gpus=1e-9 let jobs without end share a GPU."""
+    llm = tmp_path / "llm.json"
+    llm.write_text('{"default_requirement": 1, "models": {"tinier": 0.001}}')
+    s = GPUJobScheduler(
+        config=SchedulerConfig(
+            state_dir=tmp_path / "s",
+            gpu_provider="simulated",
+            num_gpus=N_GPUS,
+            gpu_allocation_precision=0.05,
+            llm_config_file=str(llm),
+        )
+    )
+    try:
+        for value in (1e-9, 0.01, 0.049):
+            msg = rejects(
+                s,
+                lambda v=value: s.add_command("true", required_gpus=v),
+                (ValueError,),
+                "required_gpus",
+            )
+            assert repr(value) in msg and "gpu_allocation_precision=0.05" in msg
+        assert s.store.get(s.add_command("true", required_gpus=0.05)).required_gpus == 0.05
+        msg = rejects(
+            s, lambda: s.add_job(script, args=["--llm", "tinier"]), (ValueError,), "required_gpus"
+        )
+        assert "gpu_allocation_precision=0.05" in msg and "LLM config" in msg
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ the LLM config
+
+
+@pytest.fixture
+def llm_sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
+    llm = tmp_path / "llm_config.json"
+    llm.write_text('{"default_requirement": 8, "models": {"small": 0.5, "llama-70b": 8}}')
+    s = GPUJobScheduler(
+        config=SchedulerConfig(
+            state_dir=tmp_path / "llm-state",
+            gpu_provider="simulated",
+            num_gpus=N_GPUS,
+            llm_config_file=str(llm),
+        )
+    )
+    yield s
+    s.close()
+
+
+def test_a_model_needing_too_many_gpus_is_named(llm_sched: GPUJobScheduler, script: str) -> None:
+    """The number comes from the LLM config, not from the call: the message says which
+    model asked for it, and in a sweep which combination."""
+    s = llm_sched
+    msg = rejects(
+        s, lambda: s.add_job(script, args=["--llm", "llama-70b"]), (ValueError,), "llama-70b"
+    )
+    assert "required_gpus=8" in msg and "LLM config" in msg and "has only 4 GPU(s)" in msg
+    msg = rejects(s, lambda: s.add_job(script, args="--llm=unlisted"), (ValueError,), "unlisted")
+    assert "default_requirement" in msg and "has only 4 GPU(s)" in msg
+    msg = rejects(
+        s,
+        lambda: s.add_sweep(script, args="--llm {small,llama-70b} --seed {1,2}"),
+        (ValueError,),
+        "llama-70b",
+    )
+    assert "combination llm=llama-70b, seed=1" in msg
+    assert s.store.sweeps() == []
+    # The call's own number is taken as it is, and said as it was given.
+    msg = rejects(
+        s,
+        lambda: s.add_job(script, args=["--llm", "small"], required_gpus=5),
+        (ValueError,),
+        "required_gpus",
+    )
+    assert msg.startswith("required_gpus=5: this machine has only 4 GPU(s)")
+    assert s.store.get(s.add_job(script, args=["--llm", "small"])).required_gpus == 0.5

@@ -262,6 +262,21 @@ def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler
         board.close()
 
 
+def test_dashboard_shows_nothing_for_a_missing_name(sched: GPUJobScheduler) -> None:
+    """The jobs table has NaN for a missing text (pandas 3's str columns): the dashboard
+    shows the command in its place, never "nan"."""
+    named = sched.add_command("echo named", required_gpus=1, name="named")
+    plain = sched.add_command("echo unnamed", required_gpus=1)
+    board = Dashboard(sched, autostart=False)
+    try:
+        board.refresh()
+        labels = {v: label for label, v in board.job_select.options}
+        assert labels[named].endswith("named") and labels[plain].endswith("echo unnamed")
+        assert "nan" not in board.jobs_table.value
+    finally:
+        board.close()
+
+
 def test_dashboard_thread_refreshes_and_stops_with_the_engine(
     running: GPUJobScheduler, monkeypatch: pytest.MonkeyPatch
 ) -> None:

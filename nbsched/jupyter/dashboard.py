@@ -329,8 +329,14 @@ def _name(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _text(value: object) -> str:
+    """A text cell of the jobs table; "" where it has none (None, or pandas' NaN)."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "" if missing else str(value)
+
+
 def _short(text: object, n: int) -> str:
-    s = "" if text is None else str(text)
+    s = _text(text)
     return s if len(s) <= n else s[: n - 1] + "…"
 
 

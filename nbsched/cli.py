@@ -470,9 +470,18 @@ def _serve(ns: argparse.Namespace) -> int:
     # (after start: starting Ray puts in signal handlers of its own)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    holder = None if s.is_dispatcher else s._lease.holder_pid()
     if ns.json:
         info = {"state_dir": str(cfg.state_dir), "pid": os.getpid(), "gpus": s.num_gpus}
+        if holder is not None:
+            info["standby_for"] = holder
         print(json.dumps({"serving": info, "provider": s.provider.name}), flush=True)
+    elif holder is not None:
+        print(
+            f"nbsched: standby for {cfg.state_dir}: the engine of pid {holder} dispatches; "
+            f"this one takes over if it stops (Ctrl-C stops this one)",
+            flush=True,
+        )
     else:
         print(
             f"nbsched: serving {cfg.state_dir} ({s.provider.name} GPUs: {s.num_gpus}); "

@@ -31,7 +31,8 @@ class Engine:
     client: GPUJobScheduler  # reads the same store from this process (never started)
 
 
-def _start_serve(state: Path, *args: str) -> subprocess.Popen[str]:
+def _start_serve(state: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``nbsched serve --json``, once it has said it serves: the process and what it said."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "nbsched.cli", "serve", "--state-dir", str(state), *args],
         stdout=subprocess.PIPE,
@@ -46,7 +47,7 @@ def _start_serve(state: Path, *args: str) -> subprocess.Popen[str]:
     assert line, f"nbsched serve exited: {proc.stderr.read() if proc.stderr else ''}"
     info = json.loads(line)
     assert info["serving"]["pid"] == proc.pid
-    return proc
+    return proc, info
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         "0,echo.py,,--llm big --from-file,\n"
     )
     state = work / "state"
-    proc = _start_serve(
+    proc, _ = _start_serve(
         state,
         "--json",
         "--simulate",
@@ -186,6 +187,21 @@ def test_options_after_the_script_and_commands_as_the_shell_split_them(engine: E
     failed = cli(engine.state, "wait", bad, "--timeout", "30", check=False)
     assert failed.returncode == 1 and "failed" in failed.stdout
     assert cli(engine.state, "wait", line).returncode == 0
+
+
+def test_a_second_serve_is_a_standby_that_changes_nothing(engine: Engine) -> None:
+    standby, said = _start_serve(engine.state, "--json", "--simulate", "4")
+    assert said["serving"]["standby_for"] == engine.proc.pid
+    try:
+        assert json.loads(engine.client.store.kv_get("engine") or "{}")["pid"] == engine.proc.pid
+        gpus = json.loads(cli(engine.state, "gpus", "--json").stdout)
+        assert len(gpus) == 2  # the dispatching engine's, not the standby's 4
+        refused = cli(engine.state, "run", "--gpus", "3", "--", "true", check=False)
+        assert refused.returncode == 2 and f"pid {engine.proc.pid}" in refused.stderr
+    finally:
+        standby.send_signal(signal.SIGTERM)
+        standby.wait(timeout=30)
+    assert standby.returncode == 0
 
 
 def test_a_bad_id_among_several_does_nothing(engine: Engine) -> None:

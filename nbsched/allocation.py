@@ -23,11 +23,13 @@ Rules, in the order they are applied:
   the reservation.  A multi-GPU reservation, like the job, lies within one group.
 
 Nothing here reads a clock, a file or a GPU: :func:`plan` is called by the
-dispatcher thread and by the tests with hand-built states.
+dispatcher thread and by the tests with hand-built states.  :func:`explain` says, from
+the same inputs, why each queued job has not started (``why()``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -171,6 +173,50 @@ def plan(
     return Plan(tuple(placements), reserved, next_wakeup, head_waiting)
 
 
+def explain(
+    queue: Sequence[Job], gpus: Sequence[GpuState], now: float, precision: float = 0.01
+) -> dict[str, str]:
+    """Why each job of ``queue`` (in dispatch order, as for :func:`plan`) has not
+    started, in words, from the same inputs as :func:`plan`."""
+    decision = plan(queue, gpus, now, precision)
+    placed = {p.job_id: p.gpus for p in decision.placements}
+    head = decision.head_waiting
+    held = sorted(g for g, j in decision.reserved.items() if head and j == head[0])
+    usable = sum(1 for g in gpus if g.eligible)
+    out: dict[str, str] = {}
+    first_blocked: Job | None = None
+    for job in queue:
+        if job.not_before is not None and job.not_before > now:
+            out[job.id] = f"a retry's back-off, until {_clock(job.not_before)}"
+        elif job.id in placed:
+            where = ",".join(map(str, placed[job.id]))
+            out[job.id] = f"it fits now (GPU {where}): it starts at the engine's next turn"
+        elif head is not None and job.id == head[0]:
+            out[job.id] = head[1]
+            first_blocked = job
+        elif head is not None and first_blocked is not None:
+            text = f"job {head[0]} comes first ({head[1]})"
+            need = _need(_round(job.required_gpus, precision))
+            if held:
+                text += f"; it needs {need}, and may use only GPUs that job does not hold"
+            out[job.id] = text
+        else:
+            out[job.id] = (
+                f"every usable GPU ({usable}) is taken by running jobs and jobs ahead of it"
+                if usable
+                else "no GPU is usable now (paused, or busy with others' work)"
+            )
+    return out
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+def _need(req: float) -> str:
+    return f"{req:g} of a GPU" if req < 1 else f"{int(req)} free GPU{'s' if req > 1 else ''}"
+
+
 def queue_key(job: Job) -> tuple[int, int]:
     """Dispatch order: lower priority number first, then first come."""
     return (job.priority, job.seq)
@@ -239,7 +285,7 @@ def _reserve(
 
 
 def _why(req: float, pool: list[int], hold: tuple[int, ...], grouped: bool = False) -> str:
-    need = f"{req:g} of a GPU" if req < 1 else f"{int(req)} free GPU{'s' if req > 1 else ''}"
+    need = _need(req)
     if not hold:
         if grouped and req > 1:
             return (

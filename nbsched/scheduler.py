@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import frames
+from .allocation import booked_share, explain, gpu_states, queue_key
 from .config import (
     SchedulerConfig,
     below_precision,
@@ -118,6 +119,7 @@ class GPUJobScheduler:
             else None
         )
         self._extensions: list[Any] = []
+        self._explained: tuple[int, float, dict[str, str]] | None = None  # see why()
         # (when read, the GPU count the dispatching engine published, and its pid)
         self._engine_gpus: tuple[float, int | None, int | None] | None = None
         self._closed = False
@@ -943,18 +945,42 @@ class GPUJobScheduler:
             bar.close()
 
     def why(self, job_id: str) -> str:
-        """Why a queued job is waiting (as far as this process's dispatcher knows)."""
+        """Why a queued job has not started, in words: from the queue, the running jobs,
+        the pauses and the GPUs as they are now (the dispatcher's own rules, in
+        :func:`nbsched.allocation.explain`), so any process can ask."""
         self._check_open()
         job = self.store.get(job_id)
         if job.status != JobStatus.QUEUED:
             return f"job {job.id} is {job.status.value}"
-        d = self._dispatcher
-        if d is not None and d.head_waiting and d.head_waiting[0] == job.id:
-            return d.head_waiting[1]
-        if job.not_before and job.not_before > time.time():
-            until = time.strftime("%H:%M:%S", time.localtime(job.not_before))
-            return f"retry back-off until {until}"
-        return "waiting for GPUs (jobs ahead of it come first)"
+        reason = self._waiting_reasons().get(job.id, "it was queued just now: look again")
+        if self._lease.holder_pid() is None:
+            reason += " (no engine runs on this state directory: nothing starts until one does)"
+        return reason
+
+    def _waiting_reasons(self) -> dict[str, str]:
+        """:func:`explain` for the whole queue, worked out once per store revision (and
+        at most once a second, for the GPUs' own changes): a status lists several."""
+        rev = self.store.revision()
+        now = time.monotonic()
+        cached = self._explained
+        if cached is not None and cached[0] == rev and now - cached[1] < 1.0:
+            return cached[2]
+        queue = sorted(self.store.find(statuses=[JobStatus.QUEUED]), key=queue_key)
+        alloc: dict[int, float] = {}
+        for run in self.store.find(statuses=[JobStatus.RUNNING]):
+            share = booked_share(run.required_gpus, len(run.gpus))
+            for g in run.gpus:
+                alloc[g] = alloc.get(g, 0.0) + share
+        states = gpu_states(
+            self.monitor.snapshot(),
+            alloc,
+            self.store.paused(),
+            self.config.gpu_memory_threshold,
+            self.config.gpu_load_threshold,
+        )
+        reasons = explain(queue, states, time.time(), self.config.gpu_allocation_precision)
+        self._explained = (rev, now, reasons)
+        return reasons
 
 
 def _abspath(path: str | None) -> str | None:

@@ -13,6 +13,7 @@ from nbsched.allocation import (
     Plan,
     booked_share,
     could_start,
+    explain,
     gpu_states,
     most_room,
     plan,
@@ -359,3 +360,52 @@ def test_rounding_never_overbooks(req: float) -> None:
     total = sum(booked_share(req, 1) for _ in p.placements)
     assert total <= 1 + 0.01
     assert total > 1 - req - 0.01  # and the GPU is still filled
+
+
+# ------------------------------------------------------------------ explain (why())
+
+
+def test_explain_says_why_each_queued_job_has_not_started() -> None:
+    queue = sorted(
+        [
+            job(1, 0.5),  # fits now
+            job(2, 2.0),  # the head: needs 2 empty GPUs, holds GPUs for itself
+            job(3, 0.25),  # behind it
+            job(4, 0.5, not_before=NOW + 60),  # in a retry's back-off
+        ],
+        key=queue_key,
+    )
+    why = explain(queue, gpus(0.5, 1.0, 0.0), NOW)
+    assert why["1"] == "it fits now (GPU 0): it starts at the engine's next turn"
+    assert why["2"].startswith("needs 2 free GPUs; GPU(s)") and "held for it" in why["2"]
+    assert why["3"].startswith("job 2 comes first (needs 2 free GPUs")
+    assert why["3"].endswith("it needs 0.25 of a GPU, and may use only GPUs that job does not hold")
+    assert why["4"].startswith("a retry's back-off, until ")
+    assert set(why) == {"1", "2", "3", "4"}
+
+
+def test_explain_when_everything_is_taken_or_paused() -> None:
+    queue = [job(1, 1.0), job(2, 1.0), job(3, 0.5)]
+    why = explain(queue, gpus(0.0), NOW)
+    assert why["1"].startswith("it fits now (GPU 0)")
+    assert (
+        why["2"]
+        == why["3"]
+        == ("every usable GPU (1) is taken by running jobs and jobs ahead of it")
+    )
+    why = explain([job(1, 0.5)], gpus(0.0, 0.0, paused=[0, 1]), NOW)
+    assert why["1"] == "needs 0.5 of a GPU; only 0 usable GPU(s) (others paused or busy elsewhere)"
+
+
+@given(
+    reqs=st.lists(st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0]), min_size=1, max_size=8),
+    alloc=st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=4),
+)
+def test_explain_agrees_with_plan(reqs: list[float], alloc: list[float]) -> None:
+    """A job explain() says fits now is exactly one plan() starts."""
+    queue = [job(i + 1, r) for i, r in enumerate(reqs)]
+    states = gpus(*alloc)
+    why = explain(queue, states, NOW)
+    assert set(why) == {j.id for j in queue}
+    starting = {k for k, v in why.items() if v.startswith("it fits now")}
+    assert starting == set(placed(run(queue, states)))

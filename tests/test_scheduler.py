@@ -441,6 +441,31 @@ def test_a_running_jobs_processes_outlive_another_jobs_end(
     wait_for(lambda: token_processes(token) == [], what="the leftovers to be ended")
 
 
+def test_why_a_job_waits_from_any_process(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    engine = make_sched(num_gpus=2)
+    gate = tmp_path / "gate"
+    hold = engine.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1)
+    wait_running(engine, hold)
+    big = engine.add_command("true", required_gpus=2)  # the head: needs both GPUs
+    small = engine.add_command("true", required_gpus=1)  # behind it
+    settle(engine)
+    other = GPUJobScheduler(config=engine.config)  # another kernel: no engine of its own
+    try:
+        for s in (engine, other):
+            assert s.why(big).startswith("needs 2 free GPUs; GPU(s) ")
+            assert s.why(small).startswith(f"job {big} comes first (needs 2 free GPUs")
+            assert s.why(hold) == f"job {hold} is running"
+        engine.stop()
+        assert other.why(big).endswith(
+            "(no engine runs on this state directory: nothing starts until one does)"
+        )
+    finally:
+        gate.touch()
+        other.close()
+
+
 def test_stop_kill_cancels_running(make_sched: Callable[..., GPUJobScheduler]) -> None:
     s = make_sched()
     job_id = s.add_command("sleep 300", required_gpus=1)

@@ -83,10 +83,21 @@ def parse_statuses(status: str | Iterable[str] | None) -> list[JobStatus] | None
     return out
 
 
+def local_zone() -> Any:
+    """This machine's time zone (``TZ``, else the system's), the zone times are shown
+    in: tz-aware, so they are not taken for UTC (``.timestamp()`` is right, and a
+    comparison with another zone's time too)."""
+    from dateutil.tz import tzlocal  # (pandas' own dependency)
+
+    return tzlocal()
+
+
 def _ts(value: float | None) -> pd.Timestamp | None:
     import pandas as pd  # (lazily: `nbsched add` from a shell never needs it)
 
-    return None if value is None else pd.Timestamp(value, unit="s", tz="UTC").tz_convert(None)
+    if value is None:
+        return None
+    return pd.Timestamp(value, unit="s", tz="UTC").tz_convert(local_zone())
 
 
 def job_row(job: Job) -> dict[str, Any]:
@@ -136,7 +147,8 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
 
     Its column types are the same whether it has rows or not: ``priority`` and
     ``attempts`` int64, ``required_gpus`` float64, ``exit_code`` Int64 (``<NA>`` when
-    there is none), ``submitted``/``started``/``ended`` datetime64[ns] (``NaT``),
+    there is none), ``submitted``/``started``/``ended`` datetime64[ns] in this machine's
+    time zone (tz-aware; ``NaT`` for none),
     ``gpus`` lists, and the text columns (:data:`TEXT_COLUMNS`) the type pandas gives a
     column of strings, all with the same missing value: with pandas 3 its ``str`` type,
     where a missing text (a job with no ``name``, ``sweep``, ``node``, ``reason`` or
@@ -211,14 +223,14 @@ def _text_dtype() -> Any:
 
 
 def _times(values: Sequence[float | None]) -> Any:
-    """Seconds since the epoch (or None) as datetime64[ns], converted at once (~7 us a
+    """Seconds since the epoch (or None) as datetime64[ns] in :func:`local_zone`, at once (~7 us a
     value less than one by one, and half the time of going through a Series).  (pandas
     picks the unit from the values: s for none at all, us for whole seconds.)"""
     import pandas as pd
 
     nan = float("nan")
-    times = pd.to_datetime([nan if v is None else v for v in values], unit="s")
-    return pd.Series(times.as_unit("ns"))
+    times = pd.to_datetime([nan if v is None else v for v in values], unit="s", utc=True)
+    return pd.Series(times.as_unit("ns").tz_convert(local_zone()))
 
 
 def gpu_frame(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import is_whole
 from .errors import InvalidTypeError, InvalidValueError, NbschedError
+from .frames import local_zone
 from .jobs import Job, JobSpec, JobStatus, job_hash
 from .sweep import Expansion, check_size, count_combinations, expand_args, expand_params
 
@@ -350,7 +351,7 @@ def sweeps_frame(s: GPUJobScheduler) -> pd.DataFrame:
         rows.append(
             {
                 "sweep": sid,
-                "created": pd.Timestamp(created, unit="s", tz="UTC").tz_convert(None),
+                "created": pd.Timestamp(created, unit="s", tz="UTC").tz_convert(local_zone()),
                 "script": record.get("script"),
                 "args": args if isinstance(args, str) else " ".join(args),
                 "combinations": len(record.get("combinations", ())),

@@ -3,7 +3,9 @@ get from jobs() and wait() says what each job's record says, with the same types
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pandas as pd
 import pytest
 
 from nbsched import frames
+from nbsched.frames import local_zone
 from nbsched.jobs import Job, JobSpec, JobStatus
 from nbsched.store import Store, prepare_state_dir
 
@@ -34,7 +37,7 @@ DTYPES = {
     "required_gpus": "float64",
     "attempts": "int64",
     "exit_code": "Int64",
-    **dict.fromkeys(["submitted", "started", "ended"], "datetime64[ns]"),
+    **dict.fromkeys(["submitted", "started", "ended"], pd.DatetimeTZDtype("ns", local_zone())),
     "gpus": object,
 }
 
@@ -46,7 +49,7 @@ def row_by_row(jobs: list[Job]) -> pd.DataFrame:
     object otherwise)."""
     df = pd.DataFrame([frames.job_row(j) for j in jobs], columns=list(frames.JOB_COLUMNS))
     for col in ("submitted", "started", "ended"):
-        df[col] = pd.to_datetime(df[col])
+        df[col] = pd.to_datetime(df[col], utc=True).dt.tz_convert(local_zone())
     return df.astype(DTYPES)
 
 
@@ -178,8 +181,25 @@ def test_whole_second_times_are_nanoseconds_too(store: Store) -> None:
     j = add(store, JobSpec(kind="command", command="true", required_gpus=1))
     store.transition(j, R, now=2.0, gpus=(0,), started=2.0, token="t", attempts=1)
     table = frames.jobs_frame(store.table())
-    assert str(table["started"].dtype) == "datetime64[ns]"
-    assert table["started"][0] == pd.Timestamp(2.0, unit="s")
+    assert table["started"].dtype == pd.DatetimeTZDtype("ns", local_zone())
+    assert table["started"][0] == pd.Timestamp(2.0, unit="s", tz="UTC")
+    assert table["started"][0].timestamp() == 2.0
+
+
+def test_times_are_in_this_machines_zone(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A researcher in New York reads 19:00:02-05:00, not an unmarked 00:00:02 (UTC)."""
+    j = add(store, JobSpec(kind="command", command="true", required_gpus=1))
+    store.transition(j, R, now=2.0, gpus=(0,), started=2.0, token="t", attempts=1)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        started = frames.jobs_frame(store.table())["started"][0]
+        assert (started.hour, started.utcoffset()) == (19, dt.timedelta(hours=-5))
+        assert started.timestamp() == 2.0
+        assert frames.job_row(store.get(j))["started"] == started
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_rows_do_not_share_their_gpu_lists(store: Store) -> None:

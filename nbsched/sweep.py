@@ -324,6 +324,9 @@ def expand_params(
         raise InvalidValueError(
             f"style={style!r}: may only hold {{name}} and {{value}}, e.g. '--{{name}}'"
         ) from None
+    if style.format(name="x", value="1") == style.format(name="y", value="1"):
+        # (every parameter would get the same flag: "--x" gives --x 1 --x 3)
+        raise InvalidValueError(f"style={style!r}: must hold {{name}}, e.g. '--{{name}}'")
     result: list[Expansion] = []
     for combo in itertools.product(*(v for _, v in columns)):
         argv: list[str] = []

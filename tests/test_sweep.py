@@ -177,6 +177,9 @@ def test_expand_params() -> None:
             expand_params(bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidValueError, match="style"):
         expand_params({"lr": [1]}, "--{nme}")
+    for same_flag in ("--x", "--x={value}"):  # every parameter would get the same flag
+        with pytest.raises(InvalidValueError, match=r"must hold \{name\}"):
+            expand_params({"lr": [1], "seed": [3]}, same_flag)
     with pytest.raises(InvalidValueError, match="limit"):
         expand_params({"a": range(100), "b": range(100)}, limit=9999)
 

@@ -27,7 +27,8 @@ its runs.  For every job it:
 GPUs go to another job): a job's main process may exit while processes it started run
 on (``cmd &``, a data loader's workers, ``nohup``), and they would hold the GPU the
 next job is given.  The spawner sends ``SIGKILL`` to the job's process group (the
-session it started the job in), and, being a *child subreaper*
+session it started the job in; before it reaps the job's main process, so the group's
+id cannot have gone to another), and, being a *child subreaper*
 (``PR_SET_CHILD_SUBREAPER``: orphans below it come to it instead of to init), to each
 orphan of its own that belongs to no running job: one that left the job's session
 (``setsid``, a daemon's double fork) is known by the ``NBSCHED_JOB_TOKEN`` in its
@@ -350,19 +351,24 @@ class Spawner:
 
     def _reap(self) -> None:
         while True:
+            pid = _exited_child()
+            if pid is None:
+                return
+            if pid in self.jobs:
+                # Its process group first, while the job's main process is a zombie:
+                # until it is reaped, no new process or group can take its id.
+                _kill_group(pid)
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                _, status = os.waitpid(pid, 0)  # (it has exited: this does not block)
             except ChildProcessError:
-                return
-            if pid == 0:
-                return
+                continue
             job = self.jobs.pop(pid, None)
             if job is None:
                 continue  # (a leftover that was ended: an orphan it adopted)
             self.by_token.pop(job.token, None)
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
-            self._end_leftovers(job.pid)  # before the GPUs can go to another job
+            self._end_leftovers()  # before the GPUs can go to another job
             if not job.acked:  # (an engine of version 1 reads the file: it comes first)
                 _write_exit(job.exit_path, code)
             told = [_end(fd, code) for fd in job.end_fds]  # the engines learn of it now
@@ -372,10 +378,9 @@ class Spawner:
                 else:  # no engine could be told: keep it on disk for the next one
                     _write_exit(job.exit_path, code)
 
-    def _end_leftovers(self, pid: int) -> None:
-        """SIGKILL what the job whose main process ``pid`` just ended left running: its
-        process group, and the orphans that came to this subreaper from ended jobs."""
-        _kill_group(pid)  # (the job's main process led it: setsid at the spawn)
+    def _end_leftovers(self) -> None:
+        """SIGKILL the orphans that came to this subreaper from ended jobs (a job's own
+        process group is ended before its main process is reaped)."""
         if self._children is None:
             return
         try:
@@ -432,6 +437,15 @@ def _subreaper() -> str | None:
 
 
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def _exited_child() -> int | None:
+    """The pid of a child that has exited, left unreaped (None if none has)."""
+    try:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return None if info is None else info.si_pid
 
 
 def _kill_group(group: int) -> None:

@@ -393,6 +393,7 @@ def test_what_a_job_leaves_running_ends_with_it(sched: GPUJobScheduler, tmp_path
     ready = tmp_path / "ready"
     cmd = (
         "setsid sleep 311 & "
+        "( setsid sleep 315 & sleep 316 ) & "  # (comes to the spawner only as 316 dies)
         "sleep 312 & "
         "nohup sleep 313 >/dev/null 2>&1 & "
         "bash -c 'trap \"\" TERM HUP; exec sleep 314' & "

@@ -23,16 +23,17 @@ its runs.  For every job it:
   exit file's create, rename and removal): on a slow or network file system those
   were most of the cost of a short job.
 
-**What a job leaves behind** is ended with it, before its end is told (so before its
-GPUs go to another job): a job's main process may exit while processes it started run
-on (``cmd &``, a data loader's workers, ``nohup``), and they would hold the GPU the
-next job is given.  The spawner sends ``SIGKILL`` to the job's process group (the
-session it started the job in; before it reaps the job's main process, so the group's
-id cannot have gone to another), and, being a *child subreaper*
-(``PR_SET_CHILD_SUBREAPER``: orphans below it come to it instead of to init), to each
-orphan of its own that belongs to no running job: one that left the job's session
-(``setsid``, a daemon's double fork) is known by the ``NBSCHED_JOB_TOKEN`` in its
-environment (one without it is ended once no job runs: whose it is cannot be told).
+**What a job leaves behind** is ended with it: a job's main process may exit while
+processes it started run on (``cmd &``, a data loader's workers, ``nohup``), and they
+would hold the GPU the next job is given.  The spawner sends ``SIGKILL`` to the job's
+process group (the session it started the job in) before it reaps the job's main
+process (so the group's id cannot have gone to another) and tells its end.  Being a
+*child subreaper* (``PR_SET_CHILD_SUBREAPER``: orphans below it come to it instead of
+to init), it also kills each orphan of its own that belongs to no running job, at each
+job's end and whenever an orphan it killed is reaped (that one's own children come to
+it then): one that left the job's session (``setsid``, a daemon's double fork) is
+known by the ``NBSCHED_JOB_TOKEN`` in its environment (one without it is ended once no
+job runs: whose it is cannot be told).  It does not exit while such orphans remain.
 (Where there is no ``/proc`` or no subreaper, only the process group is ended.)
 
 An engine learns of a job's end from its end descriptor: the write end of a pipe it
@@ -181,7 +182,9 @@ class Spawner:
                 now = time.monotonic()
                 idle_since = idle_since or now
                 if now - idle_since >= IDLE_EXIT_S:
-                    return
+                    if not self._end_leftovers():
+                        return
+                    idle_since = now  # (leftovers: ended and reaped first, not left to init)
                 timeout = IDLE_EXIT_S - (now - idle_since)
             try:
                 for key, _ in self.sel.select(timeout):
@@ -350,9 +353,14 @@ class Spawner:
     # -- ends -------------------------------------------------------------------------
 
     def _reap(self) -> None:
+        orphan_reaped = False
         while True:
             pid = _exited_child()
             if pid is None:
+                if orphan_reaped:
+                    # Its own children (in a session of their own) came to this process
+                    # as it died: end them too.
+                    self._end_leftovers()
                 return
             if pid in self.jobs:
                 # Its process group first, while the job's main process is a zombie:
@@ -364,7 +372,8 @@ class Spawner:
                 continue
             job = self.jobs.pop(pid, None)
             if job is None:
-                continue  # (a leftover that was ended: an orphan it adopted)
+                orphan_reaped = True  # (a leftover that was ended: an orphan it adopted)
+                continue
             self.by_token.pop(job.token, None)
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
@@ -378,20 +387,22 @@ class Spawner:
                 else:  # no engine could be told: keep it on disk for the next one
                     _write_exit(job.exit_path, code)
 
-    def _end_leftovers(self) -> None:
+    def _end_leftovers(self) -> int:
         """SIGKILL the orphans that came to this subreaper from ended jobs (a job's own
-        process group is ended before its main process is reaped)."""
+        process group is ended before its main process is reaped); returns how many
+        children that are not jobs it has (those just killed included).
+
+        Called at each job's end, whenever such an orphan is reaped (its own children
+        came here as it died), and before the spawner exits."""
         if self._children is None:
-            return
+            return 0
         try:
             with open(self._children, "rb") as fh:
-                orphans = [int(p) for p in fh.read().split()]
+                orphans = [int(p) for p in fh.read().split() if int(p) not in self.jobs]
         except (OSError, ValueError):
-            return
+            return 0
         running = {job.pid for job in self.jobs.values()}
         for orphan in orphans:
-            if orphan in self.jobs:
-                continue
             token = _token_of(orphan)
             if token is None:
                 # An environment of its own (env -i): whose it is cannot be told while
@@ -407,6 +418,7 @@ class Spawner:
                 os.kill(orphan, signal.SIGKILL)
             except OSError:  # (gone meanwhile)
                 pass
+        return len(orphans)
 
     def _ack(self, tokens: list[str]) -> None:
         """Those jobs' ends are in the database: forget them (and their exit files)."""

@@ -193,7 +193,7 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
         info = json.loads(saved)
         s.close()
         names = ["gpu_provider", "num_gpus", "simulated_gpus_file", "executor", "ray_address"]
-        if ns.verb == "add":  # --llm MODEL in the arguments: the engine's LLM config decides
+        if ns.verb in ("add", "sweep"):  # --llm MODEL: the engine's LLM config decides
             names.append("llm_config_file")
         keep = {k: info[k] for k in names if k in info}
         s = GPUJobScheduler(config=cfg.replace(**keep))
@@ -374,7 +374,7 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     elif verb == "cancel":
         for jid in ns.ids:  # every id first: a bad one cancels none
             s.job(jid)
-        done = {jid: s.cancel(jid) for jid in ns.ids}
+        done = {jid: s.cancel(jid) for jid in dict.fromkeys(ns.ids)}  # (each once)
         if ns.json:
             print(json.dumps([{"id": k, "cancelled": v} for k, v in done.items()]))
         else:
@@ -397,7 +397,7 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     elif verb == "wait":
-        if s._lease.holder_pid() is None and not s.jobs(status="active").empty:
+        if s.engine_pid is None and not s.jobs(status="active").empty:
             print(
                 "nbsched wait: no engine is running on this state directory: queued jobs "
                 "start once one does (nbsched serve, or a notebook's scheduler)",
@@ -421,7 +421,7 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
 
 def _status(s: GPUJobScheduler, as_json: bool) -> int:
     counts = s.counts()
-    holder = s._lease.holder_pid()
+    holder = s.engine_pid
     notices = s.store.notices(20)
     if as_json:
         print(
@@ -470,7 +470,7 @@ def _serve(ns: argparse.Namespace) -> int:
     # (after start: starting Ray puts in signal handlers of its own)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    holder = None if s.is_dispatcher else s._lease.holder_pid()
+    holder = None if s.is_dispatcher else s.engine_pid
     if ns.json:
         info = {"state_dir": str(cfg.state_dir), "pid": os.getpid(), "gpus": s.num_gpus}
         if holder is not None:

@@ -179,7 +179,15 @@ class GPUJobScheduler:
 
     @property
     def is_dispatcher(self) -> bool:
+        """Whether this scheduler's engine dispatches for its state directory now."""
         return self._lease.held
+
+    @property
+    def engine_pid(self) -> int | None:
+        """The pid of the process whose engine dispatches for this state directory
+        (this one's, or another's), or None when no engine runs there."""
+        self._check_open()
+        return self._lease.holder_pid()
 
     def start(self) -> GPUJobScheduler:
         """Start the engine threads (idempotent).  Returns the scheduler."""
@@ -328,7 +336,10 @@ class GPUJobScheduler:
             now = time.monotonic()
             known = self._engine_gpus
             if known is None or now - known[0] > ENGINE_INFO_TTL_S:
-                known = self._engine_gpus = (now, *self._published_gpus())
+                count, pid = self._published_gpus()
+                if pid is not None and pid != self._lease.holder_pid():
+                    count = None  # a stopped engine's record: its GPUs may be gone too
+                known = self._engine_gpus = (now, count, pid)
             _, count, pid = known
             if count is not None:
                 who = f" (pid {pid})" if pid is not None else ""
@@ -953,7 +964,7 @@ class GPUJobScheduler:
         if job.status != JobStatus.QUEUED:
             return f"job {job.id} is {job.status.value}"
         reason = self._waiting_reasons().get(job.id, "it was queued just now: look again")
-        if self._lease.holder_pid() is None:
+        if self.engine_pid is None:
             reason += " (no engine runs on this state directory: nothing starts until one does)"
         return reason
 

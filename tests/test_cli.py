@@ -101,6 +101,12 @@ def test_status_add_jobs_logs_against_a_serving_engine(engine: Engine) -> None:
     job = c.store.get(jid_text)
     assert job.executor == "screen"  # the engine's executor, which the CLI learnt from the store
 
+    swept = json.loads(
+        cli(engine.state, "sweep", "--json", str(engine.work / "echo.py"), "--", "--llm", "big",
+            "--x", "{1,2}").stdout
+    )  # fmt: skip
+    c.wait(swept["ids"], timeout=30)  # (the engine's LLM config, read by the CLI, for each)
+    assert [c.job(j)["required_gpus"] for j in swept["ids"]] == [2.0, 2.0]
     llm = cli(engine.state, "add", str(engine.work / "echo.py"), "--", "--llm", "big").stdout
     c.wait([llm.strip()], timeout=30)  # the engine's LLM config, read by the CLI
     assert c.job(llm.strip())["required_gpus"] == 2.0 and c.job(llm.strip())["gpus"] == [0, 1]
@@ -211,7 +217,8 @@ def test_a_bad_id_among_several_does_nothing(engine: Engine) -> None:
         done = cli(engine.state, verb, jid, "999999", check=False)
         assert done.returncode == 2 and "no job '999999'" in done.stderr
         assert c.job(jid)["status"] in ("queued", "running")
-    assert cli(engine.state, "cancel", jid).returncode == 0
+    done = cli(engine.state, "cancel", jid, jid).stdout  # (an id given twice: done once)
+    assert done.strip() == f"{jid}: cancelled"
 
 
 def test_sweep_sweeps_results_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1006,6 +1006,23 @@ def test_submissions_are_checked_against_the_engines_gpus(
     assert status(other, big) == "succeeded"
 
 
+def test_a_stopped_engines_gpus_do_not_count(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """Yesterday's engine had 8 GPUs; today's process has 4 and starts its engine after
+    submitting: a job for 6 would wait for ever, so it is refused at once."""
+    state = tmp_path / "shared"
+    old = make_sched(state_dir=state, num_gpus=8)
+    assert old.engine_pid == os.getpid() and old.is_dispatcher
+    old.stop()
+    new = make_sched(start=False, state_dir=state, num_gpus=4)
+    assert new.engine_pid is None
+    with pytest.raises(ValueError, match="required_gpus=6") as info:
+        new.add_command("echo", required_gpus=6)
+    assert "this machine has only 4 GPU(s)" in str(info.value)
+    assert new.counts()["queued"] == 0
+
+
 def test_retry_back_off_after_very_many_attempts(sched: GPUJobScheduler) -> None:
     """The back-off doubles per attempt; at attempt 1500, 2**1499 s must not overflow."""
     from nbsched.executors.base import Exit

@@ -321,6 +321,17 @@ def test_dashboard_interval_must_be_a_number(running: GPUJobScheduler, interval:
         Dashboard(running, interval=interval)  # type: ignore[arg-type]
 
 
+def test_dashboard_takes_numpy_numbers(running: GPUJobScheduler) -> None:
+    import numpy as np
+
+    for interval in (np.int64(2), np.float32(0.5)):
+        board = Dashboard(running, interval=interval)  # type: ignore[arg-type]
+        try:
+            assert board.refreshing
+        finally:
+            board.close()
+
+
 def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> None:
     board = Dashboard(running, interval=0.05)
     assert board.refreshing

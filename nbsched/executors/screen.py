@@ -212,11 +212,13 @@ def end_leftovers(token: str | None, sty: str | None) -> None:
     head = (sty or "").split(".", 1)[0]
     screen_pid = int(head) if head.isdigit() else None
     for proc in find_by_token(token):
-        if proc.pid != screen_pid:
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+        try:
+            # (the session's own screen, also when its full name is not known)
+            if proc.pid == screen_pid or proc.name().lower() == "screen":
+                continue
+            proc.send_signal(signal.SIGKILL)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 def quit_session(sty: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import numbers
 import threading
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ MAX_INTERVAL_S = 86400.0
 
 def check_interval(interval: object) -> float:
     """The refresh period in seconds: a number in (0, MAX_INTERVAL_S]."""
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):  # (numpy's too)
         raise InvalidTypeError(f"interval={interval!r}: expected seconds, e.g. 1.0")
     try:
         value = float(interval)

@@ -9,14 +9,12 @@ and returns its value, so ``df = %gpusched jobs`` works.  A user mistake raises
 from __future__ import annotations
 
 import argparse
-import inspect
 import shlex
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import ArgDecorator, argument, kwds, magic_arguments
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
 
 from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
 from nbsched.errors import NbschedError, SweepTooLargeError
@@ -28,107 +26,26 @@ from .parsing import (
     count_type,
     expand_vars,
     gpu_index_type,
-    gpus_type,
     limit_type,
     lines_type,
-    priority_type,
     rows_type,
     save_cell_script,
     seconds_type,
     split_dashdash,
 )
-
-#: Verb name -> its method (with ``.parser`` from ``magic_arguments``), in help order.
-VERBS: dict[str, Any] = {}
-
-NO_SCHEDULER = "no scheduler is running: start one with %gpusched start [--simulate N]"
-
-#: ``%gpusched help``, ``-h``, ``--help``: the overview (``%gpusched help VERB``: one verb's).
-HELP_WORDS = ("help", "-h", "--help")
-
-
-def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Callable[..., Any]:
-    """Register a method as ``%gpusched NAME``; ``tail``: what it takes after ``--`` (as
-    usage text); ``cell``: it has a ``%%gpusched NAME`` form."""
-
-    def mark(func: Any) -> Any:
-        func.argcmd_name = f"gpusched {name}"  # IPython's help formatter adds the "%"
-        func.__doc__ = summary
-        func.verb_summary = summary
-        func.takes_tail = bool(tail)
-        func.tail_usage = tail
-        func.cell_form = cell
-        VERBS[name] = func
-        return func
-
-    return mark
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-class exclusive(ArgDecorator):
-    """The options declared below it (in the source) exclude each other: argparse then
-    says so in the magic's terms (``argument --last: not allowed with argument --first``)."""
-
-    def add_to_parser(self, parser: Any, group: Any) -> Any:
-        return parser.add_mutually_exclusive_group()
-
-
-def _job_options(func: Any) -> Any:
-    """--gpus/--allowed/--priority/--name, shared by add, run and sweep."""
-    for deco in (
-        argument("--name", help="a label shown in the job table"),
-        argument(
-            "--priority",
-            type=priority_type,
-            default=0,
-            metavar="P",
-            help="lower runs first (default 0)",
-        ),
-        argument("--allowed", metavar="GPUS", help="GPUs it may use, e.g. 0-3,5 (default: any)"),
-        argument(
-            "--gpus",
-            type=gpus_type,
-            metavar="X",
-            help="GPUs it needs: a fraction in (0, 1] or a whole number "
-            "(default: from the LLM config, else 1)",
-        ),
-    ):
-        func = deco(func)
-    return func
-
-
-def _usage(func: Any) -> str:
-    """``%gpusched VERB [OPTIONS] ...`` on one line."""
-    text = _one_line(func.parser.format_usage())
-    text = text.removeprefix("::").removeprefix("usage:").strip()
-    return f"{text} {func.tail_usage}".strip()
-
-
-def _verb_help(func: Any) -> str:
-    return f"{func.parser.format_help()}\nusage: {_usage(func)}"
-
-
-def _verbs_epilog() -> str:
-    lines = ["verbs:"]
-    for func in VERBS.values():
-        usage = _usage(func)
-        lines.append(f"  {usage}\n      {func.verb_summary}")
-    return "\n".join(lines)
-
-
-def _clean_doc(func: Any) -> Any:
-    func.__doc__ = inspect.cleandoc(func.__doc__ or "")
-    return func
-
-
-class LogText(str):
-    """A log as a ``str`` that IPython shows as text, not as a quoted repr."""
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(str(self))
+from .verbs import (
+    HELP_WORDS,
+    NO_SCHEDULER,
+    VERBS,
+    LogText,
+    clean_doc,
+    exclusive,
+    job_options,
+    usage,
+    verb,
+    verb_help,
+    verbs_epilog,
+)
 
 
 @magics_class
@@ -169,7 +86,7 @@ class GpuschedMagics(Magics):
             return False
         raise UsageError(
             f"%gpusched {verb}: the following arguments are required: ID "
-            f"(usage: {_usage(VERBS[verb])})"
+            f"(usage: {usage(VERBS[verb])})"
         )
 
     @staticmethod
@@ -253,7 +170,7 @@ class GpuschedMagics(Magics):
         "queue a script (python, bash or executable) with its arguments",
         tail="[-- SCRIPT ARGS...]",
     )
-    @_job_options
+    @job_options
     @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
     @argument("script", help="path of the script")
     def _add(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
@@ -274,7 +191,7 @@ class GpuschedMagics(Magics):
         tail="-- COMMAND... (cell form: [-- SCRIPT ARGS...])",
         cell=True,
     )
-    @_job_options
+    @job_options
     @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="(cell form) conda env")
     def _run(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
@@ -310,7 +227,7 @@ class GpuschedMagics(Magics):
         cell=True,
     )
     @argument("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs")
-    @_job_options
+    @job_options
     @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
     @argument("script", nargs="?", help="path of the script (none in the cell form)")
     def _sweep(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
@@ -492,10 +409,10 @@ class GpuschedMagics(Magics):
     del _func
 
     @magic_arguments()
-    @kwds(epilog=_verbs_epilog())
+    @kwds(epilog=verbs_epilog())
     @argument("verb", help=f"one of: {', '.join(VERBS)}")
     @argument("arguments", nargs="*", help="the verb's arguments; see the verbs below")
-    @_clean_doc
+    @clean_doc
     @no_var_expand
     @line_cell_magic
     def gpusched(self, line: str, cell: str | None = None) -> Any:
@@ -523,7 +440,7 @@ class GpuschedMagics(Magics):
             topic = rest.split()[:1]
             if topic and topic[0] not in VERBS:
                 raise UsageError(f"unknown verb {topic[0]!r}: accepted verbs are {accepted}")
-            print(_verb_help(VERBS[topic[0]]) if topic else type(self).gpusched.__doc__)
+            print(verb_help(VERBS[topic[0]]) if topic else type(self).gpusched.__doc__)
             return None
         func = VERBS.get(name)
         if func is None:
@@ -538,7 +455,7 @@ class GpuschedMagics(Magics):
         except ValueError as exc:
             raise UsageError(f"{prefix} {name}: {rest!r}: {exc}") from None
         if "-h" in words or "--help" in words:  # a word of its own, not inside a quoted value
-            print(_verb_help(func))
+            print(verb_help(func))
             return None
         try:
             args = func.parser.parse_args(words)
@@ -549,7 +466,7 @@ class GpuschedMagics(Magics):
             if message.startswith("the following arguments are required") and expanded.empty:
                 message += f" ({expanded.empty_note()})"
             elif not message.startswith("argument "):  # not one value: show what is accepted
-                message += f" (usage: {_usage(func)})"
+                message += f" (usage: {usage(func)})"
             raise UsageError(f"{prefix} {name}: {message}") from None
         args.expanded = expanded  # (which $names gave nothing: "no jobs", not "all jobs")
         try:

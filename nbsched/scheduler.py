@@ -35,7 +35,6 @@ from .errors import (
     MissingFileError,
     NbschedError,
     PermissionDeniedError,
-    UnknownJobError,
 )
 from .executors.base import Executor
 from .gpus import make_provider
@@ -46,10 +45,9 @@ from .jobs import Job, JobSpec, JobStatus
 from .launch import check_launcher
 from .lease import DispatcherLease, WakeChannel
 from .llmconfig import LLMConfig, LLMConfigWatcher
-from .progress import WaitProgress
-from .progress import wanted as progress_wanted
-from .store import Store, parse_job_id, prepare_state_dir
+from .store import Store, prepare_state_dir
 from .submission import as_args, check_env, check_one_node, check_timeout, job_folder, no_nul
+from .waiting import Waits
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
     import pandas as pd
@@ -61,18 +59,6 @@ STANDBY_POLL_S = 0.25
 #: read again (submissions are validated against it).
 ENGINE_INFO_TTL_S = 1.0
 _INT64 = 2**63  # integers the store keeps must lie in [-_INT64, _INT64)
-
-
-class _Waiter:
-    """A ``wait()`` in progress, as :meth:`GPUJobScheduler._notify` sees it."""
-
-    __slots__ = ("left", "seen", "every", "event")
-
-    def __init__(self) -> None:
-        self.left: set[int] = set()  # its jobs not ended at its last look, nor told since
-        self.seen: set[int] = set()  # the ends told since its last look began
-        self.every = False  # woken at every change (it shows progress)
-        self.event = threading.Event()
 
 
 class GPUJobScheduler:
@@ -103,8 +89,7 @@ class GPUJobScheduler:
         (self.config.state_dir / "results").mkdir(mode=0o700, exist_ok=True)
         self.store = Store(self.config.db_path)
         self._lock = threading.RLock()
-        self._waiters: set[_Waiter] = set()  # the wait()s in progress
-        self._waiters_lock = threading.Lock()
+        self._waits = Waits()  # the wait()s in progress
         self._provider: GPUProvider | None = None
         self._monitor: GPUMonitor | None = None
         self._executors: dict[str, Executor] = {}
@@ -408,20 +393,8 @@ class GPUJobScheduler:
         raise InvalidValueError(f"executor={name!r}: accepted values are direct, screen, ray")
 
     def _notify(self, ended: Collection[int] | None = None) -> None:
-        """Wake the wait()s a change may concern.  ``ended``: the jobs this process's
-        engine just recorded as ended (or may have), which wake a wait() only once none
-        of its jobs is left to end; None: any other change, which wakes them all.  (A
-        wait() showing progress wakes at every change; other processes' changes are
-        seen by each wait()'s own look every 50 ms.)"""
-        with self._waiters_lock:
-            for w in self._waiters:
-                if ended is None or w.every:
-                    w.event.set()
-                elif ended:
-                    w.seen.update(ended)
-                    w.left.difference_update(ended)
-                    if not w.left:
-                        w.event.set()
+        """Wake the wait()s a change may concern (see :meth:`Waits.notify`)."""
+        self._waits.notify(ended)
 
     def _poke(self) -> None:
         """Wake the dispatcher: ours directly, another process's through the FIFO."""
@@ -891,69 +864,7 @@ class GPUJobScheduler:
                 f"ids={ids!r}: expected a job id such as '17', a list of job ids, or None "
                 f"for every queued and running job{hint}"
             )
-        waiter = _Waiter()
-        with self._waiters_lock:  # (before the first look: no end told after it is missed)
-            self._waiters.add(waiter)
-        try:
-            return self._wait(waiter, ids, limit, progress)
-        finally:
-            with self._waiters_lock:
-                self._waiters.discard(waiter)
-
-    def _wait(
-        self,
-        waiter: _Waiter,
-        ids: Iterable[str] | None,
-        timeout: float | None,
-        progress: bool | None,
-    ) -> pd.DataFrame:
-        # (the revision with the first look, in one read: later changes are seen below)
-        if ids is None:
-            rev, pending = self.store.unended_at(None)
-            wanted = sorted(pending)
-        else:
-            wanted = sorted({parse_job_id(i) for i in ids})
-            rev, pending = self.store.unended_at(set(wanted))
-            unsure = set(wanted) - pending  # ended, or no such job: look only at these
-            missing = unsure - self.store.existing(unsure) if unsure else set()
-            if missing:
-                raise UnknownJobError(f"no job {str(min(missing))!r} in {self.store.path}")
-        wanted_set = set(wanted)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        bar = WaitProgress(len(wanted), progress_wanted(progress))
-        with self._waiters_lock:
-            waiter.every = bar.enabled
-            waiter.left = pending - waiter.seen
-        try:
-            while True:
-                if bar.enabled:
-                    bar.update(len(wanted) - len(pending), self.store.status_counts(wanted_set))
-                if not pending:
-                    return frames.jobs_frame(self.store.table(ids=wanted))
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    left = ", ".join(map(str, sorted(pending)))
-                    raise TimeoutError(f"after {timeout}s, job(s) {left} had not ended")
-                # Woken by this process's engine once all its jobs may have ended (not at
-                # every end: each wake-up took the GIL from the engine); 50 ms covers
-                # another process's.
-                waiter.event.wait(0.05 if remaining is None else min(0.05, remaining))
-                with self._waiters_lock:
-                    waiter.event.clear()
-                    waiter.seen = set()  # (ends told from now on may be missed below)
-                # Read only what changed since the last look (not every wanted row: decoding
-                # them on each wake-up held the GIL and starved the engine threads).
-                rev, changes = self.store.changes_since(rev)
-                for job_id, status, _, _ in changes:
-                    seq = int(job_id)
-                    if seq in wanted_set:
-                        (pending.discard if status.ended else pending.add)(seq)
-                with self._waiters_lock:
-                    waiter.left = pending - waiter.seen
-                    if pending and not waiter.left:
-                        waiter.event.set()  # (they ended while the store was read: look again)
-        finally:
-            bar.close()
+        return self._waits.wait(self.store, ids, limit, progress)
 
     def why(self, job_id: str) -> str:
         """Why a queued job has not started, in words: from the queue, the running jobs,

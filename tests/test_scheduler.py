@@ -681,15 +681,15 @@ def test_wait_is_woken_when_its_jobs_may_all_have_ended(tmp_path: Path) -> None:
     """The engine tells wait() of each end it records; a wait() wakes (and reads the
     store) only when none of its jobs is left, or at any change when it shows progress.
     The ends told while it reads the store are not lost."""
-    from nbsched.scheduler import _Waiter
+    from nbsched.waiting import Waiter
 
     config = SchedulerConfig(state_dir=tmp_path / "s", gpu_provider="simulated", num_gpus=2)
     s = GPUJobScheduler(config=config)
     try:
-        plain, progress = _Waiter(), _Waiter()
+        plain, progress = Waiter(), Waiter()
         progress.every = True
         plain.left, progress.left = {1, 2, 3}, {1, 2, 3}
-        s._waiters |= {plain, progress}
+        s._waits.waiters |= {plain, progress}
         s._notify([1])
         assert not plain.event.is_set() and progress.event.is_set()
         s._notify(())  # a submission: ends nothing
@@ -698,12 +698,12 @@ def test_wait_is_woken_when_its_jobs_may_all_have_ended(tmp_path: Path) -> None:
         assert plain.left == {3} and not plain.event.is_set()
         s._notify([3])
         assert plain.event.is_set() and plain.seen == {1, 2, 3, 7}
-        other = _Waiter()
+        other = Waiter()
         other.left = {5}
-        s._waiters.add(other)
+        s._waits.waiters.add(other)
         s._notify()  # any other change (a cancel, a stop, ...): every wait() looks
         assert other.event.is_set()
-        s._waiters.clear()
+        s._waits.waiters.clear()
 
         # Through wait(): an end told while it reads the store counts, even though the
         # read (a snapshot from before) still shows the job running.
@@ -719,12 +719,12 @@ def test_wait_is_woken_when_its_jobs_may_all_have_ended(tmp_path: Path) -> None:
             if reads == 1:  # the engine records the end now, and tells
                 s.store.transition(a, JobStatus.SUCCEEDED, exit_code=0)
                 s._notify([int(a)])
-                assert next(iter(s._waiters)).event.is_set()  # look again, at once
+                assert next(iter(s._waits.waiters)).event.is_set()  # look again, at once
             return result
 
         s.store.changes_since = changes_since  # type: ignore[method-assign]
         assert list(s.wait([a], timeout=TIMEOUT)["status"]) == ["succeeded"]
-        assert not s._waiters  # (gone with its wait())
+        assert not s._waits.waiters  # (gone with its wait())
     finally:
         s.close()
 

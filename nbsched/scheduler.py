@@ -15,15 +15,12 @@ import os
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import frames
 from .allocation import booked_share, explain, gpu_states, queue_key
 from .config import (
     SchedulerConfig,
-    below_precision,
-    check_requirement,
     is_real,
     is_whole,
 )
@@ -32,7 +29,6 @@ from .errors import (
     ClosedError,
     InvalidTypeError,
     InvalidValueError,
-    MissingFileError,
     NbschedError,
     PermissionDeniedError,
 )
@@ -40,13 +36,11 @@ from .executors.base import Executor
 from .gpus import make_provider
 from .gpus.base import GPUProvider
 from .gpus.monitor import GPUMonitor
-from .gpuspec import normalize_allowed_gpus
 from .jobs import Job, JobSpec, JobStatus
-from .launch import check_launcher
 from .lease import DispatcherLease, WakeChannel
 from .llmconfig import LLMConfig, LLMConfigWatcher
 from .store import Store, prepare_state_dir
-from .submission import as_args, check_env, check_one_node, check_timeout, job_folder, no_nul
+from .submission import build_spec, check_timeout
 from .waiting import Waits
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
@@ -546,98 +540,25 @@ class GPUJobScheduler:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
         n_gpus, owner = self._gpu_count()
-        if not is_whole(priority):
-            raise InvalidTypeError(f"priority={priority!r}: expected an integer")
-        shown_priority, priority = priority, int(priority)
-        if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
-            raise InvalidValueError(
-                f"priority={shown_priority!r}: must be in {-_INT64}..{_INT64 - 1}"
-            )
-        workdir = job_folder(cwd)
-        argv: tuple[str, ...] = ()
-        if command is not None:
-            if not isinstance(command, str):
-                raise InvalidTypeError(f"command={command!r}: expected a string")
-            if not command.strip():
-                raise InvalidValueError("command='': expected a shell command")
-            no_nul("command", command)
-            kind, script_path = "command", None
-        else:
-            if (
-                not isinstance(script, (str, os.PathLike))
-                or not isinstance(os.fspath(script), str)
-                or not os.fspath(script)
-            ):
-                raise InvalidTypeError(f"script={script!r}: expected a path to a script")
-            no_nul("script", os.fspath(script))
-            path = Path(workdir, Path(os.fspath(script)).expanduser())
-            if not path.is_file():
-                raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
-            kind, script_path = "script", str(path.resolve())
-            argv = as_args(args)
-        if conda_env is not None:
-            if not isinstance(conda_env, str):
-                raise InvalidTypeError(f"conda_env={conda_env!r}: expected an environment name")
-            if not conda_env.strip():
-                raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
-            no_nul("conda_env", conda_env)
-        allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
-        precision = self.config.gpu_allocation_precision
-        if required_gpus is None:
-            required, source = self._default_requirement(argv)
-            # (said in messages: the number comes from an LLM config's model, say)
-            shown = f"required_gpus={required:g} (for {source})"
-            other = "; pass required_gpus= to ask for another number"
-            if below_precision(required, precision):  # (an LLM config's model)
-                raise InvalidValueError(
-                    f"{shown}: below gpu_allocation_precision={precision:g}, the smallest "
-                    f"share of a GPU that is booked{other}"
-                )
-        else:
-            required = check_requirement("required_gpus", required_gpus, precision)
-            shown, other = f"required_gpus={required:g}", ""
-        limit = len(allowed) if allowed is not None else n_gpus
-        if required > limit:
-            where = f"allowed_gpus {list(allowed)}" if allowed is not None else owner
-            raise InvalidValueError(f"{shown}: {where} has only {limit} GPU(s){other}")
-        if required > 1:
-            check_one_node(shown, required, allowed, self.monitor.snapshot())
-        retries = self.config.max_retries if max_retries is None else max_retries
-        if not is_whole(retries):
-            raise InvalidTypeError(
-                f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
-            )
-        retries = int(retries)
-        if not 0 <= retries < _INT64:
-            raise InvalidValueError(
-                f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
-            )
-        check_launcher(launcher)
-        if gpu_arg is not None:
-            if not isinstance(gpu_arg, str):
-                raise InvalidTypeError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
-            if not gpu_arg.startswith("-"):
-                raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
-            no_nul("gpu_arg", gpu_arg)
-        extra_env = check_env(env)
-        if name is not None:
-            if not isinstance(name, str):
-                raise InvalidTypeError(f"name={name!r}: expected a string or None")
-            no_nul("name", name)
-        return JobSpec(
-            kind=kind,
-            required_gpus=required,
-            priority=priority,
-            script=script_path,
-            args=argv,
+        return build_spec(
+            n_gpus=n_gpus,
+            owner=owner,
+            precision=self.config.gpu_allocation_precision,
+            default_retries=self.config.max_retries,
+            default_requirement=self._default_requirement,
+            snapshot=self.monitor.snapshot,
+            script=script,
             command=command,
             conda_env=conda_env,
-            allowed_gpus=allowed,
-            max_retries=retries,
+            args=args,
+            priority=priority,
+            required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus,
+            max_retries=max_retries,
             launcher=launcher,
             gpu_arg=gpu_arg,
-            cwd=workdir,
-            env=extra_env,
+            cwd=cwd,
+            env=env,
             name=name,
             sweep=sweep,
             params=params,

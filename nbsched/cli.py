@@ -66,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nbsched", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("demo", help="run a small mixed sweep on this machine's GPUs and exit")
+    p = sub.add_parser(
+        "demo",
+        help="run a small mixed sweep on this machine's GPUs and exit",
+        description="Run a small mixed sweep on this machine's GPUs (simulated ones where "
+        "there are none) and exit; in a temporary state directory, removed at the end, "
+        "unless --state-dir names one.",
+    )
     _common(p)
     p = sub.add_parser("serve", help="run the engine in the foreground (Ctrl-C stops it)")
     _common(p)

@@ -292,6 +292,12 @@ class GPUJobScheduler:
             if self._lease.try_acquire():
                 try:
                     if taken_over:
+                        logger.warning(
+                            "nbsched: the engine dispatching for %s stopped; this one "
+                            "(pid %d) dispatches now",
+                            self.config.state_dir,
+                            os.getpid(),
+                        )
                         self._publish_engine()
                     self._dispatch()
                 finally:
@@ -619,6 +625,14 @@ class GPUJobScheduler:
             attempts=0,
             not_before=None,
             cancel_requested=False,
+            # (a fresh job: not the last run's code, GPUs and times while it waits)
+            exit_code=None,
+            gpus=(),
+            started=None,
+            ended=None,
+            pid=None,
+            proc_start=None,
+            node=None,
         )
         if moved is None:
             raise InvalidValueError(f"job {job.id} changed meanwhile; look at it again")

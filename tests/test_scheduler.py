@@ -245,6 +245,24 @@ def test_manual_retry_marks_its_run_in_the_log(
     )
 
 
+def test_a_retried_job_waits_as_a_fresh_job(sched: GPUJobScheduler) -> None:
+    """While it waits (and if it is cancelled then), a retried job shows no exit code,
+    GPUs or times of the run before."""
+    job_id = sched.add_command("exit 3", required_gpus=1)
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert (sched.job(job_id)["exit_code"], sched.job(job_id)["gpus"] != []) == (3, True)
+    for g in range(4):
+        sched.pause_gpu(g)
+    sched.retry(job_id)
+    row = sched.job(job_id)
+    assert row["status"] == "queued" and row["attempts"] == 0
+    assert (row["exit_code"], row["gpus"], row["started"], row["ended"]) == (None, [], None, None)
+    sched.cancel(job_id)
+    row = sched.job(job_id)
+    assert row["status"] == "cancelled"
+    assert (row["exit_code"], row["gpus"], row["started"]) == (None, [], None)
+
+
 def test_retry_of_a_job_that_never_ran_writes_no_separator(sched: GPUJobScheduler) -> None:
     for g in range(4):
         sched.pause_gpu(g)

@@ -151,11 +151,7 @@ class Soak:
     def check(self, client: GPUJobScheduler) -> None:
         live = self.live_jobs()
         status = {j.id: j for j in client.store.find()}  # read after the scan
-        still = {
-            jid: procs
-            for jid, procs in live.items()
-            if any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p, _ in procs)
-        }
+        still = {jid: procs for jid, procs in live.items() if any(_alive(p) for p, _ in procs)}
         now = time.strftime("%H:%M:%S")
         load: dict[int, float] = {}
         for jid, procs in still.items():
@@ -290,6 +286,14 @@ class Soak:
             "db_bytes_max": self.stats.max_db_bytes,
             "problems": problems[:50],
         }
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie (False if it ended while we looked)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def main() -> int:

@@ -226,7 +226,12 @@ def test_worker_death_ends_the_job_and_its_processes(sched: GPUJobScheduler) -> 
     leader = min(find_by_token(token), key=lambda p: p.create_time())
     worker = psutil.Process(leader.ppid())
     assert "ray" in " ".join(worker.cmdline()).lower() or "python" in worker.name()
-    os.kill(worker.pid, signal.SIGKILL)  # what ray.cancel(force=True) or a dying driver does
+    # What a dying driver makes Ray do: kill the worker and its children (the job's main
+    # process among them; the guard must not be one of them).
+    children = worker.children()
+    os.kill(worker.pid, signal.SIGKILL)
+    for child in children:
+        child.send_signal(signal.SIGKILL)
     rows = sched.wait([job_id], timeout=TIMEOUT)
     assert rows["status"].tolist() == ["failed"]
     assert "worker" in rows["reason"][0]

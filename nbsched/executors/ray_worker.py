@@ -55,34 +55,54 @@ MAX_RESULT_BYTES = 1 << 20
 
 
 class _Guard:
-    """The worker's guard process (see the module doc)."""
+    """The worker's guard process (see the module doc).
+
+    It is started through a launcher that exits at once, so it is no child of the
+    worker: when a driver goes away, Ray kills the worker *and its children* (the job's
+    main process among them), and a guard that was one of them died before it could end
+    what the job had started in the background."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._pipe: Any = None  # the write end of the guard's stdin
         self._tracked: set[int] = set()
+
+    def _start(self, grace_s: float) -> Any:
+        launcher = subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                # (an explicit <&0: a background job's stdin is /dev/null otherwise)
+                'bash -c "$1" nbsched-guard "$2" <&0 >/dev/null 2>&1 &',
+                "nbsched-guard-launcher",
+                GUARD_SCRIPT,
+                f"{grace_s:g}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        launcher.wait()  # (it exits once the guard runs: no zombie is left behind)
+        assert launcher.stdin is not None
+        for pg in self._tracked:
+            launcher.stdin.write(f"+ {pg}\n".encode())
+        return launcher.stdin
 
     def _send(self, line: str, grace_s: float) -> None:
         for _ in range(2):
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                proc = self._proc = subprocess.Popen(
-                    ["bash", "-c", GUARD_SCRIPT, "nbsched-guard", f"{grace_s:g}"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-                assert proc.stdin is not None
-                for pg in self._tracked:
-                    proc.stdin.write(f"+ {pg}\n".encode())
-            assert proc.stdin is not None
+            if self._pipe is None:
+                self._pipe = self._start(grace_s)
             try:
-                proc.stdin.write(line.encode())
-                proc.stdin.flush()
+                self._pipe.write(line.encode())
+                self._pipe.flush()
                 return
-            except OSError:
-                self._proc = None  # it died: start another and tell it again
+            except OSError:  # (it died: start another and tell it again)
+                try:
+                    self._pipe.close()
+                except OSError:
+                    pass
+                self._pipe = None
 
     def track(self, pgid: int, grace_s: float) -> None:
         with self._lock:

@@ -10,10 +10,17 @@ from typing import Any
 
 from .config import SchedulerConfig
 from .errors import NbschedError
+from .gpus import provider_choice_shown_by_caller
 from .jobs import JobStatus
 from .scheduler import GPUJobScheduler
 
-__all__ = ["GPUJobScheduler", "JobStatus", "NbschedError", "SchedulerConfig"]
+__all__ = [
+    "GPUJobScheduler",
+    "JobStatus",
+    "NbschedError",
+    "SchedulerConfig",
+    "provider_choice_shown_by_caller",
+]
 __version__ = "0.1.0.dev0"
 
 

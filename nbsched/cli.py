@@ -194,9 +194,8 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
     unless the command line says otherwise."""
     cfg = _config(ns)
     s = GPUJobScheduler(config=cfg)
-    saved = s.store.kv_get("engine")
-    if saved and ns.provider is None and ns.simulate is None and ns.num_gpus is None:
-        info = json.loads(saved)
+    info = s.engine_settings()
+    if info and ns.provider is None and ns.simulate is None and ns.num_gpus is None:
         s.close()
         names = ["gpu_provider", "num_gpus", "simulated_gpus_file", "executor", "ray_address"]
         if ns.verb in ("add", "sweep"):  # --llm MODEL: the engine's LLM config decides
@@ -391,7 +390,8 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
             s.pause_gpu(ns.gpu)
         else:
             s.resume_gpu(ns.gpu)
-        paused = ns.gpu in s.store.paused()
+        gpus = s.get_gpu_status()
+        paused = bool(gpus.loc[gpus["gpu"] == ns.gpu, "paused"].any())
         if ns.json:
             print(json.dumps({"gpu": ns.gpu, "paused": paused}))
         else:
@@ -428,7 +428,7 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
 def _status(s: GPUJobScheduler, as_json: bool) -> int:
     counts = s.counts()
     holder = s.engine_pid
-    notices = s.store.notices(20)
+    notices = s.notices(20)
     if as_json:
         print(
             json.dumps(

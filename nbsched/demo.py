@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import provider_choice_shown_by_caller
 from .config import SchedulerConfig
-from .gpus import provider_choice_shown_by_caller
 from .scheduler import GPUJobScheduler
 
 TRAIN = textwrap.dedent(

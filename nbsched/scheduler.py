@@ -161,6 +161,29 @@ class GPUJobScheduler:
         """Whether this scheduler's engine dispatches for its state directory now."""
         return self._lease.held
 
+    def engine_settings(self) -> dict[str, Any] | None:
+        """What the last engine that dispatched for this state directory published of
+        its settings (``gpu_provider``, ``num_gpus``, ``simulated_gpus_file``,
+        ``executor``, ``llm_config_file``, ``ray_address``, ``pid``), or None if none has:
+        another process uses them to validate and describe jobs as that engine would."""
+        self._check_open()
+        try:
+            info = json.loads(self.store.kv_get("engine") or "null")
+        except ValueError:
+            return None
+        return info if isinstance(info, dict) else None
+
+    def notices(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest warnings kept for people (a jobs-file line skipped, an LLM config
+        not reloaded), oldest first: dicts of ``at`` (epoch s), ``level``, ``source``
+        and ``message``; ``nbsched status`` shows them."""
+        self._check_open()
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
+            raise InvalidTypeError(f"limit={limit!r}: expected a whole number >= 0")
+        if limit < 0:
+            raise InvalidValueError(f"limit={limit!r}: expected a whole number >= 0")
+        return self.store.notices(int(limit))
+
     @property
     def engine_pid(self) -> int | None:
         """The pid of the process whose engine dispatches for this state directory
@@ -333,11 +356,8 @@ class GPUJobScheduler:
 
     def _published_gpus(self) -> tuple[int | None, int | None]:
         """The GPU count and pid in the engine record, if there is a usable one."""
-        try:
-            info = json.loads(self.store.kv_get("engine") or "null")
-        except ValueError:
-            return None, None
-        if not isinstance(info, dict):
+        info = self.engine_settings()
+        if info is None:
             return None, None
         count, pid = info.get("num_gpus"), info.get("pid")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:

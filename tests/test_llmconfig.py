@@ -199,8 +199,11 @@ def test_a_bad_new_llm_config_is_a_notice_nbsched_status_shows(tmp_path: Path) -
         write(path, "{not json")
         _bump(path)
         assert s.llm_config.models["llama-70b"] == 4.0  # the previous one stays
-        notices = s.store.notices(10)
+        notices = s.notices(10)
         assert [n["source"] for n in notices] == ["llm config"]
+        assert s.engine_settings() is None  # (no engine has run here)
+        with pytest.raises(ValueError, match="limit=-1"):
+            s.notices(-1)
         assert str(path) in notices[0]["message"] and "not reloaded" in notices[0]["message"]
     finally:
         s.close()

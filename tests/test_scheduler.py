@@ -1032,6 +1032,7 @@ def test_a_stopped_engines_gpus_do_not_count(
     state = tmp_path / "shared"
     old = make_sched(state_dir=state, num_gpus=8)
     assert old.engine_pid == os.getpid() and old.is_dispatcher
+    assert (old.engine_settings() or {})["num_gpus"] == 8
     old.stop()
     new = make_sched(start=False, state_dir=state, num_gpus=4)
     assert new.engine_pid is None

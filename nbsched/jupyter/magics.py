@@ -16,9 +16,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 
+from nbsched import provider_choice_shown_by_caller
 from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
 from nbsched.errors import NbschedError, SweepTooLargeError
-from nbsched.gpus import provider_choice_shown_by_caller
 from nbsched.scheduler import GPUJobScheduler
 
 from .parsing import (

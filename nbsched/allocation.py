@@ -183,6 +183,7 @@ def explain(
     head = decision.head_waiting
     held = sorted(g for g, j in decision.reserved.items() if head and j == head[0])
     usable = sum(1 for g in gpus if g.eligible)
+    eligible = {g.index for g in gpus if g.eligible}
     out: dict[str, str] = {}
     first_blocked: Job | None = None
     for job in queue:
@@ -194,6 +195,12 @@ def explain(
         elif head is not None and job.id == head[0]:
             out[job.id] = head[1]
             first_blocked = job
+        elif job.allowed_gpus is not None and not eligible & set(job.allowed_gpus):
+            allowed = ",".join(map(str, job.allowed_gpus))
+            out[job.id] = (
+                f"none of the GPUs it may use ({allowed}) takes a job now "
+                "(paused, or busy with others' work)"
+            )
         elif head is not None and first_blocked is not None:
             text = f"job {head[0]} comes first ({head[1]})"
             need = _need(_round(job.required_gpus, precision))

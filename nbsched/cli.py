@@ -198,6 +198,7 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
     if info and ns.provider is None and ns.simulate is None and ns.num_gpus is None:
         s.close()
         names = ["gpu_provider", "num_gpus", "simulated_gpus_file", "executor", "ray_address"]
+        names += ["gpu_memory_threshold", "gpu_load_threshold", "gpu_allocation_precision"]
         if ns.verb in ("add", "sweep"):  # --llm MODEL: the engine's LLM config decides
             names.append("llm_config_file")
         keep = {k: info[k] for k in names if k in info}
@@ -403,7 +404,8 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     elif verb == "wait":
-        if s.engine_pid is None and not s.jobs(status="active").empty:
+        active = s.jobs(status="active")["id"]
+        if s.engine_pid is None and (active.isin(ns.ids).any() if ns.ids else len(active)):
             print(
                 "nbsched wait: no engine is running on this state directory: queued jobs "
                 "start once one does (nbsched serve, or a notebook's scheduler)",

@@ -101,9 +101,12 @@ def local_zone() -> Any:
             return ZoneInfo(key)
         except (KeyError, ValueError, OSError, ImportError):  # (unknown, or a POSIX TZ rule)
             pass
-    from dateutil.tz import gettz, tzlocal  # (pandas' own dependency)
+    from dateutil.tz import gettz, tzfile, tzlocal  # (pandas' own dependency)
 
-    return gettz() or tzlocal()
+    # (a POSIX rule such as "CET-1CEST,M3.5.0,M10.5.0/3" gives a tzstr, which pandas
+    # cannot use: this process's own zone, as the C library reads the rule, can)
+    zone = gettz()
+    return zone if isinstance(zone, tzfile) else tzlocal()
 
 
 def _ts(value: float | None) -> pd.Timestamp | None:

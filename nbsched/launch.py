@@ -44,7 +44,8 @@ def build_argv(job: Job, gpus: tuple[int, ...], environ: Mapping[str, str]) -> t
     spec = job.spec
     local_ids = ",".join(str(i) for i in range(len(gpus)))
     if spec.kind == "command":
-        argv: list[str] = ["bash", "-c", spec.command or ""]
+        # ("--": a command that starts with "-" is the command, not bash's options)
+        argv: list[str] = ["bash", "-c", "--", spec.command or ""]
     else:
         script = spec.script or ""
         args = list(spec.args)

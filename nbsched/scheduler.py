@@ -229,6 +229,10 @@ class GPUJobScheduler:
             "simulated_gpus_file": self.config.simulated_gpus_file,
             "executor": self.config.executor,
             "llm_config_file": _abspath(self.config.llm_config_file),
+            # (the rules it places jobs by: why() in another process follows them)
+            "gpu_memory_threshold": self.config.gpu_memory_threshold,
+            "gpu_load_threshold": self.config.gpu_load_threshold,
+            "gpu_allocation_precision": self.config.gpu_allocation_precision,
             "pid": os.getpid(),
         }
         if self.config.executor == "ray":  # other processes join the same Ray
@@ -848,14 +852,22 @@ class GPUJobScheduler:
             share = booked_share(run.required_gpus, len(run.gpus))
             for g in run.gpus:
                 alloc[g] = alloc.get(g, 0.0) + share
+        rules = {
+            k: getattr(self.config, k)
+            for k in ("gpu_memory_threshold", "gpu_load_threshold", "gpu_allocation_precision")
+        }
+        if not self.is_dispatcher:  # the rules of the engine that places the jobs
+            info = self.engine_settings() or {}
+            if info.get("pid") is not None and info.get("pid") == self.engine_pid:
+                rules.update({k: info[k] for k in rules if is_real(info.get(k))})
         states = gpu_states(
             self.monitor.snapshot(),
             alloc,
             self.store.paused(),
-            self.config.gpu_memory_threshold,
-            self.config.gpu_load_threshold,
+            rules["gpu_memory_threshold"],
+            rules["gpu_load_threshold"],
         )
-        reasons = explain(queue, states, time.time(), self.config.gpu_allocation_precision)
+        reasons = explain(queue, states, time.time(), rules["gpu_allocation_precision"])
         self._explained = (rev, now, reasons)
         return reasons
 

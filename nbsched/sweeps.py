@@ -22,6 +22,7 @@ import json
 import math
 import numbers
 import os
+import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -353,7 +354,7 @@ def sweeps_frame(s: GPUJobScheduler) -> pd.DataFrame:
                 "sweep": sid,
                 "created": pd.Timestamp(created, unit="s", tz="UTC").tz_convert(local_zone()),
                 "script": record.get("script"),
-                "args": args if isinstance(args, str) else " ".join(args),
+                "args": args if isinstance(args, str) else shlex.join(args),
                 "combinations": len(record.get("combinations", ())),
                 **counts,
             }

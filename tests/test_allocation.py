@@ -397,6 +397,17 @@ def test_explain_when_everything_is_taken_or_paused() -> None:
     assert why["1"] == "needs 0.5 of a GPU; only 0 usable GPU(s) (others paused or busy elsewhere)"
 
 
+def test_explain_a_job_whose_own_gpus_take_no_job() -> None:
+    """Behind a waiting head, a job whose allowed GPUs are all paused waits for that,
+    not for the head."""
+    queue = [job(1, 2.0), job(2, 1.0, allowed=[2])]
+    why = explain(queue, gpus(1.0, 1.0, 0.0, paused=[2]), NOW)
+    assert why["1"].startswith("needs 2 free GPUs")
+    assert why["2"] == (
+        "none of the GPUs it may use (2) takes a job now (paused, or busy with others' work)"
+    )
+
+
 @given(
     reqs=st.lists(st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0]), min_size=1, max_size=8),
     alloc=st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=4),

@@ -354,10 +354,16 @@ def test_every_verb_works_without_an_engine(
     assert run("pause", "1") == {"gpu": 1, "paused": True}
     assert run("resume", "1") == {"gpu": 1, "paused": False}
     assert run("cancel", jid) == [{"id": jid, "cancelled": True}]
+    other = run("add", str(script))["id"]
+    rc, _, err = _main(["wait", *sim, jid], capsys)  # (it has ended; another waits)
+    assert rc == 1 and "no engine is running" not in err
+    rc, _, err = _main(["wait", *sim, other, "--timeout", "0"], capsys)
+    assert rc == 2 and "no engine is running" in err
+    assert run("cancel", other) == [{"id": other, "cancelled": True}]
     assert run("retry", jid) == {"retried": [jid]}
 
     more = [run("add", str(script), "--", "--x", str(i))["id"] for i in range(2, 5)]
-    assert [j["id"] for j in run("jobs", "--first", "2")] == [jid, more[0]]
+    assert [j["id"] for j in run("jobs", "--first", "2")] == [jid, other]
     assert [j["id"] for j in run("jobs", "--last", "2")] == more[1:]
     assert [j["id"] for j in run("jobs", "--status", "queued", "--last", "1")] == more[-1:]
     rc, _, err = _main(["jobs", *sim, "--first", "1", "--last", "1"], capsys)

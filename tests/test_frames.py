@@ -186,17 +186,22 @@ def test_whole_second_times_are_nanoseconds_too(store: Store) -> None:
     assert table["started"][0].timestamp() == 2.0
 
 
-def test_times_are_in_this_machines_zone(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A researcher in New York reads 19:00:02-05:00, not an unmarked 00:00:02 (UTC)."""
+@pytest.mark.parametrize("zone", ["America/New_York", "EST+5EDT,M3.2.0,M11.1.0"])
+def test_times_are_in_this_machines_zone(
+    store: Store, monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    """A researcher in New York reads 19:00:02-05:00, not an unmarked 00:00:02 (UTC);
+    also where TZ is a POSIX rule (pandas cannot use dateutil's zone for one)."""
     j = add(store, JobSpec(kind="command", command="true", required_gpus=1))
     store.transition(j, R, now=2.0, gpus=(0,), started=2.0, token="t", attempts=1)
-    monkeypatch.setenv("TZ", "America/New_York")
+    monkeypatch.setenv("TZ", zone)
     time.tzset()
     try:
         started = frames.jobs_frame(store.table())["started"][0]
         assert (started.hour, started.utcoffset()) == (19, dt.timedelta(hours=-5))
         assert started.timestamp() == 2.0
         assert frames.job_row(store.get(j))["started"] == started
+        assert frames.jobs_frame(store.table()).to_json(date_format="iso")  # (it crashed)
     finally:
         monkeypatch.undo()
         time.tzset()

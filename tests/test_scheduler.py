@@ -245,6 +245,14 @@ def test_manual_retry_marks_its_run_in_the_log(
     )
 
 
+def test_a_command_that_starts_with_a_dash_is_a_command(sched: GPUJobScheduler) -> None:
+    """As a shell would run that command line, not as options of bash."""
+    job_id = sched.add_command("--gpus 0.1", required_gpus=0.5)
+    sched.wait([job_id], timeout=TIMEOUT)
+    assert sched.job(job_id)["exit_code"] == 127
+    assert "--gpus: command not found" in sched.logs(job_id)
+
+
 def test_a_retried_job_waits_as_a_fresh_job(sched: GPUJobScheduler) -> None:
     """While it waits (and if it is cancelled then), a retried job shows no exit code,
     GPUs or times of the run before."""
@@ -784,6 +792,29 @@ def test_gpu_used_by_others_gets_no_job(
     assert s.get_gpu_status().loc[2, "memory_used"] == 950
     write_simulated_gpus(gpus_file, [gpu, gpu, {**gpu, "external_memory_used_mb": 100}, gpu])
     assert wait_running(s, ids[3])["gpus"] == [2]
+
+
+def test_why_follows_the_rules_of_the_engine_that_places_the_jobs(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """Another process explains the queue with the dispatching engine's thresholds, not
+    its own: here GPU 0 (90% loaded by others) takes jobs for the engine (0.95)."""
+    gpus_file = tmp_path / "gpus.json"
+    gpu = {"name": "Sim", "memory_total_mb": 1000}
+    write_simulated_gpus(gpus_file, [{**gpu, "external_load": 0.9}, gpu])
+    state = tmp_path / "shared"
+    engine = make_sched(
+        state_dir=state, num_gpus=2, simulated_gpus_file=str(gpus_file), gpu_load_threshold=0.95
+    )
+    engine.pause_gpu(1)
+    big = engine.add_command("true", required_gpus=2)
+    other = make_sched(start=False, state_dir=state, num_gpus=2, simulated_gpus_file=str(gpus_file))
+    assert other.config.gpu_load_threshold == 0.8  # (its own default)
+    assert (
+        engine.why(big)
+        == other.why(big)
+        == ("needs 2 free GPUs; only 1 usable GPU(s) (others paused or busy elsewhere)")
+    )
 
 
 def test_gpu_load_by_others_blocks_fractions_too(

@@ -204,6 +204,15 @@ def test_results_table(running: GPUJobScheduler, train: str) -> None:
     assert (row["combinations"], row["succeeded"], row["failed"]) == (6, 4, 2)
 
 
+def test_the_list_of_sweeps_shows_their_words_as_given(sched: GPUJobScheduler, train: str) -> None:
+    """Two sweeps that differ only in how their words are split look different."""
+    one = sched.add_sweep(train, args=["q {1..2}"])  # one word (literal braces)
+    two = sched.add_sweep(train, args=["q", "{1..2}"])  # a word, then a group
+    shown = sched.sweeps().set_index("sweep")["args"]
+    assert shown[one.sweep_id] == "'q {1..2}'"  # type: ignore[attr-defined]
+    assert shown[two.sweep_id] == "q '{1..2}'"  # type: ignore[attr-defined]
+
+
 def test_unknown_sweep(sched: GPUJobScheduler) -> None:
     with pytest.raises(InvalidValueError, match="no sweep was submitted"):
         sched.sweep()

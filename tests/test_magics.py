@@ -392,6 +392,23 @@ def test_status_html_escapes_commands_names_and_gpu_names(
         assert escape(text) in html
 
 
+def test_status_shows_the_notices(ip: InteractiveShell, tmp_path: Path) -> None:
+    """A jobs-file line that was skipped is said in the notebook's status, as in the
+    command's (not only in the engine's log)."""
+    from html import escape
+
+    from waiting import wait_for
+
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("0,<nope>.py,,,\n")
+    s = gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'state'} --jobs-file {jobs}")
+    wait_for(s.notices, what="the jobs file's notice")
+    report = gs(ip, "status")
+    assert "script '<nope>.py' not found" in repr(report)
+    assert escape("script '<nope>.py' not found") in report._repr_html_()
+    assert report.notices == s.notices(5)
+
+
 def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler) -> None:
     from nbsched.jupyter import Dashboard, SubmitForm
 

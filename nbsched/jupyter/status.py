@@ -8,6 +8,7 @@ text anywhere else.
 from __future__ import annotations
 
 import html
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,9 @@ class StatusReport:
     running: pd.DataFrame
     queued: pd.DataFrame
     waiting: dict[str, str] = field(default_factory=dict)
+    #: The latest warnings kept for people (``notices()``): a jobs-file line skipped, an
+    #: LLM config not reloaded.
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
     # -- plain text -----------------------------------------------------------------------
 
@@ -53,6 +57,8 @@ class StatusReport:
                 lines.append(_job_table(df).to_string(index=False, max_colwidth=60))
                 if total > len(df):
                     lines.append(f"  ... and {total - len(df)} more")
+        if self.notices:
+            lines += ["", "notices:"] + [f"  {_notice_text(n)}" for n in self.notices]
         return "\n".join(lines)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
@@ -79,6 +85,9 @@ class StatusReport:
             parts.append(_style_jobs(_job_table(df)))
             if total > len(df):
                 parts.append(f"<p>... and {total - len(df)} more</p>")
+        if self.notices:
+            items = "".join(f"<li>{html.escape(_notice_text(n))}</li>" for n in self.notices)
+            parts.append(f"<h4 style='margin:0.4em 0'>Notices</h4><ul>{items}</ul>")
         parts.append("</div>")
         return "\n".join(parts)
 
@@ -103,7 +112,17 @@ def status_report(s: GPUJobScheduler, max_rows: int = MAX_ROWS) -> StatusReport:
         running=running.reset_index(drop=True),
         queued=queued.assign(waiting=queued["id"].map(waiting).fillna("")).reset_index(drop=True),
         waiting=waiting,
+        notices=s.notices(NOTICES),
     )
+
+
+#: How many of the latest notices a status shows.
+NOTICES = 5
+
+
+def _notice_text(notice: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(notice["at"]))
+    return f"{when} {str(notice['level']).upper()}: {notice['source']}: {notice['message']}"
 
 
 def _counts_text(counts: dict[str, int]) -> str:

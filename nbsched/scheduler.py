@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import frames
-from .allocation import booked_share, explain, gpu_states, queue_key
+from .allocation import explain, gpu_states, queue_key
 from .config import (
     SchedulerConfig,
     is_real,
@@ -601,14 +601,14 @@ class GPUJobScheduler:
         if self._llm is not None:
             llm = self._llm.current()
             where = f"the LLM config {self._llm.path}"
-            model = llm.model_of(args)
-            if model is not None and model in llm.models:
-                return llm.models[model], f"--llm {model} in {where}"
-            if model is not None:
-                return llm.default_requirement, (
+            required, model = llm.requirement_for(args), llm.model_of(args)
+            if required is None:
+                return llm.default_requirement, f"the default_requirement of {where}"
+            if llm.unknown_model(args):
+                return required, (
                     f"--llm {model}: the default_requirement of {where}, which lists no {model}"
                 )
-            return llm.default_requirement, f"the default_requirement of {where}"
+            return required, f"--llm {model} in {where}"
         return self.config.default_requirement, "the default_requirement of the config"
 
     def submit(
@@ -847,11 +847,6 @@ class GPUJobScheduler:
         if cached is not None and cached[0] == rev and now - cached[1] < 1.0:
             return cached[2]
         queue = sorted(self.store.find(statuses=[JobStatus.QUEUED]), key=queue_key)
-        alloc: dict[int, float] = {}
-        for run in self.store.find(statuses=[JobStatus.RUNNING]):
-            share = booked_share(run.required_gpus, len(run.gpus))
-            for g in run.gpus:
-                alloc[g] = alloc.get(g, 0.0) + share
         rules = {
             k: getattr(self.config, k)
             for k in ("gpu_memory_threshold", "gpu_load_threshold", "gpu_allocation_precision")
@@ -862,7 +857,7 @@ class GPUJobScheduler:
                 rules.update({k: info[k] for k in rules if is_real(info.get(k))})
         states = gpu_states(
             self.monitor.snapshot(),
-            alloc,
+            self.store.allocation(),
             self.store.paused(),
             rules["gpu_memory_threshold"],
             rules["gpu_load_threshold"],

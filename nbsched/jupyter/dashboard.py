@@ -266,7 +266,7 @@ class Dashboard(widgets.VBox):
         ended = s.jobs("ended", last=SHOWN_ENDED)
         self.jobs_table.value = _jobs_html(running, queued, ended[::-1], counts)
         options = [
-            (f"{r.id} · {r.status} · {_short(_name(r.name) or r.command, 40)}", str(r.id))
+            (f"{r.id} · {r.status} · {_short(_text(r.name) or r.command, 40)}", str(r.id))
             for df in (running, queued)
             for r in _rows(df)
         ]
@@ -325,11 +325,6 @@ def _sweep_number(sweep_id: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
-def _name(value: object) -> str:
-    """A job's name; ``""`` for none (``jobs()`` has NaN there, which is truthy)."""
-    return value if isinstance(value, str) else ""
-
-
 def _text(value: object) -> str:
     """A text cell of the jobs table; "" where it has none (None, or pandas' NaN)."""
     missing = value is None or (isinstance(value, float) and math.isnan(value))
@@ -361,7 +356,7 @@ def _jobs_html(
             cells = [
                 str(r.id),
                 f"<span style='color:{fg};background:{bg};padding:0 6px'>{r.status}</span>",
-                html.escape(_short(_name(r.name), 20)),
+                html.escape(_short(_text(r.name), 20)),
                 f"{r.required_gpus:g}",
                 html.escape(",".join(map(str, r.gpus))),
                 took,

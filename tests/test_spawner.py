@@ -24,7 +24,7 @@ from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.executors import spawner
-from nbsched.executors.base import same_process_alive, start_time_at
+from nbsched.executors.base import _boot_time, same_process_alive, start_time_at
 from nbsched.executors.direct import SPAWNER_GONE
 
 
@@ -406,3 +406,15 @@ def test_starts_sent_by_an_engine_that_dies_before_the_replies_still_run(run_dir
     for token in "abc":
         wait_for(lambda t=token: (run_dir / f"{t}.exit").exists(), what=f"job {token}'s end")
         assert (run_dir / f"{token}.exit").read_text() == "0\n"
+
+
+def test_start_times_follow_the_boot_time_psutil_uses_now() -> None:
+    """psutil adds /proc/stat's btime, which moves by whole seconds as the wall clock is
+    adjusted: a start time is worked out with the current one, and compared allowing a
+    whole second (a value kept from an engine's start put them a second off)."""
+    assert any(_boot_time() == psutil.boot_time() for _ in range(3))  # (3: a flip between)
+    me, start = os.getpid(), psutil.Process().create_time()
+    for off in (0.0, 1.0, -1.0):
+        assert same_process_alive(me, start + off)
+    for off in (0.5, -0.5, 2.0):
+        assert not same_process_alive(me, start + off)

@@ -101,14 +101,11 @@ def process_start_time(pid: int) -> float | None:
     dispatcher's hot path; ``psutil.Process`` costs ~0.4 ms more here), with psutil's
     own formula: boot time + start ticks / clock ticks per second.
     """
-    global _BOOT_TIME
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
         ticks = int(data[data.rindex(b")") + 2 :].split()[19])  # field 22, starttime
-        if _BOOT_TIME is None:
-            _BOOT_TIME = psutil.boot_time()
-        return _BOOT_TIME + ticks / _CLOCK_TICKS
+        return _boot_time() + ticks / _CLOCK_TICKS
     except FileNotFoundError:
         if _HAS_PROC:
             return None  # the process is gone (and reaped)
@@ -126,13 +123,22 @@ def start_time_at(boottime_ns: int) -> float:
     that clock, and ``/proc/PID/stat`` gives it in clock ticks (so a reading taken
     just before the fork is the same tick, or, across a tick's edge, one tick early:
     well within :func:`same_process_alive`'s 0.05 s)."""
-    global _BOOT_TIME
-    if _BOOT_TIME is None:
-        _BOOT_TIME = psutil.boot_time()
-    return _BOOT_TIME + (boottime_ns * _CLOCK_TICKS // 1_000_000_000) / _CLOCK_TICKS
+    return _boot_time() + (boottime_ns * _CLOCK_TICKS // 1_000_000_000) / _CLOCK_TICKS
 
 
-_BOOT_TIME: float | None = None
+def _boot_time() -> float:
+    """The boot time psutil adds to a process's start ticks, as it is now: the
+    ``btime`` of ``/proc/stat``, which the kernel works out at each read as the wall
+    clock less the time since boot, in whole seconds.  Not kept: as the wall clock is
+    adjusted it moves by a second now and then (a value kept from earlier put start times
+    a second off those psutil reported).  Worked out the kernel's way from two clock
+    reads (~1 us; the file costs ~25 us, more on a machine of many CPUs)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock is None or not _HAS_PROC:
+        return float(psutil.boot_time())
+    return float((time.time_ns() - time.clock_gettime_ns(clock)) // 1_000_000_000)
+
+
 _HAS_PROC = os.path.isdir("/proc/self")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -145,7 +151,11 @@ def same_process_alive(pid: int | None, proc_start: float | None) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return abs(proc.create_time() - proc_start) < 0.05
+        # (a second apart too: the boot time psutil adds moves by whole seconds as the
+        # wall clock is adjusted, see _boot_time; a pid reused a second later is
+        # vanishingly unlikely)
+        off = abs(proc.create_time() - proc_start)
+        return off < 0.05 or abs(off - 1.0) < 0.05
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 

@@ -32,6 +32,7 @@ from typing import Any
 from ..jobs import Job
 from . import spawner as _spawner
 from .base import (
+    Executor,
     Exit,
     Launch,
     OnExit,
@@ -62,7 +63,7 @@ def open_log(path: Path) -> int:
     return fd
 
 
-class LocalProcessExecutor:
+class LocalProcessExecutor(Executor):
     """What the direct and screen executors share: watching by pid, adopting, killing."""
 
     name = "local"

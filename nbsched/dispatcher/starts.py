@@ -125,8 +125,8 @@ class Executors:
         if known is not None:
             return known
         executor = self._make(name)
-        self._known[name] = executor
-        if self.sel is not None:
+        if self.sel is not None:  # (before the loop runs, the next use asks again)
+            self._known[name] = executor
             found = executor.event_source()
             if found is not None:
                 fd, handler = found

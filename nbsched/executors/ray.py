@@ -327,7 +327,7 @@ class RayExecutor(Executor):
             ray.get(refs, timeout=grace_s + 60)
 
     def close(self) -> None:
-        """Stop recording for this engine.  Ray, and jobs still running, go on."""
+        """Stop reporting to this engine.  Ray, and jobs still running, go on."""
         global _OPEN_EXECUTORS
         with self._report_lock:
             if self._closed:

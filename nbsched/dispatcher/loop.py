@@ -57,6 +57,10 @@ Recorded = tuple[list[JobStatus | None], list[Job | None], set[int]]
 
 
 class Dispatcher:
+    """The loop of the engine holding the lease: :meth:`run` in its own thread, woken by
+    :meth:`wake` / :meth:`offer` (this process) or the FIFO (others), stopped by
+    :meth:`stop`.  Its state lives in the queue cache, the inbox and the starts."""
+
     def __init__(
         self,
         config: SchedulerConfig,

@@ -19,7 +19,7 @@ other end only the worker holds, and at end of file it signals what is left.
 
 This module imports only the standard library at its top, and is shipped to the
 workers by value, so a worker does not import nbsched (and pandas) to run a job; only
-ending a job's tree on a cancel imports :mod:`nbsched.executors.base` there.
+ending a job's tree on a cancel imports :mod:`nbsched.executors.process` there.
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def _start_time(pid: int) -> float | None:
 
 
 def _kill_tree(pid: int | None, token: str | None, grace_s: float) -> None:
-    from nbsched.executors.base import kill_tree, process_start_time
+    from nbsched.executors.process import kill_tree, process_start_time
 
     kill_tree(pid, process_start_time(pid) if pid else None, token, grace_s)
 
@@ -345,7 +345,7 @@ def _kill_tree(pid: int | None, token: str | None, grace_s: float) -> None:
 def kill_job(pid: int | None, proc_start: float | None, token: str, grace_s: float) -> int:
     """A Ray task run on the job's node: end the job's whole tree (its processes, its
     process group, every process carrying its token).  Returns how many were found."""
-    from nbsched.executors.base import find_by_token, kill_tree
+    from nbsched.executors.process import find_by_token, kill_tree
 
     found = len(find_by_token(token))
     kill_tree(pid, proc_start, token, grace_s)

@@ -144,30 +144,14 @@ def run_job(
 
     ctx = ray.get_runtime_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    job_env = dict(env)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if local_gpus is not None:
-        devices = _node_devices()
-        visible = ",".join(
-            devices[i] if devices is not None and i < len(devices) else str(i) for i in local_gpus
-        )
-    job_env["CUDA_VISIBLE_DEVICES"] = visible if visible is not None else ",".join(gpu_ids)
     result_dir = tempfile.mkdtemp(prefix="nbsched-result-")
     result_file = os.path.join(result_dir, "result.json")
-    job_env["NBSCHED_RESULT_FILE"] = result_file
+    job_env = _job_env(env, local_gpus, gpu_ids, result_file)
     token = job_env.get("NBSCHED_JOB_TOKEN")
     proc: subprocess.Popen[bytes] | None = None
     try:
         try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=job_env,
-                start_new_session=True,
-            )
+            proc = _spawn(argv, cwd, job_env)
         except OSError as exc:
             where = f"node {ctx.get_node_id()[:8]}"
             yield {"event": "error", "message": f"could not start on {where}: {exc}"}
@@ -197,6 +181,36 @@ def run_job(
         raise
     finally:
         shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def _spawn(argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the job in a session of its own, its output (stdout and stderr) to a pipe."""
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _job_env(
+    env: Mapping[str, str], local_gpus: Sequence[int] | None, gpu_ids: list[str], result_file: str
+) -> dict[str, str]:
+    """The job's environment: ``env``, its GPUs as this node's device ids (see
+    :func:`run_job`), and where it may leave a result."""
+    job_env = dict(env)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if local_gpus is not None:
+        devices = _node_devices()
+        visible = ",".join(
+            devices[i] if devices is not None and i < len(devices) else str(i) for i in local_gpus
+        )
+    job_env["CUDA_VISIBLE_DEVICES"] = visible if visible is not None else ",".join(gpu_ids)
+    job_env["NBSCHED_RESULT_FILE"] = result_file
+    return job_env
 
 
 def _node_devices() -> list[str] | None:

@@ -132,7 +132,7 @@ def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path, 
 def test_killed_spawner_loses_only_the_exit_codes_of_its_running_jobs(
     sched: GPUJobScheduler, gate: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="nbsched.executors.direct")
+    caplog.set_level(logging.WARNING, logger="nbsched.executors.spawner_client")
     jid = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 0")
     pid = wait_for(lambda: sched.store.get(jid).pid, what="the job's start")
     owner = spawner_of(sched.config.run_dir)

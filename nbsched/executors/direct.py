@@ -9,8 +9,8 @@ to across attempts).  Nothing goes through a shell except a command job's own
 
 The engine talks to the spawner through a
 :class:`~nbsched.executors.spawner_client.SpawnerClient`.  A job's end reaches the
-engine through a pipe: the spawner writes the exit code to it once the code is on
-disk, and closes it; the engine waits on that pipe in the dispatcher's own
+engine through a pipe: the spawner writes the exit code to it once it has reaped
+the job, and closes it; the engine waits on that pipe in the dispatcher's own
 ``select``, like a pidfd.
 """
 

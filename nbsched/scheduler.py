@@ -788,7 +788,7 @@ class GPUJobScheduler:
 
         ``session`` is the full name (``12345.nbsched-17``) for ``screen -r``."""
         self._check_open()
-        from .executors.base import same_process_alive
+        from .executors.process import same_process_alive
         from .executors.screen import session_of
 
         out = []

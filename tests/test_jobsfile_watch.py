@@ -46,6 +46,28 @@ def _output(s: GPUJobScheduler, job_id: str) -> dict[str, object]:
     return out
 
 
+def _assert_reported(
+    s: GPUJobScheduler, caplog: pytest.LogCaptureFixture, jobs_file: Path, reasons: dict[int, str]
+) -> None:
+    """Each line's reason was logged as a WARNING naming the file and the line, and kept
+    as a notice."""
+    warnings = [r for r in caplog.records if r.name.startswith("nbsched.jobsfile")]
+    for line_no, reason in reasons.items():
+        hits = [
+            r
+            for r in warnings
+            if r.levelno == logging.WARNING
+            and f"line {line_no}:" in r.getMessage()
+            and str(jobs_file) in r.getMessage()
+            and reason in r.getMessage()
+        ]
+        assert hits, (
+            f"no WARNING for line {line_no} ({reason}): {[r.getMessage() for r in warnings]}"
+        )
+        notices = [n["message"] for n in s.store.notices(50)]
+        assert any(f"{jobs_file}:{line_no}: " in m and reason in m for m in notices), notices
+
+
 def test_lines_become_jobs_and_bad_lines_are_reported(
     tmp_path: Path, make_sched: MakeSched, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -85,7 +107,6 @@ def test_lines_become_jobs_and_bad_lines_are_reported(
     expected_hash = parse_line("0,echo.py,,--lr 1 --bs 2,0-1", 2)
     assert expected_hash is not None and jobs[0].spec.hash == expected_hash.hash
 
-    warnings = [r for r in caplog.records if r.name.startswith("nbsched.jobsfile")]
     reasons = {
         6: "bad priority",
         7: "not found",
@@ -93,20 +114,7 @@ def test_lines_become_jobs_and_bad_lines_are_reported(
         9: "unbalanced",
         10: "has only 1 GPU",
     }
-    for line_no, reason in reasons.items():
-        hits = [
-            r
-            for r in warnings
-            if r.levelno == logging.WARNING
-            and f"line {line_no}:" in r.getMessage()
-            and str(jobs_file) in r.getMessage()
-            and reason in r.getMessage()
-        ]
-        assert hits, (
-            f"no WARNING for line {line_no} ({reason}): {[r.getMessage() for r in warnings]}"
-        )
-        notices = [n["message"] for n in s.store.notices(50)]
-        assert any(f"{jobs_file}:{line_no}: " in m and reason in m for m in notices), notices
+    _assert_reported(s, caplog, jobs_file, reasons)
     assert s._extensions[0].alive  # the watcher outlived every bad line
 
 

@@ -33,10 +33,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..executors.base import (
-    Executor,
-    Exit,
-    OnExit,
+from ..executors.base import Executor, Exit, OnExit
+from ..executors.process import (
     find_job_process,
     process_start_time,
     read_exit_file,

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SchedulerConfig
-from ..executors.base import Executor, Launch, OnExit, Started, process_start_time
+from ..executors.base import Executor, Launch, OnExit, Started
+from ..executors.process import process_start_time
 from ..jobs import Job
 from ..launch import build_argv, build_env
 from ..store import Store

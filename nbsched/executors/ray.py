@@ -57,8 +57,8 @@ from ..allocation import rounded_requirement
 from ..config import SchedulerConfig
 from ..jobs import Job
 from ..raycluster import RayCluster, cluster_for, import_ray, ray_installed
-from .base import Executor, Exit, Launch, OnExit, OnStarted, Started, kill_tree
-from .direct import open_log
+from .base import Executor, Exit, Launch, OnExit, OnStarted, Started
+from .process import kill_tree, open_log
 
 logger = logging.getLogger(__name__)
 

@@ -412,7 +412,7 @@ class GPUJobScheduler:
         if name == "ray":
             from .executors.ray import RayExecutor
 
-            return RayExecutor(self.config, store=self.store)
+            return RayExecutor(self.config)
         raise InvalidValueError(f"executor={name!r}: accepted values are direct, screen, ray")
 
     def _notify(self, ended: Collection[int] | None = None) -> None:

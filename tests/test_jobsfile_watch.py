@@ -115,7 +115,7 @@ def test_lines_become_jobs_and_bad_lines_are_reported(
         10: "has only 1 GPU",
     }
     _assert_reported(s, caplog, jobs_file, reasons)
-    assert s._extensions[0].alive  # the watcher outlived every bad line
+    assert s._engine.role.helpers[0].alive  # the watcher outlived every bad line
 
 
 def test_new_lines_are_taken_while_running_and_partial_lines_wait(

@@ -885,7 +885,7 @@ def test_engine_survives_bad_jobs(
     boom = sched.add_command("echo boom", required_gpus=1, name="boom")
     good = sched.add_command("echo fine", required_gpus=1)
 
-    executor = sched._executor("direct")
+    executor = sched._engine.executors("direct")
     real_start = executor.start
 
     def start(launch: Any) -> Any:

@@ -1,7 +1,7 @@
 """The dispatcher: the thread that starts queued jobs and records how they end.
 
 It runs in the one process that holds the state directory's lease
-(:mod:`nbsched.lease`).  It sleeps in ``select`` until something happens: a
+(:mod:`nbsched.engine.lease`).  It sleeps in ``select`` until something happens: a
 submission, cancel, pause or resume in this process (a byte on a pipe) or in
 another one (a byte on the FIFO), or a job's end (the process watcher).  Then it
 reads the jobs written since its last look (:meth:`Store.changes_since`), calls

@@ -80,6 +80,14 @@ def session_of(pid: int | None) -> str | None:
     return None
 
 
+def live_session(job: Job) -> str | None:
+    """The full session name of a job run by this executor, while its process lives
+    (None once it has ended, or where the job never started)."""
+    if job.pid is None or not same_process_alive(job.pid, job.proc_start):
+        return None
+    return session_of(job.pid)
+
+
 class ScreenExecutor(LocalProcessExecutor):
     name = "screen"
 
@@ -244,4 +252,11 @@ def list_sessions() -> list[str]:
     return names
 
 
-__all__ = ["ScreenExecutor", "SCREEN_LAUNCHER", "list_sessions", "quit_session", "session_of"]
+__all__ = [
+    "ScreenExecutor",
+    "SCREEN_LAUNCHER",
+    "list_sessions",
+    "live_session",
+    "quit_session",
+    "session_of",
+]

@@ -87,7 +87,7 @@ def test_cancel_before_the_process_exists(
     victim = scheduler.add_command(job_command(markers, 0, gate))
     follower = scheduler.add_command(job_command(markers, 0))
     other = GPUJobScheduler(config=scheduler.config)  # another kernel, not dispatching
-    executor = scheduler._executor("direct")
+    executor = scheduler._engine.executors("direct")
     real_start = executor.start
 
     def start_after_a_cancel(launch: Launch) -> Started:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nbsched.lease import DispatcherLease
+from nbsched.engine.lease import DispatcherLease
 from nbsched.store import Store
 
 from .harness import Engines, job_command, overbooked, read_markers, wait_for

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbsched"
 #: What a front end may import of nbsched: the package's public names and the modules
 #: that define them (the scheduler, its config and errors, a sweep's returned ids).
 PUBLIC = {"nbsched", "nbsched.scheduler", "nbsched.config", "nbsched.errors", "nbsched.sweeps"}
-FRONT_ENDS = ("nbsched.jupyter", "nbsched.cli", "nbsched.demo")
+FRONT_ENDS = ("nbsched.jupyter", "nbsched.cli", "nbsched.demo", "nbsched.verbs")
 
 
 def _module(path: Path) -> str:

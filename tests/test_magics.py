@@ -21,8 +21,9 @@ from nbsched import GPUJobScheduler
 from nbsched.config import check_requirement
 from nbsched.jupyter.extension import magics_of
 from nbsched.jupyter.magics import VERBS, GpuschedMagics
-from nbsched.jupyter.parsing import expand_vars, gpus_type, split_dashdash
+from nbsched.jupyter.parsing import expand_vars, split_dashdash
 from nbsched.jupyter.status import StatusReport
+from nbsched.verbs.values import gpus_type
 
 ARGV_SCRIPT = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
 

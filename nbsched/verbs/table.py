@@ -198,7 +198,7 @@ JOB_OPTIONS = (
 )
 
 _ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
-_IDS = _opt("ids", nargs="*", metavar="ID", help="job ids (an empty $list: none)")
+_IDS = _opt("ids", nargs="*", metavar="ID", help="job ids (in a notebook, an empty $list: none)")
 _ID = _opt("id", help="job id")
 _GPU = _opt("gpu", type=gpu_index_type, help="GPU index")
 
@@ -219,14 +219,15 @@ _TABLE = (
                help="pass the job's local GPU indices with this option"),
           _opt("script", help="path of the script")),
          _add, tail="[-- SCRIPT ARGS...]"),
-    Verb("run", "queue a shell command; as %%gpusched run, the cell is the job (a Python script)",
+    Verb("run", "queue a shell command (%%gpusched run: the cell is the job, a Python script)",
          (*JOB_OPTIONS,
           _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="(cell form) conda env"),
           _opt("command", nargs="*", help="the command (better after --)",
                fronts=frozenset((CLI,)))),
          _run, tail="-- COMMAND... (cell form: [-- SCRIPT ARGS...])", cell=True,
          description="Queue a shell command (bash -c). One word after -- is the command "
-         "line itself ('sleep 3; echo hi'); several are the command line as typed."),
+         "line itself ('sleep 3; echo hi'); several are the command line as typed (from a "
+         "terminal: joined with their quoting kept, so each reaches the job as one word)."),
     Verb("sweep", "queue one job per combination of the braces (cell form: of the cell)",
          (_opt("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs"),
           *JOB_OPTIONS, _ENV,
@@ -234,14 +235,14 @@ _TABLE = (
          _sweep, tail="-- --lr {0.1,0.01} --seed {1..3}", cell=True,
          description="Queue one job per combination of the {a,b} / {1..5} groups in the "
          "arguments after -- (in a terminal, quote the braces: the shell expands them)."),
-    Verb("status", "GPUs, queue counts, running and queued jobs (HTML in a notebook)"),
-    Verb("jobs", "the job table (a DataFrame)",
+    Verb("status", "GPUs, queue counts, running and queued jobs"),
+    Verb("jobs", "the job table",
          (_opt("--status", metavar="S", help="e.g. queued, running, failed, ended, active"),
           _opt("--first", type=rows_type, metavar="N", group="rows",
                help="only the first N (in submission order)"),
           _opt("--last", type=rows_type, metavar="N", group="rows", help="only the last N")),
          lambda s, ns: s.jobs(ns.status, first=ns.first, last=ns.last)),
-    Verb("gpus", "the GPU table (a DataFrame)", call=lambda s, ns: s.get_gpu_status()),
+    Verb("gpus", "the GPU table", call=lambda s, ns: s.get_gpu_status()),
     Verb("screens", "screen sessions of running jobs", call=lambda s, ns: s.screens(),
          fronts=frozenset((CLI,))),
     Verb("logs", "the last lines of a job's output",

@@ -61,11 +61,8 @@ from typing import Any
 from .allocation import booked_share, could_start, gpu_states, most_room, plan, queue_key
 from .config import SchedulerConfig
 from .errors import StateDirError
-from .executors.base import (
-    Executor,
-    Exit,
-    Launch,
-    Started,
+from .executors.base import Executor, Exit, Launch, Started
+from .executors.process import (
     find_job_process,
     process_start_time,
     read_exit_file,

@@ -58,8 +58,8 @@ from ..config import SchedulerConfig
 from ..jobs import Job, JobStatus
 from ..raycluster import RayCluster, cluster_for, import_ray, ray_installed
 from ..store import Store
-from .base import Exit, Launch, OnExit, Started, kill_tree
-from .direct import open_log
+from .base import Exit, Launch, OnExit, Started
+from .process import kill_tree, open_log
 
 logger = logging.getLogger(__name__)
 

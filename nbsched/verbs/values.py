@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from nbsched.config import check_requirement
+from nbsched.checks import check_requirement
 from nbsched.errors import InvalidValueError
 from nbsched.scheduler import GPUJobScheduler
 

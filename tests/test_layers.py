@@ -22,7 +22,7 @@ PUBLIC = {
     "nbsched.sweeps",
     "nbsched.checks",
 }
-FRONT_ENDS = ("nbsched.jupyter", "nbsched.cli", "nbsched.demo")
+FRONT_ENDS = ("nbsched.jupyter", "nbsched.cli", "nbsched.demo", "nbsched.verbs")
 
 
 def _module(path: Path) -> str:

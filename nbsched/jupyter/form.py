@@ -54,7 +54,11 @@ def conda_envs(timeout: float = CONDA_TIMEOUT_S) -> list[str] | None:
     return names
 
 
-class SubmitForm(widgets.VBox):
+_WIDE = {"width": "520px"}
+_STYLE = {"description_width": "110px"}
+
+
+class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
     """Script, conda env, arguments, GPUs, allowed GPUs, priority, LLM model, sweep, Submit.
 
     ``conda_env_names`` overrides the ``conda env list`` lookup (``[]`` for none).
@@ -67,9 +71,18 @@ class SubmitForm(widgets.VBox):
         self.scheduler = scheduler
         self.submitted: list[str] = []
         self.error: str | None = None
-        wide = {"width": "520px"}
-        style = {"description_width": "110px"}
+        self._make_inputs(conda_env_names)
+        self._make_choices()
+        self.submit_button = widgets.Button(
+            description="Submit", button_style="primary", icon="play"
+        )
+        self.submit_button.on_click(lambda _: self._on_click())
+        self.result = widgets.HTML()
+        super().__init__(children=self._rows())
 
+    def _make_inputs(self, conda_env_names: Sequence[str] | None) -> None:
+        """The text fields: script (checked as typed), conda env, arguments, GPUs, sweep."""
+        wide, style = _WIDE, _STYLE
         self.script = widgets.Text(
             description="script", placeholder="train.py", layout=wide, style=style
         )
@@ -95,6 +108,16 @@ class SubmitForm(widgets.VBox):
             layout=wide,
             style=style,
         )
+        self.sweep = widgets.Text(
+            description="sweep",
+            placeholder="optional: --lr {0.1,0.01} --seed {1..3} (one job per combination)",
+            layout=wide,
+            style=style,
+        )
+
+    def _make_choices(self) -> None:
+        """The allowed-GPU toggles, the priority and the LLM model (which fills in GPUs)."""
+        style, scheduler = _STYLE, self.scheduler
         n = scheduler.num_gpus
         self.allowed = [
             widgets.ToggleButton(description=str(i), layout={"width": "44px"}) for i in range(n)
@@ -112,37 +135,26 @@ class SubmitForm(widgets.VBox):
         self._gpus_without_model = ""  # the GPUs field before a model was chosen
         self._gpus_from_model: str | None = None  # what the chosen model wrote there
         self.llm_model.observe(self._model_chosen, names="value")
-        self.sweep = widgets.Text(
-            description="sweep",
-            placeholder="optional: --lr {0.1,0.01} --seed {1..3} (one job per combination)",
-            layout=wide,
-            style=style,
-        )
-        self.submit_button = widgets.Button(
-            description="Submit", button_style="primary", icon="play"
-        )
-        self.submit_button.on_click(lambda _: self._on_click())
-        self.result = widgets.HTML()
-        super().__init__(
-            children=[
-                widgets.HBox([self.script, self.script_check]),
-                self.conda_env,
-                self.arguments,
-                self.gpus,
-                widgets.HBox(
-                    [
-                        widgets.Label("allowed GPUs", layout={"width": "114px"}),
-                        *self.allowed,
-                        widgets.Label("(none pressed: any)"),
-                    ]
-                ),
-                self.priority,
-                self.llm_model,
-                self.sweep,
-                self.submit_button,
-                self.result,
-            ]
-        )
+
+    def _rows(self) -> list[Any]:
+        return [
+            widgets.HBox([self.script, self.script_check]),
+            self.conda_env,
+            self.arguments,
+            self.gpus,
+            widgets.HBox(
+                [
+                    widgets.Label("allowed GPUs", layout={"width": "114px"}),
+                    *self.allowed,
+                    widgets.Label("(none pressed: any)"),
+                ]
+            ),
+            self.priority,
+            self.llm_model,
+            self.sweep,
+            self.submit_button,
+            self.result,
+        ]
 
     # -- live checks ----------------------------------------------------------------------
 

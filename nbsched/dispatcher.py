@@ -395,7 +395,7 @@ class Dispatcher:
         with self._inbox_lock:
             offered, self._offered = self._offered, {}
             self._unchecked = []
-        rev, changes, self._paused = self.store.dispatch_view(self._rev)
+        rev, changes, self._paused = self.store.changes_since(self._rev)
         self._rev = rev
         revs = {job_id: row_rev for job_id, _, _, row_rev in changes}
         wanted = []

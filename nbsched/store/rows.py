@@ -64,10 +64,12 @@ def _base_type(name: str) -> str:
 
 
 def nullable(name: str) -> bool:
+    """Whether the field ``name`` may be None (a column without NOT NULL)."""
     return "| None" in _FIELD_TYPES[name]
 
 
 def sql_type(name: str) -> str:
+    """The column type of field ``name``: what SQLite stores its values as."""
     base = _base_type(name)
     if base in ("int", "bool"):
         return "INTEGER"
@@ -109,6 +111,8 @@ def _codec(name: str) -> tuple[Callable[[Any], Any], Callable[[Any], Any]] | Non
         return int, bool
     if base == "JobStatus":
         return attrgetter("value"), _STATUSES.__getitem__
+    if base not in ("int", "float", "str"):  # (a new field's type: say how to store it)
+        raise TypeError(f"the store cannot keep {name}: {_FIELD_TYPES[name]}; add a codec")
     return None
 
 

@@ -19,11 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import frames
 from .allocation import explain, gpu_states, queue_key
-from .config import (
-    SchedulerConfig,
-    is_real,
-    is_whole,
-)
+from .checks import check_timeout, is_real, is_whole
+from .config import SchedulerConfig
 from .dispatcher import Dispatcher
 from .errors import (
     ClosedError,
@@ -33,14 +30,18 @@ from .errors import (
     PermissionDeniedError,
 )
 from .executors.base import Executor
+from .formats.llmconfig import LLMConfig
 from .gpus import make_provider
 from .gpus.base import GPUProvider
 from .gpus.monitor import GPUMonitor
 from .jobs import Job, JobSpec, JobStatus
+from .jobsfile_watch import JobsFileWatcher
 from .lease import DispatcherLease, WakeChannel
-from .llmconfig import LLMConfig, LLMConfigWatcher
+from .llmconfig_watch import LLMConfigWatcher
 from .store import Store, prepare_state_dir
-from .submission import build_spec, check_timeout
+from .submission import build_spec
+from .submitter import EngineSubmitter
+from .sweeps import submit_sweep, sweep_frame, sweeps_frame
 from .waiting import Waits
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
@@ -308,9 +309,7 @@ class GPUJobScheduler:
         """Helpers that run beside the engine (the jobs-file watcher)."""
         out: list[Any] = []
         if self.config.jobs_file:
-            from .jobsfile_watch import JobsFileWatcher
-
-            out.append(JobsFileWatcher(self).start())
+            out.append(JobsFileWatcher(self._submitter()).start())
         return out
 
     def _role_loop(self) -> None:
@@ -413,7 +412,7 @@ class GPUJobScheduler:
         if name == "ray":
             from .executors.ray import RayExecutor
 
-            return RayExecutor(self.config, store=self.store)
+            return RayExecutor(self.config)
         raise InvalidValueError(f"executor={name!r}: accepted values are direct, screen, ray")
 
     def _notify(self, ended: Collection[int] | None = None) -> None:
@@ -507,7 +506,7 @@ class GPUJobScheduler:
     ) -> list[str]:
         """Queue one job per combination of a sweep; returns the ids it queued.
 
-        ``args="--lr {0.1,0.01} --seed {1..3}"`` (grammar in :mod:`nbsched.sweep`) and/or
+        ``args="--lr {0.1,0.01} --seed {1..3}"`` (grammar in :mod:`nbsched.formats.sweep`) and/or
         ``params={"lr": [0.1, 0.01]}`` (``param_style`` makes the flags).  Every job
         shares one sweep id (``.sweep_id`` of the returned list); combinations already
         queued, running or succeeded are not queued again.  More than
@@ -515,10 +514,8 @@ class GPUJobScheduler:
         ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...).
         """
         self._check_open()
-        from .sweeps import submit_sweep
-
         return submit_sweep(
-            self,
+            self._submitter(),
             script,
             args,
             conda_env,
@@ -536,16 +533,28 @@ class GPUJobScheduler:
         status, duration (s), exit_code, id and the keys of the JSON object the job
         wrote to ``$NBSCHED_RESULT_FILE``."""
         self._check_open()
-        from .sweeps import sweep_frame
-
-        return sweep_frame(self, sweep_id)
+        return sweep_frame(self._submitter(), sweep_id)
 
     def sweeps(self) -> pd.DataFrame:
         """One row per sweep: id, definition, and how many combinations are in each status."""
         self._check_open()
-        from .sweeps import sweeps_frame
+        return sweeps_frame(self._submitter())
 
-        return sweeps_frame(self)
+    # -- formats-split: the Submitter that sweeps and the jobs-file watcher are given ----
+
+    def _submitter(self) -> EngineSubmitter:
+        """This scheduler as :class:`~nbsched.submitter.SweepSubmitter`: what sweeps and
+        the jobs-file watcher may do (validate, queue, read sweeps, keep notices)."""
+        return EngineSubmitter(
+            self.store,
+            self.config,
+            make_spec=self.make_spec,
+            submit=self.submit,
+            num_gpus=lambda: self.num_gpus,
+            llm_config=lambda: self.llm_config,
+        )
+
+    # -- end of formats-split's block ------------------------------------------------------
 
     def make_spec(
         self,
@@ -788,7 +797,7 @@ class GPUJobScheduler:
 
         ``session`` is the full name (``12345.nbsched-17``) for ``screen -r``."""
         self._check_open()
-        from .executors.base import same_process_alive
+        from .executors.process import same_process_alive
         from .executors.screen import session_of
 
         out = []

@@ -1,40 +1,32 @@
-"""Checks of what a user submits: each raises, naming the value and what is accepted,
-before anything is stored.  :func:`build_spec` makes a job's validated
-:class:`JobSpec` (``GPUJobScheduler.make_spec``); ``wait`` checks its timeout here."""
+"""What a user submits, checked: :func:`build_spec` makes a job's validated
+:class:`JobSpec` (``GPUJobScheduler.make_spec``), raising at the first bad value, naming
+it and what is accepted, before anything is stored.  The checks of single values are
+:mod:`nbsched.checks`; here are those that need the machine (the folder, the script,
+the GPUs there are)."""
 
 from __future__ import annotations
 
-import math
 import os
-import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import below_precision, check_requirement, is_real, is_whole, to_float
+from .checks import (
+    below_precision,
+    check_allowed_gpus,
+    check_args,
+    check_env,
+    check_gpu_arg,
+    check_priority,
+    check_requirement,
+    check_retries,
+    check_word,
+    no_nul,
+)
 from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
-from .gpuspec import normalize_allowed_gpus
 from .jobs import JobSpec
 from .launch import check_launcher
-
-_INT64 = 2**63  # integers the store keeps must lie in [-_INT64, _INT64)
-
-
-def check_timeout(timeout: object) -> float | None:
-    """``wait()``'s ``timeout`` in seconds: a real number >= 0; None or inf: no limit."""
-    if timeout is None:
-        return None
-    if not is_real(timeout):
-        raise InvalidTypeError(
-            f"timeout={timeout!r}: expected seconds (a number >= 0), or None for no limit"
-        )
-    seconds = to_float(timeout)
-    if math.isnan(seconds) or seconds < 0:
-        raise InvalidValueError(
-            f"timeout={timeout!r}: expected seconds >= 0, or None (or inf) for no limit"
-        )
-    return None if math.isinf(seconds) else seconds
 
 
 def check_one_node(
@@ -76,60 +68,6 @@ def job_folder(cwd: object) -> str:
     return path
 
 
-def no_nul(field: str, value: str) -> str:
-    """``value``, refused if it holds a NUL byte: no program can be given one (in its
-    arguments, its environment or a path), so the job could only fail when started."""
-    if "\0" in value:
-        raise InvalidValueError(
-            f"{field}={value!r}: contains a NUL byte (\\x00), which no program can be given"
-        )
-    return value
-
-
-def check_env(env: object) -> dict[str, str]:
-    """A job's own environment: a mapping of variable names to values, both strings."""
-    if env is None:
-        return {}
-    if not isinstance(env, Mapping):
-        raise InvalidTypeError(f"env={env!r}: expected a dict of variable name -> value (str)")
-    out: dict[str, str] = {}
-    for k, v in env.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise InvalidTypeError(f"env: {k!r}={v!r}: names and values must be strings")
-        if not k or "=" in k or "\0" in k:
-            raise InvalidValueError(
-                f"env: name {k!r}: a variable name must be non-empty, without '=' or NUL bytes"
-            )
-        if "\0" in v:
-            raise InvalidValueError(f"env: {k}={v!r}: contains a NUL byte (\\x00)")
-        out[k] = v
-    return out
-
-
-def as_args(args: Sequence[str] | str | None) -> tuple[str, ...]:
-    if args is None:
-        return ()
-    if isinstance(args, str):
-        try:
-            split = tuple(shlex.split(args))
-        except ValueError as exc:
-            raise InvalidValueError(f"args={args!r}: {exc}") from exc
-        for a in split:
-            if "\0" in a:
-                raise InvalidValueError(f"args={args!r}: contains a NUL byte (\\x00)")
-        return split
-    if isinstance(args, (bytes, Mapping)) or not isinstance(args, Sequence):
-        raise InvalidTypeError(f"args={args!r}: expected a list of strings")
-    out = []
-    for a in args:
-        if not isinstance(a, str) and not is_real(a):
-            raise InvalidTypeError(f"args: {a!r} is not a string")
-        if isinstance(a, str) and "\0" in a:
-            raise InvalidValueError(f"args: {a!r} contains a NUL byte (\\x00)")
-        out.append(str(a))
-    return tuple(out)
-
-
 def build_spec(
     *,
     n_gpus: int,
@@ -160,97 +98,109 @@ def build_spec(
     value and what is accepted.  ``default_requirement(args)``: the GPUs (and where that
     number comes from) of a job that names none; ``snapshot()``: the GPUs, for a job of
     several (one node)."""
-    if not is_whole(priority):
-        raise InvalidTypeError(f"priority={priority!r}: expected an integer")
-    shown_priority, priority = priority, int(priority)
-    if not -_INT64 <= priority < _INT64:  # SQLite stores 64-bit integers
-        raise InvalidValueError(f"priority={shown_priority!r}: must be in {-_INT64}..{_INT64 - 1}")
+    checked_priority = check_priority(priority)
     workdir = job_folder(cwd)
-    argv: tuple[str, ...] = ()
+    kind, script_path, argv = _what_runs(script, command, args, workdir)
+    check_word("conda_env", conda_env, "an environment name", blank=False)
+    allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
+    if required_gpus is None:
+        required, shown, other = _default_gpus(default_requirement(argv), precision)
+    else:
+        required = check_requirement("required_gpus", required_gpus, precision)
+        shown, other = f"required_gpus={required:g}", ""
+    _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
+    return JobSpec(
+        kind=kind,
+        required_gpus=required,
+        priority=checked_priority,
+        script=script_path,
+        args=argv,
+        command=command,
+        conda_env=conda_env,
+        allowed_gpus=allowed,
+        cwd=workdir,
+        sweep=sweep,
+        params=params,
+        hash=hash,
+        **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
+    )
+
+
+def _what_runs(
+    script: object, command: object, args: object, workdir: str
+) -> tuple[str, str | None, tuple[str, ...]]:
+    """``(kind, script path, arguments)``: a shell command, or a script that exists
+    (relative to the job's folder) with its arguments."""
     if command is not None:
         if not isinstance(command, str):
             raise InvalidTypeError(f"command={command!r}: expected a string")
         if not command.strip():
             raise InvalidValueError("command='': expected a shell command")
         no_nul("command", command)
-        kind, script_path = "command", None
-    else:
-        if (
-            not isinstance(script, (str, os.PathLike))
-            or not isinstance(os.fspath(script), str)
-            or not os.fspath(script)
-        ):
-            raise InvalidTypeError(f"script={script!r}: expected a path to a script")
-        no_nul("script", os.fspath(script))
-        path = Path(workdir, Path(os.fspath(script)).expanduser())
-        if not path.is_file():
-            raise MissingFileError(f"script {os.fspath(script)!r} not found (looked in {path})")
-        kind, script_path = "script", str(path.resolve())
-        argv = as_args(args)
-    if conda_env is not None:
-        if not isinstance(conda_env, str):
-            raise InvalidTypeError(f"conda_env={conda_env!r}: expected an environment name")
-        if not conda_env.strip():
-            raise InvalidValueError(f"conda_env={conda_env!r}: expected an environment name")
-        no_nul("conda_env", conda_env)
-    allowed = normalize_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
-    if required_gpus is None:
-        required, source = default_requirement(argv)
-        # (said in messages: the number comes from an LLM config's model, say)
-        shown = f"required_gpus={required:g} (for {source})"
-        other = "; pass required_gpus= to ask for another number"
-        if below_precision(required, precision):  # (an LLM config's model)
-            raise InvalidValueError(
-                f"{shown}: below gpu_allocation_precision={precision:g}, the smallest "
-                f"share of a GPU that is booked{other}"
-            )
-    else:
-        required = check_requirement("required_gpus", required_gpus, precision)
-        shown, other = f"required_gpus={required:g}", ""
+        return "command", None, ()
+    if (
+        not isinstance(script, (str, os.PathLike))
+        or not isinstance(os.fspath(script), str)
+        or not os.fspath(script)
+    ):
+        raise InvalidTypeError(f"script={script!r}: expected a path to a script")
+    text = os.fspath(script)
+    assert isinstance(text, str)
+    no_nul("script", text)
+    path = Path(workdir, Path(text).expanduser())
+    if not path.is_file():
+        raise MissingFileError(f"script {text!r} not found (looked in {path})")
+    return "script", str(path.resolve()), check_args(args)
+
+
+def _default_gpus(found: tuple[float, str], precision: float) -> tuple[float, str, str]:
+    """The GPUs of a job that names none, as ``(required, shown, other)``: the number,
+    how messages show it (with where it comes from: an LLM config's model, say) and
+    what they add."""
+    required, source = found
+    shown = f"required_gpus={required:g} (for {source})"
+    other = "; pass required_gpus= to ask for another number"
+    if below_precision(required, precision):  # (an LLM config's model)
+        raise InvalidValueError(
+            f"{shown}: below gpu_allocation_precision={precision:g}, the smallest "
+            f"share of a GPU that is booked{other}"
+        )
+    return required, shown, other
+
+
+def _check_fits(
+    shown: str,
+    other: str,
+    required: float,
+    allowed: tuple[int, ...] | None,
+    n_gpus: int,
+    owner: str,
+    snapshot: Callable[[], Sequence[GpuSnapshot]],
+) -> None:
+    """There are as many (allowed) GPUs as the job needs, on one node."""
     limit = len(allowed) if allowed is not None else n_gpus
     if required > limit:
         where = f"allowed_gpus {list(allowed)}" if allowed is not None else owner
         raise InvalidValueError(f"{shown}: {where} has only {limit} GPU(s){other}")
     if required > 1:
         check_one_node(shown, required, allowed, snapshot())
-    retries = default_retries if max_retries is None else max_retries
-    if not is_whole(retries):
-        raise InvalidTypeError(
-            f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
-        )
-    retries = int(retries)
-    if not 0 <= retries < _INT64:
-        raise InvalidValueError(
-            f"max_retries={max_retries!r}: expected a whole number in 0..{_INT64 - 1}"
-        )
+
+
+def _options(
+    max_retries: object,
+    default_retries: int,
+    launcher: str | None,
+    gpu_arg: object,
+    env: object,
+    name: object,
+) -> dict[str, Any]:
+    """The job's other fields, checked: retries, launcher, GPU option, environment, name."""
+    retries = check_retries(default_retries if max_retries is None else max_retries, max_retries)
     check_launcher(launcher)
-    if gpu_arg is not None:
-        if not isinstance(gpu_arg, str):
-            raise InvalidTypeError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
-        if not gpu_arg.startswith("-"):
-            raise InvalidValueError(f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'")
-        no_nul("gpu_arg", gpu_arg)
-    extra_env = check_env(env)
-    if name is not None:
-        if not isinstance(name, str):
-            raise InvalidTypeError(f"name={name!r}: expected a string or None")
-        no_nul("name", name)
-    return JobSpec(
-        kind=kind,
-        required_gpus=required,
-        priority=priority,
-        script=script_path,
-        args=argv,
-        command=command,
-        conda_env=conda_env,
-        allowed_gpus=allowed,
-        max_retries=retries,
-        launcher=launcher,
-        gpu_arg=gpu_arg,
-        cwd=workdir,
-        env=extra_env,
-        name=name,
-        sweep=sweep,
-        params=params,
-        hash=hash,
-    )
+    return {
+        "max_retries": retries,
+        "launcher": launcher,
+        "gpu_arg": check_gpu_arg(gpu_arg),
+        "env": check_env(env),
+        "name": check_word("name", name, "a string or None"),
+    }

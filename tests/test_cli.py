@@ -19,7 +19,7 @@ from legacy_support import cli, subprocess_env, wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.cli import main
-from nbsched.executors.base import find_by_token
+from nbsched.executors.process import find_by_token
 from nbsched.executors.screen import list_sessions
 
 

@@ -18,7 +18,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from nbsched import GPUJobScheduler
-from nbsched.config import check_requirement
+from nbsched.checks import check_requirement
 from nbsched.jupyter.extension import magics_of
 from nbsched.jupyter.magics import VERBS, GpuschedMagics
 from nbsched.jupyter.parsing import expand_vars, gpus_type, split_dashdash

@@ -22,7 +22,7 @@ import transitions
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
-from nbsched.executors.base import find_by_token
+from nbsched.executors.process import find_by_token
 from nbsched.jobs import JobStatus
 from nbsched.raycluster import cluster_for
 

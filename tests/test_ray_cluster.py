@@ -19,7 +19,7 @@ from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import InvalidValueError
-from nbsched.executors.base import find_by_token
+from nbsched.executors.process import find_by_token
 
 pytestmark = pytest.mark.ray
 

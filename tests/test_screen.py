@@ -14,7 +14,7 @@ import pytest
 from legacy_support import sched_factory, wait_for
 
 from nbsched import GPUJobScheduler
-from nbsched.executors.base import find_by_token, same_process_alive
+from nbsched.executors.process import find_by_token, same_process_alive
 from nbsched.executors.screen import list_sessions
 from nbsched.jobs import JobStatus
 

@@ -45,17 +45,9 @@ import psutil
 
 from ..jobs import Job
 from ..launch import LaunchError
-from .base import (
-    Exit,
-    Launch,
-    OnExit,
-    Started,
-    find_by_token,
-    kill_tree,
-    process_start_time,
-    same_process_alive,
-)
-from .direct import LocalProcessExecutor, open_log
+from .base import Exit, Launch, OnExit, Started
+from .local import LocalProcessExecutor
+from .process import find_by_token, kill_tree, open_log, process_start_time, same_process_alive
 
 SCREEN_LAUNCHER = (
     'exit_file=$1 pid_file=$2 log=$3; shift 3; printf "%d\\n" "$$" > "$pid_file"; '

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbsched.config import check_requirement
+from nbsched.checks import check_requirement
 from nbsched.errors import InvalidValueError
 
 _VAR = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")

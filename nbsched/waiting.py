@@ -141,7 +141,7 @@ class Waits:
                     waiter.seen = set()  # (ends told from now on may be missed below)
                 # Read only what changed since the last look (not every wanted row: decoding
                 # them on each wake-up held the GIL and starved the engine threads).
-                rev, changes = store.changes_since(rev)
+                rev, changes, _ = store.changes_since(rev)
                 for job_id, status, _, _ in changes:
                     seq = int(job_id)
                     if seq in wanted_set:

@@ -111,7 +111,9 @@ class Rig:
         spec = JobSpec(
             kind="command", command="true", required_gpus=required, max_retries=max_retries
         )
-        (job,) = self.store.add_jobs([spec], owner_uid=os.getuid(), executor="fake", now=self.now)
+        _, (job,) = self.store.add_jobs_at(
+            [spec], owner_uid=os.getuid(), executor="fake", now=self.now
+        )
         assert job is not None
         self.dispatcher.wake()
         return job.id

@@ -54,7 +54,7 @@ def row_by_row(jobs: list[Job]) -> pd.DataFrame:
 
 
 def add(store: Store, spec: JobSpec) -> str:
-    (job,) = store.add_jobs([spec], owner_uid=os.getuid(), executor="direct")
+    _, (job,) = store.add_jobs_at([spec], owner_uid=os.getuid(), executor="direct")
     assert job is not None
     return job.id
 
@@ -131,7 +131,7 @@ def test_table_filters_as_find_does(
 def test_table_by_ids_across_chunks(store: Store) -> None:
     """wait() asks for its jobs by number: more than one statement's worth of them,
     unknown ones left out, in submission order whatever the order asked."""
-    ids = store.add_jobs(
+    _, ids = store.add_jobs_at(
         [JobSpec(kind="command", command=f"echo {i}", required_gpus=1) for i in range(1203)],
         owner_uid=os.getuid(),
         executor="direct",

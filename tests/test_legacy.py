@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import transitions
 from legacy_support import cli, sched_factory, wait_for, write_exe
 
 from nbsched import GPUJobScheduler
@@ -65,7 +66,7 @@ def test_a_job_that_fails_once_is_retried_and_succeeds(
     log = s.logs(jid, tail=None)
     assert "first attempt: failing" in log and "second attempt: fine" in log
     assert "attempt 2" in log
-    history = s.store.history(jid)
+    history = transitions.history(s.store.path, jid)
     assert [h["new"] for h in history] == ["queued", "running", "queued", "running", "succeeded"]
     assert "attempt 1 failed (exit code 5)" in history[2]["reason"]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import transitions
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
@@ -295,7 +296,7 @@ def test_recovery_fails_jobs_another_engine_left(local_ray: None, tmp_path: Path
         assert rows.loc[again, "status"] == "succeeded"
         assert rows.loc[again, "attempts"] == 2
         assert "rerun" in s.logs(again)
-        history = " ".join(h["reason"] or "" for h in s.store.history(again))
+        history = " ".join(h["reason"] or "" for h in transitions.history(s.store.path, again))
         assert "cannot be followed" in history
     finally:
         s.stop(kill=True)

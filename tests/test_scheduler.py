@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transitions import history
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
@@ -207,7 +208,7 @@ def test_exit_codes(sched: GPUJobScheduler) -> None:
     assert sched.store.get(bad).reason == "exit code 3"
     assert (status(sched, killed), sched.job(killed)["exit_code"]) == ("failed", 137)
     assert sched.job(ok)["attempts"] == 1
-    hist = sched.store.history(bad)
+    hist = history(sched.store.path, bad)
     assert [h["new"] for h in hist] == ["queued", "running", "failed"]
     assert hist[1]["at"] <= hist[2]["at"]
 

@@ -1,6 +1,6 @@
 """The dispatcher's cache of the queue and of the running jobs.
 
-The store is the truth; this cache follows it by revision (:meth:`Store.dispatch_view`
+The store is the truth; this cache follows it by revision (:meth:`Store.changes_since`
 gives the jobs changed since the last look), so a turn costs what changed, not the
 queue's length.  Jobs this process submitted are taken as they were written, without
 reading their rows back (:meth:`QueueCache.take_offered`).
@@ -80,7 +80,7 @@ class QueueCache:
     def refresh(self, store: Store, offered: Offers, now: float, mono: float) -> None:
         """Read the jobs changed since the last look (taking the ``offered`` ones whose
         rows are unchanged from memory) at wall-clock ``now``, monotonic ``mono``."""
-        rev, changes, self.paused = store.dispatch_view(self.rev)
+        rev, changes, self.paused = store.changes_since(self.rev)
         self.rev = rev
         revs = {job_id: row_rev for job_id, _, _, row_rev in changes}
         wanted: list[str] = []

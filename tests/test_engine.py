@@ -39,7 +39,9 @@ def store(state: Path) -> Iterator[Store]:
 
 def add(store: Store, required: float = 1.0, uid: int | None = None) -> str:
     spec = JobSpec(kind="command", command="true", required_gpus=required)
-    job = store.add_jobs([spec], owner_uid=os.getuid() if uid is None else uid, executor="direct")
+    _, job = store.add_jobs_at(
+        [spec], owner_uid=os.getuid() if uid is None else uid, executor="direct"
+    )
     assert job[0] is not None
     return job[0].id
 

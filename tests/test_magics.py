@@ -131,18 +131,6 @@ def test_start_is_idempotent_for_the_same_settings(
     assert started.config.num_gpus == 2 and started.config.gpu_provider == "simulated"
 
 
-@pytest.fixture
-def no_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine without an NVIDIA driver: NVML's library is missing, nvidia-smi too."""
-    import pynvml
-
-    def no_library() -> None:
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-
-    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
-    monkeypatch.setattr("nbsched.gpus.gputil.shutil.which", lambda name: None)
-
-
 @pytest.mark.usefixtures("no_nvidia_gpu")
 def test_start_says_when_auto_took_simulated_gpus(
     ip: InteractiveShell,

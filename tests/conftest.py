@@ -124,16 +124,20 @@ def no_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------ Ray: skip, or fail in CI
 
 
+def _needs_ray(item: pytest.Item) -> bool:
+    """Marked ``ray`` (a module's ``pytestmark`` marks each test), and not ``without_ray``."""
+    return item.get_closest_marker("ray") is not None and not item.get_closest_marker("without_ray")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``ray`` are skipped, with the reason, where Ray is not installed;
+    """Tests that need Ray are skipped, with the reason, where Ray is not installed;
     where ``NBSCHED_REQUIRE_RAY`` is set that is an error instead."""
-    ray_tests = [item for item in items if item.get_closest_marker("ray") is not None]
+    ray_tests = [item for item in items if _needs_ray(item)]
     if not ray_tests or _ray_installed():
         return
     if _ray_required():
         raise pytest.UsageError(
-            f"{REQUIRE_RAY} is set but {RAY_MISSING.lower()}: "
-            f"{len(ray_tests)} Ray test(s) would be skipped"
+            f"{REQUIRE_RAY} is set, but {RAY_MISSING} ({len(ray_tests)} Ray tests would be skipped)"
         )
     for item in ray_tests:
         item.add_marker(pytest.mark.skip(reason=RAY_MISSING))
@@ -143,7 +147,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Where Ray is required, a Ray test skipped for any reason is a failure."""
     report = yield
-    if report.skipped and _ray_required() and item.get_closest_marker("ray") is not None:
+    if report.skipped and _ray_required() and _needs_ray(item):
         report.outcome = "failed"
         report.longrepr = f"{REQUIRE_RAY} is set, and this Ray test was skipped: {report.longrepr}"
     return report

@@ -308,6 +308,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.without_ray  # (it hides Ray itself: it runs where Ray is not installed too)
 def test_missing_ray_gives_the_install_command(tmp_path: Path) -> None:
     code = f"""
 import sys

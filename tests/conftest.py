@@ -11,12 +11,15 @@ import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.store import Store, prepare_state_dir
+
+if TYPE_CHECKING:  # (IPython is imported by the tests that use it, not by every run)
+    from IPython.core.interactiveshell import InteractiveShell
 
 MakeSched = Callable[..., GPUJobScheduler]
 
@@ -90,6 +93,14 @@ def running(make_sched: MakeSched) -> GPUJobScheduler:
     return make_sched(start=True)
 
 
+@pytest.fixture
+def script(tmp_path: Path) -> str:
+    """A script that exists (it prints ``hi``)."""
+    p = tmp_path / "train.py"
+    p.write_text("print('hi')\n")
+    return str(p)
+
+
 # ------------------------------------------------------------------ the store
 
 
@@ -104,6 +115,26 @@ def store(state: Path) -> Iterator[Store]:
     s = Store(state / "state.db")
     yield s
     s.close()
+
+
+# ------------------------------------------------------------------ the notebook
+
+
+@pytest.fixture
+def ip() -> Iterator[InteractiveShell]:
+    """IPython's shell with ``%load_ext nbsched``; its scheduler stopped, the extension
+    unloaded at the end."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from nbsched.jupyter.extension import magics_of
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbsched")
+    yield shell
+    magics = magics_of(shell)
+    if magics is not None and magics.scheduler is not None:
+        magics.scheduler.stop(kill=True)
+    shell.run_line_magic("unload_ext", "nbsched")
 
 
 # ------------------------------------------------------------------ the machine

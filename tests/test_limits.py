@@ -1,6 +1,7 @@
-"""The size limits of the code, checked on the source so that CI enforces them: no module
-of nbsched over 450 lines, no function over 60 (a purely declarative table may be longer:
-it is named below, with why).  Run alone with ``pytest -m limits``."""
+"""The limits of the code, checked on the source so that CI enforces them: no module of
+nbsched over 450 lines, no function over 60 (a purely declarative table may be longer:
+it is named below, with why); and the linter's lists of what the front ends may not
+import name every engine module.  Run alone with ``pytest -m limits tests/test_limits.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from test_layers import FRONT_ENDS, PUBLIC
 
 pytestmark = pytest.mark.limits
 
@@ -85,3 +87,25 @@ def test_the_check_sees_functions() -> None:
     tree = ast.parse("class A:\n    def f(self):\n        def g():\n            pass\n")
     assert _functions(tree) == [("A.f", 3), ("A.f.g", 2)]
     assert len(SOURCES) > 20 and _module(PACKAGE / "gpus" / "__init__.py") == "nbsched.gpus"
+
+
+def test_the_linter_bans_every_engine_module_in_the_front_ends() -> None:
+    """ruff's lists (pyproject.toml for nbsched/cli.py and demo.py, the ruff.toml of
+    jupyter/ and verbs/) name each engine module: a new one is banned there too."""
+    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
+    engine = (
+        {
+            f"nbsched.{p.stem}"
+            for p in PACKAGE.iterdir()
+            if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.stem != "__init__"
+        }
+        - PUBLIC
+        - set(FRONT_ENDS)
+    )
+    root = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    tidy = root["tool"]["ruff"]["lint"]["flake8-tidy-imports"]
+    assert set(tidy["banned-module-level-imports"]) == engine, "pyproject.toml"
+    for front_end in ("jupyter", "verbs"):
+        config = tomllib.loads((PACKAGE / front_end / "ruff.toml").read_text())
+        banned = set(config["lint"]["flake8-tidy-imports"]["banned-api"])
+        assert {n for n in banned if n.startswith("nbsched.")} == engine, front_end

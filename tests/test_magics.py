@@ -30,17 +30,6 @@ ARGV_SCRIPT = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
 
 
 @pytest.fixture
-def ip() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbsched")
-    yield shell
-    magics = magics_of(shell)
-    if magics is not None and magics.scheduler is not None:
-        magics.scheduler.stop(kill=True)
-    shell.run_line_magic("unload_ext", "nbsched")
-
-
-@pytest.fixture
 def started(ip: InteractiveShell, tmp_path: Path) -> GPUJobScheduler:
     s = gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'state'}")
     assert isinstance(s, GPUJobScheduler) and s.running

@@ -27,13 +27,6 @@ def scheduler_config() -> dict[str, object]:
     return {"num_gpus": N_GPUS}
 
 
-@pytest.fixture
-def script(tmp_path: Path) -> str:
-    p = tmp_path / "train.py"
-    p.write_text("print('hi')\n")
-    return str(p)
-
-
 # ------------------------------------------------------------------ required_gpus
 
 BAD_REQUIRED = st.one_of(

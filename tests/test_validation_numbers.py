@@ -21,13 +21,6 @@ def scheduler_config() -> dict[str, object]:
     return {"num_gpus": N_GPUS}
 
 
-@pytest.fixture
-def script(tmp_path: Path) -> str:
-    p = tmp_path / "train.py"
-    p.write_text("print('hi')\n")
-    return str(p)
-
-
 # ------------------------------------------------------------------ numpy's numbers
 
 

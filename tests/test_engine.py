@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,8 @@ from nbsched.engine.role import EngineRole
 from nbsched.errors import InvalidValueError, PermissionDeniedError
 from nbsched.gpus.base import GpuSnapshot
 from nbsched.jobs import JobSpec, JobStatus
-from nbsched.store import Store, prepare_state_dir
+from nbsched.store import Store
 from nbsched.why import NO_ENGINE, Why
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return prepare_state_dir(tmp_path / "state")
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[Store]:
-    s = Store(state / "state.db")
-    yield s
-    s.close()
 
 
 def add(store: Store, required: float = 1.0, uid: int | None = None) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,16 +13,9 @@ import pytest
 from nbsched import frames
 from nbsched.frames import local_zone
 from nbsched.jobs import Job, JobSpec, JobStatus
-from nbsched.store import Store, prepare_state_dir
+from nbsched.store import Store
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(prepare_state_dir(tmp_path / "state") / "state.db")
-    yield s
-    s.close()
 
 
 #: The type pandas gives a column of strings (pandas 3: str, with NaN for a missing one).

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from legacy_support import sched_factory, wait_for
+from legacy_support import wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.formats.jobsfile import parse_line
@@ -17,12 +17,6 @@ from nbsched.jobs import JobStatus
 from nbsched.jobsfile_watch import JobsFileWatcher
 
 MakeSched = Callable[..., GPUJobScheduler]
-
-
-@pytest.fixture
-def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
-    with sched_factory(tmp_path) as make:
-        yield make
 
 
 # Writes its arguments (as JSON) and CUDA_VISIBLE_DEVICES to stdout.

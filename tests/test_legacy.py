@@ -7,23 +7,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import transitions
-from legacy_support import cli, sched_factory, wait_for, write_exe
+from legacy_support import cli, wait_for, write_exe
 
 from nbsched import GPUJobScheduler
 from nbsched.errors import InvalidValueError
 
 MakeSched = Callable[..., GPUJobScheduler]
-
-
-@pytest.fixture
-def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
-    with sched_factory(tmp_path) as make:
-        yield make
 
 
 # ------------------------------------------------------------------------- retries

@@ -30,17 +30,6 @@ ARGV_SCRIPT = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
 
 
 @pytest.fixture
-def ip() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbsched")
-    yield shell
-    magics = magics_of(shell)
-    if magics is not None and magics.scheduler is not None:
-        magics.scheduler.stop(kill=True)
-    shell.run_line_magic("unload_ext", "nbsched")
-
-
-@pytest.fixture
 def started(ip: InteractiveShell, tmp_path: Path) -> GPUJobScheduler:
     s = gs(ip, f"start --simulate 2 --state-dir {tmp_path / 'state'}")
     assert isinstance(s, GPUJobScheduler) and s.running
@@ -129,18 +118,6 @@ def test_start_is_idempotent_for_the_same_settings(
     with pytest.raises(UsageError, match="already running"):
         gs(ip, f"start --simulate 3 --state-dir {tmp_path / 'state'}")
     assert started.config.num_gpus == 2 and started.config.gpu_provider == "simulated"
-
-
-@pytest.fixture
-def no_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine without an NVIDIA driver: NVML's library is missing, nvidia-smi too."""
-    import pynvml
-
-    def no_library() -> None:
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-
-    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
-    monkeypatch.setattr("nbsched.gpus.gputil.shutil.which", lambda name: None)
 
 
 @pytest.mark.usefixtures("no_nvidia_gpu")

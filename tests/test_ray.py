@@ -63,11 +63,9 @@ def config(tmp_path: Path, **kw: object) -> SchedulerConfig:
 
 
 @pytest.fixture
-def sched(local_ray: None, tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(config=config(tmp_path)).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler_config(local_ray: None, tmp_path: Path) -> dict[str, object]:
+    """sched (tests/conftest.py) here: started, on the local Ray, as config() says."""
+    return {"start": True, "config": config(tmp_path)}
 
 
 def wait_log(s: GPUJobScheduler, job_id: str, text: str) -> None:
@@ -310,6 +308,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.without_ray  # (it hides Ray itself: it runs where Ray is not installed too)
 def test_missing_ray_gives_the_install_command(tmp_path: Path) -> None:
     code = f"""
 import sys

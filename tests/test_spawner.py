@@ -33,11 +33,9 @@ def _config(state: Path) -> SchedulerConfig:
 
 
 @pytest.fixture
-def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(config=_config(tmp_path / "state")).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler_config() -> dict[str, object]:
+    """sched (tests/conftest.py) here: started, as _config() says."""
+    return {"start": True, "num_gpus": 2}
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,6 @@ Q, R, S, F, C = (
 
 def spec(req: float = 1.0, **kw: object) -> JobSpec:
     return JobSpec(kind="command", command=kw.pop("command", "true"), required_gpus=req, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return prepare_state_dir(tmp_path / "state")
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[Store]:
-    s = Store(state / "state.db")
-    yield s
-    s.close()
 
 
 def add(store: Store, *specs: JobSpec) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from validation_support import N_GPUS, rejects
 
-from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched import GPUJobScheduler
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -21,22 +21,10 @@ SETTINGS = settings(
 
 
 @pytest.fixture
-def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    # Not started: validation happens before anything reaches the engine.
-    s = GPUJobScheduler(
-        config=SchedulerConfig(
-            state_dir=tmp_path / "state", gpu_provider="simulated", num_gpus=N_GPUS
-        )
-    )
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def script(tmp_path: Path) -> str:
-    p = tmp_path / "train.py"
-    p.write_text("print('hi')\n")
-    return str(p)
+def scheduler_config() -> dict[str, object]:
+    """sched (tests/conftest.py): not started, as validation happens before anything
+    reaches the engine."""
+    return {"num_gpus": N_GPUS}
 
 
 # ------------------------------------------------------------------ required_gpus

@@ -3,7 +3,7 @@ and from an LLM config; each raises at once, naming it, and stores nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +15,10 @@ from nbsched import GPUJobScheduler, SchedulerConfig
 
 
 @pytest.fixture
-def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    # Not started: validation happens before anything reaches the engine.
-    s = GPUJobScheduler(
-        config=SchedulerConfig(
-            state_dir=tmp_path / "state", gpu_provider="simulated", num_gpus=N_GPUS
-        )
-    )
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def script(tmp_path: Path) -> str:
-    p = tmp_path / "train.py"
-    p.write_text("print('hi')\n")
-    return str(p)
+def scheduler_config() -> dict[str, object]:
+    """sched (tests/conftest.py): not started, as validation happens before anything
+    reaches the engine."""
+    return {"num_gpus": N_GPUS}
 
 
 # ------------------------------------------------------------------ numpy's numbers
@@ -139,19 +127,10 @@ def test_fractions_below_the_allocation_precision(tmp_path: Path, script: str) -
 
 
 @pytest.fixture
-def llm_sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
+def llm_sched(tmp_path: Path, make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
     llm = tmp_path / "llm_config.json"
     llm.write_text('{"default_requirement": 8, "models": {"small": 0.5, "llama-70b": 8}}')
-    s = GPUJobScheduler(
-        config=SchedulerConfig(
-            state_dir=tmp_path / "llm-state",
-            gpu_provider="simulated",
-            num_gpus=N_GPUS,
-            llm_config_file=str(llm),
-        )
-    )
-    yield s
-    s.close()
+    return make_sched(state_dir=tmp_path / "llm-state", llm_config_file=str(llm))
 
 
 def test_a_model_needing_too_many_gpus_is_named(llm_sched: GPUJobScheduler, script: str) -> None:

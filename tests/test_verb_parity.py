@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from nbsched import GPUJobScheduler
 from nbsched.cli import build_parser, main
-from nbsched.jupyter.extension import magics_of
 from nbsched.jupyter.verbs import VERBS as MAGIC_VERBS
 from nbsched.verbs import CLI, ENGINE_OPTIONS, MAGIC, VERBS
 
@@ -116,17 +114,6 @@ def test_a_bad_value_gets_the_same_message_from_both(name: str, flag: str) -> No
 
 
 # -- the settled disagreements, through a real IPython shell and the real command ---------
-
-
-@pytest.fixture
-def ip() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbsched")
-    yield shell
-    magics = magics_of(shell)
-    if magics is not None and magics.scheduler is not None:
-        magics.scheduler.stop(kill=True)
-    shell.run_line_magic("unload_ext", "nbsched")
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ still ties those to the job.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched import GPUJobScheduler
 from nbsched.executors.base import Launch, Started
 
 from .harness import job_command, processes_with_env, read_markers, wait_for
@@ -34,16 +34,8 @@ wait
 
 
 @pytest.fixture
-def scheduler(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(
-        config=SchedulerConfig(
-            state_dir=tmp_path / "state", gpu_provider="simulated", num_gpus=1, kill_grace_s=0.5
-        )
-    )
-    s.start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler(make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
+    return make_sched(start=True, num_gpus=1, kill_grace_s=0.5)
 
 
 @pytest.mark.parametrize("from_other_process", [False, True])

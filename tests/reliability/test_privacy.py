@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,11 +98,8 @@ def test_state_dir_writable_by_others_is_refused(state_dir: Path, mode: int) -> 
 
 
 @pytest.fixture
-def scheduler(state_dir: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(config=_config(state_dir).replace(kill_grace_s=0.5)).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler(state_dir: Path, make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
+    return make_sched(start=True, config=_config(state_dir), kill_grace_s=0.5)
 
 
 def _give_away(state: Path, job_id: str, uid: int) -> None:

@@ -65,6 +65,18 @@ def check_whole(name: str, value: object, minimum: int, maximum: int | None = No
     return number
 
 
+def check_count(name: str, value: object, also: str = "") -> int:
+    """``value`` as a whole number >= 0 (a number of lines, of rows); ``also`` adds to
+    what is accepted in the message (``" or None"``)."""
+    expected = f"expected a whole number >= 0{also}"
+    if not is_whole(value):
+        raise InvalidTypeError(f"{name}={value!r}: {expected}")
+    assert isinstance(value, numbers.Integral)
+    if value < 0:
+        raise InvalidValueError(f"{name}={value!r}: {expected}")
+    return int(value)
+
+
 def check_number(name: str, value: object, low: float, high: float, low_open: bool = True) -> float:
     """``value`` as a plain float, if it lies in ``(low, high]`` (``[low, high]`` when
     not ``low_open``)."""
@@ -408,8 +420,13 @@ def lines_from_text(text: str) -> int | None:
     if text == ALL_LINES:
         return None
     accepted = f"a number of lines >= 0, or {ALL_LINES}"
-    lines = _read(text, int)
-    return _typed(text, lines, lambda v: check_whole("lines", v, 0), accepted, quote=False)
+    return _typed(text, _read(text, int), lambda v: check_count("tail", v), accepted, quote=False)
+
+
+def rows_from_text(text: str) -> int:
+    """``--first N`` / ``--last N`` rows of the job table: as ``jobs(first=N)``."""
+    accepted = "a number of jobs (a whole number >= 0)"
+    return _typed(text, _read(text, int), lambda v: check_count("first", v), accepted, quote=False)
 
 
 def seconds_from_text(text: str) -> float:

@@ -17,6 +17,7 @@ from IPython.core.error import UsageError
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.checks import (
     check_choice,
+    check_count,
     check_number,
     check_priority,
     check_retries,
@@ -29,6 +30,7 @@ from nbsched.checks import (
     lines_from_text,
     priority_from_text,
     retries_from_text,
+    rows_from_text,
     seconds_from_text,
     sweep_limit_from_text,
     whole_from_text,
@@ -118,7 +120,8 @@ READERS = [
     (retries_from_text, lambda v: check_retries(v, v)),
     (sweep_limit_from_text, check_sweep_limit),
     (gpu_count_from_text, lambda v: check_whole("num_gpus", v, 1, MAX_GPU_ID + 1)),
-    (lines_from_text, lambda v: check_whole("tail", v, 0)),
+    (lines_from_text, lambda v: check_count("tail", v)),
+    (rows_from_text, lambda v: check_count("first", v)),
 ]
 
 

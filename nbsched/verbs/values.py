@@ -56,7 +56,7 @@ def limit_type(text: str) -> int:
 
 
 def rows_type(text: str) -> int:
-    return _argument(lambda t: checks.whole_from_text(t, 0, "a number of jobs"), text)
+    return _argument(checks.rows_from_text, text)
 
 
 def retries_type(text: str) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import frames
-from .checks import check_timeout, is_whole
+from .checks import check_count, check_timeout, is_whole
 from .config import SchedulerConfig
 from .dispatcher import Dispatcher
 from .engine import control
@@ -138,7 +138,7 @@ class GPUJobScheduler(Submitting):
         not reloaded), oldest first: dicts of ``at`` (epoch s), ``level``, ``source``
         and ``message``; ``nbsched status`` shows them."""
         self._check_open()
-        return self.store.notices(_count("limit", limit))
+        return self.store.notices(check_count("limit", limit))
 
     @property
     def engine_pid(self) -> int | None:
@@ -340,7 +340,7 @@ class GPUJobScheduler(Submitting):
             raise InvalidValueError("jobs(): give first= or last=, not both")
         limit = first if first is not None else last
         if limit is not None:
-            limit = _count("first" if first is not None else "last", limit)
+            limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
         return frames.jobs_frame(rows)
 
@@ -353,7 +353,7 @@ class GPUJobScheduler(Submitting):
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
         self._check_open()
         if tail is not None:
-            tail = _count("tail", tail, " or None")
+            tail = check_count("tail", tail, " or None")
         job = self.store.get(job_id)
         return frames.read_tail(job.log_path, tail)
 
@@ -406,14 +406,3 @@ class GPUJobScheduler(Submitting):
         :func:`nbsched.allocation.explain`), so any process can ask."""
         self._check_open()
         return self._why.why(job_id)
-
-
-def _count(name: str, value: object, also: str = "") -> int:
-    """``value`` as a whole number >= 0, or the error that names ``name``."""
-    expected = f"expected a whole number >= 0{also}"
-    if not is_whole(value):
-        raise InvalidTypeError(f"{name}={value!r}: {expected}")
-    assert isinstance(value, numbers.Integral)
-    if value < 0:
-        raise InvalidValueError(f"{name}={value!r}: {expected}")
-    return int(value)

@@ -89,8 +89,8 @@ def test_script_is_checked_as_you_type(sched: GPUJobScheduler, script: Path) -> 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("gpus", "1.5", "above 1 it must be a whole number"),
-        ("gpus", "lots", "expected a fraction in (0, 1]"),
+        ("gpus", "1.5", "GPUs: 1.5 is not accepted: use a fraction in (0, 1] or a whole number"),
+        ("gpus", "lots", "GPUs: 'lots' is not a number of GPUs; use a fraction in (0, 1]"),
         ("gpus", "4", "has only 3 GPU(s)"),
         ("script", "missing.py", "not found"),
         ("script", "", "give the path of the script"),

@@ -1,7 +1,8 @@
 """``%gpusched form``: an ipywidgets form that submits a job or a sweep.
 
-Every field is checked by the scheduler's own validation at Submit: a mistake is
-shown inline and nothing is queued; a success shows the new job ids.
+Every field is checked at Submit by the checks of :mod:`nbsched.checks` that the
+scheduler, ``nbsched`` and ``%gpusched`` use: a mistake is shown inline and nothing is
+queued; a success shows the new job ids.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from nbsched.checks import check_args, gpus_from_text
 from nbsched.errors import InvalidValueError, NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
 from nbsched.sweeps import SweepIds
@@ -200,7 +202,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         """Submit what the form holds; returns the new ids (``[]`` on a mistake)."""
         s = self.scheduler
         try:
-            gpus = _parse_gpus(self.gpus.value)
+            gpus = _gpus(self.gpus.value)
             args = self.arguments.value.strip()
             model = self.llm_model.value
             if model and "--llm" not in args.split() and "--llm=" not in args:
@@ -220,11 +222,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 ids = s.add_sweep(script, args=f"{args} {sweep}".strip(), **options)
                 text = ids.describe() if isinstance(ids, SweepIds) else f"queued {ids}"
             else:
-                try:
-                    argv = shlex.split(args)
-                except ValueError as exc:
-                    raise InvalidValueError(f"arguments {args!r}: {exc}") from None
-                ids = [s.add_job(script, args=argv, **options)]
+                ids = [s.add_job(script, args=check_args(args), **options)]
                 text = f"queued job {ids[0]}"
         except SweepTooLargeError as exc:  # (the API's advice, limit=N, is not the form's)
             self._show_error(
@@ -248,13 +246,13 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         )
 
 
-def _parse_gpus(text: str) -> float | None:
+def _gpus(text: str) -> float | None:
+    """The GPUs field (empty: the default), read by the rule ``--gpus`` uses, so the form
+    refuses a value with the words of ``nbsched`` and ``%gpusched``."""
     text = text.strip()
     if not text:
         return None
     try:
-        return float(text)
-    except ValueError:
-        raise InvalidValueError(
-            f"GPUs {text!r}: expected a fraction in (0, 1] or a whole number of GPUs"
-        ) from None
+        return gpus_from_text(text)
+    except InvalidValueError as exc:
+        raise InvalidValueError(f"GPUs: {exc}") from None

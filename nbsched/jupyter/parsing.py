@@ -1,6 +1,6 @@
 """Small parsers behind the ``%gpusched`` magics: the ``--`` split, ``$name`` values and
 cell scripts saved in the state dir (the argument types, shared with the CLI, are in
-:mod:`nbsched.verbs.values`)."""
+:mod:`nbsched.verbs.values`; the rules they apply, in :mod:`nbsched.checks`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""What the verbs' words mean, for both front ends: argument types (each refuses a bad
-value with one line naming it and what is accepted), the rule that turns the words after
-``--`` into a shell command, the GPU settings of ``--simulate``/``--provider``/
-``--num-gpus``, and "check every id, then act".
+"""What the verbs' words mean, for both front ends: argument types (argparse's adapters
+of :mod:`nbsched.checks`, where each value's rule and message are written once), the
+rule that turns the words after ``--`` into a shell command, the GPU settings of
+``--simulate``/``--provider``/``--num-gpus``, and "check every id, then act".
 
 One copy, so ``nbsched`` and ``%gpusched`` cannot drift apart again.
 """
@@ -9,107 +9,66 @@ One copy, so ``nbsched`` and ``%gpusched`` cannot drift apart again.
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from nbsched.checks import check_requirement
-from nbsched.errors import InvalidValueError
+from nbsched import checks
+from nbsched.errors import InvalidTypeError, InvalidValueError
 from nbsched.scheduler import GPUJobScheduler
 
-# -- argument types: each raises ArgumentTypeError with the value and what is accepted --
+_T = TypeVar("_T")
+
+# -- argument types: argparse's adapters of nbsched.checks ------------------------------------
+# Each rule (what a GPU requirement, a priority, a number of seconds... may be) and its
+# message are written once, in nbsched.checks; argparse only wants its own error kind,
+# whose text it shows as "argument --gpus: TEXT".
+
+
+def _argument(read: Callable[[str], _T], text: str) -> _T:
+    try:
+        return read(text)
+    except (InvalidTypeError, InvalidValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def gpus_type(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if math.isnan(value):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of GPUs; use a fraction in (0, 1] or a whole number"
-        )
-    try:
-        return check_requirement("--gpus", value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not accepted: use a fraction in (0, 1] or a whole number of GPUs "
-            "(1, 2, 3, ...)"
-        ) from None
-
-
-def _whole(text: str, minimum: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not accepted: expected {what} (a whole number >= {minimum})"
-        ) from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not accepted: expected {what} (a whole number >= {minimum})"
-        )
-    return value
+    """A GPU requirement: a fraction in (0, 1] or a whole number."""
+    return _argument(checks.gpus_from_text, text)
 
 
 def count_type(text: str) -> int:
     """A number of GPUs: 1, 2, ..."""
-    return _whole(text, 1, "a number of GPUs")
-
-
-#: ``logs -n all``: the whole log (``-n 0`` is no line at all, like ``tail -n 0``).
-ALL_LINES = "all"
+    return _argument(checks.gpu_count_from_text, text)
 
 
 def lines_type(text: str) -> int | None:
     """``-n N``: the last N lines (0: none); ``-n all``: every line (``None``)."""
-    if text == ALL_LINES:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not accepted: expected a number of lines >= 0, or {ALL_LINES}"
-        )
-    return value
+    return _argument(checks.lines_from_text, text)
 
 
 def gpu_index_type(text: str) -> int:
-    return _whole(text, 0, "a GPU index")
+    return _argument(lambda t: checks.whole_from_text(t, 0, "a GPU index"), text)
 
 
 def limit_type(text: str) -> int:
-    return _whole(text, 1, "a number of jobs")
+    return _argument(checks.sweep_limit_from_text, text)
 
 
 def rows_type(text: str) -> int:
-    return _whole(text, 0, "a number of jobs")
+    return _argument(checks.rows_from_text, text)
 
 
 def retries_type(text: str) -> int:
-    return _whole(text, 0, "a number of re-runs")
+    return _argument(checks.retries_from_text, text)
 
 
 def priority_type(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not accepted: expected a whole number (lower runs first)"
-        ) from None
+    return _argument(checks.priority_from_text, text)
 
 
 def seconds_type(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value >= 0:  # (NaN too)
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected seconds >= 0")
-    return value
+    return _argument(checks.seconds_from_text, text)
 
 
 # -- the words after ``--`` -----------------------------------------------------------------

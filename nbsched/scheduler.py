@@ -30,9 +30,9 @@ from .gpus.monitor import GPUMonitor
 from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher
+from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
 from .submitter import EngineSubmitter
-from .submitting import Submitting
 from .sweeps import submit_sweep, sweep_frame, sweeps_frame
 from .waiting import Waits, check_ids
 from .why import Why

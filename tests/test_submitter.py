@@ -15,7 +15,7 @@ from nbsched.config import SchedulerConfig
 from nbsched.formats.llmconfig import LLMConfig
 from nbsched.jobs import Job, JobSpec, JobStatus
 from nbsched.jobsfile_watch import ALL_STATUSES, JobsFileWatcher
-from nbsched.submission import build_spec
+from nbsched.jobspec import build_spec
 from nbsched.submitter import Submitter, SweepSubmitter
 from nbsched.sweeps import DEDUP_STATUSES, submit_sweep
 

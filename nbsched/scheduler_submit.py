@@ -17,9 +17,9 @@ from typing import Any
 from .config import SchedulerConfig
 from .engine.core import Engine
 from .jobs import JobSpec, JobStatus
+from .jobspec import build_spec
 from .llmconfig_watch import LLMConfigWatcher
 from .store import Store
-from .submission import build_spec
 from .waiting import Waits
 
 

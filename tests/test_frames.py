@@ -214,3 +214,24 @@ def test_rows_do_not_share_their_gpu_lists(store: Store) -> None:
     table = frames.jobs_frame(store.table())
     table["gpus"][0].append(7)
     assert table["gpus"][1] == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("",), None),
+        (("--lr", "0.1", "--seed", "7"), None),
+        (("--lr", "0.1", "--seed", "7"), "torch"),
+        (("a b", "$(x)", "it's", "ünï", "--x=1,2:3@4%5+6", ""), "my env"),
+        ((), None),
+    ],
+)
+def test_command_column_quotes_as_display_command_does(
+    store: Store, args: tuple[str, ...], env: str | None
+) -> None:
+    """The table quotes only the words that need it, as shlex.join (and so job(id))
+    does: empty words, spaces, quotes, $(...) and non-ASCII letters."""
+    for script in ("/data/train.py", "/data/my script.py"):
+        add(store, JobSpec(kind="script", script=script, args=args, conda_env=env, required_gpus=1))
+    table = frames.jobs_frame(store.table())
+    assert list(table["command"]) == [j.display_command() for j in store.find()]

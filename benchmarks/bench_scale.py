@@ -13,8 +13,10 @@ One scheduler on 4 simulated GPUs, its engine started, every GPU paused; then:
   for a second);
 - ``nbsched status`` from a shell (a subprocess on the same state directory, median of
   3), and the same command on an empty state directory: Python's and nbsched's start-up;
-- an urgent job (``add_command("true", priority=-10)``), then ``resume_gpu(g)``: the
-  time until ``job(id)["status"]`` leaves ``queued`` (median of 3 rounds, a GPU each).
+- an urgent job (``add_command("true", priority=-10)``), then at once ``resume_gpu(g)``:
+  the time until ``job(id)["status"]`` leaves ``queued``; once right after ``add_sweep``
+  returned (the engine has yet to take the 100,000 jobs in) and 3 times at the end, a GPU
+  each (paused again after); the goal is for the slowest.
 
 Only the public API (``GPUJobScheduler``, ``SchedulerConfig``, the ``nbsched``
 command), so it measures whatever the engine's insides are.
@@ -63,7 +65,8 @@ LABELS = {
     "status_ms": "nbsched status, minus empty-dir start-up",
     "status_wall_ms": "nbsched status, wall",
     "status_empty_ms": "nbsched status, empty state dir",
-    "urgent_start_ms": "urgent job: resume_gpu -> running",
+    "urgent_start_ms": "urgent job: resume_gpu -> running, slowest of 4",
+    "urgent_cold_ms": "... right after add_sweep returned",
 }
 
 
@@ -110,7 +113,6 @@ def urgent_ms(s: GPUJobScheduler, gpu: int) -> float:
     """Milliseconds from ``resume_gpu(gpu)`` to an urgent job no longer queued; the GPU
     is paused again after."""
     jid = s.add_command("true", priority=-10, required_gpus=1)
-    time.sleep(0.2)  # (the engine has seen the submission: only the resume is timed)
     t0 = time.perf_counter()
     s.resume_gpu(gpu)
     while s.job(jid)["status"] == "queued":
@@ -141,6 +143,8 @@ def measure(n: int, rounds: int, root: Path) -> dict[str, Any]:
         out["sweep_us_per_job"] = 1e6 * (time.perf_counter() - t0) / n
         if len(ids) != n:
             raise RuntimeError(f"add_sweep queued {len(ids)} jobs, not {n}")
+        # (at once: the engine has not taken the new jobs in yet)
+        out["urgent_cold_ms"] = urgent_ms(s, GPUS - 1)
         out["settle_s"] = settle()
         out["rss_sweep_mb"] = rss_mb() - rss0
         out["jobs_ms"] = median_ms(s.jobs, rounds)[0]
@@ -155,7 +159,9 @@ def measure(n: int, rounds: int, root: Path) -> dict[str, Any]:
         out["status_wall_ms"] = cli_ms(state, rounds)
         out["status_ms"] = out["status_wall_ms"] - out["status_empty_ms"]
         settle()
-        out["urgent_start_ms"] = statistics.median(urgent_ms(s, g) for g in range(3))
+        warm = [urgent_ms(s, g) for g in range(3)]
+        out["urgent_warm_ms"] = warm
+        out["urgent_start_ms"] = max(out["urgent_cold_ms"], *warm)
     finally:
         s.stop(kill=True)
         s.close()
@@ -163,7 +169,10 @@ def measure(n: int, rounds: int, root: Path) -> dict[str, Any]:
 
 
 def table(out: dict[str, Any]) -> str:
-    lines = [f"| figure ({out['jobs']:,} queued jobs) | measured | goal | met |", "|---|---|---|---|"]
+    lines = [
+        f"| figure ({out['jobs']:,} queued jobs) | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
     for key, label in LABELS.items():
         value = out[key]
         goal, unit = GOALS.get(key, (None, "us/job" if key.startswith("sweep") else "ms"))
@@ -191,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
     else:
         print(table(out))
-        print(f"(load average {out['load_average']:.1f}; engine idle {out['settle_s']:.1f} s "
-              "after the sweep)")
+        print(
+            f"(load average {out['load_average']:.1f}; engine idle {out['settle_s']:.1f} s "
+            "after the sweep)"
+        )
     return 0
 
 

@@ -216,24 +216,33 @@ def _json_lists(texts: Sequence[str]) -> list[list[Any]]:
 
 
 def _commands(raw: Mapping[str, Sequence[Any]]) -> list[str]:
-    """The ``command`` column: :func:`nbsched.jobs.display_command` of each row, quoting
-    only the rows that need it (a sweep's words rarely do: one check of all of a row's
-    words then, instead of one per word)."""
+    """The ``command`` column: :func:`nbsched.jobs.display_command` of each row.
+
+    A script's arguments are a JSON array of strings; where none of its words needs
+    quoting (no character ``shlex.quote`` quotes, no empty word: most sweeps), the line
+    is cut from that text directly, without decoding it; other rows go through
+    ``shlex.join`` as ``display_command`` does."""
     import shlex
 
     unsafe = re.compile(r"[^\w@%+=:,./-]", re.ASCII).search  # (what shlex.quote quotes)
+    quoted: dict[str, str] = {}  # (each script's path quoted once)
     out = []
-    all_args = _json_lists(raw["args"])
-    rows = zip(raw["kind"], raw["command"], raw["script"], all_args, raw["conda_env"], strict=True)
+    rows = zip(
+        raw["kind"], raw["command"], raw["script"], raw["args"], raw["conda_env"], strict=True
+    )
     for kind, command, script, args, env in rows:
         if kind == "command":
             out.append(command or "")
             continue
-        words = [script or "", *args]
-        if all(words) and unsafe("".join(words)) is None:
-            line = " ".join(words)
+        script = script or ""
+        head = quoted.get(script) or quoted.setdefault(script, shlex.quote(script))
+        inner = args[2:-2]  # (["a","b"] -> a","b: a quote or backslash in a word is unsafe)
+        if args == "[]":
+            line = head
+        elif '""' not in args and unsafe(inner.replace('","', "")) is None:
+            line = head + " " + inner.replace('","', " ")
         else:
-            line = shlex.join(words)
+            line = shlex.join([script, *json.loads(args)])
         out.append(f"[{env}] {line}" if env else line)
     return out
 

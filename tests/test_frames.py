@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbsched import frames
 from nbsched.frames import local_zone
-from nbsched.jobs import Job, JobSpec, JobStatus
+from nbsched.jobs import Job, JobSpec, JobStatus, display_command
 from nbsched.store import Store, prepare_state_dir
+from nbsched.store import _dumps as store_dumps
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
@@ -235,3 +238,24 @@ def test_command_column_quotes_as_display_command_does(
         add(store, JobSpec(kind="script", script=script, args=args, conda_env=env, required_gpus=1))
     table = frames.jobs_frame(store.table())
     assert list(table["command"]) == [j.display_command() for j in store.find()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    args=st.lists(st.text(alphabet=st.sampled_from(list("ab1-_=,./\"'\\ $ü[]:@%+\n")), max_size=6)),
+    script=st.sampled_from(["/d/train.py", "", "/d/a b.py", '/d/x"y.py']),
+    env=st.sampled_from([None, "", "torch", "my env"]),
+)
+def test_command_column_is_display_command_for_any_words(
+    args: list[str], script: str, env: str | None
+) -> None:
+    """The table's shortcut for words that need no quoting (cut from the stored JSON
+    text) gives what shlex.join gives, whatever the words."""
+    raw = {
+        "kind": ["script"],
+        "command": [None],
+        "script": [script],
+        "args": [store_dumps(args)],
+        "conda_env": [env],
+    }
+    assert frames._commands(raw) == [display_command("script", None, script, args, env)]

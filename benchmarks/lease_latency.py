@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nbsched import GPUJobScheduler, SchedulerConfig  # noqa: E402
-from nbsched.lease import DispatcherLease  # noqa: E402
+from nbsched.engine.lease import DispatcherLease  # noqa: E402
 
 ENGINE = """
 import sys, time

@@ -217,7 +217,7 @@ class Soak:
                 self.specs[jid] = spec
                 submitted += 1
             if self.specs and self.rng.random() < a.cancel_rate / 20:  # ~20 loops a second
-                active = [j.id for j in client.store.active()]
+                active = list(client.jobs(["queued", "running"])["id"])
                 if active:
                     jid = self.rng.choice(active)
                     try:

@@ -13,19 +13,19 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
-import shlex
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .config import PROVIDERS, SchedulerConfig, default_state_dir
+from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
+from .verbs import CLI, ENGINE_OPTIONS, VERBS, verbs_of
+from .verbs.values import engine_fields
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,155 +38,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--state-dir", default=None, help="state directory (default $NBSCHED_HOME or ~/.nbsched)"
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--provider", choices=PROVIDERS, default=None)
-    p.add_argument("--num-gpus", type=int, default=None)
-    p.add_argument(
-        "--simulate",
-        type=int,
-        metavar="N",
-        default=None,
-        help="short for --provider simulated --num-gpus N",
-    )
-
-
-def _job_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", type=float, default=None, help="GPUs: a fraction or a whole number")
-    p.add_argument("--allowed", default=None, help="allowed GPUs, e.g. 0-3,5")
-    p.add_argument("--priority", type=int, default=0, help="lower runs first (default 0)")
-    p.add_argument("--retries", type=int, default=None, help="re-runs after a failure")
-    p.add_argument("--name", default=None)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per verb of the verb table that the CLI has, each with the engine
+    options (this process makes its own scheduler) and ``--json``."""
     parser = _Parser(prog="nbsched", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    p = sub.add_parser(
-        "demo",
-        help="run a small mixed sweep on this machine's GPUs and exit",
-        description="Run a small mixed sweep on this machine's GPUs (simulated ones where "
-        "there are none) and exit; in a temporary state directory, removed at the end, "
-        "unless --state-dir names one.",
-    )
-    _common(p)
-    p = sub.add_parser("serve", help="run the engine in the foreground (Ctrl-C stops it)")
-    _common(p)
-    p.add_argument("--executor", choices=("direct", "screen", "ray"), default=None)
-    p.add_argument("--ray-address", default=None, help="with --executor ray: 'auto' or host:port")
-    p.add_argument("--jobs-file", default=None)
-    p.add_argument("--llm-config", default=None)
-    p.add_argument("--max-retries", type=int, default=None, help="re-runs of a failed job")
-    for verb, text in (
-        ("status", "GPUs and queue"),
-        ("gpus", "the GPU table"),
-        ("screens", "screen sessions of running jobs"),
-    ):
-        _common(sub.add_parser(verb, help=text))
-    p = sub.add_parser("jobs", help="the job table")
-    _common(p)
-    p.add_argument("--status", default=None, help="queued, running, ended, failed, ...")
-    only = p.add_mutually_exclusive_group()
-    only.add_argument("--first", type=int, metavar="N", default=None, help="only the first N")
-    only.add_argument("--last", type=int, metavar="N", default=None, help="only the last N")
-    p = sub.add_parser("add", help="queue a script: nbsched add train.py -- --lr 0.1")
-    _common(p)
-    _job_opts(p)
-    p.add_argument("--env", default=None, help="conda environment")
-    p.add_argument("--launcher", choices=("torchrun",), default=None, help="run under torchrun")
-    p.add_argument(
-        "--gpu-arg", default=None, help="pass the job's local GPU indices with this option"
-    )
-    p.add_argument("script")
-    p = sub.add_parser(
-        "run",
-        help="queue a shell command: nbsched run -- nvidia-smi",
-        description="Queue a shell command (bash -c). One word after -- is the command "
-        "line as it is ('nvidia-smi; sleep 1'); several are joined with their quoting "
-        "kept, so they reach the job as your shell split them.",
-    )
-    _common(p)
-    _job_opts(p)
-    p.add_argument("command", nargs="*", help="the command (better after --)")
-    p = sub.add_parser(
-        "sweep",
-        help="queue one job per combination: nbsched sweep train.py -- --lr '{0.1,0.01}'",
-        description="Queue one job per combination of the {a,b} / {1..5} groups in the "
-        "arguments after -- (quote the braces: your shell would expand them itself).",
-    )
-    _common(p)
-    _job_opts(p)
-    p.add_argument("--env", default=None, help="conda environment")
-    p.add_argument("--limit", type=int, default=None, help="allow a sweep of up to N jobs")
-    p.add_argument("script")
-    p = sub.add_parser("sweeps", help="every sweep and how far it got")
-    _common(p)
-    p = sub.add_parser("results", help="a sweep's table: parameters, status, results")
-    _common(p)
-    p.add_argument("sweep", nargs="?", help="sweep id such as sw1 (default: the latest)")
-    p = sub.add_parser("why", help="why a queued job is waiting")
-    _common(p)
-    p.add_argument("id")
-    for verb, text in (("retry", "queue ended jobs again"), ("cancel", "cancel jobs")):
-        p = sub.add_parser(verb, help=f"{text} (every id is checked before any is done)")
-        _common(p)
-        p.add_argument("ids", nargs="+")
-    for verb in ("pause", "resume"):
-        p = sub.add_parser(verb, help=f"{verb} a GPU")
-        _common(p)
-        p.add_argument("gpu", type=int)
-    p = sub.add_parser("logs", help="a job's output")
-    _common(p)
-    p.add_argument("id")
-    p.add_argument("-n", "--lines", type=_lines, default=50, help="last N lines (0: all)")
-    p = sub.add_parser(
-        "wait",
-        help="wait for jobs to end",
-        description="Wait for those jobs (default: every queued and running one) to end, "
-        "then print their rows. Exit status: 0 if every one succeeded, 1 if not.",
-    )
-    _common(p)
-    p.add_argument("ids", nargs="*")
-    p.add_argument("--timeout", type=_seconds, default=None, help="give up after S seconds")
+    for verb in verbs_of(CLI).values():
+        p = sub.add_parser(
+            verb.name,
+            help=verb.help,
+            description=verb.description or verb.help,
+            allow_abbrev=False,
+        )
+        for arg in ENGINE_OPTIONS:
+            arg.add_to(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        verb.add_arguments(p, CLI)
     return parser
 
 
-def _lines(text: str) -> int | None:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of lines >= 0 (0: all)")
-    return n or None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value >= 0:  # (NaN too)
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds >= 0")
-    return value
-
-
-def _config(ns: argparse.Namespace, **extra: Any) -> SchedulerConfig:
-    values: dict[str, Any] = {}
-    if ns.state_dir is not None:  # ('' is refused by the config, not taken as unset)
-        values["state_dir"] = ns.state_dir
-    if ns.simulate is not None:
-        values["gpu_provider"], values["num_gpus"] = "simulated", ns.simulate
-    if ns.provider:
-        values["gpu_provider"] = ns.provider
-    if ns.num_gpus is not None:
-        values["num_gpus"] = ns.num_gpus
-    values.update({k: v for k, v in extra.items() if v is not None})
-    return SchedulerConfig(**values)
+def _config(ns: argparse.Namespace) -> SchedulerConfig:
+    return SchedulerConfig(**engine_fields(ns))
 
 
 def _client(ns: argparse.Namespace) -> GPUJobScheduler:
@@ -234,27 +106,26 @@ JOB_TABLE = (
 )
 
 
-#: The verbs whose words after ``--`` are the job's: a script's arguments, a command.
-_TAIL_VERBS = ("add", "run", "sweep")
-
-
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line: for ``add``, ``run`` and ``sweep``, nbsched's options are
-    everything before the first ``--`` (before or after the script), and the job's
-    words everything after it (``ns.tail``)."""
+    """The command line: for the verbs that take words after ``--`` (``add``, ``run``,
+    ``sweep``), nbsched's options are everything before the first ``--`` (before or after
+    the script), and the job's words everything after it (``ns.words``)."""
     parser = build_parser()
     argv = list(argv)
-    verb = next((a for a in argv if not a.startswith("-")), None)
-    tail: list[str] | None = None
-    if verb in _TAIL_VERBS and "--" in argv:
+    name = next((a for a in argv if not a.startswith("-")), None)
+    verb = VERBS.get(name or "")
+    words: list[str] | None = None
+    if verb is not None and verb.tail and "--" in argv:
         cut = argv.index("--")
-        argv, tail = argv[:cut], argv[cut + 1 :]
+        argv, words = argv[:cut], argv[cut + 1 :]
     ns, extra = parser.parse_known_args(argv)
     if extra:
         where = {"add": "the script's arguments", "sweep": "the swept arguments"}
-        hint = f"; {where[verb]} go after --" if verb in where else ""
+        hint = f"; {where[ns.verb]} go after --" if ns.verb in where else ""
         parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    ns.tail = tail
+    if VERBS[ns.verb].ids_required and not ns.ids:
+        parser.error(f"{ns.verb}: the following arguments are required: ID")
+    ns.words, ns.typed = words, None
     return ns
 
 
@@ -307,124 +178,147 @@ def _run(ns: argparse.Namespace) -> int:
 
 
 def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
-    verb = ns.verb
-    if verb == "status":
+    """The verb's API call (from the verb table), then its output."""
+    if ns.verb == "status":
         return _status(s, ns.json)
-    if verb == "gpus":
-        _print_frame(s.get_gpu_status(), ns.json)
-    elif verb == "jobs":
-        _print_frame(s.jobs(status=ns.status, first=ns.first, last=ns.last), ns.json, JOB_TABLE)
-    elif verb in ("add", "run"):
-        common = dict(
-            required_gpus=ns.gpus,
-            allowed_gpus=ns.allowed,
-            priority=ns.priority,
-            max_retries=ns.retries,
-            name=ns.name,
-        )
-        if verb == "add":
-            jid = s.add_job(
-                ns.script,
-                ns.env,
-                ns.tail or [],
-                launcher=ns.launcher,
-                gpu_arg=ns.gpu_arg,
-                **common,
-            )
-        else:
-            if ns.command and ns.tail is not None:
-                raise ValueError(
-                    f"run: {' '.join(ns.command)!r} before --: the command goes after --"
-                )
-            cmd = ns.tail if ns.tail is not None else ns.command
-            if not cmd:
-                raise ValueError("run needs a command: nbsched run -- COMMAND")
-            # One word is a command line as it is; several keep the quoting the user's
-            # shell removed, so each reaches the job as it was typed.
-            jid = s.add_command(cmd[0] if len(cmd) == 1 else shlex.join(cmd), **common)
-        print(json.dumps({"id": jid}) if ns.json else jid)
-    elif verb == "sweep":
-        if not ns.tail:
-            raise ValueError(
-                "sweep needs the swept arguments after --, e.g. "
-                "nbsched sweep train.py -- --lr '{0.1,0.01}' --seed '{1..3}'"
-            )
-        ids = s.add_sweep(
-            ns.script,
-            args=ns.tail,
-            conda_env=ns.env,
-            priority=ns.priority,
-            required_gpus=ns.gpus,
-            allowed_gpus=ns.allowed,
-            limit=ns.limit,
-            max_retries=ns.retries,
-            name=ns.name,
-        )
-        sweep_id = getattr(ids, "sweep_id", None)
-        if ns.json:
-            print(json.dumps({"sweep": sweep_id, "ids": list(ids)}))
-        else:
-            print(f"{sweep_id}: {len(ids)} job(s) queued" + (f": {' '.join(ids)}" if ids else ""))
-    elif verb == "sweeps":
-        _print_frame(s.sweeps(), ns.json)
-    elif verb == "results":
-        _print_frame(s.sweep(ns.sweep), ns.json)
-    elif verb == "why":
-        text = s.why(ns.id)
-        print(json.dumps({"id": ns.id, "why": text}) if ns.json else text)
-    elif verb == "retry":
-        for jid in ns.ids:  # every id first: a bad one retries none
-            s.job(jid)
-        ids = [s.retry(jid) for jid in dict.fromkeys(ns.ids)]
-        print(json.dumps({"retried": ids}) if ns.json else "\n".join(ids))
-    elif verb == "cancel":
-        for jid in ns.ids:  # every id first: a bad one cancels none
-            s.job(jid)
-        done = {jid: s.cancel(jid) for jid in dict.fromkeys(ns.ids)}  # (each once)
-        if ns.json:
-            print(json.dumps([{"id": k, "cancelled": v} for k, v in done.items()]))
-        else:
-            for jid, ok in done.items():
-                print(f"{jid}: {'cancelled' if ok else 'had already ended'}")
-    elif verb in ("pause", "resume"):
-        if verb == "pause":
-            s.pause_gpu(ns.gpu)
-        else:
-            s.resume_gpu(ns.gpu)
-        gpus = s.get_gpu_status()
-        paused = bool(gpus.loc[gpus["gpu"] == ns.gpu, "paused"].any())
-        if ns.json:
-            print(json.dumps({"gpu": ns.gpu, "paused": paused}))
-        else:
-            print(f"GPU {ns.gpu}: {'paused' if paused else 'resumed'}")
-    elif verb == "logs":
-        text = s.logs(ns.id, tail=ns.lines)
-        if ns.json:
-            print(json.dumps({"id": s.job(ns.id)["id"], "log": text}))
-        else:
-            sys.stdout.write(text)
-    elif verb == "wait":
-        active = s.jobs(status="active")["id"]
-        if s.engine_pid is None and (active.isin(ns.ids).any() if ns.ids else len(active)):
-            print(
-                "nbsched wait: no engine is running on this state directory: queued jobs "
-                "start once one does (nbsched serve, or a notebook's scheduler)",
-                file=sys.stderr,
-            )
-        waited = s.wait(ns.ids or None, timeout=ns.timeout)
-        _print_frame(waited, ns.json, JOB_TABLE)
-        return 0 if (waited["status"] == "succeeded").all() else 1
-    elif verb == "screens":
-        rows = s.screens()
-        if ns.json:
-            print(json.dumps(rows))
-        elif not rows:
-            print("(no running job has a screen session)")
-        else:
-            print("id\tpid\tsession (attach with: screen -r SESSION)")
-            for row in rows:
-                print(f"{row['id']}\t{row['pid']}\t{row['session'] or '(gone)'}")
+    if ns.verb == "wait":
+        return _wait(s, ns)
+    check = _CHECKS.get(ns.verb)
+    if check is not None:
+        check(ns)
+    call = VERBS[ns.verb].call
+    assert call is not None  # (each CLI verb without one is handled above or in _run)
+    _SHOW[ns.verb](s, ns, call(s, ns))
     return 0
+
+
+def _check_run(ns: argparse.Namespace) -> None:
+    if ns.command and ns.words is not None:
+        raise ValueError(f"run: {' '.join(ns.command)!r} before --: the command goes after --")
+    if ns.conda_env is not None:
+        raise ValueError(
+            "run: --env applies to the cell form (%%gpusched run); for a command, write "
+            "-- conda run -n ENV COMMAND"
+        )
+    if ns.words is None:
+        ns.words = ns.command
+    if not ns.words:
+        raise ValueError("run needs a command: nbsched run -- COMMAND")
+
+
+def _check_sweep(ns: argparse.Namespace) -> None:
+    if ns.script is None:
+        raise ValueError("sweep needs a SCRIPT: nbsched sweep train.py -- --lr '{0.1,0.01}'")
+    if not ns.words:
+        raise ValueError(
+            "sweep needs the swept arguments after --, e.g. "
+            "nbsched sweep train.py -- --lr '{0.1,0.01}' --seed '{1..3}'"
+        )
+
+
+_CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "run": _check_run,
+    "sweep": _check_sweep,
+}
+
+
+def _show_id(s: GPUJobScheduler, ns: argparse.Namespace, jid: str) -> None:
+    print(json.dumps({"id": jid}) if ns.json else jid)
+
+
+def _show_sweep(s: GPUJobScheduler, ns: argparse.Namespace, ids: list[str]) -> None:
+    sweep_id = getattr(ids, "sweep_id", None)
+    if ns.json:
+        print(json.dumps({"sweep": sweep_id, "ids": list(ids)}))
+    else:
+        print(f"{sweep_id}: {len(ids)} job(s) queued" + (f": {' '.join(ids)}" if ids else ""))
+
+
+def _show_why(s: GPUJobScheduler, ns: argparse.Namespace, text: str) -> None:
+    print(json.dumps({"id": ns.id, "why": text}) if ns.json else text)
+
+
+def _show_retried(s: GPUJobScheduler, ns: argparse.Namespace, ids: list[str]) -> None:
+    print(json.dumps({"retried": ids}) if ns.json else "\n".join(ids))
+
+
+def _show_cancelled(s: GPUJobScheduler, ns: argparse.Namespace, done: dict[str, bool]) -> None:
+    if ns.json:
+        print(json.dumps([{"id": k, "cancelled": v} for k, v in done.items()]))
+    else:
+        for jid, ok in done.items():
+            print(f"{jid}: {'cancelled' if ok else 'had already ended'}")
+
+
+def _show_paused(s: GPUJobScheduler, ns: argparse.Namespace, _: None) -> None:
+    gpus = s.get_gpu_status()
+    paused = bool(gpus.loc[gpus["gpu"] == ns.gpu, "paused"].any())
+    if ns.json:
+        print(json.dumps({"gpu": ns.gpu, "paused": paused}))
+    else:
+        print(f"GPU {ns.gpu}: {'paused' if paused else 'resumed'}")
+
+
+def _show_log(s: GPUJobScheduler, ns: argparse.Namespace, text: str) -> None:
+    if ns.json:
+        print(json.dumps({"id": s.job(ns.id)["id"], "log": text}))
+    else:
+        sys.stdout.write(text)
+
+
+def _show_screens(s: GPUJobScheduler, ns: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    if ns.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print("(no running job has a screen session)")
+    else:
+        print("id\tpid\tsession (attach with: screen -r SESSION)")
+        for row in rows:
+            print(f"{row['id']}\t{row['pid']}\t{row['session'] or '(gone)'}")
+
+
+def _show_frame(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) -> None:
+    _print_frame(df, ns.json)
+
+
+def _show_jobs(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) -> None:
+    _print_frame(df, ns.json, JOB_TABLE)
+
+
+#: How each verb's result is printed (``--json``: as JSON).
+_SHOW: dict[str, Callable[[GPUJobScheduler, argparse.Namespace, Any], None]] = {
+    "gpus": _show_frame,
+    "jobs": _show_jobs,
+    "add": _show_id,
+    "run": _show_id,
+    "sweep": _show_sweep,
+    "sweeps": _show_frame,
+    "results": _show_frame,
+    "why": _show_why,
+    "retry": _show_retried,
+    "cancel": _show_cancelled,
+    "pause": _show_paused,
+    "resume": _show_paused,
+    "logs": _show_log,
+    "screens": _show_screens,
+}
+
+
+def _wait(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
+    """Exit status 0 if every job waited for succeeded, 1 if not."""
+    ns.ids = ns.ids or None
+    active = s.jobs(status="active")["id"]
+    if s.engine_pid is None and (active.isin(ns.ids).any() if ns.ids else len(active)):
+        print(
+            "nbsched wait: no engine is running on this state directory: queued jobs "
+            "start once one does (nbsched serve, or a notebook's scheduler)",
+            file=sys.stderr,
+        )
+    call = VERBS["wait"].call
+    assert call is not None
+    waited = call(s, ns)
+    _print_frame(waited, ns.json, JOB_TABLE)
+    return 0 if (waited["status"] == "succeeded").all() else 1
 
 
 def _status(s: GPUJobScheduler, as_json: bool) -> int:
@@ -462,16 +356,10 @@ def _status(s: GPUJobScheduler, as_json: bool) -> int:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    cfg = _config(
-        ns,
-        executor=ns.executor,
-        jobs_file=os.path.abspath(ns.jobs_file) if ns.jobs_file else None,
-        llm_config_file=os.path.abspath(ns.llm_config) if ns.llm_config else None,
-        max_retries=ns.max_retries,
-        ray_address=ns.ray_address,
-    )
-    if ns.ray_address is not None and cfg.executor != "ray":
-        raise ValueError(f"--ray-address {ns.ray_address}: only with --executor ray")
+    for name in ("jobs_file", "llm_config"):  # (paths as the caller meant them)
+        if getattr(ns, name):
+            setattr(ns, name, os.path.abspath(getattr(ns, name)))
+    cfg = _config(ns)
     s = GPUJobScheduler(config=cfg)
     stop = threading.Event()
     s.start()

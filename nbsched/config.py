@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .checks import check_choice, check_number, check_path, check_requirement, check_whole
 from .errors import InvalidTypeError, InvalidValueError
-from .gpuspec import MAX_GPU_ID
+from .formats.gpulist import MAX_GPU_ID
 
 PROVIDERS = ("auto", "nvml", "gputil", "simulated")
 EXECUTORS = ("direct", "screen", "ray")
@@ -77,10 +77,37 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         # (numbers are stored as plain int and float: numpy's scalars are accepted too)
         set_ = partial(object.__setattr__, self)
-        set_("state_dir", _as_path("state_dir", self.state_dir))
-        set_("num_gpus", _check_optional_int("num_gpus", self.num_gpus, 1, MAX_GPU_ID + 1))
-        _check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
-        _check_choice("executor", self.executor, EXECUTORS)
+        set_("state_dir", check_path("state_dir", self.state_dir))
+        if self.num_gpus is not None:
+            set_("num_gpus", check_whole("num_gpus", self.num_gpus, 1, MAX_GPU_ID + 1))
+        check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
+        check_choice("executor", self.executor, EXECUTORS)
+        self._check_files()
+        for name in ("gpu_memory_threshold", "gpu_load_threshold"):
+            set_(name, check_number(name, getattr(self, name), low=0.0, high=1.0, low_open=False))
+        set_(
+            "gpu_allocation_precision",
+            check_number("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5),
+        )
+        for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
+            set_(name, check_number(name, getattr(self, name), 0.0, math.inf, low_open=False))
+        set_("jobs_file_poll_s", check_number("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
+        set_("max_retries", check_whole("max_retries", self.max_retries, 0, 2**63 - 1))
+        set_("max_sweep_jobs", check_whole("max_sweep_jobs", self.max_sweep_jobs, 1))
+        set_(
+            "ray_num_cpus",
+            check_number("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False),
+        )
+        set_(
+            "default_requirement",
+            check_requirement(
+                "default_requirement", self.default_requirement, self.gpu_allocation_precision
+            ),
+        )
+
+    def _check_files(self) -> None:
+        """The file paths (absolute: the kernel may change folder later, and the spawner
+        runs in /) and the Ray address."""
         given_jobs_file = self.jobs_file
         for name in ("simulated_gpus_file", "jobs_file", "llm_config_file", "ray_address"):
             value = getattr(self, name)
@@ -89,7 +116,6 @@ class SchedulerConfig:
             if value is not None and not os.fspath(value):
                 raise InvalidValueError(f"{name}={value!r}: must not be empty (None for none)")
             if value is not None and name != "ray_address":
-                # (absolute: the kernel may change folder later, and the spawner runs in /)
                 object.__setattr__(self, name, os.path.abspath(os.path.expanduser(value)))
             elif value is not None:
                 object.__setattr__(self, name, os.fspath(value))
@@ -98,27 +124,6 @@ class SchedulerConfig:
                 f"jobs_file={given_jobs_file!r}: is a directory; give the path of a jobs file "
                 "(one that does not exist yet is watched for until it appears)"
             )
-        for name in ("gpu_memory_threshold", "gpu_load_threshold"):
-            set_(name, _check_float(name, getattr(self, name), low=0.0, high=1.0, low_open=False))
-        set_(
-            "gpu_allocation_precision",
-            _check_float("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5),
-        )
-        for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
-            set_(name, _check_float(name, getattr(self, name), 0.0, math.inf, low_open=False))
-        set_("jobs_file_poll_s", _check_float("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
-        set_("max_retries", _check_optional_int("max_retries", self.max_retries, 0, 2**63 - 1))
-        set_("max_sweep_jobs", _check_optional_int("max_sweep_jobs", self.max_sweep_jobs, 1))
-        set_(
-            "ray_num_cpus",
-            _check_float("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False),
-        )
-        set_(
-            "default_requirement",
-            check_requirement(
-                "default_requirement", self.default_requirement, self.gpu_allocation_precision
-            ),
-        )
 
     @property
     def db_path(self) -> Path:
@@ -146,99 +151,3 @@ class SchedulerConfig:
                 f"accepted: {', '.join(sorted(known))}"
             )
         return cls(**values)
-
-
-def is_real(value: object) -> bool:
-    """A real number: an int or float, numpy's too (any :class:`numbers.Real`), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def is_whole(value: object) -> bool:
-    """A whole number: an int, numpy's too (any :class:`numbers.Integral`), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_requirement(name: str, value: object, precision: float | None = None) -> float:
-    """A GPU requirement: a fraction in (0, 1], or a whole number above 1; with
-    ``precision`` (``gpu_allocation_precision``), a fraction of at least that."""
-    if not is_real(value):
-        raise InvalidTypeError(f"{name}={value!r}: expected a number of GPUs")
-    v = to_float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise InvalidValueError(
-            f"{name}={value!r}: must be a fraction in (0, 1] or a whole number of GPUs"
-        )
-    if v > 1 and not v.is_integer():
-        raise InvalidValueError(f"{name}={value!r}: above 1 it must be a whole number")
-    if precision is not None and below_precision(v, precision):
-        raise InvalidValueError(
-            f"{name}={value!r}: below gpu_allocation_precision={precision:g}, the smallest "
-            f"share of a GPU that is booked; ask for at least {precision:g}"
-        )
-    return v
-
-
-def below_precision(required: float, precision: float) -> bool:
-    """Whether a requirement is less than one step of ``precision``: the allocator
-    (:func:`nbsched.allocation.plan`) places such a job as if it needed one step but
-    books only what it asked, so ever more of them would fit on one GPU.  (A float
-    just under one step, such as ``np.float32(0.01)``, counts as one step.)"""
-    return required < precision * (1 - 1e-6)
-
-
-def _as_path(name: str, value: object) -> Path:
-    if isinstance(value, (str, os.PathLike)):
-        text = os.fspath(value)
-        if not text:
-            raise InvalidValueError(f"{name}={value!r}: must not be empty")
-        # Absolute: the kernel may change folder later, and the spawner runs in "/".
-        return Path(os.path.abspath(Path(text).expanduser()))
-    raise InvalidTypeError(f"{name}={value!r}: expected a path")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InvalidValueError(f"{name}={value!r}: accepted values are {', '.join(choices)}")
-
-
-def to_float(value: object) -> float:
-    """``float(value)`` of a real number, but an int too large for a float becomes +-inf
-    (not OverflowError)."""
-    assert isinstance(value, numbers.Real)
-    try:
-        return float(value)
-    except OverflowError:
-        assert isinstance(value, numbers.Integral)
-        return math.inf if int(value) > 0 else -math.inf
-
-
-def _check_optional_int(
-    name: str, value: object, minimum: int, maximum: int | None = None
-) -> int | None:
-    """``value`` as a plain int (None is accepted for ``num_gpus`` only)."""
-    if value is None and name == "num_gpus":
-        return None
-    if not is_whole(value):
-        raise InvalidTypeError(f"{name}={value!r}: expected a whole number >= {minimum}")
-    assert isinstance(value, numbers.Integral)
-    number = int(value)
-    if number < minimum:
-        raise InvalidValueError(f"{name}={value!r}: must be >= {minimum}")
-    if maximum is not None and number > maximum:
-        raise InvalidValueError(f"{name}={value!r}: must be <= {maximum}")
-    return number
-
-
-def _check_float(name: str, value: object, low: float, high: float, low_open: bool = True) -> float:
-    """``value`` as a plain float, if it lies in the range."""
-    if not is_real(value):
-        raise InvalidTypeError(f"{name}={value!r}: expected a number")
-    v = to_float(value)
-    bad_low = v <= low if low_open else v < low
-    if not math.isfinite(v) or bad_low or v > high:
-        if math.isinf(high):
-            accepted = f"a finite number {'>' if low_open else '>='} {low:g}"
-        else:
-            accepted = f"in {'(' if low_open else '['}{low}, {high}]"
-        raise InvalidValueError(f"{name}={value!r}: must be {accepted}")
-    return v

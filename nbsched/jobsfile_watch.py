@@ -2,7 +2,7 @@
 
 :class:`JobsFileWatcher` runs beside the engine (``GPUJobScheduler`` starts it
 when ``config.jobs_file`` is set).  Every ``jobs_file_poll_s`` (0.1 s) it asks a
-:class:`~nbsched.jobsfile.JobsFileReader` for the lines completed since its last
+:class:`~nbsched.formats.jobsfile.JobsFileReader` for the lines completed since its last
 look: a ``stat`` when nothing changed, and only the new bytes when the file grew,
 so an unchanged file is never parsed again.
 
@@ -23,7 +23,8 @@ logger (``nbsched.jobsfile_watch``) naming the file, the line number and the
 reason, and kept as a store notice so ``nbsched status`` shows it; every other
 line is still taken.  Nothing a line contains can stop the watcher's thread.
 
-Jobs from the file run in the jobs file's folder.
+Jobs from the file run in the jobs file's folder.  The watcher queues them through a
+:class:`~nbsched.submitter.Submitter`, not the scheduler.
 """
 
 from __future__ import annotations
@@ -31,13 +32,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
 
+from .formats.jobsfile import JobLine, JobsFileLineError, JobsFileReader, LineError, validate_line
 from .jobs import JobSpec, JobStatus
-from .jobsfile import JobLine, JobsFileLineError, JobsFileReader, LineError, validate_line
-
-if TYPE_CHECKING:
-    from .scheduler import GPUJobScheduler
+from .submitter import Submitter
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +46,16 @@ NOTICE_SOURCE = "jobs file"
 
 
 class JobsFileWatcher:
-    """Submits the new lines of ``scheduler.config.jobs_file`` as jobs."""
+    """Submits the new lines of ``submitter.config.jobs_file`` as jobs."""
 
-    def __init__(self, scheduler: GPUJobScheduler) -> None:
-        path = scheduler.config.jobs_file
+    def __init__(self, submitter: Submitter) -> None:
+        path = submitter.config.jobs_file
         if not path:
             raise ValueError("JobsFileWatcher needs config.jobs_file")
-        self.scheduler = scheduler
+        self.submitter = submitter
         self.path = os.path.abspath(os.path.expanduser(path))
         self.base_dir = os.path.dirname(self.path)
-        self.poll_s = scheduler.config.jobs_file_poll_s
+        self.poll_s = submitter.config.jobs_file_poll_s
         self.reader = JobsFileReader(self.path)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,7 +131,7 @@ class JobsFileWatcher:
         if not self._pending:
             return []
         # Kept until stored: a failed submit (say, a full disk) is tried again next time.
-        ids = self.scheduler.submit(self._pending, skip_hash_statuses=ALL_STATUSES)
+        ids = self.submitter.submit(self._pending, skip_hash_statuses=ALL_STATUSES)
         self._pending = []
         if ids:
             logger.info("jobs file %s: queued job(s) %s", self.path, ", ".join(ids))
@@ -142,12 +140,13 @@ class JobsFileWatcher:
 
     def _spec(self, line: JobLine) -> JobSpec | None:
         """The job of a good line; ``None`` (and a report) for a bad one."""
-        s = self.scheduler
+        s = self.submitter
         try:
             script = validate_line(
                 line, num_gpus=s.num_gpus, base_dir=self.base_dir, path=self.path
             )
-            unknown = s._llm.current().unknown_model(line.args) if s._llm is not None else None
+            llm = s.llm_config()
+            unknown = llm.unknown_model(line.args) if llm is not None else None
             spec = s.make_spec(
                 script=script,
                 conda_env=line.conda_env,
@@ -163,11 +162,11 @@ class JobsFileWatcher:
         except (ValueError, TypeError, OSError) as exc:  # make_spec's checks, e.g. too many GPUs
             self._bad(LineError(self.path, line.line_no, "", str(exc)))
             return None
-        if unknown is not None and s._llm is not None:
+        if unknown is not None:
             self._report(
                 line.line_no,
                 "",
-                f"model {unknown!r} is not in the LLM config {s._llm.path}; "
+                f"model {unknown!r} is not in the LLM config {s.config.llm_config_file}; "
                 f"it gets default_requirement={spec.required_gpus:g} GPU(s)",
             )
         return spec
@@ -185,11 +184,10 @@ class JobsFileWatcher:
         self._notice(message)
 
     def _notice(self, message: str) -> None:
-        store = self.scheduler.store
-        recent = store.notices(200)
+        recent = self.submitter.notices(200)
         if any(n["source"] == NOTICE_SOURCE and n["message"] == message for n in recent):
             return  # shown already (by an earlier engine on this state directory)
-        store.add_notice(NOTICE_SOURCE, message)
+        self.submitter.add_notice(NOTICE_SOURCE, message)
 
 
 __all__ = ["JobsFileWatcher", "ALL_STATUSES"]

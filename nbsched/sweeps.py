@@ -1,6 +1,6 @@
 """Sweeps: one job per combination of parameters, and their results as one table.
 
-``GPUJobScheduler.add_sweep`` expands a template (:mod:`nbsched.sweep` has the
+``GPUJobScheduler.add_sweep`` expands a template (:mod:`nbsched.formats.sweep` has the
 grammar) and/or a ``params`` dict into argument lists, validates every job as
 ``add_job`` would, and stores them in one transaction under a shared sweep id
 (``sw3``).  Each combination has a hash (script, conda env, arguments in order,
@@ -12,6 +12,8 @@ the sweep id: the same definition maps to the same id.
 status, duration and exit code of the job that stands for it (the newest job
 with its hash) and the keys of the JSON object that job wrote to the path in
 ``$NBSCHED_RESULT_FILE``.
+
+Both work through a :class:`~nbsched.submitter.SweepSubmitter`, not the scheduler.
 """
 
 from __future__ import annotations
@@ -28,16 +30,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .config import is_whole
+from .checks import check_sweep_limit
 from .errors import InvalidTypeError, InvalidValueError, NbschedError
+from .formats.sweep import Expansion, check_size, count_combinations, expand_args, expand_params
 from .frames import local_zone
 from .jobs import Job, JobSpec, JobStatus, job_hash
-from .sweep import Expansion, check_size, count_combinations, expand_args, expand_params
+from .submitter import SweepSubmitter
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from .scheduler import GPUJobScheduler
 
 #: The options ``add_sweep`` passes on to each job (those of ``add_job``).
 SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
@@ -81,7 +82,7 @@ class SweepIds(list[str]):
 
 
 def submit_sweep(
-    s: GPUJobScheduler,
+    s: SweepSubmitter,
     script: str | os.PathLike[str],
     args: str | Sequence[str] | None = None,
     conda_env: str | None = None,
@@ -103,28 +104,15 @@ def submit_sweep(
         )
     if isinstance(allowed_gpus, Iterable) and not isinstance(allowed_gpus, str):
         allowed_gpus = list(allowed_gpus)  # iterated once per combination
-    combos = _expand(args, params, param_style, _limit(s, limit))
-    made: list[tuple[JobSpec, dict[str, str], str]] = []
-    for argv, values in combos:
-        try:
-            spec = s.make_spec(
-                script=script,
-                conda_env=conda_env,
-                args=argv,
-                priority=priority,
-                required_gpus=required_gpus,
-                allowed_gpus=allowed_gpus,
-                **options,
-            )
-        except NbschedError as exc:
-            if not values or required_gpus is not None:
-                raise  # (the same for every combination, or naming the bad value itself)
-            # The GPUs come from the arguments (`--llm {a,b}`: one model may need more
-            # than there are): say which combination.
-            combination = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
-        digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
-        made.append((spec, values, digest))
+    fields = {
+        "script": script,
+        "conda_env": conda_env,
+        "priority": priority,
+        "required_gpus": required_gpus,
+        "allowed_gpus": allowed_gpus,
+        **options,
+    }
+    made = _specs(s, _expand(args, params, param_style, _limit(s, limit)), fields)
     first = made[0][0]
     definition = {
         "script": first.script,
@@ -145,6 +133,27 @@ def submit_sweep(
     return SweepIds(ids, sweep_id)
 
 
+def _specs(
+    s: SweepSubmitter, combos: list[Expansion], fields: dict[str, Any]
+) -> list[tuple[JobSpec, dict[str, str], str]]:
+    """Each combination's validated spec, parameter values and hash (the first bad one
+    raises)."""
+    made: list[tuple[JobSpec, dict[str, str], str]] = []
+    for argv, values in combos:
+        try:
+            spec = s.make_spec(args=argv, **fields)
+        except NbschedError as exc:
+            if not values or fields["required_gpus"] is not None:
+                raise  # (the same for every combination, or naming the bad value itself)
+            # The GPUs come from the arguments (`--llm {a,b}`: one model may need more
+            # than there are): say which combination.
+            combination = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
+        digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
+        made.append((spec, values, digest))
+    return made
+
+
 def _plain(value: Any) -> Any:
     """``value`` as JSON has it (numpy's numbers as int and float), so that the same
     definition always has the same sweep id."""
@@ -159,14 +168,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _limit(s: GPUJobScheduler, limit: int | None) -> int:
-    if limit is None:
-        return s.config.max_sweep_jobs
-    if not is_whole(limit):
-        raise InvalidTypeError(f"limit={limit!r}: expected a whole number of jobs >= 1")
-    if limit < 1:
-        raise InvalidValueError(f"limit={limit!r}: expected a whole number of jobs >= 1")
-    return int(limit)
+def _limit(s: SweepSubmitter, limit: int | None) -> int:
+    return s.config.max_sweep_jobs if limit is None else check_sweep_limit(limit)
 
 
 def _expand(
@@ -205,67 +208,65 @@ def _expand(
 
 
 def _sweep_id(
-    s: GPUJobScheduler,
+    s: SweepSubmitter,
     definition: dict[str, Any],
     combinations: Sequence[tuple[str, dict[str, str]]],
 ) -> str:
     """The id of this definition: the one it had before, or a new one."""
     text = json.dumps(definition, sort_keys=True, ensure_ascii=False, default=str)
     key = "sweep:" + hashlib.sha256(text.encode()).hexdigest()[:32]
-    known = s.store.kv_get(key)
-    if known is not None and s.store.sweep_spec(known) is not None:
+    known = s.sweep_of_key(key)
+    if known is not None and s.sweep_record(known) is not None:
         return known
     record = {
         **definition,
         "combinations": [[digest, values] for digest, values in combinations],
     }
-    sweep_id = s.store.new_sweep(record)
-    s.store.kv_set(key, sweep_id)
-    return sweep_id
+    return s.record_sweep(key, record)
 
 
 # -- reading ------------------------------------------------------------------------------
 
 
-def _record(s: GPUJobScheduler, sweep_id: object) -> dict[str, Any]:
+def _record(s: SweepSubmitter, sweep_id: object) -> dict[str, Any]:
     if not isinstance(sweep_id, str):
         raise InvalidTypeError(f"sweep_id={sweep_id!r}: expected a sweep id such as 'sw1'")
-    record = s.store.sweep_spec(sweep_id.strip())
+    record = s.sweep_record(sweep_id.strip())
     if record is None:
-        known = [sid for sid, _, _ in s.store.sweeps()[-5:]]
+        known = [sid for sid, _, _ in s.sweep_records()[-5:]]
         hint = f"known sweeps: {', '.join(known)}" if known else "no sweep was submitted yet"
         raise InvalidValueError(f"sweep_id={sweep_id!r}: no such sweep ({hint})")
     return record
 
 
-def latest_sweep(s: GPUJobScheduler) -> str:
+def latest_sweep(s: SweepSubmitter) -> str:
     """The id of the sweep submitted last."""
-    sweeps = s.store.sweeps()
+    sweeps = s.sweep_records()
     if not sweeps:
         raise InvalidValueError("no sweep was submitted yet; add one with add_sweep()")
     return sweeps[-1][0]
 
 
 def combination_jobs(
-    s: GPUJobScheduler, sweep_id: str, record: dict[str, Any] | None = None
+    s: SweepSubmitter, sweep_id: str, record: dict[str, Any] | None = None
 ) -> list[tuple[dict[str, str], Job | None]]:
     """Each combination of a sweep with the newest job that has its hash."""
     record = _record(s, sweep_id) if record is None else record
     by_hash: dict[str, Job] = {}
-    for own in s.store.find(sweep=sweep_id):
+    for own in s.find_jobs(sweep=sweep_id):
         if own.spec.hash is not None:
             by_hash[own.spec.hash] = own
     out: list[tuple[dict[str, str], Job | None]] = []
     for digest, values in record["combinations"]:
         job = by_hash.get(digest)
         if job is None:  # queued or done by another sweep (or a jobs-file line)
-            found = s.store.find(hash=digest, limit=1, newest=True)
+            found = s.find_jobs(hash=digest, limit=1, newest=True)
             job = found[-1] if found else None
         out.append((values, job))
     return out
 
 
-def sweep_frame(s: GPUJobScheduler, sweep_id: str | None = None) -> pd.DataFrame:
+def sweep_frame(s: SweepSubmitter, sweep_id: str | None = None) -> pd.DataFrame:
     import pandas as pd
 
     """One row per combination: parameters, status, duration, exit code, id, results."""
@@ -337,15 +338,15 @@ def _numeric_if_possible(col: pd.Series) -> pd.Series:
         return col
 
 
-def sweeps_frame(s: GPUJobScheduler) -> pd.DataFrame:
+def sweeps_frame(s: SweepSubmitter) -> pd.DataFrame:
     import pandas as pd
 
     """One row per sweep: its definition, its combinations, and its jobs per status
     (the newest job of each combination it queued; combinations another sweep had
     already queued or done count there)."""
     rows = []
-    for sid, created, record in s.store.sweeps():
-        counts = s.store.counts(sweep=sid)
+    for sid, created, record in s.sweep_records():
+        counts = s.counts(sweep=sid)
         args = record.get("args") or ""
         if record.get("params"):
             args = f"{args} params={record['params']}".strip()

@@ -17,7 +17,8 @@ from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from . import frames
-from .errors import UnknownJobError
+from .checks import is_real
+from .errors import InvalidTypeError, UnknownJobError
 from .progress import WaitProgress
 from .progress import wanted as progress_wanted
 from .store import Store, parse_job_id
@@ -27,6 +28,20 @@ if TYPE_CHECKING:
 
 #: How often a wait looks at the store for other processes' changes.
 POLL_S = 0.05
+
+
+def check_ids(ids: object) -> Iterable[str] | None:
+    """The ``ids`` argument of ``wait()``: one job id, ids, or None (every queued and
+    running job); raises ``TypeError`` for anything else (a time limit given first)."""
+    if isinstance(ids, str):
+        return [ids]
+    if ids is not None and (isinstance(ids, (bytes, bytearray)) or not isinstance(ids, Iterable)):
+        hint = f"; for a time limit, pass timeout={ids!r}" if is_real(ids) else ""
+        raise InvalidTypeError(
+            f"ids={ids!r}: expected a job id such as '17', a list of job ids, or None "
+            f"for every queued and running job{hint}"
+        )
+    return ids
 
 
 class Waiter:
@@ -126,7 +141,7 @@ class Waits:
                     waiter.seen = set()  # (ends told from now on may be missed below)
                 # Read only what changed since the last look (not every wanted row: decoding
                 # them on each wake-up held the GIL and starved the engine threads).
-                rev, changes = store.changes_since(rev)
+                rev, changes, _ = store.changes_since(rev)
                 for job_id, status, _, _ in changes:
                     seq = int(job_id)
                     if seq in wanted_set:
@@ -139,4 +154,4 @@ class Waits:
             bar.close()
 
 
-__all__ = ["Waiter", "Waits"]
+__all__ = ["Waiter", "Waits", "check_ids"]

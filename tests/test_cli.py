@@ -19,7 +19,7 @@ from legacy_support import cli, subprocess_env, wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.cli import main
-from nbsched.executors.base import find_by_token
+from nbsched.executors.process import find_by_token
 from nbsched.executors.screen import list_sessions
 
 
@@ -306,12 +306,12 @@ def test_errors_are_one_line_without_traceback(
         (["add", "--gpus", "1.5", str(engine.work / "echo.py"), *st], "whole number"),
         (["add", str(tmp_path / "missing.py"), *st], "not found"),
         (["pause", "9", *st], "gpu=9"),
-        (["pause", "x", *st], "invalid int value"),
+        (["pause", "x", *st], "'x' is not accepted: expected a GPU index"),  # (as %gpusched says)
         (["jobs", "--status", "bogus", *st], "status='bogus'"),
         (["add", str(engine.work / "echo.py"), "--lr", "1", *st], "arguments go after --"),
         (["run", "echo", *st, "--", "hi"], "the command goes after --"),
         (["logs", "1", "-n", "-1", *st], "expected a number of lines >= 0"),
-        (["wait", "--timeout", "nan", *st], "'nan': expected seconds >= 0"),
+        (["wait", "--timeout", "nan", *st], "'nan' is not accepted: expected seconds >= 0"),
         (["status", "--state-dir", ""], "state_dir='': must not be empty"),
         (["serve", "--ray-address", "auto", *st], "only with --executor ray"),
         (["status", "--state-dir", str(tmp_path / "file")], "state directory"),
@@ -369,7 +369,7 @@ def test_every_verb_works_without_an_engine(
     rc, _, err = _main(["jobs", *sim, "--first", "1", "--last", "1"], capsys)
     assert rc == 2 and "not allowed with argument --first" in err
     rc, _, err = _main(["jobs", *sim, "--last", "-1"], capsys)
-    assert rc == 2 and "last=-1: expected a whole number >= 0" in err
+    assert rc == 2 and "--last: -1 is not accepted: expected a number of jobs" in err
 
 
 def test_demo_json(tmp_path: Path) -> None:

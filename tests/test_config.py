@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig, check_requirement, to_float
+from nbsched.checks import check_requirement, to_float
+from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
 from nbsched.errors import NbschedError
 
 FIELDS = [f.name for f in dataclasses.fields(SchedulerConfig)]

@@ -153,6 +153,10 @@ class TestExecutorContract:
         assert ex.is_available() is True
         assert ex.name == harness.name
 
+    def test_subclasses_the_protocol(self, harness: Harness) -> None:
+        # Explicitly: it inherits the protocol's defaults for what it does not do.
+        assert Executor in type(harness.executor()).__mro__
+
     def test_close_twice_is_harmless(self, harness: Harness) -> None:
         ex = harness.executor()
         ex.close()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,17 +15,10 @@ from hypothesis import strategies as st
 from nbsched import frames
 from nbsched.frames import local_zone
 from nbsched.jobs import Job, JobSpec, JobStatus, display_command
-from nbsched.store import Store, prepare_state_dir
-from nbsched.store import _dumps as store_dumps
+from nbsched.store import Store
+from nbsched.store.rows import dumps as store_dumps
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(prepare_state_dir(tmp_path / "state") / "state.db")
-    yield s
-    s.close()
 
 
 #: The type pandas gives a column of strings (pandas 3: str, with NaN for a missing one).
@@ -57,7 +48,7 @@ def row_by_row(jobs: list[Job]) -> pd.DataFrame:
 
 
 def add(store: Store, spec: JobSpec) -> str:
-    (job,) = store.add_jobs([spec], owner_uid=os.getuid(), executor="direct")
+    _, (job,) = store.add_jobs_at([spec], owner_uid=os.getuid(), executor="direct")
     assert job is not None
     return job.id
 
@@ -134,7 +125,7 @@ def test_table_filters_as_find_does(
 def test_table_by_ids_across_chunks(store: Store) -> None:
     """wait() asks for its jobs by number: more than one statement's worth of them,
     unknown ones left out, in submission order whatever the order asked."""
-    ids = store.add_jobs(
+    _, ids = store.add_jobs_at(
         [JobSpec(kind="command", command=f"echo {i}", required_gpus=1) for i in range(1203)],
         owner_uid=os.getuid(),
         executor="direct",

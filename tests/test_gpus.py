@@ -474,19 +474,7 @@ def test_valid_descriptions_round_trip(gpus: list[dict[str, float]]) -> None:
 # ---------------------------------------------------------------- make_provider
 
 
-@pytest.fixture
-def _no_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine without an NVIDIA driver: NVML's library is missing, nvidia-smi too."""
-    import pynvml
-
-    def no_library() -> None:
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-
-    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
-    monkeypatch.setattr("nbsched.gpus.gputil.shutil.which", lambda name: None)
-
-
-@pytest.mark.usefixtures("_no_hardware")
+@pytest.mark.usefixtures("no_nvidia_gpu")
 def test_auto_picks_simulated_here_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="nbsched.gpus"):
         provider = make_provider("auto", num_gpus=None, simulated_gpus_file=None)
@@ -496,7 +484,7 @@ def test_auto_picks_simulated_here_and_says_why(caplog: pytest.LogCaptureFixture
     assert note in caplog.text
 
 
-@pytest.mark.usefixtures("_no_hardware")
+@pytest.mark.usefixtures("no_nvidia_gpu")
 def test_auto_falling_back_to_simulated_gpus_is_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -511,7 +499,7 @@ def test_auto_falling_back_to_simulated_gpus_is_a_warning(
     assert "using 3 simulated GPUs" in text
 
 
-@pytest.mark.usefixtures("_no_hardware")
+@pytest.mark.usefixtures("no_nvidia_gpu")
 def test_a_front_end_that_shows_the_choice_gets_no_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -522,7 +510,7 @@ def test_a_front_end_that_shows_the_choice_gets_no_warning(
     assert provider.selection_note in caplog.text  # type: ignore[attr-defined]
 
 
-@pytest.mark.usefixtures("_no_hardware")
+@pytest.mark.usefixtures("no_nvidia_gpu")
 def test_demo_says_which_provider_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -537,7 +525,7 @@ def test_demo_says_which_provider_once(
     assert [r.getMessage() for r in caplog.records if r.name == "nbsched.gpus"] == []
 
 
-@pytest.mark.usefixtures("_no_hardware")
+@pytest.mark.usefixtures("no_nvidia_gpu")
 def test_auto_passes_num_gpus_file_and_usage_to_simulated(tmp_path: Path) -> None:
     path = tmp_path / "gpus.json"
     write_simulated_gpus(path, [A100])
@@ -553,7 +541,7 @@ def test_explicit_simulated() -> None:
 
 
 @pytest.mark.parametrize("kind, why", [("nvml", "NVML library"), ("gputil", "nvidia-smi")])
-@pytest.mark.usefixtures("_no_hardware")
+@pytest.mark.usefixtures("no_nvidia_gpu")
 def test_explicit_unavailable_hardware_raises(kind: str, why: str) -> None:
     with pytest.raises(InvalidValueError, match=f"gpu_provider='{kind}'.*{why}.*'simulated'"):
         make_provider(kind, num_gpus=None, simulated_gpus_file=None)
@@ -564,7 +552,7 @@ def test_unknown_kind() -> None:
         make_provider("cuda", num_gpus=None, simulated_gpus_file=None)
 
 
-@pytest.mark.usefixtures("_no_hardware")
+@pytest.mark.usefixtures("no_nvidia_gpu")
 def test_nvml_unavailable_here_does_not_raise() -> None:
     provider = NvmlProvider()
     assert provider.is_available() is False

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nbsched.checks import check_allowed_gpus
 from nbsched.errors import InvalidTypeError, InvalidValueError
-from nbsched.gpuspec import format_gpu_list, normalize_allowed_gpus, parse_gpu_list
-from nbsched.jobs import job_hash
-from nbsched.jobsfile import (
+from nbsched.formats.gpulist import format_gpu_list, parse_gpu_list
+from nbsched.formats.jobsfile import (
     JobLine,
     JobsFileLineError,
     JobsFileReader,
@@ -22,6 +22,7 @@ from nbsched.jobsfile import (
     read_jobs_file,
     validate_line,
 )
+from nbsched.jobs import job_hash
 
 QUOTING_CASES = [
     "a'; echo foo",
@@ -75,20 +76,20 @@ def test_format_gpu_list_compresses() -> None:
     assert format_gpu_list([5, 3, 0, 1, 2, 2]) == "0-3,5"
 
 
-def test_normalize_allowed_gpus() -> None:
-    assert normalize_allowed_gpus(None, 4) is None
-    assert normalize_allowed_gpus("0-1", 4) == (0, 1)
-    assert normalize_allowed_gpus([3, 1, 1], 4) == (1, 3)
-    assert normalize_allowed_gpus([9], None) == (9,)
+def test_check_allowed_gpus() -> None:
+    assert check_allowed_gpus(None, 4) is None
+    assert check_allowed_gpus("0-1", 4) == (0, 1)
+    assert check_allowed_gpus([3, 1, 1], 4) == (1, 3)
+    assert check_allowed_gpus([9], None) == (9,)
     with pytest.raises(InvalidValueError) as info:
-        normalize_allowed_gpus([9], 4)
+        check_allowed_gpus([9], 4)
     assert str(info.value) == "allowed_gpus=[9]: GPU 9 does not exist; this machine has GPUs 0-3"
     for bad in ([], [-1], ""):
         with pytest.raises(InvalidValueError):
-            normalize_allowed_gpus(bad, 4)
+            check_allowed_gpus(bad, 4)
     for wrong in ([True], [1.0], ["1"], 3, b"0"):
         with pytest.raises(InvalidTypeError):
-            normalize_allowed_gpus(wrong, 4)
+            check_allowed_gpus(wrong, 4)
 
 
 # ---------------------------------------------------------------- parse_line

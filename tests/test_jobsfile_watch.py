@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from legacy_support import sched_factory, wait_for
+from legacy_support import wait_for
 
 from nbsched import GPUJobScheduler
+from nbsched.formats.jobsfile import parse_line
 from nbsched.jobs import JobStatus
-from nbsched.jobsfile import parse_line
 from nbsched.jobsfile_watch import JobsFileWatcher
 
 MakeSched = Callable[..., GPUJobScheduler]
-
-
-@pytest.fixture
-def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
-    with sched_factory(tmp_path) as make:
-        yield make
 
 
 # Writes its arguments (as JSON) and CUDA_VISIBLE_DEVICES to stdout.
@@ -44,6 +38,28 @@ def _folder(tmp_path: Path) -> Path:
 def _output(s: GPUJobScheduler, job_id: str) -> dict[str, object]:
     out: dict[str, object] = json.loads(s.logs(job_id, tail=1))
     return out
+
+
+def _assert_reported(
+    s: GPUJobScheduler, caplog: pytest.LogCaptureFixture, jobs_file: Path, reasons: dict[int, str]
+) -> None:
+    """Each line's reason was logged as a WARNING naming the file and the line, and kept
+    as a notice."""
+    warnings = [r for r in caplog.records if r.name.startswith("nbsched.jobsfile")]
+    for line_no, reason in reasons.items():
+        hits = [
+            r
+            for r in warnings
+            if r.levelno == logging.WARNING
+            and f"line {line_no}:" in r.getMessage()
+            and str(jobs_file) in r.getMessage()
+            and reason in r.getMessage()
+        ]
+        assert hits, (
+            f"no WARNING for line {line_no} ({reason}): {[r.getMessage() for r in warnings]}"
+        )
+        notices = [n["message"] for n in s.store.notices(50)]
+        assert any(f"{jobs_file}:{line_no}: " in m and reason in m for m in notices), notices
 
 
 def test_lines_become_jobs_and_bad_lines_are_reported(
@@ -85,7 +101,6 @@ def test_lines_become_jobs_and_bad_lines_are_reported(
     expected_hash = parse_line("0,echo.py,,--lr 1 --bs 2,0-1", 2)
     assert expected_hash is not None and jobs[0].spec.hash == expected_hash.hash
 
-    warnings = [r for r in caplog.records if r.name.startswith("nbsched.jobsfile")]
     reasons = {
         6: "bad priority",
         7: "not found",
@@ -93,21 +108,8 @@ def test_lines_become_jobs_and_bad_lines_are_reported(
         9: "unbalanced",
         10: "has only 1 GPU",
     }
-    for line_no, reason in reasons.items():
-        hits = [
-            r
-            for r in warnings
-            if r.levelno == logging.WARNING
-            and f"line {line_no}:" in r.getMessage()
-            and str(jobs_file) in r.getMessage()
-            and reason in r.getMessage()
-        ]
-        assert hits, (
-            f"no WARNING for line {line_no} ({reason}): {[r.getMessage() for r in warnings]}"
-        )
-        notices = [n["message"] for n in s.store.notices(50)]
-        assert any(f"{jobs_file}:{line_no}: " in m and reason in m for m in notices), notices
-    assert s._extensions[0].alive  # the watcher outlived every bad line
+    _assert_reported(s, caplog, jobs_file, reasons)
+    assert s._engine.role.helpers[0].alive  # the watcher outlived every bad line
 
 
 def test_new_lines_are_taken_while_running_and_partial_lines_wait(
@@ -119,7 +121,7 @@ def test_new_lines_are_taken_while_running_and_partial_lines_wait(
     s = make_sched(jobs_file=str(jobs_file))
 
     # A half-written line (no newline yet) is not parsed; once finished it is one job.
-    watcher = JobsFileWatcher(s)  # driven by hand, before the engine runs
+    watcher = JobsFileWatcher(s._submitter())  # driven by hand, before the engine runs
     assert watcher.poll() == []
     with jobs_file.open("a") as fh:
         fh.write("0,echo.py,,--n 1 --half")
@@ -155,7 +157,7 @@ def test_no_line_runs_again_after_a_restart_until_retried(
     with jobs_file.open("a") as fh:
         fh.write("0,echo.py,,--run 3,\n")
     s2 = make_sched(jobs_file=str(jobs_file))
-    watcher = JobsFileWatcher(s2)
+    watcher = JobsFileWatcher(s2._submitter())
     new = watcher.poll()  # reads the whole file again, as a restarted engine does
     assert len(new) == 1
     assert s2.store.get(new[0]).spec.args == ("--run", "3")
@@ -176,7 +178,7 @@ def test_garbage_never_stops_the_watcher(tmp_path: Path, make_sched: MakeSched) 
     work = _folder(tmp_path)
     jobs_file = work / "jobs.txt"
     s = make_sched(jobs_file=str(jobs_file))  # the file does not exist yet
-    watcher = JobsFileWatcher(s)
+    watcher = JobsFileWatcher(s._submitter())
     assert watcher.poll() == []
     assert any("does not exist" in n["message"] for n in s.store.notices())
     garbage = (
@@ -195,7 +197,7 @@ def test_garbage_never_stops_the_watcher(tmp_path: Path, make_sched: MakeSched) 
     assert len(s.store.notices(50)) >= 8
 
     # An unexpected error while checking a line is reported; the other lines still go.
-    real = s.make_spec
+    real = watcher.submitter.make_spec
     calls = {"n": 0}
 
     def flaky(**kw: object) -> object:
@@ -204,7 +206,7 @@ def test_garbage_never_stops_the_watcher(tmp_path: Path, make_sched: MakeSched) 
             raise RuntimeError("boom")
         return real(**kw)  # type: ignore[arg-type]
 
-    s.make_spec = flaky  # type: ignore[method-assign,assignment]
+    watcher.submitter.make_spec = flaky  # type: ignore[method-assign,assignment]
     with jobs_file.open("ab") as fh:
         fh.write(b"0,echo.py,,--a,\n0,echo.py,,--b,\n")
     ids = watcher.poll()

@@ -12,9 +12,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "nbsched"
 
 #: What a front end may import of nbsched: the package's public names and the modules
-#: that define them (the scheduler, its config and errors, a sweep's returned ids).
-PUBLIC = {"nbsched", "nbsched.scheduler", "nbsched.config", "nbsched.errors", "nbsched.sweeps"}
-FRONT_ENDS = ("nbsched.jupyter", "nbsched.cli", "nbsched.demo")
+#: that define them (the scheduler, its config and errors, a sweep's returned ids), and
+#: the value checks, so that every front end refuses a value in the same words.
+PUBLIC = {
+    "nbsched",
+    "nbsched.scheduler",
+    "nbsched.config",
+    "nbsched.errors",
+    "nbsched.sweeps",
+    "nbsched.checks",
+}
+FRONT_ENDS = ("nbsched.jupyter", "nbsched.cli", "nbsched.demo", "nbsched.verbs")
 
 
 def _module(path: Path) -> str:

@@ -7,22 +7,17 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from legacy_support import cli, sched_factory, wait_for, write_exe
+import transitions
+from legacy_support import cli, wait_for, write_exe
 
 from nbsched import GPUJobScheduler
 from nbsched.errors import InvalidValueError
 
 MakeSched = Callable[..., GPUJobScheduler]
-
-
-@pytest.fixture
-def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
-    with sched_factory(tmp_path) as make:
-        yield make
 
 
 # ------------------------------------------------------------------------- retries
@@ -65,7 +60,7 @@ def test_a_job_that_fails_once_is_retried_and_succeeds(
     log = s.logs(jid, tail=None)
     assert "first attempt: failing" in log and "second attempt: fine" in log
     assert "attempt 2" in log
-    history = s.store.history(jid)
+    history = transitions.history(s.store.path, jid)
     assert [h["new"] for h in history] == ["queued", "running", "queued", "running", "succeeded"]
     assert "attempt 1 failed (exit code 5)" in history[2]["reason"]
 

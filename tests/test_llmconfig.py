@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import InvalidTypeError, InvalidValueError, MissingFileError
-from nbsched.llmconfig import LLMConfig, LLMConfigWatcher, load_llm_config
+from nbsched.formats.llmconfig import LLMConfig, load_llm_config
+from nbsched.llmconfig_watch import LLMConfigWatcher
 
 GOOD = {"default_requirement": 1.0, "models": {"qwen2.5-3b-inst": 0.5, "llama-70b": 4}}
 
@@ -169,7 +170,7 @@ def test_watcher_reloads_and_keeps_previous_on_bad_rewrite(
     good = watcher.current()
     write(path, '{"models": {"a": NaN}}')
     _bump(path)
-    with caplog.at_level(logging.WARNING, logger="nbsched.llmconfig"):
+    with caplog.at_level(logging.WARNING, logger="nbsched.llmconfig_watch"):
         assert watcher.current() is good
         assert watcher.current() is good  # warned once per version, not per call
     assert watcher.last_error is not None and "models['a']=NaN" in watcher.last_error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,24 +19,14 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from nbsched import GPUJobScheduler
-from nbsched.config import check_requirement
+from nbsched.checks import check_requirement
 from nbsched.jupyter.extension import magics_of
 from nbsched.jupyter.magics import VERBS, GpuschedMagics
-from nbsched.jupyter.parsing import expand_vars, gpus_type, split_dashdash
+from nbsched.jupyter.parsing import expand_vars, split_dashdash
 from nbsched.jupyter.status import StatusReport
+from nbsched.verbs.values import gpus_type
 
 ARGV_SCRIPT = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
-
-
-@pytest.fixture
-def ip() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbsched")
-    yield shell
-    magics = magics_of(shell)
-    if magics is not None and magics.scheduler is not None:
-        magics.scheduler.stop(kill=True)
-    shell.run_line_magic("unload_ext", "nbsched")
 
 
 @pytest.fixture
@@ -127,18 +118,6 @@ def test_start_is_idempotent_for_the_same_settings(
     with pytest.raises(UsageError, match="already running"):
         gs(ip, f"start --simulate 3 --state-dir {tmp_path / 'state'}")
     assert started.config.num_gpus == 2 and started.config.gpu_provider == "simulated"
-
-
-@pytest.fixture
-def no_nvidia_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine without an NVIDIA driver: NVML's library is missing, nvidia-smi too."""
-    import pynvml
-
-    def no_library() -> None:
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-
-    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
-    monkeypatch.setattr("nbsched.gpus.gputil.shutil.which", lambda name: None)
 
 
 @pytest.mark.usefixtures("no_nvidia_gpu")
@@ -648,12 +627,23 @@ def unstarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GPUJobSchedu
 
 @settings(max_examples=30, deadline=None)
 @given(command=st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), max_size=30))
-def test_run_passes_the_command_verbatim(unstarted: GPUJobScheduler, command: str) -> None:
+def test_run_makes_the_command_by_the_one_rule(unstarted: GPUJobScheduler, command: str) -> None:
     magics = GpuschedMagics(InteractiveShell.instance())
     magics.scheduler = unstarted
     if not command.strip():
         with pytest.raises(UsageError, match="needs a command after --"):
             magics.gpusched(f"run -- {command}")
         return
+    # One word (as a shell splits it) is the command line itself; several, or a line a
+    # shell cannot split, are the command line as typed.
+    try:
+        words: list[str] | None = shlex.split(command)
+    except ValueError:
+        words = None
+    expected = words[0] if words is not None and len(words) == 1 else command.strip()
+    if not expected.strip():  # ('' or "  ": one word, and nothing to run)
+        with pytest.raises(UsageError, match="expected a shell command"):
+            magics.gpusched(f"run -- {command}")
+        return
     jid = magics.gpusched(f"run --gpus 0.5 -- {command}")
-    assert unstarted.job(jid)["command"] == command.strip()
+    assert unstarted.job(jid)["command"] == expected

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import transitions
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
-from nbsched.executors.base import find_by_token
+from nbsched.executors.process import find_by_token
 from nbsched.jobs import JobStatus
 from nbsched.raycluster import cluster_for
 
@@ -62,11 +63,9 @@ def config(tmp_path: Path, **kw: object) -> SchedulerConfig:
 
 
 @pytest.fixture
-def sched(local_ray: None, tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(config=config(tmp_path)).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler_config(local_ray: None, tmp_path: Path) -> dict[str, object]:
+    """sched (tests/conftest.py) here: started, on the local Ray, as config() says."""
+    return {"start": True, "config": config(tmp_path)}
 
 
 def wait_log(s: GPUJobScheduler, job_id: str, text: str) -> None:
@@ -295,7 +294,7 @@ def test_recovery_fails_jobs_another_engine_left(local_ray: None, tmp_path: Path
         assert rows.loc[again, "status"] == "succeeded"
         assert rows.loc[again, "attempts"] == 2
         assert "rerun" in s.logs(again)
-        history = " ".join(h["reason"] or "" for h in s.store.history(again))
+        history = " ".join(h["reason"] or "" for h in transitions.history(s.store.path, again))
         assert "cannot be followed" in history
     finally:
         s.stop(kill=True)
@@ -309,6 +308,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.without_ray  # (it hides Ray itself: it runs where Ray is not installed too)
 def test_missing_ray_gives_the_install_command(tmp_path: Path) -> None:
     code = f"""
 import sys

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from waiting import wait_for
 
-from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched import GPUJobScheduler
 from nbsched.errors import InvalidValueError
-from nbsched.executors.base import find_by_token
+from nbsched.executors.process import find_by_token
 
 pytestmark = pytest.mark.ray
 
@@ -52,18 +52,9 @@ def cluster() -> Iterator[str]:
 
 
 @pytest.fixture
-def sched(cluster: str, tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    cfg = SchedulerConfig(
-        state_dir=tmp_path / "state",
-        executor="ray",
-        ray_address=cluster,
-        gpu_provider="simulated",
-        kill_grace_s=2.0,
-    )
-    s = GPUJobScheduler(config=cfg).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler_config(cluster: str) -> dict[str, object]:
+    """sched (tests/conftest.py) here: started, on the two-node cluster."""
+    return {"start": True, "executor": "ray", "ray_address": cluster, "kill_grace_s": 2.0}
 
 
 def gate_cmd(gate: Path, first: str = "") -> str:

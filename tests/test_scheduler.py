@@ -9,11 +9,12 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from transitions import history
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
@@ -54,30 +55,9 @@ TIMEOUT = 60.0  # generous: 2 cores shared with other test runs
 
 
 @pytest.fixture
-def make_sched(tmp_path: Path) -> Iterator[Callable[..., GPUJobScheduler]]:
-    made: list[GPUJobScheduler] = []
-
-    def make(start: bool = True, **overrides: Any) -> GPUJobScheduler:
-        kw: dict[str, Any] = {
-            "state_dir": tmp_path / f"state{len(made)}",
-            "gpu_provider": "simulated",
-            "num_gpus": 4,
-            "kill_grace_s": 0.5,
-        }
-        kw.update(overrides)
-        s = GPUJobScheduler(config=SchedulerConfig(**kw))
-        made.append(s)
-        return s.start() if start else s
-
-    yield make
-    for s in made:
-        s.stop(kill=True)
-        s.close()
-
-
-@pytest.fixture
-def sched(make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
-    return make_sched()
+def scheduler_config() -> dict[str, Any]:
+    """make_sched and sched (tests/conftest.py) here: started, 4 GPUs, a short kill grace."""
+    return {"start": True, "num_gpus": 4, "kill_grace_s": 0.5}
 
 
 def test_a_relative_state_dir_works_after_a_change_of_folder(
@@ -207,7 +187,7 @@ def test_exit_codes(sched: GPUJobScheduler) -> None:
     assert sched.store.get(bad).reason == "exit code 3"
     assert (status(sched, killed), sched.job(killed)["exit_code"]) == ("failed", 137)
     assert sched.job(ok)["attempts"] == 1
-    hist = sched.store.history(bad)
+    hist = history(sched.store.path, bad)
     assert [h["new"] for h in hist] == ["queued", "running", "failed"]
     assert hist[1]["at"] <= hist[2]["at"]
 
@@ -885,7 +865,7 @@ def test_engine_survives_bad_jobs(
     boom = sched.add_command("echo boom", required_gpus=1, name="boom")
     good = sched.add_command("echo fine", required_gpus=1)
 
-    executor = sched._executor("direct")
+    executor = sched._engine.executors("direct")
     real_start = executor.start
 
     def start(launch: Any) -> Any:

@@ -7,24 +7,18 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from legacy_support import sched_factory, wait_for
+from legacy_support import wait_for
 
 from nbsched import GPUJobScheduler
-from nbsched.executors.base import find_by_token, same_process_alive
+from nbsched.executors.process import find_by_token, same_process_alive
 from nbsched.executors.screen import list_sessions
 from nbsched.jobs import JobStatus
 
 MakeSched = Callable[..., GPUJobScheduler]
-
-
-@pytest.fixture
-def make_sched(tmp_path: Path) -> Iterator[MakeSched]:
-    with sched_factory(tmp_path) as make:
-        yield make
 
 
 SCREEN = shutil.which("screen") or "screen"  # .ci/run installs it; a missing one fails loudly

@@ -23,9 +23,9 @@ import pytest
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
-from nbsched.executors import spawner
-from nbsched.executors.base import _boot_time, same_process_alive, start_time_at
+from nbsched.executors import messages, spawner
 from nbsched.executors.direct import SPAWNER_GONE
+from nbsched.executors.process import _boot_time, same_process_alive, start_time_at
 
 
 def _config(state: Path) -> SchedulerConfig:
@@ -33,11 +33,9 @@ def _config(state: Path) -> SchedulerConfig:
 
 
 @pytest.fixture
-def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(config=_config(tmp_path / "state")).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler_config() -> dict[str, object]:
+    """sched (tests/conftest.py) here: started, as _config() says."""
+    return {"start": True, "num_gpus": 2}
 
 
 @pytest.fixture
@@ -132,7 +130,7 @@ def test_job_ended_after_its_engine_is_recorded_by_the_next_one(tmp_path: Path, 
 def test_killed_spawner_loses_only_the_exit_codes_of_its_running_jobs(
     sched: GPUJobScheduler, gate: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="nbsched.executors.direct")
+    caplog.set_level(logging.WARNING, logger="nbsched.executors.spawner_client")
     jid = sched.add_command(f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 0")
     pid = wait_for(lambda: sched.store.get(jid).pid, what="the job's start")
     owner = spawner_of(sched.config.run_dir)
@@ -154,7 +152,11 @@ def test_killed_spawner_loses_only_the_exit_codes_of_its_running_jobs(
     assert new is not None and new.pid != owner.pid
 
 
-def test_spawner_leaves_once_no_engine_and_no_job_needs_it(tmp_path: Path) -> None:
+def test_spawner_leaves_once_no_engine_and_no_job_needs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (its idle time, 2 s, made short: the spawner reads it from its environment)
+    monkeypatch.setenv(messages.IDLE_EXIT_ENV, "0.05")
     s = GPUJobScheduler(config=_config(tmp_path / "state")).start()
     jid = s.add_command("true")
     s.wait([jid], timeout=60)
@@ -162,8 +164,8 @@ def test_spawner_leaves_once_no_engine_and_no_job_needs_it(tmp_path: Path) -> No
     assert proc is not None
     s.stop()
     s.close()
-    proc.wait(spawner.IDLE_EXIT_S + 30)
-    assert not (s.config.run_dir / spawner.SOCKET_NAME).exists()
+    proc.wait(30)
+    assert not (s.config.run_dir / messages.SOCKET_NAME).exists()
 
 
 # -- the protocol ----------------------------------------------------------------------
@@ -203,14 +205,16 @@ def _ask(sock: socket.socket, request: object, fds: tuple[int, ...] = ()) -> dic
 def test_one_spawner_per_folder(run_dir: Path) -> None:
     assert _launch(run_dir) == "ready"
     assert _launch(run_dir) == "exists"
-    assert oct((run_dir / spawner.SOCKET_NAME).stat().st_mode & 0o777) == "0o600"
+    assert oct((run_dir / messages.SOCKET_NAME).stat().st_mode & 0o777) == "0o600"
 
 
 def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) -> None:
     assert _launch(run_dir) == "ready"
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(run_dir / spawner.SOCKET_NAME))
+        sock.connect(str(run_dir / messages.SOCKET_NAME))
         assert _ask(sock, {"op": "hello", "version": 99, "env": {}})["ok"] is False
+        # (1, never released, wrote each exit file at once, and knew no ack)
+        assert _ask(sock, {"op": "hello", "version": 1, "env": {}})["ok"] is False
         assert _ask(sock, b"not json")["ok"] is False
         assert _ask(sock, {"op": "nope"})["ok"] is False
         reply = _ask(sock, {"op": "start", "token": "t"})  # no end descriptor
@@ -222,7 +226,7 @@ def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) 
         assert os.read(r, 10) == b""  # the descriptor was closed, not kept
         os.close(r)
         # Still serving: a proper job runs, and its code comes through its pipe.
-        assert _ask(sock, {"op": "hello", "version": spawner.VERSION, "env": {}})["ok"]
+        assert _ask(sock, {"op": "hello", "version": messages.VERSION, "env": {}})["ok"]
         r, w = os.pipe()
         reply = _ask(sock, _start_request(run_dir, "t1", "exit 4"), (w,))
         os.close(w)
@@ -262,8 +266,7 @@ def test_an_end_is_kept_until_acknowledged_and_on_disk_only_where_needed(
 ) -> None:
     """A told end is kept by the spawner, not written to a file, until an engine
     acknowledges it; it is written when an engine asks for the job, when a connection
-    ends (its engine may have died before recording it), or at once for an engine of
-    protocol version 1, which reads the files itself."""
+    ends (its engine may have died before recording it)."""
     assert _launch(run_dir) == "ready"
     exit_file = run_dir / "a.exit"
 
@@ -275,7 +278,7 @@ def test_an_end_is_kept_until_acknowledged_and_on_disk_only_where_needed(
         os.close(r)
 
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(run_dir / spawner.SOCKET_NAME))
+        sock.connect(str(run_dir / messages.SOCKET_NAME))
         assert _ask(sock, {"op": "hello", "version": 2, "env": {}})["version"] == 2
         start(sock, "a", 3)
         assert not exit_file.exists()  # told, kept: no file
@@ -294,11 +297,6 @@ def test_an_end_is_kept_until_acknowledged_and_on_disk_only_where_needed(
     # That engine went without acknowledging c: its end is written for the next one.
     wait_for(lambda: (run_dir / "c.exit").exists(), what="c's exit file")
     assert (run_dir / "c.exit").read_text() == "6\n"
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(run_dir / spawner.SOCKET_NAME))
-        assert _ask(sock, {"op": "hello", "version": 1, "env": {}})["version"] == 1
-        start(sock, "d", 7)
-        assert (run_dir / "d.exit").read_text() == "7\n"  # at once, as version 1 had it
 
 
 def test_the_start_time_of_a_job_is_its_process_start_time(
@@ -315,8 +313,8 @@ def test_the_start_time_of_a_job_is_its_process_start_time(
     # What the spawner says, through its socket: the clock at the spawn.
     assert _launch(run_dir) == "ready"
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(run_dir / spawner.SOCKET_NAME))
-        assert _ask(sock, {"op": "hello", "version": spawner.VERSION, "env": {}})["ok"]
+        sock.connect(str(run_dir / messages.SOCKET_NAME))
+        assert _ask(sock, {"op": "hello", "version": messages.VERSION, "env": {}})["ok"]
         r, w = os.pipe()
         request = _start_request(run_dir, "t1", f"while [ ! -e {gate} ]; do sleep 0.02; done")
         reply = _ask(sock, request, (w,))
@@ -327,48 +325,6 @@ def test_the_start_time_of_a_job_is_its_process_start_time(
         gate.touch()
         assert os.read(r, 10) == b"0\n"
         os.close(r)
-
-
-def test_an_engine_works_with_a_spawner_of_protocol_version_1(tmp_path: Path) -> None:
-    """After an upgrade, an older nbsched's spawner may still be running its jobs: a new
-    engine speaks its protocol (exit files written at each end, which the engine then
-    removes; no spawn time sent: the start time comes from /proc, as before)."""
-    config = _config(tmp_path / "state")
-    s = GPUJobScheduler(config=config)
-    old = "\n".join(
-        [
-            "import importlib.util, sys",
-            f"spec = importlib.util.spec_from_file_location('old', {spawner.__file__!r})",
-            "m = importlib.util.module_from_spec(spec)",
-            "spec.loader.exec_module(m)",
-            "m.VERSION, m.VERSIONS = 1, (1,)",
-            "m._boottime_ns = lambda: None",
-            f"sys.exit(m.main([{str(config.run_dir)!r}]))",
-        ]
-    )
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", old],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert out.stdout.strip() == "ready"
-    try:
-        s.start()
-        ids = [s.add_command(f"exit {code}") for code in (0, 3, 0, 141)]
-        done = s.wait(ids, timeout=60)
-        assert list(done["exit_code"]) == [0, 3, 0, 141]
-        client = s._executors["direct"]._spawner  # type: ignore[attr-defined]
-        assert client.version == 1
-        assert not list(config.run_dir.glob("*.exit*"))  # written, then removed
-    finally:
-        s.stop(kill=True)
-        s.close()
-        proc = spawner_of(config.run_dir)
-        if proc is not None:
-            proc.kill()
 
 
 def test_a_state_directory_path_longer_than_a_socket_address(tmp_path: Path) -> None:
@@ -387,7 +343,7 @@ import json, os, socket, sys
 run = sys.argv[1]
 s = socket.socket(socket.AF_UNIX)
 s.connect(os.path.join(run, "spawner.sock"))
-s.sendall(json.dumps({"op": "hello", "version": 1, "env": {}}).encode() + b"\\n")
+s.sendall(json.dumps({"op": "hello", "version": 2, "env": {}}).encode() + b"\\n")
 for t in ("a", "b", "c"):
     r, w = os.pipe()
     request = {"op": "start", "token": t, "argv": ["/bin/sh", "-c", "exit 0"], "env": {},
@@ -418,3 +374,10 @@ def test_start_times_follow_the_boot_time_psutil_uses_now() -> None:
         assert same_process_alive(me, start + off)
     for off in (0.5, -0.5, 2.0):
         assert not same_process_alive(me, start + off)
+
+
+def test_the_idle_time_comes_from_the_spawners_environment() -> None:
+    assert messages.idle_exit_s({}) == messages.IDLE_EXIT_S == 2.0
+    assert messages.idle_exit_s({messages.IDLE_EXIT_ENV: "0.25"}) == 0.25
+    for bad in ("soon", "-1"):  # (a value that is no idle time: the default)
+        assert messages.idle_exit_s({messages.IDLE_EXIT_ENV: bad}) == messages.IDLE_EXIT_S

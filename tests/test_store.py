@@ -6,15 +6,15 @@ import dataclasses
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from transitions import history
 
 from nbsched.errors import StateDirError, UnknownJobError
 from nbsched.jobs import JobSpec, JobStatus
-from nbsched.store import Store, parse_job_id, prepare_state_dir
+from nbsched.store import AttemptEnd, AttemptStart, Store, parse_job_id, prepare_state_dir
 
 Q, R, S, F, C = (
     JobStatus.QUEUED,
@@ -29,20 +29,8 @@ def spec(req: float = 1.0, **kw: object) -> JobSpec:
     return JobSpec(kind="command", command=kw.pop("command", "true"), required_gpus=req, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return prepare_state_dir(tmp_path / "state")
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[Store]:
-    s = Store(state / "state.db")
-    yield s
-    s.close()
-
-
 def add(store: Store, *specs: JobSpec) -> list[str]:
-    jobs = store.add_jobs(list(specs), owner_uid=os.getuid(), executor="direct")
+    _, jobs = store.add_jobs_at(list(specs), owner_uid=os.getuid(), executor="direct")
     return [j.id for j in jobs if j is not None]
 
 
@@ -94,14 +82,26 @@ def test_add_jobs_roundtrips_every_spec_field(store: Store) -> None:
 
 def test_skip_hash_statuses(store: Store) -> None:
     (a,) = add(store, spec(hash="h1"))
-    got = store.add_jobs(
-        [spec(hash="h1"), spec(hash="h2")],
+    _, got = store.add_jobs_at(
+        [spec(hash="h1"), spec(hash="h2"), spec(hash="h2"), spec()],
         owner_uid=os.getuid(),
         executor="direct",
         skip_hash_statuses=[Q, R, S],
     )
-    assert got[0] is None and got[1] is not None
+    # h1 is queued already; the second h2 meets the first, queued by this same call.
+    assert [j is None for j in got] == [True, False, True, False]
     assert [j.id for j in store.find(hash="h1")] == [a]
+    assert [j.id for j in store.find(hash="h2")] == [got[1].id]  # type: ignore[union-attr]
+    assert got[3] is not None and int(got[3].id) == int(got[1].id) + 1  # type: ignore[union-attr]
+    # Not skipping queued ones: both copies of a hash in one call go in.
+    _, twice = store.add_jobs_at(
+        [spec(hash="h3"), spec(hash="h3")],
+        owner_uid=os.getuid(),
+        executor="direct",
+        skip_hash_statuses=[S],
+    )
+    assert all(twice) and len(store.find(hash="h3")) == 2
+    assert store.add_jobs_at([], owner_uid=0, executor="direct", skip_hash_statuses=[Q])[1] == []
 
 
 def test_unknown_job(store: Store) -> None:
@@ -125,7 +125,7 @@ def test_transitions_recorded_with_times(store: Store) -> None:
     assert (
         job.status == F and job.exit_code == 3 and job.gpus == (2,) and job.reason == "exit code 3"
     )
-    hist = store.history(j)
+    hist = history(store.path, j)
     assert [(h["old"], h["new"]) for h in hist] == [
         (None, "queued"),
         ("queued", "running"),
@@ -135,7 +135,7 @@ def test_transitions_recorded_with_times(store: Store) -> None:
     assert hist[0]["reason"] == "submitted" and hist[2]["reason"] == "exit code 3"
     # A retry (ended -> queued) is allowed and recorded too.
     assert store.transition(j, Q, reason="retry requested", now=110.0) is not None
-    assert store.history(j)[-1] == {
+    assert history(store.path, j)[-1] == {
         "old": "failed",
         "new": "queued",
         "at": 110.0,
@@ -160,11 +160,11 @@ def test_illegal_transitions_refused(
     for st_ in path:
         assert store.transition(j, st_) is not None
     before, rev = store.get(j), store.revision()
-    n_hist = len(store.history(j))
+    n_hist = len(history(store.path, j))
     assert store.transition(j, illegal, exit_code=9) is None
     assert store.get(j) == before
     assert store.revision() == rev
-    assert len(store.history(j)) == n_hist
+    assert len(history(store.path, j)) == n_hist
 
 
 def test_expect_and_guard(store: Store) -> None:
@@ -190,14 +190,41 @@ def test_expect_and_guard(store: Store) -> None:
     assert store.get(j).token == "tok"
 
 
+def test_only_the_run_columns_may_be_set(store: Store) -> None:
+    """A caller keyword is a column name in the SQL: one outside the fixed list (the
+    spec, the status, the revision...) is refused before anything is written."""
+    (j,) = add(store, spec(name="a"))
+    before, rev = store.get(j), store.revision()
+    for bad in ({"name": "x"}, {"rev": 0}, {"status": "failed"}, {"seq": 3}, {"x = 1, y": 2}):
+        with pytest.raises(TypeError, match="does not set"):
+            store.transition(j, R, **bad)
+        with pytest.raises(TypeError, match="does not set"):
+            store.update(j, **bad)
+        with pytest.raises(TypeError, match="does not set"):
+            store.record_attempts([], [], 1.0, pids=[(int(j), "t", bad)])
+    assert store.get(j) == before and store.revision() == rev
+
+
+def test_transition_returns_the_job_as_written(store: Store) -> None:
+    (j,) = add(store, spec())
+    fields: dict[str, Any] = {
+        "started": 1.0, "ended": 2.0, "exit_code": 3, "attempts": 4, "gpus": [1, 2],
+        "pid": 5, "proc_start": 6.0, "token": "t", "log_path": "/l", "node": "n",
+        "not_before": 7.0, "cancel_requested": 1,
+    }  # fmt: skip
+    moved = store.transition(j, R, reason="why", **fields)
+    assert moved is not None and moved == store.get(j)
+    assert moved.gpus == (1, 2) and moved.cancel_requested is True and moved.reason == "why"
+
+
 def test_update_sets_fields_without_transition(store: Store) -> None:
     (j,) = add(store, spec())
     store.transition(j, R, gpus=(0,))
-    n = len(store.history(j))
+    n = len(history(store.path, j))
     store.update(j, pid=1234, proc_start=5.5, node="n1", cancel_requested=True)
     job = store.get(j)
     assert (job.pid, job.proc_start, job.node, job.cancel_requested) == (1234, 5.5, "n1", True)
-    assert job.status == R and len(store.history(j)) == n
+    assert job.status == R and len(history(store.path, j)) == n
 
 
 # ------------------------------------------------------------------ derived allocation
@@ -222,33 +249,34 @@ def test_allocation_derived_from_running_jobs(store: Store) -> None:
 # ------------------------------------------------------------------ incremental reads
 
 
-def test_changed_since_is_incremental(store: Store) -> None:
-    rev0, changed = store.changed_since(0)
+def test_changes_since_is_incremental(store: Store) -> None:
+    rev0, changed, _ = store.changes_since(0)
     assert changed == []
     a, b = add(store, spec(), spec())
-    rev1, changed = store.changed_since(rev0)
-    assert rev1 > rev0 and {j.id for j in changed} == {a, b}
-    assert store.changed_since(rev1) == (rev1, [])
+    rev1, changed, _ = store.changes_since(rev0)
+    assert rev1 > rev0 and {c[0] for c in changed} == {a, b}
+    assert store.changes_since(rev1) == (rev1, [], frozenset())
     store.transition(b, R, gpus=(3,))
-    rev2, changed = store.changed_since(rev1)
-    assert rev2 > rev1 and [(j.id, j.status, j.gpus) for j in changed] == [(b, R, (3,))]
-    store.update(a, name="renamed")
-    rev3, changed = store.changed_since(rev2)
-    assert [j.id for j in changed] == [a]
+    rev2, changed, _ = store.changes_since(rev1)
+    assert rev2 > rev1 and [(c[0], c[1]) for c in changed] == [(b, R)]
+    assert [j.gpus for j in store.get_many(c[0] for c in changed)] == [(3,)]
+    store.update(a, not_before=5.0)
+    rev3, changed, _ = store.changes_since(rev2)
+    assert [c[0] for c in changed] == [a]
     # A refused transition writes nothing, so nothing looks changed.
     store.transition(a, S)
-    assert store.changed_since(rev3) == (rev3, [])
+    assert store.changes_since(rev3) == (rev3, [], frozenset())
 
 
-def test_changed_since_sees_other_connections(store: Store, state: Path) -> None:
+def test_changes_since_sees_other_connections(store: Store, state: Path) -> None:
     rev = store.revision()
     other = Store(state / "state.db")
     try:
         (j,) = add(other, spec())
     finally:
         other.close()
-    _, changed = store.changed_since(rev)
-    assert [c.id for c in changed] == [j]
+    _, changed, _ = store.changes_since(rev)
+    assert [c[0] for c in changed] == [j]
 
 
 # ------------------------------------------------------------------ pauses, notices, kv
@@ -414,6 +442,67 @@ def test_newer_schema_refused(state: Path) -> None:
         Store(state / "state.db")
 
 
+#: The jobs table as schema version 1 wrote it out by hand (before its columns were
+#: derived from the dataclasses): a database made then must still open, unchanged.
+_V1_JOBS = """CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, rev INTEGER NOT NULL, status TEXT NOT NULL,
+    priority INTEGER NOT NULL, kind TEXT NOT NULL, script TEXT, args TEXT NOT NULL,
+    command TEXT, conda_env TEXT, required_gpus REAL NOT NULL, allowed_gpus TEXT,
+    max_retries INTEGER NOT NULL, launcher TEXT, gpu_arg TEXT, cwd TEXT, env TEXT NOT NULL,
+    name TEXT, sweep TEXT, params TEXT, hash TEXT, submitted REAL NOT NULL, started REAL,
+    ended REAL, exit_code INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+    gpus TEXT NOT NULL DEFAULT '[]', pid INTEGER, proc_start REAL, token TEXT,
+    log_path TEXT, reason TEXT, owner_uid INTEGER, executor TEXT, node TEXT,
+    not_before REAL, cancel_requested INTEGER NOT NULL DEFAULT 0)"""
+
+
+def _columns(db: Path) -> dict[str, tuple[Any, ...]]:
+    raw = sqlite3.connect(db)
+    try:
+        info = raw.execute("PRAGMA table_info(jobs)").fetchall()
+    finally:
+        raw.close()
+    return {name: (type_, notnull, default, pk) for _, name, type_, notnull, default, pk in info}
+
+
+def test_the_derived_jobs_table_is_schema_1s(state: Path) -> None:
+    Store(state / "state.db").close()
+    raw = sqlite3.connect(state / "v1.db")
+    raw.execute(_V1_JOBS)
+    raw.close()
+    assert _columns(state / "state.db") == _columns(state / "v1.db")
+
+
+def test_a_schema_1_database_opens_and_keeps_working(state: Path) -> None:
+    db = state / "state.db"
+    raw = sqlite3.connect(db)
+    raw.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    raw.execute("INSERT INTO meta VALUES ('schema', '1'), ('rev', '7')")
+    raw.execute(_V1_JOBS)
+    raw.execute(
+        "INSERT INTO jobs (rev, status, priority, kind, command, args, required_gpus, "
+        "max_retries, env, submitted, gpus) VALUES (7, 'running', 1, 'command', 'true', "
+        "'[\"a b\"]', 0.5, 0, '{\"K\":\"v\"}', 3.0, '[2]')"
+    )
+    raw.commit()
+    raw.close()
+    os.chmod(db, 0o600)
+    s = Store(db)
+    try:
+        job = s.get("1")
+        assert (job.status, job.spec.args, job.spec.env, job.gpus) == (
+            R,
+            ("a b",),
+            {"K": "v"},
+            (2,),
+        )
+        assert s.revision() == 7 and s.allocation() == {2: 0.5}
+        (new,) = add(s, spec())
+        assert s.get(new).status == Q and s.revision() == 8
+    finally:
+        s.close()
+
+
 # ------------------------------------------------------------------ light reads for the hot path
 
 
@@ -421,12 +510,12 @@ def test_changes_since_and_get_many(store: Store) -> None:
     rev0 = store.revision()
     a, b = add(store, spec(), spec(0.5))
     store.transition(b, R, token="tb", gpus=(1,))
-    rev1, changes = store.changes_since(rev0)
+    rev1, changes, _ = store.changes_since(rev0)
     assert rev1 == store.revision()
     assert sorted(c[:3] for c in changes) == [(a, Q, None), (b, R, "tb")]
     assert {c[0]: c[3] for c in changes}[b] == rev1  # each row's own revision
     assert {c[0]: c[3] for c in changes}[a] < rev1
-    assert store.changes_since(rev1) == (rev1, [])
+    assert store.changes_since(rev1) == (rev1, [], frozenset())
     assert [j.id for j in store.get_many([b, a, "999", int(a)])] == [a, b]
     assert store.get_many([]) == []
     many = add(store, *(spec() for _ in range(1200)))  # more than one chunk of ids
@@ -450,23 +539,25 @@ def test_unended(store: Store) -> None:
     assert (rev, found) == (store.revision(), {int(a), int(b)})
     assert store.unended_at(set()) == (rev, set())
     store.transition(a, R)
-    assert [c[0] for c in store.changes_since(rev)[1]] == [a]
+    assert [c[0] for c in store.changes_since(rev).changes] == [a]
 
 
-def test_record_start_is_guarded(store: Store) -> None:
+def test_record_starts_is_guarded(store: Store) -> None:
     (j,) = add(store, spec())
-    assert store.record_start(j, "tok", pid=5) is False  # still queued
+    seq = int(j)
+    assert store.record_starts([(seq, "tok", {"pid": 5})]) == {seq}  # still queued
     store.transition(j, R, token="tok")
     rev = store.revision()
-    assert store.record_start(j, "other", pid=5) is False  # another attempt
+    assert store.record_starts([(seq, "other", {"pid": 5})]) == {seq}  # another attempt
     assert store.revision() == rev and store.get(j).pid is None
-    assert store.record_start(j, "tok", pid=5, proc_start=1.5, node="n") is True
+    fields = {"pid": 5, "proc_start": 1.5, "node": "n"}
+    assert store.record_starts([(seq, "tok", fields)]) == set()
     job = store.get(j)
     assert (job.pid, job.proc_start, job.node) == (5, 1.5, "n")
-    rev2, changes = store.changes_since(rev)
+    rev2, changes, _ = store.changes_since(rev)
     assert rev2 == rev + 1 and changes == [(j, R, "tok", rev2)]
     store.update(j, cancel_requested=True)
-    assert store.record_start(j, "tok", pid=6) is False  # a cancel is under way
+    assert store.record_starts([(seq, "tok", {"pid": 6})]) == {seq}  # a cancel is under way
     assert store.get(j).pid == 5
 
 
@@ -498,7 +589,7 @@ def test_many_processes_open_a_fresh_database_together(tmp_path: Path) -> None:
 def test_add_jobs_at_reports_the_revision_the_rows_carry(store: Store) -> None:
     rev, jobs = store.add_jobs_at([spec(), spec()], owner_uid=os.getuid(), executor="direct")
     assert rev == store.revision()
-    _, changes = store.changes_since(rev - 1)
+    _, changes, _ = store.changes_since(rev - 1)
     assert sorted((c[0], c[3]) for c in changes) == sorted((j.id, rev) for j in jobs if j)
 
 
@@ -519,8 +610,6 @@ def test_record_starts_writes_only_the_attempts_still_running(store: Store) -> N
 
 
 def test_record_attempts_applies_each_end_and_start_to_its_own_attempt(store: Store) -> None:
-    from nbsched.store import AttemptEnd, AttemptStart
-
     ok, bad, retry, cancelled, stale, retry_cancelled, new, gone = add(
         store, *(spec() for _ in range(8))
     )
@@ -564,22 +653,23 @@ def test_record_attempts_applies_each_end_and_start_to_its_own_attempt(store: St
     started = running[0]
     assert started is not None and started == store.get(new)  # the job as the row says
     assert (started.status, started.gpus, started.token, started.attempts) == (R, (2,), "tnew", 1)
-    assert [h["new"] for h in store.history(ok)] == ["queued", "running", "succeeded"]
-    assert store.history(new)[-1]["at"] == 400.0
+    assert [h["new"] for h in history(store.path, ok)] == ["queued", "running", "succeeded"]
+    assert history(store.path, new)[-1]["at"] == 400.0
 
 
-def test_dispatch_view_reads_changes_revision_and_pauses_together(store: Store) -> None:
+def test_changes_since_reads_changes_revision_and_pauses_together(store: Store) -> None:
     rev0 = store.revision()
     (a,) = add(store, spec())
     store.set_paused(2, True)
     store.set_paused(0, True)
-    rev, changes, paused = store.dispatch_view(rev0)
+    rev, changes, paused = store.changes_since(rev0)
     assert rev == store.revision() and paused == frozenset({0, 2})
     assert [c[:3] for c in changes] == [(a, Q, None)]
     store.set_paused(2, False)
-    rev2, changes2, paused2 = store.dispatch_view(rev)
-    assert (rev2, changes2, paused2) == (rev + 1, [], frozenset({0}))  # a pause moves the revision
-    assert store.changes_since(rev0) == (rev2, changes)
+    feed = store.changes_since(rev)
+    assert feed == (rev + 1, [], frozenset({0}))  # a pause moves the revision
+    assert (feed.rev, feed.changes, feed.paused) == (rev + 1, [], frozenset({0}))
+    assert store.changes_since(rev0) == (feed.rev, changes, frozenset({0}))
 
 
 def test_reads_from_many_short_lived_threads_do_not_pile_up_connections(store: Store) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbsched.errors import InvalidTypeError, InvalidValueError, SweepTooLargeError
-from nbsched.sweep import check_size, count_combinations, expand_args, expand_params
+from nbsched.formats.sweep import check_size, count_combinations, expand_args, expand_params
 
 
 def argvs(template: str | list[str]) -> list[tuple[str, ...]]:

@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -41,19 +40,9 @@ def make(tmp: Path, **overrides: object) -> GPUJobScheduler:
 
 
 @pytest.fixture
-def sched(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    """A scheduler that is not started: jobs stay queued."""
-    s = make(tmp_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    s = make(tmp_path).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler_config() -> dict[str, object]:
+    """sched (not started: jobs stay queued) and running (tests/conftest.py): as make()."""
+    return {"num_gpus": 2, "gpu_monitor_interval_s": 0.0}
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import ipywidgets as widgets
 import pytest
 from waiting import wait_for
 
-from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched import GPUJobScheduler
 from nbsched.gpus import write_simulated_gpus
 from nbsched.jupyter import Dashboard, SubmitForm
 from nbsched.jupyter.form import conda_envs
@@ -38,30 +37,15 @@ def llm_file(tmp_path: Path) -> Path:
     return path
 
 
-def _config(tmp_path: Path, gpus_file: Path, llm_file: Path) -> SchedulerConfig:
-    return SchedulerConfig(
-        state_dir=tmp_path / "state",
-        gpu_provider="simulated",
-        simulated_gpus_file=str(gpus_file),
-        llm_config_file=str(llm_file),
-        gpu_monitor_interval_s=0.0,
-    )
-
-
 @pytest.fixture
-def sched(tmp_path: Path, gpus_file: Path, llm_file: Path) -> Iterator[GPUJobScheduler]:
-    """Not started: what the form queues stays queued."""
-    s = GPUJobScheduler(config=_config(tmp_path, gpus_file, llm_file))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def running(tmp_path: Path, gpus_file: Path, llm_file: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(config=_config(tmp_path, gpus_file, llm_file)).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler_config(gpus_file: Path, llm_file: Path) -> dict[str, object]:
+    """sched (not started: what the form queues stays queued) and running
+    (tests/conftest.py): the GPUs of gpus_file, the LLM config of llm_file."""
+    return {
+        "simulated_gpus_file": str(gpus_file),
+        "llm_config_file": str(llm_file),
+        "gpu_monitor_interval_s": 0.0,
+    }
 
 
 @pytest.fixture
@@ -105,8 +89,8 @@ def test_script_is_checked_as_you_type(sched: GPUJobScheduler, script: Path) -> 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("gpus", "1.5", "above 1 it must be a whole number"),
-        ("gpus", "lots", "expected a fraction in (0, 1]"),
+        ("gpus", "1.5", "GPUs: 1.5 is not accepted: use a fraction in (0, 1] or a whole number"),
+        ("gpus", "lots", "GPUs: 'lots' is not a number of GPUs; use a fraction in (0, 1]"),
         ("gpus", "4", "has only 3 GPU(s)"),
         ("script", "missing.py", "not found"),
         ("script", "", "give the path of the script"),

@@ -1,27 +1,17 @@
-"""The executor protocol, and what local executors share.
+"""The executor protocol: what the dispatcher asks of an executor.
 
-An executor starts a job's command and reports, exactly once, how it ended.
-
-Local executors identify a job by its process's pid *and* that process's start
-time, so a reused pid is never taken for the job, and find its exit code in
-``state_dir/run/<token>.exit`` when no engine was told it: written by the spawner for
-the direct executor where an engine may need it (:mod:`nbsched.executors.spawner`:
-it tells the engine through a pipe, and keeps the code until the end is committed),
-by a wrapper shell in the session for screen at each end.
+An executor starts a job's command and reports, exactly once, how it ended.  What the
+local executors (direct, screen) share about a job's processes is in
+:mod:`nbsched.executors.process`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-import psutil
 
 from ..jobs import Job
 
@@ -43,13 +33,20 @@ class Launch:
 
 @dataclass(frozen=True)
 class Started:
-    """A started attempt.  A local process's ``pid`` and ``proc_start`` are left None
-    only where the caller asked for that (``DirectExecutor.defer_identity``) and reads
-    them itself."""
+    """A started attempt: where it runs, as far as it is known.
+
+    A local process's ``pid`` and ``proc_start`` are left None only where the caller
+    asked for that (:attr:`Executor.defer_identity`) and asks :meth:`Executor.identify`
+    later.  An executor whose jobs begin later than :meth:`Executor.start` returns
+    (a Ray task waits for its worker) leaves them None and reports them through
+    :meth:`Executor.report_starts`, with ``began``: when the job really began.
+    """
 
     pid: int | None
     proc_start: float | None
     node: str | None = None
+    #: Wall-clock time the job began, where that is later than its start (else None).
+    began: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,10 +58,30 @@ class Exit:
 
 
 OnExit = Callable[[Job, Exit], None]
+#: Called with a started attempt (``job.token`` names it) and where it turned out to run.
+OnStarted = Callable[[Job, Started], None]
+#: ``(fd, handler)``: a descriptor readable when a watched job ended, and what to call then.
+EventSource = tuple[int, Callable[[], None]]
 
 
 class Executor(Protocol):
+    """Every ability the dispatcher uses, with its default.
+
+    Concrete executors subclass this explicitly and override what they can do; the
+    methods with ``...`` bodies are required (mypy refuses an executor without them).
+    The dispatcher never asks what an executor can do: the defaults here say it.
+    """
+
     name: str
+    #: Whether the job's processes run on this machine: recovery then checks their pids
+    #: in ``/proc`` and their exit files.  False (Ray): recovery only calls :meth:`watch`.
+    local_processes: bool = True
+    #: Set by a dispatcher that handles this executor's ends in its own thread (see
+    #: :meth:`event_source`): :meth:`start` may then return before the process's pid is
+    #: known, with ``Started.pid`` None, and the dispatcher asks :meth:`identify` later
+    #: (the next job's start does not wait for this one's ``exec``).  An executor that
+    #: cannot defer ignores it and returns the pid.
+    defer_identity: bool = False
 
     def is_available(self) -> bool: ...
 
@@ -80,193 +97,36 @@ class Executor(Protocol):
         """End the job's whole process tree: SIGTERM, then SIGKILL after ``grace_s``."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the executor holds (its jobs go on running).  Default: nothing."""
+        return None  # (a body: mypy takes a bare docstring for an abstract method)
 
-
-def read_exit_file(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    try:
-        return int(text)
-    except ValueError:
+    def event_source(self) -> EventSource | None:
+        """For a dispatcher's event loop: ``(fd, handler)``, the descriptor readable when
+        a watched job ended and what to call then.  None (the default): the executor
+        reports ends from a thread of its own."""
         return None
 
+    def identify(self, job: Job, wait: bool = True) -> tuple[int | None, float | None] | None:
+        """(pid, start time) of a job :meth:`start` left unidentified (see
+        :attr:`defer_identity`); (None, None) if its process could not be started (its
+        end is reported as any other); None if, without ``wait``, it is not known yet.
+        Default: what the job carries (an executor that never defers knows it at start)."""
+        return job.pid, job.proc_start
 
-def process_start_time(pid: int) -> float | None:
-    """The start time psutil reports for ``pid`` (``create_time()``), read cheaply.
+    def report_starts(self, on_started: OnStarted) -> None:
+        """Where to report a job's pid, node and start time when they are learned after
+        :meth:`start` returned (a Ray task begins when a worker takes it).  The
+        dispatcher records them.  Default: never called (start returns them)."""
+        return None  # (a body: mypy takes a bare docstring for an abstract method)
 
-    On Linux this parses ``/proc/PID/stat`` directly (a process start is on the
-    dispatcher's hot path; ``psutil.Process`` costs ~0.4 ms more here), with psutil's
-    own formula: boot time + start ticks / clock ticks per second.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-        ticks = int(data[data.rindex(b")") + 2 :].split()[19])  # field 22, starttime
-        return _boot_time() + ticks / _CLOCK_TICKS
-    except FileNotFoundError:
-        if _HAS_PROC:
-            return None  # the process is gone (and reaped)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    def adopt(self, job: Job, on_exit: OnExit) -> int | None:
+        """At recovery: watch ``job`` if this executor still holds its process, and return
+        its pid; None (the default) if it cannot tell (recovery then checks the pid and
+        the exit file itself)."""
         return None
 
-
-def start_time_at(boottime_ns: int) -> float:
-    """:func:`process_start_time` of a process created when ``CLOCK_BOOTTIME`` read
-    ``boottime_ns``, without reading ``/proc``: the kernel stamps a new process with
-    that clock, and ``/proc/PID/stat`` gives it in clock ticks (so a reading taken
-    just before the fork is the same tick, or, across a tick's edge, one tick early:
-    well within :func:`same_process_alive`'s 0.05 s)."""
-    return _boot_time() + (boottime_ns * _CLOCK_TICKS // 1_000_000_000) / _CLOCK_TICKS
-
-
-def _boot_time() -> float:
-    """The boot time psutil adds to a process's start ticks, as it is now: the
-    ``btime`` of ``/proc/stat``, which the kernel works out at each read as the wall
-    clock less the time since boot, in whole seconds.  Not kept: as the wall clock is
-    adjusted it moves by a second now and then (a value kept from earlier put start times
-    a second off those psutil reported).  Worked out the kernel's way from two clock
-    reads (~1 us; the file costs ~25 us, more on a machine of many CPUs)."""
-    clock = getattr(time, "CLOCK_BOOTTIME", None)
-    if clock is None or not _HAS_PROC:
-        return float(psutil.boot_time())
-    return float((time.time_ns() - time.clock_gettime_ns(clock)) // 1_000_000_000)
-
-
-_HAS_PROC = os.path.isdir("/proc/self")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def same_process_alive(pid: int | None, proc_start: float | None) -> bool:
-    """True if ``pid`` is alive, not a zombie, and started at ``proc_start``."""
-    if pid is None or proc_start is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        # (a second apart too: the boot time psutil adds moves by whole seconds as the
-        # wall clock is adjusted, see _boot_time; a pid reused a second later is
-        # vanishingly unlikely)
-        off = abs(proc.create_time() - proc_start)
-        return off < 0.05 or abs(off - 1.0) < 0.05
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def find_by_token(token: str) -> list[psutil.Process]:
-    """Processes of this user whose environment carries ``NBSCHED_JOB_TOKEN=token``."""
-    uid = os.getuid()
-    needle = f"NBSCHED_JOB_TOKEN={token}".encode()
-    found = []
-    for pid in psutil.pids():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        if needle in data.split(b"\0"):
-            try:
-                proc = psutil.Process(pid)
-                if proc.uids().real == uid and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-    return found
-
-
-def find_job_process(token: str) -> tuple[int, float] | None:
-    """(pid, start time) of the oldest live process carrying ``token`` that leads its
-    session (the job's own process, unless it ended and left children), or None."""
-    found = []
-    for proc in find_by_token(token):
-        start = process_start_time(proc.pid)
-        if start is not None:
-            found.append((_sid(proc.pid) != proc.pid, start, proc.pid))
-    if not found:
-        return None
-    _, start, pid = min(found)
-    return pid, start
-
-
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
-
-
-def kill_tree(pid: int | None, proc_start: float | None, token: str | None, grace_s: float) -> None:
-    """SIGTERM the job's process, its descendants, its process group and every process
-    carrying its token (also ones that called ``setsid``); SIGKILL what is left after
-    ``grace_s``."""
-
-    def collect() -> dict[int, psutil.Process]:
-        procs: dict[int, psutil.Process] = {}
-        if same_process_alive(pid, proc_start):
-            assert pid is not None
-            try:
-                root = psutil.Process(pid)
-                procs[root.pid] = root
-                for child in root.children(recursive=True):
-                    procs[child.pid] = child
-            except psutil.NoSuchProcess:
-                pass
-        if token:
-            for proc in find_by_token(token):
-                procs[proc.pid] = proc
-        return procs
-
-    procs = collect()
-    for proc in procs.values():
-        _signal(proc, signal.SIGTERM)
-    if pid is not None and pid in procs:
-        try:
-            os.killpg(pid, signal.SIGTERM)  # the job's process leads its session and group
-        except (ProcessLookupError, PermissionError):
-            pass
-    alive = _wait_ended(list(procs.values()), timeout=grace_s)
-    for _ in range(3):
-        for proc in alive:
-            _signal(proc, signal.SIGKILL)
-        _wait_ended(alive, timeout=1.0)
-        # A process may have forked while we were signalling: look once more.
-        alive = list(collect().values())
-        if not alive:
-            return
-    logger.warning("job %s: processes %s survived SIGKILL", token, [p.pid for p in alive])
-
-
-def _wait_ended(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until ``procs`` have ended; returns those still running after ``timeout``.
-
-    A zombie counts as ended: its parent may be an init that reaps late (containers),
-    and ``psutil.wait_procs`` would wait for the reaping."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while True:
-        procs = [p for p in procs if _running(p)]
-        if not procs or time.monotonic() >= deadline:
-            return procs
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.05)
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def _signal(proc: psutil.Process, sig: int) -> None:
-    try:
-        proc.send_signal(sig)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        pass
+    def forget(self, jobs: list[Job]) -> None:
+        """These jobs' ends are committed: drop what was kept for them (exit files, ends
+        kept for a next engine).  Default: nothing is kept."""
+        return None  # (a body: mypy takes a bare docstring for an abstract method)

@@ -55,11 +55,10 @@ from typing import Any
 
 from ..allocation import rounded_requirement
 from ..config import SchedulerConfig
-from ..jobs import Job, JobStatus
+from ..jobs import Job
 from ..raycluster import RayCluster, cluster_for, import_ray, ray_installed
-from ..store import Store
-from .base import Exit, Launch, OnExit, Started, kill_tree
-from .direct import open_log
+from .base import Executor, Exit, Launch, OnExit, OnStarted, Started
+from .process import kill_tree, open_log
 
 logger = logging.getLogger(__name__)
 
@@ -128,23 +127,22 @@ def _stop_loop_if_idle() -> None:
     loop.call_soon_threadsafe(loop.stop)
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     name = "ray"
     #: The job's processes are not on this machine: recovery asks :meth:`watch`, not ``/proc``.
     local_processes = False
 
-    def __init__(self, config: SchedulerConfig, store: Store | None = None) -> None:
-        """``store``: where to record where a job runs (the scheduler's, so one connection
-        writes); without it the executor opens its own on ``config.db_path``."""
+    def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.cluster: RayCluster = cluster_for(config.ray_address, config.num_gpus)
-        self._store: Store | None = store
-        self._own_store = store is None
         global _OPEN_EXECUTORS
         with _LOCK:
             _OPEN_EXECUTORS += 1
-        self._store_lock = threading.Lock()
+        self._report_lock = threading.Lock()  # guards _closed and _on_started
         self._closed = False
+        #: Where a job's node, pid and start time go once its task began (the engine
+        #: records them): see :meth:`report_starts`.
+        self._on_started: OnStarted | None = None
         self._run: Any = None
         self._kill: Any = None
 
@@ -213,8 +211,14 @@ class RayExecutor:
         if outcome is not None:
             _report(attempt, on_exit, job, outcome)
 
+    def report_starts(self, on_started: OnStarted) -> None:
+        """A job's pid, node and start time are known only once its task began on a
+        worker: they go to ``on_started`` (the engine records them)."""
+        with self._report_lock:
+            self._on_started = on_started
+
     def _apply_started(self, attempt: _Attempt) -> None:
-        """Record where the job runs (node, its pid there, when it began) once it is watched."""
+        """Report where the job runs (node, its pid there, when it began) once it is watched."""
         with attempt.lock:
             info = attempt.started
             if info is None or attempt.applied or attempt.on_exit is None:
@@ -228,30 +232,20 @@ class RayExecutor:
                 info.get("visible"),
                 info.get("ray_gpu_ids"),
             )
-        store = self._open_store()
-        if store is None:
+        with self._report_lock:
+            on_started = None if self._closed else self._on_started
+        if on_started is None:
             return
+        started = Started(
+            pid=info.get("pid"),
+            proc_start=info.get("proc_start"),
+            node=self.cluster.label(info["node_id"]),
+            began=time.time(),
+        )
         try:
-            store.transition(
-                job.id,
-                JobStatus.RUNNING,
-                expect={JobStatus.RUNNING},
-                guard=lambda j: j.token == attempt.token,
-                pid=info.get("pid"),
-                proc_start=info.get("proc_start"),
-                node=self.cluster.label(info["node_id"]),
-                started=time.time(),
-            )
+            on_started(job, started)
         except Exception:
-            logger.exception("job %s: could not record where it runs", job.id)
-
-    def _open_store(self) -> Store | None:
-        with self._store_lock:
-            if self._closed:
-                return None
-            if self._store is None:
-                self._store = Store(self.config.db_path)
-            return self._store
+            logger.exception("job %s: could not report where it runs", job.id)
 
     def _forget_foreign(self, job: Job, on_exit: OnExit) -> None:
         """A job another engine started: end what is left of it, then mark it failed."""
@@ -333,15 +327,13 @@ class RayExecutor:
             ray.get(refs, timeout=grace_s + 60)
 
     def close(self) -> None:
-        """Stop recording for this engine.  Ray, and jobs still running, go on."""
+        """Stop reporting to this engine.  Ray, and jobs still running, go on."""
         global _OPEN_EXECUTORS
-        with self._store_lock:
+        with self._report_lock:
             if self._closed:
                 return
             self._closed = True
-            if self._store is not None and self._own_store:
-                self._store.close()
-            self._store = None
+            self._on_started = None
         with _LOCK:
             _OPEN_EXECUTORS -= 1
         _stop_loop_if_idle()

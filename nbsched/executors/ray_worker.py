@@ -19,7 +19,7 @@ other end only the worker holds, and at end of file it signals what is left.
 
 This module imports only the standard library at its top, and is shipped to the
 workers by value, so a worker does not import nbsched (and pandas) to run a job; only
-ending a job's tree on a cancel imports :mod:`nbsched.executors.base` there.
+ending a job's tree on a cancel imports :mod:`nbsched.executors.process` there.
 """
 
 from __future__ import annotations
@@ -144,30 +144,14 @@ def run_job(
 
     ctx = ray.get_runtime_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    job_env = dict(env)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if local_gpus is not None:
-        devices = _node_devices()
-        visible = ",".join(
-            devices[i] if devices is not None and i < len(devices) else str(i) for i in local_gpus
-        )
-    job_env["CUDA_VISIBLE_DEVICES"] = visible if visible is not None else ",".join(gpu_ids)
     result_dir = tempfile.mkdtemp(prefix="nbsched-result-")
     result_file = os.path.join(result_dir, "result.json")
-    job_env["NBSCHED_RESULT_FILE"] = result_file
+    job_env = _job_env(env, local_gpus, gpu_ids, result_file)
     token = job_env.get("NBSCHED_JOB_TOKEN")
     proc: subprocess.Popen[bytes] | None = None
     try:
         try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=job_env,
-                start_new_session=True,
-            )
+            proc = _spawn(argv, cwd, job_env)
         except OSError as exc:
             where = f"node {ctx.get_node_id()[:8]}"
             yield {"event": "error", "message": f"could not start on {where}: {exc}"}
@@ -197,6 +181,36 @@ def run_job(
         raise
     finally:
         shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def _spawn(argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the job in a session of its own, its output (stdout and stderr) to a pipe."""
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _job_env(
+    env: Mapping[str, str], local_gpus: Sequence[int] | None, gpu_ids: list[str], result_file: str
+) -> dict[str, str]:
+    """The job's environment: ``env``, its GPUs as this node's device ids (see
+    :func:`run_job`), and where it may leave a result."""
+    job_env = dict(env)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if local_gpus is not None:
+        devices = _node_devices()
+        visible = ",".join(
+            devices[i] if devices is not None and i < len(devices) else str(i) for i in local_gpus
+        )
+    job_env["CUDA_VISIBLE_DEVICES"] = visible if visible is not None else ",".join(gpu_ids)
+    job_env["NBSCHED_RESULT_FILE"] = result_file
+    return job_env
 
 
 def _node_devices() -> list[str] | None:
@@ -337,7 +351,7 @@ def _start_time(pid: int) -> float | None:
 
 
 def _kill_tree(pid: int | None, token: str | None, grace_s: float) -> None:
-    from nbsched.executors.base import kill_tree, process_start_time
+    from nbsched.executors.process import kill_tree, process_start_time
 
     kill_tree(pid, process_start_time(pid) if pid else None, token, grace_s)
 
@@ -345,7 +359,7 @@ def _kill_tree(pid: int | None, token: str | None, grace_s: float) -> None:
 def kill_job(pid: int | None, proc_start: float | None, token: str, grace_s: float) -> int:
     """A Ray task run on the job's node: end the job's whole tree (its processes, its
     process group, every process carrying its token).  Returns how many were found."""
-    from nbsched.executors.base import find_by_token, kill_tree
+    from nbsched.executors.process import find_by_token, kill_tree
 
     found = len(find_by_token(token))
     kill_tree(pid, proc_start, token, grace_s)

@@ -45,17 +45,9 @@ import psutil
 
 from ..jobs import Job
 from ..launch import LaunchError
-from .base import (
-    Exit,
-    Launch,
-    OnExit,
-    Started,
-    find_by_token,
-    kill_tree,
-    process_start_time,
-    same_process_alive,
-)
-from .direct import LocalProcessExecutor, open_log
+from .base import Exit, Launch, OnExit, Started
+from .local import LocalProcessExecutor
+from .process import find_by_token, kill_tree, open_log, process_start_time, same_process_alive
 
 SCREEN_LAUNCHER = (
     'exit_file=$1 pid_file=$2 log=$3; shift 3; printf "%d\\n" "$$" > "$pid_file"; '
@@ -86,6 +78,14 @@ def session_of(pid: int | None) -> str | None:
         if item.startswith(b"STY="):
             return item[4:].decode("utf-8", "replace")
     return None
+
+
+def live_session(job: Job) -> str | None:
+    """The full session name of a job run by this executor, while its process lives
+    (None once it has ended, or where the job never started)."""
+    if job.pid is None or not same_process_alive(job.pid, job.proc_start):
+        return None
+    return session_of(job.pid)
 
 
 class ScreenExecutor(LocalProcessExecutor):
@@ -252,4 +252,11 @@ def list_sessions() -> list[str]:
     return names
 
 
-__all__ = ["ScreenExecutor", "SCREEN_LAUNCHER", "list_sessions", "quit_session", "session_of"]
+__all__ = [
+    "ScreenExecutor",
+    "SCREEN_LAUNCHER",
+    "list_sessions",
+    "live_session",
+    "quit_session",
+    "session_of",
+]

@@ -55,7 +55,7 @@ def check_interval(interval: object) -> float:
     return value
 
 
-class Dashboard(widgets.VBox):
+class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
     """The live dashboard of one scheduler; ``refresh()`` updates it once."""
 
     def __init__(

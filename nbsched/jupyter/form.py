@@ -1,7 +1,8 @@
 """``%gpusched form``: an ipywidgets form that submits a job or a sweep.
 
-Every field is checked by the scheduler's own validation at Submit: a mistake is
-shown inline and nothing is queued; a success shows the new job ids.
+Every field is checked at Submit by the checks of :mod:`nbsched.checks` that the
+scheduler, ``nbsched`` and ``%gpusched`` use: a mistake is shown inline and nothing is
+queued; a success shows the new job ids.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from nbsched.checks import check_args, gpus_from_text
 from nbsched.errors import InvalidValueError, NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
 from nbsched.sweeps import SweepIds
@@ -54,7 +56,11 @@ def conda_envs(timeout: float = CONDA_TIMEOUT_S) -> list[str] | None:
     return names
 
 
-class SubmitForm(widgets.VBox):
+_WIDE = {"width": "520px"}
+_STYLE = {"description_width": "110px"}
+
+
+class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
     """Script, conda env, arguments, GPUs, allowed GPUs, priority, LLM model, sweep, Submit.
 
     ``conda_env_names`` overrides the ``conda env list`` lookup (``[]`` for none).
@@ -67,9 +73,18 @@ class SubmitForm(widgets.VBox):
         self.scheduler = scheduler
         self.submitted: list[str] = []
         self.error: str | None = None
-        wide = {"width": "520px"}
-        style = {"description_width": "110px"}
+        self._make_inputs(conda_env_names)
+        self._make_choices()
+        self.submit_button = widgets.Button(
+            description="Submit", button_style="primary", icon="play"
+        )
+        self.submit_button.on_click(lambda _: self._on_click())
+        self.result = widgets.HTML()
+        super().__init__(children=self._rows())
 
+    def _make_inputs(self, conda_env_names: Sequence[str] | None) -> None:
+        """The text fields: script (checked as typed), conda env, arguments, GPUs, sweep."""
+        wide, style = _WIDE, _STYLE
         self.script = widgets.Text(
             description="script", placeholder="train.py", layout=wide, style=style
         )
@@ -95,6 +110,16 @@ class SubmitForm(widgets.VBox):
             layout=wide,
             style=style,
         )
+        self.sweep = widgets.Text(
+            description="sweep",
+            placeholder="optional: --lr {0.1,0.01} --seed {1..3} (one job per combination)",
+            layout=wide,
+            style=style,
+        )
+
+    def _make_choices(self) -> None:
+        """The allowed-GPU toggles, the priority and the LLM model (which fills in GPUs)."""
+        style, scheduler = _STYLE, self.scheduler
         n = scheduler.num_gpus
         self.allowed = [
             widgets.ToggleButton(description=str(i), layout={"width": "44px"}) for i in range(n)
@@ -112,37 +137,26 @@ class SubmitForm(widgets.VBox):
         self._gpus_without_model = ""  # the GPUs field before a model was chosen
         self._gpus_from_model: str | None = None  # what the chosen model wrote there
         self.llm_model.observe(self._model_chosen, names="value")
-        self.sweep = widgets.Text(
-            description="sweep",
-            placeholder="optional: --lr {0.1,0.01} --seed {1..3} (one job per combination)",
-            layout=wide,
-            style=style,
-        )
-        self.submit_button = widgets.Button(
-            description="Submit", button_style="primary", icon="play"
-        )
-        self.submit_button.on_click(lambda _: self._on_click())
-        self.result = widgets.HTML()
-        super().__init__(
-            children=[
-                widgets.HBox([self.script, self.script_check]),
-                self.conda_env,
-                self.arguments,
-                self.gpus,
-                widgets.HBox(
-                    [
-                        widgets.Label("allowed GPUs", layout={"width": "114px"}),
-                        *self.allowed,
-                        widgets.Label("(none pressed: any)"),
-                    ]
-                ),
-                self.priority,
-                self.llm_model,
-                self.sweep,
-                self.submit_button,
-                self.result,
-            ]
-        )
+
+    def _rows(self) -> list[Any]:
+        return [
+            widgets.HBox([self.script, self.script_check]),
+            self.conda_env,
+            self.arguments,
+            self.gpus,
+            widgets.HBox(
+                [
+                    widgets.Label("allowed GPUs", layout={"width": "114px"}),
+                    *self.allowed,
+                    widgets.Label("(none pressed: any)"),
+                ]
+            ),
+            self.priority,
+            self.llm_model,
+            self.sweep,
+            self.submit_button,
+            self.result,
+        ]
 
     # -- live checks ----------------------------------------------------------------------
 
@@ -188,7 +202,7 @@ class SubmitForm(widgets.VBox):
         """Submit what the form holds; returns the new ids (``[]`` on a mistake)."""
         s = self.scheduler
         try:
-            gpus = _parse_gpus(self.gpus.value)
+            gpus = _gpus(self.gpus.value)
             args = self.arguments.value.strip()
             model = self.llm_model.value
             if model and "--llm" not in args.split() and "--llm=" not in args:
@@ -208,11 +222,7 @@ class SubmitForm(widgets.VBox):
                 ids = s.add_sweep(script, args=f"{args} {sweep}".strip(), **options)
                 text = ids.describe() if isinstance(ids, SweepIds) else f"queued {ids}"
             else:
-                try:
-                    argv = shlex.split(args)
-                except ValueError as exc:
-                    raise InvalidValueError(f"arguments {args!r}: {exc}") from None
-                ids = [s.add_job(script, args=argv, **options)]
+                ids = [s.add_job(script, args=check_args(args), **options)]
                 text = f"queued job {ids[0]}"
         except SweepTooLargeError as exc:  # (the API's advice, limit=N, is not the form's)
             self._show_error(
@@ -236,13 +246,13 @@ class SubmitForm(widgets.VBox):
         )
 
 
-def _parse_gpus(text: str) -> float | None:
+def _gpus(text: str) -> float | None:
+    """The GPUs field (empty: the default), read by the rule ``--gpus`` uses, so the form
+    refuses a value with the words of ``nbsched`` and ``%gpusched``."""
     text = text.strip()
     if not text:
         return None
     try:
-        return float(text)
-    except ValueError:
-        raise InvalidValueError(
-            f"GPUs {text!r}: expected a fraction in (0, 1] or a whole number of GPUs"
-        ) from None
+        return gpus_from_text(text)
+    except InvalidValueError as exc:
+        raise InvalidValueError(f"GPUs: {exc}") from None

@@ -1,9 +1,10 @@
 """``%gpusched VERB ...`` and ``%%gpusched VERB ...``: the scheduler from a notebook.
 
-Thin by design: each verb parses its arguments (declared with IPython's
-``magic_arguments``), makes one call of the public :class:`GPUJobScheduler` API
-and returns its value, so ``df = %gpusched jobs`` works.  A user mistake raises
-``UsageError`` (one line, no traceback) before anything is queued.
+Thin by design: each verb's arguments are declared once, in the verb table
+(:mod:`nbsched.verbs`, shared with the ``nbsched`` command); a verb parses them, makes
+its call of the public :class:`GPUJobScheduler` API and returns its value, so
+``df = %gpusched jobs`` works.  A user mistake raises ``UsageError`` (one line, no
+traceback) before anything is queued.
 """
 
 from __future__ import annotations
@@ -13,38 +14,27 @@ import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, kwds, magic_arguments
+from IPython.core.magic import Magics, magics_class
 
 from nbsched import provider_choice_shown_by_caller
-from nbsched.config import EXECUTORS, PROVIDERS, SchedulerConfig
+from nbsched.config import SchedulerConfig
 from nbsched.errors import NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
+from nbsched.verbs.table import job_options
+from nbsched.verbs.values import engine_fields
 
-from .parsing import (
-    check_cell_code,
-    count_type,
-    expand_vars,
-    gpu_index_type,
-    limit_type,
-    lines_type,
-    rows_type,
-    save_cell_script,
-    seconds_type,
-    split_dashdash,
-)
+from .parsing import check_cell_code, expand_vars, save_cell_script, split_dashdash
 from .verbs import (
     HELP_WORDS,
     NO_SCHEDULER,
     VERBS,
     LogText,
-    clean_doc,
-    exclusive,
-    job_options,
+    MagicVerb,
+    typed_line_cell_magic,
+    typed_no_var_expand,
     usage,
-    verb,
     verb_help,
-    verbs_epilog,
+    with_overview,
 )
 
 
@@ -53,7 +43,7 @@ class GpuschedMagics(Magics):
     """The ``%gpusched`` magics; holds the scheduler that ``%gpusched start`` made."""
 
     def __init__(self, shell: Any = None) -> None:
-        super().__init__(shell)
+        super().__init__(shell)  # type: ignore[no-untyped-call]
         self.scheduler: GPUJobScheduler | None = None
         self._forms: list[Any] = []  # the open forms made here (closed ones are dropped)
         self._dashboard: Any = None  # the newest dashboard: the only one refreshing
@@ -98,50 +88,16 @@ class GpuschedMagics(Magics):
         except ValueError as exc:
             raise UsageError(f"{what} {tail!r}: {exc}") from None
 
-    # -- the magic ------------------------------------------------------------------------
+    def _call(self, args: argparse.Namespace) -> Any:
+        """The table's API call of this verb, on the running scheduler."""
+        call = VERBS[args.verb].verb.call
+        assert call is not None  # (a verb without one has its own method here)
+        return call(self._require(), args)
 
-    @verb("start", "create and start a scheduler (the other verbs act on it)")
-    @argument("--num-gpus", type=count_type, metavar="N", help="schedule on GPUs 0..N-1")
-    @argument("--provider", choices=PROVIDERS, help="where GPU readings come from")
-    @argument("--simulate", type=count_type, metavar="N", help="N simulated GPUs")
-    @argument("--executor", choices=EXECUTORS, help="how jobs run (default direct)")
-    @argument("--state-dir", metavar="DIR", help="where jobs, logs and results live")
-    @argument("--jobs-file", metavar="F", help="a jobs file to watch for new lines")
-    @argument("--llm-config", metavar="F", help="LLM config: GPUs per --llm model")
-    @argument("--ray-address", metavar="ADDR", help="with --executor ray: 'auto' or an address")
-    def _start(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        fields: dict[str, Any] = {}
-        if args.simulate is not None:
-            if args.provider not in (None, "simulated"):
-                raise UsageError(
-                    f"--simulate {args.simulate} means --provider simulated, "
-                    f"not --provider {args.provider}"
-                )
-            if args.num_gpus not in (None, args.simulate):
-                raise UsageError(
-                    f"--simulate {args.simulate} gives {args.simulate} GPUs, "
-                    f"not --num-gpus {args.num_gpus}"
-                )
-            fields.update(gpu_provider="simulated", num_gpus=args.simulate)
-        if args.ray_address is not None and args.executor != "ray":
-            raise UsageError(
-                f"%gpusched start: --ray-address {args.ray_address} applies to --executor ray "
-                f"(the executor would be {args.executor or 'direct'}); add --executor ray"
-            )
-        if args.provider is not None:
-            fields["gpu_provider"] = args.provider
-        if args.num_gpus is not None:
-            fields["num_gpus"] = args.num_gpus
-        for flag, field in (
-            ("executor", "executor"),
-            ("state_dir", "state_dir"),
-            ("jobs_file", "jobs_file"),
-            ("llm_config", "llm_config_file"),
-            ("ray_address", "ray_address"),
-        ):
-            if getattr(args, flag) is not None:
-                fields[field] = getattr(args, flag)
-        config = SchedulerConfig(**fields)
+    # -- the verbs that do more than the table's call ---------------------------------------
+
+    def _verb_start(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        config = SchedulerConfig(**engine_fields(args))
         current = self.scheduler
         if current is not None:
             if current.running and current.config == config:
@@ -165,49 +121,19 @@ class GpuschedMagics(Magics):
             print(f"nbsched: {note}")
         return s
 
-    @verb(
-        "add",
-        "queue a script (python, bash or executable) with its arguments",
-        tail="[-- SCRIPT ARGS...]",
-    )
-    @job_options
-    @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
-    @argument("script", help="path of the script")
-    def _add(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        s = self._require()
-        return s.add_job(
-            args.script,
-            args.conda_env,
-            self._split(tail, "script arguments"),
-            priority=args.priority,
-            required_gpus=args.gpus,
-            allowed_gpus=args.allowed,
-            name=args.name,
-        )
+    def _verb_add(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        args.words = self._split(tail, "script arguments")
+        return self._call(args)
 
-    @verb(
-        "run",
-        "queue a shell command; as %%gpusched run, the cell is the job (a Python script)",
-        tail="-- COMMAND... (cell form: [-- SCRIPT ARGS...])",
-        cell=True,
-    )
-    @job_options
-    @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="(cell form) conda env")
-    def _run(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+    def _verb_run(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
-        options = {
-            "priority": args.priority,
-            "required_gpus": args.gpus,
-            "allowed_gpus": args.allowed,
-            "name": args.name,
-        }
         if cell is not None:
             if not cell.strip():
                 raise UsageError("%%gpusched run: the cell is empty; write the job's Python code")
             check_cell_code(cell)
             script = save_cell_script(s.config.state_dir, cell)
             argv = self._split(tail, "script arguments")
-            return s.add_job(str(script), args.conda_env, argv, **options)
+            return s.add_job(str(script), args.conda_env, argv, **job_options(args))
         if args.conda_env is not None:
             raise UsageError(
                 "%gpusched run: --env applies to the cell form; for a command, write "
@@ -218,19 +144,14 @@ class GpuschedMagics(Magics):
                 "%gpusched run needs a command after --, e.g. %gpusched run --gpus 1 -- "
                 "python train.py"
             )
-        return s.add_command(tail, **options)
+        try:  # (a line a shell could not split either: the command line as typed)
+            args.words = shlex.split(tail)
+        except ValueError:
+            args.words = None
+        args.typed = tail
+        return self._call(args)
 
-    @verb(
-        "sweep",
-        "queue one job per combination of the braces (cell form: of the cell)",
-        tail="-- --lr {0.1,0.01} --seed {1..3}",
-        cell=True,
-    )
-    @argument("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs")
-    @job_options
-    @argument("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
-    @argument("script", nargs="?", help="path of the script (none in the cell form)")
-    def _sweep(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+    def _verb_sweep(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         s = self._require()
         if cell is not None:
             if args.script is not None:
@@ -241,29 +162,19 @@ class GpuschedMagics(Magics):
             if not cell.strip():
                 raise UsageError("%%gpusched sweep: the cell is empty; write the job's code")
             check_cell_code(cell)
-            script: str = str(save_cell_script(s.config.state_dir, cell))
+            args.script = str(save_cell_script(s.config.state_dir, cell))
         elif args.script is None:
             raise UsageError(
                 "%gpusched sweep needs a SCRIPT: %gpusched sweep train.py -- --lr {0.1,0.01}"
             )
-        else:
-            script = args.script
         if not tail:
             raise UsageError(
                 "%gpusched sweep needs the swept arguments after --, e.g. "
                 "-- --lr {0.1,0.01} --seed {1..3}"
             )
+        args.words, args.typed = None, tail
         try:
-            return s.add_sweep(
-                script,
-                args=tail,
-                conda_env=args.conda_env,
-                priority=args.priority,
-                required_gpus=args.gpus,
-                allowed_gpus=args.allowed,
-                limit=args.limit,
-                name=args.name,
-            )
+            return self._call(args)
         except SweepTooLargeError as exc:  # (the API's message says limit=N)
             prefix = "%%gpusched" if cell is not None else "%gpusched"
             raise UsageError(
@@ -271,116 +182,58 @@ class GpuschedMagics(Magics):
                 f"add --limit {exc.jobs} to submit it anyway"
             ) from None
 
-    @verb("status", "GPUs, queue counts, running and queued jobs (HTML in a notebook)")
-    def _status(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+    def _verb_status(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         from .status import status_report
 
         return status_report(self._require())
 
-    @verb("jobs", "the job table (a DataFrame)")
-    @argument("--status", metavar="S", help="e.g. queued, running, failed, ended, active")
-    @exclusive()
-    @argument("--first", metavar="N", type=rows_type, help="only the first N (in submission order)")
-    @argument("--last", metavar="N", type=rows_type, help="only the last N")
-    def _jobs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return self._require().jobs(args.status, first=args.first, last=args.last)
+    def _verb_logs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return LogText(self._call(args))
 
-    @verb("gpus", "the GPU table (a DataFrame)")
-    def _gpus(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return self._require().get_gpu_status()
+    def _verb_why(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        return LogText(self._call(args))
 
-    @verb("logs", "the last lines of a job's output")
-    @argument("-n", "--lines", type=lines_type, default=50, metavar="N", help="default 50")
-    @argument("id", help="job id")
-    def _logs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return LogText(self._require().logs(args.id, tail=args.lines))
-
-    @verb("wait", "block until those jobs (default: all) have ended; their rows")
-    @argument("--no-progress", action="store_true", help="no progress bar")
-    @argument("--timeout", type=seconds_type, metavar="S", help="give up after S seconds")
-    @argument(
-        "ids",
-        nargs="*",
-        metavar="ID",
-        help="job ids (default: every active job; an empty $list: none)",
-    )
-    def _wait(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        s = self._require()
+    def _verb_wait(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        self._require()
         # ``wait $ids`` with ``ids == []`` (a sweep that queued nothing new) waits for no
         # job; only ``wait`` written with no id at all means every active job.
-        ids = args.ids or ([] if args.expanded.empty else None)
+        args.ids = args.ids or ([] if args.expanded.empty else None)
         try:
-            return s.wait(ids, timeout=args.timeout, progress=False if args.no_progress else None)
+            return self._call(args)
         except TimeoutError as exc:  # the jobs go on: say which, in one line
             raise UsageError(
                 f"%gpusched wait: {exc} (they go on; wait again, or cancel them)"
             ) from None
 
-    @verb("cancel", "cancel jobs (a running one's process tree is ended)")
-    @argument("ids", nargs="*", metavar="ID", help="job ids (an empty $list: none)")
-    @kwds(usage="%(prog)s ID [ID ...]")  # required, unless an empty $list gave them
-    def _cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        s = self._require()
+    def _verb_cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        self._require()
         if not self._some_ids(args, "cancel"):
             return []
-        for i in args.ids:  # check them all before cancelling any: a bad id cancels nothing
-            s.job(i)
-        done = [s.cancel(i) for i in args.ids]
+        done = list(self._call(args).values())
         return done[0] if len(done) == 1 else done
 
-    @verb("retry", "queue ended jobs again")
-    @argument("ids", nargs="*", metavar="ID", help="job ids (an empty $list: none)")
-    @kwds(usage="%(prog)s ID [ID ...]")  # required, unless an empty $list gave them
-    def _retry(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        s = self._require()
+    def _verb_retry(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        self._require()
         if not self._some_ids(args, "retry"):
             return []
-        for i in args.ids:  # check them all before queueing any
-            status = s.job(i)["status"]
-            if status in ("queued", "running"):
-                raise UsageError(f"%gpusched retry: job {i} is {status}; only ended jobs retry")
-        ids = [s.retry(i) for i in args.ids]
+        ids = self._call(args)
         return ids[0] if len(ids) == 1 else ids
 
-    @verb("pause", "start no new job on a GPU")
-    @argument("gpu", type=gpu_index_type, help="GPU index")
-    def _pause(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
-        self._require().pause_gpu(args.gpu)
-
-    @verb("resume", "let a paused GPU take jobs again")
-    @argument("gpu", type=gpu_index_type, help="GPU index")
-    def _resume(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
-        self._require().resume_gpu(args.gpu)
-
-    @verb("stop", "stop the scheduler (running jobs go on unless --kill)")
-    @argument("--kill", action="store_true", help="cancel the running jobs too")
-    def _stop(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
+    def _verb_stop(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
         s = self._require()
         s.stop(kill=args.kill)
         self.shutdown()
 
-    @verb("results", "a sweep's table: parameters, status, duration, results")
-    @argument("sweep", nargs="?", help="sweep id such as sw1 (default: the latest)")
-    def _results(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        s = self._require()
+    def _verb_results(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        self._require()
         if args.sweep is None and args.expanded.empty:  # not "the latest sweep" by accident
             raise UsageError(
                 f"%gpusched results: {args.expanded.empty_note()}; give a sweep id, "
                 "or none for the latest sweep"
             )
-        return s.sweep(args.sweep)
+        return self._call(args)
 
-    @verb("sweeps", "every sweep and how far it got")
-    def _sweeps(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return self._require().sweeps()
-
-    @verb("why", "why a queued job is waiting")
-    @argument("id", help="job id")
-    def _why(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        return LogText(self._require().why(args.id))
-
-    @verb("form", "a form to submit jobs and sweeps")
-    def _form(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+    def _verb_form(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         from .form import SubmitForm
 
         form = SubmitForm(self._require())
@@ -388,9 +241,7 @@ class GpuschedMagics(Magics):
         self._forms.append(form)
         return form
 
-    @verb("dashboard", "live GPU charts, allocation and the job table")
-    @argument("--interval", type=seconds_type, default=1.0, metavar="S", help="refresh period")
-    def _dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+    def _verb_dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         from .dashboard import MAX_INTERVAL_S, Dashboard
 
         interval = min(max(args.interval, 0.1), MAX_INTERVAL_S)
@@ -402,19 +253,11 @@ class GpuschedMagics(Magics):
             previous.close()
         return board
 
-    # Give every verb its parser (usage shown by ``%gpusched VERB -h`` and ``%gpusched?``).
-    for _func in VERBS.values():
-        magic_arguments()(_func)
-        _func.parser.allow_abbrev = False  # --gpu is a mistake, not --gpus
-    del _func
+    # -- the magic ------------------------------------------------------------------------
 
-    @magic_arguments()
-    @kwds(epilog=verbs_epilog())
-    @argument("verb", help=f"one of: {', '.join(VERBS)}")
-    @argument("arguments", nargs="*", help="the verb's arguments; see the verbs below")
-    @clean_doc
-    @no_var_expand
-    @line_cell_magic
+    @with_overview
+    @typed_no_var_expand
+    @typed_line_cell_magic
     def gpusched(self, line: str, cell: str | None = None) -> Any:
         """Schedule jobs on GPUs from this notebook.
 
@@ -442,34 +285,48 @@ class GpuschedMagics(Magics):
                 raise UsageError(f"unknown verb {topic[0]!r}: accepted verbs are {accepted}")
             print(verb_help(VERBS[topic[0]]) if topic else type(self).gpusched.__doc__)
             return None
-        func = VERBS.get(name)
-        if func is None:
+        mv = VERBS.get(name)
+        if mv is None:
             raise UsageError(f"unknown verb {name!r}: accepted verbs are {accepted}")
         prefix = "%%gpusched" if cell is not None else "%gpusched"
-        if cell is not None and not func.cell_form:
+        if cell is not None and not mv.cell_form:
             raise UsageError(f"%%gpusched {name}: only run and sweep have a cell form")
-        if tail is not None and not func.takes_tail:
+        if tail is not None and not mv.takes_tail:
             raise UsageError(f"{prefix} {name} takes nothing after --; got {tail!r}")
+        args = self._parse(mv, prefix, rest, tail, expanded)
+        if args is None:
+            return None
+        method = getattr(self, f"_verb_{name}", None)
+        try:
+            return self._call(args) if method is None else method(args, tail, cell)
+        except NbschedError as exc:
+            raise UsageError(f"{prefix} {name}: {exc}") from None
+
+    @staticmethod
+    def _parse(
+        mv: MagicVerb, prefix: str, rest: str, tail: str | None, expanded: Any
+    ) -> argparse.Namespace | None:
+        """The verb's arguments (``None``: its help was asked for, and printed)."""
+        name = mv.verb.name
         try:
             words = shlex.split(rest)  # POSIX quoting (IPython's arg_split keeps the quotes)
         except ValueError as exc:
             raise UsageError(f"{prefix} {name}: {rest!r}: {exc}") from None
         if "-h" in words or "--help" in words:  # a word of its own, not inside a quoted value
-            print(verb_help(func))
+            print(verb_help(mv))
             return None
         try:
-            args = func.parser.parse_args(words)
+            args = mv.parser.parse_args(words)
         except UsageError as exc:
             message = str(exc)
-            if message.startswith("unrecognized") and func.takes_tail and tail is None:
+            if message.startswith("unrecognized") and mv.takes_tail and tail is None:
                 message += "; the job's arguments go after --"
             if message.startswith("the following arguments are required") and expanded.empty:
                 message += f" ({expanded.empty_note()})"
             elif not message.startswith("argument "):  # not one value: show what is accepted
-                message += f" (usage: {usage(func)})"
+                message += f" (usage: {usage(mv)})"
             raise UsageError(f"{prefix} {name}: {message}") from None
+        args.verb = name
         args.expanded = expanded  # (which $names gave nothing: "no jobs", not "all jobs")
-        try:
-            return func(self, args, tail, cell)
-        except NbschedError as exc:
-            raise UsageError(f"{prefix} {name}: {exc}") from None
+        args.words = args.typed = None
+        return args

@@ -1,11 +1,10 @@
-"""Small parsers behind the ``%gpusched`` magics: the ``--`` split, ``$name`` values,
-argument types with one-line messages, and cell scripts saved in the state dir."""
+"""Small parsers behind the ``%gpusched`` magics: the ``--`` split, ``$name`` values and
+cell scripts saved in the state dir (the argument types, shared with the CLI, are in
+:mod:`nbsched.verbs.values`; the rules they apply, in :mod:`nbsched.checks`)."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbsched.config import check_requirement
 from nbsched.errors import InvalidValueError
 
 _VAR = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
@@ -84,81 +82,6 @@ def expand_vars(text: str, namespace: Mapping[str, Any]) -> Expanded:
         return out
 
     return Expanded(_VAR.sub(value, text), tuple(empty))
-
-
-# -- argument types: each raises ArgumentTypeError with the value and what is accepted --
-
-
-def gpus_type(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if math.isnan(value):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of GPUs; use a fraction in (0, 1] or a whole number"
-        )
-    try:
-        return check_requirement("--gpus", value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not accepted: use a fraction in (0, 1] or a whole number of GPUs "
-            "(1, 2, 3, ...)"
-        ) from None
-
-
-def _whole(text: str, minimum: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not accepted: expected {what} (a whole number >= {minimum})"
-        ) from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not accepted: expected {what} (a whole number >= {minimum})"
-        )
-    return value
-
-
-def count_type(text: str) -> int:
-    """A number of GPUs for ``start``: 1, 2, ..."""
-    return _whole(text, 1, "a number of GPUs")
-
-
-def lines_type(text: str) -> int:
-    return _whole(text, 0, "a number of lines")
-
-
-def gpu_index_type(text: str) -> int:
-    return _whole(text, 0, "a GPU index")
-
-
-def limit_type(text: str) -> int:
-    return _whole(text, 1, "a number of jobs")
-
-
-def rows_type(text: str) -> int:
-    return _whole(text, 0, "a number of jobs")
-
-
-def priority_type(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not accepted: expected a whole number (lower runs first)"
-        ) from None
-
-
-def seconds_type(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected seconds >= 0")
-    return value
 
 
 # -- cell scripts -------------------------------------------------------------------------

@@ -1,100 +1,97 @@
-"""The ``%gpusched`` verbs' registry and the pieces their declarations share: the
-:func:`verb` decorator, the job options of ``add``/``run``/``sweep``, usage and help
-texts, and :class:`LogText` (a log that shows as text).  :mod:`.magics` declares the
-verbs with them."""
+"""The ``%gpusched`` verbs' parsers, built from the one verb table
+(:mod:`nbsched.verbs`), and the pieces the magic's help and results share: usage and
+help texts, typed forms of IPython's (untyped) decorators, and :class:`LogText`."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from IPython.core.magic_arguments import ArgDecorator, argument
+from IPython.core.magic import line_cell_magic, no_var_expand
+from IPython.core.magic_arguments import MagicArgumentParser
 
-from .parsing import gpus_type, priority_type
-
-#: Verb name -> its method (with ``.parser`` from ``magic_arguments``), in help order.
-VERBS: dict[str, Any] = {}
+from nbsched.verbs import MAGIC, Verb, verbs_of
 
 NO_SCHEDULER = "no scheduler is running: start one with %gpusched start [--simulate N]"
 
 #: ``%gpusched help``, ``-h``, ``--help``: the overview (``%gpusched help VERB``: one verb's).
 HELP_WORDS = ("help", "-h", "--help")
 
+Method = Callable[..., Any]
 
-def verb(name: str, summary: str, *, tail: str = "", cell: bool = False) -> Callable[..., Any]:
-    """Register a method as ``%gpusched NAME``; ``tail``: what it takes after ``--`` (as
-    usage text); ``cell``: it has a ``%%gpusched NAME`` form."""
+# IPython's decorators are untyped; these are the same functions, typed.
+typed_line_cell_magic: Callable[[Method], Method] = line_cell_magic
+typed_no_var_expand: Callable[[Method], Method] = no_var_expand
 
-    def mark(func: Any) -> Any:
-        func.argcmd_name = f"gpusched {name}"  # IPython's help formatter adds the "%"
-        func.__doc__ = summary
-        func.verb_summary = summary
-        func.takes_tail = bool(tail)
-        func.tail_usage = tail
-        func.cell_form = cell
-        VERBS[name] = func
-        return func
 
-    return mark
+def magic_parser(prog: str, **options: Any) -> argparse.ArgumentParser:
+    """IPython's argparse parser for magics: mistakes raise ``UsageError``, usage shows
+    ``%prog``; abbreviations are refused (``--gpu`` is a mistake, not ``--gpus``)."""
+    parser: argparse.ArgumentParser = MagicArgumentParser(prog, **options)  # type: ignore[no-untyped-call]
+    parser.allow_abbrev = False
+    return parser
+
+
+@dataclass(frozen=True)
+class MagicVerb:
+    """A verb of the table with its magic parser."""
+
+    verb: Verb
+    parser: argparse.ArgumentParser
+
+    @property
+    def takes_tail(self) -> bool:
+        return bool(self.verb.tail)
+
+    @property
+    def cell_form(self) -> bool:
+        return self.verb.cell
+
+
+def _magic_verb(v: Verb) -> MagicVerb:
+    parser = magic_parser(f"gpusched {v.name}", description=v.description or v.help, usage=v.usage)
+    v.add_arguments(parser, MAGIC)
+    return MagicVerb(v, parser)
+
+
+#: Verb name -> its table entry and parser, in help order.
+VERBS: dict[str, MagicVerb] = {name: _magic_verb(v) for name, v in verbs_of(MAGIC).items()}
 
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-class exclusive(ArgDecorator):
-    """The options declared below it (in the source) exclude each other: argparse then
-    says so in the magic's terms (``argument --last: not allowed with argument --first``)."""
-
-    def add_to_parser(self, parser: Any, group: Any) -> Any:
-        return parser.add_mutually_exclusive_group()
-
-
-def job_options(func: Any) -> Any:
-    """--gpus/--allowed/--priority/--name, shared by add, run and sweep."""
-    for deco in (
-        argument("--name", help="a label shown in the job table"),
-        argument(
-            "--priority",
-            type=priority_type,
-            default=0,
-            metavar="P",
-            help="lower runs first (default 0)",
-        ),
-        argument("--allowed", metavar="GPUS", help="GPUs it may use, e.g. 0-3,5 (default: any)"),
-        argument(
-            "--gpus",
-            type=gpus_type,
-            metavar="X",
-            help="GPUs it needs: a fraction in (0, 1] or a whole number "
-            "(default: from the LLM config, else 1)",
-        ),
-    ):
-        func = deco(func)
-    return func
-
-
-def usage(func: Any) -> str:
+def usage(mv: MagicVerb) -> str:
     """``%gpusched VERB [OPTIONS] ...`` on one line."""
-    text = one_line(func.parser.format_usage())
+    text = one_line(mv.parser.format_usage())
     text = text.removeprefix("::").removeprefix("usage:").strip()
-    return f"{text} {func.tail_usage}".strip()
+    return f"{text} {mv.verb.tail}".strip()
 
 
-def verb_help(func: Any) -> str:
-    return f"{func.parser.format_help()}\nusage: {usage(func)}"
+def verb_help(mv: MagicVerb) -> str:
+    return f"{mv.parser.format_help()}\nusage: {usage(mv)}"
 
 
 def verbs_epilog() -> str:
     lines = ["verbs:"]
-    for func in VERBS.values():
-        lines.append(f"  {usage(func)}\n      {func.verb_summary}")
+    for mv in VERBS.values():
+        lines.append(f"  {usage(mv)}\n      {mv.verb.help}")
     return "\n".join(lines)
 
 
-def clean_doc(func: Any) -> Any:
-    func.__doc__ = inspect.cleandoc(func.__doc__ or "")
+def with_overview(func: Method) -> Method:
+    """Give the magic the help ``%gpusched?`` shows: its docstring, its usage, the verbs
+    (what IPython's ``magic_arguments`` would do, without its untyped decorators)."""
+    parser = magic_parser(
+        "gpusched", description=inspect.cleandoc(func.__doc__ or ""), epilog=verbs_epilog()
+    )
+    parser.add_argument("verb", help=f"one of: {', '.join(VERBS)}")
+    parser.add_argument("arguments", nargs="*", help="the verb's arguments; see the verbs below")
+    func.__doc__ = parser.format_help()
     return func
 
 

@@ -9,12 +9,12 @@ still ties those to the job.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched import GPUJobScheduler
 from nbsched.executors.base import Launch, Started
 
 from .harness import job_command, processes_with_env, read_markers, wait_for
@@ -34,16 +34,8 @@ wait
 
 
 @pytest.fixture
-def scheduler(tmp_path: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(
-        config=SchedulerConfig(
-            state_dir=tmp_path / "state", gpu_provider="simulated", num_gpus=1, kill_grace_s=0.5
-        )
-    )
-    s.start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler(make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
+    return make_sched(start=True, num_gpus=1, kill_grace_s=0.5)
 
 
 @pytest.mark.parametrize("from_other_process", [False, True])
@@ -87,7 +79,7 @@ def test_cancel_before_the_process_exists(
     victim = scheduler.add_command(job_command(markers, 0, gate))
     follower = scheduler.add_command(job_command(markers, 0))
     other = GPUJobScheduler(config=scheduler.config)  # another kernel, not dispatching
-    executor = scheduler._executor("direct")
+    executor = scheduler._engine.executors("direct")
     real_start = executor.start
 
     def start_after_a_cancel(launch: Launch) -> Started:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from transitions import history
 
 from nbsched.store import Store
 
@@ -57,8 +58,8 @@ def _check(
     assert overbooked(intervals, need) == []
     store = Store(Path(cfg["state_dir"]) / "state.db")
     for i in ids:
-        ends_in_history = [h for h in store.history(i) if h["new"] in ("succeeded", "failed")]
-        assert len(ends_in_history) == 1, store.history(i)
+        ends_in_history = [h for h in history(store.path, i) if h["new"] in ("succeeded", "failed")]
+        assert len(ends_in_history) == 1, history(store.path, i)
     assert _exit_files(Path(cfg["state_dir"])) == 0  # each read exit file was cleaned up
     return store
 
@@ -138,5 +139,5 @@ def test_crash_windows(
     done = _restart_and_finish(engines, cfg, gates, ids)
     store = _check(tmp_path, cfg, markers, done, jobs)
     if crash_at.startswith("after_mark_running"):
-        reasons = [h["reason"] for h in store.history("2")]
+        reasons = [h["reason"] for h in history(store.path, "2")]
         assert any("before the job started" in (r or "") for r in reasons), reasons

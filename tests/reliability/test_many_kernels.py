@@ -7,13 +7,12 @@ the waiting one takes the lease over and finishes the queue.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nbsched.lease import DispatcherLease
+from nbsched.engine.lease import DispatcherLease
 from nbsched.store import Store
 
 from .harness import Engines, job_command, overbooked, read_markers, wait_for
@@ -115,9 +114,10 @@ def test_standby_takes_over_when_the_dispatcher_dies(tmp_path: Path, engines: En
     assert overbooked(intervals, {i: 1.0 for i in ids}) == []
 
 
-def test_a_job_committed_between_the_dispatchers_two_reads_is_seen(tmp_path: Path) -> None:
-    """changed_since reads the revision and the jobs in two statements (two snapshots):
-    a job another process commits in between must still reach the dispatcher."""
+def test_a_job_committed_right_after_the_dispatchers_read_is_seen(tmp_path: Path) -> None:
+    """changes_since reads the revision and the jobs in one statement (one snapshot):
+    a job another process commits just after that read must reach the dispatcher at
+    its next read, neither lost nor covered by the revision it was given."""
     from nbsched.jobs import JobSpec
 
     state = tmp_path / "state"
@@ -125,25 +125,26 @@ def test_a_job_committed_between_the_dispatchers_two_reads_is_seen(tmp_path: Pat
     dispatcher_store = Store(state / "state.db")
     other_process = Store(state / "state.db")
     spec = JobSpec(kind="command", required_gpus=1, command="true")
-    other_process.add_jobs([spec], owner_uid=0, executor="direct")
-    rev, jobs = dispatcher_store.changed_since(0)
-    assert [j.id for j in jobs] == ["1"]
+    other_process.add_jobs_at([spec], owner_uid=0, executor="direct")
+    rev, changes, _ = dispatcher_store.changes_since(0)
+    assert [c[0] for c in changes] == ["1"]
 
-    real_read = dispatcher_store._read
+    db = dispatcher_store._db
+    real_read = db.read
     calls = 0
 
-    def read_then_commit_elsewhere(sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def read_then_commit_elsewhere(sql: str, params: Sequence[Any] = ()) -> list[Any]:
         nonlocal calls
         out = real_read(sql, params)
         calls += 1
-        if calls == 1:  # between the two statements of changed_since
-            other_process.add_jobs([spec], owner_uid=0, executor="direct")
+        if calls == 1:  # right after the dispatcher's read
+            other_process.add_jobs_at([spec], owner_uid=0, executor="direct")
         return out
 
-    dispatcher_store._read = read_then_commit_elsewhere  # type: ignore[method-assign]
-    rev, jobs = dispatcher_store.changed_since(rev)
-    dispatcher_store._read = real_read  # type: ignore[method-assign]
-    _, later = dispatcher_store.changed_since(rev)
-    assert "2" in {j.id for j in jobs} | {j.id for j in later}
+    db.read = read_then_commit_elsewhere  # type: ignore[method-assign]
+    rev, changes, _ = dispatcher_store.changes_since(rev)
+    db.read = real_read  # type: ignore[method-assign]
+    _, later, _ = dispatcher_store.changes_since(rev)
+    assert calls == 1 and "2" in {c[0] for c in changes} | {c[0] for c in later}
     dispatcher_store.close()
     other_process.close()

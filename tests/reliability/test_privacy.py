@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import PermissionDeniedError, StateDirError
-from nbsched.store import Store
 
 from .harness import Engines, job_command, read_markers, wait_for
 
@@ -98,17 +98,22 @@ def test_state_dir_writable_by_others_is_refused(state_dir: Path, mode: int) -> 
 
 
 @pytest.fixture
-def scheduler(state_dir: Path) -> Iterator[GPUJobScheduler]:
-    s = GPUJobScheduler(config=_config(state_dir).replace(kill_grace_s=0.5)).start()
-    yield s
-    s.stop(kill=True)
-    s.close()
+def scheduler(state_dir: Path, make_sched: Callable[..., GPUJobScheduler]) -> GPUJobScheduler:
+    return make_sched(start=True, config=_config(state_dir), kill_grace_s=0.5)
 
 
 def _give_away(state: Path, job_id: str, uid: int) -> None:
-    store = Store(state / "state.db")
-    store.update(job_id, owner_uid=uid)
-    store.close()
+    """Make the job another user's (the store sets who submitted a job only when it
+    is submitted, and this test cannot submit as another user)."""
+    raw = sqlite3.connect(state / "state.db", timeout=30)
+    with raw:
+        raw.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'rev'")
+        raw.execute(
+            "UPDATE jobs SET owner_uid = ?, rev = (SELECT value FROM meta WHERE key = 'rev') "
+            "WHERE seq = ?",
+            (uid, int(job_id)),
+        )
+    raw.close()
 
 
 def test_only_the_owner_may_cancel(

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidTypeError, InvalidValueError, SweepTooLargeError
+from ..errors import InvalidTypeError, InvalidValueError, SweepTooLargeError
 
 #: One job of a sweep: its argv and the value each parameter took.
 Expansion = tuple[tuple[str, ...], dict[str, str]]

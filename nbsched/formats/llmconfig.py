@@ -5,30 +5,28 @@ File format (the original program's ``llm_config.json``)::
     {"default_requirement": 1.0, "models": {"qwen2.5-3b-inst": 0.5, "llama-70b": 4}}
 
 Both keys are optional; other keys, duplicate keys, ``NaN``/``Infinity`` and any
-requirement :func:`~nbsched.config.check_requirement` refuses are errors naming
+requirement :func:`~nbsched.checks.check_requirement` refuses are errors naming
 the file and key.
 
 Decisions: the model is the value of the *last* ``--llm NAME`` or ``--llm=NAME``
 before a ``--`` (what argparse gives the script).  A model missing from the config
 gets ``default_requirement``, as in the original program; :meth:`LLMConfig.unknown_model`
 tells the caller so it can warn.  No ``--llm`` (or one without a value) -> ``None``.
+
+Re-reading the file when it changes: :mod:`nbsched.llmconfig_watch`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .config import check_requirement
-from .errors import InvalidTypeError, InvalidValueError, MissingFileError
-
-logger = logging.getLogger(__name__)
+from ..checks import check_requirement
+from ..errors import InvalidTypeError, InvalidValueError, MissingFileError
 
 _KEYS = ("default_requirement", "models")
 
@@ -151,58 +149,3 @@ def load_llm_config(path: str | os.PathLike[str]) -> LLMConfig:
         return LLMConfig(data.get("default_requirement", 1.0), models)
     except (InvalidValueError, InvalidTypeError) as exc:
         raise InvalidValueError(f"{where}: {exc}") from None
-
-
-def _signature(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-class LLMConfigWatcher:
-    """The current LLM config of a file, re-read when it changes.
-
-    The first read happens here and raises on a missing or bad file.  Later, a
-    change is noticed by a stat of (mtime_ns, size, inode); a bad or missing new
-    version logs one WARNING (and is passed to ``on_error``, e.g. to keep it where
-    ``nbsched status`` shows it) and the previous config stays; :attr:`last_error`
-    says why (``None`` after a good read).  Safe to call from several threads.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], on_error: Callable[[str], None] | None = None
-    ) -> None:
-        self.path = os.fspath(path)
-        self._on_error = on_error
-        self._lock = threading.Lock()
-        self._sig = _signature(self.path)
-        self._config = load_llm_config(self.path)
-        self.last_error: str | None = None
-
-    def current(self) -> LLMConfig:
-        """The config as of the last good version of the file."""
-        failed = None
-        with self._lock:
-            sig = _signature(self.path)
-            if sig == self._sig:
-                return self._config
-            self._sig = sig
-            try:
-                self._config = load_llm_config(self.path)
-            except (InvalidValueError, OSError) as exc:
-                self.last_error = failed = str(exc)
-                logger.warning(
-                    "LLM config %s not reloaded, keeping the previous one: %s", self.path, exc
-                )
-            else:
-                self.last_error = None
-                logger.info("LLM config %s reloaded", self.path)
-            config = self._config
-        if failed is not None and self._on_error is not None:
-            try:
-                self._on_error(f"{self.path}: not reloaded, keeping the previous one: {failed}")
-            except Exception:  # (a full disk must not cost the caller its config)
-                logger.exception("could not record the LLM config's error")
-        return config

@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import InvalidValueError
-from .gpuspec import describe_gpus, format_gpu_list, parse_gpu_list
-from .jobs import job_hash
+from ..errors import InvalidValueError
+from ..jobs import job_hash
+from .gpulist import describe_gpus, format_gpu_list, parse_gpu_list
 
 FORMAT = "priority,script_path,conda_env,arguments,allowed_gpus"
 

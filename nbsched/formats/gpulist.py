@@ -3,15 +3,15 @@
 A list is GPU ids and inclusive ranges separated by commas; whitespace around
 items is ignored, duplicates are dropped and the result is sorted.  Ids are at
 most :data:`MAX_GPU_ID`, so a typo like ``0-99999999`` cannot eat memory.
+(Whether the ids exist on a machine: :func:`nbsched.checks.check_allowed_gpus`.)
 """
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Iterable
 
-from .errors import InvalidTypeError, InvalidValueError
+from ..errors import InvalidTypeError, InvalidValueError
 
 #: The largest GPU id accepted anywhere.
 MAX_GPU_ID = 1023
@@ -68,50 +68,3 @@ def describe_gpus(num_gpus: int) -> str:
     if num_gpus == 1:
         return "GPU 0"
     return f"GPUs {format_gpu_list(range(num_gpus))}"
-
-
-def normalize_allowed_gpus(
-    value: object, num_gpus: int | None, field: str = "allowed_gpus", owner: str = "this machine"
-) -> tuple[int, ...] | None:
-    """``None``, a ``"0-3,5"`` string or an iterable of ints -> sorted unique ids or ``None``.
-
-    Ids must exist on a machine with ``num_gpus`` GPUs (not checked when it is ``None``);
-    ``owner`` says whose GPUs they are in the message.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        ids = parse_gpu_list(value, field=field)
-        shown = repr(value)
-    elif isinstance(value, (bytes, bytearray, dict)) or not isinstance(value, Iterable):
-        raise InvalidTypeError(
-            f"{field}={value!r}: expected None, a list of GPU ids or a string like '0-3,5'"
-        )
-    else:
-        items = list(value)
-        shown = repr(items)
-        found: set[int] = set()
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, numbers.Integral):
-                raise InvalidTypeError(f"{field}={shown}: {item!r} is not a whole GPU id")
-            gpu = int(item)
-            if gpu < 0:
-                raise InvalidValueError(f"{field}={shown}: GPU ids are >= 0, got {gpu}")
-            if gpu > MAX_GPU_ID:
-                raise InvalidValueError(
-                    f"{field}={shown}: GPU id {gpu} is too large (at most {MAX_GPU_ID})"
-                )
-            found.add(gpu)
-        if not found:
-            raise InvalidValueError(
-                f"{field}={shown}: empty; give at least one GPU id, or None for any GPU"
-            )
-        ids = tuple(sorted(found))
-    if num_gpus is not None:
-        for gpu in ids:
-            if gpu >= num_gpus:
-                raise InvalidValueError(
-                    f"{field}={shown}: GPU {gpu} does not exist; "
-                    f"{owner} has {describe_gpus(num_gpus)}"
-                )
-    return ids

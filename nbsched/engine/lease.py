@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import StateDirError
+from ..errors import StateDirError
 
 
 class DispatcherLease:

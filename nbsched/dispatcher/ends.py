@@ -1,0 +1,72 @@
+"""How an attempt's end is recorded: a retry (queued again after a back-off) or final.
+
+:func:`decide_end` is pure: the job, how its attempt ended, the configured back-off
+and the time give the :class:`~nbsched.store.AttemptEnd` to record.  The one thing it
+needs from outside, whether conda said the job's environment is missing (retrying
+cannot help then), :func:`missing_env` reads from the job's log beforehand.
+
+The back-off is written once, in :func:`backoff_s`: the retry's ``not_before`` and
+the dispatcher's wait for a job in its back-off (:mod:`nbsched.dispatcher.queue`)
+both come from it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..executors.base import Exit
+from ..jobs import Job, JobStatus
+from ..launch import conda_failure
+from ..store import AttemptEnd
+
+logger = logging.getLogger(__name__)
+
+#: A back-off doubles at most this many times: 2**1024 does not fit a float, and
+#: 2**32 times the first back-off is forever anyway.
+MAX_DOUBLINGS = 32
+
+
+def backoff_s(retry_backoff_s: float, attempts: int) -> float:
+    """The wait after a job's ``attempts``-th attempt failed: ``retry_backoff_s``,
+    doubled for each attempt before that one."""
+    return float(retry_backoff_s * (2 ** min(max(0, attempts - 1), MAX_DOUBLINGS)))
+
+
+def decide_end(
+    job: Job,
+    exit: Exit,
+    retry_backoff_s: float,
+    now: float,
+    missing_env: str | None = None,
+) -> AttemptEnd:
+    """What an attempt's end means: succeeded, failed, or queued again for a retry at
+    ``now`` plus the back-off (while ``job.attempts`` has not used up the job's
+    retries, and ``missing_env`` does not say retrying cannot help)."""
+    if exit.code == 0:
+        return AttemptEnd(job, JobStatus.SUCCEEDED, 0, None)
+    reason = exit.reason or f"exit code {exit.code}"
+    if missing_env:
+        reason = f"{reason}: {missing_env}"
+    if job.attempts <= job.spec.max_retries and not missing_env:
+        delay = backoff_s(retry_backoff_s, job.attempts)
+        return AttemptEnd(
+            job,
+            JobStatus.QUEUED,
+            exit.code,
+            reason,
+            not_before=now + delay,
+            retry_reason=f"attempt {job.attempts} failed ({reason}); retrying in {delay:g}s",
+        )
+    return AttemptEnd(job, JobStatus.FAILED, exit.code, reason)
+
+
+def missing_env(job: Job, exit: Exit) -> str | None:
+    """Why a failed attempt's conda environment could not be used, as its log says
+    (None: it could, or the attempt did not fail with an exit code).  Reads the log."""
+    if not exit.code:
+        return None
+    try:
+        return conda_failure(job, job.log_path)
+    except Exception:  # (a log that cannot be read must not lose the end)
+        logger.exception("job %s: could not read its log", job.id)
+        return None

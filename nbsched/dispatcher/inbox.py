@@ -1,0 +1,82 @@
+"""What other threads hand the dispatcher's loop: ends, submissions, where jobs run.
+
+Executors report an attempt's end (and Ray where a job began) from their own threads,
+or from the loop's thread when it drives their watchers; the scheduler offers the
+jobs it just wrote.  They are kept here, under one lock, until the loop's next turn
+takes them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from ..executors.base import Executor, Exit, Started
+from ..jobs import Job
+
+
+@dataclass
+class Inbox:
+    """Reports waiting for the loop.  Every field is guarded by ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Attempts that ended and are not recorded yet: the next cycle records them (and
+    #: puts them back while the store cannot be written, e.g. on a full disk).
+    ended: list[tuple[Job, Exit]] = field(default_factory=list)
+    #: Whether ends were reported since the last cycle took them (ends put back after
+    #: a failed write wait a turn).
+    new_ends: bool = False
+    #: Jobs submitted in this process: id -> (revision they were written at, job).
+    offered: dict[str, tuple[int, Job]] = field(default_factory=dict)
+    #: Offered jobs the loop has not yet checked against the GPUs' room.
+    unchecked: list[Job] = field(default_factory=list)
+    #: Where started attempts turned out to run, reported after their start
+    #: (:meth:`~nbsched.executors.base.Executor.report_starts`): written with the pids.
+    identified: list[tuple[Job, Started, Executor]] = field(default_factory=list)
+
+    def add_end(self, job: Job, exit: Exit) -> None:
+        with self.lock:
+            self.ended.append((job, exit))
+            self.new_ends = True
+
+    def take_ends(self) -> list[tuple[Job, Exit]]:
+        with self.lock:
+            ended, self.ended = self.ended, []
+            self.new_ends = False
+            return ended
+
+    def put_back_ends(self, ended: list[tuple[Job, Exit]]) -> None:
+        """Ends a cycle could not record: first in line for the next one."""
+        with self.lock:
+            self.ended[:0] = ended
+
+    def offer(self, rev: int, jobs: list[Job]) -> None:
+        with self.lock:
+            for job in jobs:
+                self.offered[job.id] = (rev, job)
+            self.unchecked += jobs
+
+    def take_offered(self) -> dict[str, tuple[int, Job]]:
+        with self.lock:
+            offered, self.offered = self.offered, {}
+            self.unchecked = []
+            return offered
+
+    def take_unchecked(self) -> list[Job]:
+        with self.lock:
+            unchecked, self.unchecked = self.unchecked, []
+            return unchecked
+
+    def add_identified(self, job: Job, started: Started, executor: Executor) -> None:
+        with self.lock:
+            self.identified.append((job, started, executor))
+
+    def take_identified(self) -> list[tuple[Job, Started, Executor]]:
+        with self.lock:
+            identified, self.identified = self.identified, []
+            return identified
+
+    def pending(self) -> bool:
+        """Whether ends or identities wait for the loop (read without the lock: a
+        report that comes just after wakes the loop itself)."""
+        return self.new_ends or bool(self.identified)

@@ -1,0 +1,184 @@
+"""Submitting: the half of :class:`~nbsched.scheduler.GPUJobScheduler`'s API that
+queues jobs one at a time (``add_job``, ``add_command``) and the two steps under
+them and under every other way in (sweeps, the jobs file): ``make_spec`` checks a
+submission against the GPUs of the engine that will run it, ``submit`` stores the
+specs and hands them to the dispatcher.
+
+A mixin of ``GPUJobScheduler`` only, kept apart so that ``scheduler.py`` reads as
+the scheduler's life and its questions; the attributes it uses are declared below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .config import SchedulerConfig
+from .engine.core import Engine
+from .jobs import JobSpec, JobStatus
+from .jobspec import build_spec
+from .llmconfig_watch import LLMConfigWatcher
+from .store import Store
+from .waiting import Waits
+
+
+class Submitting:
+    """``add_job``, ``add_command``, ``make_spec`` and ``submit`` (see the module)."""
+
+    config: SchedulerConfig
+    store: Store
+    _engine: Engine
+    _llm: LLMConfigWatcher | None
+    _waits: Waits
+
+    def _check_open(self) -> None:  # (GPUJobScheduler's: raises once it is closed)
+        raise NotImplementedError
+
+    def add_job(
+        self,
+        script: str | os.PathLike[str],
+        conda_env: str | None = None,
+        args: Sequence[str] | str | None = None,
+        priority: int = 0,
+        required_gpus: float | None = None,
+        allowed_gpus: Iterable[int] | str | None = None,
+        *,
+        max_retries: int | None = None,
+        launcher: str | None = None,
+        gpu_arg: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> str:
+        """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id."""
+        self._check_open()
+        spec = self.make_spec(
+            script=script,
+            conda_env=conda_env,
+            args=args,
+            priority=priority,
+            required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus,
+            max_retries=max_retries,
+            launcher=launcher,
+            gpu_arg=gpu_arg,
+            cwd=cwd,
+            env=env,
+            name=name,
+        )
+        return self.submit([spec])[0]
+
+    def add_command(
+        self,
+        command: str,
+        required_gpus: float | None = None,
+        priority: int = 0,
+        allowed_gpus: Iterable[int] | str | None = None,
+        *,
+        max_retries: int | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> str:
+        """Queue a shell command (``bash -c command``); returns the job id."""
+        self._check_open()
+        spec = self.make_spec(
+            command=command,
+            priority=priority,
+            required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus,
+            max_retries=max_retries,
+            cwd=cwd,
+            env=env,
+            name=name,
+        )
+        return self.submit([spec])[0]
+
+    def make_spec(
+        self,
+        *,
+        script: str | os.PathLike[str] | None = None,
+        command: str | None = None,
+        conda_env: str | None = None,
+        args: Sequence[str] | str | None = None,
+        priority: int = 0,
+        required_gpus: float | None = None,
+        allowed_gpus: Iterable[int] | str | None = None,
+        max_retries: int | None = None,
+        launcher: str | None = None,
+        gpu_arg: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        sweep: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        hash: str | None = None,
+    ) -> JobSpec:
+        """Validate a submission; raises before anything is stored."""
+        self._check_open()
+        n_gpus, owner = self._engine.gpu_count()
+        return build_spec(
+            n_gpus=n_gpus,
+            owner=owner,
+            precision=self.config.gpu_allocation_precision,
+            default_retries=self.config.max_retries,
+            default_requirement=self._default_requirement,
+            snapshot=self._engine.monitor.snapshot,
+            script=script,
+            command=command,
+            conda_env=conda_env,
+            args=args,
+            priority=priority,
+            required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus,
+            max_retries=max_retries,
+            launcher=launcher,
+            gpu_arg=gpu_arg,
+            cwd=cwd,
+            env=env,
+            name=name,
+            sweep=sweep,
+            params=params,
+            hash=hash,
+        )
+
+    def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
+        """GPUs for a job that names none, and where that number comes from: the LLM
+        config's for the model ``--llm`` names (or its default), else the config's."""
+        if self._llm is not None:
+            llm = self._llm.current()
+            where = f"the LLM config {self._llm.path}"
+            required, model = llm.requirement_for(args), llm.model_of(args)
+            if required is None:
+                return llm.default_requirement, f"the default_requirement of {where}"
+            if llm.unknown_model(args):
+                return required, (
+                    f"--llm {model}: the default_requirement of {where}, which lists no {model}"
+                )
+            return required, f"--llm {model} in {where}"
+        return self.config.default_requirement, "the default_requirement of the config"
+
+    def submit(
+        self, specs: Sequence[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
+    ) -> list[str]:
+        """Store validated specs as queued jobs (one transaction) and wake the dispatcher.
+
+        With ``skip_hash_statuses``, specs whose hash matches a job in those statuses
+        are skipped (their ids are missing from the result).
+        """
+        self._check_open()
+        rev, jobs = self.store.add_jobs_at(
+            specs,
+            owner_uid=os.getuid(),
+            executor=self.config.executor,
+            skip_hash_statuses=skip_hash_statuses,
+        )
+        stored = [j for j in jobs if j is not None]
+        ours = self._engine.offer(rev, stored)  # (wakes the dispatcher, ours or another's)
+        # (ours ends nothing by taking them: only a wait() showing progress cares)
+        self._waits.notify(() if ours else None)
+        return [j.id for j in stored]
+
+
+__all__ = ["Submitting"]

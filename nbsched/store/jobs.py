@@ -1,0 +1,323 @@
+"""Jobs: adding them, reading them, and moving them from one status to the next.
+
+Every accepted job is committed before :meth:`JobsPart.add_jobs_at` returns; every
+status change is a row in ``transitions`` with its time; the GPU fractions in use
+are derived from the running jobs (:meth:`JobsPart.allocation`), never kept in a
+counter.  Each write moves the global revision on (see :mod:`.feed`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..allocation import booked_share
+from ..errors import UnknownJobError
+from ..jobs import Job, JobSpec, JobStatus, can_transition
+from . import rows
+from .connection import StorePart, bump_rev
+from .rows import parse_job_id
+
+#: Bound parameters per statement, under SQLite's limit (999 in old builds).
+_CHUNK = 500
+
+_INSERT_JOB = (
+    f"INSERT INTO jobs (rev, status, {', '.join(rows.SPEC_COLUMNS)}, submitted, owner_uid, "
+    f"executor) VALUES ({', '.join('?' * (len(rows.SPEC_COLUMNS) + 5))})"
+)
+_INSERT_TRANSITION = "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)"
+
+
+def _status_filter(statuses: Iterable[JobStatus] | None) -> tuple[list[str], list[Any]]:
+    """(WHERE conditions, their parameters) for jobs in one of ``statuses`` (any: none)."""
+    if statuses is None:
+        return [], []
+    vals = [JobStatus(s).value for s in statuses]
+    return [f"status IN ({','.join('?' * len(vals)) or 'NULL'})"], vals
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class JobsPart(StorePart):
+    """Adding, reading and moving jobs."""
+
+    def add_jobs_at(
+        self,
+        specs: Sequence[JobSpec],
+        *,
+        owner_uid: int,
+        executor: str,
+        skip_hash_statuses: Iterable[JobStatus] | None = None,
+        now: float | None = None,
+    ) -> tuple[int, list[Job | None]]:
+        """Insert ``specs`` as queued jobs in one transaction; committed on return.
+        Returns the revision the new rows were written at (what
+        :meth:`~.feed.FeedPart.changes_since` reports for them until they change) and
+        the jobs, in the order of ``specs``.
+
+        With ``skip_hash_statuses``, a spec whose ``hash`` matches a job in one of
+        those statuses (or, if they include ``queued``, an earlier spec of the same
+        call) is not inserted: its place in the result is ``None``.
+        """
+        now = time.time() if now is None else now
+        skip = None if skip_hash_statuses is None else {JobStatus(s) for s in skip_hash_statuses}
+        with self._db.write() as conn:
+            rev = bump_rev(conn)
+            keep = self._kept(conn, specs, skip)
+            added = [s for s, k in zip(specs, keep, strict=True) if k]
+            first = self._insert(conn, rev, added, now, owner_uid, executor)
+        new = iter(range(first, first + len(added)))
+        return rev, [
+            rows.new_job(next(new), spec, now, owner_uid, executor) if k else None
+            for spec, k in zip(specs, keep, strict=True)
+        ]
+
+    @staticmethod
+    def _kept(
+        conn: sqlite3.Connection, specs: Sequence[JobSpec], skip: set[JobStatus] | None
+    ) -> list[bool]:
+        """Which of ``specs`` to insert: those whose hash no job in a ``skip`` status has
+        (all the hashes looked up together, a chunk of them per statement)."""
+        if skip is None:
+            return [True] * len(specs)
+        hashes = list({s.hash for s in specs if s.hash is not None})
+        statuses = [s.value for s in skip]
+        seen: set[str] = set()
+        for start in range(0, len(hashes), _CHUNK):
+            chunk = hashes[start : start + _CHUNK]
+            seen.update(
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT hash FROM jobs WHERE hash IN ({_marks(len(chunk))}) "
+                    f"AND +status IN ({_marks(len(statuses)) or 'NULL'})",
+                    (*chunk, *statuses),
+                )
+            )
+        keep = []
+        for spec in specs:
+            hit = spec.hash is not None and spec.hash in seen
+            keep.append(not hit)
+            if not hit and spec.hash is not None and JobStatus.QUEUED in skip:
+                seen.add(spec.hash)  # (a later spec of this call sees it, as a row)
+        return keep
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        rev: int,
+        specs: Sequence[JobSpec],
+        now: float,
+        owner_uid: int,
+        executor: str,
+    ) -> int:
+        """Insert the rows of ``specs`` and their first transitions; the first job's
+        number (AUTOINCREMENT numbers the rows of one transaction one after the other)."""
+        if not specs:
+            return 0
+        queued = JobStatus.QUEUED.value
+        conn.executemany(
+            _INSERT_JOB,
+            ((rev, queued, *rows.encode_spec(s), now, owner_uid, executor) for s in specs),
+        )
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        first = last - len(specs) + 1
+        conn.execute(
+            "INSERT INTO transitions (job_seq, old, new, at, reason) "
+            "SELECT seq, NULL, ?, ?, 'submitted' FROM jobs WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            (queued, now, first, last),
+        )
+        return first
+
+    def get(self, job_id: object) -> Job:
+        seq = parse_job_id(job_id)
+        found = self._db.read(f"SELECT {rows.JOB_SQL} FROM jobs WHERE seq = ?", (seq,))
+        if not found:
+            raise UnknownJobError(f"no job {job_id!r} in {self.path}")
+        return rows.decode_job(found[0])
+
+    def find(
+        self,
+        *,
+        statuses: Iterable[JobStatus] | None = None,
+        ids: Iterable[object] | None = None,
+        sweep: str | None = None,
+        hash: str | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[Job]:
+        """Jobs matching every filter given, in submission order.
+
+        With ``limit``, only the first ``limit`` of them (the last, with ``newest``).
+        """
+        where, params = _status_filter(statuses)
+        if ids is not None:
+            seqs = [parse_job_id(i) for i in ids]
+            where.append(f"seq IN ({_marks(len(seqs)) or 'NULL'})")
+            params += seqs
+        for column, value in (("sweep", sweep), ("hash", hash)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        found = self._select(rows.JOB_SQL, where, params, limit, newest)
+        return [rows.decode_job(r) for r in found]
+
+    def table(
+        self,
+        *,
+        statuses: Iterable[JobStatus] | None = None,
+        ids: Iterable[object] | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+    ) -> list[tuple[Any, ...]]:
+        """What a jobs table shows (:data:`~.rows.TABLE_COLUMNS`, raw), in submission order.
+
+        :meth:`find` without building a :class:`Job` per row or decoding the columns no
+        table shows (``env``, ``params``, ...): a table of 10,000 jobs costs a fraction
+        of what the same jobs decoded would.  ``ids`` unknown here are left out.
+        """
+        where, params = _status_filter(statuses)
+        if ids is None:
+            return self._select(rows.TABLE_SQL, where, params, limit, newest)
+        found = self._read_by_seq(rows.TABLE_SQL, {parse_job_id(i) for i in ids}, where, params)
+        if limit is not None:
+            n = max(0, int(limit))
+            found = found[len(found) - n :] if newest else found[:n]
+        return found
+
+    def _select(
+        self, columns: str, where: list[str], params: list[Any], limit: int | None, newest: bool
+    ) -> list[tuple[Any, ...]]:
+        """``columns`` of the jobs matching ``where``, in submission order; with
+        ``limit``, the first (the last, with ``newest``) of them."""
+        sql = f"SELECT {columns} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = [*params, max(0, int(limit))]
+        found = self._db.read(sql, params)
+        return found[::-1] if newest else found
+
+    def get_many(self, ids: Iterable[object]) -> list[Job]:
+        """The jobs with these ids (unknown ones left out), in submission order."""
+        seqs = {parse_job_id(i) for i in ids}
+        return [rows.decode_job(r) for r in self._read_by_seq(rows.JOB_SQL, seqs)]
+
+    def existing(self, seqs: set[int]) -> set[int]:
+        """Those of the job numbers ``seqs`` that exist (reads one indexed column)."""
+        return {r[0] for r in self._read_by_seq("seq", seqs)}
+
+    def _read_by_seq(
+        self,
+        columns: str,
+        seqs: Iterable[int],
+        where: Sequence[str] = (),
+        params: Sequence[Any] = (),
+    ) -> list[tuple[Any, ...]]:
+        """``columns`` of the jobs numbered ``seqs`` (and matching ``where``), in
+        submission order: read a chunk at a time, under SQLite's bound-parameter limit."""
+        ordered = sorted(seqs)
+        found: list[tuple[Any, ...]] = []
+        for start in range(0, len(ordered), _CHUNK):
+            chunk = ordered[start : start + _CHUNK]
+            cond = " AND ".join([*where, f"seq IN ({_marks(len(chunk))})"])
+            found += self._db.read(
+                f"SELECT {columns} FROM jobs WHERE {cond} ORDER BY seq", [*params, *chunk]
+            )
+        return found
+
+    def status_counts(self, seqs: set[int]) -> dict[str, int]:
+        """Jobs per status among the job numbers ``seqs`` (for progress displays)."""
+        if not seqs:
+            return {}
+        found = self._db.read(
+            f"SELECT status, COUNT(*) FROM jobs WHERE seq IN ({_marks(len(seqs))}) GROUP BY status",
+            list(seqs),
+        )
+        return {status: n for status, n in found}
+
+    def counts(self, sweep: str | None = None) -> dict[str, int]:
+        """Jobs per status; of a sweep, its newest job per combination (hash)."""
+        if sweep is None:
+            found = self._db.read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        else:
+            found = self._db.read(
+                "SELECT status, COUNT(*) FROM jobs WHERE seq IN "
+                "(SELECT MAX(seq) FROM jobs WHERE sweep = ? GROUP BY COALESCE(hash, seq)) "
+                "GROUP BY status",
+                (sweep,),
+            )
+        out = {s.value: 0 for s in JobStatus}
+        out.update({status: n for status, n in found})
+        return out
+
+    def transition(
+        self,
+        job_id: object,
+        new: JobStatus,
+        *,
+        expect: Iterable[JobStatus] | None = None,
+        reason: str | None = None,
+        now: float | None = None,
+        guard: Callable[[Job], bool] | None = None,
+        **fields: Any,
+    ) -> Job | None:
+        """Move a job to ``new`` and set ``fields`` (of :data:`~.rows.SETTABLE`; another
+        keyword raises :class:`TypeError`), atomically.
+
+        Returns ``None`` (and changes nothing) when the job is no longer in one of
+        the ``expect`` statuses, or ``guard`` says no: another thread or process
+        got there first.  ``reason`` is kept in the job's ``reason`` column and in
+        its transition row.
+        """
+        seq = parse_job_id(job_id)
+        values = rows.encode_fields(fields)
+        now = time.time() if now is None else now
+        with self._db.write() as conn:
+            row = conn.execute(f"SELECT {rows.JOB_SQL} FROM jobs WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                raise UnknownJobError(f"no job {job_id!r} in {self.path}")
+            job = rows.decode_job(row)
+            if expect is not None and job.status not in set(expect):
+                return None
+            if job.status != new and not can_transition(job.status, new):
+                return None
+            if guard is not None and not guard(job):
+                return None
+            cols = {"status": new.value, "rev": bump_rev(conn), **values}
+            changes = rows.normalized(fields)
+            if reason is not None or new != job.status:
+                cols["reason"] = changes["reason"] = reason
+            assignments = ", ".join(f"{k} = ?" for k in cols)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))
+            if new != job.status:
+                conn.execute(_INSERT_TRANSITION, (seq, job.status.value, new.value, now, reason))
+        return job.evolve(status=new, **changes)
+
+    def update(self, job_id: object, **fields: Any) -> None:
+        """Set ``fields`` (of :data:`~.rows.SETTABLE`) of a job without changing its
+        status (e.g. its pid once spawned)."""
+        seq = parse_job_id(job_id)
+        values = rows.encode_fields(fields)
+        with self._db.write() as conn:
+            cols = {"rev": bump_rev(conn), **values}
+            assignments = ", ".join(f"{k} = ?" for k in cols)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))
+
+    def allocation(self) -> dict[int, float]:
+        """GPU index -> fraction booked by running jobs, derived from the jobs table."""
+        alloc: dict[int, float] = {}
+        for gpus_json, required in self._db.read(
+            "SELECT gpus, required_gpus FROM jobs WHERE status = 'running'"
+        ):
+            gpus = json.loads(gpus_json)
+            share = booked_share(required, len(gpus))
+            for g in gpus:
+                alloc[g] = alloc.get(g, 0.0) + share
+        return alloc

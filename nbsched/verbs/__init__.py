@@ -1,0 +1,18 @@
+"""The verb table shared by the ``nbsched`` command and the ``%gpusched`` magics
+(front-end level: it imports the public API only)."""
+
+from __future__ import annotations
+
+from .table import BOTH, CLI, ENGINE_OPTIONS, MAGIC, RUN_OPTIONS, VERBS, Arg, Verb, verbs_of
+
+__all__ = [
+    "BOTH",
+    "CLI",
+    "ENGINE_OPTIONS",
+    "MAGIC",
+    "RUN_OPTIONS",
+    "VERBS",
+    "Arg",
+    "Verb",
+    "verbs_of",
+]

@@ -1,0 +1,287 @@
+"""The verbs of ``nbsched`` and ``%gpusched``, each declared once: its name, help, the
+arguments it takes (flags, value check, default, help) and the one API call it makes.
+
+:mod:`nbsched.cli` builds its argparse subcommands from :data:`VERBS`, and
+:mod:`nbsched.jupyter.magics` each verb's ``MagicArgumentParser`` (argparse too), so
+both front ends accept the same options with the same defaults, meanings and error
+texts.  What differs is said here, not in the front ends: a verb's ``fronts`` (``stop``
+and the widgets only make sense in a kernel, ``serve`` and ``demo`` only in a terminal),
+the CLI's ``--json``, and the CLI's :data:`ENGINE_OPTIONS` on every verb (each
+``nbsched`` process makes its own scheduler; the magic's is made once, by ``start``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nbsched.config import EXECUTORS, PROVIDERS
+from nbsched.scheduler import GPUJobScheduler
+
+from .values import (
+    checked_ids,
+    command_line,
+    count_type,
+    gpu_index_type,
+    gpus_type,
+    limit_type,
+    lines_type,
+    priority_type,
+    retries_type,
+    rows_type,
+    seconds_type,
+)
+
+CLI = "cli"
+MAGIC = "magic"
+BOTH = frozenset((CLI, MAGIC))
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: what ``parser.add_argument`` is given."""
+
+    flags: tuple[str, ...]
+    help: str
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    nargs: str | None = None
+    action: str | None = None
+    dest: str | None = None
+    #: Arguments with the same ``group`` exclude each other.
+    group: str | None = None
+    #: Which front ends take it (a positional only the CLI has: ``run COMMAND``).
+    fronts: frozenset[str] = BOTH
+
+    def add_to(self, parser: Any) -> None:
+        """Add it to an argparse parser (or a group of one)."""
+        names = ("type", "default", "metavar", "choices", "nargs", "action", "dest")
+        given = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        parser.add_argument(*self.flags, help=self.help, **given)
+
+
+Call = Callable[[GPUJobScheduler, argparse.Namespace], Any]
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One verb.  ``call`` makes its API call from the parsed arguments (``None``: the
+    front end does the verb's work itself: a status page, a widget, the engine's start).
+
+    Front ends set ``ns.words`` (the words after ``--``, as a shell splits them, or
+    ``None``) and ``ns.typed`` (that text as typed, where they have it) before ``call``.
+    """
+
+    name: str
+    help: str
+    args: tuple[Arg, ...] = ()
+    call: Call | None = None
+    description: str | None = None
+    #: What goes after ``--``, as usage text ("": nothing may).
+    tail: str = ""
+    #: It has a ``%%gpusched NAME`` form (the cell is the script).
+    cell: bool = False
+    fronts: frozenset[str] = BOTH
+    #: The magic's usage line (``None``: argparse's).
+    usage: str | None = None
+    #: ``ids`` (``nargs="*"``, for an empty ``$list`` in the magic) must be given.
+    ids_required: bool = False
+
+    def args_for(self, front: str) -> tuple[Arg, ...]:
+        return tuple(a for a in self.args if front in a.fronts)
+
+    def add_arguments(self, parser: argparse.ArgumentParser, front: str) -> None:
+        """Declare this verb's arguments for ``front`` on ``parser``."""
+        groups: dict[str, Any] = {}
+        for arg in self.args_for(front):
+            target: Any = parser
+            if arg.group is not None:
+                if arg.group not in groups:
+                    groups[arg.group] = parser.add_mutually_exclusive_group()
+                target = groups[arg.group]
+            arg.add_to(target)
+
+
+def job_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The options every queued job takes, as the API names them."""
+    return {
+        "required_gpus": ns.gpus,
+        "allowed_gpus": ns.allowed,
+        "priority": ns.priority,
+        "max_retries": ns.retries,
+        "name": ns.name,
+    }
+
+
+def _add(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
+    words = ns.words or []
+    return s.add_job(
+        ns.script, ns.conda_env, words, launcher=ns.launcher, gpu_arg=ns.gpu_arg, **job_options(ns)
+    )
+
+
+def _run(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
+    return s.add_command(command_line(ns.words, ns.typed), **job_options(ns))
+
+
+def _sweep(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
+    swept = ns.typed if ns.typed is not None else ns.words
+    return s.add_sweep(
+        ns.script, args=swept, conda_env=ns.conda_env, limit=ns.limit, **job_options(ns)
+    )
+
+
+def _cancel(s: GPUJobScheduler, ns: argparse.Namespace) -> dict[str, bool]:
+    return {job_id: s.cancel(job_id) for job_id in checked_ids(s, ns.ids)}
+
+
+def _retry(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
+    return [s.retry(job_id) for job_id in checked_ids(s, ns.ids, ended=True)]
+
+
+def _wait(s: GPUJobScheduler, ns: argparse.Namespace) -> Any:
+    progress = False if ns.no_progress else None
+    return s.wait(ns.ids, timeout=ns.timeout, progress=progress)
+
+
+def _opt(*flags: str, help: str, **more: Any) -> Arg:  # noqa: A002 (argparse's name)
+    return Arg(tuple(flags), help, **more)
+
+
+#: Where the scheduler's GPUs come from and where its state lives: ``start`` and
+#: ``serve`` take them, and the CLI takes them on every verb (see the module's doc).
+ENGINE_OPTIONS = (
+    _opt(
+        "--state-dir", metavar="DIR", help="state directory (default $NBSCHED_HOME or ~/.nbsched)"
+    ),
+    _opt("--provider", choices=PROVIDERS, help="where GPU readings come from"),
+    _opt("--num-gpus", type=count_type, metavar="N", help="schedule on GPUs 0..N-1"),
+    _opt(
+        "--simulate",
+        type=count_type,
+        metavar="N",
+        help="N simulated GPUs: short for --provider simulated --num-gpus N",
+    ),
+)
+
+#: How the engine runs its jobs: ``start`` (magic) and ``serve`` (CLI).
+RUN_OPTIONS = (
+    _opt("--executor", choices=EXECUTORS, help="how jobs run (default direct)"),
+    _opt("--ray-address", metavar="ADDR", help="with --executor ray: 'auto' or host:port"),
+    _opt("--jobs-file", metavar="F", help="a jobs file to watch for new lines"),
+    _opt("--llm-config", metavar="F", help="LLM config: GPUs per --llm model"),
+    _opt("--max-retries", type=retries_type, metavar="N", help="re-runs of a failed job"),
+)
+
+JOB_OPTIONS = (
+    _opt(
+        "--gpus",
+        type=gpus_type,
+        metavar="X",
+        help="GPUs it needs: a fraction in (0, 1] or a whole number "
+        "(default: from the LLM config, else 1)",
+    ),
+    _opt("--allowed", metavar="GPUS", help="GPUs it may use, e.g. 0-3,5 (default: any)"),
+    _opt(
+        "--priority",
+        type=priority_type,
+        default=0,
+        metavar="P",
+        help="lower runs first (default 0)",
+    ),
+    _opt("--retries", type=retries_type, metavar="N", help="re-runs after a failure"),
+    _opt("--name", help="a label shown in the job table"),
+)
+
+_ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
+_IDS = _opt("ids", nargs="*", metavar="ID", help="job ids (in a notebook, an empty $list: none)")
+_ID = _opt("id", help="job id")
+_GPU = _opt("gpu", type=gpu_index_type, help="GPU index")
+
+# A declarative table: one entry per verb, so it is longer than a function should be.
+_TABLE = (
+    Verb("start", "create and start a scheduler (the other verbs act on it)",
+         ENGINE_OPTIONS + RUN_OPTIONS, fronts=frozenset((MAGIC,))),
+    Verb("serve", "run the engine in the foreground (Ctrl-C stops it)",
+         RUN_OPTIONS, fronts=frozenset((CLI,))),
+    Verb("demo", "run a small mixed sweep on this machine's GPUs and exit",
+         description="Run a small mixed sweep on this machine's GPUs (simulated ones where "
+         "there are none) and exit; in a temporary state directory, removed at the end, "
+         "unless --state-dir names one.", fronts=frozenset((CLI,))),
+    Verb("add", "queue a script (python, bash or executable) with its arguments",
+         (*JOB_OPTIONS, _ENV,
+          _opt("--launcher", choices=("torchrun",), help="run under torchrun"),
+          _opt("--gpu-arg", metavar="OPTION",
+               help="pass the job's local GPU indices with this option"),
+          _opt("script", help="path of the script")),
+         _add, tail="[-- SCRIPT ARGS...]"),
+    Verb("run", "queue a shell command (%%gpusched run: the cell is the job, a Python script)",
+         (*JOB_OPTIONS,
+          _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="(cell form) conda env"),
+          _opt("command", nargs="*", help="the command (better after --)",
+               fronts=frozenset((CLI,)))),
+         _run, tail="-- COMMAND... (cell form: [-- SCRIPT ARGS...])", cell=True,
+         description="Queue a shell command (bash -c). One word after -- is the command "
+         "line itself ('sleep 3; echo hi'); several are the command line as typed (from a "
+         "terminal: joined with their quoting kept, so each reaches the job as one word)."),
+    Verb("sweep", "queue one job per combination of the braces (cell form: of the cell)",
+         (_opt("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs"),
+          *JOB_OPTIONS, _ENV,
+          _opt("script", nargs="?", help="path of the script (none in the cell form)")),
+         _sweep, tail="-- --lr {0.1,0.01} --seed {1..3}", cell=True,
+         description="Queue one job per combination of the {a,b} / {1..5} groups in the "
+         "arguments after -- (in a terminal, quote the braces: the shell expands them)."),
+    Verb("status", "GPUs, queue counts, running and queued jobs"),
+    Verb("jobs", "the job table",
+         (_opt("--status", metavar="S", help="e.g. queued, running, failed, ended, active"),
+          _opt("--first", type=rows_type, metavar="N", group="rows",
+               help="only the first N (in submission order)"),
+          _opt("--last", type=rows_type, metavar="N", group="rows", help="only the last N")),
+         lambda s, ns: s.jobs(ns.status, first=ns.first, last=ns.last)),
+    Verb("gpus", "the GPU table", call=lambda s, ns: s.get_gpu_status()),
+    Verb("screens", "screen sessions of running jobs", call=lambda s, ns: s.screens(),
+         fronts=frozenset((CLI,))),
+    Verb("logs", "the last lines of a job's output",
+         (_opt("-n", "--lines", type=lines_type, default=50, metavar="N",
+               help="the last N lines (default 50; 0: none; all: the whole log)"), _ID),
+         lambda s, ns: s.logs(ns.id, tail=ns.lines)),
+    Verb("wait", "block until those jobs (default: all) have ended; their rows",
+         (_opt("--no-progress", action="store_true", help="no progress bar"),
+          _opt("--timeout", type=seconds_type, metavar="S", help="give up after S seconds"),
+          _opt("ids", nargs="*", metavar="ID",
+               help="job ids (default: every active job; an empty $list: none)")),
+         _wait,
+         description="Wait for those jobs (default: every queued and running one) to end; "
+         "their rows. (nbsched: exit status 0 if every one succeeded, 1 if not.)"),
+    Verb("cancel", "cancel jobs (every id is checked before any is cancelled)", (_IDS,),
+         _cancel, usage="%(prog)s ID [ID ...]", ids_required=True),
+    Verb("retry", "queue ended jobs again (every id is checked before any is queued)",
+         (_IDS,), _retry, usage="%(prog)s ID [ID ...]", ids_required=True),
+    Verb("pause", "start no new job on a GPU", (_GPU,), lambda s, ns: s.pause_gpu(ns.gpu)),
+    Verb("resume", "let a paused GPU take jobs again", (_GPU,),
+         lambda s, ns: s.resume_gpu(ns.gpu)),
+    Verb("stop", "stop the scheduler (running jobs go on unless --kill)",
+         (_opt("--kill", action="store_true", help="cancel the running jobs too"),),
+         fronts=frozenset((MAGIC,))),
+    Verb("results", "a sweep's table: parameters, status, duration, results",
+         (_opt("sweep", nargs="?", help="sweep id such as sw1 (default: the latest)"),),
+         lambda s, ns: s.sweep(ns.sweep)),
+    Verb("sweeps", "every sweep and how far it got", call=lambda s, ns: s.sweeps()),
+    Verb("why", "why a queued job is waiting", (_ID,), lambda s, ns: s.why(ns.id)),
+    Verb("form", "a form to submit jobs and sweeps", fronts=frozenset((MAGIC,))),
+    Verb("dashboard", "live GPU charts, allocation and the job table",
+         (_opt("--interval", type=seconds_type, default=1.0, metavar="S",
+               help="refresh period"),), fronts=frozenset((MAGIC,))),
+)  # fmt: skip
+
+#: Every verb by name, in help order.
+VERBS: dict[str, Verb] = {v.name: v for v in _TABLE}
+
+
+def verbs_of(front: str) -> dict[str, Verb]:
+    """The verbs one front end has, in help order."""
+    return {name: v for name, v in VERBS.items() if front in v.fronts}

@@ -1,0 +1,152 @@
+"""What the verbs' words mean, for both front ends: argument types (argparse's adapters
+of :mod:`nbsched.checks`, where each value's rule and message are written once), the
+rule that turns the words after ``--`` into a shell command, the GPU settings of
+``--simulate``/``--provider``/``--num-gpus``, and "check every id, then act".
+
+One copy, so ``nbsched`` and ``%gpusched`` cannot drift apart again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from nbsched import checks
+from nbsched.errors import InvalidTypeError, InvalidValueError
+from nbsched.scheduler import GPUJobScheduler
+
+_T = TypeVar("_T")
+
+# -- argument types: argparse's adapters of nbsched.checks ------------------------------------
+# Each rule (what a GPU requirement, a priority, a number of seconds... may be) and its
+# message are written once, in nbsched.checks; argparse only wants its own error kind,
+# whose text it shows as "argument --gpus: TEXT".
+
+
+def _argument(read: Callable[[str], _T], text: str) -> _T:
+    try:
+        return read(text)
+    except (InvalidTypeError, InvalidValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def gpus_type(text: str) -> float:
+    """A GPU requirement: a fraction in (0, 1] or a whole number."""
+    return _argument(checks.gpus_from_text, text)
+
+
+def count_type(text: str) -> int:
+    """A number of GPUs: 1, 2, ..."""
+    return _argument(checks.gpu_count_from_text, text)
+
+
+def lines_type(text: str) -> int | None:
+    """``-n N``: the last N lines (0: none); ``-n all``: every line (``None``)."""
+    return _argument(checks.lines_from_text, text)
+
+
+def gpu_index_type(text: str) -> int:
+    return _argument(lambda t: checks.whole_from_text(t, 0, "a GPU index"), text)
+
+
+def limit_type(text: str) -> int:
+    return _argument(checks.sweep_limit_from_text, text)
+
+
+def rows_type(text: str) -> int:
+    return _argument(checks.rows_from_text, text)
+
+
+def retries_type(text: str) -> int:
+    return _argument(checks.retries_from_text, text)
+
+
+def priority_type(text: str) -> int:
+    return _argument(checks.priority_from_text, text)
+
+
+def seconds_type(text: str) -> float:
+    return _argument(checks.seconds_from_text, text)
+
+
+# -- the words after ``--`` -----------------------------------------------------------------
+
+
+def command_line(words: Sequence[str] | None, typed: str | None = None) -> str:
+    """The shell command (``bash -c``) of ``run -- WORDS``.
+
+    ``words`` are the words after ``--`` as a shell splits them.  One word is the
+    command line itself (``run -- 'sleep 3; echo hi'`` runs ``sleep 3; echo hi``);
+    several are the command line as typed: ``typed`` where the front end has the text
+    (the magic), else the words joined with their quoting kept (the CLI, whose shell
+    removed it), so each reaches the job as the one word it was.  ``words=None``: the
+    text could not be split (the shell in the job will say why): as typed.
+    """
+    if words is not None and len(words) == 1:
+        return words[0]
+    if typed is not None:
+        return typed
+    return shlex.join(words or ())
+
+
+# -- GPU settings ---------------------------------------------------------------------------
+
+
+def gpu_fields(simulate: int | None, provider: str | None, num_gpus: int | None) -> dict[str, Any]:
+    """The config fields of ``--simulate N`` / ``--provider P`` / ``--num-gpus N``;
+    ``--simulate N`` is short for ``--provider simulated --num-gpus N``, so it refuses a
+    provider or a count that says otherwise."""
+    fields: dict[str, Any] = {}
+    if simulate is not None:
+        if provider not in (None, "simulated"):
+            raise InvalidValueError(
+                f"--simulate {simulate} means --provider simulated, not --provider {provider}"
+            )
+        if num_gpus not in (None, simulate):
+            raise InvalidValueError(
+                f"--simulate {simulate} gives {simulate} GPUs, not --num-gpus {num_gpus}"
+            )
+        fields.update(gpu_provider="simulated", num_gpus=simulate)
+    if provider is not None:
+        fields["gpu_provider"] = provider
+    if num_gpus is not None:
+        fields["num_gpus"] = num_gpus
+    return fields
+
+
+# -- ids --------------------------------------------------------------------------------------
+
+
+def checked_ids(s: GPUJobScheduler, ids: Sequence[str], *, ended: bool = False) -> list[str]:
+    """Every id checked before any is acted on (a bad one: nothing is done), each once.
+
+    ``ended``: each job must have ended (``retry``)."""
+    unique = list(dict.fromkeys(ids))
+    statuses = [s.job(job_id)["status"] for job_id in unique]  # (an unknown id first)
+    for job_id, status in zip(unique, statuses, strict=True):
+        if ended and status in ("queued", "running"):
+            raise InvalidValueError(f"job {job_id} is {status}; only ended jobs retry")
+    return unique
+
+
+def engine_fields(ns: Any) -> dict[str, Any]:
+    """The config fields of the engine options (``start``, ``serve``, and the CLI's on
+    every verb): those of ``ns`` that were given."""
+    fields = gpu_fields(ns.simulate, ns.provider, ns.num_gpus)
+    ray_address = getattr(ns, "ray_address", None)
+    executor = getattr(ns, "executor", None)
+    if ray_address is not None and executor != "ray":
+        raise InvalidValueError(
+            f"--ray-address {ray_address} applies to --executor ray: only with --executor ray "
+            f"is it used (the executor would be {executor or 'direct'}); add --executor ray"
+        )
+    names = {"state_dir": "state_dir", "executor": "executor", "jobs_file": "jobs_file"}
+    names.update(llm_config="llm_config_file", ray_address="ray_address")
+    names.update(max_retries="max_retries")
+    for flag, field in names.items():
+        value = getattr(ns, flag, None)
+        if value is not None:  # ('' is refused by the config, not taken as unset)
+            fields[field] = value
+    return fields

@@ -9,11 +9,14 @@ import time
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbsched import frames
 from nbsched.frames import local_zone
-from nbsched.jobs import Job, JobSpec, JobStatus
+from nbsched.jobs import Job, JobSpec, JobStatus, display_command
 from nbsched.store import Store
+from nbsched.store.rows import dumps as store_dumps
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 
@@ -205,3 +208,45 @@ def test_rows_do_not_share_their_gpu_lists(store: Store) -> None:
     table = frames.jobs_frame(store.table())
     table["gpus"][0].append(7)
     assert table["gpus"][1] == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("",), None),
+        (("--lr", "0.1", "--seed", "7"), None),
+        (("--lr", "0.1", "--seed", "7"), "torch"),
+        (("a b", "$(x)", "it's", "ünï", "--x=1,2:3@4%5+6", ""), "my env"),
+        ((), None),
+    ],
+)
+def test_command_column_quotes_as_display_command_does(
+    store: Store, args: tuple[str, ...], env: str | None
+) -> None:
+    """The table quotes only the words that need it, as shlex.join (and so job(id))
+    does: empty words, spaces, quotes, $(...) and non-ASCII letters."""
+    for script in ("/data/train.py", "/data/my script.py"):
+        add(store, JobSpec(kind="script", script=script, args=args, conda_env=env, required_gpus=1))
+    table = frames.jobs_frame(store.table())
+    assert list(table["command"]) == [j.display_command() for j in store.find()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    args=st.lists(st.text(alphabet=st.sampled_from(list("ab1-_=,./\"'\\ $ü[]:@%+\n")), max_size=6)),
+    script=st.sampled_from(["/d/train.py", "", "/d/a b.py", '/d/x"y.py']),
+    env=st.sampled_from([None, "", "torch", "my env"]),
+)
+def test_command_column_is_display_command_for_any_words(
+    args: list[str], script: str, env: str | None
+) -> None:
+    """The table's shortcut for words that need no quoting (cut from the stored JSON
+    text) gives what shlex.join gives, whatever the words."""
+    raw = {
+        "kind": ["script"],
+        "command": [None],
+        "script": [script],
+        "args": [store_dumps(args)],
+        "conda_env": [env],
+    }
+    assert frames._commands(raw) == [display_command("script", None, script, args, env)]

@@ -24,9 +24,6 @@ PAGE = 500
 #: What the plan reads of a queued job, and what makes a :class:`Job` of it.
 _LIGHT_SQL = "seq, priority, required_gpus, allowed_gpus, not_before, kind, submitted"
 
-#: Dispatch order: what the index ``jobs_status(status, priority, seq)`` holds.
-_ORDER = "ORDER BY priority, seq"
-
 
 def _defaults(cls: type) -> dict[str, Any]:
     """The defaults of ``cls``'s fields (those without one left out)."""
@@ -113,13 +110,15 @@ class QueueReadPart(StorePart):
         value = found[0][0]
         return None if value is None else int(value)
 
-    def queued_table(self, limit: int) -> list[tuple[Any, ...]]:
-        """The first ``limit`` queued jobs in dispatch order, as :meth:`table` reads
-        them (:data:`~.rows.TABLE_COLUMNS`)."""
-        return self._db.read(
-            f"SELECT {rows.TABLE_SQL} FROM jobs WHERE status = ? {_ORDER} LIMIT ?",
-            (JobStatus.QUEUED.value, max(0, int(limit))),
-        )
+    def queued_table(self, limit: int | None = None) -> list[tuple[Any, ...]]:
+        """The queued jobs in dispatch order (only the first ``limit``), as
+        :meth:`~.jobs.JobsPart.table` reads them (:data:`~.rows.TABLE_COLUMNS`)."""
+        sql = f"SELECT {rows.TABLE_SQL} FROM jobs WHERE status = ? ORDER BY priority, seq"
+        params: list[Any] = [JobStatus.QUEUED.value]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+        return self._db.read(sql, params)
 
 
 __all__ = ["PAGE", "QueueReadPart", "light_job"]

@@ -531,11 +531,14 @@ def test_why_deep_in_a_long_queue_says_what_the_whole_queue_says(
     told = {jid: s.why(jid).removesuffix(NO_ENGINE) for jid in ids[1:]}
     assert told == expected
     kinds = {text.split(" ")[0] for text in told.values()}
-    assert kinds == {  # (each sentence of explain() in one of the three queues)
-        1: {"a", "every", "it", "none"},
-        2: {"a", "it", "job", "needs"},
-        3: {"a", "job", "needs", "none"},
-    }[seed]
+    assert (
+        kinds
+        == {  # (each sentence of explain() in one of the three queues)
+            1: {"a", "every", "it", "none"},
+            2: {"a", "it", "job", "needs"},
+            3: {"a", "job", "needs", "none"},
+        }[seed]
+    )
     if seed == 2:  # (a reservation, and jobs behind it backfilling around it)
         assert any("that job does not hold" in text for text in told.values())
 

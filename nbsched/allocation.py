@@ -24,7 +24,8 @@ Rules, in the order they are applied:
 
 Nothing here reads a clock, a file or a GPU: :func:`plan` is called by the
 dispatcher thread and by the tests with hand-built states.  :func:`explain` says, from
-the same inputs, why each queued job has not started (``why()``).
+the same inputs, why each queued job has not started; :func:`explain_one`, why one job
+has, from the jobs ahead of it alone (``why()``).
 """
 
 from __future__ import annotations
@@ -179,41 +180,73 @@ def explain(
     """Why each job of ``queue`` (in dispatch order, as for :func:`plan`) has not
     started, in words, from the same inputs as :func:`plan`."""
     decision = plan(queue, gpus, now, precision)
-    placed = {p.job_id: p.gpus for p in decision.placements}
+    words = _Reasons(decision, gpus, now, precision)
     head = decision.head_waiting
-    held = sorted(g for g, j in decision.reserved.items() if head and j == head[0])
-    usable = sum(1 for g in gpus if g.eligible)
-    eligible = {g.index for g in gpus if g.eligible}
     out: dict[str, str] = {}
-    first_blocked: Job | None = None
+    after_head = False
     for job in queue:
-        if job.not_before is not None and job.not_before > now:
-            out[job.id] = f"a retry's back-off, until {_clock(job.not_before)}"
-        elif job.id in placed:
-            where = ",".join(map(str, placed[job.id]))
-            out[job.id] = f"it fits now (GPU {where}): it starts at the engine's next turn"
-        elif head is not None and job.id == head[0]:
-            out[job.id] = head[1]
-            first_blocked = job
-        elif job.allowed_gpus is not None and not eligible & set(job.allowed_gpus):
+        out[job.id] = words.of(job, after_head)
+        after_head = after_head or (head is not None and job.id == head[0])
+    return out
+
+
+def explain_one(
+    queue: Sequence[Job], job: Job, gpus: Sequence[GpuState], now: float, precision: float = 0.01
+) -> str:
+    """:func:`explain`'s answer for ``job``, from ``queue``: the jobs ahead of it in
+    dispatch order, then ``job``.
+
+    The jobs behind it change nothing of its answer (:func:`plan` takes the jobs in
+    order), and :func:`plan` iterates ``queue`` only until nothing is left to hand
+    out: a queue read lazily is read no further (``why()`` of one job among 100,000
+    reads a page or a few, not the whole queue).
+    """
+    decision = plan(queue, gpus, now, precision)
+    head = decision.head_waiting
+    after_head = head is not None and head[0] != job.id  # (the head is ahead of it, if any)
+    return _Reasons(decision, gpus, now, precision).of(job, after_head)
+
+
+class _Reasons:
+    """The words for the jobs of one :class:`Plan`."""
+
+    def __init__(
+        self, decision: Plan, gpus: Sequence[GpuState], now: float, precision: float
+    ) -> None:
+        self.placed = {p.job_id: p.gpus for p in decision.placements}
+        self.head = head = decision.head_waiting
+        self.held = sorted(g for g, j in decision.reserved.items() if head and j == head[0])
+        self.usable = sum(1 for g in gpus if g.eligible)
+        self.eligible = {g.index for g in gpus if g.eligible}
+        self.now = now
+        self.precision = precision
+
+    def of(self, job: Job, after_head: bool) -> str:
+        """Why ``job`` has not started; ``after_head``: the plan's head job (the first
+        that could not start) comes before it."""
+        head = self.head
+        if job.not_before is not None and job.not_before > self.now:
+            return f"a retry's back-off, until {_clock(job.not_before)}"
+        if job.id in self.placed:
+            where = ",".join(map(str, self.placed[job.id]))
+            return f"it fits now (GPU {where}): it starts at the engine's next turn"
+        if head is not None and job.id == head[0]:
+            return head[1]
+        if job.allowed_gpus is not None and not self.eligible & set(job.allowed_gpus):
             allowed = ",".join(map(str, job.allowed_gpus))
-            out[job.id] = (
+            return (
                 f"none of the GPUs it may use ({allowed}) takes a job now "
                 "(paused, or busy with others' work)"
             )
-        elif head is not None and first_blocked is not None:
+        if head is not None and after_head:
             text = f"job {head[0]} comes first ({head[1]})"
-            need = _need(_round(job.required_gpus, precision))
-            if held:
+            need = _need(_round(job.required_gpus, self.precision))
+            if self.held:
                 text += f"; it needs {need}, and may use only GPUs that job does not hold"
-            out[job.id] = text
-        else:
-            out[job.id] = (
-                f"every usable GPU ({usable}) is taken by running jobs and jobs ahead of it"
-                if usable
-                else "no GPU is usable now (paused, or busy with others' work)"
-            )
-    return out
+            return text
+        if self.usable:
+            return f"every usable GPU ({self.usable}) is taken by running jobs and jobs ahead of it"
+        return "no GPU is usable now (paused, or busy with others' work)"
 
 
 def _clock(when: float) -> str:

@@ -343,16 +343,33 @@ def _status(s: GPUJobScheduler, as_json: bool) -> int:
     print("queue: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print(f"engine: {'pid ' + str(holder) if holder else 'none running'}")
     _print_frame(s.get_gpu_status(), False)
-    active = s.jobs(status="active")
-    if not active.empty:
-        print()
-        _print_frame(active, False, JOB_TABLE)
+    _print_active(s, counts.get("queued", 0))
     if notices:
         print("\nnotices:")
     for n in notices[-10:]:
         when = time.strftime("%H:%M:%S", time.localtime(n["at"]))
         print(f"  {when} {n['level'].upper()}: {n['source']}: {n['message']}")
     return 0
+
+
+#: How many queued jobs ``nbsched status`` lists (the first to start).
+STATUS_QUEUED = 20
+
+
+def _print_active(s: GPUJobScheduler, queued: int) -> None:
+    """The running jobs, then the first :data:`STATUS_QUEUED` queued ones in the order
+    they start, and how many more wait: a table of 100,000 queued jobs is for
+    ``nbsched jobs``, not for a glance (printing it took seconds)."""
+    import pandas as pd
+
+    shown = s.queue(first=STATUS_QUEUED)
+    parts = [df for df in (s.jobs(status="running"), shown) if not df.empty]
+    if not parts:
+        return
+    print()
+    _print_frame(pd.concat(parts, ignore_index=True), False, JOB_TABLE)
+    if queued > len(shown):
+        print(f"... and {queued - len(shown):,} more queued: nbsched jobs --status queued")
 
 
 def _serve(ns: argparse.Namespace) -> int:

@@ -344,6 +344,14 @@ class GPUJobScheduler(Submitting):
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
         return frames.jobs_frame(rows)
 
+    def queue(self, first: int | None = None) -> pd.DataFrame:
+        """The queued jobs in the order they start (priority, then submission), the
+        columns of :meth:`jobs`; only the ``first`` N with it (a status shows the head
+        of a long queue without reading all of it)."""
+        self._check_open()
+        limit = None if first is None else check_count("first", first, " or None")
+        return frames.jobs_frame(self.store.queued_table(limit))
+
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
@@ -403,6 +411,6 @@ class GPUJobScheduler(Submitting):
     def why(self, job_id: str) -> str:
         """Why a queued job has not started, in words: from the queue, the running jobs,
         the pauses and the GPUs as they are now (the dispatcher's own rules, in
-        :func:`nbsched.allocation.explain`), so any process can ask."""
+        :func:`nbsched.allocation.explain_one`), so any process can ask."""
         self._check_open()
         return self._why.why(job_id)

@@ -1,28 +1,69 @@
 """``why(job_id)``: why a queued job has not started, in words.
 
 The answer comes from the queue, the running jobs, the pauses and the GPUs as they
-are now, by the dispatcher's own rules (:func:`nbsched.allocation.explain`), so any
-process can ask, the dispatching one or not.  :class:`Why` works the reasons out for
-the whole queue at once and keeps them while the store's revision is unchanged, for
-at most :data:`MAX_AGE_S` (the GPUs change by themselves): a status that lists
-several waiting jobs asks once per job.
+are now, by the dispatcher's own rules (:func:`nbsched.allocation.explain_one`), so
+any process can ask, the dispatching one or not.  Only the jobs ahead of the one asked
+about count, and of those only as many as the plan takes before nothing is left to
+hand out: they are read a page at a time, light, in dispatch order
+(:meth:`~nbsched.store.queue_read.QueueReadPart.queued_ahead`), so ``why()`` of a job
+behind 100,000 others reads a page or a few, not the whole queue.
+
+:class:`Why` keeps the GPUs' states and its answers while the store's revision is
+unchanged, for at most :data:`MAX_AGE_S` (the GPUs change by themselves): a status
+that lists several waiting jobs reads the GPUs once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, overload
 
-from .allocation import explain, gpu_states, queue_key
+from .allocation import GpuState, explain_one, gpu_states
 from .gpus.base import GpuSnapshot
-from .jobs import JobStatus
+from .jobs import Job, JobStatus
 from .store import Store
 
 #: How long reasons worked out at one store revision are kept (for the GPUs' changes).
 MAX_AGE_S = 1.0
 
 NO_ENGINE = " (no engine runs on this state directory: nothing starts until one does)"
+
+
+class _Ahead(Sequence[Job]):
+    """The queue up to ``job``, in dispatch order: the jobs ahead of it, read lazily
+    (a page at a time, as iterated), then ``job``.  :func:`plan` iterates it once and
+    stops where it stops; indexing or ``len`` reads the rest."""
+
+    def __init__(self, store: Store, job: Job) -> None:
+        self._pages: Iterator[Job] | None = store.queued_ahead(job.priority, job.seq)
+        self._job = job
+        self._read: list[Job] = []
+
+    def __iter__(self) -> Iterator[Job]:
+        yield from self._read
+        while self._pages is not None:
+            for ahead in self._pages:
+                self._read.append(ahead)
+                yield ahead
+            self._pages = None
+            self._read.append(self._job)
+            yield self._job
+
+    def _all(self) -> list[Job]:
+        for _ in self:
+            pass
+        return self._read
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, index: int) -> Job: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Job]: ...
+    def __getitem__(self, index: int | slice) -> Job | Sequence[Job]:
+        return self._all()[index]
 
 
 class Why:
@@ -49,38 +90,40 @@ class Why:
         self._engine_pid = engine_pid
         self._clock = clock
         self._now = now
-        self._explained: tuple[int, float, dict[str, str]] | None = None
+        #: (revision, when, GPU states, precision, the answers given at that revision)
+        self._seen: tuple[int, float, list[GpuState], float, dict[str, str]] | None = None
 
     def why(self, job_id: str) -> str:
         """Why job ``job_id`` has not started (or what it is, if it is not queued)."""
         job = self._store.get(job_id)
         if job.status != JobStatus.QUEUED:
             return f"job {job.id} is {job.status.value}"
-        reason = self.reasons().get(job.id, "it was queued just now: look again")
+        reason = self.reason(job)
         if self._engine_pid() is None:
             reason += NO_ENGINE
         return reason
 
-    def reasons(self) -> dict[str, str]:
-        """:func:`explain` for the whole queue, worked out once per store revision
-        (and at most once per :data:`MAX_AGE_S`)."""
+    def reason(self, job: Job) -> str:
+        """:func:`explain_one` for the queued ``job``, worked out once per store
+        revision (and at most once per :data:`MAX_AGE_S`)."""
         rev = self._store.revision()
         at = self._clock()
-        cached = self._explained
-        if cached is not None and cached[0] == rev and at - cached[1] < MAX_AGE_S:
-            return cached[2]
-        queue = sorted(self._store.find(statuses=[JobStatus.QUEUED]), key=queue_key)
-        rules = self._rules()
-        states = gpu_states(
-            self._snapshot(),
-            self._store.allocation(),
-            self._store.paused(),
-            rules["gpu_memory_threshold"],
-            rules["gpu_load_threshold"],
-        )
-        reasons = explain(queue, states, self._now(), rules["gpu_allocation_precision"])
-        self._explained = (rev, at, reasons)
-        return reasons
+        seen = self._seen
+        if seen is None or seen[0] != rev or at - seen[1] >= MAX_AGE_S:
+            rules = self._rules()
+            states = gpu_states(
+                self._snapshot(),
+                self._store.allocation(),
+                self._store.paused(),
+                rules["gpu_memory_threshold"],
+                rules["gpu_load_threshold"],
+            )
+            seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
+        _, _, states, precision, answers = seen
+        if job.id not in answers:
+            queue = _Ahead(self._store, job)
+            answers[job.id] = explain_one(queue, job, states, self._now(), precision)
+        return answers[job.id]
 
 
-__all__ = ["MAX_AGE_S", "Why"]
+__all__ = ["MAX_AGE_S", "NO_ENGINE", "Why"]

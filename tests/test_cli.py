@@ -21,6 +21,7 @@ from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.cli import main
 from nbsched.executors.process import find_by_token
 from nbsched.executors.screen import list_sessions
+from nbsched.jobs import JobStatus
 
 
 @dataclass
@@ -370,6 +371,40 @@ def test_every_verb_works_without_an_engine(
     assert rc == 2 and "not allowed with argument --first" in err
     rc, _, err = _main(["jobs", *sim, "--last", "-1"], capsys)
     assert rc == 2 and "--last: -1 is not accepted: expected a number of jobs" in err
+
+
+def test_status_lists_the_first_queued_jobs_and_counts_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long queue is not printed whole: the running jobs, the first 20 queued in the
+    order they start (an urgent job first, though submitted last), and a line saying
+    how many more wait and where to see them."""
+    from nbsched.cli import STATUS_QUEUED
+
+    state = tmp_path / "state"
+    s = GPUJobScheduler(
+        config=SchedulerConfig(state_dir=state, gpu_provider="simulated", num_gpus=2)
+    )
+    try:
+        queued = [s.add_command(f"echo {i}", 1) for i in range(STATUS_QUEUED + 4)]
+        urgent = s.add_command("echo urgent", 1, priority=-10)
+        running = s.store.transition(queued[0], JobStatus.RUNNING, token="t", gpus=(0,))
+        assert running is not None  # (as an engine would: the table shows it first)
+    finally:
+        s.close()
+    rc, out, _ = _main(["status", "--state-dir", str(state), "--simulate", "2"], capsys)
+    assert rc == 0
+    rows = [
+        line.split()[:2] for line in out.splitlines() if re.match(r" *\d+ +(queued|running) ", line)
+    ]
+    assert rows == [
+        [queued[0], "running"],
+        [urgent, "queued"],
+        *([j, "queued"] for j in queued[1:STATUS_QUEUED]),
+    ]
+    assert out.rstrip().endswith("... and 4 more queued: nbsched jobs --status queued")
+    rc, out, _ = _main(["status", "--state-dir", str(state), "--simulate", "2", "--json"], capsys)
+    assert len(json.loads(out)["active"]) == STATUS_QUEUED + 5  # (--json: every active job)
 
 
 def test_demo_json(tmp_path: Path) -> None:

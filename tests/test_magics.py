@@ -371,6 +371,24 @@ def test_status_html_escapes_commands_names_and_gpu_names(
         assert escape(text) in html
 
 
+def test_status_shows_the_head_of_a_long_queue(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    """The status shows the first 20 queued jobs in the order they start (an urgent one
+    first, though submitted last) and says how many more wait."""
+    from nbsched.jupyter.status import MAX_ROWS
+
+    gs(ip, "pause 0")
+    gs(ip, "pause 1")
+    queued = [gs(ip, "run -- true") for _ in range(MAX_ROWS + 4)]
+    urgent = gs(ip, "run --priority -10 -- true")
+    report = gs(ip, "status")
+    assert list(report.queued["id"]) == [urgent, *queued[: MAX_ROWS - 1]]
+    assert report.counts["queued"] == MAX_ROWS + 5
+    assert "... and 5 more" in repr(report) and "... and 5 more" in report._repr_html_()
+    assert set(report.waiting) == {urgent, *queued[:4]}
+
+
 def test_status_shows_the_notices(ip: InteractiveShell, tmp_path: Path) -> None:
     """A jobs-file line that was skipped is said in the notebook's status, as in the
     command's (not only in the engine's log)."""

@@ -473,6 +473,104 @@ def test_why_a_job_waits_from_any_process(
         other.close()
 
 
+#: (required GPUs, priority, allowed GPUs) of the jobs the why() comparisons queue.
+WHY_SHAPES = [
+    (0.25, 0, None), (0.5, 0, None), (1, 0, None), (2, 0, None), (3, 0, None),
+    (0.5, -1, None), (1, 1, None), (0.25, 0, (3,)), (1, 0, (0,)), (2, 0, (2, 3)),
+    (0.5, 0, (1, 2)), (4, 0, None),
+]  # fmt: skip
+
+
+def _full_reasons(s: GPUJobScheduler) -> dict[str, str]:
+    """explain() of the whole queue, each job decoded in full: what why() said before it
+    read only the jobs ahead of the one asked about."""
+    from nbsched.allocation import explain, gpu_states, queue_key
+
+    queue = sorted(s.store.find(statuses=[JobStatus.QUEUED]), key=queue_key)
+    cfg = s.config
+    states = gpu_states(
+        s.monitor.snapshot(), s.store.allocation(), s.store.paused(),
+        cfg.gpu_memory_threshold, cfg.gpu_load_threshold,
+    )  # fmt: skip
+    return explain(queue, states, time.time(), cfg.gpu_allocation_precision)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_why_deep_in_a_long_queue_says_what_the_whole_queue_says(
+    make_sched: Callable[..., GPUJobScheduler],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    seed: int,
+) -> None:
+    """why() reads only the jobs ahead of the one asked about, a page at a time (here
+    pages of 7, so it walks many): its answer for every job of a few hundred is the
+    one explain() gives from the whole queue, with paused GPUs, a GPU busy with
+    others' work, a running job, back-offs, reservations and backfill."""
+    import random
+
+    from nbsched.store import queue_read
+
+    monkeypatch.setattr(queue_read, "PAGE", 7)
+    rng = random.Random(seed)
+    gpus_file = tmp_path / "gpus.json"
+    gpu = {"name": "Sim", "memory_total_mb": 1000}
+    busy = {**gpu, "external_load": 0.95}
+    write_simulated_gpus(gpus_file, [gpu, busy if seed == 2 else gpu, gpu, gpu])
+    s = make_sched(start=False, num_gpus=4, simulated_gpus_file=str(gpus_file))
+    for g in {1: [0], 2: [], 3: [0, 1, 2, 3]}[seed]:
+        s.pause_gpu(g)
+    ids = []
+    for _ in range(300):
+        required, priority, allowed = rng.choice(WHY_SHAPES)
+        ids.append(s.add_command("true", required, priority + rng.choice([0, 0, 2]), allowed))
+    running = s.store.transition(ids[0], JobStatus.RUNNING, token="t", gpus=(2,))
+    assert running is not None  # (a running job books GPU 2: less room there)
+    for jid in rng.sample(ids[1:], 15):
+        s.store.update(jid, not_before=time.time() + 3600)  # waiting out a retry's back-off
+    expected = _full_reasons(s)
+    told = {jid: s.why(jid).removesuffix(NO_ENGINE) for jid in ids[1:]}
+    assert told == expected
+    kinds = {text.split(" ")[0] for text in told.values()}
+    assert (
+        kinds
+        == {  # (each sentence of explain() in one of the three queues)
+            1: {"a", "every", "it", "none"},
+            2: {"a", "it", "job", "needs"},
+            3: {"a", "job", "needs", "none"},
+        }[seed]
+    )
+    if seed == 2:  # (a reservation, and jobs behind it backfilling around it)
+        assert any("that job does not hold" in text for text in told.values())
+
+
+def test_why_reads_no_further_than_the_plan_goes(
+    make_sched: Callable[..., GPUJobScheduler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every GPU paused the plan stops at the first job: why() of the last of 200
+    jobs reads one page of the queue, not the 199 jobs ahead of it."""
+    from nbsched.store import Store, queue_read
+
+    monkeypatch.setattr(queue_read, "PAGE", 10)
+    read: list[int] = []
+    walk = Store.queued_ahead
+
+    def counted(store: Store, priority: int, seq: int, page: int | None = None) -> Any:
+        for job in walk(store, priority, seq, page):
+            read.append(job.seq)
+            yield job
+
+    monkeypatch.setattr(Store, "queued_ahead", counted)
+    s = make_sched(start=False, num_gpus=2)
+    s.pause_gpu(0)
+    s.pause_gpu(1)
+    ids = [s.add_command("true", 1) for _ in range(200)]
+    assert s.why(ids[-1]).startswith(f"job {ids[0]} comes first (needs 1 free GPU; only 0 ")
+    assert 1 <= len(read) <= 10
+
+
+NO_ENGINE = " (no engine runs on this state directory: nothing starts until one does)"
+
+
 def test_stop_kill_cancels_running(make_sched: Callable[..., GPUJobScheduler]) -> None:
     s = make_sched()
     job_id = s.add_command("sleep 300", required_gpus=1)

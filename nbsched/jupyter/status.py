@@ -95,12 +95,9 @@ class StatusReport:
 def status_report(s: GPUJobScheduler, max_rows: int = MAX_ROWS) -> StatusReport:
     """A snapshot of ``s``: GPUs, counts, the running and the first queued jobs."""
     counts = s.counts()
-    active = s.jobs(status="active")
-    running = active[active["status"] == "running"].head(max_rows)
-    queued = active[active["status"] == "queued"].sort_values(
-        ["priority", "submitted"], kind="stable"
-    )
-    queued = queued.head(max_rows)
+    # (the first of the queue only: reading 100,000 queued jobs to show 20 took seconds)
+    running = s.jobs(status="running").head(max_rows)
+    queued = s.queue(first=max_rows)
     waiting = {str(i): s.why(str(i)) for i in queued["id"].head(5)}
     role = "dispatching" if s.is_dispatcher else ("standby" if s.running else "stopped")
     gpus = s.get_gpu_status()

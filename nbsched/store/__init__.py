@@ -8,6 +8,7 @@ package is one question per module:
 - :mod:`.schema`: the tables and their version;
 - :mod:`.rows`: the job columns (written once, from the dataclasses), encode/decode;
 - :mod:`.jobs`: adding, reading and moving jobs (the columns a transition may set);
+- :mod:`.queue_read`: the queue in dispatch order, a page at a time;
 - :mod:`.feed`: the change feed (what was written since a revision);
 - :mod:`.attempts`: the dispatcher's writes of attempts starting and ending;
 - :mod:`.meta`: GPU pauses, notices, key-values, sweeps.
@@ -24,6 +25,7 @@ from .connection import Database
 from .feed import Change, ChangeFeed, FeedPart
 from .jobs import JobsPart
 from .meta import SWEEP_PREFIX, MetaPart
+from .queue_read import QueueReadPart
 from .rows import SETTABLE, TABLE_COLUMNS, parse_job_id
 from .schema import SCHEMA_VERSION
 from .statedir import create_private_file, prepare_state_dir
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 
-class Store(JobsPart, FeedPart, AttemptsPart, MetaPart):
+class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart):
     """One process's store on ``state.db``, shared by its threads."""
 
     def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -645,10 +645,13 @@ def unstarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GPUJobSchedu
 
 @settings(max_examples=30, deadline=None)
 @given(command=st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), max_size=30))
+@example(command="0\xa0")  # (a trailing no-break space is part of the command)
+@example(command="\xa0")
 def test_run_makes_the_command_by_the_one_rule(unstarted: GPUJobScheduler, command: str) -> None:
     magics = GpuschedMagics(InteractiveShell.instance())
     magics.scheduler = unstarted
-    if not command.strip():
+    blanks = " \t\n"  # (a shell's word separators: a no-break space is part of a word)
+    if not command.strip(blanks):
         with pytest.raises(UsageError, match="needs a command after --"):
             magics.gpusched(f"run -- {command}")
         return
@@ -658,7 +661,7 @@ def test_run_makes_the_command_by_the_one_rule(unstarted: GPUJobScheduler, comma
         words: list[str] | None = shlex.split(command)
     except ValueError:
         words = None
-    expected = words[0] if words is not None and len(words) == 1 else command.strip()
+    expected = words[0] if words is not None and len(words) == 1 else command.strip(blanks)
     if not expected.strip():  # ('' or "  ": one word, and nothing to run)
         with pytest.raises(UsageError, match="expected a shell command"):
             magics.gpusched(f"run -- {command}")

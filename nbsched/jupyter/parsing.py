@@ -14,6 +14,10 @@ from typing import Any
 
 from nbsched.errors import InvalidValueError
 
+#: What separates words for a shell: a command keeps any other (Unicode) blank it ends
+#: with, as bash would (a trailing no-break space is part of the last word).
+SHELL_BLANKS = " \t\n"
+
 _VAR = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
 
 
@@ -41,7 +45,7 @@ def split_dashdash(line: str) -> tuple[str, str | None]:
             and (i == 0 or line[i - 1].isspace())
             and (i + 2 == n or line[i + 2].isspace())
         ):
-            return line[:i].rstrip(), line[i + 2 :].strip()
+            return line[:i].rstrip(), line[i + 2 :].strip(SHELL_BLANKS)
         i += 1
     return line.strip(), None
 

@@ -8,6 +8,7 @@ what changed, not to the length of the queue.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import NamedTuple
 
 from ..jobs import JobStatus
@@ -26,6 +27,37 @@ class ChangeFeed(NamedTuple):
     changes: list[Change]
     #: The GPUs paused now (a pause or a resume moves the revision too).
     paused: frozenset[int]
+
+
+class Queueing(NamedTuple):
+    """One job written after the revision asked about, with what a queue needs of it
+    (the dispatcher's :class:`~nbsched.dispatcher.entries.Queued`): its ``status`` and
+    ``token`` say whether it still waits; the rest is read for the queued ones."""
+
+    seq: int
+    status: JobStatus
+    token: str | None
+    rev: int
+    priority: int
+    required_gpus: float
+    #: The allowed GPUs as stored (JSON text), None: any.
+    allowed_gpus: str | None
+    not_before: float | None
+    attempts: int
+
+
+class QueueFeed(NamedTuple):
+    """What :meth:`FeedPart.queue_changes` read, in one statement (one snapshot)."""
+
+    rev: int
+    changes: list[Queueing]
+    paused: frozenset[int]
+
+
+#: Revisions :meth:`FeedPart.queue_changes` leaves out, at most (one range each).
+MAX_SKIPPED = 50
+
+_STATUS = {s.value: s for s in JobStatus}
 
 
 class FeedPart(StorePart):
@@ -83,3 +115,35 @@ class FeedPart(StorePart):
             else:
                 found.add(value)
         return rev, (found if seqs is None else seqs & found)
+
+    def queue_changes(self, rev: int, skip: Collection[int] = ()) -> QueueFeed:
+        """As :meth:`FeedPart.changes_since`, with the columns the queue needs, and
+        without the rows written at the revisions ``skip`` (still at them: unchanged
+        since; the dispatcher knows them, from the jobs this process submitted).  At
+        most :data:`MAX_SKIPPED` of them are left out (each is a range of the index);
+        the rows of the others come as usual: the first ones of ``skip`` are left out."""
+        cuts = sorted({r for r in list(skip)[:MAX_SKIPPED] if r > rev})
+        bounds = [rev, *cuts]
+        ranges: list[tuple[str, tuple[int, ...]]] = [
+            ("rev > ? AND rev < ?", (lo, hi)) for lo, hi in zip(bounds[:-1], cuts, strict=True)
+        ]
+        ranges.append(("rev > ?", (bounds[-1],)))
+        cols = "seq, status, token, rev, priority, required_gpus, allowed_gpus, not_before"
+        sql = " UNION ALL ".join(
+            f"SELECT 0, {cols}, attempts FROM jobs WHERE {w}" for w, _ in ranges
+        )
+        found = self._db.read(
+            f"{sql} UNION ALL SELECT 1, NULL, NULL, NULL, CAST(value AS INTEGER), NULL, "
+            "NULL, NULL, NULL, NULL FROM meta WHERE key = 'rev' UNION ALL SELECT 2, gpu, "
+            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM gpu_pauses",
+            [p for _, params in ranges for p in params],
+        )
+        current, changes, paused = rev, [], []
+        for kind, seq, status, *rest in found:
+            if kind == 0:
+                changes.append(Queueing(seq, _STATUS[status], *rest))
+            elif kind == 1:
+                current = rest[1]
+            else:
+                paused.append(seq)
+        return QueueFeed(current, changes, frozenset(paused))

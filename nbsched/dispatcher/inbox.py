@@ -9,6 +9,8 @@ takes them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..executors.base import Executor, Exit, Started
@@ -21,6 +23,10 @@ class Inbox:
     """Reports waiting for the loop.  Every field is guarded by ``lock``."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Held while a submitting thread makes its batch (:meth:`offer`), and by the loop
+    #: while it takes the batches and reads the store (:meth:`closed_offers`): a batch
+    #: being made is waited for, not read back from the store.
+    offers_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Attempts that ended and are not recorded yet: the next cycle records them (and
     #: puts them back while the store cannot be written, e.g. on a full disk).
     ended: list[tuple[Job, Exit]] = field(default_factory=list)
@@ -57,11 +63,19 @@ class Inbox:
         thread, so that the loop takes them in without per-job work."""
         if not jobs:
             return
-        batch = Batch.of(rev, jobs)
-        with self.lock:
-            self.offered.append(batch)
-            least = self.unchecked
-            self.unchecked = batch.least if least is None else min(least, batch.least)
+        with self.offers_lock:
+            batch = Batch.of(rev, jobs)
+            with self.lock:
+                self.offered.append(batch)
+                least = self.unchecked
+                self.unchecked = batch.least if least is None else min(least, batch.least)
+
+    @contextmanager
+    def closed_offers(self) -> Iterator[list[Batch]]:
+        """The batches offered, taken; no batch is made meanwhile (the loop reads the
+        store under it: the rows of a batch being made are not read back)."""
+        with self.offers_lock:
+            yield self.take_offered()
 
     def take_offered(self) -> list[Batch]:
         with self.lock:

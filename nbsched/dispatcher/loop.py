@@ -288,7 +288,9 @@ class Dispatcher:
         this dispatcher has not read, else from this process's submissions."""
         if self._dirty:
             self._dirty = False  # (a wake-up from now on sets it again)
-            self._cache.refresh(self.store, self._inbox.take_offered(), now, mono)
+            with self._inbox.closed_offers() as offered:
+                feed = self._cache.read(self.store, offered)
+            self._cache.apply(self.store, feed, now, mono)
         elif self._inbox.offered:
             self._cache.take(self._inbox.take_offered())
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ..allocation import Placement, booked_share
 from ..jobs import Job, JobStatus
 from ..store import Store
+from ..store.feed import QueueFeed
 from .ends import backoff_s
 from .entries import SMALL_BATCH, Batch, Queued
 
@@ -136,27 +137,39 @@ class QueueCache:
             self.queued.update(run.by_seq)
         self.runs = []
 
-    def refresh(self, store: Store, batches: Iterable[Batch], now: float, mono: float) -> None:
-        """Read the jobs changed since the last look (taking the ``batches`` offered
-        from memory) at wall-clock ``now``, monotonic ``mono``."""
+    def read(self, store: Store, batches: Iterable[Batch]) -> QueueFeed:
+        """Take the ``batches`` offered (from memory), then read the jobs changed since
+        the last look but theirs: what :meth:`apply` takes in."""
         self.take(batches)
         big = sorted(self.taken, key=self.taken.__getitem__, reverse=True)
         feed = store.queue_changes(self.rev, big)
         self.rev, self.paused = feed.rev, feed.paused
         self.taken.clear()  # (all at or below the revision read: in the feed from now)
+        return feed
+
+    def apply(self, store: Store, feed: QueueFeed, now: float, mono: float) -> None:
+        """Take in the changes :meth:`read` read, at wall-clock ``now``, monotonic
+        ``mono`` (the running jobs that are not this dispatcher's own are read whole)."""
         wanted: list[str] = []
         fresh: list[Queued] = []
+        queued = self.queued
         for change in feed.changes:
-            job_id, status = str(change.seq), change.status
+            seq, status = change.seq, change.status
+            if status == JobStatus.QUEUED:
+                entry = queued.get(seq)
+                if entry is None and self.runs:
+                    entry = self.entry(seq)
+                if entry is not None and entry.rev == change.rev:
+                    continue  # queued here as it still is (taken from the offers)
+                if entry is not None or self.running or self.backoff_until:
+                    self.forget(str(seq))
+                fresh.append(Queued.read(change))
+                continue
+            job_id = str(seq)
             known = self.running.get(job_id)
             if status == JobStatus.RUNNING and known is not None and known.token == change.token:
-                self.forget(job_id, running=False)  # off the queue; nothing else to learn:
-                continue  # it is this dispatcher's own write (started, pid recorded)
-            if status == JobStatus.QUEUED:
-                entry = self.entry(change.seq)
-                if entry is None or entry.rev != change.rev:  # (else: taken as it is)
-                    self.forget(job_id)
-                    fresh.append(Queued.read(change))
+                # off the queue; nothing else to learn: it is this dispatcher's own write
+                self.forget(job_id, running=False)
             elif status == JobStatus.RUNNING:
                 wanted.append(job_id)
             else:

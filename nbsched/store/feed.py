@@ -30,20 +30,22 @@ class ChangeFeed(NamedTuple):
 
 
 class Queueing(NamedTuple):
-    """One job written after the revision asked about, with what a queue needs of it
-    (the dispatcher's :class:`~nbsched.dispatcher.entries.Queued`): its ``status`` and
-    ``token`` say whether it still waits; the rest is read for the queued ones."""
+    """One job written after the revision asked about, with what a queue needs of it:
+    its ``status`` and ``token`` say whether it still waits; the first seven fields are
+    those of the dispatcher's :class:`~nbsched.dispatcher.entries.Queued` (a queued
+    job's entry is a slice of the row: no per-field work for 100,000 of them)."""
 
-    seq: int
-    status: JobStatus
-    token: str | None
-    rev: int
     priority: int
+    seq: int
     required_gpus: float
     #: The allowed GPUs as stored (JSON text), None: any.
     allowed_gpus: str | None
     not_before: float | None
     attempts: int
+    rev: int
+    #: The status as stored (a :class:`JobStatus` value).
+    status: str
+    token: str | None
 
 
 class QueueFeed(NamedTuple):
@@ -56,8 +58,6 @@ class QueueFeed(NamedTuple):
 
 #: Revisions :meth:`FeedPart.queue_changes` leaves out, at most (one range each).
 MAX_SKIPPED = 50
-
-_STATUS = {s.value: s for s in JobStatus}
 
 
 class FeedPart(StorePart):
@@ -128,22 +128,21 @@ class FeedPart(StorePart):
             ("rev > ? AND rev < ?", (lo, hi)) for lo, hi in zip(bounds[:-1], cuts, strict=True)
         ]
         ranges.append(("rev > ?", (bounds[-1],)))
-        cols = "seq, status, token, rev, priority, required_gpus, allowed_gpus, not_before"
-        sql = " UNION ALL ".join(
-            f"SELECT 0, {cols}, attempts FROM jobs WHERE {w}" for w, _ in ranges
-        )
+        cols = "priority, seq, required_gpus, allowed_gpus, not_before, attempts, rev, status"
+        sql = " UNION ALL ".join(f"SELECT {cols}, token FROM jobs WHERE {w}" for w, _ in ranges)
+        # (the revision and the pauses: rows whose status is NULL, told apart by seq)
         found = self._db.read(
-            f"{sql} UNION ALL SELECT 1, NULL, NULL, NULL, CAST(value AS INTEGER), NULL, "
-            "NULL, NULL, NULL, NULL FROM meta WHERE key = 'rev' UNION ALL SELECT 2, gpu, "
-            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM gpu_pauses",
+            f"{sql} UNION ALL SELECT 0, 0, 0, 0, 0, 0, CAST(value AS INTEGER), NULL, NULL "
+            "FROM meta WHERE key = 'rev' UNION ALL SELECT 0, 1, 0, 0, 0, 0, gpu, NULL, NULL "
+            "FROM gpu_pauses",
             [p for _, params in ranges for p in params],
         )
-        current, changes, paused = rev, [], []
-        for kind, seq, status, *rest in found:
-            if kind == 0:
-                changes.append(Queueing(seq, _STATUS[status], *rest))
-            elif kind == 1:
-                current = rest[1]
+        current, paused = rev, []
+        for extra in [row for row in found if row[7] is None]:
+            if extra[1]:
+                paused.append(extra[6])
             else:
-                paused.append(seq)
+                current = extra[6]
+        new = tuple.__new__
+        changes = [new(Queueing, row) for row in found if row[7] is not None]
         return QueueFeed(current, changes, frozenset(paused))

@@ -4,7 +4,7 @@ It runs in the one process that holds the state directory's lease
 (:mod:`nbsched.engine.lease`).  It sleeps in ``select`` until something happens: a
 submission, cancel, pause or resume in this process (a byte on a pipe) or in
 another one (a byte on the FIFO), or a job's end (the process watcher).  Then it
-reads the jobs written since its last look (:meth:`Store.changes_since`), calls
+reads the jobs written since its last look (:meth:`Store.queue_changes`), calls
 the pure :func:`nbsched.allocation.plan`, and starts what the plan says.  The only
 timed wake-ups are a retry's back-off, a re-read of the GPUs while some job waits
 for them (other users' load can only be polled), and a slow safety net.  A wake-up

@@ -308,6 +308,43 @@ def test_a_big_offered_batch_waits_behind_an_urgent_job_in_the_first_cycle(rig: 
     assert rig.executor.launches[-1].job.id == sweep[1]  # then in submission order
 
 
+def test_an_offer_the_store_was_read_past_is_not_taken_again(rig: Rig) -> None:
+    """Jobs read from the store before their offer came (the loop looked between the
+    commit and the offer) are not queued twice, nor taken off the running jobs."""
+    specs = [JobSpec(kind="command", command=f"true {i}", required_gpus=1.0) for i in range(100)]
+    rev, jobs = rig.store.add_jobs_at(specs, owner_uid=os.getuid(), executor="fake", now=rig.now)
+    ids = [job.id for job in jobs if job is not None]
+    rig.cycle()  # reads the 100 rows
+    assert [launch.job.id for launch in rig.executor.launches] == ids[:2]
+    rig.dispatcher.offer(rev, [job for job in jobs if job is not None])  # then the offer
+    rig.cycle(1.0)
+    cache = rig.dispatcher._cache
+    assert [e.id for e in cache.ordered()] == ids[2:] and set(cache.running) == set(ids[:2])
+    assert len(rig.executor.launches) == 2  # the GPUs are still taken
+    rig.executor.end(ids[0], 0)
+    rig.cycle(1.0)
+    assert [launch.job.id for launch in rig.executor.launches] == ids[:3]
+
+
+def test_the_queue_feed_leaves_out_the_revisions_asked(rig: Rig) -> None:
+    """Store.queue_changes: the rows written at the revisions to skip are not read
+    (those still at them), the others are, with what a queue entry needs."""
+    spec = JobSpec(kind="command", command="x", required_gpus=0.5, allowed_gpus=(1,))
+    rev1, _ = rig.store.add_jobs_at([spec] * 3, owner_uid=os.getuid(), executor="fake")
+    rev2, (b,) = rig.store.add_jobs_at([spec], owner_uid=os.getuid(), executor="fake")
+    rev3, (c,) = rig.store.add_jobs_at([spec], owner_uid=os.getuid(), executor="fake")
+    assert b is not None and c is not None
+    rig.store.set_paused(0, True)
+    feed = rig.store.queue_changes(0, [rev1, rev3])
+    assert [row.seq for row in feed.changes] == [b.seq]
+    assert feed.rev > rev3 and feed.paused == frozenset({0})
+    entry = Queued.read(feed.changes[0])
+    assert entry.id == b.id
+    assert entry == (0, b.seq, 0.5, (1,), None, 0, rev2)
+    assert rig.store.queue_changes(rev1, [rev2]).changes[0].seq == c.seq
+    assert len(rig.store.queue_changes(0).changes) == 5
+
+
 def test_light_entries_see_jobs_changed_by_another_process(rig: Rig) -> None:
     """Queued entries hold no whole job; a cancel or a job added by another process
     (through the store, waking the loop) is seen at the next turn."""

@@ -33,9 +33,29 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .gpus.base import GpuSnapshot
 from .jobs import Job
+
+
+class QueuedJob(Protocol):
+    """What the plan reads of a queued job: a :class:`~nbsched.jobs.Job`, or the
+    dispatcher's light entry for one (:class:`nbsched.dispatcher.entries.Queued`), which
+    keeps only this of each of a long queue's jobs."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def required_gpus(self) -> float: ...
+    @property
+    def allowed_gpus(self) -> tuple[int, ...] | None: ...
+    @property
+    def not_before(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -120,7 +140,7 @@ def booked_share(required: float, n_gpus: int) -> float:
 
 
 def plan(
-    queue: Sequence[Job],
+    queue: Iterable[QueuedJob],
     gpus: Sequence[GpuState],
     now: float,
     precision: float = 0.01,
@@ -257,7 +277,7 @@ def _need(req: float) -> str:
     return f"{req:g} of a GPU" if req < 1 else f"{int(req)} free GPU{'s' if req > 1 else ''}"
 
 
-def queue_key(job: Job) -> tuple[int, int]:
+def queue_key(job: QueuedJob) -> tuple[int, int]:
     """Dispatch order: lower priority number first, then first come."""
     return (job.priority, job.seq)
 

@@ -16,6 +16,7 @@ import pytest
 from nbsched.config import SchedulerConfig
 from nbsched.dispatcher import Dispatcher
 from nbsched.dispatcher.ends import MAX_DOUBLINGS, backoff_s, decide_end
+from nbsched.dispatcher.entries import Queued
 from nbsched.executors.base import Executor, Exit, Launch, OnExit, OnStarted, Started
 from nbsched.gpus import make_provider
 from nbsched.gpus.monitor import GPUMonitor
@@ -117,6 +118,20 @@ class Rig:
         assert job is not None
         self.dispatcher.wake()
         return job.id
+
+    def offer(self, n: int, priority: int = 0) -> list[str]:
+        """``n`` jobs submitted in this process: offered to the dispatcher, as the
+        scheduler does, not read back by it."""
+        specs = [
+            JobSpec(kind="command", command=f"true {i}", required_gpus=1.0, priority=priority)
+            for i in range(n)
+        ]
+        rev, jobs = self.store.add_jobs_at(
+            specs, owner_uid=os.getuid(), executor="fake", now=self.now
+        )
+        stored = [job for job in jobs if job is not None]
+        self.dispatcher.offer(rev, stored)
+        return [job.id for job in stored]
 
     def cycle(self, after_s: float = 0.0) -> float:
         """One turn, ``after_s`` later by both clocks; returns the sleep it asked for."""
@@ -263,6 +278,96 @@ def test_where_a_job_runs_is_recorded_when_its_executor_learns_it(rig: Rig) -> N
     rig.cycle(1.0)
     job = rig.job(job_id)
     assert (job.pid, job.proc_start, job.node, job.started) == (4321, 12.5, "node-2", T0 + 0.7)
+
+
+def test_a_big_offered_batch_waits_behind_an_urgent_job_in_the_first_cycle(rig: Rig) -> None:
+    """A sweep's jobs are taken as offered, not read back from the store; an urgent job
+    submitted after them starts first, in the same turn."""
+    sweep = rig.offer(2000)
+    (urgent,) = rig.offer(1, priority=-10)
+    read = rig.store._db.read
+    rows = 0
+
+    def counting(*args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        nonlocal rows
+        found = read(*args, **kwargs)  # type: ignore[arg-type]
+        rows += len(found)
+        return found
+
+    rig.store._db.read = counting  # type: ignore[method-assign]
+    rig.cycle()
+    assert rows < 20  # (the 2,001 new rows were not read back)
+    assert [launch.job.id for launch in rig.executor.launches] == [urgent, sweep[0]]
+    assert rig.job(urgent).status == rig.job(sweep[0]).status == JobStatus.RUNNING
+    cache = rig.dispatcher._cache
+    queued = list(cache.ordered())
+    assert [e.id for e in queued] == sweep[1:] and not cache.runs  # merged after the starts
+    assert all(type(e) is Queued for e in queued)  # light entries, not whole jobs
+    rig.executor.end(urgent, 0)
+    rig.cycle(1.0)
+    assert rig.executor.launches[-1].job.id == sweep[1]  # then in submission order
+
+
+def test_an_offer_the_store_was_read_past_is_not_taken_again(rig: Rig) -> None:
+    """Jobs read from the store before their offer came (the loop looked between the
+    commit and the offer) are not queued twice, nor taken off the running jobs."""
+    specs = [JobSpec(kind="command", command=f"true {i}", required_gpus=1.0) for i in range(100)]
+    rev, jobs = rig.store.add_jobs_at(specs, owner_uid=os.getuid(), executor="fake", now=rig.now)
+    ids = [job.id for job in jobs if job is not None]
+    rig.cycle()  # reads the 100 rows
+    assert [launch.job.id for launch in rig.executor.launches] == ids[:2]
+    rig.dispatcher.offer(rev, [job for job in jobs if job is not None])  # then the offer
+    rig.cycle(1.0)
+    cache = rig.dispatcher._cache
+    assert [e.id for e in cache.ordered()] == ids[2:] and set(cache.running) == set(ids[:2])
+    assert len(rig.executor.launches) == 2  # the GPUs are still taken
+    rig.executor.end(ids[0], 0)
+    rig.cycle(1.0)
+    assert [launch.job.id for launch in rig.executor.launches] == ids[:3]
+
+
+def test_the_queue_feed_leaves_out_the_revisions_asked(rig: Rig) -> None:
+    """Store.queue_changes: the rows written at the revisions to skip are not read
+    (those still at them), the others are, with what a queue entry needs."""
+    spec = JobSpec(kind="command", command="x", required_gpus=0.5, allowed_gpus=(1,))
+    rev1, _ = rig.store.add_jobs_at([spec] * 3, owner_uid=os.getuid(), executor="fake")
+    rev2, (b,) = rig.store.add_jobs_at([spec], owner_uid=os.getuid(), executor="fake")
+    rev3, (c,) = rig.store.add_jobs_at([spec], owner_uid=os.getuid(), executor="fake")
+    assert b is not None and c is not None
+    rig.store.set_paused(0, True)
+    feed = rig.store.queue_changes(0, [rev1, rev3])
+    assert [row.seq for row in feed.changes] == [b.seq]
+    assert feed.rev > rev3 and feed.paused == frozenset({0})
+    entry = Queued.read(feed.changes[0])
+    assert entry.id == b.id
+    assert entry == (0, b.seq, 0.5, (1,), None, 0, rev2)
+    assert rig.store.queue_changes(rev1, [rev2]).changes[0].seq == c.seq
+    assert len(rig.store.queue_changes(0).changes) == 5
+
+
+def test_light_entries_see_jobs_changed_by_another_process(rig: Rig) -> None:
+    """Queued entries hold no whole job; a cancel or a job added by another process
+    (through the store, waking the loop) is seen at the next turn."""
+    first, second, third, fourth = rig.offer(4)
+    rig.cycle()
+    assert {launch.job.id for launch in rig.executor.launches} == {first, second}
+    other = Store(rig.config.db_path)  # another process's store on the same state dir
+    try:
+        other.transition(third, JobStatus.CANCELLED, expect={JobStatus.QUEUED}, reason="x")
+        spec = JobSpec(kind="command", command="urgent", required_gpus=1.0, priority=-1)
+        _, (foreign,) = other.add_jobs_at([spec], owner_uid=os.getuid(), executor="fake")
+    finally:
+        other.close()
+    assert foreign is not None
+    rig.dispatcher._dirty = True  # (what the loop does on the other process's FIFO byte)
+    rig.executor.end(first, 0)
+    rig.cycle(1.0)
+    assert rig.executor.launches[-1].job.id == foreign.id
+    assert rig.executor.launches[-1].job.spec.command == "urgent"  # the whole row, read
+    rig.executor.end(second, 0)
+    rig.cycle(1.0)
+    assert rig.executor.launches[-1].job.id == fourth  # not the cancelled one
+    assert rig.job(third).status == JobStatus.CANCELLED
 
 
 def test_recovery_adopts_a_running_job_after_a_crash(tmp_path: Path) -> None:

@@ -9,10 +9,13 @@ takes them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..executors.base import Executor, Exit, Started
 from ..jobs import Job
+from .entries import Batch
 
 
 @dataclass
@@ -20,16 +23,21 @@ class Inbox:
     """Reports waiting for the loop.  Every field is guarded by ``lock``."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Held while a submitting thread makes its batch (:meth:`offer`), and by the loop
+    #: while it takes the batches and reads the store (:meth:`closed_offers`): a batch
+    #: being made is waited for, not read back from the store.
+    offers_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Attempts that ended and are not recorded yet: the next cycle records them (and
     #: puts them back while the store cannot be written, e.g. on a full disk).
     ended: list[tuple[Job, Exit]] = field(default_factory=list)
     #: Whether ends were reported since the last cycle took them (ends put back after
     #: a failed write wait a turn).
     new_ends: bool = False
-    #: Jobs submitted in this process: id -> (revision they were written at, job).
-    offered: dict[str, tuple[int, Job]] = field(default_factory=dict)
-    #: Offered jobs the loop has not yet checked against the GPUs' room.
-    unchecked: list[Job] = field(default_factory=list)
+    #: Jobs submitted in this process, a batch per submission (see :class:`.entries.Batch`).
+    offered: list[Batch] = field(default_factory=list)
+    #: The smallest requirement of the offered jobs the loop has not yet checked
+    #: against the GPUs' room (None: none).
+    unchecked: float | None = None
     #: Where started attempts turned out to run, reported after their start
     #: (:meth:`~nbsched.executors.base.Executor.report_starts`): written with the pids.
     identified: list[tuple[Job, Started, Executor]] = field(default_factory=list)
@@ -51,20 +59,34 @@ class Inbox:
             self.ended[:0] = ended
 
     def offer(self, rev: int, jobs: list[Job]) -> None:
-        with self.lock:
-            for job in jobs:
-                self.offered[job.id] = (rev, job)
-            self.unchecked += jobs
+        """Jobs just written at ``rev``: made into a batch here, in the submitting
+        thread, so that the loop takes them in without per-job work."""
+        if not jobs:
+            return
+        with self.offers_lock:
+            batch = Batch.of(rev, jobs)
+            with self.lock:
+                self.offered.append(batch)
+                least = self.unchecked
+                self.unchecked = batch.least if least is None else min(least, batch.least)
 
-    def take_offered(self) -> dict[str, tuple[int, Job]]:
+    @contextmanager
+    def closed_offers(self) -> Iterator[list[Batch]]:
+        """The batches offered, taken; no batch is made meanwhile (the loop reads the
+        store under it: the rows of a batch being made are not read back)."""
+        with self.offers_lock:
+            yield self.take_offered()
+
+    def take_offered(self) -> list[Batch]:
         with self.lock:
-            offered, self.offered = self.offered, {}
-            self.unchecked = []
+            offered, self.offered = self.offered, []
+            self.unchecked = None
             return offered
 
-    def take_unchecked(self) -> list[Job]:
+    def take_unchecked(self) -> float | None:
+        """The smallest requirement among the jobs offered since the last look."""
         with self.lock:
-            unchecked, self.unchecked = self.unchecked, []
+            unchecked, self.unchecked = self.unchecked, None
             return unchecked
 
     def add_identified(self, job: Job, started: Started, executor: Executor) -> None:

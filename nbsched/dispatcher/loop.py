@@ -4,7 +4,7 @@ It runs in the one process that holds the state directory's lease
 (:mod:`nbsched.engine.lease`).  It sleeps in ``select`` until something happens: a
 submission, cancel, pause or resume in this process (a byte on a pipe) or in
 another one (a byte on the FIFO), or a job's end (the process watcher).  Then it
-reads the jobs written since its last look (:meth:`Store.changes_since`), calls
+reads the jobs written since its last look (:meth:`Store.queue_changes`), calls
 the pure :func:`nbsched.allocation.plan`, and starts what the plan says.  The only
 timed wake-ups are a retry's back-off, a re-read of the GPUs while some job waits
 for them (other users' load can only be polled), and a slow safety net.  A wake-up
@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from ..allocation import booked_share, could_start, gpu_states, most_room, plan
+from ..allocation import could_start, gpu_states, most_room, plan
 from ..config import SchedulerConfig
 from ..errors import StateDirError
 from ..executors.base import Executor, Exit, Started
@@ -232,11 +232,11 @@ class Dispatcher:
         one) does that as well."""
         if self._room is None:
             return False
-        room, precision = self._room, self.config.gpu_allocation_precision
         # (those offered before were found unable to start by earlier turns, and the
         # room has not changed since: a turn would have taken them in)
-        unchecked = self._inbox.take_unchecked()
-        return not any(could_start(job.required_gpus, room, precision) for job in unchecked)
+        least = self._inbox.take_unchecked()
+        precision = self.config.gpu_allocation_precision
+        return least is None or not could_start(least, self._room, precision)
 
     def _queue_wait_s(self) -> float:
         """How long a queued job waits at most before the next look at the GPUs."""
@@ -273,6 +273,7 @@ class Dispatcher:
             running, reruns, self._on_exit, lambda job, why: self._fail(job, why, now)
         )
         kill_cancelled(unrecorded, missed)
+        self._cache.merge()  # (the runs taken in this turn: after its starts)
         self._after_ends(ends, statuses)
         if ends or starts:
             # (the jobs that ended, or may have: an end that did not apply was another's)
@@ -287,9 +288,11 @@ class Dispatcher:
         this dispatcher has not read, else from this process's submissions."""
         if self._dirty:
             self._dirty = False  # (a wake-up from now on sets it again)
-            self._cache.refresh(self.store, self._inbox.take_offered(), now, mono)
+            with self._inbox.closed_offers() as offered:
+                feed = self._cache.read(self.store, offered)
+            self._cache.apply(self.store, feed, now, mono)
         elif self._inbox.offered:
-            self._cache.take_offered(self._inbox.take_offered())
+            self._cache.take(self._inbox.take_offered())
 
     def _decide_end(self, job: Job, exit: Exit, now: float) -> AttemptEnd:
         """What an attempt's end means (see :func:`~.ends.decide_end`)."""
@@ -297,16 +300,9 @@ class Dispatcher:
 
     def _plan(self, now: float, mono: float, gone: set[str]) -> list[AttemptStart]:
         """What to start now, given the queue and the GPUs (without the jobs ``gone``)."""
-        alloc: dict[int, float] = {}
-        for run in self._cache.running.values():
-            if run.id in gone:
-                continue
-            share = booked_share(run.required_gpus, len(run.gpus))
-            for g in run.gpus:
-                alloc[g] = alloc.get(g, 0.0) + share
         states = gpu_states(
             self.monitor.snapshot(),
-            alloc,
+            self._cache.booked(gone),
             self._cache.paused,
             self.config.gpu_memory_threshold,
             self.config.gpu_load_threshold,
@@ -316,16 +312,13 @@ class Dispatcher:
         self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)
-        starts = []
+        chosen, stale = self._cache.to_start(self.store, decision.placements)
+        if stale:
+            self._dirty = True  # (a job placed was not queued any more)
         logs = self._starts.paths.logs
-        for placement in decision.placements:
-            job = self._cache.queued.get(placement.job_id)
-            if job is not None:
-                token = uuid.uuid4().hex
-                starts.append(
-                    AttemptStart(job, tuple(placement.gpus), token, f"{logs}{job.id}.log")
-                )
-        return starts
+        return [
+            AttemptStart(job, gpus, uuid.uuid4().hex, f"{logs}{job.id}.log") for job, gpus in chosen
+        ]
 
     def _record(
         self,
@@ -374,7 +367,7 @@ class Dispatcher:
         waits = [w for w in self._cache.backoff_waits(now, mono) if w > 0]
         if waits:
             timeout = min(timeout, min(waits))
-        if self._cache.queue:
+        if self._cache.has_queued():
             timeout = min(timeout, self._queue_wait_s())
         return timeout
 

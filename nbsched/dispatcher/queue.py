@@ -1,9 +1,16 @@
 """The dispatcher's cache of the queue and of the running jobs.
 
-The store is the truth; this cache follows it by revision (:meth:`Store.changes_since`
+The store is the truth; this cache follows it by revision (:meth:`Store.queue_changes`
 gives the jobs changed since the last look), so a turn costs what changed, not the
-queue's length.  Jobs this process submitted are taken as they were written, without
-reading their rows back (:meth:`QueueCache.take_offered`).
+queue's length.  A queued job is a light entry (:class:`~.entries.Queued`): the whole
+rows are read for the jobs a plan starts (:meth:`QueueCache.to_start`).
+
+Jobs this process submitted are taken as they were written, without reading their
+rows back: the submitting thread offers them as a sorted :class:`~.entries.Batch`,
+kept beside the queue as a run of its own (the plan reads the queue and the runs
+merged, lazily) until the end of the turn merges it in (:meth:`QueueCache.merge`);
+their revisions are left out of the next read of the change feed.  A turn right
+after a sweep of 100,000 jobs thus plans an urgent job submitted after it at once.
 
 Back-offs: a retry's ``not_before`` is wall-clock time (it is stored, and shown to
 users).  A job waits out its back-off until the wall clock *or* the monotonic clock
@@ -15,16 +22,19 @@ a job twice).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..allocation import queue_key
+from ..allocation import Placement, booked_share
 from ..jobs import Job, JobStatus
 from ..store import Store
+from ..store.feed import QueueFeed
 from .ends import backoff_s
+from .entries import SMALL_BATCH, Batch, Queued
 
-#: ``(revision it was written at, job)`` of each job this process submitted.
-Offers = Mapping[str, tuple[int, Job]]
+#: Whole jobs kept from small offered batches, at most (see :meth:`QueueCache.to_start`).
+MAX_WHOLE = 4096
 
 
 @dataclass
@@ -37,114 +47,227 @@ class QueueCache:
     rev: int = 0
     #: The paused GPUs, read with the changes.
     paused: frozenset[int] = frozenset()
-    #: The queued jobs in dispatch order (:func:`~nbsched.allocation.queue_key`).
-    queue: list[Job] = field(default_factory=list)
-    #: The queued jobs by id (the same jobs as ``queue``).
-    queued: dict[str, Job] = field(default_factory=dict)
-    #: The revision each queued job was last read or taken at (see :meth:`take_offered`).
-    queued_rev: dict[str, int] = field(default_factory=dict)
+    #: The queued jobs in dispatch order (tuples sort in it), but those in ``runs``.
+    queue: list[Queued] = field(default_factory=list)
+    #: The same entries by job number.
+    queued: dict[int, Queued] = field(default_factory=dict)
+    #: Big batches taken in since the last :meth:`merge`, each sorted and indexed.
+    runs: list[Batch] = field(default_factory=list)
+    #: Whole jobs of small offered batches, by number, as submitted (dropped when
+    #: their rows change): a start of one of them reads nothing.
+    whole: dict[int, Job] = field(default_factory=dict)
+    #: Revisions whose rows were all taken from offers, not read (-> how many).
+    taken: dict[int, int] = field(default_factory=dict)
     #: The running jobs by id, as this dispatcher last knew them.
     running: dict[str, Job] = field(default_factory=dict)
     #: Job id -> monotonic time at which its retry back-off ends (see :meth:`eligible`).
     backoff_until: dict[str, float] = field(default_factory=dict)
 
-    def add(self, job: Job, rev: int) -> None:
-        """Queue ``job`` as written at ``rev``."""
-        self.queued[job.id] = job
-        self.queued_rev[job.id] = rev
-        bisect.insort(self.queue, job, key=queue_key)
+    def has_queued(self) -> bool:
+        """Whether any job is queued."""
+        return bool(self.queued or self.runs)
+
+    def entry(self, seq: int) -> Queued | None:
+        """The queued entry of job number ``seq``, if it is queued."""
+        found = self.queued.get(seq)
+        if found is None:
+            for run in self.runs:
+                found = run.by_seq.get(seq)
+                if found is not None:
+                    break
+        return found
+
+    def add(self, entry: Queued) -> None:
+        """Queue ``entry`` (in place of the job's entry before, if any)."""
+        self.forget(entry.id, running=False)
+        self.queued[entry.seq] = entry
+        bisect.insort(self.queue, entry)
 
     def forget(self, job_id: str, running: bool = True) -> None:
         """Drop a job from the queue (and, with ``running``, from the running jobs)."""
-        old = self.queued.pop(job_id, None)
-        self.queued_rev.pop(job_id, None)
+        seq = int(job_id)
+        self.whole.pop(seq, None)
+        old = self.queued.pop(seq, None)
         if old is not None:
-            i = bisect.bisect_left(self.queue, queue_key(old), key=queue_key)
-            while i < len(self.queue) and self.queue[i].id != job_id:
-                i += 1
-            if i < len(self.queue):
-                del self.queue[i]
+            _remove(self.queue, old)
+        else:
+            for run in self.runs:
+                old = run.by_seq.pop(seq, None)
+                if old is not None:
+                    _remove(run.entries, old)
+                    break
         if running:
             self.running.pop(job_id, None)
         self.backoff_until.pop(job_id, None)
 
-    def take_offered(self, offered: Offers) -> None:
+    def take(self, batches: Iterable[Batch]) -> None:
         """Queue the jobs this process submitted, as they were written, without reading
         the store: when nothing else woke the loop, they are all that changed in it
-        (every other writer wakes it, and then it reads).  A job changed meanwhile (a
-        cancel) woke it too; and a start applies only to a job still queued."""
-        for job_id, (rev, job) in offered.items():
-            self.forget(job_id)
-            self.add(job, rev)
+        (every other writer wakes it, and then it reads).  A batch written at a
+        revision the feed was read past is known from the feed already."""
+        for batch in batches:
+            if batch.rev <= self.rev or not batch.entries:
+                continue
+            self.taken[batch.rev] = self.taken.get(batch.rev, 0) + len(batch.entries)
+            self._take(batch)
+            if len(batch.whole) + len(self.whole) <= MAX_WHOLE:
+                self.whole.update(batch.whole)
 
-    def refresh(self, store: Store, offered: Offers, now: float, mono: float) -> None:
-        """Read the jobs changed since the last look (taking the ``offered`` ones whose
-        rows are unchanged from memory) at wall-clock ``now``, monotonic ``mono``."""
-        rev, changes, self.paused = store.changes_since(self.rev)
-        self.rev = rev
-        revs = {job_id: row_rev for job_id, _, _, row_rev in changes}
+    def _take(self, batch: Batch) -> None:
+        """Queue a batch of new jobs: a big one as a run of its own (see :meth:`merge`)."""
+        if len(batch.entries) > SMALL_BATCH:
+            self.runs.append(batch)
+            return
+        for entry in batch.entries:
+            self.add(entry)
+
+    def merge(self) -> None:
+        """Merge the runs into the queue (at the end of a turn: after its starts)."""
+        for run in self.runs:
+            new, queue = run.entries, self.queue
+            if not new:
+                continue
+            if not queue or queue[-1] < new[0]:
+                queue += new  # (a sweep: after the queue's last job)
+            elif new[-1] < queue[0]:
+                queue[:0] = new
+            else:
+                queue += new
+                queue.sort()  # (two sorted runs: one merge pass, in C)
+            self.queued.update(run.by_seq)
+        self.runs = []
+
+    def read(self, store: Store, batches: Iterable[Batch]) -> QueueFeed:
+        """Take the ``batches`` offered (from memory), then read the jobs changed since
+        the last look but theirs: what :meth:`apply` takes in."""
+        self.take(batches)
+        big = sorted(self.taken, key=self.taken.__getitem__, reverse=True)
+        feed = store.queue_changes(self.rev, big)
+        self.rev, self.paused = feed.rev, feed.paused
+        self.taken.clear()  # (all at or below the revision read: in the feed from now)
+        return feed
+
+    def apply(self, store: Store, feed: QueueFeed, now: float, mono: float) -> None:
+        """Take in the changes :meth:`read` read, at wall-clock ``now``, monotonic
+        ``mono`` (the running jobs that are not this dispatcher's own are read whole)."""
         wanted: list[str] = []
-        fresh: list[Job] = []
-        for job_id, status, token, row_rev in changes:
+        fresh: list[Queued] = []
+        queued = self.queued
+        for change in feed.changes:
+            seq, status = change.seq, change.status
+            if status == JobStatus.QUEUED:
+                entry = queued.get(seq)
+                if entry is None and self.runs:
+                    entry = self.entry(seq)
+                if entry is not None and entry.rev == change.rev:
+                    continue  # queued here as it still is (taken from the offers)
+                if entry is not None or self.running or self.backoff_until:
+                    self.forget(str(seq))
+                fresh.append(Queued.read(change))
+                continue
+            job_id = str(seq)
             known = self.running.get(job_id)
-            if status == JobStatus.RUNNING and known is not None and known.token == token:
-                self.forget(job_id, running=False)  # off the queue; nothing else to learn:
-                continue  # it is this dispatcher's own write (started, pid recorded)
-            if status == JobStatus.QUEUED and self.queued_rev.get(job_id) == row_rev:
-                continue  # queued here as it still is (taken from the offers)
-            if status in (JobStatus.QUEUED, JobStatus.RUNNING):
-                hit = offered.get(job_id)
-                if status == JobStatus.QUEUED and hit is not None and hit[0] == row_rev:
-                    fresh.append(hit[1])  # the row is still as submitted
-                else:
-                    wanted.append(job_id)
+            if status == JobStatus.RUNNING and known is not None and known.token == change.token:
+                # off the queue; nothing else to learn: it is this dispatcher's own write
+                self.forget(job_id, running=False)
+            elif status == JobStatus.RUNNING:
+                wanted.append(job_id)
             else:
                 self.forget(job_id)  # ended: nothing of the row is needed
-        for job in fresh + (store.get_many(wanted) if wanted else []):
-            self._learn(job, revs.get(job.id, -1), now, mono)
+        for job in store.get_many(wanted) if wanted else []:
+            self.forget(job.id)
+            if job.status == JobStatus.RUNNING:
+                self.running[job.id] = job
+            elif job.status == JobStatus.QUEUED:  # (queued again since the feed's read)
+                fresh.append(Queued.of(job, -1))  # (read again when the feed has it)
+        self._learn(fresh, now, mono)
 
-    def _learn(self, job: Job, rev: int, now: float, mono: float) -> None:
-        """Take in a job read (or taken from the offers) at revision ``rev``."""
-        self.forget(job.id)
-        if job.status == JobStatus.QUEUED:
-            # (the revision it was read at: a job read again since is not queued at it)
-            self.add(job, rev)
-            if job.not_before is not None:
+    def _learn(self, fresh: list[Queued], now: float, mono: float) -> None:
+        """Queue the entries read from the store (the jobs forgotten before)."""
+        if len(fresh) > SMALL_BATCH:
+            self.runs.append(Batch.sort(-1, fresh, {}))
+        else:
+            for entry in fresh:
+                self.queued[entry.seq] = entry
+                bisect.insort(self.queue, entry)
+        for entry in fresh:
+            if entry.not_before is not None:
                 # How long the back-off has left, by the monotonic clock, and never
                 # more than the back-off itself (the wall clock may have been stepped).
-                left = min(job.not_before - now, backoff_s(self.retry_backoff_s, job.attempts))
-                self.backoff_until[job.id] = mono + max(0.0, left)
-        elif job.status == JobStatus.RUNNING:
-            self.running[job.id] = job
+                left = min(entry.not_before - now, backoff_s(self.retry_backoff_s, entry.attempts))
+                self.backoff_until[entry.id] = mono + max(0.0, left)
+
+    def to_start(
+        self, store: Store, placements: Sequence[Placement]
+    ) -> tuple[list[tuple[Job, tuple[int, ...]]], bool]:
+        """The whole jobs the plan placed (with their GPUs), from the offers kept whole
+        or read in one statement, and whether the cache was stale (a job placed is not
+        queued any more: forgotten, and the store should be read next turn)."""
+        seqs = [int(p.job_id) for p in placements]
+        found = {seq: job for seq in seqs if (job := self.whole.get(seq)) is not None}
+        missing = [seq for seq in seqs if seq not in found]
+        if missing:
+            found.update((job.seq, job) for job in store.get_many(missing))
+        out, stale = [], False
+        for seq, placement in zip(seqs, placements, strict=True):
+            job = found.get(seq)
+            if job is None or job.status != JobStatus.QUEUED:
+                self.forget(placement.job_id, running=False)
+                stale = True
+            else:
+                out.append((job, placement.gpus))
+        return out, stale
+
+    def booked(self, gone: set[str]) -> dict[int, float]:
+        """GPU -> the fraction of it the running jobs (but those ``gone``) book."""
+        alloc: dict[int, float] = {}
+        for run in self.running.values():
+            if run.id in gone:
+                continue
+            share = booked_share(run.required_gpus, len(run.gpus))
+            for g in run.gpus:
+                alloc[g] = alloc.get(g, 0.0) + share
+        return alloc
 
     def backoff_waits(self, now: float, mono: float) -> list[float]:
         """Seconds each job in a back-off has left: the sooner of the wall clock's
         ``not_before`` and the monotonic deadline (see :meth:`eligible`)."""
         out = []
         for job_id, until in self.backoff_until.items():
-            job = self.queued.get(job_id)
-            if job is not None and job.not_before is not None:
-                out.append(min(job.not_before - now, until - mono))
+            entry = self.entry(int(job_id))
+            if entry is not None and entry.not_before is not None:
+                out.append(min(entry.not_before - now, until - mono))
         return out
 
-    def eligible(self, now: float, mono: float) -> list[Job]:
+    def ordered(self) -> Iterable[Queued]:
+        """The queued entries in dispatch order: the queue and the runs, merged lazily
+        (a plan reads the first few)."""
+        if not self.runs:
+            return self.queue
+        return heapq.merge(self.queue, *(run.entries for run in self.runs))
+
+    def eligible(self, now: float, mono: float) -> Iterable[Queued]:
         """The queue as :func:`~nbsched.allocation.plan` should see it at ``now``: a job
         in a back-off whose monotonic deadline comes before its ``not_before`` (the
         wall clock was stepped back) is given the sooner time."""
-        if not self.backoff_until:
-            return self.queue
-        if all(
-            job_id not in self.queued
-            or (self.queued[job_id].not_before or 0.0) - now <= until - mono
-            for job_id, until in self.backoff_until.items()
-        ):
-            return self.queue  # the wall clock is not behind: the stored times hold
-        out = []
-        for job in self.queue:
-            until = self.backoff_until.get(job.id)
-            if until is not None and job.not_before is not None:
-                not_before = min(job.not_before, now + max(0.0, until - mono))
-                if not_before != job.not_before:
-                    job = job.evolve(not_before=not_before)
-            out.append(job)
-        return out
+        for job_id, until in self.backoff_until.items():
+            entry = self.entry(int(job_id))
+            if entry is not None and (entry.not_before or 0.0) - now > until - mono:
+                return self._stepped(now, mono)
+        return self.ordered()  # the wall clock is not behind: the stored times hold
+
+    def _stepped(self, now: float, mono: float) -> Iterator[Queued]:
+        for entry in self.ordered():
+            until = self.backoff_until.get(entry.id)
+            if until is not None and entry.not_before is not None:
+                not_before = min(entry.not_before, now + max(0.0, until - mono))
+                if not_before != entry.not_before:
+                    entry = entry._replace(not_before=not_before)
+            yield entry
+
+
+def _remove(entries: list[Queued], entry: Queued) -> None:
+    """Delete ``entry`` from the sorted ``entries`` (found by its dispatch order)."""
+    i = bisect.bisect_left(entries, entry[:2])
+    if i < len(entries) and entries[i][:2] == entry[:2]:
+        del entries[i]

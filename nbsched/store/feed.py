@@ -8,6 +8,7 @@ what changed, not to the length of the queue.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import NamedTuple
 
 from ..jobs import JobStatus
@@ -26,6 +27,37 @@ class ChangeFeed(NamedTuple):
     changes: list[Change]
     #: The GPUs paused now (a pause or a resume moves the revision too).
     paused: frozenset[int]
+
+
+class Queueing(NamedTuple):
+    """One job written after the revision asked about, with what a queue needs of it:
+    its ``status`` and ``token`` say whether it still waits; the first seven fields are
+    those of the dispatcher's :class:`~nbsched.dispatcher.entries.Queued` (a queued
+    job's entry is a slice of the row: no per-field work for 100,000 of them)."""
+
+    priority: int
+    seq: int
+    required_gpus: float
+    #: The allowed GPUs as stored (JSON text), None: any.
+    allowed_gpus: str | None
+    not_before: float | None
+    attempts: int
+    rev: int
+    #: The status as stored (a :class:`JobStatus` value).
+    status: str
+    token: str | None
+
+
+class QueueFeed(NamedTuple):
+    """What :meth:`FeedPart.queue_changes` read, in one statement (one snapshot)."""
+
+    rev: int
+    changes: list[Queueing]
+    paused: frozenset[int]
+
+
+#: Revisions :meth:`FeedPart.queue_changes` leaves out, at most (one range each).
+MAX_SKIPPED = 50
 
 
 class FeedPart(StorePart):
@@ -83,3 +115,34 @@ class FeedPart(StorePart):
             else:
                 found.add(value)
         return rev, (found if seqs is None else seqs & found)
+
+    def queue_changes(self, rev: int, skip: Collection[int] = ()) -> QueueFeed:
+        """As :meth:`FeedPart.changes_since`, with the columns the queue needs, and
+        without the rows written at the revisions ``skip`` (still at them: unchanged
+        since; the dispatcher knows them, from the jobs this process submitted).  At
+        most :data:`MAX_SKIPPED` of them are left out (each is a range of the index);
+        the rows of the others come as usual: the first ones of ``skip`` are left out."""
+        cuts = sorted({r for r in list(skip)[:MAX_SKIPPED] if r > rev})
+        bounds = [rev, *cuts]
+        ranges: list[tuple[str, tuple[int, ...]]] = [
+            ("rev > ? AND rev < ?", (lo, hi)) for lo, hi in zip(bounds[:-1], cuts, strict=True)
+        ]
+        ranges.append(("rev > ?", (bounds[-1],)))
+        cols = "priority, seq, required_gpus, allowed_gpus, not_before, attempts, rev, status"
+        sql = " UNION ALL ".join(f"SELECT {cols}, token FROM jobs WHERE {w}" for w, _ in ranges)
+        # (the revision and the pauses: rows whose status is NULL, told apart by seq)
+        found = self._db.read(
+            f"{sql} UNION ALL SELECT 0, 0, 0, 0, 0, 0, CAST(value AS INTEGER), NULL, NULL "
+            "FROM meta WHERE key = 'rev' UNION ALL SELECT 0, 1, 0, 0, 0, 0, gpu, NULL, NULL "
+            "FROM gpu_pauses",
+            [p for _, params in ranges for p in params],
+        )
+        current, paused = rev, []
+        for extra in [row for row in found if row[7] is None]:
+            if extra[1]:
+                paused.append(extra[6])
+            else:
+                current = extra[6]
+        new = tuple.__new__
+        changes = [new(Queueing, row) for row in found if row[7] is not None]
+        return QueueFeed(current, changes, frozenset(paused))

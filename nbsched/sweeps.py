@@ -26,15 +26,15 @@ import numbers
 import os
 import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .checks import check_sweep_limit
 from .errors import InvalidTypeError, InvalidValueError, NbschedError
 from .formats.sweep import Expansion, check_size, count_combinations, expand_args, expand_params
 from .frames import local_zone
-from .jobs import Job, JobSpec, JobStatus, job_hash
+from .jobs import Job, JobSpec, JobStatus, job_hasher
+from .jobspec import ArgsVariants
 from .submitter import SweepSubmitter
 
 if TYPE_CHECKING:
@@ -125,23 +125,32 @@ def submit_sweep(
         "priority": _plain(priority),
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
-    sweep_id = _sweep_id(s, definition, [(digest, values) for _, values, digest in made])
+    sweep_id = _sweep_id(s, definition, [(digest, values) for _, _, values, digest in made])
     specs = [
-        replace(spec, params=values, hash=digest, sweep=sweep_id) for spec, values, digest in made
+        spec.evolve(args=argv, params=values, hash=digest, sweep=sweep_id)
+        for spec, argv, values, digest in made
     ]
     ids = s.submit(specs, skip_hash_statuses=DEDUP_STATUSES)
     return SweepIds(ids, sweep_id)
 
 
-def _specs(
-    s: SweepSubmitter, combos: list[Expansion], fields: dict[str, Any]
-) -> list[tuple[JobSpec, dict[str, str], str]]:
-    """Each combination's validated spec, parameter values and hash (the first bad one
-    raises)."""
-    made: list[tuple[JobSpec, dict[str, str], str]] = []
+Made = tuple[JobSpec, tuple[str, ...], dict[str, str], str]
+
+
+def _specs(s: SweepSubmitter, combos: list[Expansion], fields: dict[str, Any]) -> list[Made]:
+    """Each combination's validated spec (whose ``args`` may be another's), arguments,
+    parameter values and hash (the first bad one raises).  Only what the arguments
+    change is validated again for each (:class:`~nbsched.jobspec.ArgsVariants`)."""
+    llm = s.llm_config() if fields["required_gpus"] is None else None
+    variants = ArgsVariants(
+        lambda argv: s.make_spec(args=argv, **fields),
+        (lambda argv: None) if llm is None else llm.model_of,
+    )
+    made: list[Made] = []
+    digest: Callable[[Sequence[str]], str] | None = None
     for argv, values in combos:
         try:
-            spec = s.make_spec(args=argv, **fields)
+            spec = variants.spec(argv)
         except NbschedError as exc:
             if not values or fields["required_gpus"] is not None:
                 raise  # (the same for every combination, or naming the bad value itself)
@@ -149,8 +158,9 @@ def _specs(
             # than there are): say which combination.
             combination = ", ".join(f"{k}={v}" for k, v in values.items())
             raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
-        digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
-        made.append((spec, values, digest))
+        if digest is None:
+            digest = job_hasher(spec.script or "", spec.conda_env, spec.allowed_gpus)
+        made.append((spec, argv, values, digest(argv)))
     return made
 
 

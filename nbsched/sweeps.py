@@ -26,12 +26,12 @@ import numbers
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .checks import check_sweep_limit
 from .errors import InvalidTypeError, InvalidValueError, NbschedError
-from .formats.sweep import Expansion, check_size, count_combinations, expand_args, expand_params
+from .formats.sweep import Expansion, check_size, count_combinations, expand_params, iter_args
 from .frames import local_zone
 from .jobs import Job, JobSpec, JobStatus, job_hasher
 from .jobspec import ArgsVariants
@@ -137,7 +137,7 @@ def submit_sweep(
 Made = tuple[JobSpec, tuple[str, ...], dict[str, str], str]
 
 
-def _specs(s: SweepSubmitter, combos: list[Expansion], fields: dict[str, Any]) -> list[Made]:
+def _specs(s: SweepSubmitter, combos: Iterable[Expansion], fields: dict[str, Any]) -> list[Made]:
     """Each combination's validated spec (whose ``args`` may be another's), arguments,
     parameter values and hash (the first bad one raises).  Only what the arguments
     change is validated again for each (:class:`~nbsched.jobspec.ArgsVariants`)."""
@@ -187,8 +187,9 @@ def _expand(
     params: Mapping[str, Sequence[Any]] | None,
     style: str,
     limit: int,
-) -> list[Expansion]:
-    """The template's combinations times the params dict's (the template varies slowest)."""
+) -> Iterator[Expansion]:
+    """The template's combinations times the params dict's (the template varies slowest),
+    one at a time; a bad template or params dict raises at once."""
     template: str | Sequence[str] = "" if args is None else args
     if not isinstance(template, (str, Sequence)) or isinstance(template, bytes):
         raise InvalidTypeError(f"args={args!r}: expected a sweep template string or a list")
@@ -201,20 +202,22 @@ def _expand(
         except TypeError:
             pass  # expand_params below names the bad value
     check_size(count_combinations(template) * n_params, limit)
-    from_template = expand_args(template)
+    from_template = iter_args(template)
     if not params:
         return from_template
     from_params = expand_params(params, style)
-    clash = set(from_template[0][1]) & set(from_params[0][1])
+    first = next(from_template)
+    clash = set(first[1]) & set(from_params[0][1])
     if clash:
         raise InvalidValueError(
             f"sweep parameter(s) {', '.join(sorted(clash))} appear in both args and params; "
             "name each parameter once"
         )
-    return [
+    return (
         ((*argv_a, *argv_p), {**vals_a, **vals_p})
-        for (argv_a, vals_a), (argv_p, vals_p) in itertools.product(from_template, from_params)
-    ]
+        for argv_a, vals_a in itertools.chain([first], from_template)
+        for argv_p, vals_p in from_params
+    )
 
 
 def _sweep_id(

@@ -29,8 +29,9 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from ..errors import InvalidTypeError, InvalidValueError, SweepTooLargeError
@@ -280,19 +281,62 @@ def expand_args(template: str | Sequence[str], *, limit: int | None = None) -> l
 
     With ``limit``, a sweep of more jobs is refused before anything is expanded.
     """
+    return list(iter_args(template, limit=limit))
+
+
+def iter_args(template: str | Sequence[str], *, limit: int | None = None) -> Iterator[Expansion]:
+    """:func:`expand_args` one combination at a time (a sweep of 100,000 jobs need not
+    hold them all); the template is parsed, and refused, at once."""
     parsed = _parse(template)
     groups = [p for parts in parsed for p in parts if isinstance(p, _Group)]
     if limit is not None:
         check_size(math.prod(len(g) for g in groups), limit)
     names = _names(parsed)
-    result: list[Expansion] = []
-    for combo in itertools.product(*(list(g.values()) for g in groups)):
-        chosen = iter(combo)
-        argv = tuple(
-            "".join(p if isinstance(p, str) else next(chosen) for p in parts) for parts in parsed
+    argv_of = _argv_maker(parsed)
+    combos = itertools.product(*(list(g.values()) for g in groups))
+    return ((argv_of(combo), dict(zip(names, combo, strict=True))) for combo in combos)
+
+
+def _argv_maker(parsed: list[list[Part]]) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """The argv of a combination (the groups' values in order), made without going
+    through the parts again: each token is a literal, a group's value, or a format."""
+    literals: list[str] = []
+    plan: list[tuple[str, int | str]] = []  # ("lit"|"value"|"format", index or format)
+    k = 0
+    for parts in parsed:
+        n = sum(isinstance(p, _Group) for p in parts)
+        if n == 0:
+            plan.append(("lit", len(literals)))
+            literals.append("".join(p for p in parts if isinstance(p, str)))
+        elif len(parts) == 1:
+            plan.append(("value", k))
+        else:
+            text, i = [], k
+            for p in parts:
+                text.append(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "")
+                if not isinstance(p, str):
+                    text[-1], i = f"{{{i}}}", i + 1
+            plan.append(("format", "".join(text)))
+        k += n
+    if all(how != "format" for how, _ in plan):  # (a cell of the combination or a literal)
+        cells = [int(at) if how == "value" else k + int(at) for how, at in plan]
+        fixed = tuple(literals)
+        if len(cells) == 1:
+            return lambda combo: ((combo + fixed)[cells[0]],)
+        pick = itemgetter(*cells) if cells else (lambda _: ())
+        return lambda combo: pick(combo + fixed)
+
+    def argv_of(combo: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(
+            literals[int(at)]
+            if how == "lit"
+            else combo[int(at)]
+            if how == "value"
+            else str(at).format(*combo)
+            for how, at in plan
         )
-        result.append((argv, dict(zip(names, combo, strict=True))))
-    return result
+
+    return argv_of
 
 
 def expand_params(

@@ -22,7 +22,7 @@ from operator import attrgetter
 from typing import Any
 
 from ..errors import UnknownJobError
-from ..jobs import Job, JobSpec, JobStatus
+from ..jobs import Job, JobSpec, JobStatus, compact_json
 
 #: The spec's fields, written once per job at submission.
 SPEC_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(JobSpec))
@@ -76,9 +76,8 @@ def sql_type(name: str) -> str:
     return "REAL" if base == "float" else "TEXT"
 
 
-#: JSON as the store writes it (an encoder made once: ``json.dumps`` with options
-#: makes a new one per call).
-dumps: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: JSON as the store writes it (compact, not ASCII-escaped; its encoder made once).
+dumps: Callable[[Any], str] = compact_json
 
 
 def _dump_seq(value: Sequence[Any]) -> str:

@@ -126,10 +126,10 @@ def submit_sweep(
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
     sweep_id = _sweep_id(s, definition, [(digest, values) for _, _, values, digest in made])
-    specs = [
+    specs = (
         spec.evolve(args=argv, params=values, hash=digest, sweep=sweep_id)
         for spec, argv, values, digest in made
-    ]
+    )
     ids = s.submit(specs, skip_hash_statuses=DEDUP_STATUSES)
     return SweepIds(ids, sweep_id)
 

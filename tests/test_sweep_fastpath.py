@@ -85,8 +85,9 @@ def fast_specs(s: GPUJobScheduler, **sweep: Any) -> tuple[str, list[JobSpec]]:
     real = sub.submit
 
     def spy(specs: Any, **kw: Any) -> list[str]:
-        handed.extend(specs)
-        return real(handed[-len(specs) :], **kw)
+        got = list(specs)
+        handed.extend(got)
+        return real(got, **kw)
 
     sub.submit = spy  # type: ignore[method-assign]
     ids = submit_sweep(sub, **sweep)

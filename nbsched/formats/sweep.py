@@ -298,45 +298,35 @@ def iter_args(template: str | Sequence[str], *, limit: int | None = None) -> Ite
 
 
 def _argv_maker(parsed: list[list[Part]]) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
-    """The argv of a combination (the groups' values in order), made without going
-    through the parts again: each token is a literal, a group's value, or a format."""
-    literals: list[str] = []
-    plan: list[tuple[str, int | str]] = []  # ("lit"|"value"|"format", index or format)
+    """The argv of a combination (its groups' values, in order), made without going
+    through the parts again: each token is a format of the values (``run{0}_{1}``), and
+    where each group is a whole token (``--seed {1..9}``), a pick from the values and
+    the literal tokens (twice as fast)."""
+    formats: list[str] = []
+    cells: list[int | str] = []  # a group's place among the values, or a literal token
     k = 0
     for parts in parsed:
-        n = sum(isinstance(p, _Group) for p in parts)
-        if n == 0:
-            plan.append(("lit", len(literals)))
-            literals.append("".join(p for p in parts if isinstance(p, str)))
-        elif len(parts) == 1:
-            plan.append(("value", k))
-        else:
-            text, i = [], k
-            for p in parts:
-                text.append(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "")
-                if not isinstance(p, str):
-                    text[-1], i = f"{{{i}}}", i + 1
-            plan.append(("format", "".join(text)))
-        k += n
-    if all(how != "format" for how, _ in plan):  # (a cell of the combination or a literal)
-        cells = [int(at) if how == "value" else k + int(at) for how, at in plan]
-        fixed = tuple(literals)
-        if len(cells) == 1:
-            return lambda combo: ((combo + fixed)[cells[0]],)
-        pick = itemgetter(*cells) if cells else (lambda _: ())
-        return lambda combo: pick(combo + fixed)
-
-    def argv_of(combo: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(
-            literals[int(at)]
-            if how == "lit"
-            else combo[int(at)]
-            if how == "value"
-            else str(at).format(*combo)
-            for how, at in plan
-        )
-
-    return argv_of
+        text = []
+        for p in parts:
+            if isinstance(p, str):
+                text.append(p.replace("{", "{{").replace("}", "}}"))
+            else:
+                text.append(f"{{{k}}}")
+                k += 1
+        formats.append("".join(text))
+        if len(parts) == 1:
+            cells.append(parts[0] if isinstance(parts[0], str) else k - 1)
+    if len(cells) < len(parsed):  # (a token holds a group and more)
+        return lambda combo: tuple(f.format(*combo) for f in formats)
+    literals = tuple(c for c in cells if isinstance(c, str))
+    at, n_literals = [], 0
+    for c in cells:
+        at.append(c if isinstance(c, int) else k + n_literals)
+        n_literals += isinstance(c, str)
+    if len(at) == 1:
+        return lambda combo: ((combo + literals)[at[0]],)
+    pick = itemgetter(*at) if at else (lambda _: ())
+    return lambda combo: pick(combo + literals)
 
 
 def expand_params(

@@ -83,6 +83,7 @@ class JobsPart(StorePart):
         skip = None if skip_hash_statuses is None else {JobStatus(s) for s in skip_hash_statuses}
         seen: set[str] = set()
         out: list[Job | None] = []
+        new_job = rows.new_jobs(now, owner_uid, executor)
         with self._db.write() as conn:
             rev = bump_rev(conn)
             for chunk in _batches(specs, _ROWS):
@@ -91,7 +92,7 @@ class JobsPart(StorePart):
                 first = self._insert(conn, rev, added, now, owner_uid, executor)
                 new = iter(range(first, first + len(added)))
                 out += [
-                    rows.new_job(next(new), spec, now, owner_uid, executor) if k else None
+                    new_job(next(new), spec) if k else None
                     for spec, k in zip(chunk, keep, strict=True)
                 ]
         return rev, out

@@ -189,15 +189,25 @@ def decode_job(row: Sequence[Any]) -> Job:
     return job
 
 
-def new_job(seq: int, spec: JobSpec, now: float, owner_uid: int, executor: str) -> Job:
-    """A job just submitted (what its row says, without reading it back)."""
-    job = object.__new__(Job)
-    job.__dict__.update(_RUN_DEFAULTS)
-    job.__dict__.update(
-        id=str(seq), seq=seq, status=JobStatus.QUEUED, spec=spec, submitted=now,
-        owner_uid=owner_uid, executor=executor,
-    )  # fmt: skip
-    return job
+def new_jobs(now: float, owner_uid: int, executor: str) -> Callable[[int, JobSpec], Job]:
+    """``make(seq, spec)``: a job just submitted, as its row says (without reading it
+    back), built on the fields every job of one submission shares."""
+    shared = {
+        **_RUN_DEFAULTS,
+        "status": JobStatus.QUEUED,
+        "submitted": now,
+        "owner_uid": owner_uid,
+        "executor": executor,
+    }
+
+    def make(seq: int, spec: JobSpec) -> Job:
+        job = object.__new__(Job)
+        fields = job.__dict__
+        fields.update(shared)
+        fields["id"], fields["seq"], fields["spec"] = str(seq), seq, spec
+        return job
+
+    return make
 
 
 def parse_job_id(job_id: object) -> int:

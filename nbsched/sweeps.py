@@ -18,6 +18,7 @@ Both work through a :class:`~nbsched.submitter.SweepSubmitter`, not the schedule
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -27,6 +28,8 @@ import os
 import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .checks import check_sweep_limit
@@ -112,8 +115,42 @@ def submit_sweep(
         "allowed_gpus": allowed_gpus,
         **options,
     }
+    with _collector_paused():
+        return _submit(s, fields, args, params, param_style, limit, options)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused, if it runs: a sweep makes a few objects a
+    job that live until it returns (100,000 specs, jobs and their dicts), and the
+    collector's full passes over them as they pile up were a sixth of the time of a
+    big sweep, to find nothing (they hold no cycles).  Resumed when it returns, after
+    one pass over the young objects (those the sweep made that live on move to the old
+    generation here, once, rather than in whichever thread allocates next)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect(1)
+
+
+def _submit(
+    s: SweepSubmitter,
+    fields: dict[str, Any],
+    args: str | Sequence[str] | None,
+    params: Mapping[str, Sequence[Any]] | None,
+    param_style: str,
+    limit: int | None,
+    options: dict[str, Any],
+) -> SweepIds:
+    """Expand, validate, record and queue (see :func:`submit_sweep`)."""
+    required_gpus, priority = fields["required_gpus"], fields["priority"]
     made = _specs(s, _expand(args, params, param_style, _limit(s, limit)), fields)
-    first = made[0][0]
+    first = made.specs[0]
     definition = {
         "script": first.script,
         "conda_env": first.conda_env,
@@ -125,19 +162,29 @@ def submit_sweep(
         "priority": _plain(priority),
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
-    sweep_id = _sweep_id(s, definition, [(digest, values) for _, _, values, digest in made])
+    sweep_id = _sweep_id(s, definition, made)
     specs = (
         spec.evolve(args=argv, params=values, hash=digest, sweep=sweep_id)
-        for spec, argv, values, digest in made
+        for spec, argv, values, digest in zip(
+            made.specs, made.argvs, made.values, made.digests, strict=True
+        )
     )
     ids = s.submit(specs, skip_hash_statuses=DEDUP_STATUSES)
     return SweepIds(ids, sweep_id)
 
 
-Made = tuple[JobSpec, tuple[str, ...], dict[str, str], str]
+@dataclass(frozen=True)
+class _Made:
+    """A sweep's combinations, validated, a column each (a tuple a combination was one
+    more object a job for the garbage collector to go through until the sweep returns)."""
+
+    specs: list[JobSpec] = field(default_factory=list)  # validated (``args`` maybe another's)
+    argvs: list[tuple[str, ...]] = field(default_factory=list)
+    values: list[dict[str, str]] = field(default_factory=list)  # each parameter's value
+    digests: list[str] = field(default_factory=list)  # the job's hash
 
 
-def _specs(s: SweepSubmitter, combos: Iterable[Expansion], fields: dict[str, Any]) -> list[Made]:
+def _specs(s: SweepSubmitter, combos: Iterable[Expansion], fields: dict[str, Any]) -> _Made:
     """Each combination's validated spec (whose ``args`` may be another's), arguments,
     parameter values and hash (the first bad one raises).  Only what the arguments
     change is validated again for each (:class:`~nbsched.jobspec.ArgsVariants`)."""
@@ -146,7 +193,7 @@ def _specs(s: SweepSubmitter, combos: Iterable[Expansion], fields: dict[str, Any
         lambda argv: s.make_spec(args=argv, **fields),
         (lambda argv: None) if llm is None else llm.model_of,
     )
-    made: list[Made] = []
+    made = _Made()
     digest: Callable[[Sequence[str]], str] | None = None
     for argv, values in combos:
         try:
@@ -160,7 +207,10 @@ def _specs(s: SweepSubmitter, combos: Iterable[Expansion], fields: dict[str, Any
             raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
         if digest is None:
             digest = job_hasher(spec.script or "", spec.conda_env, spec.allowed_gpus)
-        made.append((spec, argv, values, digest(argv)))
+        made.specs.append(spec)
+        made.argvs.append(argv)
+        made.values.append(values)
+        made.digests.append(digest(argv))
     return made
 
 
@@ -220,22 +270,17 @@ def _expand(
     )
 
 
-def _sweep_id(
-    s: SweepSubmitter,
-    definition: dict[str, Any],
-    combinations: Sequence[tuple[str, dict[str, str]]],
-) -> str:
+def _sweep_id(s: SweepSubmitter, definition: dict[str, Any], made: _Made) -> str:
     """The id of this definition: the one it had before, or a new one."""
     text = json.dumps(definition, sort_keys=True, ensure_ascii=False, default=str)
     key = "sweep:" + hashlib.sha256(text.encode()).hexdigest()[:32]
     known = s.sweep_of_key(key)
     if known is not None and s.sweep_record(known) is not None:
         return known
-    record = {
-        **definition,
-        "combinations": [[digest, values] for digest, values in combinations],
-    }
-    return s.record_sweep(key, record)
+    combinations = [
+        [digest, values] for digest, values in zip(made.digests, made.values, strict=True)
+    ]
+    return s.record_sweep(key, {**definition, "combinations": combinations})
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ and the expansion joining every token's parts.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from collections.abc import Iterator
@@ -229,3 +230,20 @@ def test_job_hasher_is_job_hash(allowed: tuple[int, ...] | None, env: str | None
         == expected
         == job_hash("/s é.py", env, args, allowed)
     )
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_left_as_it_was(
+    sched: GPUJobScheduler, tmp_path: Path, enabled: bool
+) -> None:
+    """add_sweep pauses the cyclic garbage collector while it makes its jobs: it runs
+    again after, also when the sweep is refused, and stays off if it was off."""
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert len(sched.add_sweep("train.py", args="--s {1..50}", cwd=tmp_path)) == 50
+        assert gc.isenabled() is enabled
+        with pytest.raises(InvalidValueError):
+            sched.add_sweep("train.py", args="--llm {small,big}", allowed_gpus=[0], cwd=tmp_path)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()

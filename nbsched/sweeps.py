@@ -2,11 +2,12 @@
 
 ``GPUJobScheduler.add_sweep`` expands a template (:mod:`nbsched.formats.sweep` has the
 grammar) and/or a ``params`` dict into argument lists, validates every job as
-``add_job`` would, and stores them in one transaction under a shared sweep id
-(``sw3``).  Each combination has a hash (script, conda env, arguments in order,
-allowed GPUs: :func:`nbsched.jobs.job_hash`), so submitting the same sweep again
-queues only the combinations not already queued, running or succeeded, and keeps
-the sweep id: the same definition maps to the same id.
+``add_job`` would (the first of each ``--llm`` model in full, the others for what
+their arguments change: :class:`~nbsched.jobspec.ArgsVariants`), and stores them in
+one transaction under a shared sweep id (``sw3``).  Each combination has a hash
+(script, conda env, arguments in order, allowed GPUs: :func:`nbsched.jobs.job_hash`),
+so submitting the same sweep again queues only the combinations not already queued,
+running or succeeded, and keeps the sweep id: the same definition maps to the same id.
 
 ``GPUJobScheduler.sweep(id)`` is one row per combination: its parameters, the
 status, duration and exit code of the job that stands for it (the newest job
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 
 #: The options ``add_sweep`` passes on to each job (those of ``add_job``).
 SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
+
+#: A sweep of this many jobs or more pauses the cyclic garbage collector while it makes
+#: them (see ``_collector_paused``).
+PAUSE_GC_FROM = 10_000
 
 #: A combination already in one of these statuses is not queued again.
 DEDUP_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
@@ -115,19 +120,20 @@ def submit_sweep(
         "allowed_gpus": allowed_gpus,
         **options,
     }
-    with _collector_paused():
-        return _submit(s, fields, args, params, param_style, limit, options)
+    n, combos = _expand(args, params, param_style, _limit(s, limit))
+    with _collector_paused(n >= PAUSE_GC_FROM):
+        return _submit(s, fields, combos, args, params, param_style, options)
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused, if it runs: a sweep makes a few objects a
-    job that live until it returns (100,000 specs, jobs and their dicts), and the
-    collector's full passes over them as they pile up were a sixth of the time of a
-    big sweep, to find nothing (they hold no cycles).  Resumed when it returns, after
-    one pass over the young objects (those the sweep made that live on move to the old
-    generation here, once, rather than in whichever thread allocates next)."""
-    if not gc.isenabled():
+def _collector_paused(pause: bool) -> Iterator[None]:
+    """With ``pause``, the cyclic garbage collector paused (if it runs): a big sweep
+    makes a few objects a job that live until it returns (100,000 specs, jobs and their
+    dicts), and the collector's full passes over them as they piled up (7 for 100,000
+    jobs) were a sixth of its time, to find nothing (they hold no cycles).  Resumed
+    after one full pass, which leaves none due in whichever thread allocates next (the
+    engine's, taking the new jobs in)."""
+    if not pause or not gc.isenabled():
         yield
         return
     gc.disable()
@@ -135,21 +141,21 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-        gc.collect(1)
+        gc.collect()
 
 
 def _submit(
     s: SweepSubmitter,
     fields: dict[str, Any],
+    combos: Iterator[Expansion],
     args: str | Sequence[str] | None,
     params: Mapping[str, Sequence[Any]] | None,
     param_style: str,
-    limit: int | None,
     options: dict[str, Any],
 ) -> SweepIds:
-    """Expand, validate, record and queue (see :func:`submit_sweep`)."""
+    """Validate, record and queue the combinations (see :func:`submit_sweep`)."""
     required_gpus, priority = fields["required_gpus"], fields["priority"]
-    made = _specs(s, _expand(args, params, param_style, _limit(s, limit)), fields)
+    made = _specs(s, combos, fields)
     first = made.specs[0]
     definition = {
         "script": first.script,
@@ -237,9 +243,9 @@ def _expand(
     params: Mapping[str, Sequence[Any]] | None,
     style: str,
     limit: int,
-) -> Iterator[Expansion]:
-    """The template's combinations times the params dict's (the template varies slowest),
-    one at a time; a bad template or params dict raises at once."""
+) -> tuple[int, Iterator[Expansion]]:
+    """How many combinations, and the template's times the params dict's (the template
+    varies slowest), one at a time; a bad template or params dict raises at once."""
     template: str | Sequence[str] = "" if args is None else args
     if not isinstance(template, (str, Sequence)) or isinstance(template, bytes):
         raise InvalidTypeError(f"args={args!r}: expected a sweep template string or a list")
@@ -251,10 +257,11 @@ def _expand(
             n_params = math.prod(len(v) for v in params.values())
         except TypeError:
             pass  # expand_params below names the bad value
-    check_size(count_combinations(template) * n_params, limit)
+    n = count_combinations(template) * n_params
+    check_size(n, limit)
     from_template = iter_args(template)
     if not params:
-        return from_template
+        return n, from_template
     from_params = expand_params(params, style)
     first = next(from_template)
     clash = set(first[1]) & set(from_params[0][1])
@@ -263,7 +270,7 @@ def _expand(
             f"sweep parameter(s) {', '.join(sorted(clash))} appear in both args and params; "
             "name each parameter once"
         )
-    return (
+    return n, (
         ((*argv_a, *argv_p), {**vals_a, **vals_p})
         for argv_a, vals_a in itertools.chain([first], from_template)
         for argv_p, vals_p in from_params

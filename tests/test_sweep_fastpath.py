@@ -27,7 +27,7 @@ from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import InvalidValueError
 from nbsched.formats.sweep import Expansion, _Group, _names, _parse, expand_params, iter_args
 from nbsched.jobs import JobSpec, compact_json, job_hash, job_hasher
-from nbsched.sweeps import submit_sweep
+from nbsched.sweeps import PAUSE_GC_FROM, submit_sweep
 
 LLM = '{"default_requirement": 1, "models": {"small": 0.5, "big": 3, "tiny": 0.25}}'
 
@@ -233,17 +233,35 @@ def test_job_hasher_is_job_hash(allowed: tuple[int, ...] | None, env: str | None
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_the_collector_is_left_as_it_was(
+def test_a_big_sweep_pauses_the_collector(
     sched: GPUJobScheduler, tmp_path: Path, enabled: bool
 ) -> None:
-    """add_sweep pauses the cyclic garbage collector while it makes its jobs: it runs
-    again after, also when the sweep is refused, and stays off if it was off."""
+    """A big add_sweep pauses the cyclic garbage collector while it makes its jobs (a
+    small one does not): it runs again after, also when the sweep is refused, and
+    stays off if it was off."""
+    sub = sched._submitter()
+    real, running = sub.submit, []
+
+    def spy(specs: Any, **kw: Any) -> list[str]:
+        running.append(gc.isenabled())
+        return real(specs, **kw)
+
+    sub.submit = spy  # type: ignore[method-assign]
+    big = f"--s {{1..{PAUSE_GC_FROM}}}"
     (gc.enable if enabled else gc.disable)()
     try:
-        assert len(sched.add_sweep("train.py", args="--s {1..50}", cwd=tmp_path)) == 50
-        assert gc.isenabled() is enabled
+        ids = submit_sweep(sub, "train.py", big, cwd=tmp_path, limit=PAUSE_GC_FROM)
+        assert len(ids) == PAUSE_GC_FROM and gc.isenabled() is enabled
+        assert len(submit_sweep(sub, "train.py", "--t {1..9}", cwd=tmp_path)) == 9
+        assert running == [False, enabled] and gc.isenabled() is enabled
         with pytest.raises(InvalidValueError):
-            sched.add_sweep("train.py", args="--llm {small,big}", allowed_gpus=[0], cwd=tmp_path)
+            sched.add_sweep(
+                "train.py",
+                args=f"--llm {{small,big}} {big}",
+                allowed_gpus=[0],
+                cwd=tmp_path,
+                limit=2 * PAUSE_GC_FROM,
+            )
         assert gc.isenabled() is enabled
     finally:
         gc.enable()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -78,6 +78,19 @@ class JobSpec:
     params: Mapping[str, Any] | None = None
     hash: str | None = None
 
+    def evolve(self, **changes: Any) -> JobSpec:
+        """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per
+        combination from its validated first spec: :func:`dataclasses.replace` was
+        a sixth of its time)."""
+        unknown = changes.keys() - _SPEC_FIELDS
+        if unknown:
+            raise TypeError(f"JobSpec has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(JobSpec)
+        fields = new.__dict__  # (frozen: assignment is refused, the dict is not)
+        fields.update(self.__dict__)
+        fields.update(changes)
+        return new
+
 
 @dataclass(frozen=True)
 class Job:
@@ -139,6 +152,7 @@ class Job:
 
 
 _JOB_FIELDS = frozenset(f.name for f in fields(Job))
+_SPEC_FIELDS = frozenset(f.name for f in fields(JobSpec))
 
 
 def display_command(
@@ -166,9 +180,42 @@ def job_hash(
     The original program sorted the arguments, so ``--lr 1 --bs 2`` and
     ``--lr 2 --bs 1`` collided; here order matters.
     """
-    payload = json.dumps(
-        [script, conda_env or "", list(args), list(allowed_gpus) if allowed_gpus else None],
-        ensure_ascii=False,
-        separators=(",", ":"),
+    return job_hasher(script, conda_env, allowed_gpus)(args)
+
+
+def _compact_json() -> Callable[[Any], str]:
+    """``json.dumps(value, ensure_ascii=False, separators=(",", ":"))``, 3x faster: its
+    C encoder made once, not once a call (and without the check for a value that holds
+    itself, which none of a job's does)."""
+    plain = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # (an interpreter without json's C part)
+        return plain.encode
+    encode = make(
+        None, plain.default, json.encoder.encode_basestring, None, ":", ",", False, False, True
     )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+    def dumps(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+#: JSON as the store writes it and a job's hash is made of.
+compact_json: Callable[[Any], str] = _compact_json()
+
+
+def job_hasher(
+    script: str, conda_env: str | None, allowed_gpus: Sequence[int] | None
+) -> Callable[[Sequence[str]], str]:
+    """:func:`job_hash` of jobs that differ only in their arguments (a sweep's), as a
+    function of the arguments: the payload's other parts are encoded once."""
+    head = compact_json([script, conda_env or ""])[:-1] + ","
+    tail = "," + compact_json(list(allowed_gpus) if allowed_gpus else None) + "]"
+    sha256 = hashlib.sha256
+
+    def digest(args: Sequence[str]) -> str:
+        payload = head + compact_json(list(args)) + tail
+        return sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+    return digest

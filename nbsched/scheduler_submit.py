@@ -160,7 +160,7 @@ class Submitting:
         return self.config.default_requirement, "the default_requirement of the config"
 
     def submit(
-        self, specs: Sequence[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
+        self, specs: Iterable[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
     ) -> list[str]:
         """Store validated specs as queued jobs (one transaction) and wake the dispatcher.
 

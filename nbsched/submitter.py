@@ -10,7 +10,7 @@ is the engine's one: ``GPUJobScheduler`` makes it from its store and its own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .config import SchedulerConfig
@@ -37,7 +37,7 @@ class Submitter(Protocol):
         ...
 
     def submit(
-        self, specs: Sequence[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
+        self, specs: Iterable[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
     ) -> list[str]:
         """Queue specs in one transaction, skipping those whose hash a job in
         ``skip_hash_statuses`` has; the ids of those queued."""
@@ -114,7 +114,7 @@ class EngineSubmitter:
         return self._make_spec(**fields)
 
     def submit(
-        self, specs: Sequence[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
+        self, specs: Iterable[JobSpec], *, skip_hash_statuses: Iterable[JobStatus] | None = None
     ) -> list[str]:
         return self._submit(specs, skip_hash_statuses=skip_hash_statuses)
 

@@ -2,11 +2,12 @@
 
 ``GPUJobScheduler.add_sweep`` expands a template (:mod:`nbsched.formats.sweep` has the
 grammar) and/or a ``params`` dict into argument lists, validates every job as
-``add_job`` would, and stores them in one transaction under a shared sweep id
-(``sw3``).  Each combination has a hash (script, conda env, arguments in order,
-allowed GPUs: :func:`nbsched.jobs.job_hash`), so submitting the same sweep again
-queues only the combinations not already queued, running or succeeded, and keeps
-the sweep id: the same definition maps to the same id.
+``add_job`` would (the first of each ``--llm`` model in full, the others for what
+their arguments change: :class:`~nbsched.jobspec.ArgsVariants`), and stores them in
+one transaction under a shared sweep id (``sw3``).  Each combination has a hash
+(script, conda env, arguments in order, allowed GPUs: :func:`nbsched.jobs.job_hash`),
+so submitting the same sweep again queues only the combinations not already queued,
+running or succeeded, and keeps the sweep id: the same definition maps to the same id.
 
 ``GPUJobScheduler.sweep(id)`` is one row per combination: its parameters, the
 status, duration and exit code of the job that stands for it (the newest job
@@ -18,6 +19,7 @@ Both work through a :class:`~nbsched.submitter.SweepSubmitter`, not the schedule
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -26,15 +28,17 @@ import numbers
 import os
 import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .checks import check_sweep_limit
 from .errors import InvalidTypeError, InvalidValueError, NbschedError
-from .formats.sweep import Expansion, check_size, count_combinations, expand_args, expand_params
+from .formats.sweep import Expansion, check_size, count_combinations, expand_params, iter_args
 from .frames import local_zone
-from .jobs import Job, JobSpec, JobStatus, job_hash
+from .jobs import Job, JobSpec, JobStatus, job_hasher
+from .jobspec import ArgsVariants
 from .submitter import SweepSubmitter
 
 if TYPE_CHECKING:
@@ -42,6 +46,10 @@ if TYPE_CHECKING:
 
 #: The options ``add_sweep`` passes on to each job (those of ``add_job``).
 SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
+
+#: A sweep of this many jobs or more pauses the cyclic garbage collector while it makes
+#: them (see ``_collector_paused``).
+PAUSE_GC_FROM = 10_000
 
 #: A combination already in one of these statuses is not queued again.
 DEDUP_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
@@ -112,8 +120,43 @@ def submit_sweep(
         "allowed_gpus": allowed_gpus,
         **options,
     }
-    made = _specs(s, _expand(args, params, param_style, _limit(s, limit)), fields)
-    first = made[0][0]
+    n, combos = _expand(args, params, param_style, _limit(s, limit))
+    with _collector_paused(n >= PAUSE_GC_FROM):
+        return _submit(s, fields, combos, args, params, param_style, options)
+
+
+@contextmanager
+def _collector_paused(pause: bool) -> Iterator[None]:
+    """With ``pause``, the cyclic garbage collector paused (if it runs): a big sweep
+    makes a few objects a job that live until it returns (100,000 specs, jobs and their
+    dicts), and the collector's full passes over them as they piled up (7 for 100,000
+    jobs) were a sixth of its time, to find nothing (they hold no cycles).  Resumed
+    after one full pass, which leaves none due in whichever thread allocates next (the
+    engine's, taking the new jobs in)."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def _submit(
+    s: SweepSubmitter,
+    fields: dict[str, Any],
+    combos: Iterator[Expansion],
+    args: str | Sequence[str] | None,
+    params: Mapping[str, Sequence[Any]] | None,
+    param_style: str,
+    options: dict[str, Any],
+) -> SweepIds:
+    """Validate, record and queue the combinations (see :func:`submit_sweep`)."""
+    required_gpus, priority = fields["required_gpus"], fields["priority"]
+    made = _specs(s, combos, fields)
+    first = made.specs[0]
     definition = {
         "script": first.script,
         "conda_env": first.conda_env,
@@ -125,23 +168,42 @@ def submit_sweep(
         "priority": _plain(priority),
         "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
-    sweep_id = _sweep_id(s, definition, [(digest, values) for _, values, digest in made])
-    specs = [
-        replace(spec, params=values, hash=digest, sweep=sweep_id) for spec, values, digest in made
-    ]
+    sweep_id = _sweep_id(s, definition, made)
+    specs = (
+        spec.evolve(args=argv, params=values, hash=digest, sweep=sweep_id)
+        for spec, argv, values, digest in zip(
+            made.specs, made.argvs, made.values, made.digests, strict=True
+        )
+    )
     ids = s.submit(specs, skip_hash_statuses=DEDUP_STATUSES)
     return SweepIds(ids, sweep_id)
 
 
-def _specs(
-    s: SweepSubmitter, combos: list[Expansion], fields: dict[str, Any]
-) -> list[tuple[JobSpec, dict[str, str], str]]:
-    """Each combination's validated spec, parameter values and hash (the first bad one
-    raises)."""
-    made: list[tuple[JobSpec, dict[str, str], str]] = []
+@dataclass(frozen=True)
+class _Made:
+    """A sweep's combinations, validated, a column each (a tuple a combination was one
+    more object a job for the garbage collector to go through until the sweep returns)."""
+
+    specs: list[JobSpec] = field(default_factory=list)  # validated (``args`` maybe another's)
+    argvs: list[tuple[str, ...]] = field(default_factory=list)
+    values: list[dict[str, str]] = field(default_factory=list)  # each parameter's value
+    digests: list[str] = field(default_factory=list)  # the job's hash
+
+
+def _specs(s: SweepSubmitter, combos: Iterable[Expansion], fields: dict[str, Any]) -> _Made:
+    """Each combination's validated spec (whose ``args`` may be another's), arguments,
+    parameter values and hash (the first bad one raises).  Only what the arguments
+    change is validated again for each (:class:`~nbsched.jobspec.ArgsVariants`)."""
+    llm = s.llm_config() if fields["required_gpus"] is None else None
+    variants = ArgsVariants(
+        lambda argv: s.make_spec(args=argv, **fields),
+        (lambda argv: None) if llm is None else llm.model_of,
+    )
+    made = _Made()
+    digest: Callable[[Sequence[str]], str] | None = None
     for argv, values in combos:
         try:
-            spec = s.make_spec(args=argv, **fields)
+            spec = variants.spec(argv)
         except NbschedError as exc:
             if not values or fields["required_gpus"] is not None:
                 raise  # (the same for every combination, or naming the bad value itself)
@@ -149,8 +211,12 @@ def _specs(
             # than there are): say which combination.
             combination = ", ".join(f"{k}={v}" for k, v in values.items())
             raise type(exc)(f"{exc} (in the sweep's combination {combination})") from exc
-        digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
-        made.append((spec, values, digest))
+        if digest is None:
+            digest = job_hasher(spec.script or "", spec.conda_env, spec.allowed_gpus)
+        made.specs.append(spec)
+        made.argvs.append(argv)
+        made.values.append(values)
+        made.digests.append(digest(argv))
     return made
 
 
@@ -177,8 +243,9 @@ def _expand(
     params: Mapping[str, Sequence[Any]] | None,
     style: str,
     limit: int,
-) -> list[Expansion]:
-    """The template's combinations times the params dict's (the template varies slowest)."""
+) -> tuple[int, Iterator[Expansion]]:
+    """How many combinations, and the template's times the params dict's (the template
+    varies slowest), one at a time; a bad template or params dict raises at once."""
     template: str | Sequence[str] = "" if args is None else args
     if not isinstance(template, (str, Sequence)) or isinstance(template, bytes):
         raise InvalidTypeError(f"args={args!r}: expected a sweep template string or a list")
@@ -190,39 +257,37 @@ def _expand(
             n_params = math.prod(len(v) for v in params.values())
         except TypeError:
             pass  # expand_params below names the bad value
-    check_size(count_combinations(template) * n_params, limit)
-    from_template = expand_args(template)
+    n = count_combinations(template) * n_params
+    check_size(n, limit)
+    from_template = iter_args(template)
     if not params:
-        return from_template
+        return n, from_template
     from_params = expand_params(params, style)
-    clash = set(from_template[0][1]) & set(from_params[0][1])
+    first = next(from_template)
+    clash = set(first[1]) & set(from_params[0][1])
     if clash:
         raise InvalidValueError(
             f"sweep parameter(s) {', '.join(sorted(clash))} appear in both args and params; "
             "name each parameter once"
         )
-    return [
+    return n, (
         ((*argv_a, *argv_p), {**vals_a, **vals_p})
-        for (argv_a, vals_a), (argv_p, vals_p) in itertools.product(from_template, from_params)
-    ]
+        for argv_a, vals_a in itertools.chain([first], from_template)
+        for argv_p, vals_p in from_params
+    )
 
 
-def _sweep_id(
-    s: SweepSubmitter,
-    definition: dict[str, Any],
-    combinations: Sequence[tuple[str, dict[str, str]]],
-) -> str:
+def _sweep_id(s: SweepSubmitter, definition: dict[str, Any], made: _Made) -> str:
     """The id of this definition: the one it had before, or a new one."""
     text = json.dumps(definition, sort_keys=True, ensure_ascii=False, default=str)
     key = "sweep:" + hashlib.sha256(text.encode()).hexdigest()[:32]
     known = s.sweep_of_key(key)
     if known is not None and s.sweep_record(known) is not None:
         return known
-    record = {
-        **definition,
-        "combinations": [[digest, values] for digest, values in combinations],
-    }
-    return s.record_sweep(key, record)
+    combinations = [
+        [digest, values] for digest, values in zip(made.digests, made.values, strict=True)
+    ]
+    return s.record_sweep(key, {**definition, "combinations": combinations})
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ counter.  Each write moves the global revision on (see :mod:`.feed`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..allocation import booked_share
@@ -23,6 +24,9 @@ from .rows import parse_job_id
 
 #: Bound parameters per statement, under SQLite's limit (999 in old builds).
 _CHUNK = 500
+#: Jobs inserted a batch at a time (one ``executemany``), so that a sweep's rows are
+#: not all encoded at once.
+_ROWS = 1000
 
 _INSERT_JOB = (
     f"INSERT INTO jobs (rev, status, {', '.join(rows.SPEC_COLUMNS)}, submitted, owner_uid, "
@@ -39,6 +43,13 @@ def _status_filter(statuses: Iterable[JobStatus] | None) -> tuple[list[str], lis
     return [f"status IN ({','.join('?' * len(vals)) or 'NULL'})"], vals
 
 
+def _batches(items: Iterable[JobSpec], n: int) -> Iterator[list[JobSpec]]:
+    """``items`` as lists of ``n`` (the last may be shorter)."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -48,7 +59,7 @@ class JobsPart(StorePart):
 
     def add_jobs_at(
         self,
-        specs: Sequence[JobSpec],
+        specs: Iterable[JobSpec],
         *,
         owner_uid: int,
         executor: str,
@@ -63,31 +74,43 @@ class JobsPart(StorePart):
         With ``skip_hash_statuses``, a spec whose ``hash`` matches a job in one of
         those statuses (or, if they include ``queued``, an earlier spec of the same
         call) is not inserted: its place in the result is ``None``.
+
+        ``specs`` are read, checked and inserted :data:`_ROWS` at a time, so that a
+        sweep's 100,000 need not all be encoded (or even made) before the first
+        is stored.
         """
         now = time.time() if now is None else now
         skip = None if skip_hash_statuses is None else {JobStatus(s) for s in skip_hash_statuses}
+        seen: set[str] = set()
+        out: list[Job | None] = []
+        new_job = rows.new_jobs(now, owner_uid, executor)
         with self._db.write() as conn:
             rev = bump_rev(conn)
-            keep = self._kept(conn, specs, skip)
-            added = [s for s, k in zip(specs, keep, strict=True) if k]
-            first = self._insert(conn, rev, added, now, owner_uid, executor)
-        new = iter(range(first, first + len(added)))
-        return rev, [
-            rows.new_job(next(new), spec, now, owner_uid, executor) if k else None
-            for spec, k in zip(specs, keep, strict=True)
-        ]
+            for chunk in _batches(specs, _ROWS):
+                keep = self._kept(conn, chunk, skip, seen)
+                added = [s for s, k in zip(chunk, keep, strict=True) if k]
+                first = self._insert(conn, rev, added, now, owner_uid, executor)
+                new = iter(range(first, first + len(added)))
+                out += [
+                    new_job(next(new), spec) if k else None
+                    for spec, k in zip(chunk, keep, strict=True)
+                ]
+        return rev, out
 
     @staticmethod
     def _kept(
-        conn: sqlite3.Connection, specs: Sequence[JobSpec], skip: set[JobStatus] | None
+        conn: sqlite3.Connection,
+        specs: Sequence[JobSpec],
+        skip: set[JobStatus] | None,
+        seen: set[str],
     ) -> list[bool]:
         """Which of ``specs`` to insert: those whose hash no job in a ``skip`` status has
-        (all the hashes looked up together, a chunk of them per statement)."""
+        (all the hashes looked up together, a chunk of them per statement), nor one in
+        ``seen`` (the hashes found, and kept, by the chunks before, which it grows)."""
         if skip is None:
             return [True] * len(specs)
-        hashes = list({s.hash for s in specs if s.hash is not None})
+        hashes = list({s.hash for s in specs if s.hash is not None} - seen)
         statuses = [s.value for s in skip]
-        seen: set[str] = set()
         for start in range(0, len(hashes), _CHUNK):
             chunk = hashes[start : start + _CHUNK]
             seen.update(
@@ -99,10 +122,11 @@ class JobsPart(StorePart):
                 )
             )
         keep = []
+        queued = JobStatus.QUEUED in skip
         for spec in specs:
             hit = spec.hash is not None and spec.hash in seen
             keep.append(not hit)
-            if not hit and spec.hash is not None and JobStatus.QUEUED in skip:
+            if not hit and spec.hash is not None and queued:
                 seen.add(spec.hash)  # (a later spec of this call sees it, as a row)
         return keep
 

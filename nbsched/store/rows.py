@@ -22,7 +22,7 @@ from operator import attrgetter
 from typing import Any
 
 from ..errors import UnknownJobError
-from ..jobs import Job, JobSpec, JobStatus
+from ..jobs import Job, JobSpec, JobStatus, compact_json
 
 #: The spec's fields, written once per job at submission.
 SPEC_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(JobSpec))
@@ -76,9 +76,8 @@ def sql_type(name: str) -> str:
     return "REAL" if base == "float" else "TEXT"
 
 
-#: JSON as the store writes it (an encoder made once: ``json.dumps`` with options
-#: makes a new one per call).
-dumps: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: JSON as the store writes it (compact, not ASCII-escaped; its encoder made once).
+dumps: Callable[[Any], str] = compact_json
 
 
 def _dump_seq(value: Sequence[Any]) -> str:
@@ -190,15 +189,25 @@ def decode_job(row: Sequence[Any]) -> Job:
     return job
 
 
-def new_job(seq: int, spec: JobSpec, now: float, owner_uid: int, executor: str) -> Job:
-    """A job just submitted (what its row says, without reading it back)."""
-    job = object.__new__(Job)
-    job.__dict__.update(_RUN_DEFAULTS)
-    job.__dict__.update(
-        id=str(seq), seq=seq, status=JobStatus.QUEUED, spec=spec, submitted=now,
-        owner_uid=owner_uid, executor=executor,
-    )  # fmt: skip
-    return job
+def new_jobs(now: float, owner_uid: int, executor: str) -> Callable[[int, JobSpec], Job]:
+    """``make(seq, spec)``: a job just submitted, as its row says (without reading it
+    back), built on the fields every job of one submission shares."""
+    shared = {
+        **_RUN_DEFAULTS,
+        "status": JobStatus.QUEUED,
+        "submitted": now,
+        "owner_uid": owner_uid,
+        "executor": executor,
+    }
+
+    def make(seq: int, spec: JobSpec) -> Job:
+        job = object.__new__(Job)
+        fields = job.__dict__
+        fields.update(shared)
+        fields["id"], fields["seq"], fields["spec"] = str(seq), seq, spec
+        return job
+
+    return make
 
 
 def parse_job_id(job_id: object) -> int:

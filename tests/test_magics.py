@@ -22,7 +22,7 @@ from nbsched import GPUJobScheduler
 from nbsched.checks import check_requirement
 from nbsched.jupyter.extension import magics_of
 from nbsched.jupyter.magics import VERBS, GpuschedMagics
-from nbsched.jupyter.parsing import expand_vars, split_dashdash
+from nbsched.jupyter.parsing import SHELL_BLANKS, expand_vars, split_dashdash
 from nbsched.jupyter.status import StatusReport
 from nbsched.verbs.values import gpus_type
 
@@ -602,13 +602,15 @@ words = st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cc"]), min_s
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(words.filter(lambda w: w.strip() == w and w != "--"), max_size=4), st.text())
+@example([], "\x1f")
+@example(["a"], " b\xa0 ")
 def test_split_dashdash_keeps_the_tail_verbatim(head_words: list[str], tail: str) -> None:
     from shlex import quote
 
     head = " ".join(quote(w) for w in head_words)
     before, after = split_dashdash(f"{head} -- {tail}")
     assert before == head.strip()
-    assert after == tail.strip()
+    assert after == tail.strip(SHELL_BLANKS)  # (a shell's blanks only: "\x1f" is the job's)
     assert split_dashdash(head) == (head.strip(), None)
 
 

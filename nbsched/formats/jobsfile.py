@@ -1,14 +1,24 @@
 """The jobs file of the original program: one job a line.
 
-Line format: ``priority,script_path,conda_env,arguments,allowed_gpus``.  Lines whose
-first non-space character is ``#`` and blank lines are ignored.
+Line format: ``priority,script_path,conda_env,arguments,allowed_gpus``, or the latest
+original's 6-field ``priority,script_path,conda_env,execution_type,arguments,allowed_gpus``
+(execution types: :mod:`nbsched.formats.execution`).  Lines whose first non-space
+character is ``#`` and blank lines are ignored.
+
+How the two forms are told apart: a line whose fourth field is one unquoted word
+``python``, ``torchrun`` or ``torchrun-Ngpu`` is a 6-field line.  It is refused as
+ambiguous when it has four or five fields and its fifth field is absent, empty or a
+GPU list, since it then also reads as a 5-field line whose one argument is that word
+(``0,t.py,env,python,0-3``): write all six fields (``0,t.py,env,torchrun-2gpu,,``),
+or quote the word (``'python'``) to make it an argument.  A fourth field that starts
+like an execution type but is none (``torchrun-2GPU``, ``python3``) is refused too.
 
 How a line is split (compatible with the original program, which split on the
 first four commas):
 
 * Commas inside shell quotes (``'...'``, ``"..."``) or escaped (``\\,``) do not split.
 * Fields are priority, script, env, arguments; everything after the fourth comma
-  is allowed_gpus, so ``0,t.py,env,--x 1,0-3,5`` allows GPUs 0-3 and 5.  Trailing
+  (the fifth in the 6-field form) is allowed_gpus, so ``0,t.py,env,--x 1,0-3,5`` allows GPUs 0-3 and 5.  Trailing
   fields may be left out (``0,t.py`` is a job); priority and script are required.
 * Unquoted commas in the arguments: when the text after the fourth comma is not
   a GPU list but the last field is (or is empty), the last field is allowed_gpus
@@ -34,9 +44,11 @@ from typing import BinaryIO
 
 from ..errors import InvalidValueError
 from ..jobs import job_hash
+from .execution import ACCEPTED, execution_hash, looks_like_execution, parse_execution
 from .gpulist import describe_gpus, format_gpu_list, parse_gpu_list
 
 FORMAT = "priority,script_path,conda_env,arguments,allowed_gpus"
+FORMAT6 = "priority,script_path,conda_env,execution_type,arguments,allowed_gpus"
 
 _PRIORITY = re.compile(r"[+-]?[0-9]{1,18}", re.ASCII)
 _BOM = b"\xef\xbb\xbf"
@@ -53,11 +65,26 @@ class JobLine:
     conda_env: str | None
     args: tuple[str, ...]
     allowed_gpus: tuple[int, ...] | None
+    #: The 6-field form's execution type (``python``, ``torchrun``, ``torchrun-Ngpu``);
+    #: ``None`` for a 5-field line.
+    execution: str | None = None
 
     @property
     def hash(self) -> str:
-        """Identity of the job (script, env, arguments in order, allowed GPUs)."""
-        return job_hash(self.script, self.conda_env, self.args, self.allowed_gpus)
+        """Identity of the job (script, env, arguments in order, allowed GPUs, and a
+        torchrun execution type's GPU count)."""
+        base = job_hash(self.script, self.conda_env, self.args, self.allowed_gpus)
+        return execution_hash(base, self.execution)
+
+    @property
+    def launcher(self) -> str | None:
+        """``"torchrun"`` for a torchrun execution type, else ``None``."""
+        return parse_execution(self.execution)[0] if self.execution else None
+
+    @property
+    def required_gpus(self) -> int | None:
+        """The GPUs a torchrun execution type names; ``None``: the LLM config decides."""
+        return parse_execution(self.execution)[1] if self.execution else None
 
 
 @dataclass(frozen=True)
@@ -144,36 +171,72 @@ def _gpus(field: str) -> tuple[int, ...] | None:
         raise _Bad(f"bad allowed_gpus: {exc}") from None
 
 
+def _priority(field: str) -> int:
+    raw = field.strip()
+    if not _PRIORITY.fullmatch(raw):
+        if re.fullmatch(r"[+-]?[0-9]+", raw, re.ASCII):
+            raise _Bad(f"bad priority {raw!r}: at most 18 digits")
+        raise _Bad(f"bad priority {raw!r}: expected an integer")
+    return int(raw)
+
+
+def _args_and_gpus(fields: list[str], first: int) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """The arguments (field ``first``) and allowed GPUs (everything after it)."""
+    args_field = fields[first]
+    try:
+        allowed = _gpus(",".join(fields[first + 1 :]))
+    except _Bad as exc:
+        # Unquoted commas in the arguments: the last field may still be the GPU list.
+        if len(fields) == first + 2:
+            raise _Bad(f"{exc} (quote arguments that contain commas)") from None
+        try:
+            allowed = _gpus(fields[-1])
+        except _Bad:
+            raise exc from None
+        args_field = ",".join(fields[first:-1])
+    return tuple(_words(args_field, "arguments")), allowed
+
+
+def _execution(fields: list[str]) -> str | None:
+    """The execution type of a 6-field line; ``None`` for a 5-field one."""
+    if len(fields) < 4 or not looks_like_execution(fields[3]):
+        return None
+    word = fields[3].strip()
+    try:
+        parse_execution(word)
+    except InvalidValueError as exc:
+        raise _Bad(f"{exc}; quote it if it is an argument") from None
+    if len(fields) <= 5:
+        fifth = fields[4] if len(fields) == 5 else ""
+        try:
+            _gpus(fifth)
+        except _Bad:
+            return word  # the fifth field is arguments: only the 6-field form reads it
+        raise _Bad(
+            f"ambiguous: {word!r} may be the execution type of a 6-field line ({FORMAT6}) "
+            f"or the argument of a 5-field one ({FORMAT}); write all six fields "
+            f"(priority,script,env,{word},arguments,allowed_gpus) for the first, "
+            f"quote it ('{word}') for the second"
+        )
+    return word
+
+
 def _parse(text: str, line_no: int) -> JobLine:
     if any(c in text for c in "\x00\n\r"):
         raise _Bad("line contains a NUL character or a line break")
     fields = _split_fields(text)
     if len(fields) < 2:
         raise _Bad(f"expected comma-separated fields {FORMAT}; got {len(fields)}")
-    fields += [""] * (5 - len(fields))
-    raw_priority = fields[0].strip()
-    if not _PRIORITY.fullmatch(raw_priority):
-        if re.fullmatch(r"[+-]?[0-9]+", raw_priority, re.ASCII):
-            raise _Bad(f"bad priority {raw_priority!r}: at most 18 digits")
-        raise _Bad(f"bad priority {raw_priority!r}: expected an integer")
+    execution = _execution(fields)
+    first = 3 if execution is None else 4
+    fields += [""] * (first + 2 - len(fields))
+    priority = _priority(fields[0])
     script = _one_word(fields[1], "script path")
     if not script:
         raise _Bad("missing script path")
     env = _one_word(fields[2], "conda env") or None
-    args_field = fields[3]
-    try:
-        allowed = _gpus(",".join(fields[4:]))
-    except _Bad as exc:
-        # Unquoted commas in the arguments: the last field may still be the GPU list.
-        if len(fields) == 5:
-            raise _Bad(f"{exc} (quote arguments that contain commas)") from None
-        try:
-            allowed = _gpus(fields[-1])
-        except _Bad:
-            raise exc from None
-        args_field = ",".join(fields[3:-1])
-    args = _words(args_field, "arguments")
-    return JobLine(line_no, int(raw_priority), script, env, tuple(args), allowed)
+    args, allowed = _args_and_gpus(fields, first)
+    return JobLine(line_no, priority, script, env, args, allowed, execution)
 
 
 def parse_line(text: str, line_no: int = 1, path: str = "") -> JobLine | None:
@@ -199,6 +262,14 @@ def _quote(word: str) -> str:
     return f"'{word}'" if quoted == word and "," in word else quoted
 
 
+def _args_field(job: JobLine) -> str:
+    if job.execution is None and len(job.args) == 1 and looks_like_execution(job.args[0]):
+        # A bare one would read as a 6-field line's execution type: quote it.
+        quoted = shlex.quote(job.args[0])
+        return f"'{quoted}'" if quoted == job.args[0] else quoted
+    return " ".join(_quote(a) for a in job.args)
+
+
 def format_line(job: JobLine) -> str:
     """A line (without newline) that :func:`parse_line` reads back as ``job``.
 
@@ -213,10 +284,18 @@ def format_line(job: JobLine) -> str:
             )
     if not job.script:
         raise InvalidValueError("a jobs-file line needs a script path")
+    if job.execution is not None:
+        try:
+            parse_execution(job.execution)
+        except InvalidValueError:
+            raise InvalidValueError(
+                f"execution={job.execution!r}: accepted are {ACCEPTED}, or None"
+            ) from None
     env = _quote(job.conda_env) if job.conda_env else ""
-    args = " ".join(_quote(a) for a in job.args)
+    args = _args_field(job)
     gpus = _quote(format_gpu_list(job.allowed_gpus)) if job.allowed_gpus else ""
-    return f"{job.priority},{_quote(job.script)},{env},{args},{gpus}"
+    execution = "" if job.execution is None else f"{job.execution},"
+    return f"{job.priority},{_quote(job.script)},{env},{execution}{args},{gpus}"
 
 
 def validate_line(line: JobLine, *, num_gpus: int | None, base_dir: str, path: str = "") -> str:
@@ -378,6 +457,7 @@ def read_jobs_file(path: str | os.PathLike[str]) -> tuple[list[JobLine], list[Li
 
 __all__ = [
     "FORMAT",
+    "FORMAT6",
     "JobLine",
     "JobsFileLineError",
     "JobsFileReader",

@@ -2,7 +2,7 @@
 
 :class:`JobsFileWatcher` runs beside the engine (``GPUJobScheduler`` starts it
 when ``config.jobs_file`` is set).  Every ``jobs_file_poll_s`` (0.1 s) it asks a
-:class:`~nbsched.formats.jobsfile.JobsFileReader` for the lines completed since its last
+:class:`~nbsched.formats.jobsfile_reader.JobsFileReader` for the lines completed since its last
 look: a ``stat`` when nothing changed, and only the new bytes when the file grew,
 so an unchanged file is never parsed again.
 
@@ -42,7 +42,8 @@ import os
 import threading
 
 from .formats.gpulist import format_gpu_list
-from .formats.jobsfile import JobLine, JobsFileLineError, JobsFileReader, LineError, validate_line
+from .formats.jobsfile import JobLine, JobsFileLineError, LineError, validate_line
+from .formats.jobsfile_reader import JobsFileReader
 from .jobs import JobSpec, JobStatus
 from .submitter import Submitter
 

@@ -44,7 +44,7 @@ def parse_execution(word: str) -> tuple[str | None, int | None]:
         return None, None
     count = int(match.group(1) or 1)
     if count < 1:
-        raise InvalidValueError(f"execution type {word!r}: N must be 1 or more ({ACCEPTED})")
+        raise InvalidValueError(f"execution type {word!r}: N must be 1 or more")
     return "torchrun", count
 
 

@@ -19,8 +19,8 @@ first four commas):
 * Commas inside shell quotes (``'...'``, ``"..."``) or escaped (``\\,``) do not split.
 * Fields are priority, script, env, arguments; everything after the fourth comma
   (the fifth in the 6-field form) is allowed_gpus, so ``0,t.py,env,--x 1,0-3,5``
-  allows GPUs 0-3 and 5.  Trailing
-  fields may be left out (``0,t.py`` is a job); priority and script are required.
+  allows GPUs 0-3 and 5.  Trailing fields may be left out (``0,t.py`` is a job);
+  priority and script are required.
 * Unquoted commas in the arguments: when the text after the fourth comma is not
   a GPU list but the last field is (or is empty), the last field is allowed_gpus
   and the fields between are the arguments (``--x a,b,0-3``).  ``--ids 1,2`` with
@@ -225,10 +225,10 @@ def _parse(text: str, line_no: int) -> JobLine:
     fields = _split_fields(text)
     if len(fields) < 2:
         raise _Bad(f"expected comma-separated fields {FORMAT}; got {len(fields)}")
+    priority = _priority(fields[0])
     execution = _execution(fields)
     first = 3 if execution is None else 4
     fields += [""] * (first + 2 - len(fields))
-    priority = _priority(fields[0])
     script = _one_word(fields[1], "script path")
     if not script:
         raise _Bad("missing script path")

@@ -2,7 +2,7 @@
 
 :class:`JobsFileWatcher` runs beside the engine (``GPUJobScheduler`` starts it
 when ``config.jobs_file`` is set).  Every ``jobs_file_poll_s`` (0.1 s) it asks a
-:class:`~nbsched.formats.jobsfile.JobsFileReader` for the lines completed since its last
+:class:`~nbsched.formats.jobsfile_reader.JobsFileReader` for the lines completed since its last
 look: a ``stat`` when nothing changed, and only the new bytes when the file grew,
 so an unchanged file is never parsed again.
 
@@ -23,6 +23,14 @@ logger (``nbsched.jobsfile_watch``) naming the file, the line number and the
 reason, and kept as a store notice so ``nbsched status`` shows it; every other
 line is still taken.  Nothing a line contains can stop the watcher's thread.
 
+Reports are grouped: the lines of one look that have the same reason (56 lines
+naming the same unknown model) make one warning and one notice with their count and
+line numbers (``jobs.txt: 56 lines (3-58): ...``), so they do not push the other
+notices out of ``nbsched status``.
+
+A 6-field line's execution type (see :mod:`nbsched.formats.execution`) becomes the
+job's launcher and GPU count: ``torchrun-2gpu`` is ``launcher="torchrun"`` on 2 GPUs.
+
 Jobs from the file run in the jobs file's folder.  The watcher queues them through a
 :class:`~nbsched.submitter.Submitter`, not the scheduler.
 """
@@ -33,7 +41,9 @@ import logging
 import os
 import threading
 
-from .formats.jobsfile import JobLine, JobsFileLineError, JobsFileReader, LineError, validate_line
+from .formats.gpulist import format_gpu_list
+from .formats.jobsfile import JobLine, JobsFileLineError, LineError, validate_line
+from .formats.jobsfile_reader import JobsFileReader
 from .jobs import JobSpec, JobStatus
 from .submitter import Submitter
 
@@ -60,6 +70,8 @@ class JobsFileWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported: set[tuple[int, str, str]] = set()
+        #: This look's reports not yet said: (reason, skipped) -> line numbers.
+        self._batch: dict[tuple[str, bool], list[int]] = {}
         self._missing_reported = False
         self._pending: list[JobSpec] = []
         self._os_error: str | None = None
@@ -98,6 +110,12 @@ class JobsFileWatcher:
 
     def poll(self) -> list[str]:
         """Read the new lines once and submit the good ones; returns the new job ids."""
+        try:
+            return self._poll()
+        finally:
+            self._flush()
+
+    def _poll(self) -> list[str]:
         try:
             lines, errors = self.reader.read_new()
         except OSError as exc:
@@ -153,6 +171,8 @@ class JobsFileWatcher:
                 args=list(line.args),
                 priority=line.priority,
                 allowed_gpus=line.allowed_gpus,
+                required_gpus=line.required_gpus,
+                launcher=line.launcher,
                 cwd=self.base_dir,
                 hash=line.hash,
             )
@@ -162,7 +182,7 @@ class JobsFileWatcher:
         except (ValueError, TypeError, OSError) as exc:  # make_spec's checks, e.g. too many GPUs
             self._bad(LineError(self.path, line.line_no, "", str(exc)))
             return None
-        if unknown is not None:
+        if unknown is not None and line.required_gpus is None:
             self._report(
                 line.line_no,
                 "",
@@ -172,16 +192,29 @@ class JobsFileWatcher:
         return spec
 
     def _bad(self, error: LineError) -> None:
-        self._report(error.line_no, error.text, f"{error.reason}; the line was skipped")
+        self._report(error.line_no, error.text, error.reason, skipped=True)
 
-    def _report(self, line_no: int, text: str, reason: str) -> None:
+    def _report(self, line_no: int, text: str, reason: str, *, skipped: bool = False) -> None:
         key = (line_no, text, reason)
         if key in self._reported:  # the file was read again from its start: said already
             return
         self._reported.add(key)
-        message = f"{self.path}:{line_no}: {reason}"
-        logger.warning("jobs file %s, line %d: %s", self.path, line_no, reason)
-        self._notice(message)
+        self._batch.setdefault((reason, skipped), []).append(line_no)
+
+    def _flush(self) -> None:
+        """Say this look's reports: one warning and one notice per reason."""
+        batch, self._batch = self._batch, {}
+        for (reason, skipped), line_nos in batch.items():
+            if len(line_nos) == 1:
+                where, message = f"line {line_nos[0]}", f"{self.path}:{line_nos[0]}"
+                said = reason + ("; the line was skipped" if skipped else "")
+            else:
+                where = f"{len(line_nos)} lines ({format_gpu_list(line_nos)})"
+                message = f"{self.path}: {where}"
+                said = reason + ("; those lines were skipped" if skipped else "")
+            message += f": {said}"
+            logger.warning("jobs file %s, %s: %s", self.path, where, said)
+            self._notice(message)
 
     def _notice(self, message: str) -> None:
         recent = self.submitter.notices(200)

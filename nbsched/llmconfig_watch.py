@@ -1,5 +1,5 @@
 """The LLM config of a file, re-read when the file changes (the format and its checks:
-:mod:`nbsched.formats.llmconfig`)."""
+:mod:`nbsched.formats.llmconfig`), and the original program's default file."""
 
 from __future__ import annotations
 
@@ -8,10 +8,34 @@ import os
 import threading
 from collections.abc import Callable
 
+from .config import SchedulerConfig
 from .errors import InvalidValueError
 from .formats.llmconfig import LLMConfig, load_llm_config
 
 logger = logging.getLogger(__name__)
+
+#: The file the original program read its LLM config from, in the current folder.
+DEFAULT_LLM_CONFIG = "llm_config.json"
+
+
+def default_llm_config(config: SchedulerConfig) -> str | None:
+    """``./llm_config.json`` (absolute) where it exists and ``config`` names no LLM
+    config: the original program read it by default, so its users' ``--llm`` models
+    that need several GPUs keep getting them.  Said in the log when taken."""
+    if config.llm_config_file is not None:
+        return None
+    try:
+        path = os.path.abspath(DEFAULT_LLM_CONFIG)
+    except FileNotFoundError:  # (the current folder was removed)
+        return None
+    if not os.path.isfile(path):
+        return None
+    logger.info(
+        "reading the LLM config %s, as the original program did (it names none; "
+        "llm_config_file=None reads none)",
+        path,
+    )
+    return path
 
 
 def _signature(path: str) -> tuple[int, int, int] | None:

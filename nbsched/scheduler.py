@@ -29,7 +29,7 @@ from .gpus.base import GPUProvider
 from .gpus.monitor import GPUMonitor
 from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
-from .llmconfig_watch import LLMConfigWatcher
+from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
 from .submitter import EngineSubmitter
@@ -48,7 +48,9 @@ class GPUJobScheduler(Submitting):
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
     program's call) and ``GPUJobScheduler(config=SchedulerConfig(...))`` both work;
-    keyword arguments override fields of ``config``.
+    keyword arguments override fields of ``config``.  Like the original, the call
+    with ``jobs_file_path`` reads ``./llm_config.json`` when it exists and no LLM
+    config is named (``llm_config_file=None`` says "none"); the log says so.
     """
 
     def __init__(
@@ -66,6 +68,10 @@ class GPUJobScheduler(Submitting):
         if jobs_file_path is not None:
             overrides["jobs_file"] = os.fspath(jobs_file_path)
         base = config or SchedulerConfig()
+        if jobs_file_path is not None and "llm_config_file" not in overrides:
+            found = default_llm_config(base)
+            if found is not None:
+                overrides["llm_config_file"] = found
         self.config = base.replace(**overrides) if overrides else base
         prepare_state_dir(self.config.state_dir)
         (self.config.state_dir / "results").mkdir(mode=0o700, exist_ok=True)

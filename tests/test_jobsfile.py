@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,12 @@ from nbsched.formats.gpulist import format_gpu_list, parse_gpu_list
 from nbsched.formats.jobsfile import (
     JobLine,
     JobsFileLineError,
-    JobsFileReader,
     LineError,
     format_line,
     parse_line,
-    read_jobs_file,
     validate_line,
 )
+from nbsched.formats.jobsfile_reader import JobsFileReader, read_jobs_file
 from nbsched.jobs import job_hash
 
 QUOTING_CASES = [
@@ -217,6 +217,134 @@ def test_random_text_raises_only_line_errors(text: str) -> None:
         parse_line(text)
     except JobsFileLineError:
         pass
+
+
+# ------------------------------------------------------------ the 6-field form
+
+EXECUTIONS = ["python", "torchrun", "torchrun-1gpu", "torchrun-2gpu", "torchrun-8gpu"]
+
+
+@pytest.mark.parametrize(
+    ("text", "execution", "args", "gpus"),
+    [
+        # issue 16: this ran on 1 GPU with argv ['torchrun-2gpu,--epochs', '3']
+        ("0,train.py,env,torchrun-2gpu,--epochs 3,0-3", "torchrun-2gpu", ("--epochs", "3"),
+         (0, 1, 2, 3)),
+        ("0,train.py,env,python,--llm x,", "python", ("--llm", "x"), None),
+        ("0,train.py,env,python,--llm x", "python", ("--llm", "x"), None),
+        (" 0 , train.py , env , torchrun , --x 1 , 0-3,5", "torchrun", ("--x", "1"),
+         (0, 1, 2, 3, 5)),
+        ("0,train.py,,torchrun-4gpu,,", "torchrun-4gpu", (), None),
+        ("0,train.py,,python,0-3,", "python", ("0-3",), None),
+        ("0,train.py,,python,--x a,b,0-3", "python", ("--x", "a,b"), (0, 1, 2, 3)),
+        ('0,train.py,,python,--name "a,b",1', "python", ("--name", "a,b"), (1,)),
+        # a quoted word is an argument: the 5-field form
+        ("0,train.py,,'python',0-3", None, ("python",), (0, 1, 2, 3)),
+        ("0,train.py,,'torchrun-2gpu'", None, ("torchrun-2gpu",), None),
+        ("0,train.py,,python -u,", None, ("python", "-u"), None),
+        ("0,train.py,,--python,", None, ("--python",), None),
+    ],
+)  # fmt: skip
+def test_six_field_lines(
+    text: str, execution: str | None, args: tuple[str, ...], gpus: tuple[int, ...] | None
+) -> None:
+    job = parse_line(text)
+    assert job is not None
+    assert (job.execution, job.args, job.allowed_gpus) == (execution, args, gpus)
+
+
+def test_execution_type_maps_to_launcher_and_gpus() -> None:
+    def of(execution: str | None) -> tuple[str | None, int | None]:
+        job = JobLine(1, 0, "t.py", None, ("--x",), None, execution)
+        return job.launcher, job.required_gpus
+
+    assert of(None) == of("python") == (None, None)
+    assert of("torchrun") == of("torchrun-1gpu") == ("torchrun", 1)
+    assert of("torchrun-8gpu") == ("torchrun", 8)
+    plain = JobLine(1, 0, "t.py", None, ("--x",), None)
+    same = {plain.hash, replace(plain, execution="python").hash}
+    assert same == {job_hash("t.py", None, ("--x",), None)}  # rewriting as 6-field: no rerun
+    one = {replace(plain, execution=e).hash for e in ("torchrun", "torchrun-1gpu")}
+    assert len(one) == 1 and one.isdisjoint(same)
+    assert replace(plain, execution="torchrun-2gpu").hash not in one | same
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("0,t.py,env,python", "ambiguous: 'python'"),
+        ("0,t.py,env,python,", "ambiguous: 'python'"),
+        ("0,t.py,env,torchrun-2gpu", "ambiguous: 'torchrun-2gpu'"),
+        ("0,t.py,env,torchrun-2gpu,3", "ambiguous: 'torchrun-2gpu'"),
+        ("0,t.py,env,python, 0-3 ", "ambiguous: 'python'"),
+        ("0,t.py,env,torchrun-2GPU,--x,", "unknown execution type 'torchrun-2GPU'"),
+        ("0,t.py,env,python3,--x,", "unknown execution type 'python3'"),
+        ("0,t.py,env,Python,--x,", "unknown execution type 'Python'"),
+        ("0,t.py,env,torchrun-0gpu,--x,", "N must be 1 or more"),
+        ("0,t.py,env,torchrun-2gpu,--x,9-1", "bad allowed_gpus"),
+    ],
+)
+def test_ambiguous_and_unknown_execution_types_are_refused(text: str, reason: str) -> None:
+    with pytest.raises(JobsFileLineError) as info:
+        parse_line(text, 12, "jobs.txt")
+    assert info.value.error.line_no == 12 and reason in info.value.error.reason
+    assert str(info.value).startswith("jobs.txt:12: ")
+
+
+job_lines6 = st.builds(
+    JobLine,
+    line_no=st.integers(1, 10_000),
+    priority=st.integers(-(10**17), 10**17),
+    script=nonempty,
+    conda_env=st.none() | nonempty,
+    args=st.lists(words | st.sampled_from(EXECUTIONS), max_size=6).map(tuple),
+    allowed_gpus=st.none()
+    | st.sets(st.integers(0, 40), min_size=1).map(lambda s: tuple(sorted(s))),
+    execution=st.none() | st.sampled_from(EXECUTIONS),
+)
+
+
+@given(job_lines6)
+def test_round_trip_both_forms(job: JobLine) -> None:
+    """Either form, with arguments that are themselves execution-type words, reads back
+    as written: a 5-field line never turns into a 6-field one or the reverse."""
+    line = format_line(job)
+    parsed = parse_line(line, job.line_no)
+    assert parsed == job
+    assert parsed is not None and parsed.hash == job.hash
+    assert (len(line.split(",")) >= 6) or job.execution is None
+
+
+@given(st.sampled_from(EXECUTIONS), st.lists(words, max_size=4).map(tuple))
+def test_a_five_field_line_of_one_execution_word_is_quoted(
+    word: str, rest: tuple[str, ...]
+) -> None:
+    job = JobLine(1, 0, "t.py", None, (word,), None)
+    assert parse_line(format_line(job)) == job
+    six = replace(job, args=rest, execution=word)
+    assert parse_line(format_line(six)) == six
+
+
+def test_format_line_refuses_an_unknown_execution_type() -> None:
+    with pytest.raises(InvalidValueError, match="execution='deepspeed'"):
+        format_line(JobLine(1, 0, "t.py", None, (), None, "deepspeed"))
+
+
+_FIELD_PIECES = ["0", "t.py", "", "python", "torchrun-2gpu", "torchrun-2GPU", "python3",
+                 "0-3", "--x 1", "'python'", "3", " ", "-1", "x"]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(_FIELD_PIECES), min_size=1, max_size=8))
+def test_lines_of_both_forms_parse_or_raise_line_errors(fields: list[str]) -> None:
+    """Any mix of the two forms' fields: a job that formats back to itself, or a line error."""
+    try:
+        job = parse_line(",".join(fields))
+    except JobsFileLineError:
+        return
+    if job is not None:
+        assert parse_line(format_line(job)) == job
+        assert job.launcher in (None, "torchrun")
 
 
 # ------------------------------------------------------------ validate_line

@@ -212,3 +212,59 @@ def test_garbage_never_stops_the_watcher(tmp_path: Path, make_sched: MakeSched) 
     ids = watcher.poll()
     assert [s.store.get(i).spec.args for i in ids] == [("--b",)]
     assert any("internal error: boom" in n["message"] for n in s.store.notices(50))
+
+
+def test_six_field_lines_run_with_their_execution_type(
+    tmp_path: Path, make_sched: MakeSched
+) -> None:
+    """The latest original's lines: ``torchrun-2gpu`` is torchrun on 2 GPUs (it ran on 1,
+    with argv ``['torchrun-2gpu,--epochs', '3']``); ``python`` is a plain job; a line that
+    reads both ways is refused with its line number."""
+    work = _folder(tmp_path)
+    jobs_file = work / "jobs.txt"
+    jobs_file.write_text(
+        "0,echo.py,,torchrun-2gpu,--epochs 3,0-3\n"
+        "1,echo.py,,python,--llm big,\n"
+        "2,echo.py,,torchrun,,\n"
+        "3,echo.py,,python,0-3\n"  # 4: ambiguous
+        "4,echo.py,,torchrun-2GPU,--x,\n"  # 5: unknown execution type
+    )
+    s = make_sched(jobs_file=str(jobs_file), llm_config_file=str(work / "llm.json"), num_gpus=4)
+    watcher = JobsFileWatcher(s._submitter())
+    jobs = {s.store.get(i).spec.priority: s.store.get(i).spec for i in watcher.poll()}
+    assert sorted(jobs) == [0, 1, 2]
+    assert (jobs[0].launcher, jobs[0].required_gpus) == ("torchrun", 2.0)
+    assert jobs[0].args == ("--epochs", "3") and jobs[0].allowed_gpus == (0, 1, 2, 3)
+    assert (jobs[1].launcher, jobs[1].required_gpus) == (None, 2.0)  # from the LLM config
+    assert (jobs[2].launcher, jobs[2].required_gpus) == ("torchrun", 1.0)
+    notices = [n["message"] for n in s.store.notices(50)]
+    assert any(f"{jobs_file}:4: ambiguous: 'python'" in m for m in notices), notices
+    assert any(f"{jobs_file}:5: unknown execution type" in m for m in notices), notices
+
+
+def test_reports_with_one_reason_make_one_notice(
+    tmp_path: Path, make_sched: MakeSched, caplog: pytest.LogCaptureFixture
+) -> None:
+    """56 lines naming one unknown model are one notice (and one warning) with the count
+    and the line numbers, and the one skipped line keeps its own notice."""
+    work = _folder(tmp_path)
+    jobs_file = work / "jobs.txt"
+    lines = [f"0,echo.py,,--llm nobody --seed {i},\n" for i in range(56)]
+    lines.insert(30, "x,echo.py,,,\n")  # line 31: skipped
+    jobs_file.write_text("".join(lines))
+    s = make_sched(jobs_file=str(jobs_file), llm_config_file=str(work / "llm.json"))
+    with caplog.at_level(logging.WARNING, logger="nbsched"):
+        assert len(JobsFileWatcher(s._submitter()).poll()) == 56
+    notices = [n["message"] for n in s.store.notices(50)]
+    assert len(notices) == 2, notices
+    assert (
+        notices.count(
+            f"{jobs_file}: 56 lines (1-30,32-57): model 'nobody' is not in the LLM config "
+            f"{work / 'llm.json'}; it gets default_requirement=1 GPU(s)"
+        )
+        == 1
+    ), notices
+    assert any(m.startswith(f"{jobs_file}:31: bad priority") for m in notices), notices
+    assert any("bad priority" in n["message"] for n in s.notices(5))  # what status shows
+    warnings = [r for r in caplog.records if r.name == "nbsched.jobsfile_watch"]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]

@@ -221,6 +221,47 @@ def test_torchrun_and_gpu_arg_use_local_indices(
     assert json.loads(s.logs(plain)) == ["1", []]  # nothing appended unless asked
 
 
+def test_a_six_field_torchrun_line_runs_under_torchrun_on_its_gpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, the original's call and its latest jobs file: ``torchrun-2gpu`` ran on 1
+    GPU as ``python train.py torchrun-2gpu,--epochs 3``; ``./llm_config.json`` was not read."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_exe(bin_dir / "torchrun", FAKE_TORCHRUN)
+    record = tmp_path / "torchrun-argv"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_TORCHRUN_LOG", str(record))
+    monkeypatch.setenv("NBSCHED_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("import sys\nprint(sys.argv[1:])\n")
+    (tmp_path / "llm_config.json").write_text('{"models": {"big": 2.0}}')
+    (tmp_path / "jobs.txt").write_text(
+        "0,train.py,,torchrun-2gpu,--epochs 3,0-3\n1,train.py,,python,--llm big,\n"
+    )
+    s = GPUJobScheduler(num_gpus=4, jobs_file_path="jobs.txt", gpu_provider="simulated")
+    try:
+        s.start()
+        wait_for(lambda: len(s.jobs()) == 2, what="two jobs")
+        s.wait(timeout=60)
+        jobs = s.jobs()
+        by_priority = {int(row["priority"]): row for _, row in jobs.iterrows()}
+        torch, llm = by_priority[0]["id"], by_priority[1]["id"]
+        assert s.job(torch)["status"] == "succeeded", s.logs(torch)
+        assert s.job(torch)["required_gpus"] == 2.0 and s.job(llm)["required_gpus"] == 2.0
+        argv = record.read_bytes().split(b"\0")[:-1]
+        assert argv[:4] == [
+            b"--standalone",
+            b"--nproc-per-node=2",
+            str(tmp_path / "train.py").encode(),
+            b"--epochs",
+        ]
+        assert argv[4] == b"3" and len(argv[-1].split(b",")) == 2  # CVD: two GPUs
+        assert s.logs(llm) == "['--llm', 'big']\n"
+    finally:
+        s.close()
+
+
 # ------------------------------------------------------------------------- LLM config
 
 

@@ -215,3 +215,73 @@ def test_watcher_first_read_raises(tmp_path: Path) -> None:
         LLMConfigWatcher(tmp_path / "nope.json")
     with pytest.raises(InvalidValueError):
         LLMConfigWatcher(write(tmp_path / "bad.json", "{"))
+
+
+# ------------------------------------------------- the original program's default file
+
+
+def _original_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: object
+) -> GPUJobScheduler:
+    monkeypatch.setenv("NBSCHED_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs.txt").write_text("")
+    (tmp_path / "t.py").write_text("pass\n")
+    return GPUJobScheduler(8, "jobs.txt", gpu_provider="simulated", **kw)
+
+
+def test_the_original_call_reads_llm_config_json_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16: the original read ./llm_config.json by default; a model that needs 2 GPUs
+    silently got 1."""
+    write(tmp_path / "llm_config.json", '{"default_requirement": 1.0, "models": {"big": 2.0}}')
+    with caplog.at_level(logging.INFO, logger="nbsched"):
+        s = _original_call(tmp_path, monkeypatch)
+    try:
+        assert s.config.llm_config_file == str(tmp_path / "llm_config.json")
+        spec = s.make_spec(script="t.py", args=["--llm", "big"])
+        assert spec.required_gpus == 2.0
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+        assert any(str(tmp_path / "llm_config.json") in m and "original" in m for m in said)
+    finally:
+        s.close()
+
+
+def test_no_default_llm_config_unless_there_and_unnamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = _original_call(tmp_path, monkeypatch)  # no llm_config.json here
+    try:
+        assert s.config.llm_config_file is None and s.llm_config is None
+    finally:
+        s.close()
+    write(tmp_path / "llm_config.json", '{"models": {"big": 2.0}}')
+    s = _original_call(tmp_path, monkeypatch, llm_config_file=None)  # "none", said outright
+    try:
+        assert s.config.llm_config_file is None
+    finally:
+        s.close()
+    other = write(tmp_path / "other.json", '{"models": {"big": 4.0}}')
+    s = _original_call(tmp_path, monkeypatch, llm_config_file=str(other))  # a named one wins
+    try:
+        assert s.llm_config is not None and s.llm_config.models == {"big": 4.0}
+    finally:
+        s.close()
+    s = GPUJobScheduler(config=SchedulerConfig(gpu_provider="simulated"))  # not the original call
+    try:
+        assert s.config.llm_config_file is None
+    finally:
+        s.close()
+
+
+def test_a_named_llm_config_that_is_missing_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "llm_config.json", '{"models": {}}')  # not taken in its place
+    with pytest.raises(MissingFileError, match="nope.json not found"):
+        _original_call(tmp_path, monkeypatch, llm_config_file="nope.json")
+    with pytest.raises(MissingFileError, match="nope.json not found"):
+        GPUJobScheduler(
+            config=SchedulerConfig(gpu_provider="simulated", llm_config_file="nope.json")
+        )

@@ -1,15 +1,26 @@
 """The jobs file of the original program: one job a line.
 
-Line format: ``priority,script_path,conda_env,arguments,allowed_gpus``.  Lines whose
-first non-space character is ``#`` and blank lines are ignored.
+Line format: ``priority,script_path,conda_env,arguments,allowed_gpus``, or the latest
+original's 6-field ``priority,script_path,conda_env,execution_type,arguments,allowed_gpus``
+(execution types: :mod:`nbsched.formats.execution`).  Lines whose first non-space
+character is ``#`` and blank lines are ignored.
+
+How the two forms are told apart: a line whose fourth field is one unquoted word
+``python``, ``torchrun`` or ``torchrun-Ngpu`` is a 6-field line.  It is refused as
+ambiguous when it has four or five fields and its fifth field is absent, empty or a
+GPU list, since it then also reads as a 5-field line whose one argument is that word
+(``0,t.py,env,python,0-3``): write all six fields (``0,t.py,env,torchrun-2gpu,,``),
+or quote the word (``'python'``) to make it an argument.  A fourth field that starts
+like an execution type but is none (``torchrun-2GPU``, ``python3``) is refused too.
 
 How a line is split (compatible with the original program, which split on the
 first four commas):
 
 * Commas inside shell quotes (``'...'``, ``"..."``) or escaped (``\\,``) do not split.
 * Fields are priority, script, env, arguments; everything after the fourth comma
-  is allowed_gpus, so ``0,t.py,env,--x 1,0-3,5`` allows GPUs 0-3 and 5.  Trailing
-  fields may be left out (``0,t.py`` is a job); priority and script are required.
+  (the fifth in the 6-field form) is allowed_gpus, so ``0,t.py,env,--x 1,0-3,5``
+  allows GPUs 0-3 and 5.  Trailing fields may be left out (``0,t.py`` is a job);
+  priority and script are required.
 * Unquoted commas in the arguments: when the text after the fourth comma is not
   a GPU list but the last field is (or is empty), the last field is allowed_gpus
   and the fields between are the arguments (``--x a,b,0-3``).  ``--ids 1,2`` with
@@ -20,7 +31,8 @@ first four commas):
   allowed_gpus may be empty.  A NUL character or a line break inside is an error.
 
 :func:`format_line` writes a line that :func:`parse_line` reads back identically.
-:class:`JobsFileReader` reads a file that grows while it is edited (see there).
+:class:`~nbsched.formats.jobsfile_reader.JobsFileReader` reads a file that grows while
+it is edited.
 """
 
 from __future__ import annotations
@@ -28,19 +40,17 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import time
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from ..errors import InvalidValueError
 from ..jobs import job_hash
+from .execution import ACCEPTED, execution_hash, looks_like_execution, parse_execution
 from .gpulist import describe_gpus, format_gpu_list, parse_gpu_list
 
 FORMAT = "priority,script_path,conda_env,arguments,allowed_gpus"
+FORMAT6 = "priority,script_path,conda_env,execution_type,arguments,allowed_gpus"
 
 _PRIORITY = re.compile(r"[+-]?[0-9]{1,18}", re.ASCII)
-_BOM = b"\xef\xbb\xbf"
-_TAIL = 256  # bytes before the read offset compared to spot an in-place rewrite
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,26 @@ class JobLine:
     conda_env: str | None
     args: tuple[str, ...]
     allowed_gpus: tuple[int, ...] | None
+    #: The 6-field form's execution type (``python``, ``torchrun``, ``torchrun-Ngpu``);
+    #: ``None`` for a 5-field line.
+    execution: str | None = None
 
     @property
     def hash(self) -> str:
-        """Identity of the job (script, env, arguments in order, allowed GPUs)."""
-        return job_hash(self.script, self.conda_env, self.args, self.allowed_gpus)
+        """Identity of the job (script, env, arguments in order, allowed GPUs, and a
+        torchrun execution type's GPU count)."""
+        base = job_hash(self.script, self.conda_env, self.args, self.allowed_gpus)
+        return execution_hash(base, self.execution)
+
+    @property
+    def launcher(self) -> str | None:
+        """``"torchrun"`` for a torchrun execution type, else ``None``."""
+        return parse_execution(self.execution)[0] if self.execution else None
+
+    @property
+    def required_gpus(self) -> int | None:
+        """The GPUs a torchrun execution type names; ``None``: the LLM config decides."""
+        return parse_execution(self.execution)[1] if self.execution else None
 
 
 @dataclass(frozen=True)
@@ -144,36 +169,72 @@ def _gpus(field: str) -> tuple[int, ...] | None:
         raise _Bad(f"bad allowed_gpus: {exc}") from None
 
 
+def _priority(field: str) -> int:
+    raw = field.strip()
+    if not _PRIORITY.fullmatch(raw):
+        if re.fullmatch(r"[+-]?[0-9]+", raw, re.ASCII):
+            raise _Bad(f"bad priority {raw!r}: at most 18 digits")
+        raise _Bad(f"bad priority {raw!r}: expected an integer")
+    return int(raw)
+
+
+def _args_and_gpus(fields: list[str], first: int) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """The arguments (field ``first``) and allowed GPUs (everything after it)."""
+    args_field = fields[first]
+    try:
+        allowed = _gpus(",".join(fields[first + 1 :]))
+    except _Bad as exc:
+        # Unquoted commas in the arguments: the last field may still be the GPU list.
+        if len(fields) == first + 2:
+            raise _Bad(f"{exc} (quote arguments that contain commas)") from None
+        try:
+            allowed = _gpus(fields[-1])
+        except _Bad:
+            raise exc from None
+        args_field = ",".join(fields[first:-1])
+    return tuple(_words(args_field, "arguments")), allowed
+
+
+def _execution(fields: list[str]) -> str | None:
+    """The execution type of a 6-field line; ``None`` for a 5-field one."""
+    if len(fields) < 4 or not looks_like_execution(fields[3]):
+        return None
+    word = fields[3].strip()
+    try:
+        parse_execution(word)
+    except InvalidValueError as exc:
+        raise _Bad(f"{exc}; quote it if it is an argument") from None
+    if len(fields) <= 5:
+        fifth = fields[4] if len(fields) == 5 else ""
+        try:
+            _gpus(fifth)
+        except _Bad:
+            return word  # the fifth field is arguments: only the 6-field form reads it
+        raise _Bad(
+            f"ambiguous: {word!r} may be the execution type of a 6-field line ({FORMAT6}) "
+            f"or the argument of a 5-field one ({FORMAT}); write all six fields "
+            f"(priority,script,env,{word},arguments,allowed_gpus) for the first, "
+            f"quote it ('{word}') for the second"
+        )
+    return word
+
+
 def _parse(text: str, line_no: int) -> JobLine:
     if any(c in text for c in "\x00\n\r"):
         raise _Bad("line contains a NUL character or a line break")
     fields = _split_fields(text)
     if len(fields) < 2:
         raise _Bad(f"expected comma-separated fields {FORMAT}; got {len(fields)}")
-    fields += [""] * (5 - len(fields))
-    raw_priority = fields[0].strip()
-    if not _PRIORITY.fullmatch(raw_priority):
-        if re.fullmatch(r"[+-]?[0-9]+", raw_priority, re.ASCII):
-            raise _Bad(f"bad priority {raw_priority!r}: at most 18 digits")
-        raise _Bad(f"bad priority {raw_priority!r}: expected an integer")
+    priority = _priority(fields[0])
+    execution = _execution(fields)
+    first = 3 if execution is None else 4
+    fields += [""] * (first + 2 - len(fields))
     script = _one_word(fields[1], "script path")
     if not script:
         raise _Bad("missing script path")
     env = _one_word(fields[2], "conda env") or None
-    args_field = fields[3]
-    try:
-        allowed = _gpus(",".join(fields[4:]))
-    except _Bad as exc:
-        # Unquoted commas in the arguments: the last field may still be the GPU list.
-        if len(fields) == 5:
-            raise _Bad(f"{exc} (quote arguments that contain commas)") from None
-        try:
-            allowed = _gpus(fields[-1])
-        except _Bad:
-            raise exc from None
-        args_field = ",".join(fields[3:-1])
-    args = _words(args_field, "arguments")
-    return JobLine(line_no, int(raw_priority), script, env, tuple(args), allowed)
+    args, allowed = _args_and_gpus(fields, first)
+    return JobLine(line_no, priority, script, env, args, allowed, execution)
 
 
 def parse_line(text: str, line_no: int = 1, path: str = "") -> JobLine | None:
@@ -199,6 +260,14 @@ def _quote(word: str) -> str:
     return f"'{word}'" if quoted == word and "," in word else quoted
 
 
+def _args_field(job: JobLine) -> str:
+    if job.execution is None and len(job.args) == 1 and looks_like_execution(job.args[0]):
+        # A bare one would read as a 6-field line's execution type: quote it.
+        quoted = shlex.quote(job.args[0])
+        return f"'{quoted}'" if quoted == job.args[0] else quoted
+    return " ".join(_quote(a) for a in job.args)
+
+
 def format_line(job: JobLine) -> str:
     """A line (without newline) that :func:`parse_line` reads back as ``job``.
 
@@ -213,10 +282,18 @@ def format_line(job: JobLine) -> str:
             )
     if not job.script:
         raise InvalidValueError("a jobs-file line needs a script path")
+    if job.execution is not None:
+        try:
+            parse_execution(job.execution)
+        except InvalidValueError:
+            raise InvalidValueError(
+                f"execution={job.execution!r}: accepted are {ACCEPTED}, or None"
+            ) from None
     env = _quote(job.conda_env) if job.conda_env else ""
-    args = " ".join(_quote(a) for a in job.args)
+    args = _args_field(job)
     gpus = _quote(format_gpu_list(job.allowed_gpus)) if job.allowed_gpus else ""
-    return f"{job.priority},{_quote(job.script)},{env},{args},{gpus}"
+    execution = "" if job.execution is None else f"{job.execution},"
+    return f"{job.priority},{_quote(job.script)},{env},{execution}{args},{gpus}"
 
 
 def validate_line(line: JobLine, *, num_gpus: int | None, base_dir: str, path: str = "") -> str:
@@ -243,147 +320,13 @@ def validate_line(line: JobLine, *, num_gpus: int | None, base_dir: str, path: s
     return script
 
 
-class JobsFileReader:
-    """Reads the new complete lines of a jobs file that grows while it is edited.
-
-    * Each :meth:`read_new` first stats the file; if size, mtime and inode are
-      unchanged it returns at once without opening it.
-    * Only lines ending in a newline are taken.  A last line without one is left
-      for the next read, unless the file has not changed for
-      ``partial_line_grace_s`` seconds (an editor that writes no final newline);
-      then it is taken, and not again once its newline arrives.
-    * If the file shrank, its inode changed (an editor wrote a new file) or the
-      bytes before the read offset changed, it is read again from the start;
-      removing repeated jobs (by hash) is the caller's job.
-    * CRLF endings and a UTF-8 BOM are accepted; a line that is not UTF-8 becomes
-      a :class:`LineError`.  Line numbers count every line of the file.
-    * A missing file gives ``([], [])`` and sets :attr:`missing` (``True`` while it
-      is missing).  Other ``OSError`` s (no permission, a directory) propagate.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, partial_line_grace_s: float | None = 2.0
-    ) -> None:
-        self.path = os.fspath(path)
-        self.partial_line_grace_s = partial_line_grace_s
-        self.missing = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self._sig: tuple[int, int, int] | None = None
-        self._ino: int | None = None
-        self._offset = 0  # byte offset of the first line not yet consumed
-        self._line_no = 0  # lines consumed so far
-        self._tail = b""  # the last bytes before _offset, as read
-        self._partial: bytes | None = None  # an unterminated last line not yet taken
-        self._taken: bytes | None = None  # an unterminated last line already taken
-
-    def _partial_due(self, mtime_ns: int) -> bool:
-        grace = self.partial_line_grace_s
-        return (
-            self._partial is not None
-            and grace is not None
-            and time.time_ns() - mtime_ns >= grace * 1e9
-        )
-
-    def read_new(self) -> tuple[list[JobLine], list[LineError]]:
-        """The jobs and the errors of the lines completed since the last call."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            if not self.missing:
-                self._reset()
-            self.missing = True
-            return [], []
-        self.missing = False
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-        if sig == self._sig and not self._partial_due(st.st_mtime_ns):
-            return [], []
-        try:
-            with open(self.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if self._rewritten(f, st):
-                    self._reset()
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            self._reset()
-            self.missing = True
-            return [], []
-        self._sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-        self._ino = st.st_ino
-        return self._consume(data, st.st_mtime_ns)
-
-    def _rewritten(self, f: BinaryIO, st: os.stat_result) -> bool:
-        if self._ino is not None and st.st_ino != self._ino:
-            return True
-        if st.st_size < self._offset:
-            return True
-        if self._tail:
-            f.seek(self._offset - len(self._tail))
-            return f.read(len(self._tail)) != self._tail
-        return False
-
-    def _consume(self, data: bytes, mtime_ns: int) -> tuple[list[JobLine], list[LineError]]:
-        jobs: list[JobLine] = []
-        errors: list[LineError] = []
-        end = data.rfind(b"\n") + 1
-        offset = self._offset
-        for raw in data[:end].split(b"\n")[:-1]:
-            start = offset
-            offset += len(raw) + 1
-            self._line_no += 1
-            line = self._clean(raw, start)
-            taken, self._taken = self._taken, None
-            if taken is not None and line == taken:
-                continue  # already taken while it had no newline
-            self._take(line, self._line_no, jobs, errors)
-        self._tail = (self._tail + data[:end])[-_TAIL:]
-        self._offset = offset
-        rest = self._clean(data[end:], offset)
-        self._partial = rest if rest and rest != self._taken else None
-        if self._partial is not None and self._partial_due(mtime_ns):
-            self._take(self._partial, self._line_no + 1, jobs, errors)
-            self._taken, self._partial = self._partial, None
-        return jobs, errors
-
-    @staticmethod
-    def _clean(raw: bytes, start: int) -> bytes:
-        if start == 0 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-        return raw[:-1] if raw.endswith(b"\r") else raw
-
-    def _take(self, raw: bytes, line_no: int, jobs: list[JobLine], errors: list[LineError]) -> None:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            shown = raw.decode("utf-8", "backslashreplace")
-            reason = f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
-            errors.append(LineError(self.path, line_no, shown, reason))
-            return
-        try:
-            job = parse_line(text, line_no, self.path)
-        except JobsFileLineError as exc:
-            errors.append(exc.error)
-            return
-        if job is not None:
-            jobs.append(job)
-
-
-def read_jobs_file(path: str | os.PathLike[str]) -> tuple[list[JobLine], list[LineError]]:
-    """All jobs and line errors of a jobs file, last line included; missing -> ``([], [])``."""
-    reader = JobsFileReader(path, partial_line_grace_s=0.0)
-    return reader.read_new()
-
-
 __all__ = [
     "FORMAT",
+    "FORMAT6",
     "JobLine",
     "JobsFileLineError",
-    "JobsFileReader",
     "LineError",
     "format_line",
     "parse_line",
-    "read_jobs_file",
     "validate_line",
 ]

@@ -417,6 +417,18 @@ def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler
     assert not board.refreshing
 
 
+@pytest.mark.parametrize("interval", ["0", "0.01", "-1", "1e9", "nan", "soon"])
+def test_dashboard_refuses_the_interval_the_dashboard_refuses(
+    ip: InteractiveShell, started: GPUJobScheduler, interval: str
+) -> None:
+    """``--interval`` follows ``Dashboard(interval=)``'s rule; it was clamped (``0`` ran
+    at 0.1 s) while the README says "above 0"."""
+    with pytest.raises(UsageError, match=r"--interval: .* from 0.1 to 86400") as info:
+        gs(ip, f"dashboard --interval {interval}")
+    assert repr(interval) in str(info.value)
+    assert magics_of(ip)._dashboard is None  # type: ignore[union-attr]
+
+
 def test_a_new_dashboard_closes_the_previous_and_closed_widgets_are_dropped(
     ip: InteractiveShell, started: GPUJobScheduler
 ) -> None:

@@ -266,7 +266,7 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
 ) -> None:
     escaped: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
-    board = Dashboard(running, interval=0.02)
+    board = Dashboard(running, interval=0.1)
     try:
         start = board.refreshes
         wait_for(lambda: board.refreshes >= start + 3)
@@ -291,12 +291,24 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
         board.close()
 
 
-@pytest.mark.parametrize("interval", [0, -1, 0.0, float("nan"), float("inf"), 10**400, 1e9])
+@pytest.mark.parametrize(
+    "interval", [0, -1, 0.0, 1e-9, 0.05, float("nan"), float("inf"), 10**400, 1e9]
+)
 def test_dashboard_refuses_a_bad_interval(running: GPUJobScheduler, interval: object) -> None:
     before = [t for t in threading.enumerate() if t.name == "nbsched-dashboard"]
     with pytest.raises(ValueError, match=r"interval=.*: expected seconds between refreshes"):
         Dashboard(running, interval=interval)  # type: ignore[arg-type]
     assert [t for t in threading.enumerate() if t.name == "nbsched-dashboard"] == before
+
+
+def test_a_too_short_interval_is_refused_naming_what_is_accepted(
+    running: GPUJobScheduler,
+) -> None:
+    """A period near 0 only burns the kernel's CPU: refused, with the accepted range."""
+    with pytest.raises(ValueError, match=r"interval=1e-09: .* from 0.1 to 86400"):
+        Dashboard(running, interval=1e-9)
+    board = Dashboard(running, interval=0.1)  # the shortest accepted
+    board.close()
 
 
 @pytest.mark.parametrize("interval", ["1", True, None])
@@ -317,7 +329,7 @@ def test_dashboard_takes_numpy_numbers(running: GPUJobScheduler) -> None:
 
 
 def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> None:
-    board = Dashboard(running, interval=0.05)
+    board = Dashboard(running, interval=0.1)
     assert board.refreshing
     board.close()
     assert not board.refreshing

@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import numbers
 import threading
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from nbsched.errors import InvalidTypeError, InvalidValueError
+from nbsched.checks import check_interval
 from nbsched.scheduler import GPUJobScheduler
 
 from .charts import GpuChart
@@ -35,24 +34,6 @@ JOBS_MAX_AGE_S = 5.0
 SHOWN_QUEUED = 20
 SHOWN_ENDED = 10
 ENDED = ("succeeded", "failed", "cancelled")
-#: The longest refresh period accepted (a day; Event.wait overflows past ~1e9 s).
-MAX_INTERVAL_S = 86400.0
-
-
-def check_interval(interval: object) -> float:
-    """The refresh period in seconds: a number in (0, MAX_INTERVAL_S]."""
-    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):  # (numpy's too)
-        raise InvalidTypeError(f"interval={interval!r}: expected seconds, e.g. 1.0")
-    try:
-        value = float(interval)
-    except OverflowError:  # an int too large for a float
-        value = math.inf
-    if not 0 < value <= MAX_INTERVAL_S:  # (NaN fails too)
-        raise InvalidValueError(
-            f"interval={interval!r}: expected seconds between refreshes, above 0 and at most "
-            f"{MAX_INTERVAL_S:g} (e.g. 1.0)"
-        )
-    return value
 
 
 class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)

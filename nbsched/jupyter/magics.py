@@ -242,10 +242,9 @@ class GpuschedMagics(Magics):
         return form
 
     def _verb_dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        from .dashboard import MAX_INTERVAL_S, Dashboard
+        from .dashboard import Dashboard
 
-        interval = min(max(args.interval, 0.1), MAX_INTERVAL_S)
-        board = Dashboard(self._require(), interval=interval)
+        board = Dashboard(self._require(), interval=args.interval)
         # One dashboard refreshes at a time: running the cell again (or another dashboard
         # cell) closes the previous one, whose thread would otherwise refresh until stop.
         previous, self._dashboard = self._dashboard, board

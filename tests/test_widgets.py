@@ -246,6 +246,34 @@ def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler
         board.close()
 
 
+def test_cancel_acts_only_on_a_job_the_user_chose(running: GPUJobScheduler) -> None:
+    """ipywidgets 8 leaves a Dropdown's value at None when its options go from none to
+    some: Cancel was enabled and said "no job selected" while the job ran on."""
+    for gpu in range(3):
+        running.pause_gpu(gpu)  # the jobs stay queued
+    board = Dashboard(running, autostart=False)
+    try:
+        assert board.cancel_button.disabled and board.cancel_button.tooltip == "no active job"
+        first = running.add_command("sleep 60", required_gpus=1, name="first")
+        second = running.add_command("sleep 60", required_gpus=1, name="second")
+        board.refresh()
+        assert [v for _, v in board.job_select.options] == [first, second]
+        assert board.job_select.value is None
+        assert board.cancel_button.disabled
+        assert board.cancel_button.tooltip == "choose a job in the list first"
+        board.job_select.value = second  # the user chooses
+        assert not board.cancel_button.disabled
+        assert board.cancel_button.tooltip == f"cancel job {second}"
+        board.cancel_button.click()
+        assert running.job(second)["status"] == "cancelled"
+        assert running.job(first)["status"] == "queued"
+        # The chosen job is gone: no other job is chosen in its place.
+        assert [v for _, v in board.job_select.options] == [first]
+        assert board.job_select.value is None and board.cancel_button.disabled
+    finally:
+        board.close()
+
+
 def test_dashboard_shows_nothing_for_a_missing_name(sched: GPUJobScheduler) -> None:
     """The jobs table has NaN for a missing text (pandas 3's str columns): the dashboard
     shows the command in its place, never "nan"."""

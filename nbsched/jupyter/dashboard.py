@@ -72,6 +72,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.job_select = widgets.Dropdown(description="job", options=[], layout={"width": "420px"})
         self.cancel_button = widgets.Button(description="Cancel job", button_style="danger")
         self.cancel_button.on_click(lambda _: self._safely(self.cancel_selected))
+        self.job_select.observe(lambda _: self._sync_cancel(), names="value")
+        self._sync_cancel()
         self.jobs_table = widgets.HTML()
         self.sweep_bar = widgets.IntProgress(min=0, max=1, value=0, description="sweep")
         self.sweep_label = widgets.HTML()
@@ -254,9 +256,10 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         if options != list(self.job_select.options):
             keep = self.job_select.value
             self.job_select.options = options
-            if keep in [v for _, v in options]:
-                self.job_select.value = keep
-        self.cancel_button.disabled = not options
+            # The job the user chose, or none: ipywidgets would pick one itself (the first
+            # job, once the chosen one is gone), and Cancel would act on a job not chosen.
+            self.job_select.value = keep if keep in [v for _, v in options] else None
+        self._sync_cancel()
         self._update_sweep(s, running, queued, ended)
 
     def _update_sweep(
@@ -283,6 +286,13 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.sweep_bar.bar_style = "danger" if counts.get("failed") else "info"
         detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         self.sweep_label.value = f"{self._sweep}: {done}/{total} ended ({detail})"
+
+    def _sync_cancel(self) -> None:
+        """Cancel is enabled only with a job chosen in the drop-down; else it says why."""
+        chosen = self.job_select.value
+        self.cancel_button.disabled = chosen is None
+        no_job = "choose a job in the list first" if self.job_select.options else "no active job"
+        self.cancel_button.tooltip = no_job if chosen is None else f"cancel job {chosen}"
 
     def cancel_selected(self) -> bool:
         """Cancel the job chosen in the drop-down; returns whether it was cancelled."""

@@ -261,13 +261,13 @@ class GpuschedMagics(Magics):
         """Schedule jobs on GPUs from this notebook.
 
         Each verb makes one call of the scheduler's API and returns its value:
-        ``df = %gpusched jobs``, ``jid = %gpusched run -- python train.py``.
-        ``$name`` before ``--`` is replaced by the value of ``name`` (braces are
-        sweep grammar and are left alone).  ``%%gpusched run`` runs the cell as a
-        Python script on the GPUs given; ``%%gpusched sweep -- --lr {0.1,0.01}``
-        sweeps it.  ``%gpusched VERB -h`` shows one verb's options,
-        ``%gpusched help`` this overview.
-        """
+          df = %gpusched jobs
+          jid = %gpusched run -- python train.py
+        $name before -- is replaced by the value of name (braces are sweep
+        grammar and are left alone).  %%gpusched run runs the cell as a Python
+        script on the GPUs given; %%gpusched sweep -- --lr {0.1,0.01} sweeps it.
+        %gpusched VERB -h shows one verb's options, %gpusched help this overview.
+        """  # (plain text, not reST: it is the help a person reads)
         head, tail = split_dashdash(line)
         expanded = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
         parts = expanded.text.split(None, 1)

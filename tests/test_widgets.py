@@ -112,6 +112,28 @@ def test_form_mistakes_are_shown_inline_and_submit_nothing(
     assert sched.jobs().empty
 
 
+def test_form_errors_use_its_labels_and_go_when_a_field_changes(
+    sched: GPUJobScheduler, script: Path
+) -> None:
+    """The scheduler's names (``required_gpus``) become the form's labels ("GPUs"), and
+    an error stays only until a field is changed: it was shown after the fix."""
+    form = SubmitForm(sched, conda_env_names=[])
+    form.script.value = str(script)
+    form.gpus.value = "4"
+    form.submit_button.click()
+    assert form.error == "GPUs=4: this machine has only 3 GPU(s)"
+    assert "required_gpus" not in form.result.value
+    form.gpus.value = "2"  # fixed: the old error goes
+    assert form.error is None and form.result.value == ""
+    form.allowed[0].value = True
+    form.submit_button.click()
+    assert form.error == "GPUs=2: allowed GPUs [0] has only 1 GPU(s)"
+    form.allowed[1].value = True
+    assert form.error is None and form.result.value == ""
+    form.submit_button.click()
+    assert len(form.submitted) == 1 and "queued job" in form.result.value
+
+
 def test_form_submits_a_sweep(sched: GPUJobScheduler, script: Path) -> None:
     form = SubmitForm(sched, conda_env_names=[])
     form.script.value = str(script)

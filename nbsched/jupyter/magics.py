@@ -263,10 +263,11 @@ class GpuschedMagics(Magics):
         Each verb makes one call of the scheduler's API and returns its value:
           df = %gpusched jobs
           jid = %gpusched run -- python train.py
-        $name or {name} before -- is replaced by the value of name (a sweep's
-        braces are its grammar: only $name there).  %%gpusched run runs the cell as a Python
-        script on the GPUs given; %%gpusched sweep -- --lr {0.1,0.01} sweeps it.
-        %gpusched VERB -h shows one verb's options, %gpusched help this overview.
+        $name or {name} before -- is replaced by the value of name (in a sweep,
+        braces are its grammar: only $name).  %%gpusched run runs the cell as a
+        Python script on the GPUs given; %%gpusched sweep -- --lr {0.1,0.01}
+        sweeps it.  %gpusched VERB -h shows one verb's options, %gpusched help
+        this overview.
         """  # (plain text, not reST: it is the help a person reads)
         head, tail = split_dashdash(line)
         braces = head.split(None, 1)[:1] != ["sweep"]  # (a sweep's braces are its grammar)

@@ -21,7 +21,7 @@ import os
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeGuard, TypeVar
 
 from .errors import InvalidTypeError, InvalidValueError
 from .formats.gpulist import MAX_GPU_ID, describe_gpus, parse_gpu_list
@@ -31,12 +31,12 @@ INT64 = 2**63  # integers the store keeps must lie in [-INT64, INT64)
 # -- numbers ------------------------------------------------------------------------------
 
 
-def is_real(value: object) -> bool:
+def is_real(value: object) -> TypeGuard[numbers.Real]:
     """A real number: an int or float, numpy's too (any :class:`numbers.Real`), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def is_whole(value: object) -> bool:
+def is_whole(value: object) -> TypeGuard[numbers.Integral]:
     """A whole number: an int, numpy's too (any :class:`numbers.Integral`), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -56,7 +56,6 @@ def check_whole(name: str, value: object, minimum: int, maximum: int | None = No
     """``value`` as a plain int in ``minimum..maximum``."""
     if not is_whole(value):
         raise InvalidTypeError(f"{name}={value!r}: expected a whole number >= {minimum}")
-    assert isinstance(value, numbers.Integral)
     number = int(value)
     if number < minimum:
         raise InvalidValueError(f"{name}={value!r}: must be >= {minimum}")
@@ -71,7 +70,6 @@ def check_count(name: str, value: object, also: str = "") -> int:
     expected = f"expected a whole number >= 0{also}"
     if not is_whole(value):
         raise InvalidTypeError(f"{name}={value!r}: {expected}")
-    assert isinstance(value, numbers.Integral)
     if value < 0:
         raise InvalidValueError(f"{name}={value!r}: {expected}")
     return int(value)
@@ -125,7 +123,6 @@ def check_priority(priority: object) -> int:
     """A job's priority: a whole number the store can keep (64 bits); lower runs first."""
     if not is_whole(priority):
         raise InvalidTypeError(f"priority={priority!r}: expected an integer")
-    assert isinstance(priority, numbers.Integral)
     number = int(priority)
     if not -INT64 <= number < INT64:  # SQLite stores 64-bit integers
         raise InvalidValueError(f"priority={priority!r}: must be in {-INT64}..{INT64 - 1}")
@@ -138,7 +135,6 @@ def check_retries(retries: object, shown: object) -> int:
     accepted = f"max_retries={shown!r}: expected a whole number in 0..{INT64 - 1}"
     if not is_whole(retries):
         raise InvalidTypeError(accepted)
-    assert isinstance(retries, numbers.Integral)
     if not 0 <= int(retries) < INT64:
         raise InvalidValueError(accepted)
     return int(retries)
@@ -164,10 +160,24 @@ def check_sweep_limit(limit: object) -> int:
     """``add_sweep``'s ``limit``: the most jobs a sweep may have, a whole number >= 1."""
     if not is_whole(limit):
         raise InvalidTypeError(f"limit={limit!r}: expected a whole number of jobs >= 1")
-    assert isinstance(limit, numbers.Integral)
     if limit < 1:
         raise InvalidValueError(f"limit={limit!r}: expected a whole number of jobs >= 1")
     return int(limit)
+
+
+#: The dashboard's refresh period (s): faster only burns CPU; over a day overflows a wait.
+INTERVAL_S = (0.1, 86400.0)
+
+
+def check_interval(interval: object) -> float:
+    """The dashboard's refresh period: seconds in ``INTERVAL_S`` (numpy's numbers too)."""
+    low, high = INTERVAL_S
+    accepted = f"expected seconds between refreshes, from {low:g} to {high:g} (e.g. 1.0)"
+    if not is_real(interval):
+        raise InvalidTypeError(f"interval={interval!r}: {accepted}")
+    if not low <= to_float(interval) <= high:  # (NaN fails too)
+        raise InvalidValueError(f"interval={interval!r}: {accepted}")
+    return to_float(interval)
 
 
 # -- names, strings and paths -------------------------------------------------------------

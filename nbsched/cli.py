@@ -38,10 +38,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+#: ``nbsched --help``'s first line (plain text: the module's docstring is reST).
+DESCRIPTION = "The nbsched command: the %gpusched magics' verbs, from a terminal."
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One subcommand per verb of the verb table that the CLI has, each with the engine
     options (this process makes its own scheduler) and ``--json``."""
-    parser = _Parser(prog="nbsched", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nbsched", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in verbs_of(CLI).values():
         p = sub.add_parser(

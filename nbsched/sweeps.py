@@ -406,12 +406,11 @@ def _numeric_if_possible(col: pd.Series) -> pd.Series:
 def sweeps_frame(s: SweepSubmitter) -> pd.DataFrame:
     import pandas as pd
 
-    """One row per sweep: its definition, its combinations, and its jobs per status
-    (the newest job of each combination it queued; combinations another sweep had
-    already queued or done count there)."""
+    """One row per sweep: its definition, its combinations, and per status the jobs
+    that hold them (its own, or another sweep's that had already queued or done one)."""
     rows = []
     for sid, created, record in s.sweep_records():
-        counts = s.counts(sweep=sid)
+        counts = _status_counts(s, sid, record)
         args = record.get("args") or ""
         if record.get("params"):
             args = f"{args} params={record['params']}".strip()
@@ -426,3 +425,17 @@ def sweeps_frame(s: SweepSubmitter) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=list(SWEEPS_COLUMNS))
+
+
+def _status_counts(s: SweepSubmitter, sweep_id: str, record: dict[str, Any]) -> dict[str, int]:
+    """How many of a sweep's combinations are in each status: one count of its own jobs
+    when it queued every one (the usual case), else the status of each one's job (a
+    sweep whose combinations another had run showed 0 in every status)."""
+    counts = s.counts(sweep=sweep_id)
+    if sum(counts.values()) >= len(record.get("combinations", ())):
+        return counts
+    held = dict.fromkeys(counts, 0)
+    for _, job in combination_jobs(s, sweep_id, record):
+        if job is not None:
+            held[job.status.value] = held.get(job.status.value, 0) + 1
+    return held

@@ -209,6 +209,30 @@ def test_dollar_names_expand_before_the_double_dash(
     assert gs(ip, f"logs {third}") == "\n"
 
 
+def test_brace_names_expand_as_in_ipython(ip: InteractiveShell, started: GPUJobScheduler) -> None:
+    """``{name}`` is how IPython users give a variable: ``logs {jid}`` said "no job
+    '{jid}'".  (A sweep's braces are its grammar: see the test below.)"""
+    first = gs(ip, "run -- echo one")
+    second = gs(ip, "run -- echo two")
+    ip.user_ns["ids"] = [first, second]
+    ip.user_ns["jid"] = first
+    rows = gs(ip, "wait {ids} --timeout 60 --no-progress")
+    assert list(rows["id"]) == [first, second]
+    assert gs(ip, "logs {jid}") == "one\n"
+    ip.user_ns["n"] = 1
+    assert gs(ip, "logs -n {n} {jid}") == "one\n"
+    with pytest.raises(UsageError, match="no job '{unknown}'"):
+        gs(ip, "logs {unknown}")  # an unknown name stays as written
+
+
+def test_expand_vars_leaves_a_sweeps_braces_alone() -> None:
+    ns = {"a": 1, "ids": ["x", "y"], "none": []}
+    assert expand_vars("logs {a} $a {{a}} {a,b}", ns).text == "logs 1 1 {{a}} {a,b}"
+    assert expand_vars("wait {ids} {none}", ns).empty == ("none",)
+    swept = expand_vars("sweep --name {a} $a", ns, braces=False)
+    assert swept.text == "sweep --name {a} 1"
+
+
 @pytest.mark.parametrize("empty", [[], (), set(), ""])
 def test_an_empty_dollar_list_means_no_jobs_not_every_job(
     ip: InteractiveShell, started: GPUJobScheduler, empty: object
@@ -415,6 +439,18 @@ def test_form_and_dashboard_verbs(ip: InteractiveShell, started: GPUJobScheduler
     assert board.refreshing
     board.close()
     assert not board.refreshing
+
+
+@pytest.mark.parametrize("interval", ["0", "0.01", "-1", "1e9", "nan", "soon"])
+def test_dashboard_refuses_the_interval_the_dashboard_refuses(
+    ip: InteractiveShell, started: GPUJobScheduler, interval: str
+) -> None:
+    """``--interval`` follows ``Dashboard(interval=)``'s rule; it was clamped (``0`` ran
+    at 0.1 s) while the README says "above 0"."""
+    with pytest.raises(UsageError, match=r"--interval: .* from 0.1 to 86400") as info:
+        gs(ip, f"dashboard --interval {interval}")
+    assert repr(interval) in str(info.value)
+    assert magics_of(ip)._dashboard is None  # type: ignore[union-attr]
 
 
 def test_a_new_dashboard_closes_the_previous_and_closed_widgets_are_dropped(

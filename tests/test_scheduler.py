@@ -225,6 +225,29 @@ def test_manual_retry_marks_its_run_in_the_log(
     )
 
 
+def test_a_retry_is_marked_in_the_log_of_a_run_that_wrote_nothing(
+    make_sched: Callable[..., GPUJobScheduler],
+) -> None:
+    """Each attempt is seen in the log, also after one that wrote nothing: the line of a
+    retry() was written only after output."""
+    s = make_sched(retry_backoff_s=0.01)
+    job_id = s.add_command("exit 3", required_gpus=0.5, max_retries=0)
+    s.wait([job_id], timeout=TIMEOUT)
+    assert s.logs(job_id, tail=None) == ""
+    s.retry(job_id)
+    s.wait([job_id], timeout=TIMEOUT)
+    assert s.logs(job_id, tail=None) == "\n--- nbsched: attempt 1 ---\n"
+    for gpu in range(4):
+        s.pause_gpu(gpu)
+    never = s.add_command("echo ran", required_gpus=0.5)
+    s.cancel(never)  # while queued: it never ran, its retry is its first run
+    for gpu in range(4):
+        s.resume_gpu(gpu)
+    s.retry(never)
+    s.wait([never], timeout=TIMEOUT)
+    assert s.logs(never, tail=None) == "ran\n"
+
+
 def test_a_command_that_starts_with_a_dash_is_a_command(sched: GPUJobScheduler) -> None:
     """As a shell would run that command line, not as options of bash."""
     job_id = sched.add_command("--gpus 0.1", required_gpus=0.5)

@@ -193,6 +193,23 @@ def test_results_table(running: GPUJobScheduler, train: str) -> None:
     assert (row["combinations"], row["succeeded"], row["failed"]) == (6, 4, 2)
 
 
+def test_the_list_of_sweeps_counts_combinations_another_sweep_ran(
+    running: GPUJobScheduler, train: str
+) -> None:
+    """A sweep whose combinations another sweep had already run shows the statuses of
+    the jobs that hold them: it showed 0 in every status column."""
+    first = running.add_sweep(train, args="--lr 0.5 --seed {1,3}", required_gpus=0.5)
+    running.wait(first, timeout=60)
+    same = running.add_sweep(train, args="--lr 0.5 --seed {3,1}", required_gpus=0.5)
+    more = running.add_sweep(train, args="--lr 0.5 --seed {1..3}", required_gpus=0.5)
+    assert len(same) == 0 and len(more) == 1  # the others were done by the first
+    running.wait(more, timeout=60)
+    rows = running.sweeps().set_index("sweep")
+    for sweep, n in [(first, 2), (same, 2), (more, 3)]:
+        row = rows.loc[sweep.sweep_id]  # type: ignore[attr-defined]
+        assert (row["combinations"], row["succeeded"], row["queued"]) == (n, n, 0)
+
+
 def test_the_list_of_sweeps_shows_their_words_as_given(sched: GPUJobScheduler, train: str) -> None:
     """Two sweeps that differ only in how their words are split look different."""
     one = sched.add_sweep(train, args=["q {1..2}"])  # one word (literal braces)

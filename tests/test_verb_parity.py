@@ -260,3 +260,30 @@ def test_every_id_is_checked_then_each_acted_on_once_in_both(
     assert rc == 2 and f"job {c} is" in err
     assert started.job(b)["status"] == "cancelled"  # (checked all, then did nothing)
     assert cli(capsys, "retry", b, b, *st) == (0, f"{b}\n", "")
+
+
+#: reST that a person would see as is in a help text: a literal block's ``::``, double
+#: backquotes, Sphinx roles, IPython's ``<...>`` around an argument.
+REST_MARKUP = ("::", "``", ":func:", ":meth:", ":mod:", ":class:", ":data:", "<")
+
+
+def _help_texts(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    texts = {"nbsched --help": build_parser().format_help()}
+    texts.update({f"nbsched {n} --help": p.format_help() for n, p in CLI_PARSERS.items()})
+    for word in ["help", *(f"help {name}" for name in MAGIC_VERBS)]:
+        ip.run_line_magic("gpusched", word)
+        texts[f"%gpusched {word}"] = capsys.readouterr().out
+    texts["%gpusched?"] = ip.find_line_magic("gpusched").__doc__
+    return texts
+
+
+def test_help_is_plain_text(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both front ends' help is read in a terminal or a notebook's output, as is: it
+    showed reST (``::`` before the usage, double backquotes)."""
+    for where, text in _help_texts(ip, capsys).items():
+        assert text.strip(), where
+        shown = [m for m in REST_MARKUP if m in text]
+        assert not shown, f"{where}: {shown} in\n{text}"
+    one = _help_texts(ip, capsys)["%gpusched help add"]
+    assert one.startswith("usage: %gpusched add ") and one.count("usage:") == 1
+    assert "[-- SCRIPT ARGS...]" in one.splitlines()[0]  # the whole usage, on its first line

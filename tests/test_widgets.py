@@ -112,6 +112,28 @@ def test_form_mistakes_are_shown_inline_and_submit_nothing(
     assert sched.jobs().empty
 
 
+def test_form_errors_use_its_labels_and_go_when_a_field_changes(
+    sched: GPUJobScheduler, script: Path
+) -> None:
+    """The scheduler's names (``required_gpus``) become the form's labels ("GPUs"), and
+    an error stays only until a field is changed: it was shown after the fix."""
+    form = SubmitForm(sched, conda_env_names=[])
+    form.script.value = str(script)
+    form.gpus.value = "4"
+    form.submit_button.click()
+    assert form.error == "GPUs=4: this machine has only 3 GPU(s)"
+    assert "required_gpus" not in form.result.value
+    form.gpus.value = "2"  # fixed: the old error goes
+    assert form.error is None and form.result.value == ""
+    form.allowed[0].value = True
+    form.submit_button.click()
+    assert form.error == "GPUs=2: allowed GPUs [0] has only 1 GPU(s)"
+    form.allowed[1].value = True
+    assert form.error is None and form.result.value == ""
+    form.submit_button.click()
+    assert len(form.submitted) == 1 and "queued job" in form.result.value
+
+
 def test_form_submits_a_sweep(sched: GPUJobScheduler, script: Path) -> None:
     form = SubmitForm(sched, conda_env_names=[])
     form.script.value = str(script)
@@ -246,6 +268,34 @@ def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler
         board.close()
 
 
+def test_cancel_acts_only_on_a_job_the_user_chose(running: GPUJobScheduler) -> None:
+    """ipywidgets 8 leaves a Dropdown's value at None when its options go from none to
+    some: Cancel was enabled and said "no job selected" while the job ran on."""
+    for gpu in range(3):
+        running.pause_gpu(gpu)  # the jobs stay queued
+    board = Dashboard(running, autostart=False)
+    try:
+        assert board.cancel_button.disabled and board.cancel_button.tooltip == "no active job"
+        first = running.add_command("sleep 60", required_gpus=1, name="first")
+        second = running.add_command("sleep 60", required_gpus=1, name="second")
+        board.refresh()
+        assert [v for _, v in board.job_select.options] == [first, second]
+        assert board.job_select.value is None
+        assert board.cancel_button.disabled
+        assert board.cancel_button.tooltip == "choose a job in the list first"
+        board.job_select.value = second  # the user chooses
+        assert not board.cancel_button.disabled
+        assert board.cancel_button.tooltip == f"cancel job {second}"
+        board.cancel_button.click()
+        assert running.job(second)["status"] == "cancelled"
+        assert running.job(first)["status"] == "queued"
+        # The chosen job is gone: no other job is chosen in its place.
+        assert [v for _, v in board.job_select.options] == [first]
+        assert board.job_select.value is None and board.cancel_button.disabled
+    finally:
+        board.close()
+
+
 def test_dashboard_shows_nothing_for_a_missing_name(sched: GPUJobScheduler) -> None:
     """The jobs table has NaN for a missing text (pandas 3's str columns): the dashboard
     shows the command in its place, never "nan"."""
@@ -266,7 +316,7 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
 ) -> None:
     escaped: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
-    board = Dashboard(running, interval=0.02)
+    board = Dashboard(running, interval=0.1)
     try:
         start = board.refreshes
         wait_for(lambda: board.refreshes >= start + 3)
@@ -291,12 +341,24 @@ def test_dashboard_thread_refreshes_and_stops_with_the_engine(
         board.close()
 
 
-@pytest.mark.parametrize("interval", [0, -1, 0.0, float("nan"), float("inf"), 10**400, 1e9])
+@pytest.mark.parametrize(
+    "interval", [0, -1, 0.0, 1e-9, 0.05, float("nan"), float("inf"), 10**400, 1e9]
+)
 def test_dashboard_refuses_a_bad_interval(running: GPUJobScheduler, interval: object) -> None:
     before = [t for t in threading.enumerate() if t.name == "nbsched-dashboard"]
     with pytest.raises(ValueError, match=r"interval=.*: expected seconds between refreshes"):
         Dashboard(running, interval=interval)  # type: ignore[arg-type]
     assert [t for t in threading.enumerate() if t.name == "nbsched-dashboard"] == before
+
+
+def test_a_too_short_interval_is_refused_naming_what_is_accepted(
+    running: GPUJobScheduler,
+) -> None:
+    """A period near 0 only burns the kernel's CPU: refused, with the accepted range."""
+    with pytest.raises(ValueError, match=r"interval=1e-09: .* from 0.1 to 86400"):
+        Dashboard(running, interval=1e-9)
+    board = Dashboard(running, interval=0.1)  # the shortest accepted
+    board.close()
 
 
 @pytest.mark.parametrize("interval", ["1", True, None])
@@ -317,7 +379,7 @@ def test_dashboard_takes_numpy_numbers(running: GPUJobScheduler) -> None:
 
 
 def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> None:
-    board = Dashboard(running, interval=0.05)
+    board = Dashboard(running, interval=0.1)
     assert board.refreshing
     board.close()
     assert not board.refreshing

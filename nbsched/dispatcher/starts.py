@@ -214,8 +214,8 @@ class Starts:
         separator = f"\n--- nbsched: attempt {running.attempts} ---\n"
         if running.attempts > 1:
             append_log(log_path, separator)
-        elif rerun:  # (only after output: a run that never started left none)
-            append_log(log_path, separator, only_after_output=True)
+        elif rerun:  # (if a run made the log: one marked running that never started did not)
+            append_log(log_path, separator, only_to_a_log=True)
         result = f"{self.paths.results}{running.id}.json"
         return Launch(
             job=running,
@@ -320,12 +320,18 @@ def kill_cancelled(items: list[Unrecorded], missed: Collection[int]) -> None:
             item.executor.kill(item.job, 0.0)
 
 
-def append_log(path: Path, text: str, only_after_output: bool = False) -> None:
-    """Append ``text`` to a job's log (with ``only_after_output``, if it is not empty)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+def append_log(path: Path, text: str, only_to_a_log: bool = False) -> None:
+    """Append ``text`` to a job's log; with ``only_to_a_log``, only if the log exists
+    (an attempt that started made it, even one that wrote nothing)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (0 if only_to_a_log else os.O_CREAT)
     try:
-        if not only_after_output or os.fstat(fd).st_size > 0:
-            os.write(fd, text.encode())
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        if only_to_a_log:
+            return
+        raise
+    try:
+        os.write(fd, text.encode())
     finally:
         os.close(fd)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import numbers
 import threading
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from nbsched.errors import InvalidTypeError, InvalidValueError
+from nbsched.checks import check_interval
 from nbsched.scheduler import GPUJobScheduler
 
 from .charts import GpuChart
@@ -35,24 +34,6 @@ JOBS_MAX_AGE_S = 5.0
 SHOWN_QUEUED = 20
 SHOWN_ENDED = 10
 ENDED = ("succeeded", "failed", "cancelled")
-#: The longest refresh period accepted (a day; Event.wait overflows past ~1e9 s).
-MAX_INTERVAL_S = 86400.0
-
-
-def check_interval(interval: object) -> float:
-    """The refresh period in seconds: a number in (0, MAX_INTERVAL_S]."""
-    if isinstance(interval, bool) or not isinstance(interval, numbers.Real):  # (numpy's too)
-        raise InvalidTypeError(f"interval={interval!r}: expected seconds, e.g. 1.0")
-    try:
-        value = float(interval)
-    except OverflowError:  # an int too large for a float
-        value = math.inf
-    if not 0 < value <= MAX_INTERVAL_S:  # (NaN fails too)
-        raise InvalidValueError(
-            f"interval={interval!r}: expected seconds between refreshes, above 0 and at most "
-            f"{MAX_INTERVAL_S:g} (e.g. 1.0)"
-        )
-    return value
 
 
 class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
@@ -91,6 +72,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.job_select = widgets.Dropdown(description="job", options=[], layout={"width": "420px"})
         self.cancel_button = widgets.Button(description="Cancel job", button_style="danger")
         self.cancel_button.on_click(lambda _: self._safely(self.cancel_selected))
+        self.job_select.observe(lambda _: self._sync_cancel(), names="value")
+        self._sync_cancel()
         self.jobs_table = widgets.HTML()
         self.sweep_bar = widgets.IntProgress(min=0, max=1, value=0, description="sweep")
         self.sweep_label = widgets.HTML()
@@ -273,9 +256,10 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         if options != list(self.job_select.options):
             keep = self.job_select.value
             self.job_select.options = options
-            if keep in [v for _, v in options]:
-                self.job_select.value = keep
-        self.cancel_button.disabled = not options
+            # The job the user chose, or none: ipywidgets would pick one itself (the first
+            # job, once the chosen one is gone), and Cancel would act on a job not chosen.
+            self.job_select.value = keep if keep in [v for _, v in options] else None
+        self._sync_cancel()
         self._update_sweep(s, running, queued, ended)
 
     def _update_sweep(
@@ -302,6 +286,13 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.sweep_bar.bar_style = "danger" if counts.get("failed") else "info"
         detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         self.sweep_label.value = f"{self._sweep}: {done}/{total} ended ({detail})"
+
+    def _sync_cancel(self) -> None:
+        """Cancel is enabled only with a job chosen in the drop-down; else it says why."""
+        chosen = self.job_select.value
+        self.cancel_button.disabled = chosen is None
+        no_job = "choose a job in the list first" if self.job_select.options else "no active job"
+        self.cancel_button.tooltip = no_job if chosen is None else f"cancel job {chosen}"
 
     def cancel_selected(self) -> bool:
         """Cancel the job chosen in the drop-down; returns whether it was cancelled."""

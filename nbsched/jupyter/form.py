@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -81,6 +82,9 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.submit_button.on_click(lambda _: self._on_click())
         self.result = widgets.HTML()
         super().__init__(children=self._rows())
+        fields = [self.script, self.conda_env, self.arguments, self.gpus, self.sweep]
+        for field in [*fields, self.priority, self.llm_model, *self.allowed]:
+            field.observe(lambda _: self._clear_error(), names="value")
 
     def _make_inputs(self, conda_env_names: Sequence[str] | None) -> None:
         """The text fields: script (checked as typed), conda env, arguments, GPUs, sweep."""
@@ -232,18 +236,39 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             )
             return []
         except (NbschedError, ValueError, TypeError, FileNotFoundError) as exc:
-            self._show_error(str(exc))
+            self._show_error(_in_form_words(str(exc)))
             return []
         self.error = None
         self.submitted.extend(ids)
         self.result.value = f"<span style='color:#0f5132'>&#10004; {html.escape(text)}</span>"
         return list(ids)
 
+    def _clear_error(self) -> None:
+        """A field changed: the error shown was about what the form held before."""
+        if self.error is not None:
+            self.error = None
+            self.result.value = ""
+
     def _show_error(self, text: str) -> None:
         self.error = text
         self.result.value = (
             f"<span style='color:#842029'>&#10008; {html.escape(text)} (nothing submitted)</span>"
         )
+
+
+#: The API's names in an error (``required_gpus=4: ...``) -> the form's labels.
+_LABELS = {
+    "required_gpus": "GPUs",
+    "allowed_gpus": "allowed GPUs",
+    "conda_env": "conda env",
+    "args": "arguments",
+}
+_API_NAME = re.compile(rf"\b({'|'.join(_LABELS)})(?=[=:]|\s\[)")
+
+
+def _in_form_words(text: str) -> str:
+    """An error of the scheduler in the words of the form: its fields' labels."""
+    return _API_NAME.sub(lambda m: _LABELS[m.group(1)], text)
 
 
 def _gpus(text: str) -> float | None:

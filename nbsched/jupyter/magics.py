@@ -242,10 +242,9 @@ class GpuschedMagics(Magics):
         return form
 
     def _verb_dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        from .dashboard import MAX_INTERVAL_S, Dashboard
+        from .dashboard import Dashboard
 
-        interval = min(max(args.interval, 0.1), MAX_INTERVAL_S)
-        board = Dashboard(self._require(), interval=interval)
+        board = Dashboard(self._require(), interval=args.interval)
         # One dashboard refreshes at a time: running the cell again (or another dashboard
         # cell) closes the previous one, whose thread would otherwise refresh until stop.
         previous, self._dashboard = self._dashboard, board
@@ -262,15 +261,18 @@ class GpuschedMagics(Magics):
         """Schedule jobs on GPUs from this notebook.
 
         Each verb makes one call of the scheduler's API and returns its value:
-        ``df = %gpusched jobs``, ``jid = %gpusched run -- python train.py``.
-        ``$name`` before ``--`` is replaced by the value of ``name`` (braces are
-        sweep grammar and are left alone).  ``%%gpusched run`` runs the cell as a
-        Python script on the GPUs given; ``%%gpusched sweep -- --lr {0.1,0.01}``
-        sweeps it.  ``%gpusched VERB -h`` shows one verb's options,
-        ``%gpusched help`` this overview.
-        """
+          df = %gpusched jobs
+          jid = %gpusched run -- python train.py
+        $name or {name} before -- is replaced by the value of name (in a sweep,
+        braces are its grammar: only $name).  %%gpusched run runs the cell as a
+        Python script on the GPUs given; %%gpusched sweep -- --lr {0.1,0.01}
+        sweeps it.  %gpusched VERB -h shows one verb's options, %gpusched help
+        this overview.
+        """  # (plain text, not reST: it is the help a person reads)
         head, tail = split_dashdash(line)
-        expanded = expand_vars(head, self.shell.user_ns if self.shell is not None else {})
+        braces = head.split(None, 1)[:1] != ["sweep"]  # (a sweep's braces are its grammar)
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        expanded = expand_vars(head, namespace, braces)
         parts = expanded.text.split(None, 1)
         accepted = ", ".join(VERBS)
         if not parts:

@@ -1,6 +1,7 @@
-"""Small parsers behind the ``%gpusched`` magics: the ``--`` split, ``$name`` values and
-cell scripts saved in the state dir (the argument types, shared with the CLI, are in
-:mod:`nbsched.verbs.values`; the rules they apply, in :mod:`nbsched.checks`)."""
+"""Small parsers behind the ``%gpusched`` magics: the ``--`` split, ``$name`` and
+``{name}`` values and cell scripts saved in the state dir (the argument types, shared
+with the CLI, are in :mod:`nbsched.verbs.values`; the rules they apply, in
+:mod:`nbsched.checks`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from nbsched.errors import InvalidValueError
 SHELL_BLANKS = " \t\n"
 
 _VAR = re.compile(r"(?<![\w$])\$([A-Za-z_]\w*)")
+#: ``$name`` or ``{name}`` (not ``{{name}}``): IPython's two ways to give a variable.
+_VAR_OR_BRACES = re.compile(_VAR.pattern + r"|(?<!\{)\{([A-Za-z_]\w*)\}(?!\})")
 
 
 def split_dashdash(line: str) -> tuple[str, str | None]:
@@ -67,13 +70,15 @@ class Expanded:
         return f"{names} {'is' if len(self.empty) == 1 else 'are'} empty"
 
 
-def expand_vars(text: str, namespace: Mapping[str, Any]) -> Expanded:
-    """Replace ``$name`` by the value of ``name`` in the user's namespace (a list or
-    tuple by its items, space-separated); unknown names stay as they are."""
+def expand_vars(text: str, namespace: Mapping[str, Any], braces: bool = True) -> Expanded:
+    """Replace ``$name`` (and with ``braces``, ``{name}``, as IPython does) by the value
+    of ``name`` in the user's namespace (a list or tuple by its items, space-separated);
+    unknown names stay as they are.  ``braces=False``: for a verb whose own grammar has
+    braces (a sweep's ``{a,b}``)."""
     empty: list[str] = []
 
     def value(m: re.Match[str]) -> str:
-        name = m.group(1)
+        name = m.group(1) or m.group(2)
         if name not in namespace:
             return m.group(0)
         v = namespace[name]
@@ -85,7 +90,7 @@ def expand_vars(text: str, namespace: Mapping[str, Any]) -> Expanded:
             empty.append(name)
         return out
 
-    return Expanded(_VAR.sub(value, text), tuple(empty))
+    return Expanded((_VAR_OR_BRACES if braces else _VAR).sub(value, text), tuple(empty))
 
 
 # -- cell scripts -------------------------------------------------------------------------

@@ -27,9 +27,22 @@ typed_line_cell_magic: Callable[[Method], Method] = line_cell_magic
 typed_no_var_expand: Callable[[Method], Method] = no_var_expand
 
 
+class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help as plain text, as a person reads it in a notebook: IPython's own formatter
+    writes reST for Sphinx (a ``::`` before the usage, ``<...>`` around some arguments)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(inspect.cleandoc(text), width, indent)
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, "usage: %" if prefix is None else prefix)
+
+
 def magic_parser(prog: str, **options: Any) -> argparse.ArgumentParser:
     """IPython's argparse parser for magics: mistakes raise ``UsageError``, usage shows
-    ``%prog``; abbreviations are refused (``--gpu`` is a mistake, not ``--gpus``)."""
+    ``%prog``; abbreviations are refused (``--gpu`` is a mistake, not ``--gpus``); help
+    is plain text."""
+    options.setdefault("formatter_class", PlainHelpFormatter)
     parser: argparse.ArgumentParser = MagicArgumentParser(prog, **options)  # type: ignore[no-untyped-call]
     parser.allow_abbrev = False
     return parser
@@ -68,12 +81,15 @@ def one_line(text: str) -> str:
 def usage(mv: MagicVerb) -> str:
     """``%gpusched VERB [OPTIONS] ...`` on one line."""
     text = one_line(mv.parser.format_usage())
-    text = text.removeprefix("::").removeprefix("usage:").strip()
+    text = text.removeprefix("usage:").strip()
     return f"{text} {mv.verb.tail}".strip()
 
 
 def verb_help(mv: MagicVerb) -> str:
-    return f"{mv.parser.format_help()}\nusage: {usage(mv)}"
+    """One verb's help: its whole usage (with what goes after ``--``), then argparse's
+    description and options."""
+    body = mv.parser.format_help().split("\n\n", 1)[-1]  # (after argparse's usage)
+    return f"usage: {usage(mv)}\n\n{body}"
 
 
 def verbs_epilog() -> str:

@@ -26,6 +26,7 @@ from .values import (
     count_type,
     gpu_index_type,
     gpus_type,
+    interval_type,
     limit_type,
     lines_type,
     priority_type,
@@ -274,8 +275,8 @@ _TABLE = (
     Verb("why", "why a queued job is waiting", (_ID,), lambda s, ns: s.why(ns.id)),
     Verb("form", "a form to submit jobs and sweeps", fronts=frozenset((MAGIC,))),
     Verb("dashboard", "live GPU charts, allocation and the job table",
-         (_opt("--interval", type=seconds_type, default=1.0, metavar="S",
-               help="refresh period"),), fronts=frozenset((MAGIC,))),
+         (_opt("--interval", type=interval_type, default=1.0, metavar="S",
+               help="refresh period in seconds (0.1 to 86400)"),), fronts=frozenset((MAGIC,))),
 )  # fmt: skip
 
 #: Every verb by name, in help order.

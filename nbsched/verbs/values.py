@@ -71,6 +71,18 @@ def seconds_type(text: str) -> float:
     return _argument(checks.seconds_from_text, text)
 
 
+def interval_type(text: str) -> float:
+    """``dashboard --interval S``: as ``Dashboard(interval=S)`` (``checks.check_interval``)."""
+    try:
+        return checks.check_interval(float(text))
+    except ValueError:  # (not a number, or not accepted: InvalidValueError is one)
+        low, high = checks.INTERVAL_S
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not accepted: expected seconds between refreshes, from {low:g} to "
+            f"{high:g}"
+        ) from None
+
+
 # -- the words after ``--`` -----------------------------------------------------------------
 
 

@@ -379,6 +379,8 @@ def test_the_commands_verbs_and_flags_are_the_originals() -> None:
     )
     for verb in (["status"], ["pause", "1"], ["resume", "1"], ["screens"]):
         assert parser.parse_args(verb).command == verb[0]
+    # (--state-file after the verb too, as the original's README lists it under start)
+    assert parser.parse_args(["pause", "1", "--state-file", "x.json"]).state_file == "x.json"
 
 
 def test_add_writes_the_originals_line(tmp_path: Path) -> None:

@@ -11,15 +11,20 @@ the scheduler's life and its questions; the attributes it uses are declared belo
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from .config import SchedulerConfig
 from .engine.core import Engine
+from .formats.jobsfile import JobLine, JobsFileLineError, LineError, parse_line
+from .formats.llmconfig import LLMConfig
 from .jobs import JobSpec, JobStatus
+from .jobsfile_watch import ALL_STATUSES, JobsFileWatcher
 from .jobspec import build_spec
 from .llmconfig_watch import LLMConfigWatcher
 from .store import Store
+from .submitter import EngineSubmitter
 from .waiting import Waits
 
 
@@ -33,6 +38,14 @@ class Submitting:
     _waits: Waits
 
     def _check_open(self) -> None:  # (GPUJobScheduler's: raises once it is closed)
+        raise NotImplementedError
+
+    @property
+    def num_gpus(self) -> int:  # (GPUJobScheduler's)
+        raise NotImplementedError
+
+    @property
+    def llm_config(self) -> LLMConfig | None:  # (GPUJobScheduler's)
         raise NotImplementedError
 
     def add_job(
@@ -182,6 +195,86 @@ class Submitting:
         # jobs' objects, and a caller keeping them (a sweep's 100,000 ids) would keep every
         # memory pool of those objects from being given back (~85 MB of RSS).
         return [str(j.seq) for j in stored]
+
+    def add_jobs_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lines: Iterable[str] | None = None,
+        already_run: str | None = None,
+        gpu_arg: str | None = None,
+    ) -> list[str]:
+        """Read a jobs file once, as the watcher reads ``config.jobs_file``: its lines
+        not seen before (no job in any status has their hash) are queued; returns
+        their ids.  A bad line is reported as the watcher reports it.  ``gpu_arg``
+        (``"--cuda"``) is given to each job, as :meth:`add_job` gives it.
+
+        ``lines`` takes those lines instead of the file's (a relative script is still
+        found from the file's folder).  ``already_run=REASON`` stores the new lines as
+        jobs that ran elsewhere, status ``cancelled`` with that reason, instead of
+        queueing them: the watcher then never queues those lines (how
+        :mod:`nbsched.compat` imports the original scheduler's record of jobs run).
+        """
+        self._check_open()
+        if already_run is not None and not isinstance(already_run, str):
+            raise TypeError(f"already_run={already_run!r}: expected a reason (str) or None")
+        config = self.config.replace(jobs_file=os.fspath(path))
+        watcher = JobsFileWatcher(
+            EngineSubmitter(
+                self.store,
+                config,
+                make_spec=partial(self.make_spec, gpu_arg=gpu_arg),
+                submit=self.submit if already_run is None else self._ran(already_run),
+                num_gpus=lambda: self.num_gpus,
+                llm_config=lambda: self.llm_config,
+            )
+        )
+        if lines is not None:
+            watcher.reader = _GivenLines(watcher.path, lines)  # type: ignore[assignment]
+        return watcher.poll()
+
+    def _ran(self, reason: str) -> Callable[..., list[str]]:
+        """A ``submit`` that stores specs as having run elsewhere (see add_jobs_file)."""
+
+        def store_as_run(specs: Iterable[JobSpec], **_: Any) -> list[str]:
+            _rev, jobs = self.store.add_jobs_at(
+                specs,
+                owner_uid=os.getuid(),
+                executor=self.config.executor,
+                skip_hash_statuses=ALL_STATUSES,
+            )
+            done = []
+            for job in jobs:  # (not offered to the dispatcher: none of them is to run)
+                if job is not None and self.store.transition(
+                    job.id, JobStatus.CANCELLED, expect=[JobStatus.QUEUED], reason=reason
+                ):
+                    done.append(str(job.seq))
+            return done
+
+        return store_as_run
+
+
+class _GivenLines:
+    """A jobs-file reader over given lines (``add_jobs_file(lines=...)``)."""
+
+    missing = False
+
+    def __init__(self, path: str, lines: Iterable[str]) -> None:
+        self.path = path
+        self.lines = list(lines)
+
+    def read_new(self) -> tuple[list[JobLine], list[LineError]]:
+        good: list[JobLine] = []
+        bad: list[LineError] = []
+        for no, text in enumerate(self.lines, 1):
+            try:
+                line = parse_line(text, no, self.path)
+            except JobsFileLineError as exc:
+                bad.append(exc.error)
+                continue
+            if line is not None:
+                good.append(line)
+        return good, bad
 
 
 __all__ = ["Submitting"]

@@ -22,7 +22,13 @@ PUBLIC = {
     "nbsched.sweeps",
     "nbsched.checks",
 }
-FRONT_ENDS = ("nbsched.jupyter", "nbsched.cli", "nbsched.demo", "nbsched.verbs")
+FRONT_ENDS = (
+    "nbsched.jupyter",
+    "nbsched.cli",
+    "nbsched.demo",
+    "nbsched.verbs",
+    "nbsched.compat",
+)
 
 
 def _module(path: Path) -> str:

@@ -91,7 +91,7 @@ def test_the_check_sees_functions() -> None:
 
 def test_the_linter_bans_every_engine_module_in_the_front_ends() -> None:
     """ruff's lists (pyproject.toml for nbsched/cli.py and demo.py, the ruff.toml of
-    jupyter/ and verbs/) name each engine module: a new one is banned there too."""
+    jupyter/, verbs/ and compat/) name each engine module: a new one is banned there too."""
     tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
     engine = (
         {
@@ -105,7 +105,7 @@ def test_the_linter_bans_every_engine_module_in_the_front_ends() -> None:
     root = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
     tidy = root["tool"]["ruff"]["lint"]["flake8-tidy-imports"]
     assert set(tidy["banned-module-level-imports"]) == engine, "pyproject.toml"
-    for front_end in ("jupyter", "verbs"):
+    for front_end in ("jupyter", "verbs", "compat"):
         config = tomllib.loads((PACKAGE / front_end / "ruff.toml").read_text())
         banned = set(config["lint"]["flake8-tidy-imports"]["banned-api"])
         assert {n for n in banned if n.startswith("nbsched.")} == engine, front_end

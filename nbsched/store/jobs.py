@@ -18,6 +18,7 @@ from typing import Any
 from ..allocation import booked_share
 from ..errors import UnknownJobError
 from ..jobs import Job, JobSpec, JobStatus, can_transition
+from ..launch import SubmitterEnv
 from . import rows
 from .connection import StorePart, bump_rev
 from .rows import parse_job_id
@@ -30,7 +31,7 @@ _ROWS = 1000
 
 _INSERT_JOB = (
     f"INSERT INTO jobs (rev, status, {', '.join(rows.SPEC_COLUMNS)}, submitted, owner_uid, "
-    f"executor) VALUES ({', '.join('?' * (len(rows.SPEC_COLUMNS) + 5))})"
+    f"executor, environment) VALUES ({', '.join('?' * (len(rows.SPEC_COLUMNS) + 6))})"
 )
 _INSERT_TRANSITION = "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)"
 
@@ -65,6 +66,7 @@ class JobsPart(StorePart):
         executor: str,
         skip_hash_statuses: Iterable[JobStatus] | None = None,
         now: float | None = None,
+        environment: SubmitterEnv | None = None,
     ) -> tuple[int, list[Job | None]]:
         """Insert ``specs`` as queued jobs in one transaction; committed on return.
         Returns the revision the new rows were written at (what
@@ -78,18 +80,27 @@ class JobsPart(StorePart):
         ``specs`` are read, checked and inserted :data:`_ROWS` at a time, so that a
         sweep's 100,000 need not all be encoded (or even made) before the first
         is stored.
+
+        ``environment``: the submitter's, which the jobs start from; stored once (a
+        row of ``environments`` by its key), whatever the number of jobs.
         """
         now = time.time() if now is None else now
         skip = None if skip_hash_statuses is None else {JobStatus(s) for s in skip_hash_statuses}
         seen: set[str] = set()
         out: list[Job | None] = []
-        new_job = rows.new_jobs(now, owner_uid, executor)
+        env_key = None if environment is None else environment.key
+        new_job = rows.new_jobs(now, owner_uid, executor, env_key)
         with self._db.write() as conn:
             rev = bump_rev(conn)
+            if environment is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO environments (hash, json) VALUES (?, ?)",
+                    (environment.key, environment.text),
+                )
             for chunk in _batches(specs, _ROWS):
                 keep = self._kept(conn, chunk, skip, seen)
                 added = [s for s, k in zip(chunk, keep, strict=True) if k]
-                first = self._insert(conn, rev, added, now, owner_uid, executor)
+                first = self._insert(conn, rev, added, now, (owner_uid, executor, env_key))
                 new = iter(range(first, first + len(added)))
                 out += [
                     new_job(next(new), spec) if k else None
@@ -136,17 +147,17 @@ class JobsPart(StorePart):
         rev: int,
         specs: Sequence[JobSpec],
         now: float,
-        owner_uid: int,
-        executor: str,
+        shared: tuple[int, str, str | None],
     ) -> int:
         """Insert the rows of ``specs`` and their first transitions; the first job's
-        number (AUTOINCREMENT numbers the rows of one transaction one after the other)."""
+        number (AUTOINCREMENT numbers the rows of one transaction one after the other).
+        ``shared``: the owner's uid, the executor and the environment's key."""
         if not specs:
             return 0
         queued = JobStatus.QUEUED.value
         conn.executemany(
             _INSERT_JOB,
-            ((rev, queued, *rows.encode_spec(s), now, owner_uid, executor) for s in specs),
+            ((rev, queued, *rows.encode_spec(s), now, *shared) for s in specs),
         )
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
         first = last - len(specs) + 1
@@ -156,6 +167,11 @@ class JobsPart(StorePart):
             (queued, now, first, last),
         )
         return first
+
+    def environment(self, key: str) -> str | None:
+        """The stored submitter's environment ``key`` (:class:`SubmitterEnv` text)."""
+        found = self._db.read("SELECT json FROM environments WHERE hash = ?", (key,))
+        return str(found[0][0]) if found else None
 
     def get(self, job_id: object) -> Job:
         seq = parse_job_id(job_id)

@@ -467,7 +467,7 @@ def _columns(db: Path) -> dict[str, tuple[Any, ...]]:
 
 #: The job columns added since schema 1's table, each nullable (ALTER TABLE adds them to
 #: an old database at open; older versions name their columns and do not see them).
-_ADDED = {"environment": ("TEXT", 0, None, 0)}
+_ADDED = {"environment": ("INTEGER", 0, None, 0)}
 
 
 def test_the_derived_jobs_table_is_schema_1s(state: Path) -> None:

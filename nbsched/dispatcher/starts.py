@@ -161,8 +161,8 @@ class Starts:
         self.executors = executors
         self.paths = Paths.of(config)
         self.env = dict(os.environ)
-        #: Submitters' environments read so far, by key (a sweep's jobs share one).
-        self._envs: dict[str, dict[str, str] | None] = {}
+        #: Submitters' environments read so far, by number (a sweep's jobs share one).
+        self._envs: dict[int, dict[str, str] | None] = {}
         self.crash = crash_hook()
         #: Started attempts whose pids are not written yet.
         self.unrecorded: list[Unrecorded] = []

@@ -51,6 +51,16 @@ def _batches(items: Iterable[JobSpec], n: int) -> Iterator[list[JobSpec]]:
         yield batch
 
 
+def _environment_id(conn: sqlite3.Connection, environment: SubmitterEnv) -> int:
+    """The number of ``environment``'s row, added if no submission stored it before."""
+    conn.execute(
+        "INSERT OR IGNORE INTO environments (hash, json) VALUES (?, ?)",
+        (environment.key, environment.text),
+    )
+    found = conn.execute("SELECT id FROM environments WHERE hash = ?", (environment.key,))
+    return int(found.fetchone()[0])
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -82,21 +92,17 @@ class JobsPart(StorePart):
         is stored.
 
         ``environment``: the submitter's, which the jobs start from; stored once (a
-        row of ``environments`` by its key), whatever the number of jobs.
+        row of ``environments``, found by its hash), whatever the number of jobs, and
+        named in each job's row by its number (a sweep's 100,000 rows stay small).
         """
         now = time.time() if now is None else now
         skip = None if skip_hash_statuses is None else {JobStatus(s) for s in skip_hash_statuses}
         seen: set[str] = set()
         out: list[Job | None] = []
-        env_key = None if environment is None else environment.key
-        new_job = rows.new_jobs(now, owner_uid, executor, env_key)
         with self._db.write() as conn:
             rev = bump_rev(conn)
-            if environment is not None:
-                conn.execute(
-                    "INSERT OR IGNORE INTO environments (hash, json) VALUES (?, ?)",
-                    (environment.key, environment.text),
-                )
+            env_key = None if environment is None else _environment_id(conn, environment)
+            new_job = rows.new_jobs(now, owner_uid, executor, env_key)
             for chunk in _batches(specs, _ROWS):
                 keep = self._kept(conn, chunk, skip, seen)
                 added = [s for s, k in zip(chunk, keep, strict=True) if k]
@@ -147,11 +153,11 @@ class JobsPart(StorePart):
         rev: int,
         specs: Sequence[JobSpec],
         now: float,
-        shared: tuple[int, str, str | None],
+        shared: tuple[int, str, int | None],
     ) -> int:
         """Insert the rows of ``specs`` and their first transitions; the first job's
         number (AUTOINCREMENT numbers the rows of one transaction one after the other).
-        ``shared``: the owner's uid, the executor and the environment's key."""
+        ``shared``: the owner's uid, the executor and the environment's number."""
         if not specs:
             return 0
         queued = JobStatus.QUEUED.value
@@ -168,9 +174,9 @@ class JobsPart(StorePart):
         )
         return first
 
-    def environment(self, key: str) -> str | None:
-        """The stored submitter's environment ``key`` (:class:`SubmitterEnv` text)."""
-        found = self._db.read("SELECT json FROM environments WHERE hash = ?", (key,))
+    def environment(self, number: int) -> str | None:
+        """The stored submitter's environment ``number`` (:class:`SubmitterEnv` text)."""
+        found = self._db.read("SELECT json FROM environments WHERE id = ?", (number,))
         return str(found[0][0]) if found else None
 
     def get(self, job_id: object) -> Job:

@@ -190,7 +190,7 @@ def decode_job(row: Sequence[Any]) -> Job:
 
 
 def new_jobs(
-    now: float, owner_uid: int, executor: str, environment: str | None = None
+    now: float, owner_uid: int, executor: str, environment: int | None = None
 ) -> Callable[[int, JobSpec], Job]:
     """``make(seq, spec)``: a job just submitted, as its row says (without reading it
     back), built on the fields every job of one submission shares."""

@@ -58,8 +58,9 @@ STATEMENTS = (
     created REAL NOT NULL,
     spec TEXT NOT NULL
 )""",
-    # The submitters' environments jobs start from, once each (jobs.environment).
-    "CREATE TABLE IF NOT EXISTS environments (hash TEXT PRIMARY KEY, json TEXT NOT NULL)",
+    # The submitters' environments jobs start from, once each (jobs.environment: its id).
+    "CREATE TABLE IF NOT EXISTS environments "
+    "(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, json TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS notices (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,

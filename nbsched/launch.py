@@ -148,22 +148,33 @@ def capture_env(exclude: Sequence[str], environ: Mapping[str, str] | None = None
     """This process's environment (or ``environ``) as its jobs will start from it,
     without the variables whose names match one of ``exclude`` (shell wildcards, case
     ignored).  Called once per submission, not per job: a sweep's jobs share it."""
-    env = os.environ if environ is None else environ
+    env = dict(os.environ if environ is None else environ)
     secret = _matcher(tuple(exclude))
-    kept = {k: v for k, v in env.items() if not secret(k)}
     withheld = sorted(k for k in env if secret(k))
+    for name in withheld:
+        del env[name]
     # (ASCII JSON: a value os.environ decoded with surrogate escapes survives SQLite)
-    text = json.dumps({"vars": kept, "withheld": withheld}, sort_keys=True)
+    text = json.dumps({"vars": env, "withheld": withheld}, sort_keys=True)
     return SubmitterEnv(hashlib.sha256(text.encode()).hexdigest()[:32], text)
 
 
 @functools.lru_cache(maxsize=16)
 def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
-    """Whether a variable name matches one of ``patterns``, ignoring case."""
-    if not patterns:
-        return lambda name: False
-    regex = re.compile("|".join(fnmatch.translate(p) for p in patterns), re.IGNORECASE)
-    return lambda name: regex.match(name) is not None
+    """Whether a variable name matches one of ``patterns``, ignoring case; each name's
+    answer kept (the same few dozen names come at each submission: matching them all
+    again was most of an ``add_command``'s time)."""
+    regex = re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)", re.I)
+    known: dict[str, bool] = {}
+
+    def secret(name: str) -> bool:
+        found = known.get(name)
+        if found is None:
+            if len(known) > 4096:
+                known.clear()
+            found = known[name] = regex.match(name) is not None
+        return found
+
+    return secret
 
 
 def submitter_env(text: str, engine: Mapping[str, str]) -> dict[str, str]:

@@ -15,12 +15,35 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .checks import check_choice, check_number, check_path, check_requirement, check_whole
+from .checks import (
+    check_choice,
+    check_number,
+    check_path,
+    check_patterns,
+    check_requirement,
+    check_whole,
+)
 from .errors import InvalidTypeError, InvalidValueError
 from .formats.gpulist import MAX_GPU_ID
 
 PROVIDERS = ("auto", "nvml", "gputil", "simulated")
 EXECUTORS = ("direct", "screen", "ray")
+#: Whose environment a job starts from: its submitter's (as ``sbatch``), or the engine's
+#: that starts it (the only one before: a job another kernel started lacked what the
+#: submitting notebook had set with ``os.environ``).
+ENV_POLICIES = ("submitter", "engine")
+#: Names (shell wildcards, matched ignoring case) of the submitter's variables that are
+#: never written to the state directory: they look like secrets.  A job gets these from
+#: the engine that starts it, as before.
+DEFAULT_ENV_EXCLUDE = (
+    "*TOKEN*",
+    "*SECRET*",
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*CREDENTIAL*",
+    "*_KEY",
+    "*APIKEY*",
+)
 
 
 def default_state_dir() -> Path:
@@ -73,6 +96,12 @@ class SchedulerConfig:
     ray_address: str | None = None
     #: Ray: CPUs each job reserves (Ray's default of 1 caps concurrency at the core count).
     ray_num_cpus: float = 0.01
+    #: A job's environment: ``"submitter"``, that of the process that submitted it
+    #: (captured at submission, stored once per distinct environment), whichever
+    #: engine starts it; ``"engine"``, that of the engine that starts it.
+    env_policy: str = "submitter"
+    #: The submitter's variables not stored (see :data:`DEFAULT_ENV_EXCLUDE`).
+    env_exclude: tuple[str, ...] = DEFAULT_ENV_EXCLUDE
 
     def __post_init__(self) -> None:
         # (numbers are stored as plain int and float: numpy's scalars are accepted too)
@@ -82,6 +111,8 @@ class SchedulerConfig:
             set_("num_gpus", check_whole("num_gpus", self.num_gpus, 1, MAX_GPU_ID + 1))
         check_choice("gpu_provider", self.gpu_provider, PROVIDERS)
         check_choice("executor", self.executor, EXECUTORS)
+        check_choice("env_policy", self.env_policy, ENV_POLICIES)
+        set_("env_exclude", check_patterns("env_exclude", self.env_exclude))
         self._check_files()
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
             set_(name, check_number(name, getattr(self, name), low=0.0, high=1.0, low_open=False))

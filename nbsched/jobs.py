@@ -118,6 +118,9 @@ class Job:
     #: how the engine finds the job's processes and its exit-code file.
     token: str | None = None
     cancel_requested: bool = False
+    #: The number of the submitter's stored environment the job starts from (see
+    #: :func:`nbsched.launch.capture_env`); None: the engine's.
+    environment: int | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-field

@@ -9,17 +9,27 @@
 * ``gpu_arg="--cuda"`` appends the job's *local* GPU indices (0..n-1), which is
   what ``CUDA_VISIBLE_DEVICES`` makes them inside the job.
 
-The environment is the engine's, plus the job's own ``env``, plus
+The environment is the submitter's (:func:`capture_env`, at submission: stored once per
+distinct environment, without the variables whose names look secret, which the engine
+that starts the job gives instead: :func:`submitter_env`) or, with
+``env_policy="engine"`` or for a job stored without one, the engine's; plus the job's
+own ``env``, plus
 ``CUDA_VISIBLE_DEVICES``, ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, ``NBSCHED_JOB_ID``,
 ``NBSCHED_JOB_TOKEN``, ``NBSCHED_RESULT_FILE`` and ``PYTHONUNBUFFERED=1``.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import hashlib
+import json
 import os
+import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from .errors import NotSupportedError
 from .jobs import Job
@@ -120,6 +130,62 @@ def build_env(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    return env
+
+
+@dataclass(frozen=True)
+class SubmitterEnv:
+    """A submitter's environment as stored: ``text``, JSON of ``{"vars": {name: value},
+    "withheld": [name, ...]}`` (the variables kept, and the names of those left out as
+    secret-looking), and ``key``, its hash, under which it is stored once however many
+    jobs start from it."""
+
+    key: str
+    text: str
+
+
+def capture_env(exclude: Sequence[str], environ: Mapping[str, str] | None = None) -> SubmitterEnv:
+    """This process's environment (or ``environ``) as its jobs will start from it,
+    without the variables whose names match one of ``exclude`` (shell wildcards, case
+    ignored).  Called once per submission, not per job: a sweep's jobs share it."""
+    env = dict(os.environ if environ is None else environ)
+    secret = _matcher(tuple(exclude))
+    withheld = sorted(k for k in env if secret(k))
+    for name in withheld:
+        del env[name]
+    # (ASCII JSON: a value os.environ decoded with surrogate escapes survives SQLite)
+    text = json.dumps({"vars": env, "withheld": withheld}, sort_keys=True)
+    return SubmitterEnv(hashlib.sha256(text.encode()).hexdigest()[:32], text)
+
+
+@functools.lru_cache(maxsize=16)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a variable name matches one of ``patterns``, ignoring case; each name's
+    answer kept (the same few dozen names come at each submission: matching them all
+    again was most of an ``add_command``'s time)."""
+    regex = re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)", re.I)
+    known: dict[str, bool] = {}
+
+    def secret(name: str) -> bool:
+        found = known.get(name)
+        if found is None:
+            if len(known) > 4096:
+                known.clear()
+            found = known[name] = regex.match(name) is not None
+        return found
+
+    return secret
+
+
+def submitter_env(text: str, engine: Mapping[str, str]) -> dict[str, str]:
+    """The environment a job starts from, from its stored :class:`SubmitterEnv` text:
+    the submitter's variables, and those it withheld as the ``engine``'s (that starts
+    the job) where it has them, as jobs had before they had their submitter's."""
+    stored = json.loads(text)
+    env: dict[str, str] = dict(stored["vars"])
+    for name in stored["withheld"]:
+        if name in engine:
+            env[name] = engine[name]
     return env
 
 

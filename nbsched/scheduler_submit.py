@@ -22,6 +22,7 @@ from .formats.llmconfig import LLMConfig
 from .jobs import JobSpec, JobStatus
 from .jobsfile_watch import ALL_STATUSES, JobsFileWatcher
 from .jobspec import build_spec
+from .launch import capture_env
 from .llmconfig_watch import LLMConfigWatcher
 from .store import Store
 from .submitter import EngineSubmitter
@@ -179,13 +180,20 @@ class Submitting:
 
         With ``skip_hash_statuses``, specs whose hash matches a job in those statuses
         are skipped (their ids are missing from the result).
+
+        The jobs start from this process's environment as it is now
+        (``env_policy="submitter"``: read once for all of them), whichever engine
+        starts them.
         """
         self._check_open()
+        config = self.config
+        environment = capture_env(config.env_exclude) if config.env_policy == "submitter" else None
         rev, jobs = self.store.add_jobs_at(
             specs,
             owner_uid=os.getuid(),
-            executor=self.config.executor,
+            executor=config.executor,
             skip_hash_statuses=skip_hash_statuses,
+            environment=environment,
         )
         stored = [j for j in jobs if j is not None]
         ours = self._engine.offer(rev, stored)  # (wakes the dispatcher, ours or another's)

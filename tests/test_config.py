@@ -173,6 +173,13 @@ BAD = [
     ("default_requirement", "1", TypeError, "number of GPUs"),
     ("default_requirement", 0.001, ValueError, "gpu_allocation_precision=0.01"),
     ("default_requirement", True, TypeError, "number of GPUs"),
+    ("env_policy", "all", ValueError, "submitter, engine"),
+    ("env_policy", None, ValueError, "submitter, engine"),
+    ("env_exclude", "*TOKEN*", TypeError, "tuple of name patterns"),
+    ("env_exclude", None, TypeError, "tuple of name patterns"),
+    ("env_exclude", ("*KEY", ""), ValueError, "non-empty string"),
+    ("env_exclude", ("A=B",), ValueError, "without '='"),
+    ("env_exclude", (3,), ValueError, "non-empty string"),
 ]
 
 

@@ -18,6 +18,7 @@ from nbsched.dispatcher import Dispatcher
 from nbsched.dispatcher.ends import MAX_DOUBLINGS, backoff_s, decide_end
 from nbsched.dispatcher.entries import Queued
 from nbsched.executors.base import Executor, Exit, Launch, OnExit, OnStarted, Started
+from nbsched.executors.process import read_exit, read_exit_file
 from nbsched.gpus import make_provider
 from nbsched.gpus.monitor import GPUMonitor
 from nbsched.jobs import Job, JobSpec, JobStatus
@@ -454,6 +455,31 @@ def test_end_retry_doubles_the_backoff_per_attempt() -> None:
     third = decide_end(_job(3, 3), Exit(None, "lost"), 5.0, 100.0)
     assert third.status == JobStatus.QUEUED and third.not_before == 120.0
     assert third.reason == "lost" and third.exit_code is None
+
+
+def test_an_end_is_recorded_when_the_executor_says_it_ended() -> None:
+    """The spawner's time (the job ended while no engine ran, say), kept between the
+    attempt's start and now; without one, the time it is recorded."""
+    job = _job(1, 0).evolve(started=50.0)
+    assert decide_end(job, Exit(0, at=60.0), 5.0, 100.0).at == 60.0
+    assert decide_end(job, Exit(3, at=60.0), 5.0, 100.0).at == 60.0
+    assert decide_end(job, Exit(0, at=40.0), 5.0, 100.0).at == 50.0  # (clock stepped)
+    assert decide_end(job, Exit(0, at=140.0), 5.0, 100.0).at == 100.0
+    assert decide_end(job, Exit(0), 5.0, 100.0).at is None
+    retry = decide_end(_job(1, 3).evolve(started=50.0), Exit(2, at=60.0), 5.0, 100.0)
+    assert retry.at == 60.0 and retry.not_before == 105.0
+
+
+def test_an_exit_file_gives_its_time(tmp_path: Path) -> None:
+    """The spawner's exit file holds ``CODE TIME``; a wrapper shell's (screen) ``CODE``
+    alone, written as the job ends: its time is the file's."""
+    spawner_file, shell_file = tmp_path / "a.exit", tmp_path / "b.exit"
+    spawner_file.write_text("3 1700000000.250000\n")
+    shell_file.write_text("4\n")
+    os.utime(shell_file, (1700000001.5, 1700000001.5))
+    assert read_exit(spawner_file) == (3, 1700000000.25)
+    assert read_exit(shell_file) == (4, 1700000001.5)
+    assert read_exit_file(spawner_file) == 3 and read_exit(tmp_path / "none") is None
 
 
 def test_end_final_when_retries_are_used_up() -> None:

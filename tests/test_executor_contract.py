@@ -49,8 +49,13 @@ class Recorder:
         self._event.set()
 
     def wait(self, timeout: float = TIMEOUT) -> Exit:
+        """The first end reported, without its time: that, where the executor gives
+        one, must lie between the job's start and now."""
         assert self._event.wait(timeout), "on_exit was not called"
-        return self.calls[0][1]
+        job, exit = self.calls[0]
+        if exit.at is not None:
+            assert (job.started or 0.0) - 1.0 <= exit.at <= time.time(), exit
+        return Exit(exit.code, exit.reason)
 
 
 class Harness:

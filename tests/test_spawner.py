@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,8 +232,22 @@ def test_bad_requests_get_an_error_and_leave_the_spawner_serving(run_dir: Path) 
         reply = _ask(sock, _start_request(run_dir, "t1", "exit 4"), (w,))
         os.close(w)
         assert reply["ok"] is True and isinstance(reply["pid"], int)
-        assert os.read(r, 10) == b"4\n"  # (blocks until the job has ended)
+        assert _told(os.read(r, 100)) == 4  # (blocks until the job has ended)
         os.close(r)
+
+
+def _told(data: bytes) -> int:
+    """The code of an end the spawner told (``CODE TIME``), checking its time: just now."""
+    code, reason, at = messages.decode_end(data)
+    assert abs(time.time() - at) < 30 and reason is None, data
+    return code
+
+
+def _written(path: Path) -> int:
+    """The code of an exit file the spawner wrote (``CODE TIME``), checking its time."""
+    code, at = path.read_text().split()
+    assert abs(time.time() - float(at)) < 30
+    return int(code)
 
 
 def _start_request(run_dir: Path, token: str, command: str) -> dict[str, object]:
@@ -274,12 +289,12 @@ def test_an_end_is_kept_until_acknowledged_and_on_disk_only_where_needed(
         r, w = os.pipe()
         assert _ask(sock, _start_request(run_dir, token, f"exit {code}"), (w,))["ok"]
         os.close(w)
-        assert os.read(r, 10) == b"%d\n" % code  # (once it has ended)
+        assert _told(os.read(r, 100)) == code  # (once it has ended)
         os.close(r)
 
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(run_dir / messages.SOCKET_NAME))
-        assert _ask(sock, {"op": "hello", "version": 2, "env": {}})["version"] == 2
+        assert _ask(sock, {"op": "hello", "version": 3, "env": {}})["version"] == 3
         start(sock, "a", 3)
         assert not exit_file.exists()  # told, kept: no file
         r, w = os.pipe()
@@ -287,16 +302,16 @@ def test_an_end_is_kept_until_acknowledged_and_on_disk_only_where_needed(
         os.close(w)
         assert os.read(r, 10) == b""  # ended: no end to wait for; the file says it
         os.close(r)
-        assert exit_file.read_text() == "3\n"
+        assert _written(exit_file) == 3
         assert oct(exit_file.stat().st_mode & 0o777) == "0o600"
         start(sock, "b", 5)
         sock.sendall(b'{"op": "ack", "tokens": ["a", "b"]}\n')  # (no reply)
-        assert _ask(sock, {"op": "hello", "version": 2, "env": {}})["ok"]  # (in order)
+        assert _ask(sock, {"op": "hello", "version": 3, "env": {}})["ok"]  # (in order)
         assert not exit_file.exists() and not (run_dir / "b.exit").exists()
         start(sock, "c", 6)
     # That engine went without acknowledging c: its end is written for the next one.
     wait_for(lambda: (run_dir / "c.exit").exists(), what="c's exit file")
-    assert (run_dir / "c.exit").read_text() == "6\n"
+    assert _written(run_dir / "c.exit") == 6
 
 
 def test_the_start_time_of_a_job_is_its_process_start_time(
@@ -323,7 +338,7 @@ def test_the_start_time_of_a_job_is_its_process_start_time(
         assert isinstance(born, int) and isinstance(pid, int)
         assert abs(start_time_at(born) - psutil.Process(pid).create_time()) <= 0.011
         gate.touch()
-        assert os.read(r, 10) == b"0\n"
+        assert _told(os.read(r, 100)) == 0
         os.close(r)
 
 
@@ -343,7 +358,7 @@ import json, os, socket, sys
 run = sys.argv[1]
 s = socket.socket(socket.AF_UNIX)
 s.connect(os.path.join(run, "spawner.sock"))
-s.sendall(json.dumps({"op": "hello", "version": 2, "env": {}}).encode() + b"\\n")
+s.sendall(json.dumps({"op": "hello", "version": 3, "env": {}}).encode() + b"\\n")
 for t in ("a", "b", "c"):
     r, w = os.pipe()
     request = {"op": "start", "token": t, "argv": ["/bin/sh", "-c", "exit 0"], "env": {},
@@ -361,7 +376,7 @@ def test_starts_sent_by_an_engine_that_dies_before_the_replies_still_run(run_dir
     assert engine.returncode == -signal.SIGKILL
     for token in "abc":
         wait_for(lambda t=token: (run_dir / f"{t}.exit").exists(), what=f"job {token}'s end")
-        assert (run_dir / f"{token}.exit").read_text() == "0\n"
+        assert _written(run_dir / f"{token}.exit") == 0
 
 
 def test_start_times_follow_the_boot_time_psutil_uses_now() -> None:

@@ -465,12 +465,17 @@ def _columns(db: Path) -> dict[str, tuple[Any, ...]]:
     return {name: (type_, notnull, default, pk) for _, name, type_, notnull, default, pk in info}
 
 
+#: The job columns added since schema 1's table, each nullable (ALTER TABLE adds them to
+#: an old database at open; older versions name their columns and do not see them).
+_ADDED = {"environment": ("INTEGER", 0, None, 0)}
+
+
 def test_the_derived_jobs_table_is_schema_1s(state: Path) -> None:
     Store(state / "state.db").close()
     raw = sqlite3.connect(state / "v1.db")
     raw.execute(_V1_JOBS)
     raw.close()
-    assert _columns(state / "state.db") == _columns(state / "v1.db")
+    assert _columns(state / "state.db") == {**_columns(state / "v1.db"), **_ADDED}
 
 
 def test_a_schema_1_database_opens_and_keeps_working(state: Path) -> None:
@@ -497,10 +502,12 @@ def test_a_schema_1_database_opens_and_keeps_working(state: Path) -> None:
             (2,),
         )
         assert s.revision() == 7 and s.allocation() == {2: 0.5}
+        assert job.environment is None  # (the column added at open: NULL, the engine's)
         (new,) = add(s, spec())
         assert s.get(new).status == Q and s.revision() == 8
     finally:
         s.close()
+    assert _columns(db).items() >= _ADDED.items()
 
 
 # ------------------------------------------------------------------ light reads for the hot path

@@ -229,6 +229,23 @@ def check_env(env: object) -> dict[str, str]:
     return out
 
 
+def check_patterns(name: str, value: object) -> tuple[str, ...]:
+    """Variable-name patterns (shell wildcards, ``*TOKEN*``): a list or tuple of
+    non-empty strings; one string alone is refused (it would be read letter by letter)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple, frozenset, set)):
+        raise InvalidTypeError(
+            f"{name}={value!r}: expected a tuple of name patterns, like ('*TOKEN*', '*_KEY')"
+        )
+    out = []
+    for pattern in value:
+        if not isinstance(pattern, str) or not pattern or "=" in pattern or "\0" in pattern:
+            raise InvalidValueError(
+                f"{name}={value!r}: {pattern!r}: a pattern is a non-empty string without '=' or NUL"
+            )
+        out.append(pattern)
+    return tuple(out)
+
+
 def check_args(args: object) -> tuple[str, ...]:
     """A script's arguments: a list (numbers are ``str()``-ed), or one string split like
     a shell; ``None``: none."""

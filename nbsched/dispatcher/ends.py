@@ -41,9 +41,11 @@ def decide_end(
 ) -> AttemptEnd:
     """What an attempt's end means: succeeded, failed, or queued again for a retry at
     ``now`` plus the back-off (while ``job.attempts`` has not used up the job's
-    retries, and ``missing_env`` does not say retrying cannot help)."""
+    retries, and ``missing_env`` does not say retrying cannot help).  It is recorded as
+    ended when the executor says it ended (:func:`ended_at`), else at ``now``."""
+    at = ended_at(job, exit, now)
     if exit.code == 0:
-        return AttemptEnd(job, JobStatus.SUCCEEDED, 0, None)
+        return AttemptEnd(job, JobStatus.SUCCEEDED, 0, None, at=at)
     reason = exit.reason or f"exit code {exit.code}"
     if missing_env:
         reason = f"{reason}: {missing_env}"
@@ -56,8 +58,19 @@ def decide_end(
             reason,
             not_before=now + delay,
             retry_reason=f"attempt {job.attempts} failed ({reason}); retrying in {delay:g}s",
+            at=at,
         )
-    return AttemptEnd(job, JobStatus.FAILED, exit.code, reason)
+    return AttemptEnd(job, JobStatus.FAILED, exit.code, reason, at=at)
+
+
+def ended_at(job: Job, exit: Exit, now: float) -> float | None:
+    """When the attempt ended: the executor's time (the spawner's, when it reaped the
+    job: true also for an end recorded by an engine that started after it), kept
+    between the attempt's start and ``now`` (a wall clock stepped meanwhile); None:
+    the executor did not say (recorded at ``now``)."""
+    if exit.at is None:
+        return None
+    return min(now, max(exit.at, job.started if job.started is not None else exit.at))
 
 
 def missing_env(job: Job, exit: Exit) -> str | None:

@@ -26,7 +26,7 @@ from ..config import SchedulerConfig
 from ..executors.base import Executor, Launch, OnExit, Started
 from ..executors.process import process_start_time
 from ..jobs import Job
-from ..launch import build_argv, build_env
+from ..launch import build_argv, build_env, submitter_env
 from ..store import Store
 from .inbox import Inbox
 from .queue import QueueCache
@@ -161,6 +161,8 @@ class Starts:
         self.executors = executors
         self.paths = Paths.of(config)
         self.env = dict(os.environ)
+        #: Submitters' environments read so far, by number (a sweep's jobs share one).
+        self._envs: dict[int, dict[str, str] | None] = {}
         self.crash = crash_hook()
         #: Started attempts whose pids are not written yet.
         self.unrecorded: list[Unrecorded] = []
@@ -217,15 +219,31 @@ class Starts:
         elif rerun:  # (if a run made the log: one marked running that never started did not)
             append_log(log_path, separator, only_to_a_log=True)
         result = f"{self.paths.results}{running.id}.json"
+        base = self.base_env(running)
         return Launch(
             job=running,
             gpus=gpus,
-            argv=build_argv(running, gpus, self.env),
-            env=build_env(running, gpus, running.token, result, self.env),
+            argv=build_argv(running, gpus, base),
+            env=build_env(running, gpus, running.token, result, base),
             cwd=running.spec.cwd,
             log_path=log_path,
             exit_path=Path(self.paths.exit_file(running.token)),
         )
+
+    def base_env(self, job: Job) -> dict[str, str]:
+        """The environment ``job`` starts from: its submitter's, if it was stored with
+        one (the variables withheld as secret from this engine's), else this engine's."""
+        key = job.environment
+        if key is None:
+            return self.env
+        if key not in self._envs:
+            text = self.store.environment(key)
+            self._envs[key] = None if text is None else submitter_env(text, self.env)
+        env = self._envs[key]
+        if env is None:  # (not in the database: never, unless a person removed it)
+            logger.warning("job %s: its submitter's environment is gone; the engine's", job.id)
+            return self.env
+        return env
 
     # -- the pids -------------------------------------------------------------------------
 

@@ -51,10 +51,14 @@ class Started:
 
 @dataclass(frozen=True)
 class Exit:
-    """How an attempt ended: its exit code, or ``None`` with the reason it is unknown."""
+    """How an attempt ended: its exit code, or ``None`` with the reason it is unknown;
+    ``at``: when it ended (the wall clock), where the executor knows it (the spawner
+    does: the job's true end also when the engine that records it learns of it later);
+    None: when the engine learns of it."""
 
     code: int | None
     reason: str | None = None
+    at: float | None = None
 
 
 OnExit = Callable[[Job, Exit], None]

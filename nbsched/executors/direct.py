@@ -27,7 +27,7 @@ from ..jobs import Job
 from . import messages as msg
 from .base import Exit, Launch, OnExit, Started
 from .local import LocalProcessExecutor
-from .process import process_start_time, read_exit_file, start_time_at
+from .process import process_start_time, read_exit, start_time_at
 from .spawner_client import SpawnerClient, job_pid
 
 logger = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ class DirectExecutor(LocalProcessExecutor):
             if exit is not None:
                 self._told.add(token)
             else:
-                code = read_exit_file(self.run_dir / f"{token}.exit")
-                exit = Exit(code) if code is not None else None
+                found = read_exit(self.run_dir / f"{token}.exit")
+                exit = Exit(found[0], at=found[1]) if found is not None else None
             if exit is not None:
                 on_exit(job, exit)
                 return
@@ -207,7 +207,8 @@ def _read_end(fd: int) -> Exit | None:
     """How the spawner said a job ended, from its end descriptor (None if it said
     nothing: it was killed)."""
     try:
-        return Exit(*msg.decode_end(os.read(fd, 4096)))
+        code, reason, at = msg.decode_end(os.read(fd, 4096))
+        return Exit(code, reason, at)
     except (OSError, ValueError):
         return None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..jobs import Job
 from .base import Executor, Exit, OnExit
-from .process import kill_tree, read_exit_file, same_process_alive
+from .process import kill_tree, read_exit, same_process_alive
 from .watcher import ProcessWatcher
 
 
@@ -36,9 +36,9 @@ class LocalProcessExecutor(Executor):
         exit_file = self.run_dir / f"{job.token}.exit"
 
         def ended() -> None:
-            code = read_exit_file(exit_file)
-            if code is not None:
-                on_exit(job, Exit(code))
+            found = read_exit(exit_file)
+            if found is not None:
+                on_exit(job, Exit(found[0], at=found[1]))
             else:
                 on_exit(job, Exit(None, "the job's process ended without recording an exit code"))
             # The exit file stays until the end is committed; the dispatcher deletes it.

@@ -22,8 +22,13 @@ request per line, one JSON reply line each (``ack`` has none), descriptors attac
 * :class:`Ack` (no reply): those jobs' ends are recorded; their codes are dropped, and
   their exit files removed if they were written.
 
-A job's end goes to each of its end descriptors as one line, ``CODE[ REASON]``
-(:func:`encode_end`), and the descriptor is closed.
+A job's end goes to each of its end descriptors as one line, ``CODE TIME[ REASON]``
+(:func:`encode_end`), and the descriptor is closed; ``TIME`` is when the spawner reaped
+the job (wall clock, seconds since the epoch): its true end, also when the engine that
+records it learns of it long after (one that started after the job ended).  Its exit
+file, where one is written, holds ``CODE TIME`` (:func:`encode_exit`).
+
+Version 3: the end's time (version 2's ends were ``CODE[ REASON]``).
 
 The spawner imports this module at its start: the standard library only, and little
 of it.
@@ -35,7 +40,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
-VERSION = 2
+VERSION = 3
 SOCKET_NAME = "spawner.sock"
 LOCK_NAME = "spawner.lock"
 LOG_NAME = "spawner.log"
@@ -119,12 +124,18 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def encode_end(code: int, reason: str = "") -> bytes:
-    """How a job ended, as written to an end descriptor: ``CODE[ REASON]``."""
-    return f"{code} {reason}".strip().encode("utf-8", "replace") + b"\n"
+def encode_end(code: int, at: float, reason: str = "") -> bytes:
+    """How a job ended, and when, as written to an end descriptor: ``CODE TIME[ REASON]``."""
+    return f"{code} {at:.6f} {reason}".strip().encode("utf-8", "replace") + b"\n"
 
 
-def decode_end(data: bytes) -> tuple[int, str | None]:
-    """(code, reason) from what an end descriptor gave; ValueError if it gave none."""
-    code, _, reason = data.decode("utf-8", "replace").strip().partition(" ")
-    return int(code), reason or None
+def decode_end(data: bytes) -> tuple[int, str | None, float]:
+    """(code, reason, time) from what an end descriptor gave; ValueError if it gave none."""
+    code, at, reason = (data.decode("utf-8", "replace").strip().split(" ", 2) + [""])[:3]
+    return int(code), reason or None, float(at)
+
+
+def encode_exit(code: int, at: float) -> bytes:
+    """A job's exit file: ``CODE TIME`` (a file of ``CODE`` alone is read too: its time is
+    the file's, as the screen executor's wrapper writes it at the job's end)."""
+    return b"%d %.6f\n" % (code, at)

@@ -31,12 +31,24 @@ def open_log(path: Path) -> int:
 
 
 def read_exit_file(path: Path) -> int | None:
+    """The exit code in a job's exit file (None: no file, or none in it)."""
+    found = read_exit(path)
+    return None if found is None else found[0]
+
+
+def read_exit(path: Path) -> tuple[int, float] | None:
+    """The exit code in a job's exit file and when the job ended: the time written
+    after the code (the spawner's ``CODE TIME``), else the file's own (a wrapper shell
+    writes ``CODE`` as the job ends)."""
     try:
-        text = path.read_text().strip()
+        with open(path, "rb") as fh:
+            text = fh.read().decode("ascii", "replace")
+            mtime = os.fstat(fh.fileno()).st_mtime
     except OSError:
         return None
     try:
-        return int(text)
+        code, _, at = text.strip().partition(" ")
+        return int(code), float(at) if at else mtime
     except ValueError:
         return None
 

@@ -11,9 +11,10 @@ its runs.  For every job it:
   job's folder, stdin from ``/dev/null``, stdout and stderr to the job's log, every
   signal at its default disposition (a job's ``yes | head`` ends by ``SIGPIPE``, as
   in a terminal), and no other descriptor;
-* reaps it, ends what it left running (below), and writes ``CODE[ REASON]`` (128+N
-  for a job killed by signal N, as a shell reports it) to the *end descriptors*
-  engines gave it for that job, and closes them.  It keeps the code until an engine
+* reaps it, ends what it left running (below), and writes ``CODE TIME[ REASON]``
+  (128+N for a job killed by signal N, as a shell reports it; the time it was reaped:
+  the job's true end) to the *end descriptors* engines gave it for that job, and
+  closes them.  It keeps the code until an engine
   *acknowledges* it (``ack``, sent once the end is in the database), and writes it
   to ``run/<token>.exit`` (atomically: a temporary file renamed) only where it may be
   needed: when no engine could be told, when a connection ends (its engine may have

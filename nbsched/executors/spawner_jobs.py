@@ -41,13 +41,15 @@ class _Job:
 
 
 class _Ended:
-    """An end told to the engines, kept until one acknowledges it."""
+    """An end told to the engines, kept until one acknowledges it; ``at``: when the job
+    was reaped (the wall clock), its end time for an engine that learns of it later."""
 
-    __slots__ = ("exit_path", "code", "written")
+    __slots__ = ("exit_path", "code", "at", "written")
 
-    def __init__(self, exit_path: str, code: int) -> None:
+    def __init__(self, exit_path: str, code: int, at: float) -> None:
         self.exit_path = exit_path
         self.code = code
+        self.at = at
         self.written = False  # its exit file is written
 
 
@@ -94,7 +96,7 @@ class Children:
             else:
                 reason = f"could not start: {exc}"
             _append(log, f"nbsched: the job {reason}\n")
-            self._tell(token, exit_path, [end_fd], msg.START_FAILED, reason)
+            self._tell(token, exit_path, [end_fd], msg.START_FAILED, time.time(), reason)
             return {"ok": False, "error": reason}
         os.chdir("/")  # (holds no folder of a user's between jobs)
         job = _Job(token, pid, exit_path, end_fd)
@@ -113,7 +115,7 @@ class Children:
         close(end_fd)
         end = self.ended.get(token)
         if end is not None and not end.written:
-            end.written = _write_exit(end.exit_path, end.code)
+            end.written = _write_exit(end.exit_path, end.code, end.at)
         return None
 
     def reap(self) -> None:
@@ -135,6 +137,7 @@ class Children:
                 _, status = os.waitpid(pid, 0)  # (it has exited: this does not block)
             except ChildProcessError:
                 continue
+            at = time.time()
             job = self.jobs.pop(pid, None)
             if job is None:
                 orphan_reaped = True  # (a leftover that was ended: an orphan it adopted)
@@ -143,18 +146,25 @@ class Children:
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
             self.end_leftovers()  # before the GPUs can go to another job
-            self._tell(job.token, job.exit_path, job.end_fds, code)
+            self._tell(job.token, job.exit_path, job.end_fds, code, at)
 
     def _tell(
-        self, token: str, exit_path: str, end_fds: list[int], code: int, reason: str = ""
+        self,
+        token: str,
+        exit_path: str,
+        end_fds: list[int],
+        code: int,
+        at: float,
+        reason: str = "",
     ) -> None:
-        """Tell a job's end to the engines (it is kept until one acknowledges it), or,
-        if none could be told, keep it on disk for the next one."""
-        told = [_end(fd, code, reason) for fd in end_fds]
+        """Tell a job's end (its ``code``, at time ``at``) to the engines (it is kept
+        until one acknowledges it), or, if none could be told, keep it on disk for the
+        next one."""
+        told = [_end(fd, code, at, reason) for fd in end_fds]
         if any(told):
-            self.ended[token] = _Ended(exit_path, code)
+            self.ended[token] = _Ended(exit_path, code, at)
         else:
-            _write_exit(exit_path, code)
+            _write_exit(exit_path, code, at)
 
     def end_leftovers(self) -> int:
         """SIGKILL the orphans that came to this subreaper from ended jobs (a job's own
@@ -203,7 +213,7 @@ class Children:
         """Write the exit file of every end not acknowledged yet."""
         for end in self.ended.values():
             if not end.written:
-                end.written = _write_exit(end.exit_path, end.code)
+                end.written = _write_exit(end.exit_path, end.code, end.at)
 
 
 def _subreaper() -> str | None:
@@ -255,11 +265,11 @@ def _token_of(pid: int) -> str | None:
     return None
 
 
-def _end(fd: int, code: int, reason: str = "") -> bool:
+def _end(fd: int, code: int, at: float, reason: str = "") -> bool:
     """Tell an engine how a job ended (also when the disk is full), and close its end
     descriptor.  False if it could not be told (it is gone)."""
     try:
-        os.write(fd, msg.encode_end(code, reason))
+        os.write(fd, msg.encode_end(code, at, reason))
         told = True
     except OSError:  # (that engine is gone)
         told = False
@@ -314,13 +324,13 @@ def _resolve(name: str, env: dict[str, str]) -> str:
 _FOUND: dict[tuple[str, str], str] = {}
 
 
-def _write_exit(path: str, code: int) -> bool:
+def _write_exit(path: str, code: int, at: float) -> bool:
     """Write a job's exit file (False if it could not be written)."""
     tmp = f"{path}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, b"%d\n" % code)
+            os.write(fd, msg.encode_exit(code, at))
         finally:
             os.close(fd)
         os.replace(tmp, path)

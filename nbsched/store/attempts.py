@@ -49,6 +49,8 @@ class AttemptEnd:
     reason: str | None
     not_before: float | None = None
     retry_reason: str | None = None
+    #: When the attempt ended, where the executor said (None: when it is recorded).
+    at: float | None = None
 
 
 class AttemptsPart(StorePart):
@@ -128,9 +130,10 @@ def _apply_end(conn: sqlite3.Connection, rev: int, end: AttemptEnd, now: float) 
     final = JobStatus.FAILED if end.status == JobStatus.QUEUED else end.status
     tries.append((final, end.reason, " AND cancel_requested = 0"))
     tries.append((JobStatus.CANCELLED, "cancelled", " AND cancel_requested = 1"))
+    ended = now if end.at is None else end.at
     for status, reason, cond in tries:
         extra = ", not_before = ?, pid = NULL" if status == JobStatus.QUEUED else ""
-        params: tuple[Any, ...] = (status.value, rev, reason, end.exit_code, now)
+        params: tuple[Any, ...] = (status.value, rev, reason, end.exit_code, ended)
         if status == JobStatus.QUEUED:
             params += (end.not_before,)
         cur = conn.execute(
@@ -140,7 +143,7 @@ def _apply_end(conn: sqlite3.Connection, rev: int, end: AttemptEnd, now: float) 
         )
         if cur.rowcount:
             conn.execute(
-                _INSERT_TRANSITION, (seq, JobStatus.RUNNING.value, status.value, now, reason)
+                _INSERT_TRANSITION, (seq, JobStatus.RUNNING.value, status.value, ended, reason)
             )
             return status
     return None

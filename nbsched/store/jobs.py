@@ -18,6 +18,7 @@ from typing import Any
 from ..allocation import booked_share
 from ..errors import UnknownJobError
 from ..jobs import Job, JobSpec, JobStatus, can_transition
+from ..launch import SubmitterEnv
 from . import rows
 from .connection import StorePart, bump_rev
 from .rows import parse_job_id
@@ -30,7 +31,7 @@ _ROWS = 1000
 
 _INSERT_JOB = (
     f"INSERT INTO jobs (rev, status, {', '.join(rows.SPEC_COLUMNS)}, submitted, owner_uid, "
-    f"executor) VALUES ({', '.join('?' * (len(rows.SPEC_COLUMNS) + 5))})"
+    f"executor, environment) VALUES ({', '.join('?' * (len(rows.SPEC_COLUMNS) + 6))})"
 )
 _INSERT_TRANSITION = "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)"
 
@@ -50,6 +51,16 @@ def _batches(items: Iterable[JobSpec], n: int) -> Iterator[list[JobSpec]]:
         yield batch
 
 
+def _environment_id(conn: sqlite3.Connection, environment: SubmitterEnv) -> int:
+    """The number of ``environment``'s row, added if no submission stored it before."""
+    conn.execute(
+        "INSERT OR IGNORE INTO environments (hash, json) VALUES (?, ?)",
+        (environment.key, environment.text),
+    )
+    found = conn.execute("SELECT id FROM environments WHERE hash = ?", (environment.key,))
+    return int(found.fetchone()[0])
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -65,6 +76,7 @@ class JobsPart(StorePart):
         executor: str,
         skip_hash_statuses: Iterable[JobStatus] | None = None,
         now: float | None = None,
+        environment: SubmitterEnv | None = None,
     ) -> tuple[int, list[Job | None]]:
         """Insert ``specs`` as queued jobs in one transaction; committed on return.
         Returns the revision the new rows were written at (what
@@ -78,18 +90,23 @@ class JobsPart(StorePart):
         ``specs`` are read, checked and inserted :data:`_ROWS` at a time, so that a
         sweep's 100,000 need not all be encoded (or even made) before the first
         is stored.
+
+        ``environment``: the submitter's, which the jobs start from; stored once (a
+        row of ``environments``, found by its hash), whatever the number of jobs, and
+        named in each job's row by its number (a sweep's 100,000 rows stay small).
         """
         now = time.time() if now is None else now
         skip = None if skip_hash_statuses is None else {JobStatus(s) for s in skip_hash_statuses}
         seen: set[str] = set()
         out: list[Job | None] = []
-        new_job = rows.new_jobs(now, owner_uid, executor)
         with self._db.write() as conn:
             rev = bump_rev(conn)
+            env_key = None if environment is None else _environment_id(conn, environment)
+            new_job = rows.new_jobs(now, owner_uid, executor, env_key)
             for chunk in _batches(specs, _ROWS):
                 keep = self._kept(conn, chunk, skip, seen)
                 added = [s for s, k in zip(chunk, keep, strict=True) if k]
-                first = self._insert(conn, rev, added, now, owner_uid, executor)
+                first = self._insert(conn, rev, added, now, (owner_uid, executor, env_key))
                 new = iter(range(first, first + len(added)))
                 out += [
                     new_job(next(new), spec) if k else None
@@ -136,17 +153,17 @@ class JobsPart(StorePart):
         rev: int,
         specs: Sequence[JobSpec],
         now: float,
-        owner_uid: int,
-        executor: str,
+        shared: tuple[int, str, int | None],
     ) -> int:
         """Insert the rows of ``specs`` and their first transitions; the first job's
-        number (AUTOINCREMENT numbers the rows of one transaction one after the other)."""
+        number (AUTOINCREMENT numbers the rows of one transaction one after the other).
+        ``shared``: the owner's uid, the executor and the environment's number."""
         if not specs:
             return 0
         queued = JobStatus.QUEUED.value
         conn.executemany(
             _INSERT_JOB,
-            ((rev, queued, *rows.encode_spec(s), now, owner_uid, executor) for s in specs),
+            ((rev, queued, *rows.encode_spec(s), now, *shared) for s in specs),
         )
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
         first = last - len(specs) + 1
@@ -156,6 +173,11 @@ class JobsPart(StorePart):
             (queued, now, first, last),
         )
         return first
+
+    def environment(self, number: int) -> str | None:
+        """The stored submitter's environment ``number`` (:class:`SubmitterEnv` text)."""
+        found = self._db.read("SELECT json FROM environments WHERE id = ?", (number,))
+        return str(found[0][0]) if found else None
 
     def get(self, job_id: object) -> Job:
         seq = parse_job_id(job_id)

@@ -189,7 +189,9 @@ def decode_job(row: Sequence[Any]) -> Job:
     return job
 
 
-def new_jobs(now: float, owner_uid: int, executor: str) -> Callable[[int, JobSpec], Job]:
+def new_jobs(
+    now: float, owner_uid: int, executor: str, environment: int | None = None
+) -> Callable[[int, JobSpec], Job]:
     """``make(seq, spec)``: a job just submitted, as its row says (without reading it
     back), built on the fields every job of one submission shares."""
     shared = {
@@ -198,6 +200,7 @@ def new_jobs(now: float, owner_uid: int, executor: str) -> Callable[[int, JobSpe
         "submitted": now,
         "owner_uid": owner_uid,
         "executor": executor,
+        "environment": environment,
     }
 
     def make(seq: int, spec: JobSpec) -> Job:

@@ -3,8 +3,10 @@
 The ``jobs`` table is written out from :mod:`.rows` (the columns of :class:`Job` and
 :class:`JobSpec`); the others are small enough to read here.  Every statement is
 ``IF NOT EXISTS``: opening a database made by this version, or by an older one with
-the same layout, changes nothing in it.  A layout another version cannot read moves
-:data:`SCHEMA_VERSION`.
+the same layout, changes nothing in it.  A column added to :class:`Job` since a
+database was made is added to it when it is opened (:func:`add_columns`: nullable,
+or with its default), which older versions, naming their columns, do not see.  A
+layout another version cannot read moves :data:`SCHEMA_VERSION`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ STATEMENTS = (
     created REAL NOT NULL,
     spec TEXT NOT NULL
 )""",
+    # The submitters' environments jobs start from, once each (jobs.environment: its id).
+    "CREATE TABLE IF NOT EXISTS environments "
+    "(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, json TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS notices (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -70,10 +75,19 @@ def create(conn: sqlite3.Connection) -> None:
     """Create what is missing (inside the caller's write transaction)."""
     for statement in STATEMENTS:
         conn.execute(statement)
+    add_columns(conn)
     conn.execute(
         "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?), ('rev', '0')",
         (str(SCHEMA_VERSION),),
     )
+
+
+def add_columns(conn: sqlite3.Connection) -> None:
+    """Add the job columns a database made by an earlier version lacks."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name in (*rows.SPEC_COLUMNS, *rows.RUN_COLUMNS):
+        if name not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {_column(name)}")
 
 
 def version(conn: sqlite3.Connection) -> int:

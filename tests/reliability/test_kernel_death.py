@@ -9,6 +9,7 @@ once, ended once with its real exit code, and that no GPU was over-booked.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,29 @@ def test_crash_windows(
     if crash_at.startswith("after_mark_running"):
         reasons = [h["reason"] for h in history(store.path, "2")]
         assert any("before the job started" in (r or "") for r in reasons), reasons
+
+
+def test_a_job_that_ends_while_no_engine_runs_keeps_its_true_end_time(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """The spawner stamps the end when it reaps the job: the engine that records it 3 s
+    later records that time, not its own (the job ran 1 s, not 4)."""
+    jobs = [(1, 0)]
+    cfg, _, markers = _setup(tmp_path, jobs)
+    cfg["jobs"] = [{"command": job_command(markers, 0, sleep=1.0), "required_gpus": 1}]
+    a = engines.start(cfg)
+    ids = a.event("submitted")["ids"]
+    wait_for(lambda: _starts(markers) == 1, what="the job to start")
+    a.kill_group()
+    wait_for(lambda: read_markers(markers)[1], what="the job to end, no engine running")
+    (interval,) = read_markers(markers)[2]
+    time.sleep(3.0)
+    done = _restart_and_finish(engines, cfg, [], ids)
+    store = _check(tmp_path, cfg, markers, done, jobs)
+    job = store.get(ids[0])
+    assert job.started is not None and job.ended is not None and interval.end is not None
+    assert 1.0 <= job.ended - job.started < 2.0, (job.started, job.ended)
+    assert abs(job.ended - interval.end) < 0.5, (job.ended, interval.end)
+    (end,) = [h for h in history(store.path, ids[0]) if h["new"] == "succeeded"]
+    assert end["at"] == job.ended
+    store.close()

@@ -160,7 +160,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("name", ["sweeps.py", "jobsfile_watch.py"])
+@pytest.mark.parametrize("name", ["sweeps.py", "sweep_tables.py", "jobsfile_watch.py"])
 def test_sweeps_and_the_watcher_know_no_scheduler_and_no_store(name: str) -> None:
     source = (PACKAGE / name).read_text()
     assert not {".scheduler", ".store"} & _imports(PACKAGE / name)

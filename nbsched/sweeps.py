@@ -194,8 +194,8 @@ def _with_those_there(
     s: SweepSubmitter, sweep_id: str, digests: Sequence[str], queued: list[str]
 ) -> SweepIds:
     """Every combination's job id, each once: one of ``queued`` (this call's), or the
-    job already there (see :func:`_standing`).  Ids are new strings, as ``submit``'s are: kept by a
-    caller, none keeps the jobs read here alive."""
+    job already there (see :func:`_standing`).  Ids are new strings, as ``submit``'s
+    are: kept by a caller, none keeps the jobs read here alive."""
     there = _standing(s, sweep_id, set(digests))
     new = {i: i for i in queued}
     ids: dict[str, None] = {}  # (each job once: the same arguments twice are one job)

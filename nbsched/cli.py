@@ -232,10 +232,15 @@ def _show_id(s: GPUJobScheduler, ns: argparse.Namespace, jid: str) -> None:
 
 def _show_sweep(s: GPUJobScheduler, ns: argparse.Namespace, ids: list[str]) -> None:
     sweep_id = getattr(ids, "sweep_id", None)
+    queued = getattr(ids, "queued", ids)  # (ids: every combination's; queued: the new ones)
     if ns.json:
-        print(json.dumps({"sweep": sweep_id, "ids": list(ids)}))
+        print(json.dumps({"sweep": sweep_id, "ids": list(ids), "queued": list(queued)}))
     else:
-        print(f"{sweep_id}: {len(ids)} job(s) queued" + (f": {' '.join(ids)}" if ids else ""))
+        print(
+            f"{sweep_id}: {len(queued)} job(s) queued" + (f": {' '.join(queued)}" if queued else "")
+        )
+        if len(queued) < len(ids):
+            print(f"{len(ids) - len(queued)} already there; every job: {' '.join(ids)}")
 
 
 def _show_why(s: GPUJobScheduler, ns: argparse.Namespace, text: str) -> None:

@@ -33,7 +33,8 @@ from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
 from .submitter import EngineSubmitter
-from .sweeps import submit_sweep, sweep_frame, sweeps_frame
+from .sweep_tables import sweep_frame, sweep_job_ids, sweeps_frame
+from .sweeps import SweepIds, submit_sweep
 from .waiting import Waits, check_ids
 from .why import Why
 
@@ -240,13 +241,15 @@ class GPUJobScheduler(Submitting):
         param_style: str = "--{name}",
         limit: int | None = None,
         **options: Any,
-    ) -> list[str]:
-        """Queue one job per combination of a sweep; returns the ids it queued.
+    ) -> SweepIds:
+        """Queue one job per combination of a sweep; returns every combination's job id.
 
         ``args="--lr {0.1,0.01} --seed {1..3}"`` (grammar in :mod:`nbsched.formats.sweep`) and/or
         ``params={"lr": [0.1, 0.01]}`` (``param_style`` makes the flags).  Every job
         shares one sweep id (``.sweep_id`` of the returned list); combinations already
-        queued, running or succeeded are not queued again.  More than
+        queued, running or succeeded are not queued again: their jobs' ids are in the
+        list too (so ``wait(ids)`` waits for the whole sweep), ``.queued`` has the new
+        ones and ``.describe()`` says which.  More than
         ``config.max_sweep_jobs`` jobs are refused unless ``limit`` allows them.
         ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...).
         """
@@ -403,8 +406,11 @@ class GPUJobScheduler(Submitting):
         ids: Iterable[str] | str | None = None,
         timeout: float | None = None,
         progress: bool | None = None,
+        *,
+        sweep: str | None = None,
     ) -> pd.DataFrame:
-        """Block until those jobs (default: every queued or running one) have ended.
+        """Block until those jobs (default: every queued or running one; ``sweep``: the
+        jobs of that sweep's :meth:`sweep` table) have ended.
 
         Returns their :meth:`jobs` rows; raises ``TimeoutError`` after ``timeout`` s.
         ``progress`` shows a bar (tqdm's notebook bar in Jupyter, a text bar in a
@@ -412,6 +418,10 @@ class GPUJobScheduler(Submitting):
         """
         self._check_open()
         limit = check_timeout(timeout)
+        if sweep is not None:
+            if ids is not None:
+                raise InvalidValueError("wait(): give ids or sweep=, not both")
+            ids = sweep_job_ids(self._submitter(), sweep)
         return self._waits.wait(self.store, check_ids(ids), limit, progress)
 
     def why(self, job_id: str) -> str:

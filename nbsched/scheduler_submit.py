@@ -19,13 +19,14 @@ from .config import SchedulerConfig
 from .engine.core import Engine
 from .formats.jobsfile import JobLine, JobsFileLineError, LineError, parse_line
 from .formats.llmconfig import LLMConfig
-from .jobs import JobSpec, JobStatus
+from .jobs import JobSpec, JobStatus, job_hash
 from .jobsfile_watch import ALL_STATUSES, JobsFileWatcher
 from .jobspec import build_spec
 from .launch import capture_env
 from .llmconfig_watch import LLMConfigWatcher
 from .store import Store
 from .submitter import EngineSubmitter
+from .sweeps import DEDUP_STATUSES
 from .waiting import Waits
 
 
@@ -64,8 +65,14 @@ class Submitting:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        once: bool = False,
     ) -> str:
-        """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id."""
+        """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
+
+        ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
+        arguments and allowed GPUs is queued, running or succeeded, nothing is queued
+        and that job's id is returned, so a notebook run again finds its jobs.
+        """
         self._check_open()
         spec = self.make_spec(
             script=script,
@@ -81,7 +88,20 @@ class Submitting:
             env=env,
             name=name,
         )
-        return self.submit([spec])[0]
+        return self._submit_once(spec) if once else self.submit([spec])[0]
+
+    def _submit_once(self, spec: JobSpec) -> str:
+        """Queue ``spec`` unless a job of its hash is queued, running or succeeded; the
+        id of the job that stands for it.  (Tried again if that job ended in between.)"""
+        digest = job_hash(spec.script or "", spec.conda_env, spec.args, spec.allowed_gpus)
+        spec = spec.evolve(hash=digest)
+        while True:
+            ids = self.submit([spec], skip_hash_statuses=DEDUP_STATUSES)
+            if ids:
+                return ids[0]
+            there = self.store.find(hash=digest, statuses=DEDUP_STATUSES, limit=1, newest=True)
+            if there:
+                return str(there[-1].seq)
 
     def add_command(
         self,

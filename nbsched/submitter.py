@@ -72,6 +72,7 @@ class SweepSubmitter(Submitter, Protocol):
         *,
         sweep: str | None = None,
         hash: str | None = None,
+        statuses: Iterable[JobStatus] | None = None,
         limit: int | None = None,
         newest: bool = False,
     ) -> list[Job]: ...
@@ -143,10 +144,13 @@ class EngineSubmitter:
         *,
         sweep: str | None = None,
         hash: str | None = None,
+        statuses: Iterable[JobStatus] | None = None,
         limit: int | None = None,
         newest: bool = False,
     ) -> list[Job]:
-        return self._store.find(sweep=sweep, hash=hash, limit=limit, newest=newest)
+        return self._store.find(
+            sweep=sweep, hash=hash, statuses=statuses, limit=limit, newest=newest
+        )
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         return self._store.counts(sweep=sweep)

@@ -1,4 +1,4 @@
-"""Sweeps: one job per combination of parameters, and their results as one table.
+"""Sweeps: one job per combination of parameters, submitted together.
 
 ``GPUJobScheduler.add_sweep`` expands a template (:mod:`nbsched.formats.sweep` has the
 grammar) and/or a ``params`` dict into argument lists, validates every job as
@@ -9,11 +9,11 @@ one transaction under a shared sweep id (``sw3``).  Each combination has a hash
 so submitting the same sweep again queues only the combinations not already queued,
 running or succeeded, and keeps the sweep id: the same definition maps to the same id.
 
-``GPUJobScheduler.sweep(id)`` is one row per combination: its parameters, the
-status, duration and exit code of the job that stands for it (the newest job
-with its hash) and the keys of the JSON object that job wrote to the path in
-``$NBSCHED_RESULT_FILE``.
+It returns the id of every combination's job, the new ones and those already there,
+so that a notebook run again top to bottom (after its kernel died mid-sweep) waits
+for the whole sweep and reads all of its results, not only what it queued anew.
 
+A sweep's tables (``sweep(id)``, ``sweeps()``) are :mod:`nbsched.sweep_tables`'.
 Both work through a :class:`~nbsched.submitter.SweepSubmitter`, not the scheduler.
 """
 
@@ -26,23 +26,17 @@ import json
 import math
 import numbers
 import os
-import shlex
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .checks import check_sweep_limit
 from .errors import InvalidTypeError, InvalidValueError, NbschedError
 from .formats.sweep import Expansion, check_size, count_combinations, expand_params, iter_args
-from .frames import local_zone
-from .jobs import Job, JobSpec, JobStatus, job_hasher
+from .jobs import JobSpec, JobStatus, job_hasher
 from .jobspec import ArgsVariants
 from .submitter import SweepSubmitter
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 #: The options ``add_sweep`` passes on to each job (those of ``add_job``).
 SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
@@ -51,39 +45,54 @@ SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
 #: them (see ``_collector_paused``).
 PAUSE_GC_FROM = 10_000
 
-#: A combination already in one of these statuses is not queued again.
+#: A combination already in one of these statuses is not queued again (a failed or
+#: cancelled one is: its new job stands for it from then on).
 DEDUP_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
-
-#: The fixed columns of a sweep table (parameters come before, results after).
-SWEEP_COLUMNS = ("status", "duration", "exit_code", "id")
-
-#: The columns of ``GPUJobScheduler.sweeps()``.
-SWEEPS_COLUMNS = (
-    "sweep",
-    "created",
-    "script",
-    "args",
-    "combinations",
-    *(s.value for s in JobStatus),
-)
 
 
 class SweepIds(list[str]):
-    """The ids of the jobs a sweep queued (a ``list[str]``), with the sweep's id."""
+    """The job ids of a sweep's combinations, in their order (a ``list[str]``): the jobs
+    it queued now and those already there (queued, running or succeeded, queued by this
+    sweep before or by another), so that ``wait(ids)`` waits for the whole sweep.
 
-    def __init__(self, ids: Iterable[str], sweep_id: str) -> None:
+    ``.queued``: the new ones; ``.already``: how many of the others are in each status;
+    ``.sweep_id``; ``describe()``: all of that in one line.
+    """
+
+    def __init__(
+        self,
+        ids: Iterable[str],
+        sweep_id: str,
+        queued: Sequence[str] | None = None,
+        already: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(ids)
         self.sweep_id = sweep_id
+        self._queued = None if queued is None else list(queued)  # None: every one
+        self.already: dict[str, int] = {k: n for k, n in (already or {}).items() if n}
+
+    @property
+    def queued(self) -> list[str]:
+        """The ids of the jobs this call queued (the others were already there)."""
+        return list(self if self._queued is None else self._queued)
 
     def describe(self) -> str:
-        """One line: the sweep id and what was queued."""
-        if not self:
+        """One line: the sweep id, what was queued now and what was already there."""
+        new = len(self) if self._queued is None else len(self._queued)
+        there = len(self) - new
+        held = ", ".join(f"{n} {status}" for status, n in self.already.items())
+        if not there:
+            shown = ", ".join(self) if len(self) <= 8 else f"{self[0]} ... {self[-1]}"
+            return f"sweep {self.sweep_id}: queued {new} job(s): {shown}"
+        if not new:
             return (
-                f"sweep {self.sweep_id}: nothing new to queue "
-                "(every combination is queued, running or succeeded)"
+                f"sweep {self.sweep_id}: nothing new to queue: its {there} job(s) are "
+                f"already there ({held})"
             )
-        shown = ", ".join(self) if len(self) <= 8 else f"{self[0]} ... {self[-1]}"
-        return f"sweep {self.sweep_id}: queued {len(self)} job(s): {shown}"
+        return (
+            f"sweep {self.sweep_id}: {len(self)} jobs, {new} queued now, {there} already "
+            f"there ({held})"
+        )
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # how IPython shows it
         p.text(self.describe())
@@ -176,7 +185,57 @@ def _submit(
         )
     )
     ids = s.submit(specs, skip_hash_statuses=DEDUP_STATUSES)
-    return SweepIds(ids, sweep_id)
+    if len(ids) == len(made.digests):  # every combination queued now: the usual case
+        return SweepIds(ids, sweep_id)
+    return _with_those_there(s, sweep_id, made.digests, ids)
+
+
+def _with_those_there(
+    s: SweepSubmitter, sweep_id: str, digests: Sequence[str], queued: list[str]
+) -> SweepIds:
+    """Every combination's job id, each once: one of ``queued`` (this call's), or the
+    job already there (see :func:`_standing`).  Ids are new strings, as ``submit``'s
+    are: kept by a caller, none keeps the jobs read here alive."""
+    there = _standing(s, sweep_id, set(digests))
+    new = {i: i for i in queued}
+    ids: dict[str, None] = {}  # (each job once: the same arguments twice are one job)
+    already = dict.fromkeys((st.value for st in JobStatus), 0)
+    for digest in digests:
+        found = there.get(digest)
+        if found is None or str(found[0]) in ids:  # (deleted since; or seen)
+            continue
+        text = str(found[0])
+        ids[new.get(text, text)] = None
+        if text not in new:
+            already[found[1].value] += 1
+    return SweepIds(ids, sweep_id, queued, already)
+
+
+def _standing(
+    s: SweepSubmitter, sweep_id: str, wanted: set[str]
+) -> dict[str, tuple[int, JobStatus]]:
+    """For each hash in ``wanted``, the number and status of the job that stands for it:
+    the newest with it in :data:`DEDUP_STATUSES` (this sweep's own first, then any
+    other's: an overlapping sweep's, a jobs-file line's), else the newest with it (one
+    that ended since it was skipped)."""
+
+    def loose(found: tuple[int, JobStatus] | None) -> bool:
+        return found is None or found[1] not in DEDUP_STATUSES
+
+    held: dict[str, tuple[int, JobStatus]] = {}
+    for job in s.find_jobs(sweep=sweep_id):  # (in submission order: the newest last)
+        digest = job.spec.hash
+        if digest in wanted and (job.status in DEDUP_STATUSES or loose(held.get(digest))):
+            assert digest is not None
+            held[digest] = (job.seq, job.status)
+    for digest in wanted:
+        for statuses in (DEDUP_STATUSES, None):
+            if not loose(held.get(digest)) or (statuses is None and digest in held):
+                break
+            jobs = s.find_jobs(hash=digest, statuses=statuses, limit=1, newest=True)
+            if jobs:
+                held[digest] = (jobs[-1].seq, jobs[-1].status)
+    return held
 
 
 @dataclass(frozen=True)
@@ -288,154 +347,3 @@ def _sweep_id(s: SweepSubmitter, definition: dict[str, Any], made: _Made) -> str
         [digest, values] for digest, values in zip(made.digests, made.values, strict=True)
     ]
     return s.record_sweep(key, {**definition, "combinations": combinations})
-
-
-# -- reading ------------------------------------------------------------------------------
-
-
-def _record(s: SweepSubmitter, sweep_id: object) -> dict[str, Any]:
-    if not isinstance(sweep_id, str):
-        raise InvalidTypeError(f"sweep_id={sweep_id!r}: expected a sweep id such as 'sw1'")
-    record = s.sweep_record(sweep_id.strip())
-    if record is None:
-        known = [sid for sid, _, _ in s.sweep_records()[-5:]]
-        hint = f"known sweeps: {', '.join(known)}" if known else "no sweep was submitted yet"
-        raise InvalidValueError(f"sweep_id={sweep_id!r}: no such sweep ({hint})")
-    return record
-
-
-def latest_sweep(s: SweepSubmitter) -> str:
-    """The id of the sweep submitted last."""
-    sweeps = s.sweep_records()
-    if not sweeps:
-        raise InvalidValueError("no sweep was submitted yet; add one with add_sweep()")
-    return sweeps[-1][0]
-
-
-def combination_jobs(
-    s: SweepSubmitter, sweep_id: str, record: dict[str, Any] | None = None
-) -> list[tuple[dict[str, str], Job | None]]:
-    """Each combination of a sweep with the newest job that has its hash."""
-    record = _record(s, sweep_id) if record is None else record
-    by_hash: dict[str, Job] = {}
-    for own in s.find_jobs(sweep=sweep_id):
-        if own.spec.hash is not None:
-            by_hash[own.spec.hash] = own
-    out: list[tuple[dict[str, str], Job | None]] = []
-    for digest, values in record["combinations"]:
-        job = by_hash.get(digest)
-        if job is None:  # queued or done by another sweep (or a jobs-file line)
-            found = s.find_jobs(hash=digest, limit=1, newest=True)
-            job = found[-1] if found else None
-        out.append((values, job))
-    return out
-
-
-def sweep_frame(s: SweepSubmitter, sweep_id: str | None = None) -> pd.DataFrame:
-    import pandas as pd
-
-    """One row per combination: parameters, status, duration, exit code, id, results."""
-    if isinstance(sweep_id, SweepIds):
-        sweep_id = sweep_id.sweep_id
-    sid = latest_sweep(s) if sweep_id is None else sweep_id
-    record = _record(s, sid)
-    pairs = combination_jobs(s, sid, record)
-    param_names: list[str] = list(pairs[0][0]) if pairs else []
-    fixed = set(SWEEP_COLUMNS)
-    param_cols = {p: (f"param_{p}" if p in fixed else p) for p in param_names}
-    results_dir = s.config.state_dir / "results"
-    now = time.time()
-    rows: list[dict[str, Any]] = []
-    result_keys: dict[str, str] = {}
-    for values, job in pairs:
-        row: dict[str, Any] = {param_cols[p]: values.get(p) for p in param_names}
-        row.update(_job_columns(job, now))
-        if job is not None and job.status != JobStatus.QUEUED:
-            for key, value in _read_result(results_dir / f"{job.id}.json").items():
-                col = result_keys.get(key)
-                if col is None:
-                    taken = fixed | set(param_cols.values()) | set(result_keys.values())
-                    col = f"result_{key}" if key in taken else key
-                    result_keys[key] = col
-                row[col] = value
-        rows.append(row)
-    columns = [*param_cols.values(), *SWEEP_COLUMNS, *result_keys.values()]
-    df = pd.DataFrame(rows, columns=columns)
-    for col in param_cols.values():
-        df[col] = _numeric_if_possible(df[col])
-    df["exit_code"] = df["exit_code"].astype("Int64")
-    df["duration"] = df["duration"].astype(float)
-    df.attrs["sweep"] = sid
-    return df
-
-
-def _job_columns(job: Job | None, now: float) -> dict[str, Any]:
-    if job is None:  # its job was deleted from the store
-        return {"status": None, "duration": None, "exit_code": None, "id": None}
-    duration = None
-    if job.started is not None:
-        end = job.ended if job.ended is not None else now
-        duration = max(0.0, end - job.started)
-    return {
-        "status": job.status.value,
-        "duration": duration,
-        "exit_code": job.exit_code,
-        "id": job.id,
-    }
-
-
-def _read_result(path: os.PathLike[str]) -> dict[str, Any]:
-    """The JSON object a job wrote; ``{}`` when it wrote none (or not a whole object)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _numeric_if_possible(col: pd.Series) -> pd.Series:
-    import pandas as pd
-
-    try:
-        return pd.to_numeric(col)
-    except (ValueError, TypeError):
-        return col
-
-
-def sweeps_frame(s: SweepSubmitter) -> pd.DataFrame:
-    import pandas as pd
-
-    """One row per sweep: its definition, its combinations, and per status the jobs
-    that hold them (its own, or another sweep's that had already queued or done one)."""
-    rows = []
-    for sid, created, record in s.sweep_records():
-        counts = _status_counts(s, sid, record)
-        args = record.get("args") or ""
-        if record.get("params"):
-            args = f"{args} params={record['params']}".strip()
-        rows.append(
-            {
-                "sweep": sid,
-                "created": pd.Timestamp(created, unit="s", tz="UTC").tz_convert(local_zone()),
-                "script": record.get("script"),
-                "args": args if isinstance(args, str) else shlex.join(args),
-                "combinations": len(record.get("combinations", ())),
-                **counts,
-            }
-        )
-    return pd.DataFrame(rows, columns=list(SWEEPS_COLUMNS))
-
-
-def _status_counts(s: SweepSubmitter, sweep_id: str, record: dict[str, Any]) -> dict[str, int]:
-    """How many of a sweep's combinations are in each status: one count of its own jobs
-    when it queued every one (the usual case), else the status of each one's job (a
-    sweep whose combinations another had run showed 0 in every status)."""
-    counts = s.counts(sweep=sweep_id)
-    if sum(counts.values()) >= len(record.get("combinations", ())):
-        return counts
-    held = dict.fromkeys(counts, 0)
-    for _, job in combination_jobs(s, sweep_id, record):
-        if job is not None:
-            held[job.status.value] = held.get(job.status.value, 0) + 1
-    return held

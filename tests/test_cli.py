@@ -222,6 +222,22 @@ def test_a_bad_id_among_several_does_nothing(engine: Engine) -> None:
     assert done.strip() == f"{jid}: cancelled"
 
 
+def test_a_sweep_again_lists_every_job_and_wait_takes_a_sweep(engine: Engine) -> None:
+    script = str(engine.work / "echo.py")
+    words = ("sweep", "--gpus", "0.5", script, "--", "--again", "{1,2}")
+    first = json.loads(cli(engine.state, *words[:1], "--json", *words[1:]).stdout)
+    assert first["queued"] == first["ids"] and len(first["ids"]) == 2
+    again = json.loads(cli(engine.state, *words[:1], "--json", *words[1:]).stdout)
+    assert again == {"sweep": first["sweep"], "ids": first["ids"], "queued": []}
+    waited = cli(engine.state, "wait", "--json", "--sweep", first["sweep"], "--timeout", "60")
+    assert sorted(r["id"] for r in json.loads(waited.stdout)) == sorted(first["ids"])
+    wider = cli(engine.state, "sweep", "--gpus", "0.5", script, "--", "--again", "{1..3}")
+    head, new = wider.stdout.splitlines()[0].rsplit(" ", 1)
+    assert head.endswith(": 1 job(s) queued:") and new not in first["ids"]
+    every = " ".join([*first["ids"], new])
+    assert wider.stdout.splitlines()[1] == f"2 already there; every job: {every}"
+
+
 def test_sweep_sweeps_results_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = tmp_path / "state"
     script = tmp_path / "t.py"

@@ -298,6 +298,46 @@ def test_cell_job_runs_the_cell_and_leaves_the_kernel_free(
     assert stat.S_IMODE(script.parent.stat().st_mode) == 0o700
 
 
+def test_a_cell_job_run_again_unchanged_is_the_same_job(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    """A notebook run again top to bottom (after its kernel died) gets the cell's job
+    while it is queued, running or succeeded; a changed cell, or one that failed, runs."""
+    first = cell(ip, "run --gpus 0.5", "print('hi')\n")
+    assert cell(ip, "run --gpus 0.5", "print('hi')\n") == first
+    started.wait([first], timeout=60)
+    assert started.job(first)["status"] == "succeeded"
+    assert cell(ip, "run --gpus 0.5", "print('hi')\n") == first
+    other = cell(ip, "run --gpus 0.5 -- --x", "print('hi')\n")  # other arguments
+    changed = cell(ip, "run --gpus 0.5", "print('hello')\n")  # other code
+    assert len({first, other, changed}) == 3
+    fails = cell(ip, "run", "import sys\nsys.exit(3)\n")
+    started.wait([fails], timeout=60)
+    again = cell(ip, "run", "import sys\nsys.exit(3)\n")
+    assert again != fails and started.job(again)["status"] in ("queued", "running", "failed")
+    assert len(started.jobs()) == 5
+
+
+def test_wait_for_a_sweep_by_its_id(ip: InteractiveShell, started: GPUJobScheduler) -> None:
+    body = "import sys\nsys.exit(int(sys.argv[2]) % 2)\n"
+    ids = cell(ip, "sweep --gpus 0.5 -- --x {1..4}", body)
+    ip.user_ns["sid"] = ids.sweep_id
+    rows = gs(ip, "wait --sweep $sid --timeout 60 --no-progress")
+    assert sorted(rows["id"]) == sorted(ids)
+    assert sorted(rows["status"]) == ["failed", "failed", "succeeded", "succeeded"]
+    again = cell(ip, "sweep --gpus 0.5 -- --x {1..4}", body)  # the notebook run again
+    assert len(again) == 4 and len(again.queued) == 2  # the failed ones, queued again
+    assert "4 jobs, 2 queued now, 2 already there (2 succeeded)" in again.describe()
+    ip.user_ns["ids"] = again
+    rows = gs(ip, "wait $ids --timeout 60 --no-progress")
+    assert sorted(rows["id"]) == sorted(again)
+    assert list(gs(ip, "results $sid")["id"]) == list(again)
+    with pytest.raises(UsageError, match="not both"):
+        gs(ip, f"wait --sweep {ids.sweep_id} {ids[0]}")
+    with pytest.raises(UsageError, match="no such sweep"):
+        gs(ip, "wait --sweep sw99")
+
+
 def test_sweep_line_and_cell_forms_and_results(
     ip: InteractiveShell, started: GPUJobScheduler, tmp_path: Path
 ) -> None:

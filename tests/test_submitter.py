@@ -57,7 +57,7 @@ class FakeSubmitter:
         for spec in specs:
             if spec.hash is None or spec.hash not in seen:
                 self.queued.append((spec, skip))
-                ids.append(f"j{len(self.queued)}")
+                ids.append(str(len(self.queued)))
         return ids
 
     def notices(self, limit: int) -> list[dict[str, Any]]:
@@ -85,10 +85,21 @@ class FakeSubmitter:
         *,
         sweep: str | None = None,
         hash: str | None = None,
+        statuses: Iterable[JobStatus] | None = None,
         limit: int | None = None,
         newest: bool = False,
     ) -> list[Job]:
-        return []
+        """Every job the fake queued is still queued."""
+        if statuses is not None and JobStatus.QUEUED not in set(statuses):
+            return []
+        jobs = [
+            Job(id=str(n), seq=n, status=JobStatus.QUEUED, spec=spec, submitted=0.0)
+            for n, (spec, _) in enumerate(self.queued, 1)
+            if (sweep is None or spec.sweep == sweep) and (hash is None or spec.hash == hash)
+        ]
+        if limit is not None:
+            jobs = jobs[-limit:] if newest else jobs[:limit]
+        return jobs
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         return {}
@@ -106,7 +117,7 @@ def test_a_sweep_needs_only_a_submitter(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("pass\n")
     fake = _fake(tmp_path)
     ids = submit_sweep(fake, "train.py", "--lr {0.1,0.01} --seed {1..2}", cwd=tmp_path)
-    assert ids == ["j1", "j2", "j3", "j4"] and ids.sweep_id == "sw1"
+    assert ids == ["1", "2", "3", "4"] and ids.sweep_id == "sw1" and ids.queued == ids
     assert [spec.args for spec, _ in fake.queued][:2] == [
         ("--lr", "0.1", "--seed", "1"),
         ("--lr", "0.1", "--seed", "2"),
@@ -114,7 +125,12 @@ def test_a_sweep_needs_only_a_submitter(tmp_path: Path) -> None:
     assert {skip for _, skip in fake.queued} == {DEDUP_STATUSES}
     assert {spec.sweep for spec, _ in fake.queued} == {"sw1"}
     again = submit_sweep(fake, "train.py", "--lr {0.1,0.01} --seed {1..2}", cwd=tmp_path)
-    assert again == [] and again.sweep_id == "sw1"  # same definition, same sweep id
+    assert again.sweep_id == "sw1"  # same definition, same sweep id
+    assert again == ids and again.queued == [] and again.already == {"queued": 4}
+    assert "nothing new to queue" in again.describe() and "(4 queued)" in again.describe()
+    wider = submit_sweep(fake, "train.py", "--lr {0.1,0.01} --seed {1..3}", cwd=tmp_path)
+    assert wider.sweep_id == "sw2" and wider.queued == ["5", "6"]
+    assert wider == ["1", "2", "5", "3", "4", "6"]  # each combination's job, in order
 
 
 def test_the_watcher_needs_only_a_submitter(tmp_path: Path) -> None:
@@ -125,7 +141,7 @@ def test_the_watcher_needs_only_a_submitter(tmp_path: Path) -> None:
     watcher = JobsFileWatcher(fake)
     assert watcher.poll() == [] and "does not exist" in fake.kept[-1]["message"]
     jobs_file.write_text("0,train.py,,--llm big,1\nx,train.py,,,\n0,train.py,,,5\n")
-    assert watcher.poll() == ["j1"]
+    assert watcher.poll() == ["1"]
     spec, skip = fake.queued[0]
     assert spec.args == ("--llm", "big") and spec.allowed_gpus == (1,) and skip == ALL_STATUSES
     messages = [n["message"] for n in fake.kept]
@@ -144,7 +160,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("name", ["sweeps.py", "jobsfile_watch.py"])
+@pytest.mark.parametrize("name", ["sweeps.py", "sweep_tables.py", "jobsfile_watch.py"])
 def test_sweeps_and_the_watcher_know_no_scheduler_and_no_store(name: str) -> None:
     source = (PACKAGE / name).read_text()
     assert not {".scheduler", ".store"} & _imports(PACKAGE / name)

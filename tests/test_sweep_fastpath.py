@@ -92,7 +92,7 @@ def fast_specs(s: GPUJobScheduler, **sweep: Any) -> tuple[str, list[JobSpec]]:
 
     sub.submit = spy  # type: ignore[method-assign]
     ids = submit_sweep(sub, **sweep)
-    stored = [s.store.get(i).spec for i in ids]
+    stored = [s.store.get(i).spec for i in ids.queued]  # (what this call queued)
     first_of: dict[str | None, JobSpec] = {}
     for spec in handed:
         first_of.setdefault(spec.hash, spec)

@@ -79,16 +79,27 @@ def test_resubmitting_queues_only_what_is_missing(running: GPUJobScheduler, trai
     table = running.sweep(ids.sweep_id)  # type: ignore[attr-defined]
     assert sorted(table["status"]) == ["failed", "failed", "succeeded", "succeeded"]
     again = running.add_sweep(train, args="--lr {1,2} --seed {-1,1}", required_gpus=0.5)
-    assert again.sweep_id == ids.sweep_id  # type: ignore[attr-defined]
+    assert again.sweep_id == ids.sweep_id
     failed = set(table.loc[table["status"] == "failed", "id"])
-    assert len(again) == 2  # the failed ones only
-    assert {running.store.get(i).spec.hash for i in again} == {
+    succeeded = set(table.loc[table["status"] == "succeeded", "id"])
+    assert len(again.queued) == 2  # the failed ones only are queued again, with new ids
+    assert {running.store.get(i).spec.hash for i in again.queued} == {
         running.store.get(i).spec.hash for i in failed
     }
+    assert not set(again.queued) & set(ids)
+    # every combination's id, in the sweep's order: the succeeded ones' and the new ones
+    assert len(again) == 4 and set(again) == succeeded | set(again.queued)
+    assert [running.store.get(i).spec.args for i in again] == [
+        running.store.get(i).spec.args for i in ids
+    ]
+    assert again.already == {"succeeded": 2}
+    assert again.describe() == (
+        f"sweep {ids.sweep_id}: 4 jobs, 2 queued now, 2 already there (2 succeeded)"
+    )
     running.wait(again, timeout=60)
-    table = running.sweep(ids.sweep_id)  # type: ignore[attr-defined]
+    table = running.sweep(ids.sweep_id)
     assert len(table) == 4  # one row per combination, the newest job of each
-    assert set(again) <= set(table["id"])
+    assert list(table["id"]) == list(again)
     assert list(table["status"]).count("failed") == 2  # they fail again: seed -1 always does
 
 
@@ -96,10 +107,12 @@ def test_overlapping_sweep_reuses_queued_jobs(sched: GPUJobScheduler, train: str
     first = sched.add_sweep(train, args="--lr 1 --seed {1..3}")
     wider = sched.add_sweep(train, args="--lr 1 --seed {1..5}")
     assert wider.sweep_id != first.sweep_id  # type: ignore[attr-defined]
-    assert params_of(sched, wider) == [{"seed": "4"}, {"seed": "5"}]
+    assert params_of(sched, wider.queued) == [{"seed": "4"}, {"seed": "5"}]
+    assert wider == [*first, *wider.queued]  # the first sweep's jobs stand for seeds 1-3
+    assert wider.already == {"queued": 3}
     table = sched.sweep(wider.sweep_id)  # type: ignore[attr-defined]
     assert list(table["seed"]) == [1, 2, 3, 4, 5]
-    assert list(table["id"]) == [*first, *wider]
+    assert list(table["id"]) == [*first, *wider.queued]
     assert list(table["status"]) == ["queued"] * 5
 
 
@@ -202,7 +215,8 @@ def test_the_list_of_sweeps_counts_combinations_another_sweep_ran(
     running.wait(first, timeout=60)
     same = running.add_sweep(train, args="--lr 0.5 --seed {3,1}", required_gpus=0.5)
     more = running.add_sweep(train, args="--lr 0.5 --seed {1..3}", required_gpus=0.5)
-    assert len(same) == 0 and len(more) == 1  # the others were done by the first
+    assert len(same.queued) == 0 and len(more.queued) == 1  # the first did the others
+    assert same == [first[1], first[0]] and more == [first[0], more.queued[0], first[1]]
     running.wait(more, timeout=60)
     rows = running.sweeps().set_index("sweep")
     for sweep, n in [(first, 2), (same, 2), (more, 3)]:
@@ -289,3 +303,49 @@ def test_sweep_table_is_a_dataframe_even_when_nothing_ran(
     assert list(df.columns) == ["lr", "status", "duration", "exit_code", "id"]
     assert df["duration"].isna().all()
     assert json.loads(df.to_json())["status"] == {"0": "queued", "1": "queued"}
+
+
+def test_a_sweep_submitted_again_returns_every_combinations_job(
+    sched: GPUJobScheduler, train: str, tmp_path: Path
+) -> None:
+    """A notebook run again after its kernel died submits its sweep again from a new
+    scheduler: it gets the ids of the jobs already there (it got ``[]``, and its
+    ``wait(ids)`` returned at once), ``.queued`` says none is new."""
+    first = sched.add_sweep(train, args="--lr {1,2} --seed {1,2}")
+    assert first.queued == first and first.already == {}
+    assert first.describe() == f"sweep {first.sweep_id}: queued 4 job(s): {', '.join(first)}"
+    sched.close()
+    kernel = make(tmp_path)  # (sched's state directory)
+    try:
+        again = kernel.add_sweep(train, args="--lr {1,2} --seed {1,2}")
+        assert again == first and again.sweep_id == first.sweep_id
+        assert again.queued == [] and again.already == {"queued": 4}
+        assert again.describe() == (
+            f"sweep {first.sweep_id}: nothing new to queue: its 4 job(s) are already there "
+            "(4 queued)"
+        )
+        assert len(kernel.jobs()) == 4
+        kernel.cancel(first[1])  # a cancelled combination is queued again, with a new id
+        third = kernel.add_sweep(train, args="--lr {1,2} --seed {1,2}")
+        assert len(third.queued) == 1 and third.queued[0] not in first
+        assert third == [first[0], third.queued[0], *first[2:]]
+        assert "4 jobs, 1 queued now, 3 already there (3 queued)" in third.describe()
+    finally:
+        kernel.close()
+
+
+def test_wait_for_a_sweep_by_its_id(running: GPUJobScheduler, train: str) -> None:
+    ids = running.add_sweep(train, args="--lr {1,2} --seed {-1,1}", required_gpus=0.5)
+    rows = running.wait(sweep=ids.sweep_id, timeout=60, progress=False)
+    assert sorted(rows["id"]) == sorted(ids)
+    assert sorted(rows["status"]) == ["failed", "failed", "succeeded", "succeeded"]
+    again = running.add_sweep(train, args="--lr {1,2} --seed {-1,1}", required_gpus=0.5)
+    rows = running.wait(sweep=again, timeout=60, progress=False)  # (what add_sweep returned)
+    assert sorted(rows["id"]) == sorted(again) and len(again.queued) == 2
+    assert set(running.sweep(ids.sweep_id)["status"]) == {"failed", "succeeded"}
+    with pytest.raises(InvalidValueError, match="not both"):
+        running.wait(ids, sweep=ids.sweep_id)
+    with pytest.raises(InvalidValueError, match="no such sweep"):
+        running.wait(sweep="sw9")
+    with pytest.raises(InvalidTypeError, match="sweep id"):
+        running.wait(sweep=3)  # type: ignore[arg-type]

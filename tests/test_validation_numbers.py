@@ -53,7 +53,8 @@ def test_numpy_numbers_are_taken_as_plain_ones(sched: GPUJobScheduler, script: s
         script, args="--x {1,2}", required_gpus=np.float64(0.25), limit=np.int16(2)
     )
     again = sched.add_sweep(script, args="--x {1,2}", required_gpus=0.25)
-    assert len(ids) == 2 and again.sweep_id == ids.sweep_id and not again
+    assert len(ids) == 2 and again.sweep_id == ids.sweep_id and not again.queued
+    assert again == ids  # (every combination's job, already there)
 
 
 @pytest.mark.parametrize(

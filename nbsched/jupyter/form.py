@@ -24,7 +24,6 @@ import ipywidgets as widgets
 from nbsched.checks import check_args, gpus_from_text
 from nbsched.errors import InvalidValueError, NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
-from nbsched.sweeps import SweepIds
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +222,8 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 raise InvalidValueError("script: give the path of the script to run")
             sweep = self.sweep.value.strip()
             if sweep:
-                ids = s.add_sweep(script, args=f"{args} {sweep}".strip(), **options)
-                text = ids.describe() if isinstance(ids, SweepIds) else f"queued {ids}"
+                swept = s.add_sweep(script, args=f"{args} {sweep}".strip(), **options)
+                ids, text = swept.queued, swept.describe()  # (the new ones; all: swept)
             else:
                 ids = [s.add_job(script, args=check_args(args), **options)]
                 text = f"queued job {ids[0]}"

@@ -133,7 +133,9 @@ class GpuschedMagics(Magics):
             check_cell_code(cell)
             script = save_cell_script(s.config.state_dir, cell)
             argv = self._split(tail, "script arguments")
-            return s.add_job(str(script), args.conda_env, argv, **job_options(args))
+            # once: the same cell run again (a notebook re-run after its kernel died)
+            # gets the job already queued, running or succeeded, not a second one.
+            return s.add_job(str(script), args.conda_env, argv, once=True, **job_options(args))
         if args.conda_env is not None:
             raise UsageError(
                 "%gpusched run: --env applies to the cell form; for a command, write "
@@ -195,8 +197,8 @@ class GpuschedMagics(Magics):
 
     def _verb_wait(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         self._require()
-        # ``wait $ids`` with ``ids == []`` (a sweep that queued nothing new) waits for no
-        # job; only ``wait`` written with no id at all means every active job.
+        # ``wait $ids`` with ``ids == []`` (an empty list) waits for no job; only
+        # ``wait`` written with no id at all (nor --sweep) means every active job.
         args.ids = args.ids or ([] if args.expanded.empty else None)
         try:
             return self._call(args)

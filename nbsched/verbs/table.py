@@ -146,7 +146,7 @@ def _retry(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
 
 def _wait(s: GPUJobScheduler, ns: argparse.Namespace) -> Any:
     progress = False if ns.no_progress else None
-    return s.wait(ns.ids, timeout=ns.timeout, progress=progress)
+    return s.wait(ns.ids, timeout=ns.timeout, progress=progress, sweep=ns.sweep)
 
 
 def _opt(*flags: str, help: str, **more: Any) -> Arg:  # noqa: A002 (argparse's name)
@@ -253,11 +253,13 @@ _TABLE = (
     Verb("wait", "block until those jobs (default: all) have ended; their rows",
          (_opt("--no-progress", action="store_true", help="no progress bar"),
           _opt("--timeout", type=seconds_type, metavar="S", help="give up after S seconds"),
+          _opt("--sweep", metavar="ID", help="every job of this sweep (its results table's)"),
           _opt("ids", nargs="*", metavar="ID",
                help="job ids (default: every active job; an empty $list: none)")),
          _wait,
-         description="Wait for those jobs (default: every queued and running one) to end; "
-         "their rows. (nbsched: exit status 0 if every one succeeded, 1 if not.)"),
+         description="Wait for those jobs (default: every queued and running one; --sweep "
+         "ID: every job of that sweep) to end; their rows. (nbsched: exit status 0 if every "
+         "one succeeded, 1 if not.)"),
     Verb("cancel", "cancel jobs (every id is checked before any is cancelled)", (_IDS,),
          _cancel, usage="%(prog)s ID [ID ...]", ids_required=True),
     Verb("retry", "queue ended jobs again (every id is checked before any is queued)",

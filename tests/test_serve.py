@@ -6,8 +6,8 @@ a line per job start and end, ``--gpu-arg`` for the jobs file's lines, and
 from __future__ import annotations
 
 import json
-import re
 import queue
+import re
 import signal
 import subprocess
 import sys

@@ -246,6 +246,8 @@ def test_add_gpus_as_the_original_meant_it(
     assert _rc([*base, "--gpus", "0,1"]) == 2
     err = capsys.readouterr().err
     assert "'0,1' is not a number of GPUs" in err and "write --allowed 0,1" in err
+    assert _rc([*base, "--gpus", "0-3,5"]) == 2
+    assert "write --allowed 0-3,5" in capsys.readouterr().err
     assert main([*base, "--gpus", "3"]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == "1"

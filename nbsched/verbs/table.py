@@ -175,7 +175,12 @@ RUN_OPTIONS = (
     _opt("--executor", choices=EXECUTORS, help="how jobs run (default direct)"),
     _opt("--ray-address", metavar="ADDR", help="with --executor ray: 'auto' or host:port"),
     _opt("--jobs-file", metavar="F", help="a jobs file to watch for new lines"),
-    _opt("--llm-config", metavar="F", help="LLM config: GPUs per --llm model"),
+    _opt(
+        "--llm-config",
+        metavar="F",
+        help="LLM config: GPUs per --llm model (with --jobs-file: ./llm_config.json where "
+        "it exists; '' for none)",
+    ),
     _opt("--max-retries", type=retries_type, metavar="N", help="re-runs of a failed job"),
     _opt(
         "--mem-threshold",

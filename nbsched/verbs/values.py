@@ -34,9 +34,9 @@ def _argument(read: Callable[[str], _T], text: str) -> _T:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-#: ``--gpus 0,1`` / ``--gpus 0-3`` / ``--gpus 0``: the original program's ``add --gpus``
-#: (the GPUs a job may use), which nbsched's ``--gpus`` (how many) refuses.
-_GPU_LIST = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)+|\d+-\d+|0+")
+#: ``--gpus 0,1`` / ``--gpus 0-3,5``: the original program's ``add --gpus`` (the GPUs a
+#: job may use), which nbsched's ``--gpus`` (how many) refuses.
+_GPU_LIST = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)+|\d+-\d+")
 
 
 def gpus_type(text: str) -> float:

@@ -191,8 +191,7 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     check = _CHECKS.get(ns.verb)
     if check is not None:
         check(ns)
-    note = gpus_note(ns) if ns.verb == "add" else None
-    if note is not None:
+    if ns.verb == "add" and (note := gpus_note(ns)):
         print(f"nbsched add: note: {note}", file=sys.stderr)
     call = VERBS[ns.verb].call
     assert call is not None  # (each CLI verb without one is handled above or in _run)
@@ -414,12 +413,9 @@ def _serving(s: GPUJobScheduler, as_json: bool, note: str | None) -> None:
     cfg = s.config
     holder = None if s.is_dispatcher else s.engine_pid
     if as_json:
-        info: dict[str, Any] = {"state_dir": str(cfg.state_dir), "pid": os.getpid()}
-        info["gpus"] = s.num_gpus
-        if holder is not None:
-            info["standby_for"] = holder
-        if note is not None:
-            info["llm_config"] = cfg.llm_config_file
+        info = {"state_dir": str(cfg.state_dir), "pid": os.getpid(), "gpus": s.num_gpus}
+        info.update({"standby_for": holder} if holder is not None else {})
+        info.update({"llm_config": cfg.llm_config_file} if note is not None else {})
         print(json.dumps({"serving": info, "provider": s.provider.name}), flush=True)
         return
     if note is not None:

@@ -37,13 +37,25 @@ def _serve(cwd: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+#: Each serve's printed lines, as its reader thread got them (one reader a process).
+_PRINTED: dict[int, queue.Queue[str]] = {}
+
+
+def _printed(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The lines ``proc`` prints, read by a thread (``select`` cannot see lines already
+    in the pipe reader's buffer)."""
+    if proc.pid not in _PRINTED:
+        got: queue.Queue[str] = queue.Queue()
+        out = proc.stdout
+        assert out is not None
+        threading.Thread(target=lambda: [got.put(x) for x in out], daemon=True).start()
+        _PRINTED[proc.pid] = got
+    return _PRINTED[proc.pid]
+
+
 def _lines_until(proc: subprocess.Popen[str], done: Any, timeout: float = 60) -> list[str]:
-    """What ``proc`` printed, line by line, until ``done(lines)`` (or the time is up).
-    (A thread reads: ``select`` cannot see lines already in the pipe's reader's buffer.)"""
-    assert proc.stdout is not None
-    got: queue.Queue[str] = queue.Queue()
-    out = proc.stdout
-    threading.Thread(target=lambda: [got.put(x) for x in out], daemon=True).start()
+    """What ``proc`` printed, line by line, until ``done(lines)`` (or the time is up)."""
+    got = _printed(proc)
     lines: list[str] = []
     end = time.monotonic() + timeout
     while not done(lines) and time.monotonic() < end:
@@ -122,6 +134,26 @@ def test_serve_json_gives_each_event(tmp_path: Path) -> None:
         ("ended", "1", "succeeded"),
     ]
     assert events[1]["exit_code"] == 0 and events[1]["duration_s"] >= 0
+
+
+def test_a_standby_serve_prints_no_job_line(tmp_path: Path) -> None:
+    """Only the dispatching engine says what it runs (two services' logs would repeat it)."""
+    state = str(tmp_path / "s")
+    first = _serve(tmp_path, "--state-dir", state)
+    assert _lines_until(first, lambda ls: len(ls) >= 1)[0].startswith("nbsched: serving")
+    second = _serve(tmp_path, "--state-dir", state)
+    try:
+        assert _lines_until(second, lambda ls: len(ls) >= 1)[0].startswith("nbsched: standby")
+        with GPUJobScheduler(config=SchedulerConfig(state_dir=Path(state))) as client:
+            jid = client.add_command("true", required_gpus=1)
+        assert _lines_until(first, _ended(1))[-1].startswith(f"job {jid} succeeded (exit 0)")
+        time.sleep(0.5)  # (three of the standby's looks)
+    finally:
+        for proc in (second, first):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    assert second.returncode == 0
+    assert _lines_until(second, lambda ls: False, timeout=2) == []
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ class JobEvent:
         if self.duration_s is not None:
             text += f" after {self.duration_s:.1f} s"
         if self.status == "queued":
-            return text + f"; retrying in {self.retry_in_s or 0:g} s"
+            return text + f"; retrying in {round(self.retry_in_s or 0, 1):g} s"
         said = f"exit code {self.exit_code}"
         if self.reason and self.status != "succeeded" and self.reason not in (said, self.status):
             text += f": {self.reason}"

@@ -394,8 +394,7 @@ def _serve(ns: argparse.Namespace) -> int:
             setattr(ns, name, os.path.abspath(getattr(ns, name)))
     cfg = engine_config(ns)
     s, note = engine_scheduler(ns, cfg)
-    stop = threading.Event()
-    events = s.job_events()  # (before the engine starts: none of its starts is missed)
+    stop, events = threading.Event(), s.job_events()  # (before start: no start missed)
     s.start()
     # (after start: starting Ray puts in signal handlers of its own)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -420,18 +419,15 @@ def _serving(s: GPUJobScheduler, as_json: bool, note: str | None) -> None:
         return
     if note is not None:
         print(f"nbsched: {note}", flush=True)
-    if holder is not None:
-        print(
-            f"nbsched: standby for {cfg.state_dir}: the engine of pid {holder} dispatches; "
-            f"this one takes over if it stops (Ctrl-C stops this one)",
-            flush=True,
-        )
-    else:
-        print(
-            f"nbsched: serving {cfg.state_dir} ({s.provider.name} GPUs: {s.num_gpus}); "
-            f"Ctrl-C stops the engine, running jobs go on",
-            flush=True,
-        )
+    standby = (
+        f"nbsched: standby for {cfg.state_dir}: the engine of pid {holder} dispatches; "
+        f"this one takes over if it stops (Ctrl-C stops this one)"
+    )
+    serving = (
+        f"nbsched: serving {cfg.state_dir} ({s.provider.name} GPUs: {s.num_gpus}); "
+        f"Ctrl-C stops the engine, running jobs go on"
+    )
+    print(standby if holder is not None else serving, flush=True)
 
 
 def _say_events(s: GPUJobScheduler, events: Sequence[Any], as_json: bool) -> None:

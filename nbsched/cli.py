@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
 from .verbs import CLI, ENGINE_OPTIONS, VERBS, verbs_of
-from .verbs.values import engine_fields
+from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,6 +191,8 @@ def _verb(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     check = _CHECKS.get(ns.verb)
     if check is not None:
         check(ns)
+    if ns.verb == "add" and (note := gpus_note(ns)):
+        print(f"nbsched add: note: {note}", file=sys.stderr)
     call = VERBS[ns.verb].call
     assert call is not None  # (each CLI verb without one is handled above or in _run)
     _SHOW[ns.verb](s, ns, call(s, ns))
@@ -381,38 +384,60 @@ def _print_active(s: GPUJobScheduler, queued: int) -> None:
         print(f"... and {queued - len(shown):,} more queued: nbsched jobs --status queued")
 
 
+#: How often ``nbsched serve`` looks for jobs that started or ended, to say so.
+SERVE_EVENTS_S = 0.1
+
+
 def _serve(ns: argparse.Namespace) -> int:
     for name in ("jobs_file", "llm_config"):  # (paths as the caller meant them)
         if getattr(ns, name):
             setattr(ns, name, os.path.abspath(getattr(ns, name)))
-    cfg = _config(ns)
-    s = GPUJobScheduler(config=cfg)
-    stop = threading.Event()
+    cfg = engine_config(ns)
+    s, note = engine_scheduler(ns, cfg)
+    stop, events = threading.Event(), s.job_events()  # (before start: no start missed)
     s.start()
     # (after start: starting Ray puts in signal handlers of its own)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    holder = None if s.is_dispatcher else s.engine_pid
-    if ns.json:
-        info = {"state_dir": str(cfg.state_dir), "pid": os.getpid(), "gpus": s.num_gpus}
-        if holder is not None:
-            info["standby_for"] = holder
-        print(json.dumps({"serving": info, "provider": s.provider.name}), flush=True)
-    elif holder is not None:
-        print(
-            f"nbsched: standby for {cfg.state_dir}: the engine of pid {holder} dispatches; "
-            f"this one takes over if it stops (Ctrl-C stops this one)",
-            flush=True,
-        )
-    else:
-        print(
-            f"nbsched: serving {cfg.state_dir} ({s.provider.name} GPUs: {s.num_gpus}); "
-            f"Ctrl-C stops the engine, running jobs go on",
-            flush=True,
-        )
-    stop.wait()
+    _serving(s, ns.json, note)
+    while not stop.wait(SERVE_EVENTS_S):
+        _say_events(s, events.read(), ns.json)
+    _say_events(s, events.read(), ns.json)
     s.close()
     return 0
+
+
+def _serving(s: GPUJobScheduler, as_json: bool, note: str | None) -> None:
+    """``serve``'s first line(s): what it serves, or whom it stands by for."""
+    cfg = s.config
+    holder = None if s.is_dispatcher else s.engine_pid
+    if as_json:
+        info = {"state_dir": str(cfg.state_dir), "pid": os.getpid(), "gpus": s.num_gpus}
+        info.update({"standby_for": holder} if holder is not None else {})
+        info.update({"llm_config": cfg.llm_config_file} if note is not None else {})
+        print(json.dumps({"serving": info, "provider": s.provider.name}), flush=True)
+        return
+    if note is not None:
+        print(f"nbsched: {note}", flush=True)
+    standby = (
+        f"nbsched: standby for {cfg.state_dir}: the engine of pid {holder} dispatches; "
+        f"this one takes over if it stops (Ctrl-C stops this one)"
+    )
+    serving = (
+        f"nbsched: serving {cfg.state_dir} ({s.provider.name} GPUs: {s.num_gpus}); "
+        f"Ctrl-C stops the engine, running jobs go on"
+    )
+    print(standby if holder is not None else serving, flush=True)
+
+
+def _say_events(s: GPUJobScheduler, events: Sequence[Any], as_json: bool) -> None:
+    """One line per job start and end, while this engine dispatches (a standby's
+    lines would repeat those of the engine that does)."""
+    if not events or not s.is_dispatcher:
+        return
+    for e in events:
+        print(json.dumps({"event": dataclasses.asdict(e)}) if as_json else e.line())
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":  # pragma: no cover

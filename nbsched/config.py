@@ -17,6 +17,7 @@ from typing import Any
 
 from .checks import (
     check_choice,
+    check_gpu_arg,
     check_number,
     check_path,
     check_patterns,
@@ -72,6 +73,9 @@ class SchedulerConfig:
     executor: str = "direct"
     jobs_file: str | None = None
     llm_config_file: str | None = None
+    #: The option each jobs-file line's job gets its local GPU indices with (``"--cuda"``:
+    #: ``--cuda 0,1`` appended, as the original program did); None: nothing appended.
+    jobs_file_gpu_arg: str | None = None
     #: A GPU whose memory (fraction) used by others is above this gets no new job.
     gpu_memory_threshold: float = 0.8
     #: A GPU whose load (0..1) from others is above this gets no new job.
@@ -114,6 +118,7 @@ class SchedulerConfig:
         check_choice("env_policy", self.env_policy, ENV_POLICIES)
         set_("env_exclude", check_patterns("env_exclude", self.env_exclude))
         self._check_files()
+        set_("jobs_file_gpu_arg", check_gpu_arg(self.jobs_file_gpu_arg, "jobs_file_gpu_arg"))
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
             set_(name, check_number(name, getattr(self, name), low=0.0, high=1.0, low_open=False))
         set_(

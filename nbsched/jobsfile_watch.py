@@ -173,6 +173,7 @@ class JobsFileWatcher:
                 allowed_gpus=line.allowed_gpus,
                 required_gpus=line.required_gpus,
                 launcher=line.launcher,
+                gpu_arg=s.config.jobs_file_gpu_arg,
                 cwd=self.base_dir,
                 hash=line.hash,
             )

@@ -22,6 +22,7 @@ from .config import SchedulerConfig
 from .dispatcher import Dispatcher
 from .engine import control
 from .engine.core import Engine
+from .engine.events import JobEvents
 from .engine.role import Helper
 from .errors import ClosedError, InvalidTypeError, InvalidValueError, NbschedError
 from .formats.llmconfig import LLMConfig
@@ -146,6 +147,13 @@ class GPUJobScheduler(Submitting):
         and ``message``; ``nbsched status`` shows them."""
         self._check_open()
         return self.store.notices(check_count("limit", limit))
+
+    def job_events(self) -> JobEvents:
+        """A reader of this state directory's job starts and ends from now on, whichever
+        process runs them: each ``read()`` returns the :class:`JobEvent` s since the last
+        (``event.line()``: ``job 12 started on GPU(s) 0,1: ...``; ``nbsched serve``'s lines)."""
+        self._check_open()
+        return JobEvents(self.store)
 
     @property
     def engine_pid(self) -> int | None:

@@ -12,6 +12,7 @@ from .typed import (
     rows_from_text,
     seconds_from_text,
     sweep_limit_from_text,
+    threshold_from_text,
     whole_from_text,
 )
 from .values import (
@@ -74,6 +75,7 @@ __all__ = [
     "rows_from_text",
     "seconds_from_text",
     "sweep_limit_from_text",
+    "threshold_from_text",
     "to_float",
     "whole_from_text",
 ]

@@ -15,6 +15,7 @@ from ..formats.gpulist import MAX_GPU_ID
 from .values import (
     INT64,
     check_count,
+    check_number,
     check_priority,
     check_requirement,
     check_retries,
@@ -135,3 +136,15 @@ def seconds_from_text(text: str) -> float:
         return math.inf if seconds is None else seconds
 
     return _typed(text, _read(text, float), rule, "seconds >= 0", quote=True)
+
+
+def threshold_from_text(text: str) -> float:
+    """``--mem-threshold`` / ``--load-threshold`` (the original program's flags) typed as
+    a word: a fraction from 0 to 1, the rule of the config's ``gpu_*_threshold``."""
+    return _typed(
+        text,
+        _read(text, float),
+        lambda v: check_number("threshold", v, low=0.0, high=1.0, low_open=False),
+        "a fraction of the GPU from 0 to 1 (0.8: 80 %)",
+        quote=False,
+    )

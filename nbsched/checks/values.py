@@ -284,16 +284,17 @@ def check_word(name: str, value: object, accepted: str, *, blank: bool = True) -
     return no_nul(name, value)
 
 
-def check_gpu_arg(gpu_arg: object) -> str | None:
-    """The option a job's GPU ids are passed with (``"--cuda"``), or None."""
+def check_gpu_arg(gpu_arg: object, name: str = "gpu_arg") -> str | None:
+    """The option a job's GPU ids are passed with (``"--cuda"``), or None; ``name``: the
+    field it comes as (``jobs_file_gpu_arg``: the config's, for the jobs file's lines)."""
     if gpu_arg is None:
         return None
-    accepted = f"gpu_arg={gpu_arg!r}: expected an option such as '--cuda'"
+    accepted = f"{name}={gpu_arg!r}: expected an option such as '--cuda'"
     if not isinstance(gpu_arg, str):
         raise InvalidTypeError(accepted)
     if not gpu_arg.startswith("-"):
         raise InvalidValueError(accepted)
-    return no_nul("gpu_arg", gpu_arg)
+    return no_nul(name, gpu_arg)
 
 
 # -- GPU ids ------------------------------------------------------------------------------

@@ -11,4 +11,6 @@
   store, so other processes validate and explain jobs as it would;
 * :mod:`~nbsched.engine.registry`: which GPU provider and executors a config names;
 * :mod:`~nbsched.engine.control`: cancelling a job and queueing it again, from any process.
+* :mod:`~nbsched.engine.events`: the jobs' starts and ends since a reader's last look
+  (``GPUJobScheduler.job_events()``, ``nbsched serve``'s lines), from the change feed.
 """

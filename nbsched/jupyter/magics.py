@@ -21,7 +21,7 @@ from nbsched.config import SchedulerConfig
 from nbsched.errors import NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
 from nbsched.verbs.table import job_options
-from nbsched.verbs.values import engine_fields
+from nbsched.verbs.values import engine_config, engine_scheduler
 
 from .parsing import check_cell_code, expand_vars, save_cell_script, split_dashdash
 from .verbs import (
@@ -45,6 +45,7 @@ class GpuschedMagics(Magics):
     def __init__(self, shell: Any = None) -> None:
         super().__init__(shell)  # type: ignore[no-untyped-call]
         self.scheduler: GPUJobScheduler | None = None
+        self._started_with: SchedulerConfig | None = None  # the config `start` was given
         self._forms: list[Any] = []  # the open forms made here (closed ones are dropped)
         self._dashboard: Any = None  # the newest dashboard: the only one refreshing
 
@@ -97,10 +98,10 @@ class GpuschedMagics(Magics):
     # -- the verbs that do more than the table's call ---------------------------------------
 
     def _verb_start(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
-        config = SchedulerConfig(**engine_fields(args))
+        config = engine_config(args)
         current = self.scheduler
         if current is not None:
-            if current.running and current.config == config:
+            if current.running and self._started_with == config:
                 return current
             if current.running:
                 raise UsageError(
@@ -108,14 +109,16 @@ class GpuschedMagics(Magics):
                     "run %gpusched stop first to start another"
                 )
             self.shutdown()
-        s = GPUJobScheduler(config=config)
+        s, llm_note = engine_scheduler(args, config)
         try:
             with provider_choice_shown_by_caller():  # (said below, not also as a warning)
                 s.start()
         except BaseException:
             s.close()
             raise
-        self.scheduler = s
+        self.scheduler, self._started_with = s, config
+        if llm_note is not None:
+            print(f"nbsched: {llm_note}")
         if config.gpu_provider == "auto" and s.provider.name == "simulated":
             note = getattr(s.provider, "selection_note", "") or "using simulated GPUs"
             print(f"nbsched: {note}")

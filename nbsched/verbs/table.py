@@ -33,6 +33,7 @@ from .values import (
     retries_type,
     rows_type,
     seconds_type,
+    threshold_type,
 )
 
 CLI = "cli"
@@ -174,8 +175,33 @@ RUN_OPTIONS = (
     _opt("--executor", choices=EXECUTORS, help="how jobs run (default direct)"),
     _opt("--ray-address", metavar="ADDR", help="with --executor ray: 'auto' or host:port"),
     _opt("--jobs-file", metavar="F", help="a jobs file to watch for new lines"),
-    _opt("--llm-config", metavar="F", help="LLM config: GPUs per --llm model"),
+    _opt(
+        "--llm-config",
+        metavar="F",
+        help="LLM config: GPUs per --llm model (with --jobs-file: ./llm_config.json where "
+        "it exists; '' for none)",
+    ),
     _opt("--max-retries", type=retries_type, metavar="N", help="re-runs of a failed job"),
+    _opt(
+        "--mem-threshold",
+        type=threshold_type,
+        metavar="F",
+        help="a GPU whose memory is used above this fraction by others gets no new job "
+        "(default 0.8)",
+    ),
+    _opt(
+        "--load-threshold",
+        type=threshold_type,
+        metavar="F",
+        help="a GPU whose load from others is above this fraction gets no new job (default 0.8)",
+    ),
+    _opt(
+        "--gpu-arg",
+        dest="jobs_file_gpu_arg",
+        metavar="OPTION",
+        help="with --jobs-file: append each line's local GPU indices with this option "
+        "(--gpu-arg=--cuda: --cuda 0,1, as the original program did)",
+    ),
 )
 
 JOB_OPTIONS = (

@@ -9,11 +9,13 @@ One copy, so ``nbsched`` and ``%gpusched`` cannot drift apart again.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from nbsched import checks
+from nbsched.config import SchedulerConfig
 from nbsched.errors import InvalidTypeError, InvalidValueError
 from nbsched.scheduler import GPUJobScheduler
 
@@ -32,9 +34,32 @@ def _argument(read: Callable[[str], _T], text: str) -> _T:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: ``--gpus 0,1`` / ``--gpus 0-3,5``: the original program's ``add --gpus`` (the GPUs a
+#: job may use), which nbsched's ``--gpus`` (how many) refuses.
+_GPU_LIST = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)+|\d+-\d+")
+
+
 def gpus_type(text: str) -> float:
-    """A GPU requirement: a fraction in (0, 1] or a whole number."""
+    """A GPU requirement: a fraction in (0, 1] or a whole number.  A GPU list is
+    refused with a pointer to ``--allowed`` (the original's ``--gpus``)."""
+    if _GPU_LIST.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of GPUs: --gpus is how many a job needs; for the "
+            f"GPUs it may use (the original program's --gpus), write --allowed {text.strip()}"
+        )
     return _argument(checks.gpus_from_text, text)
+
+
+def gpus_note(ns: Any) -> str | None:
+    """A note for ``add --gpus N`` (N whole, 2 or more, and no ``--allowed``): the
+    original program's ``add --gpus 3`` meant "only GPU 3", nbsched's means 3 GPUs."""
+    gpus, allowed = getattr(ns, "gpus", None), getattr(ns, "allowed", None)
+    if gpus is None or allowed is not None or gpus < 2:
+        return None
+    return (
+        f"--gpus {gpus:g}: the job needs {gpus:g} whole GPUs (to run it on GPU {gpus:g} "
+        f"only, as the original program's add --gpus {gpus:g} did, write --allowed {gpus:g})"
+    )
 
 
 def count_type(text: str) -> int:
@@ -69,6 +94,11 @@ def priority_type(text: str) -> int:
 
 def seconds_type(text: str) -> float:
     return _argument(checks.seconds_from_text, text)
+
+
+def threshold_type(text: str) -> float:
+    """``--mem-threshold`` / ``--load-threshold``: a fraction from 0 to 1."""
+    return _argument(checks.threshold_from_text, text)
 
 
 def interval_type(text: str) -> float:
@@ -154,11 +184,42 @@ def engine_fields(ns: Any) -> dict[str, Any]:
             f"--ray-address {ray_address} applies to --executor ray: only with --executor ray "
             f"is it used (the executor would be {executor or 'direct'}); add --executor ray"
         )
+    if getattr(ns, "jobs_file_gpu_arg", None) is not None and not getattr(ns, "jobs_file", None):
+        raise InvalidValueError(
+            f"--gpu-arg {ns.jobs_file_gpu_arg} applies to the jobs file's lines: add --jobs-file F "
+            "(for one job: nbsched add --gpu-arg OPTION)"
+        )
     names = {"state_dir": "state_dir", "executor": "executor", "jobs_file": "jobs_file"}
     names.update(llm_config="llm_config_file", ray_address="ray_address")
-    names.update(max_retries="max_retries")
+    names.update(max_retries="max_retries", jobs_file_gpu_arg="jobs_file_gpu_arg")
+    names.update(mem_threshold="gpu_memory_threshold", load_threshold="gpu_load_threshold")
     for flag, field in names.items():
         value = getattr(ns, flag, None)
         if value is not None:  # ('' is refused by the config, not taken as unset)
             fields[field] = value
     return fields
+
+
+def engine_config(ns: Any) -> SchedulerConfig:
+    """The config of the engine options as given (``--llm-config ''``: none)."""
+    fields = engine_fields(ns)
+    if fields.get("llm_config_file") == "":
+        del fields["llm_config_file"]
+    return SchedulerConfig(**fields)
+
+
+def engine_scheduler(ns: Any, config: SchedulerConfig) -> tuple[GPUJobScheduler, str | None]:
+    """The scheduler ``start`` and ``serve`` make of ``config`` (:func:`engine_config`),
+    and a note to show, if any.  With a jobs file and no ``--llm-config``, it is the
+    original program's call, which reads ``./llm_config.json`` where it exists (the
+    note says so); ``--llm-config ''`` reads none."""
+    if not config.jobs_file or getattr(ns, "llm_config", None) is not None:
+        return GPUJobScheduler(config=config), None
+    s = GPUJobScheduler(jobs_file_path=config.jobs_file, config=config)
+    found = s.config.llm_config_file
+    if found is None:
+        return s, None
+    return s, (
+        f"reading the LLM config {found} (found in the current folder, as the original "
+        "program did; --llm-config F names another, --llm-config '' none)"
+    )

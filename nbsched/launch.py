@@ -147,8 +147,30 @@ class SubmitterEnv:
 def capture_env(exclude: Sequence[str], environ: Mapping[str, str] | None = None) -> SubmitterEnv:
     """This process's environment (or ``environ``) as its jobs will start from it,
     without the variables whose names match one of ``exclude`` (shell wildcards, case
-    ignored).  Called once per submission, not per job: a sweep's jobs share it."""
-    env = dict(os.environ if environ is None else environ)
+    ignored).  Called once per submission, not per job: a sweep's jobs share it.
+
+    This process's own is captured again only when it changed since the last call
+    (compared as the raw bytes ``os.environ`` keeps, a plain ``dict`` comparison): an
+    ``add_command`` in a loop must not encode and hash the whole environment each time.
+    """
+    raw = getattr(os.environ, "_data", None) if environ is None else None
+    if isinstance(raw, dict):
+        last = _LAST_CAPTURE.get(tuple(exclude))
+        if last is not None and last[0] == raw:
+            return last[1]
+        snapshot = dict(raw)
+        found = _capture(exclude, os.environ)
+        _LAST_CAPTURE[tuple(exclude)] = (snapshot, found)
+        return found
+    return _capture(exclude, os.environ if environ is None else environ)
+
+
+#: exclude patterns -> (the raw environment last captured, what it gave); a few entries
+_LAST_CAPTURE: dict[tuple[str, ...], tuple[dict[bytes, bytes], SubmitterEnv]] = {}
+
+
+def _capture(exclude: Sequence[str], environ: Mapping[str, str]) -> SubmitterEnv:
+    env = dict(environ)
     secret = _matcher(tuple(exclude))
     withheld = sorted(k for k in env if secret(k))
     for name in withheld:

@@ -52,6 +52,7 @@ class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart):
     def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = db_path
         self._db = Database(db_path, busy_timeout_s)
+        self._environments = {}
 
     def close(self) -> None:
         self._db.close()

@@ -68,6 +68,9 @@ def _marks(n: int) -> str:
 class JobsPart(StorePart):
     """Adding, reading and moving jobs."""
 
+    #: environment hash -> its row's number, for the rows this store's commits stored
+    _environments: dict[str, int]
+
     def add_jobs_at(
         self,
         specs: Iterable[JobSpec],
@@ -101,7 +104,7 @@ class JobsPart(StorePart):
         out: list[Job | None] = []
         with self._db.write() as conn:
             rev = bump_rev(conn)
-            env_key = None if environment is None else _environment_id(conn, environment)
+            env_key = None if environment is None else self._environment_id(conn, environment)
             new_job = rows.new_jobs(now, owner_uid, executor, env_key)
             for chunk in _batches(specs, _ROWS):
                 keep = self._kept(conn, chunk, skip, seen)
@@ -112,7 +115,16 @@ class JobsPart(StorePart):
                     new_job(next(new), spec) if k else None
                     for spec, k in zip(chunk, keep, strict=True)
                 ]
+        if environment is not None and env_key is not None:
+            self._environments[environment.key] = env_key  # (committed: safe to remember)
         return rev, out
+
+    def _environment_id(self, conn: sqlite3.Connection, environment: SubmitterEnv) -> int:
+        """The number of ``environment``'s row: remembered once a submission of this
+        store committed it (rows of ``environments`` are never removed), else looked up
+        or added (two statements: most of an ``add_command``'s time in the store)."""
+        known = self._environments.get(environment.key)
+        return _environment_id(conn, environment) if known is None else known
 
     @staticmethod
     def _kept(

@@ -44,8 +44,10 @@ def _stays_queued(s: GPUJobScheduler, job_id: str, seconds: float = 1.0) -> None
 def test_a_held_job_never_starts_until_released(make_sched: MakeSched) -> None:
     s = make_sched(start=True, num_gpus=1)
     s.pause_gpu(0)
-    a = s.add_command("sleep 30")
+    a, b = s.add_command("sleep 30"), s.add_command("true")
     assert s.hold(a) == [a]
+    assert f"job {a}" not in s.why(b)  # (a held job is not ahead of any)
+    s.cancel(b)
     s.resume_gpu(0)  # (the GPU is free: only the hold keeps the job back)
     _stays_queued(s, a)
     row = s.job(a)

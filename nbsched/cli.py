@@ -26,7 +26,7 @@ from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
 from .verbs import CLI, ENGINE_OPTIONS, VERBS, verbs_of
-from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note
+from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note, show_ids
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -313,6 +313,8 @@ _SHOW: dict[str, Callable[[GPUJobScheduler, argparse.Namespace, Any], None]] = {
     "resume": _show_paused,
     "logs": _show_log,
     "screens": _show_screens,
+    "drain": _show_frame,
+    **dict.fromkeys(("hold", "release", "priority"), show_ids),
 }
 
 

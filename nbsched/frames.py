@@ -35,6 +35,7 @@ JOB_COLUMNS = (
     "sweep",
     "node",
     "reason",
+    "held",
 )
 
 #: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
@@ -147,6 +148,7 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "sweep": job.spec.sweep,
         "node": job.node,
         "reason": job.reason,
+        "held": job.held,
     }
 
 
@@ -206,6 +208,7 @@ _JOB_DTYPES: dict[str, Any] = {
     "attempts": "int64",
     "exit_code": "Int64",
     "gpus": object,
+    "held": "bool",
 }
 
 

@@ -121,6 +121,9 @@ class Job:
     #: The number of the submitter's stored environment the job starts from (see
     #: :func:`nbsched.launch.capture_env`); None: the engine's.
     environment: int | None = None
+    #: Held by its owner (:meth:`~nbsched.scheduler.GPUJobScheduler.hold`): a queued
+    #: job that no dispatcher starts until it is released.
+    held: bool = False
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-field

@@ -27,6 +27,8 @@ from .store import Store
 #: How long reasons worked out at one store revision are kept (for the GPUs' changes).
 MAX_AGE_S = 1.0
 
+#: What :meth:`Why.why` says of a held job.
+HELD = "held (release it with release(...))"
 NO_ENGINE = " (no engine runs on this state directory: nothing starts until one does)"
 
 
@@ -98,6 +100,8 @@ class Why:
         job = self._store.get(job_id)
         if job.status != JobStatus.QUEUED:
             return f"job {job.id} is {job.status.value}"
+        if job.held:
+            return HELD
         reason = self.reason(job)
         if self._engine_pid() is None:
             reason += NO_ENGINE
@@ -126,4 +130,4 @@ class Why:
         return answers[job.id]
 
 
-__all__ = ["MAX_AGE_S", "NO_ENGINE", "Why"]
+__all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why"]

@@ -33,6 +33,7 @@ DTYPES = {
     "exit_code": "Int64",
     **dict.fromkeys(["submitted", "started", "ended"], pd.DatetimeTZDtype("ns", local_zone())),
     "gpus": object,
+    "held": "bool",
 }
 
 

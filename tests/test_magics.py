@@ -551,6 +551,9 @@ def test_every_verb_needs_a_scheduler(ip: InteractiveShell, verb: str) -> None:
         "pause": "0",
         "resume": "0",
         "why": "1",
+        "hold": "1",
+        "release": "1",
+        "priority": "0 1",
     }
     line = f"{verb} {args.get(verb, '')}"
     if verb in ("run", "sweep"):

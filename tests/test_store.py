@@ -465,9 +465,10 @@ def _columns(db: Path) -> dict[str, tuple[Any, ...]]:
     return {name: (type_, notnull, default, pk) for _, name, type_, notnull, default, pk in info}
 
 
-#: The job columns added since schema 1's table, each nullable (ALTER TABLE adds them to
-#: an old database at open; older versions name their columns and do not see them).
-_ADDED = {"environment": ("INTEGER", 0, None, 0)}
+#: The job columns added since schema 1's table, each nullable or with a default (ALTER
+#: TABLE adds them to an old database at open; older versions name their columns and do
+#: not see them).
+_ADDED = {"environment": ("INTEGER", 0, None, 0), "held": ("INTEGER", 1, "0", 0)}
 
 
 def test_the_derived_jobs_table_is_schema_1s(state: Path) -> None:

@@ -163,6 +163,8 @@ class QueueCache:
                     continue  # queued here as it still is (taken from the offers)
                 if entry is not None or self.running or self.backoff_until:
                     self.forget(str(seq))
+                if change.held:
+                    continue  # (held: out of the queue until a release brings it back)
                 fresh.append(Queued.read(change))
                 continue
             job_id = str(seq)
@@ -178,7 +180,9 @@ class QueueCache:
             self.forget(job.id)
             if job.status == JobStatus.RUNNING:
                 self.running[job.id] = job
-            elif job.status == JobStatus.QUEUED:  # (queued again since the feed's read)
+            elif (
+                job.status == JobStatus.QUEUED and not job.held
+            ):  # (queued again since the feed's read)
                 fresh.append(Queued.of(job, -1))  # (read again when the feed has it)
         self._learn(fresh, now, mono)
 
@@ -211,7 +215,7 @@ class QueueCache:
         out, stale = [], False
         for seq, placement in zip(seqs, placements, strict=True):
             job = found.get(seq)
-            if job is None or job.status != JobStatus.QUEUED:
+            if job is None or job.status != JobStatus.QUEUED or job.held:
                 self.forget(placement.job_id, running=False)
                 stale = True
             else:

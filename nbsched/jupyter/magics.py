@@ -224,6 +224,16 @@ class GpuschedMagics(Magics):
         ids = self._call(args)
         return ids[0] if len(ids) == 1 else ids
 
+    def _verb_hold(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        """``hold``, ``release``, ``priority``: the ids changed (one: that id)."""
+        self._require()
+        if not self._some_ids(args, args.verb):
+            return []
+        ids = self._call(args)
+        return ids[0] if len(ids) == 1 else ids
+
+    _verb_release = _verb_priority = _verb_hold
+
     def _verb_stop(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
         s = self._require()
         s.stop(kill=args.kill)

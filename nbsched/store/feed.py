@@ -46,6 +46,8 @@ class Queueing(NamedTuple):
     #: The status as stored (a :class:`JobStatus` value).
     status: str
     token: str | None
+    #: Whether the job is held (a held queued job is no dispatcher's to start).
+    held: int
 
 
 class QueueFeed(NamedTuple):
@@ -129,11 +131,13 @@ class FeedPart(StorePart):
         ]
         ranges.append(("rev > ?", (bounds[-1],)))
         cols = "priority, seq, required_gpus, allowed_gpus, not_before, attempts, rev, status"
-        sql = " UNION ALL ".join(f"SELECT {cols}, token FROM jobs WHERE {w}" for w, _ in ranges)
+        sql = " UNION ALL ".join(
+            f"SELECT {cols}, token, held FROM jobs WHERE {w}" for w, _ in ranges
+        )
         # (the revision and the pauses: rows whose status is NULL, told apart by seq)
         found = self._db.read(
-            f"{sql} UNION ALL SELECT 0, 0, 0, 0, 0, 0, CAST(value AS INTEGER), NULL, NULL "
-            "FROM meta WHERE key = 'rev' UNION ALL SELECT 0, 1, 0, 0, 0, 0, gpu, NULL, NULL "
+            f"{sql} UNION ALL SELECT 0, 0, 0, 0, 0, 0, CAST(value AS INTEGER), NULL, NULL, 0 "
+            "FROM meta WHERE key = 'rev' UNION ALL SELECT 0, 1, 0, 0, 0, 0, gpu, NULL, NULL, 0 "
             "FROM gpu_pauses",
             [p for _, params in ranges for p in params],
         )

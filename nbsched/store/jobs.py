@@ -368,6 +368,34 @@ class JobsPart(StorePart):
             assignments = ", ".join(f"{k} = ?" for k in cols)
             conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))
 
+    def change_queued(
+        self,
+        job_id: object,
+        *,
+        held: bool | None = None,
+        priority: int | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Hold or release a queued job (setting its ``reason``), or give it another
+        ``priority``, atomically: False (nothing changed) when it is no longer queued.
+        The new revision brings the change to every dispatcher's queue."""
+        seq = parse_job_id(job_id)
+        cols: dict[str, Any] = {}
+        if held is not None:
+            cols["held"], cols["reason"] = int(held), reason
+        if priority is not None:
+            cols["priority"] = priority
+        with self._db.write() as conn:
+            queued = conn.execute(
+                "SELECT 1 FROM jobs WHERE seq = ? AND status = 'queued'", (seq,)
+            ).fetchone()
+            if queued is None:
+                return False
+            cols["rev"] = bump_rev(conn)
+            assignments = ", ".join(f"{k} = ?" for k in cols)
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))
+        return True
+
     def allocation(self) -> dict[int, float]:
         """GPU index -> fraction booked by running jobs, derived from the jobs table."""
         alloc: dict[int, float] = {}

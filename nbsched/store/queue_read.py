@@ -70,10 +70,10 @@ class QueueReadPart(StorePart):
     """The queued jobs in dispatch order (priority, then submission)."""
 
     def queued_ahead(self, priority: int, seq: int, page: int | None = None) -> Iterator[Job]:
-        """The queued jobs that come before ``(priority, seq)`` in dispatch order,
-        light (:func:`light_job`), read ``page`` (:data:`PAGE`) rows at a time: a
-        caller that stops early reads no more.  Each page is its own snapshot (as for
-        a status).
+        """The queued jobs that come before ``(priority, seq)`` in dispatch order
+        (but the held ones, which no dispatcher starts), light (:func:`light_job`),
+        read ``page`` (:data:`PAGE`) rows at a time: a caller that stops early reads
+        no more.  Each page is its own snapshot (as for a status).
 
         The queue is walked one priority at a time, each by ``seq``: a page is one
         seek in the index (a condition on ``(priority, seq)`` together would make
@@ -83,7 +83,7 @@ class QueueReadPart(StorePart):
         while level is not None and level <= priority:
             after = 0
             while True:
-                cond = "status = ? AND priority = ? AND seq > ?"
+                cond = "status = ? AND priority = ? AND seq > ? AND NOT held"
                 params: list[Any] = [JobStatus.QUEUED.value, level, after]
                 if level == priority:
                     cond += " AND seq < ?"

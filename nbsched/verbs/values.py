@@ -9,6 +9,7 @@ One copy, so ``nbsched`` and ``%gpusched`` cannot drift apart again.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 from collections.abc import Callable, Sequence
@@ -171,6 +172,12 @@ def checked_ids(s: GPUJobScheduler, ids: Sequence[str], *, ended: bool = False) 
         if ended and status in ("queued", "running"):
             raise InvalidValueError(f"job {job_id} is {status}; only ended jobs retry")
     return unique
+
+
+def show_ids(s: GPUJobScheduler, ns: Any, ids: list[str]) -> None:
+    """How ``nbsched hold``/``release``/``priority`` print the jobs they changed (a line
+    each; ``--json``: ``{"hold": [ids]}``): kept here, ``cli.py`` being full."""
+    print(json.dumps({ns.verb: ids}) if ns.json else "\n".join(ids))
 
 
 def engine_fields(ns: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The Ray cluster nbsched runs jobs on: joining it, and numbering its GPUs.
 
-Ray is an optional extra (``pip install 'nbsched[ray]'``); nothing here imports it
+Ray is an optional extra (``pip install -e '.[ray]'`` from a checkout); nothing here imports it
 until a scheduler with ``executor="ray"`` needs it, and then a missing Ray raises
 :class:`~nbsched.errors.NotSupportedError` naming that command.
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 RAY_MISSING = (
     "executor='ray' needs Ray, which is not installed in this Python environment: "
-    "pip install 'nbsched[ray]'"
+    "pip install 'ray>=2.40' (from a checkout of nbsched: pip install -e '.[ray]')"
 )
 
 #: GPUs a local Ray declares when the config names no ``num_gpus``.

@@ -336,7 +336,8 @@ print("running:", s.running, "queued:", s.counts()["queued"])
         lines[:2]
         == [
             "ERROR: executor='ray' needs Ray, which is not installed in this Python "
-            "environment: pip install 'nbsched[ray]'"
+            "environment: pip install 'ray>=2.40' (from a checkout of nbsched: pip install "
+            "-e '.[ray]')"
         ]
         * 2
     )

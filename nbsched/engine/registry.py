@@ -29,7 +29,7 @@ def make_gpu_provider(
         from ..gpus.ray_provider import RayGpuProvider
         from ..raycluster import cluster_for, import_ray
 
-        import_ray()  # NotSupportedError naming `pip install 'nbsched[ray]'`
+        import_ray()  # NotSupportedError naming how to install Ray
         return RayGpuProvider(cluster_for(config.ray_address, config.num_gpus))
     return make_provider(
         config.gpu_provider,

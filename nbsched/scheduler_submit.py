@@ -17,7 +17,8 @@ from typing import Any
 
 from .config import SchedulerConfig
 from .engine.core import Engine
-from .formats.jobsfile import JobLine, JobsFileLineError, LineError, parse_line
+from .formats.jobsfile import JobLine, LineError
+from .formats.jobsfile_reader import parse_lines
 from .formats.llmconfig import LLMConfig
 from .jobs import JobSpec, JobStatus, job_hash
 from .jobsfile_watch import ALL_STATUSES, JobsFileWatcher
@@ -292,17 +293,7 @@ class _GivenLines:
         self.lines = list(lines)
 
     def read_new(self) -> tuple[list[JobLine], list[LineError]]:
-        good: list[JobLine] = []
-        bad: list[LineError] = []
-        for no, text in enumerate(self.lines, 1):
-            try:
-                line = parse_line(text, no, self.path)
-            except JobsFileLineError as exc:
-                bad.append(exc.error)
-                continue
-            if line is not None:
-                good.append(line)
-        return good, bad
+        return parse_lines(self.lines, self.path)
 
 
 __all__ = ["Submitting"]

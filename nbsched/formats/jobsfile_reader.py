@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from typing import BinaryIO
 
 from .jobsfile import JobLine, JobsFileLineError, LineError, parse_line
@@ -131,13 +132,29 @@ class JobsFileReader:
             reason = f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
             errors.append(LineError(self.path, line_no, shown, reason))
             return
-        try:
-            job = parse_line(text, line_no, self.path)
-        except JobsFileLineError as exc:
-            errors.append(exc.error)
-            return
-        if job is not None:
-            jobs.append(job)
+        _parse_into(text, line_no, self.path, jobs, errors)
+
+
+def parse_lines(lines: Iterable[str], path: str) -> tuple[list[JobLine], list[LineError]]:
+    """The jobs and the line errors of given lines of text (numbered from 1), as a
+    reader of ``path`` would find them in the file."""
+    jobs: list[JobLine] = []
+    errors: list[LineError] = []
+    for line_no, text in enumerate(lines, 1):
+        _parse_into(text, line_no, path, jobs, errors)
+    return jobs, errors
+
+
+def _parse_into(
+    text: str, line_no: int, path: str, jobs: list[JobLine], errors: list[LineError]
+) -> None:
+    try:
+        job = parse_line(text, line_no, path)
+    except JobsFileLineError as exc:
+        errors.append(exc.error)
+        return
+    if job is not None:
+        jobs.append(job)
 
 
 def read_jobs_file(path: str | os.PathLike[str]) -> tuple[list[JobLine], list[LineError]]:
@@ -146,4 +163,4 @@ def read_jobs_file(path: str | os.PathLike[str]) -> tuple[list[JobLine], list[Li
     return reader.read_new()
 
 
-__all__ = ["JobsFileReader", "read_jobs_file"]
+__all__ = ["JobsFileReader", "parse_lines", "read_jobs_file"]

@@ -6,10 +6,16 @@ import name every engine module.  Run alone with ``pytest -m limits tests/test_l
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 from test_layers import FRONT_ENDS, PUBLIC
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # (the test extra brings tomli there)
+    import tomli as tomllib
 
 pytestmark = pytest.mark.limits
 
@@ -92,7 +98,6 @@ def test_the_check_sees_functions() -> None:
 def test_the_linter_bans_every_engine_module_in_the_front_ends() -> None:
     """ruff's lists (pyproject.toml for nbsched/cli.py and demo.py, the ruff.toml of
     jupyter/, verbs/ and compat/) name each engine module: a new one is banned there too."""
-    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
     engine = (
         {
             f"nbsched.{p.stem}"

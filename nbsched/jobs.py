@@ -77,6 +77,8 @@ class JobSpec:
     sweep: str | None = None
     params: Mapping[str, Any] | None = None
     hash: str | None = None
+    #: GPU memory asked for (MiB, on each of its GPUs): it starts only where that is free.
+    gpu_memory_request: float | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per
@@ -124,6 +126,11 @@ class Job:
     #: Held by its owner (:meth:`~nbsched.scheduler.GPUJobScheduler.hold`): a queued
     #: job that no dispatcher starts until it is released.
     held: bool = False
+    #: What earlier runs of its kind peaked at (MiB), looked up at submission
+    #: (:mod:`nbsched.gpus.peaks`): its charge where it has no request.
+    gpu_memory_learned: float | None = None
+    #: The most GPU memory (MiB, on one GPU) seen held by this job's processes.
+    gpu_memory_peak: float | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-field

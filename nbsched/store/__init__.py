@@ -24,6 +24,7 @@ from .attempts import AttemptEnd, AttemptsPart, AttemptStart
 from .connection import Database
 from .feed import Change, ChangeFeed, FeedPart
 from .jobs import JobsPart
+from .memory import MemoryPart
 from .meta import SWEEP_PREFIX, MetaPart
 from .queue_read import QueueReadPart
 from .rows import SETTABLE, TABLE_COLUMNS, parse_job_id
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart):
+class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart, MemoryPart):
     """One process's store on ``state.db``, shared by its threads."""
 
     def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from functools import partial
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from .base import GpuProcess, GpuSnapshot

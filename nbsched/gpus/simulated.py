@@ -369,6 +369,8 @@ def _job_processes(
         if not 0 <= g < len(gpus):
             continue
         used[g] = used.get(g, 0.0) + job.share
+        if job.pid is None:  # (its start not recorded yet: its share is used, no pid shown)
+            continue
         mb = reported if reported is not None else job.share * gpus[g].memory_total_mb
         ours.setdefault(g, []).append(GpuProcess(g, job.pid, min(mb, gpus[g].memory_total_mb)))
 

@@ -36,6 +36,9 @@ JOB_COLUMNS = (
     "node",
     "reason",
     "held",
+    "gpu_memory_request",
+    "gpu_memory",
+    "gpu_memory_peak",
 )
 
 #: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
@@ -48,6 +51,9 @@ GPU_COLUMNS = (
     "allocated",
     "paused",
     "jobs",
+    "memory_jobs",
+    "memory_others",
+    "who",
 )
 
 
@@ -149,6 +155,9 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "node": job.node,
         "reason": job.reason,
         "held": job.held,
+        "gpu_memory_request": job.spec.gpu_memory_request,
+        "gpu_memory": None,  # (current: filled in by the scheduler for a running job)
+        "gpu_memory_peak": job.gpu_memory_peak,
     }
 
 
@@ -190,6 +199,8 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
             values = _commands(raw)
         elif col == "gpus":
             values = _json_lists(raw["gpus"])
+        elif col == "gpu_memory":  # (current: filled in by the scheduler)
+            values = [None] * len(raw["seq"])
         else:
             values = raw[_FROM_TABLE.get(col, col)]
             if col == "id":
@@ -209,6 +220,9 @@ _JOB_DTYPES: dict[str, Any] = {
     "exit_code": "Int64",
     "gpus": object,
     "held": "bool",
+    "gpu_memory_request": "float64",
+    "gpu_memory": "float64",
+    "gpu_memory_peak": "float64",
 }
 
 
@@ -293,6 +307,10 @@ def gpu_frame(
             "allocated": round(alloc.get(s.index, 0.0), 4),
             "paused": s.index in paused,
             "jobs": on.get(s.index, []),
+            # (who holds the memory: filled in by the scheduler, see scheduler_memory)
+            "memory_jobs": None,
+            "memory_others": None,
+            "who": None,
             **({"node": s.node} if s.node else {}),
         }
         for s in snapshots

@@ -32,6 +32,7 @@ from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .scheduler_control import Controlling
+from .scheduler_memory import MemoryViews
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
 from .submitter import EngineSubmitter
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling):
+class GPUJobScheduler(Submitting, Controlling, MemoryViews):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -211,7 +212,7 @@ class GPUJobScheduler(Submitting, Controlling):
         out: list[Helper] = []
         if self.config.jobs_file:
             out.append(JobsFileWatcher(self._submitter()).start())
-        return out
+        return [*out, self._memory_watch.start()]
 
     def _llm_config_error(self, message: str) -> None:
         """A bad new version of the LLM config: kept where ``nbsched status`` shows it."""
@@ -360,7 +361,7 @@ class GPUJobScheduler(Submitting, Controlling):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(rows)
+        return self._with_memory(frames.jobs_frame(rows))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -373,7 +374,7 @@ class GPUJobScheduler(Submitting, Controlling):
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
-        return frames.job_row(self.store.get(job_id))
+        return self._with_memory_row(frames.job_row(self.store.get(job_id)))
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
@@ -386,11 +387,8 @@ class GPUJobScheduler(Submitting, Controlling):
     def get_gpu_status(self) -> pd.DataFrame:
         """One row per GPU: readings, allocation, pause and the jobs on it."""
         self._check_open()
-        return frames.gpu_frame(
-            self.monitor.snapshot(),
-            self.store.find(statuses=[JobStatus.RUNNING]),
-            self.store.paused(),
-        )
+        running, paused = self.store.find(statuses=[JobStatus.RUNNING]), self.store.paused()
+        return self._with_gpu_memory(frames.gpu_frame(self.monitor.snapshot(), running, paused))
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """How many jobs are in each status (of a sweep: one per combination it queued)."""

@@ -34,6 +34,7 @@ DTYPES = {
     **dict.fromkeys(["submitted", "started", "ended"], pd.DatetimeTZDtype("ns", local_zone())),
     "gpus": object,
     "held": "bool",
+    **dict.fromkeys(["gpu_memory_request", "gpu_memory", "gpu_memory_peak"], "float64"),
 }
 
 

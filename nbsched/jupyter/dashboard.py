@@ -223,6 +223,9 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 jobs = ", ".join(map(str, row.jobs)) or "-"
                 load = "n/a" if pd.isna(row.load) else f"{row.load:.0%}"
                 label.value = f"{alloc:.2f} allocated · load {load} · jobs {html.escape(jobs)}"
+                who = getattr(row, "who", None)  # who holds its memory (issue 14)
+                if isinstance(who, str) and who:
+                    label.value += f" · memory: {html.escape(who)}"
         finally:
             self._updating = False
 

@@ -145,6 +145,8 @@ def _gpu_table(gpus: pd.DataFrame) -> pd.DataFrame:
     out["allocated"] = gpus["allocated"].astype(float)
     out["paused"] = gpus["paused"].astype(bool)
     out["jobs"] = [", ".join(map(str, j)) for j in gpus["jobs"]]
+    if "who" in gpus:  # who holds its memory (jobs, other users): issue 14
+        out["memory held by"] = gpus["who"].fillna("n/a")
     return out
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..allocation import booked_share
+from ..gpus.attribution import JobProcess
 from ..gpus.simulated import SimulatedJob
 from .connection import StorePart
 
@@ -38,6 +39,15 @@ class MemoryPart(StorePart):
                 "SELECT seq, gpus, pid, required_gpus FROM jobs WHERE status = 'running'"
             )
             for gpus in (json.loads(gpus_json or "[]"),)
+        ]
+
+    def running_processes(self) -> list[JobProcess]:
+        """The running jobs as :mod:`nbsched.gpus.attribution` needs them."""
+        return [
+            JobProcess(str(seq), pid, token)
+            for seq, pid, token in self._db.read(
+                "SELECT seq, pid, token FROM jobs WHERE status = 'running'"
+            )
         ]
 
     def running_memory(self) -> list[tuple[int, tuple[int, ...], float | None, float | None]]:

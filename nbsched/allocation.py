@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import MemoryFit
 from .jobs import Job
 
 
@@ -144,11 +145,14 @@ def plan(
     gpus: Sequence[GpuState],
     now: float,
     precision: float = 0.01,
+    memory: MemoryFit | None = None,
 ) -> Plan:
     """Decide which queued jobs start now, and on which GPUs.
 
     ``queue`` must be in dispatch order (priority, then submission); see
-    :func:`queue_key`.
+    :func:`queue_key`.  ``memory``: the GPU memory free to promise and what queued
+    jobs need of it (:mod:`nbsched.gpus.memory_fit`); a job that needs memory goes
+    only where it fits, best-fit on memory.
     """
     eps = precision / 2
     free: dict[int, float] = {g.index: max(0.0, 1.0 - g.allocated) for g in gpus if g.eligible}
@@ -159,7 +163,7 @@ def plan(
     head_waiting: tuple[str, str] | None = None
     placements: list[Placement] = []
     next_wakeup: float | None = None
-    hopeless: set[tuple[float, tuple[int, ...] | None]] = set()
+    hopeless: set[tuple[float, tuple[int, ...] | None, float | None]] = set()
 
     for job in queue:
         if job.not_before is not None and job.not_before > now:
@@ -168,12 +172,13 @@ def plan(
             )
             continue
         req = _round(job.required_gpus, precision)
-        shape = (req, job.allowed_gpus)
+        need = memory.need(job.id) if memory is not None else None
+        shape = (req, job.allowed_gpus, need)
         if shape in hopeless:
             continue
         allowed = set(job.allowed_gpus) if job.allowed_gpus is not None else None
         candidates = [g for g in free if g not in reserved and (allowed is None or g in allowed)]
-        chosen = _choose(req, candidates, free, eps, group_of)
+        chosen = _place(memory, job.id, req, candidates, free, eps, group_of)
         if chosen is not None:
             # Subtract what the job really books, not its rounded size: rounding 0.0149
             # down to 0.01 would otherwise let 100 such jobs book 1.49 of one GPU.
@@ -188,10 +193,32 @@ def plan(
                 hold = _reserve(req, pool, free, group_of)
                 for g in hold:
                     reserved[g] = job.id
-                head_waiting = (job.id, _why(req, pool, hold, grouped))
+                words = memory.why(job.id, job.allowed_gpus) if need and memory else None
+                head_waiting = (job.id, words or _why(req, pool, hold, grouped))
         if not any(v > eps for g, v in free.items() if g not in reserved):
             break  # nothing left to hand out (the dispatcher tracks back-offs itself)
     return Plan(tuple(placements), reserved, next_wakeup, head_waiting)
+
+
+def _place(
+    memory: MemoryFit | None,
+    job_id: str,
+    req: float,
+    candidates: list[int],
+    free: Mapping[int, float],
+    eps: float,
+    group_of: Mapping[int, str | None],
+) -> tuple[int, ...] | None:
+    """:func:`_choose`, or where the job needs GPU memory, the memory fit's choice
+    (:mod:`nbsched.gpus.memory_fit`), booked there."""
+    if memory is None or memory.need(job_id) is None:
+        return _choose(req, candidates, free, eps, group_of)
+    chosen = memory.choose(
+        job_id, req, candidates, free, eps, lambda c: _choose(req, c, free, eps, group_of)
+    )
+    if chosen is not None:
+        memory.book(job_id, chosen)
+    return chosen
 
 
 def explain(
@@ -211,7 +238,12 @@ def explain(
 
 
 def explain_one(
-    queue: Sequence[Job], job: Job, gpus: Sequence[GpuState], now: float, precision: float = 0.01
+    queue: Sequence[Job],
+    job: Job,
+    gpus: Sequence[GpuState],
+    now: float,
+    precision: float = 0.01,
+    memory: MemoryFit | None = None,
 ) -> str:
     """:func:`explain`'s answer for ``job``, from ``queue``: the jobs ahead of it in
     dispatch order, then ``job``.
@@ -221,7 +253,7 @@ def explain_one(
     out: a queue read lazily is read no further (``why()`` of one job among 100,000
     reads a page or a few, not the whole queue).
     """
-    decision = plan(queue, gpus, now, precision)
+    decision = plan(queue, gpus, now, precision, memory.copy() if memory else None)
     head = decision.head_waiting
     after_head = head is not None and head[0] != job.id  # (the head is ahead of it, if any)
     return _Reasons(decision, gpus, now, precision).of(job, after_head)

@@ -23,8 +23,10 @@ from .checks import (
     check_word,
     no_nul,
 )
+from .checks.memory import check_gpu_memory, memory_text
 from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import check_request_fits
 from .jobs import JobSpec
 from .launch import check_launcher
 
@@ -92,23 +94,26 @@ def build_spec(
     sweep: str | None = None,
     params: Mapping[str, Any] | None = None,
     hash: str | None = None,
+    gpu_memory: object = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
     value and what is accepted.  ``default_requirement(args)``: the GPUs (and where that
     number comes from) of a job that names none; ``snapshot()``: the GPUs, for a job of
-    several (one node)."""
+    several (one node); ``gpu_memory``: MiB (or "18G") the job needs free on each of
+    its GPUs (alone, without ``required_gpus``: the smallest share of a GPU)."""
     checked_priority = check_priority(priority)
+    memory = check_gpu_memory("gpu_memory", gpu_memory)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
     check_word("conda_env", conda_env, "an environment name", blank=False)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
-    if required_gpus is None:
-        required, shown, other = _default_gpus(default_requirement(argv), precision)
-    else:
-        required = check_requirement("required_gpus", required_gpus, precision)
-        shown, other = f"required_gpus={required:g}", ""
+    required, shown, other = _requirement(
+        required_gpus, memory, precision, lambda: default_requirement(argv)
+    )
     _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
+    if memory is not None:
+        check_request_fits(memory, snapshot(), allowed, f"gpu_memory={gpu_memory!r}")
     return JobSpec(
         kind=kind,
         required_gpus=required,
@@ -122,8 +127,26 @@ def build_spec(
         sweep=sweep,
         params=params,
         hash=hash,
+        gpu_memory_request=memory,
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
+
+
+def _requirement(
+    required_gpus: float | None,
+    memory: float | None,
+    precision: float,
+    default: Callable[[], tuple[float, str]],
+) -> tuple[float, str, str]:
+    """The GPUs a job books, as ``(required, shown, other)`` (see :func:`_default_gpus`):
+    ``required_gpus``, else the smallest share where it asks for memory alone, else the
+    default."""
+    if required_gpus is None and memory is not None:
+        return precision, f"gpu_memory={memory_text(memory)}", ""
+    if required_gpus is None:
+        return _default_gpus(default(), precision)
+    required = check_requirement("required_gpus", required_gpus, precision)
+    return required, f"required_gpus={required:g}", ""
 
 
 def _what_runs(

@@ -67,6 +67,7 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         once: bool = False,
+        gpu_memory: float | str | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
@@ -88,6 +89,7 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            gpu_memory=gpu_memory,
         )
         return self._submit_once(spec) if once else self.submit([spec])[0]
 
@@ -115,8 +117,10 @@ class Submitting:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        gpu_memory: float | str | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id."""
+        """Queue a shell command (``bash -c command``); returns the job id.
+        ``gpu_memory="18G"`` (or MiB): it starts only on a GPU with that much free."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -127,6 +131,7 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            gpu_memory=gpu_memory,
         )
         return self.submit([spec])[0]
 
@@ -149,6 +154,7 @@ class Submitting:
         sweep: str | None = None,
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
+        gpu_memory: float | str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
@@ -176,6 +182,7 @@ class Submitting:
             sweep=sweep,
             params=params,
             hash=hash,
+            gpu_memory=gpu_memory,
         )
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, cast, overload
 
 from .allocation import GpuState, explain_one, gpu_states
+from .dispatcher.memory import MemoryBook
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import MemoryFit
 from .jobs import Job, JobStatus
 from .store import Store
 
@@ -94,6 +96,7 @@ class Why:
         self._now = now
         #: (revision, when, GPU states, precision, the answers given at that revision)
         self._seen: tuple[int, float, list[GpuState], float, dict[str, str]] | None = None
+        self._book, self._fit = MemoryBook(store), cast("MemoryFit | None", None)  # (issue 14)
 
     def why(self, job_id: str) -> str:
         """Why job ``job_id`` has not started (or what it is, if it is not queued)."""
@@ -123,10 +126,11 @@ class Why:
                 rules["gpu_load_threshold"],
             )
             seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
+            self._fit = self._book.fit(self._snapshot())
         _, _, states, precision, answers = seen
         if job.id not in answers:
             queue = _Ahead(self._store, job)
-            answers[job.id] = explain_one(queue, job, states, self._now(), precision)
+            answers[job.id] = explain_one(queue, job, states, self._now(), precision, self._fit)
         return answers[job.id]
 
 

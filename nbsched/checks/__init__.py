@@ -2,6 +2,7 @@
 command line, the magics and the form: :mod:`.values` (a value as the API takes it)
 and :mod:`.typed` (a word a person typed, put to the same rule)."""
 
+from .memory import check_gpu_memory, memory_text
 from .typed import (
     ALL_LINES,
     gpu_count_from_text,
@@ -52,6 +53,7 @@ __all__ = [
     "check_choice",
     "check_count",
     "check_env",
+    "check_gpu_memory",
     "check_gpu_arg",
     "check_interval",
     "check_number",
@@ -69,6 +71,7 @@ __all__ = [
     "is_real",
     "is_whole",
     "lines_from_text",
+    "memory_text",
     "no_nul",
     "priority_from_text",
     "retries_from_text",

@@ -43,6 +43,7 @@ from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
 from .ends import decide_end, missing_env
 from .inbox import Inbox
+from .memory import MemoryBook
 from .queue import QueueCache
 from .recovery import recover
 from .starts import Executors, Starts, Unrecorded, kill_cancelled, pid_records
@@ -80,6 +81,7 @@ class Dispatcher:
         os.set_blocking(self._wpipe, False)
         self._stop = threading.Event()
         self._cache = QueueCache(config.retry_backoff_s)
+        self._memory = MemoryBook(store)  # (GPU memory requests: issue 14)
         self._inbox = Inbox()
         self._executors = Executors(executor_for, self._on_started)
         self._starts = Starts(config, store, self._cache, self._inbox, self._executors)
@@ -308,7 +310,8 @@ class Dispatcher:
             self.config.gpu_load_threshold,
         )
         queue = self._cache.eligible(now, mono)
-        decision = plan(queue, states, now, self.config.gpu_allocation_precision)
+        memory = self._memory.fit(self.monitor.latest)
+        decision = plan(queue, states, now, self.config.gpu_allocation_precision, memory)
         self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)

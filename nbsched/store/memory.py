@@ -61,6 +61,21 @@ class MemoryPart(StorePart):
             )
         ]
 
+    def memory_needs_since(
+        self, rev: int
+    ) -> tuple[int, list[tuple[int, str, float | None, float | None]]]:
+        """The store's revision now, and ``(seq, status, request, learned)`` of the jobs
+        with a memory request or a learned charge written after ``rev`` (all of them
+        for ``rev`` < 0)."""
+        (now,) = self._db.read("SELECT value FROM meta WHERE key = 'rev'")[0]
+        found = self._db.read(
+            "SELECT seq, status, gpu_memory_request, gpu_memory_learned FROM jobs "
+            "WHERE rev > ? AND rev <= ? "
+            "AND (gpu_memory_request IS NOT NULL OR gpu_memory_learned IS NOT NULL)",
+            (rev, int(now)),
+        )
+        return int(now), [(s, st, r, lr) for s, st, r, lr in found]
+
     def record_memory(self, seen: Mapping[int, float]) -> None:
         """Raise each running job's ``gpu_memory_peak`` to what was just seen of it (MiB);
         a write only where a peak grew."""

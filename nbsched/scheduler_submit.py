@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+from .checks import check_args
 from .config import SchedulerConfig
 from .engine.core import Engine
 from .formats.jobsfile import JobLine, LineError
@@ -158,6 +159,9 @@ class Submitting:
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
+        if gpu_memory is None and self._llm is not None and script is not None:
+            gpu_memory, gpus = self._llm.current().memory_request(check_args(args))
+            required_gpus = gpus if required_gpus is None else required_gpus
         n_gpus, owner = self._engine.gpu_count()
         return build_spec(
             n_gpus=n_gpus,

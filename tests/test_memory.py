@@ -163,3 +163,40 @@ def test_jobs_go_where_their_memory_is_free_and_the_promise_counts_from_the_star
     for j in (a, c):
         _gate(running, j)
     running.wait([a, b, c], timeout=30)
+
+
+def test_mem_flag_llm_config_and_sweeps_ask_for_memory(
+    tmp_path: Path, make_sched: Callable[..., GPUJobScheduler], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nbsched.cli import main
+
+    state = str(tmp_path / "state")
+    assert main(["run", "--mem", "1.5G", "--state-dir", state, "--simulate", "2", "--", "true"]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--mem", "lots", "--state-dir", state, "--", "true"])
+    assert exited.value.code == 2
+    assert "argument --mem: --mem='lots': expected a size" in capsys.readouterr().err
+    llm = tmp_path / "llm.json"
+    llm.write_text('{"models": {"big": 0.5}, "memory": {"big": "30G", "small": 2048}}')
+    script = tmp_path / "t.py"
+    script.write_text("pass\n")
+    s = make_sched(llm_config_file=str(llm))
+    (first,) = s.jobs()["gpu_memory_request"]
+    assert first == 1.5 * G
+    big = s.job(s.add_job(str(script), args=["--llm", "big"]))
+    small = s.job(s.add_job(str(script), args=["--llm", "small"]))
+    own = s.job(s.add_job(str(script), args=["--llm", "big"], gpu_memory="1G"))
+    assert (big["gpu_memory_request"], big["required_gpus"]) == (30 * G, 0.5)
+    assert (small["gpu_memory_request"], small["required_gpus"]) == (2048, 0.01)
+    assert own["gpu_memory_request"] == G
+    ids = s.add_sweep(str(script), args="--seed {1,2}", gpu_memory="3G")
+    assert [s.job(i)["gpu_memory_request"] for i in ids] == [3 * G, 3 * G]
+
+
+def test_bad_memory_in_the_llm_config_names_the_file_and_model(tmp_path: Path) -> None:
+    from nbsched.formats.llmconfig import load_llm_config
+
+    llm = tmp_path / "llm.json"
+    llm.write_text('{"memory": {"big": "30X"}}')
+    with pytest.raises(InvalidValueError, match=r"llm.json: memory\['big'\]='30X'"):
+        load_llm_config(llm)

@@ -81,7 +81,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.submit_button.on_click(lambda _: self._on_click())
         self.result = widgets.HTML()
         super().__init__(children=self._rows())
-        fields = [self.script, self.conda_env, self.arguments, self.gpus, self.sweep]
+        fields = [self.script, self.conda_env, self.arguments, self.gpus, self.memory, self.sweep]
         for field in [*fields, self.priority, self.llm_model, *self.allowed]:
             field.observe(lambda _: self._clear_error(), names="value")
 
@@ -110,6 +110,12 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.gpus = widgets.Text(
             description="GPUs",
             placeholder="fraction in (0, 1] or whole number; empty: default",
+            layout=wide,
+            style=style,
+        )
+        self.memory = widgets.Text(
+            description="GPU memory",
+            placeholder="optional: 18G or 512M free on each of its GPUs (G = GiB)",
             layout=wide,
             style=style,
         )
@@ -147,6 +153,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             self.conda_env,
             self.arguments,
             self.gpus,
+            self.memory,
             widgets.HBox(
                 [
                     widgets.Label("allowed GPUs", layout={"width": "114px"}),
@@ -216,6 +223,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 "priority": self.priority.value,
                 "required_gpus": gpus,
                 "allowed_gpus": [i for i, b in enumerate(self.allowed) if b.value] or None,
+                "gpu_memory": self.memory.value.strip() or None,
             }
             script = self.script.value.strip()
             if not script:
@@ -259,6 +267,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
 _LABELS = {
     "required_gpus": "GPUs",
     "allowed_gpus": "allowed GPUs",
+    "gpu_memory": "GPU memory",
     "conda_env": "conda env",
     "args": "arguments",
 }

@@ -29,6 +29,7 @@ from .values import (
     interval_type,
     limit_type,
     lines_type,
+    memory_type,
     priority_type,
     retries_type,
     rows_type,
@@ -116,6 +117,7 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "priority": ns.priority,
         "max_retries": ns.retries,
         "name": ns.name,
+        "gpu_memory": ns.mem,
     }
 
 
@@ -211,6 +213,13 @@ JOB_OPTIONS = (
         metavar="X",
         help="GPUs it needs: a fraction in (0, 1] or a whole number "
         "(default: from the LLM config, else 1)",
+    ),
+    _opt(
+        "--mem",
+        type=memory_type,
+        metavar="SIZE",
+        help="GPU memory it needs free on each of its GPUs: 18G, 512M (G = GiB) or MiB; "
+        "alone, without --gpus, it books the smallest share of a GPU",
     ),
     _opt("--allowed", metavar="GPUS", help="GPUs it may use, e.g. 0-3,5 (default: any)"),
     _opt(

@@ -40,6 +40,11 @@ def _argument(read: Callable[[str], _T], text: str) -> _T:
 _GPU_LIST = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)+|\d+-\d+")
 
 
+def memory_type(text: str) -> float:
+    """GPU memory a job needs: ``18G``, ``512M`` (G = GiB), or a number of MiB."""
+    return _argument(lambda t: float(checks.check_gpu_memory("--mem", t) or 0.0), text)
+
+
 def gpus_type(text: str) -> float:
     """A GPU requirement: a fraction in (0, 1] or a whole number.  A GPU list is
     refused with a pointer to ``--allowed`` (the original's ``--gpus``)."""

@@ -79,6 +79,8 @@ class JobSpec:
     hash: str | None = None
     #: GPU memory asked for (MiB, on each of its GPUs): it starts only where that is free.
     gpu_memory_request: float | None = None
+    #: What kind of job it is, for learned memory peaks (:mod:`nbsched.gpus.peaks`).
+    peak_key: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per

@@ -27,6 +27,7 @@ from .checks.memory import check_gpu_memory, memory_text
 from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
 from .gpus.memory_fit import check_request_fits
+from .gpus.peaks import peak_key
 from .jobs import JobSpec
 from .launch import check_launcher
 
@@ -128,6 +129,7 @@ def build_spec(
         params=params,
         hash=hash,
         gpu_memory_request=memory,
+        peak_key=peak_key(kind, script_path, conda_env, argv, command),
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 

@@ -171,7 +171,9 @@ def test_mem_flag_llm_config_and_sweeps_ask_for_memory(
     from nbsched.cli import main
 
     state = str(tmp_path / "state")
-    assert main(["run", "--mem", "1.5G", "--state-dir", state, "--simulate", "2", "--", "true"]) == 0
+    assert (
+        main(["run", "--mem", "1.5G", "--state-dir", state, "--simulate", "2", "--", "true"]) == 0
+    )
     with pytest.raises(SystemExit) as exited:
         main(["run", "--mem", "lots", "--state-dir", state, "--", "true"])
     assert exited.value.code == 2

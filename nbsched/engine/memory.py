@@ -27,6 +27,7 @@ class MemoryWatch:
         self.monitor = monitor
         self.interval_s = max(0.05, interval_s)
         self.attributor = Attributor()
+        self._running: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -36,8 +37,14 @@ class MemoryWatch:
         return self.attributor.attribute(self.monitor.snapshot(), jobs)
 
     def record(self) -> dict[str, float]:
-        """Read the GPUs once and raise the running jobs' peaks; returns job -> MiB."""
+        """Read the GPUs once and raise the running jobs' peaks; returns job -> MiB.
+        The jobs that ran at the last call and do not now have ended: their peaks are
+        learned (:mod:`nbsched.gpus.peaks`)."""
         jobs = self.store.running_processes()
+        now = {j.id for j in jobs}
+        gone, self._running = self._running - now, now
+        if gone:
+            self.store.learn_from_ended(int(j) for j in gone)
         if not jobs:
             return {}
         rows = self.attributor.attribute(self.monitor.snapshot(), jobs)

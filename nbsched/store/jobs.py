@@ -21,6 +21,7 @@ from ..jobs import Job, JobSpec, JobStatus, can_transition
 from ..launch import SubmitterEnv
 from . import rows
 from .connection import StorePart, bump_rev
+from .memory import learn_charges
 from .rows import parse_job_id
 
 #: Bound parameters per statement, under SQLite's limit (999 in old builds).
@@ -115,6 +116,7 @@ class JobsPart(StorePart):
                     new_job(next(new), spec) if k else None
                     for spec, k in zip(chunk, keep, strict=True)
                 ]
+            learn_charges(conn, rev)  # (what earlier runs used: nbsched.gpus.peaks)
         if environment is not None and env_key is not None:
             self._environments[environment.key] = env_key  # (committed: safe to remember)
         return rev, out

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..allocation import booked_share
 from ..gpus.attribution import JobProcess
+from ..gpus.peaks import KIND, SWEEP, keys_of
 from ..gpus.simulated import SimulatedJob
 from .connection import StorePart
 
@@ -91,6 +93,24 @@ class MemoryPart(StorePart):
         with self._db.write() as conn:  # (no new revision: no dispatcher need read it)
             conn.executemany("UPDATE jobs SET gpu_memory_peak = ? WHERE seq = ?", grown)
 
+    def learn_from_ended(self, seqs: Iterable[int]) -> dict[str, float]:
+        """Learn the peaks of the jobs ``seqs`` (ended), under their keys; returns what
+        was learned."""
+        wanted = list(seqs)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        peaks: dict[str, float] = {}
+        for sweep, key, peak in self._db.read(
+            f"SELECT sweep, peak_key, gpu_memory_peak FROM jobs WHERE seq IN ({marks}) "
+            "AND gpu_memory_peak IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled')",
+            wanted,
+        ):
+            for k in keys_of(sweep, key):
+                peaks[k] = max(peaks.get(k, 0.0), float(peak))
+        self.learn_peaks(peaks)
+        return peaks
+
     def learned_peaks(self, keys: Iterable[str]) -> dict[str, float]:
         """The learned peak (MiB) of each of ``keys`` that has one."""
         wanted = list(dict.fromkeys(keys))
@@ -122,3 +142,19 @@ def _larger(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     return a if b is None else max(a, b)
+
+
+def learn_charges(conn: sqlite3.Connection, rev: int) -> None:
+    """Charge the jobs just written at ``rev`` that ask for no memory what earlier runs
+    peaked at (their sweep's, else their kind's: :mod:`nbsched.gpus.peaks`); inside the
+    insert's transaction, so a dispatcher never reads them without it.  Nothing to do
+    (one lookup) while no peak was ever learned."""
+    if conn.execute("SELECT 1 FROM meta WHERE key >= 'peak:' AND key < 'peak;'").fetchone() is None:
+        return
+    conn.execute(
+        "UPDATE jobs SET gpu_memory_learned = COALESCE("
+        f"(SELECT CAST(value AS REAL) FROM meta WHERE key = '{_PEAK}{SWEEP}' || jobs.sweep), "
+        f"(SELECT CAST(value AS REAL) FROM meta WHERE key = '{_PEAK}{KIND}' || jobs.peak_key)) "
+        "WHERE rev = ? AND gpu_memory_request IS NULL",
+        (rev,),
+    )

@@ -113,8 +113,7 @@ def build_spec(
         required_gpus, memory, precision, lambda: default_requirement(argv)
     )
     _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
-    if memory is not None:
-        check_request_fits(memory, snapshot(), allowed, f"gpu_memory={gpu_memory!r}")
+    check_request_fits(memory, snapshot, allowed, f"gpu_memory={gpu_memory!r}")
     return JobSpec(
         kind=kind,
         required_gpus=required,

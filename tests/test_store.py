@@ -472,6 +472,7 @@ _ADDED = {
     "environment": ("INTEGER", 0, None, 0),
     "held": ("INTEGER", 1, "0", 0),
     "gpu_memory_request": ("REAL", 0, None, 0),
+    "peak_key": ("TEXT", 0, None, 0),
     "gpu_memory_learned": ("REAL", 0, None, 0),
     "gpu_memory_peak": ("REAL", 0, None, 0),
 }

@@ -132,13 +132,18 @@ def largest_total(reading: Sequence[GpuSnapshot], allowed: Iterable[int] | None)
 
 
 def check_request_fits(
-    mb: float, reading: Sequence[GpuSnapshot], allowed: Iterable[int] | None, shown: str
+    mb: float | None,
+    reading: Callable[[], Sequence[GpuSnapshot]],
+    allowed: Iterable[int] | None,
+    shown: str,
 ) -> None:
-    """Refuse at once a memory request larger than any GPU (of ``allowed``) has: it
-    could never start.  (No GPU that says its total: nothing to check.)"""
+    """Refuse at once a memory request (``mb``; None: none) larger than any GPU (of
+    ``allowed``) has: it could never start.  (No GPU says its total: nothing to check.)"""
     from ..errors import InvalidValueError
 
-    largest = largest_total(reading, allowed)
+    if mb is None:
+        return
+    largest = largest_total(reading(), allowed)
     if largest is not None and mb > largest:
         among = "any GPU it may use" if allowed is not None else "any GPU"
         raise InvalidValueError(

@@ -133,6 +133,8 @@ class Job:
     gpu_memory_learned: float | None = None
     #: The most GPU memory (MiB, on one GPU) seen held by this job's processes.
     gpu_memory_peak: float | None = None
+    #: It ran out of GPU memory and was queued once more with more room (once only).
+    oom_retried: bool = False
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-field

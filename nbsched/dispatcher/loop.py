@@ -39,6 +39,7 @@ from ..config import SchedulerConfig
 from ..errors import StateDirError
 from ..executors.base import Executor, Exit, Started
 from ..gpus.monitor import GPUMonitor
+from ..gpus.oom import out_of_memory
 from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
 from .ends import decide_end, missing_env
@@ -298,7 +299,10 @@ class Dispatcher:
 
     def _decide_end(self, job: Job, exit: Exit, now: float) -> AttemptEnd:
         """What an attempt's end means (see :func:`~.ends.decide_end`)."""
-        return decide_end(job, exit, self.config.retry_backoff_s, now, missing_env(job, exit))
+        oom = out_of_memory(
+            job.log_path, exit.code, job.oom_retried, self.config.oom_retry, self.monitor.latest
+        )
+        return decide_end(job, exit, self.config.retry_backoff_s, now, missing_env(job, exit), oom)
 
     def _plan(self, now: float, mono: float, gone: set[str]) -> list[AttemptStart]:
         """What to start now, given the queue and the GPUs (without the jobs ``gone``)."""

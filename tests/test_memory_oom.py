@@ -73,8 +73,8 @@ def test_out_of_memory_is_retried_once_with_more_room(sched: GPUJobScheduler) ->
         "--- nbsched: attempt 2 (after running out of GPU memory: 13.5 GiB of GPU memory) ---"
         in log
     )
-    reasons = [r for (r,) in sched.store._db.read(
-        "SELECT reason FROM transitions WHERE job_seq = ? ORDER BY id", (int(job_id),))]  # fmt: skip
+    sql = "SELECT reason FROM transitions WHERE job_seq = ? ORDER BY id"
+    reasons = [r for (r,) in sched.store._db.read(sql, (int(job_id),))]
     assert "attempt 1 failed (out of GPU memory); queued once more with more GPU memory" in reasons
 
 

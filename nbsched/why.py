@@ -117,16 +117,16 @@ class Why:
         at = self._clock()
         seen = self._seen
         if seen is None or seen[0] != rev or at - seen[1] >= MAX_AGE_S:
-            rules = self._rules()
+            rules, reading = self._rules(), self._snapshot()
             states = gpu_states(
-                self._snapshot(),
+                reading,
                 self._store.allocation(),
                 self._store.paused(),
                 rules["gpu_memory_threshold"],
                 rules["gpu_load_threshold"],
             )
             seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
-            self._fit = self._book.fit(self._snapshot())
+            self._fit = self._book.fit(reading)
         _, _, states, precision, answers = seen
         if job.id not in answers:
             queue = _Ahead(self._store, job)

@@ -473,6 +473,7 @@ _ADDED = {
     "held": ("INTEGER", 1, "0", 0),
     "gpu_memory_request": ("REAL", 0, None, 0),
     "peak_key": ("TEXT", 0, None, 0),
+    "oom_retried": ("INTEGER", 1, "0", 0),
     "gpu_memory_learned": ("REAL", 0, None, 0),
     "gpu_memory_peak": ("REAL", 0, None, 0),
 }

@@ -179,8 +179,9 @@ def bench_live(root: Path, seed: int = 5) -> dict[str, float]:
 
     def watch() -> None:
         while not stop.is_set():
-            for g in s.monitor.snapshot(0.0):
-                worst[g.index] = max(worst[g.index], g.memory_used_mb or 0.0)
+            for g in s.monitor.snapshot(0.0):  # (processes' sum: memory_used is capped)
+                held = sum(p.used_mb or 0.0 for p in g.processes or ())
+                worst[g.index] = max(worst[g.index], held)
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)

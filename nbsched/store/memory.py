@@ -70,6 +70,8 @@ class MemoryPart(StorePart):
         with a memory request or a learned charge written after ``rev`` (all of them
         for ``rev`` < 0)."""
         (now,) = self._db.read("SELECT value FROM meta WHERE key = 'rev'")[0]
+        if int(now) <= rev:  # (nothing written since: the common turn of a busy engine)
+            return int(now), []
         found = self._db.read(
             "SELECT seq, status, gpu_memory_request, gpu_memory_learned FROM jobs "
             "WHERE rev > ? AND rev <= ? "

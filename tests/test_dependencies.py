@@ -121,11 +121,13 @@ def test_refused_at_submission_and_nothing_stored(make_sched: MakeSched) -> None
         s.add_command("true", after=999)
     with pytest.raises(UnknownJobError, match="no sweep sw9"):
         s.add_command("true", after="sw9")
-    with pytest.raises(UnknownJobError, match="before this submission"):
+    with pytest.raises(InvalidValueError, match="of this same submission"):
         s.add_command("true", after=int(a) + 1)  # (its own id: a cycle)
+    with pytest.raises(UnknownJobError, match="no job 999"):
+        s.add_sweep(_script(s), args="--x {1,2}", after={"any": [a, 999]})
     with pytest.raises(InvalidValueError, match="unknown kind 'afterok'"):
         s.add_command("true", after={"afterok": a})
-    with pytest.raises(InvalidValueError, match="'x1' is not a job or sweep id"):
+    with pytest.raises(InvalidValueError, match=r"'x1' is not a job id \(12\) or a sweep id"):
         s.add_command("true", after="x1")
     with pytest.raises(InvalidTypeError, match="after=1.5"):
         s.add_command("true", after=1.5)  # type: ignore[arg-type]

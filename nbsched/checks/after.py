@@ -26,31 +26,28 @@ ACCEPTED = (
 )
 
 
-def check_after(value: object, name: str = "after") -> str | None:
+def check_after(value: object, name: str = "after", kind: str | None = None) -> str | None:
     """``value`` (see :data:`ACCEPTED`; also the text ``ok:12,13;any:sw3``) as the
-    canonical text of its dependencies; None: none."""
+    canonical text of its dependencies; None: none.  With ``kind``, ``value`` is the
+    ids of that kind (``--after-ok 12,13``)."""
     if value is None:
         return None
-    if isinstance(value, Mapping):
-        deps: list[Dependency] = []
-        for kind, targets in value.items():
-            if kind not in KINDS:
-                raise InvalidValueError(
-                    f"{name}={value!r}: unknown kind {kind!r}; the kinds are {', '.join(KINDS)}"
-                )
-            deps += [(kind, t) for t in _targets(name, value, targets)]
+    pairs: list[tuple[object, object]]
+    if kind is not None:
+        pairs = [(kind, value)]
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
     elif isinstance(value, str) and ":" in value:
-        deps = []
-        for part in value.split(";"):
-            kind, _, targets = part.partition(":")
-            kind = kind.strip()
-            if kind not in KINDS:
-                raise InvalidValueError(
-                    f"{name}={value!r}: unknown kind {kind!r}; the kinds are {', '.join(KINDS)}"
-                )
-            deps += [(kind, t) for t in _targets(name, value, targets)]
+        pairs = [(k.strip(), t) for k, _, t in (p.partition(":") for p in value.split(";"))]
     else:
-        deps = [("ok", t) for t in _targets(name, value, value)]
+        pairs = [("ok", value)]
+    deps: list[Dependency] = []
+    for each, targets in pairs:
+        if each not in KINDS:
+            raise InvalidValueError(
+                f"{name}={value!r}: unknown kind {each!r}; the kinds are {', '.join(KINDS)}"
+            )
+        deps += [(str(each), t) for t in _targets(name, value, targets)]
     return format_after(deps)
 
 
@@ -69,7 +66,7 @@ def _targets(name: str, whole: object, value: object) -> list[str]:
         text = str(int(item)) if is_whole(item) else item
         if not isinstance(text, str) or not _TARGET.fullmatch(text.strip()):
             raise InvalidValueError(
-                f"{name}={whole!r}: {item!r} is not a job or sweep id; expected {ACCEPTED}"
+                f"{name}={whole!r}: {item!r} is not a job id (12) or a sweep id (sw3)"
             )
         out.append(text.strip())
     if not out:

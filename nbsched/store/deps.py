@@ -130,8 +130,10 @@ def _edges(
         else:
             seq = int(target)
             if seq >= first:
-                raise UnknownJobError(
-                    f"after={after!r}: no job {seq} before this submission (a job can only "
+                if conn.execute("SELECT 1 FROM jobs WHERE seq = ?", (seq,)).fetchone() is None:
+                    raise UnknownJobError(f"after={after!r}: no job {seq}")
+                raise InvalidValueError(
+                    f"after={after!r}: job {seq} is of this same submission (a job can only "
                     "wait for jobs submitted before it, so no cycle can form)"
                 )
             seqs = [seq]
@@ -154,7 +156,7 @@ def _states(conn: sqlite3.Connection, seqs: set[int]) -> dict[int, tuple[str, bo
         )
     missing = sorted(seqs - found.keys())
     if missing:
-        raise UnknownJobError(f"after: no job {', '.join(map(str, missing[:5]))}")
+        raise UnknownJobError(f"after: no job {', '.join(map(str, missing[:5]))}")  # (deleted)
     return found
 
 

@@ -77,3 +77,35 @@ def test_the_magic_after_options(ip: InteractiveShell, tmp_path: Path) -> None:
         gs(ip, "run --after sometimes:1 -- true")
     gs(ip, "resume 0")
     _until(lambda: s.job(b)["status"] == "succeeded")
+
+
+def test_status_dashboard_and_form_show_holds_and_waits(
+    make_sched: MakeSched, tmp_path: Path
+) -> None:
+    from nbsched.jupyter import Dashboard, SubmitForm
+    from nbsched.jupyter.status import status_report
+
+    s = make_sched(start=True, num_gpus=1)
+    s.pause_gpu(0)
+    a = s.add_command("true")
+    ahead = [s.add_command("true") for _ in range(5)]  # (why() covers the first five)
+    b = s.add_command("true", after=a)
+    c = s.add_command("true")
+    s.hold(c)
+    waiting = status_report(s).queued.set_index("id")["waiting"]
+    assert (waiting[b], waiting[c]) == (f"waits for {a}", "held")
+    board = Dashboard(s, autostart=False)
+    try:
+        table = board.jobs_table.value
+        assert f"queued</span> waits for {a}" in table and "queued</span> held" in table
+    finally:
+        board.close()
+    script = tmp_path / "f.py"
+    script.write_text("")
+    form = SubmitForm(s, conda_env_names=[])
+    form.script.value, form.after.value = str(script), f"any:{a};started:{ahead[0]}"
+    (d,) = form.submit()
+    assert s.job(d)["after"] == f"any:{a};started:{ahead[0]}"
+    form.after.value = "soon"
+    assert form.submit() == [] and form.error is not None
+    assert "after='soon': 'soon' is not a job id (12) or a sweep id (sw3)" in form.error

@@ -135,3 +135,24 @@ def test_refused_at_submission_and_nothing_stored(make_sched: MakeSched) -> None
     with pytest.raises(InvalidValueError, match=f"job {a} is cancelled; it can no longer succeed"):
         s.add_command("true", after=a)
     assert len(s.jobs()) == before
+
+
+def test_a_cancelled_waiting_job_retried_waits_again_unless_decided(
+    make_sched: MakeSched,
+) -> None:
+    s = make_sched(start=True, num_gpus=1)
+    s.pause_gpu(0)
+    a = s.add_command("true")
+    b = s.add_command("true", after=a)
+    c = s.add_command("true", after=a)
+    s.cancel(b)
+    s.cancel(c)
+    s.retry(b)  # (a has not ended: b waits for it again)
+    assert (_status(s, b), s.job(b)["waiting"]) == ("queued", True)
+    assert s.why(b) == f"waits for job {a} to succeed"
+    s.resume_gpu(0)
+    _ended(s, a, b)
+    assert _status(s, b) == "succeeded"
+    s.retry(c)  # (a has succeeded since: c runs at once)
+    _ended(s, c)
+    assert _status(s, c) == "succeeded"

@@ -218,9 +218,11 @@ def _met(conn: sqlite3.Connection, rev: int, grp: int, on_seq: int, kind: str) -
             (grp,),
         )
     ]
+    # (every job of the group: one cancelled while it waited, then retried, runs at once)
     conn.execute(
-        "UPDATE jobs SET waiting = 0, rev = ?, reason = CASE WHEN held THEN reason END "
-        "WHERE dep_group = ? AND status = 'queued' AND waiting = 1",
+        "UPDATE jobs SET waiting = 0, rev = ?, "
+        "reason = CASE WHEN status != 'queued' OR held THEN reason END "
+        "WHERE dep_group = ? AND waiting = 1",
         (rev, grp),
     )
     return seqs
@@ -242,6 +244,7 @@ def _cancel_group(
         "WHERE dep_group = ? AND status = 'queued'",
         (reason, now, rev, grp),
     )
+    conn.execute("UPDATE jobs SET waiting = 0 WHERE dep_group = ? AND waiting = 1", (grp,))
     conn.execute("UPDATE dep_edges SET state = 2 WHERE grp = ? AND state = 0", (grp,))
     conn.execute("UPDATE dep_groups SET unmet = -1 WHERE id = ?", (grp,))
     return seqs

@@ -230,9 +230,8 @@ class Submitting:
         )
         stored = [j for j in jobs if j is not None]
         # (a job waiting for a dependency is no dispatcher's yet: its release brings it)
-        ours = self._engine.offer(
-            rev, [j for j in stored if not j.waiting]
-        )  # (wakes the dispatcher, ours or another's)
+        free = [j for j in stored if not j.waiting]
+        ours = self._engine.offer(rev, free)  # (wakes the dispatcher, ours or another's)
         # (ours ends nothing by taking them: only a wait() showing progress cares)
         self._waits.notify(() if ours else None)
         # New strings, made together after the jobs: the jobs' own ids lie among the

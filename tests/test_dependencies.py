@@ -156,3 +156,26 @@ def test_a_cancelled_waiting_job_retried_waits_again_unless_decided(
     s.retry(c)  # (a has succeeded since: c runs at once)
     _ended(s, c)
     assert _status(s, c) == "succeeded"
+
+
+def test_a_retried_dependent_waits_for_its_dependencies_judged_afresh(
+    make_sched: MakeSched, tmp_path
+) -> None:
+    s = make_sched(start=True, num_gpus=1)
+    fixed = tmp_path / "fixed"
+    a = s.add_command(f"test -e {fixed}")  # (fails until the file is there)
+    b = s.add_command("true", after=a)
+    _ended(s, a, b)
+    assert (_status(s, a), _status(s, b)) == ("failed", "cancelled")
+    with pytest.raises(InvalidValueError, match=f"job {a} is failed; it can no longer succeed"):
+        s.retry(b)
+    assert _status(s, b) == "cancelled"  # (refused: nothing changed)
+    s.pause_gpu(0)
+    s.retry(a)
+    s.retry(b)
+    assert (_status(s, b), s.why(b)) == ("queued", f"waits for job {a} to succeed")
+    fixed.touch()
+    s.resume_gpu(0)
+    _ended(s, a, b)
+    assert (_status(s, a), _status(s, b)) == ("succeeded", "succeeded")
+    assert s.job(b)["started"] >= s.job(a)["ended"]

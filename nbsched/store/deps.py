@@ -13,6 +13,8 @@ Everything happens inside the writes that make it true, so no crash can come bet
   exist (a sweep: its jobs now, the newest of each combination), none may be of the
   same submission (a cycle), and none may already have ended in a way that can never
   meet the dependency.  Those already met count as met;
+- :func:`reattach`, in the transaction that queues an ended job again (``retry``):
+  its dependencies judged afresh, as at submission;
 - :func:`settle`, in the transaction that records a start or an end (the dispatcher's,
   a cancel's): the edges on those jobs are judged (:func:`~nbsched.formats.after.judge`);
   a group whose last edge is met is released (its jobs' revision moves on: every
@@ -75,34 +77,57 @@ def attach(
             by_after.setdefault(job.spec.after, []).append(job)
     out = {}
     for after, members in by_after.items():
-        edges = _edges(conn, first, after, {j.spec.sweep for j in members})
-        states = _states(conn, {seq for _, seq in edges})
-        unmet = 0
-        rows = []
-        for kind, seq in edges:
-            status, started = states[seq]
-            verdict = judge(kind, status, started)
-            if verdict is False:
-                raise InvalidValueError(
-                    f"after={after!r}: job {seq} is {status}; it can no longer {MEANING[kind]} "
-                    "(retry it first, or wait for another job)"
-                )
-            unmet += verdict is None
-            rows.append((seq, kind, 0 if verdict is None else 1))
-        group = conn.execute(
-            "INSERT INTO dep_groups (unmet, after) VALUES (?, ?)", (unmet, after)
-        ).lastrowid
-        assert group is not None
-        conn.executemany(
-            "INSERT INTO dep_edges (grp, on_seq, kind, state) VALUES (?, ?, ?, ?)",
-            ((group, *row) for row in rows),
-        )
+        group, unmet = _group(conn, first, after, {j.spec.sweep for j in members})
         conn.execute(
             "UPDATE jobs SET dep_group = ?, waiting = ?, reason = ? WHERE seq >= ? AND after = ?",
             (group, int(unmet > 0), waits_reason(after) if unmet else None, first, after),
         )
         out[after] = (group, unmet > 0)
     return out
+
+
+def reattach(conn: sqlite3.Connection, job: Job) -> None:
+    """An ended job queued again (``retry``): its dependencies judged afresh, in a group
+    of its own (raises, as :func:`attach`, if one can never be met now)."""
+    after = job.spec.after
+    if not after:
+        return
+    group, unmet = _group(conn, job.seq, after, {job.spec.sweep})
+    sets = ", reason = ?" if unmet else ""
+    conn.execute(
+        f"UPDATE jobs SET dep_group = ?, waiting = ?{sets} WHERE seq = ?",
+        (group, int(unmet > 0), *([waits_reason(after)] if unmet else []), job.seq),
+    )
+
+
+def _group(
+    conn: sqlite3.Connection, first: int, after: str, sweeps: set[str | None]
+) -> tuple[int, int]:
+    """A new group for jobs numbered from ``first`` on with ``after``: its number and
+    how many of its dependencies are unmet (those met already count as met)."""
+    edges = _edges(conn, first, after, sweeps)
+    states = _states(conn, {seq for _, seq in edges})
+    unmet = 0
+    rows = []
+    for kind, seq in edges:
+        status, started = states[seq]
+        verdict = judge(kind, status, started)
+        if verdict is False:
+            raise InvalidValueError(
+                f"after={after!r}: job {seq} is {status}; it can no longer {MEANING[kind]} "
+                "(retry it first, or wait for another job)"
+            )
+        unmet += verdict is None
+        rows.append((seq, kind, 0 if verdict is None else 1))
+    group = conn.execute(
+        "INSERT INTO dep_groups (unmet, after) VALUES (?, ?)", (unmet, after)
+    ).lastrowid
+    assert group is not None
+    conn.executemany(
+        "INSERT INTO dep_edges (grp, on_seq, kind, state) VALUES (?, ?, ?, ?)",
+        ((group, *row) for row in rows),
+    )
+    return group, unmet
 
 
 def _edges(
@@ -267,4 +292,4 @@ class DepsPart(StorePart):
         ]
 
 
-__all__ = ["STATEMENTS", "DepsPart", "attach", "create", "settle", "waits_reason"]
+__all__ = ["STATEMENTS", "DepsPart", "attach", "create", "reattach", "settle", "waits_reason"]

@@ -376,6 +376,8 @@ class JobsPart(StorePart):
             if new != job.status:
                 conn.execute(_INSERT_TRANSITION, (seq, job.status.value, new.value, now, reason))
                 deps.settle(conn, cols["rev"], [seq], now)  # (its dependents, if any)
+                if job.status.ended and new == JobStatus.QUEUED:
+                    deps.reattach(conn, job)  # (a retry waits for its dependencies again)
         return job.evolve(status=new, **changes)
 
     def update(self, job_id: object, **fields: Any) -> None:

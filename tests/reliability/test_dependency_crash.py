@@ -1,9 +1,10 @@
 """Dependencies across an engine's death (issue 17): the engine is SIGKILLed as a job a
-chain waits for ends (its end not yet recorded), or just after it marked a released
-dependent running; a new engine on the same state directory finishes the chain.  From
-the jobs' own marker lines and the store: every job that was to run ran exactly once,
-after what it waited for; the one whose dependency failed never ran and ends
-``cancelled`` with the reason."""
+chain waits for ends (its end not yet recorded), just after it marked a released
+dependent running, or with its process group before that job ends (no engine records
+the end until the next one starts).  A new engine on the same state directory finishes
+the chain.  From the jobs' own marker lines and the store: every job that was to run
+ran exactly once, after what it waited for; the one whose dependency failed never ran
+and ends ``cancelled`` with the reason."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def _exit_files(state: Path) -> int:
     [
         "before_record_end:1",  # job 1 ended; the engine dies before recording it
         "after_mark_running:3",  # job 2 released and marked running; never spawned
+        "",  # the engine's process group killed; job 1 ends while no engine runs
     ],
 )
 def test_a_chain_survives_the_engine_killed(
@@ -46,12 +48,19 @@ def test_a_chain_survives_the_engine_killed(
         "submit_first": True,
     }
     state = Path(cfg["state_dir"])
-    gates[0].touch()  # job 1 ends at once (jobs 1 and 3 start together; 3 waits)
-    a = engines.start(cfg, env={"NBSCHED_TEST_CRASH_AT": crash_at})
-    assert a.wait_exit() == -9, "".join(a.stderr)
+    if crash_at:
+        gates[0].touch()  # job 1 ends at once (jobs 1 and 3 start together; 3 waits)
+        a = engines.start(cfg, env={"NBSCHED_TEST_CRASH_AT": crash_at})
+        assert a.wait_exit() == -9, "".join(a.stderr)
+    else:
+        a = engines.start(cfg)
+        wait_for(lambda: read_markers(markers)[0].get("1"), what="job 1 to start")
+        a.kill_group()
+        gates[0].touch()
+        wait_for(lambda: _exit_files(state) == 1, what="job 1 to end, no engine running")
     store = Store(state / "state.db")
     one, two = store.get("1"), store.get("2")
-    if crash_at.startswith("before_record_end"):
+    if not crash_at or crash_at.startswith("before_record_end"):
         # one transaction: job 1's end and job 2's release are both unwritten
         assert (one.status.value, two.status.value, two.waiting) == ("running", "queued", True)
         assert _exit_files(state) == 1

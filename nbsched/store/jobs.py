@@ -70,17 +70,15 @@ def _attach(conn: sqlite3.Connection, jobs: list[Job | None]) -> list[Job | None
     new = [j for j in jobs if j is not None]
     if not any(j.spec.after for j in new):
         return jobs
-    groups = deps.attach(conn, new[0].seq, new)
-    return [
-        j
-        if j is None or not j.spec.after
-        else j.evolve(
-            dep_group=groups[j.spec.after][0],
-            waiting=groups[j.spec.after][1],
-            reason=deps.waits_reason(j.spec.after) if groups[j.spec.after][1] else None,
-        )
-        for j in jobs
-    ]
+    changes = {
+        after: {
+            "dep_group": group,
+            "waiting": waits,
+            "reason": deps.waits_reason(after) if waits else None,
+        }
+        for after, (group, waits) in deps.attach(conn, new[0].seq, new).items()
+    }
+    return [j if j is None or not j.spec.after else j.evolve(**changes[j.spec.after]) for j in jobs]
 
 
 class JobsPart(StorePart):

@@ -36,6 +36,8 @@ JOB_COLUMNS = (
     "node",
     "reason",
     "held",
+    "after",
+    "waiting",
     "gpu_memory_request",
     "gpu_memory",
     "gpu_memory_peak",
@@ -155,6 +157,8 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "node": job.node,
         "reason": job.reason,
         "held": job.held,
+        "after": job.spec.after,
+        "waiting": job.waiting,
         "gpu_memory_request": job.spec.gpu_memory_request,
         "gpu_memory": None,  # (current: filled in by the scheduler for a running job)
         "gpu_memory_peak": job.gpu_memory_peak,
@@ -162,7 +166,7 @@ def _raw_row(job: Job) -> dict[str, Any]:
 
 
 #: The text columns of the jobs table.
-TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason")
+TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason", "after")
 
 #: The store's name (:data:`TABLE_COLUMNS`) of each jobs-table column that it renames.
 _FROM_TABLE = {"id": "seq", "log": "log_path"}
@@ -220,6 +224,7 @@ _JOB_DTYPES: dict[str, Any] = {
     "exit_code": "Int64",
     "gpus": object,
     "held": "bool",
+    "waiting": "bool",
     "gpu_memory_request": "float64",
     "gpu_memory": "float64",
     "gpu_memory_peak": "float64",

@@ -77,6 +77,9 @@ class JobSpec:
     sweep: str | None = None
     params: Mapping[str, Any] | None = None
     hash: str | None = None
+    #: What the job waits for before it may start (:mod:`nbsched.formats.after`'s
+    #: canonical text, ``ok:12,13``); None: nothing.
+    after: str | None = None
     #: GPU memory asked for (MiB, on each of its GPUs): it starts only where that is free.
     gpu_memory_request: float | None = None
     #: What kind of job it is, for learned memory peaks (:mod:`nbsched.gpus.peaks`).
@@ -128,6 +131,11 @@ class Job:
     #: Held by its owner (:meth:`~nbsched.scheduler.GPUJobScheduler.hold`): a queued
     #: job that no dispatcher starts until it is released.
     held: bool = False
+    #: The number of the job's set of dependencies (:mod:`nbsched.store.deps`), shared
+    #: by the jobs submitted together with the same ``after``; None: it has none.
+    dep_group: int | None = None
+    #: Whether a dependency is still unmet: a queued job that no dispatcher starts yet.
+    waiting: bool = False
     #: What earlier runs of its kind peaked at (MiB), looked up at submission
     #: (:mod:`nbsched.gpus.peaks`): its charge where it has no request.
     gpu_memory_learned: float | None = None

@@ -21,6 +21,7 @@ from typing import Any, cast, overload
 
 from .allocation import GpuState, explain_one, gpu_states
 from .dispatcher.memory import MemoryBook
+from .formats.after import describe_unmet
 from .gpus.base import GpuSnapshot
 from .gpus.memory_fit import MemoryFit
 from .jobs import Job, JobStatus
@@ -105,6 +106,8 @@ class Why:
             return f"job {job.id} is {job.status.value}"
         if job.held:
             return HELD
+        if job.waiting and job.dep_group is not None:
+            return describe_unmet(self._store.unmet_dependencies(job.dep_group))
         reason = self.reason(job)
         if self._engine_pid() is None:
             reason += NO_ENGINE

@@ -104,22 +104,19 @@ def build_spec(
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
     value and what is accepted.  ``default_requirement(args)``: the GPUs (and where that
     number comes from) of a job that names none; ``snapshot()``: the GPUs, for a job of
-    several (one node); ``gpu_memory``: MiB (or "18G") the job needs free on each of
-    its GPUs (alone, without ``required_gpus``: the smallest share of a GPU)."""
+    several (one node); ``gpu_memory``: MiB (or "18G") needed on each of its GPUs."""
     checked_priority = check_priority(priority)
     memory = check_gpu_memory("gpu_memory", gpu_memory)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
     check_word("conda_env", conda_env, "an environment name", blank=False)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
-    required, shown, other = _requirement(
-        required_gpus, memory, precision, lambda: default_requirement(argv)
-    )
-    _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
+    req, shown, other = _requirement(required_gpus, memory, precision, default_requirement, argv)
+    _check_fits(shown, other, req, allowed, n_gpus, owner, snapshot)
     check_request_fits(memory, snapshot, allowed, f"gpu_memory={gpu_memory!r}")
     return JobSpec(
         kind=kind,
-        required_gpus=required,
+        required_gpus=req,
         priority=checked_priority,
         script=script_path,
         args=argv,
@@ -141,7 +138,8 @@ def _requirement(
     required_gpus: float | None,
     memory: float | None,
     precision: float,
-    default: Callable[[], tuple[float, str]],
+    default: Callable[[Sequence[str]], tuple[float, str]],
+    argv: Sequence[str],
 ) -> tuple[float, str, str]:
     """The GPUs a job books, as ``(required, shown, other)`` (see :func:`_default_gpus`):
     ``required_gpus``, else the smallest share where it asks for memory alone, else the
@@ -149,7 +147,7 @@ def _requirement(
     if required_gpus is None and memory is not None:
         return precision, f"gpu_memory={memory_text(memory)}", ""
     if required_gpus is None:
-        return _default_gpus(default(), precision)
+        return _default_gpus(default(argv), precision)
     required = check_requirement("required_gpus", required_gpus, precision)
     return required, f"required_gpus={required:g}", ""
 

@@ -33,9 +33,9 @@ def _gpu(index: int, *procs: tuple[int | None, float]) -> GpuSnapshot:
 def _children(pid: int, timeout: float = 5.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kids = [c.pid for c in psutil.Process(pid).children(recursive=True)]
-        if kids:
-            return kids
+        kids = psutil.Process(pid).children(recursive=True)
+        if kids and all(k.cmdline()[:1] == ["sleep"] for k in kids):  # (exec'd)
+            return [k.pid for k in kids]
         time.sleep(0.02)
     raise AssertionError("no child appeared")
 
@@ -64,6 +64,10 @@ def test_a_process_that_left_the_job_is_found_by_its_token(
     env = {**os.environ, "NBSCHED_JOB_TOKEN": "tok-42"}
     stray = subprocess.Popen(["sleep", "30"], env=env, start_new_session=True)
     procs.append(stray)
+    deadline = time.monotonic() + 5
+    while psutil.Process(stray.pid).cmdline() != ["sleep", "30"]:
+        assert time.monotonic() < deadline  # (until it has exec'd, with its environment)
+        time.sleep(0.01)
     jobs = [JobProcess("3", 999_999_999, "tok-42"), JobProcess("4", None, "other")]
     (row,) = Attributor().attribute([_gpu(1, (stray.pid, 5.0))], jobs)
     assert (row.gpu, row.job) == (1, "3")
@@ -74,6 +78,10 @@ def test_someone_elses_process_shows_user_and_command(
 ) -> None:
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "a b"])
     procs.append(other)
+    deadline = time.monotonic() + 5
+    while "time.sleep" not in " ".join(psutil.Process(other.pid).cmdline()):
+        assert time.monotonic() < deadline  # (until it has exec'd)
+        time.sleep(0.01)
     (row,) = Attributor().attribute(
         [_gpu(0, (other.pid, 2048.0))], [JobProcess("1", 999_999_998, None)]
     )

@@ -63,10 +63,16 @@ class MemoryWatch:
         return self
 
     def stop(self) -> None:
+        """Stop the thread, after a last reading (the jobs that ended since the last
+        one teach their peaks now, not never)."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+            try:
+                self.record()
+            except Exception:  # (stopping: log it, and stop all the same)
+                logger.exception("recording GPU memory peaks failed")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

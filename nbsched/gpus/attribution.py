@@ -60,6 +60,8 @@ class _Seen:
     user: str | None
     command: str | None
     readable: bool
+    #: Worth keeping: its command line was read (a process still starting has none yet).
+    final: bool = True
 
 
 class Attributor:
@@ -94,7 +96,9 @@ class Attributor:
                     present.add(p.pid)
                     seen = self._seen.get(p.pid)
                     if seen is None:
-                        seen = self._seen[p.pid] = _look(p.pid)
+                        seen = _look(p.pid)
+                        if seen.final:
+                            self._seen[p.pid] = seen
                     job = _job_of(p.pid, seen, by_pid, by_token)
                     out.append(
                         Attributed(
@@ -136,12 +140,14 @@ def _look(pid: int) -> _Seen:
             user = str(proc.uids().real)
         except psutil.Error:
             user = None
-    readable = True
+    readable, final = True, True
     try:
-        command = " ".join(proc.cmdline()) or proc.name()
+        command = " ".join(proc.cmdline())
+        if not command:  # (not yet exec'd, or a kernel thread: ask again next pass)
+            command, final = proc.name(), False
     except psutil.Error:
         command, readable = UNREADABLE, False
-    return _Seen(lineage, _token(pid), user, command[:_MAX_COMMAND], readable)
+    return _Seen(lineage, _token(pid), user, command[:_MAX_COMMAND], readable, final)
 
 
 def _token(pid: int) -> str | None:

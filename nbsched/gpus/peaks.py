@@ -6,8 +6,9 @@ script, its conda env and the *names* of its options (``--lr 0.1 --seed 3`` and
 ``--lr 0.01 --seed 4`` are one kind: a sweep run again packs by what its jobs used);
 for a shell command, the command itself.  A job submitted later without a request is
 charged the sweep's peak, else its kind's (looked up once, as it is stored; nothing is
-scanned per dispatcher turn).  The last run's peak wins: a script that now uses less is
-charged less.
+scanned per dispatcher turn).  A sweep's peak is the most any of its jobs used, and its
+kind is charged that; a job of no sweep teaches its kind its own peak.  The latest run
+wins: a script that now uses less is charged less.
 """
 
 from __future__ import annotations
@@ -34,9 +35,3 @@ def peak_key(
         names = [a.split("=", 1)[0] for a in args if a.startswith("-") and len(a) > 1]
         payload = json.dumps(["script", script or "", conda_env or "", names])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
-
-
-def keys_of(sweep: str | None, key: str | None) -> list[str]:
-    """The keys a job's peak is learned under, most specific first."""
-    out = [SWEEP + sweep] if sweep else []
-    return out + ([KIND + key] if key else [])

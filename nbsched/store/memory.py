@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..allocation import booked_share
 from ..gpus.attribution import JobProcess
-from ..gpus.peaks import KIND, SWEEP, keys_of
+from ..gpus.peaks import KIND, SWEEP
 from ..gpus.simulated import SimulatedJob
 from .connection import StorePart
 
@@ -97,19 +97,25 @@ class MemoryPart(StorePart):
 
     def learn_from_ended(self, seqs: Iterable[int]) -> dict[str, float]:
         """Learn the peaks of the jobs ``seqs`` (ended), under their keys; returns what
-        was learned."""
+        was learned.  A sweep's peak is the most any of its jobs used; its kind is
+        charged that (the sweep run again is charged its largest job); a job of no
+        sweep teaches its kind its own peak (the last run wins)."""
         wanted = list(seqs)
         if not wanted:
             return {}
         marks = ",".join("?" * len(wanted))
-        peaks: dict[str, float] = {}
-        for sweep, key, peak in self._db.read(
+        ended = self._db.read(
             f"SELECT sweep, peak_key, gpu_memory_peak FROM jobs WHERE seq IN ({marks}) "
             "AND gpu_memory_peak IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled')",
             wanted,
-        ):
-            for k in keys_of(sweep, key):
-                peaks[k] = max(peaks.get(k, 0.0), float(peak))
+        )
+        peaks = self.learned_peaks(SWEEP + s for s, _, _ in ended if s)  # (their keys)
+        for sweep, key, peak in ended:
+            mb = float(peak)
+            if sweep:
+                mb = peaks[SWEEP + sweep] = max(peaks.get(SWEEP + sweep, 0.0), mb)
+            if key:
+                peaks[KIND + key] = mb
         self.learn_peaks(peaks)
         return peaks
 

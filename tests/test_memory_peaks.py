@@ -22,6 +22,8 @@ def test_kind_keys() -> None:
     other_names = peak_key("script", "/t.py", "env", ["--lr", "0.1"], None)
     other_env = peak_key("script", "/t.py", None, ["--lr", "0.1", "--seed=3"], None)
     assert a == b and len({a, other_names, other_env}) == 3
+    negative = peak_key("script", "/t.py", "env", ["--lr", "-1", "--seed=3"], None)
+    assert negative == a  # (a negative value is not an option's name)
     assert peak_key("command", None, None, (), "echo 1") != peak_key(
         "command", None, None, (), "echo 2"
     )

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 
 SWEEP = "sweep:"
+#: An option's name (``--lr``, ``-v``, ``--lr=0.1``), not a value such as ``-1``.
+_OPTION = re.compile(r"--?[A-Za-z_]")
 KIND = "key:"
 
 
@@ -32,6 +35,6 @@ def peak_key(
     if kind == "command":
         payload = json.dumps(["command", command or ""])
     else:
-        names = [a.split("=", 1)[0] for a in args if a.startswith("-") and len(a) > 1]
+        names = [a.split("=", 1)[0] for a in args if _OPTION.match(a)]
         payload = json.dumps(["script", script or "", conda_env or "", names])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]

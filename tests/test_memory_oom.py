@@ -10,9 +10,15 @@ import pytest
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import InvalidTypeError
-from nbsched.gpus.oom import MARKERS, oom_line, out_of_memory
+from nbsched.gpus.oom import MARKERS, OutOfMemory, oom_line, out_of_memory
+from nbsched.jobs import Job, JobSpec, JobStatus
 
 G = 1024.0
+
+
+def _job(log: str) -> Job:
+    spec = JobSpec(kind="command", command="x", required_gpus=1.0)
+    return Job(id="1", seq=1, status=JobStatus.RUNNING, spec=spec, submitted=0.0, log_path=log)
 
 
 @pytest.mark.parametrize(
@@ -29,10 +35,12 @@ def test_each_framework_is_recognised(tmp_path: Path, line: str) -> None:
     log = tmp_path / "job.log"
     log.write_text("x" * 40000 + "\nTraceback (most recent call last):\n" + line + "\n")
     assert oom_line(log) == line
-    found = out_of_memory(str(log), 1, False, True, None)
+    job = _job(str(log))
+    found = out_of_memory(job, 1, True, None)
     assert found is not None and found.retry == 0.0  # (no GPU says its size: no cap)
-    assert out_of_memory(str(log), 0, False, True, None) is None  # (it succeeded)
-    again = out_of_memory(str(log), 1, True, True, None)
+    assert out_of_memory(job, 0, True, None) is None  # (it succeeded)
+    assert out_of_memory(job, 1, False, None) == OutOfMemory(line, None)  # (oom_retry off)
+    again = out_of_memory(job.evolve(oom_retried=True), 1, True, None)
     assert again is not None and again.retry is None  # (retried once already)
 
 

@@ -299,9 +299,7 @@ class Dispatcher:
 
     def _decide_end(self, job: Job, exit: Exit, now: float) -> AttemptEnd:
         """What an attempt's end means (see :func:`~.ends.decide_end`)."""
-        oom = out_of_memory(
-            job.log_path, exit.code, job.oom_retried, self.config.oom_retry, self.monitor.latest
-        )
+        oom = out_of_memory(job, exit.code, self.config.oom_retry, self.monitor.latest)
         return decide_end(job, exit, self.config.retry_backoff_s, now, missing_env(job, exit), oom)
 
     def _plan(self, now: float, mono: float, gone: set[str]) -> list[AttemptStart]:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..jobs import Job
 from .base import GpuSnapshot
 
 #: What frameworks print when GPU memory runs out.
@@ -61,22 +62,19 @@ def oom_line(log_path: str | os.PathLike[str] | None) -> str | None:
 
 
 def out_of_memory(
-    log_path: str | None,
-    exit_code: int | None,
-    already_retried: bool,
-    retry: bool,
-    reading: Sequence[GpuSnapshot] | None,
+    job: Job, exit_code: int | None, retry: bool, reading: Sequence[GpuSnapshot] | None
 ) -> OutOfMemory | None:
-    """Whether a failed attempt ran out of GPU memory, and if it is retried, the
-    most its retry may be charged: the largest GPU's memory (a whole GPU)."""
+    """Whether ``job``'s failed attempt ran out of GPU memory, and if it is retried
+    (``retry`` on, and not retried so before), the most its retry may be charged: the
+    largest GPU's memory (a whole GPU; 0: unknown)."""
     if exit_code == 0:
         return None
-    line = oom_line(log_path)
+    line = oom_line(job.log_path)
     if line is None:
         return None
     totals = [s.memory_total_mb for s in reading or () if s.memory_total_mb is not None]
     limit = max(totals) if totals else None
-    again = retry and not already_retried
+    again = retry and not job.oom_retried
     return OutOfMemory(line, (limit if limit is not None else 0.0) if again else None)
 
 

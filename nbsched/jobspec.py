@@ -15,6 +15,7 @@ from .checks import (
     below_precision,
     check_allowed_gpus,
     check_args,
+    check_duration,
     check_env,
     check_gpu_arg,
     check_priority,
@@ -27,6 +28,7 @@ from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
 from .jobs import JobSpec
 from .launch import check_launcher
+from .store.durations import estimate_key
 
 
 def check_one_node(
@@ -92,6 +94,8 @@ def build_spec(
     sweep: str | None = None,
     params: Mapping[str, Any] | None = None,
     hash: str | None = None,
+    time_limit: float | str | None = None,
+    expected_s: float | str | None = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
@@ -109,6 +113,10 @@ def build_spec(
         required = check_requirement("required_gpus", required_gpus, precision)
         shown, other = f"required_gpus={required:g}", ""
     _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
+    limit, expected = (
+        check_duration("time_limit", time_limit),
+        check_duration("expected_s", expected_s),
+    )
     return JobSpec(
         kind=kind,
         required_gpus=required,
@@ -122,6 +130,9 @@ def build_spec(
         sweep=sweep,
         params=params,
         hash=hash,
+        time_limit=limit,
+        expected_s=expected,
+        estimate_key=estimate_key(kind, script_path, argv, command),
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 

@@ -67,12 +67,19 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         once: bool = False,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
         ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
+
+        ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
+        there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
+        ``expected_s``: how long you expect it to run (seconds or a duration): a hint
+        for the plan that ends nothing.  See ``docs/estimates.md``.
         """
         self._check_open()
         spec = self.make_spec(
@@ -88,6 +95,8 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
         return self._submit_once(spec) if once else self.submit([spec])[0]
 
@@ -115,8 +124,11 @@ class Submitting:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id."""
+        """Queue a shell command (``bash -c command``); returns the job id.
+        ``time_limit`` and ``expected_s`` as in :meth:`add_job`."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -127,6 +139,8 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
         return self.submit([spec])[0]
 
@@ -149,6 +163,8 @@ class Submitting:
         sweep: str | None = None,
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
@@ -176,6 +192,8 @@ class Submitting:
             sweep=sweep,
             params=params,
             hash=hash,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:

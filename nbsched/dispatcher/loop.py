@@ -274,6 +274,7 @@ class Dispatcher:
         )
         kill_cancelled(unrecorded, missed)
         self._cache.merge()  # (the runs taken in this turn: after its starts)
+        self._cache.deadlines.enforce(now, self._cache.running, self._executors.get, self.config)
         self._after_ends(ends, statuses)
         if ends or starts:
             # (the jobs that ended, or may have: an end that did not apply was another's)
@@ -369,7 +370,7 @@ class Dispatcher:
             timeout = min(timeout, min(waits))
         if self._cache.has_queued():
             timeout = min(timeout, self._queue_wait_s())
-        return timeout
+        return min(timeout, self._cache.deadlines.wait_s(now))  # (a time limit's)
 
     # -- ends -----------------------------------------------------------------------------
 

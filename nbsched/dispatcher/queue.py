@@ -32,6 +32,7 @@ from ..store import Store
 from ..store.feed import QueueFeed
 from .ends import backoff_s
 from .entries import SMALL_BATCH, Batch, Queued
+from .limits import Deadlines
 
 #: Whole jobs kept from small offered batches, at most (see :meth:`QueueCache.to_start`).
 MAX_WHOLE = 4096
@@ -62,6 +63,8 @@ class QueueCache:
     running: dict[str, Job] = field(default_factory=dict)
     #: Job id -> monotonic time at which its retry back-off ends (see :meth:`eligible`).
     backoff_until: dict[str, float] = field(default_factory=dict)
+    #: The deadlines of the running jobs with a time limit (see :mod:`.limits`).
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     def has_queued(self) -> bool:
         """Whether any job is queued."""
@@ -180,6 +183,7 @@ class QueueCache:
             self.forget(job.id)
             if job.status == JobStatus.RUNNING:
                 self.running[job.id] = job
+                self.deadlines.add(job)
             elif (
                 job.status == JobStatus.QUEUED and not job.held
             ):  # (queued again since the feed's read)

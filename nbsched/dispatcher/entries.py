@@ -14,12 +14,13 @@ submitted after them is planned first at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..jobs import Job
+from ..store.estimates import NO_ESTIMATE, Estimator
 from ..store.feed import Queueing
 
 #: Offered batches up to this many jobs keep their whole jobs, so a start of one of
@@ -44,15 +45,21 @@ class Queued(NamedTuple):
     attempts: int
     #: The revision its row was read at (or written at, for a job this process offered).
     rev: int
+    #: How long it is expected to run (s), as known when the entry was made, and on what
+    #: grounds: "time limit", "hint", "sweep", "script", "command" (None: no estimate).
+    #: See :mod:`nbsched.store.estimates`.
+    estimate_s: float | None = None
+    estimate_source: str | None = None
 
     @property
     def id(self) -> str:
         return str(self.seq)
 
     @classmethod
-    def of(cls, job: Job, rev: int) -> Queued:
+    def of(cls, job: Job, rev: int, estimates: Estimator | None = None) -> Queued:
         """The entry of a whole job read (or written) at ``rev``."""
         spec = job.spec
+        estimate = NO_ESTIMATE if estimates is None else estimates.of_spec(spec)
         return tuple.__new__(
             cls,
             (
@@ -63,15 +70,23 @@ class Queued(NamedTuple):
                 job.not_before,
                 job.attempts,
                 rev,
+                *estimate,
             ),
         )
 
     @classmethod
-    def read(cls, row: Queueing) -> Queued:
+    def read(cls, row: Queueing, estimates: Estimator | None = None) -> Queued:
         """The entry of a row of the change feed.  As in :meth:`Batch.of`, it keeps no
         object of the row: the numbers are copied, the requirement and the allowed GPUs
         shared with other rows' (the row's memory is given back once it is gone)."""
         allowed = row.allowed_gpus
+        estimate = (
+            NO_ESTIMATE
+            if estimates is None
+            else estimates.estimate(row.time_limit, row.expected_s, row.sweep, row.estimate_key)
+        )
+        if estimate[0] is not None:  # (a copy, not the row's own number)
+            estimate = (_shared(estimate[0]), estimate[1])
         return tuple.__new__(
             cls,
             (
@@ -82,8 +97,26 @@ class Queued(NamedTuple):
                 row.not_before,
                 row.attempts,
                 row.rev + 0,
+                *estimate,
             ),
         )
+
+
+class Running(NamedTuple):
+    """A running job as a plan that looks ahead sees it: its GPUs and share, when it
+    started, and how long it is expected to run in all (as :class:`Queued`'s)."""
+
+    seq: int
+    gpus: tuple[int, ...]
+    required_gpus: float
+    started: float | None
+    estimate_s: float | None = None
+    estimate_source: str | None = None
+
+    @classmethod
+    def of(cls, job: Job, estimates: Estimator | None = None) -> Running:
+        estimate = NO_ESTIMATE if estimates is None else estimates.of_spec(job.spec)
+        return cls(job.seq, job.gpus, job.spec.required_gpus, job.started, *estimate)
 
 
 #: One object per distinct requirement, and per distinct list of allowed GPUs as
@@ -128,7 +161,7 @@ class Batch:
     least: float
 
     @classmethod
-    def of(cls, rev: int, jobs: Sequence[Job]) -> Batch:
+    def of(cls, rev: int, jobs: Sequence[Job], estimates: Estimator | None = None) -> Batch:
         whole = {job.seq: job for job in jobs} if len(jobs) <= SMALL_BATCH else {}
         # Queued.of, inlined (a third faster), with no object of a job kept: a job's
         # number, requirement, ... sit among its other objects, and would keep their
@@ -140,6 +173,9 @@ class Batch:
         requirements: dict[float, float] = {}
         allowed: dict[tuple[int, ...] | None, tuple[int, ...] | None] = {}
         one_p, one_r, one_a = priorities.setdefault, requirements.setdefault, allowed.setdefault
+        # (a sweep's jobs share their estimate: one lookup per distinct set of its grounds)
+        known: dict[tuple[object, ...], tuple[float | None, str | None]] = {}
+        estimate = _estimate_of(estimates, known)
         new = tuple.__new__
         entries = [
             new(
@@ -152,6 +188,7 @@ class Batch:
                     j.not_before,
                     j.attempts,
                     rev,
+                    *estimate(s.time_limit, s.expected_s, s.sweep, s.estimate_key),
                 ),
             )
             for j in jobs
@@ -170,3 +207,22 @@ class Batch:
             whole,
             min(map(itemgetter(2), entries), default=0.0),
         )
+
+
+def _estimate_of(
+    estimates: Estimator | None, known: dict[tuple[object, ...], tuple[float | None, str | None]]
+) -> Callable[[float | None, float | None, str | None, str | None], tuple[Any, ...]]:
+    """:meth:`Estimator.estimate`, remembering each answer in ``known`` (for one batch)."""
+
+    def estimate(
+        limit: float | None, expected: float | None, sweep: str | None, key: str | None
+    ) -> tuple[Any, ...]:
+        if estimates is None:
+            return NO_ESTIMATE
+        grounds = (limit, expected, sweep, key)
+        found = known.get(grounds)
+        if found is None:
+            found = known[grounds] = estimates.estimate(limit, expected, sweep, key)
+        return found
+
+    return estimate

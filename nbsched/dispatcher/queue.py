@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from ..allocation import Placement, booked_share
 from ..jobs import Job, JobStatus
 from ..store import Store
+from ..store.estimates import Estimator
 from ..store.feed import QueueFeed
 from .ends import backoff_s
-from .entries import SMALL_BATCH, Batch, Queued
+from .entries import SMALL_BATCH, Batch, Queued, Running
 from .limits import Deadlines
 
 #: Whole jobs kept from small offered batches, at most (see :meth:`QueueCache.to_start`).
@@ -65,6 +66,8 @@ class QueueCache:
     backoff_until: dict[str, float] = field(default_factory=dict)
     #: The deadlines of the running jobs with a time limit (see :mod:`.limits`).
     deadlines: Deadlines = field(default_factory=Deadlines)
+    #: Where the entries' estimates come from (None: none, as in tests of the cache alone).
+    estimates: Estimator | None = None
 
     def has_queued(self) -> bool:
         """Whether any job is queued."""
@@ -168,7 +171,7 @@ class QueueCache:
                     self.forget(str(seq))
                 if change.held:
                     continue  # (held: out of the queue until a release brings it back)
-                fresh.append(Queued.read(change))
+                fresh.append(Queued.read(change, self.estimates))
                 continue
             job_id = str(seq)
             known = self.running.get(job_id)
@@ -187,7 +190,9 @@ class QueueCache:
             elif (
                 job.status == JobStatus.QUEUED and not job.held
             ):  # (queued again since the feed's read)
-                fresh.append(Queued.of(job, -1))  # (read again when the feed has it)
+                fresh.append(
+                    Queued.of(job, -1, self.estimates)
+                )  # (read again when the feed has it)
         self._learn(fresh, now, mono)
 
     def _learn(self, fresh: list[Queued], now: float, mono: float) -> None:
@@ -225,6 +230,10 @@ class QueueCache:
             else:
                 out.append((job, placement.gpus))
         return out, stale
+
+    def running_entries(self) -> list[Running]:
+        """The running jobs as a plan that looks ahead sees them, with their estimates."""
+        return [Running.of(job, self.estimates) for job in self.running.values()]
 
     def booked(self, gone: set[str]) -> dict[int, float]:
         """GPU -> the fraction of it the running jobs (but those ``gone``) book."""

@@ -109,4 +109,14 @@ class Estimator:
         self.forget(j for j, st in zip(jobs, statuses, strict=True) if st == JobStatus.SUCCEEDED)
 
 
-__all__ = ["NO_ESTIMATE", "SOURCES", "Estimate", "Estimator"]
+class _NoHistory:
+    """No runs to learn from: only a job's own time limit and hint count."""
+
+    def recent_durations(self, kind: str, key: str, limit: int = RECENT) -> list[float]:
+        return []
+
+
+#: Estimates from a job's own fields alone (its time limit, its hint).
+GIVEN_ONLY = Estimator(_NoHistory())
+
+__all__ = ["GIVEN_ONLY", "NO_ESTIMATE", "SOURCES", "Estimate", "Estimator"]

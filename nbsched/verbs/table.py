@@ -24,6 +24,7 @@ from .values import (
     checked_ids,
     command_line,
     count_type,
+    expected_type,
     gpu_index_type,
     gpus_type,
     interval_type,
@@ -34,6 +35,7 @@ from .values import (
     rows_type,
     seconds_type,
     threshold_type,
+    time_limit_type,
 )
 
 CLI = "cli"
@@ -116,6 +118,8 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "priority": ns.priority,
         "max_retries": ns.retries,
         "name": ns.name,
+        "time_limit": ns.time_limit,
+        "expected_s": ns.expected_s,
     }
 
 
@@ -222,6 +226,20 @@ JOB_OPTIONS = (
     ),
     _opt("--retries", type=retries_type, metavar="N", help="re-runs after a failure"),
     _opt("--name", help="a label shown in the job table"),
+    _opt(
+        "--time",
+        dest="time_limit",
+        type=time_limit_type,
+        metavar="T",
+        help="time limit: seconds or e.g. 2h30m, 90m, 45s; at T the job is ended and fails",
+    ),
+    _opt(
+        "--expected",
+        dest="expected_s",
+        type=expected_type,
+        metavar="T",
+        help="how long you expect it to run (seconds or e.g. 10m): a hint, ends nothing",
+    ),
 )
 
 _ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")

@@ -113,10 +113,6 @@ def build_spec(
         required = check_requirement("required_gpus", required_gpus, precision)
         shown, other = f"required_gpus={required:g}", ""
     _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
-    limit, expected = (
-        check_duration("time_limit", time_limit),
-        check_duration("expected_s", expected_s),
-    )
     return JobSpec(
         kind=kind,
         required_gpus=required,
@@ -130,11 +126,26 @@ def build_spec(
         sweep=sweep,
         params=params,
         hash=hash,
-        time_limit=limit,
-        expected_s=expected,
-        estimate_key=estimate_key(kind, script_path, argv, command),
+        **_estimation(time_limit, expected_s, kind, script_path, argv, command),
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
+
+
+def _estimation(
+    time_limit: object,
+    expected_s: object,
+    kind: str,
+    script: str | None,
+    args: Sequence[str],
+    command: str | None,
+) -> dict[str, Any]:
+    """The fields a job's estimate comes from, checked: its time limit and its hint
+    (seconds, or a duration such as ``"2h30m"``), and the key of the jobs it is like."""
+    return {
+        "time_limit": check_duration("time_limit", time_limit),
+        "expected_s": check_duration("expected_s", expected_s),
+        "estimate_key": estimate_key(kind, script, args, command),
+    }
 
 
 def _what_runs(

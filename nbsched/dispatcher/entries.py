@@ -14,13 +14,14 @@ submitted after them is planned first at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from ..jobs import Job
-from ..store.estimates import NO_ESTIMATE, Estimator
+from ..store.estimates import NO_ESTIMATE, Estimate, Estimator
 from ..store.feed import Queueing
 
 #: Offered batches up to this many jobs keep their whole jobs, so a start of one of
@@ -173,9 +174,6 @@ class Batch:
         requirements: dict[float, float] = {}
         allowed: dict[tuple[int, ...] | None, tuple[int, ...] | None] = {}
         one_p, one_r, one_a = priorities.setdefault, requirements.setdefault, allowed.setdefault
-        # (a sweep's jobs share their estimate: one lookup per distinct set of its grounds)
-        known: dict[tuple[object, ...], tuple[float | None, str | None]] = {}
-        estimate = _estimate_of(estimates, known)
         new = tuple.__new__
         entries = [
             new(
@@ -188,10 +186,11 @@ class Batch:
                     j.not_before,
                     j.attempts,
                     rev,
-                    *estimate(s.time_limit, s.expected_s, s.sweep, s.estimate_key),
+                    estimate[0],
+                    estimate[1],
                 ),
             )
-            for j in jobs
+            for j, estimate in zip(jobs, _estimates(jobs, estimates), strict=True)
             for s in (j.spec,)
         ]
         return cls.sort(rev, entries, whole)
@@ -209,20 +208,18 @@ class Batch:
         )
 
 
-def _estimate_of(
-    estimates: Estimator | None, known: dict[tuple[object, ...], tuple[float | None, str | None]]
-) -> Callable[[float | None, float | None, str | None, str | None], tuple[Any, ...]]:
-    """:meth:`Estimator.estimate`, remembering each answer in ``known`` (for one batch)."""
+_GROUNDS = attrgetter("time_limit", "expected_s", "sweep", "estimate_key")
 
-    def estimate(
-        limit: float | None, expected: float | None, sweep: str | None, key: str | None
-    ) -> tuple[Any, ...]:
-        if estimates is None:
-            return NO_ESTIMATE
-        grounds = (limit, expected, sweep, key)
-        found = known.get(grounds)
-        if found is None:
-            found = known[grounds] = estimates.estimate(limit, expected, sweep, key)
+
+def _estimates(jobs: Sequence[Job], estimates: Estimator | None) -> Iterable[Estimate]:
+    """The estimate of each job, looked up once per distinct set of grounds (a sweep's
+    jobs share theirs: one lookup for all of them)."""
+    if estimates is None:
+        return repeat(NO_ESTIMATE, len(jobs))
+    known: dict[tuple[Any, ...], Estimate] = {}
+
+    def lookup(grounds: tuple[Any, ...]) -> Estimate:
+        found = known[grounds] = estimates.estimate(*grounds)
         return found
 
-    return estimate
+    return [known.get(g) or lookup(g) for g in map(_GROUNDS, map(attrgetter("spec"), jobs))]

@@ -54,6 +54,12 @@ def test_a_whole_number_of_seconds_reads_back(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
 
 
+@given(st.text(alphabet="0123456789.dhms -+eE_xHM", max_size=12) | st.text(max_size=12))
+def test_any_text_is_a_duration_or_none_never_an_error(text: str) -> None:
+    seconds = parse_duration(text)
+    assert seconds is None or (seconds >= 0 and seconds == seconds)
+
+
 def test_durations_are_written_in_whole_units() -> None:
     assert [format_duration(s) for s in (9000, 90, 45, 0.5, 3600, 86460)] == [
         "2h30m", "1m30s", "45s", "0.5s", "1h", "1d1m",

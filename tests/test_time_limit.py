@@ -175,3 +175,22 @@ def test_an_end_at_or_past_the_limit_fails_with_its_code() -> None:
     )
     inside = decide_end(job, Exit(0, at=9999.0), 1.0, now=10000.5)
     assert (inside.status, inside.reason) == (JobStatus.SUCCEEDED, None)
+
+
+def test_the_dispatcher_sleeps_no_longer_than_the_nearest_deadline(
+    make_sched: Callable[..., GPUJobScheduler],
+) -> None:
+    s = make_sched()
+    far = s.add_command("sleep 300", required_gpus=0.5, time_limit=120)
+    near = s.add_command("sleep 300", required_gpus=0.5, time_limit="1m")
+    wait_for(lambda: {s.job(j)["status"] for j in (far, near)} == {"running"}, what="both to run")
+    d = s._dispatcher
+    assert d is not None
+    # (armed as the dispatcher starts them, just after it marks them running)
+    wait_for(lambda: len(d._cache.deadlines) == 2, what="both deadlines armed")
+    assert 40 < d._cache.deadlines.wait_s(time.time()) <= 60  # (the nearer one's)
+    started = s.store.get(near).started
+    assert started is not None
+    assert d._sleep_s(started + 59.5, time.monotonic(), []) <= 0.5  # (not the 2 s safety net)
+    for j in (far, near):
+        s.cancel(j)

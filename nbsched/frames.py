@@ -236,9 +236,10 @@ def _estimates(
     """The ``estimate`` and ``estimate_source`` columns (see :func:`jobs_frame`)."""
     known: dict[tuple[Any, ...], tuple[float | None, str | None]] = {}
     seconds, sources = [], []
-    grounds = zip(
-        raw["time_limit"], raw["expected_s"], raw["sweep"], raw["estimate_key"], strict=True
+    grounds = list(
+        zip(raw["time_limit"], raw["expected_s"], raw["sweep"], raw["estimate_key"], strict=True)
     )
+    estimates.prefetch(set(grounds))
     for ground in grounds:
         found = known.get(ground)
         if found is None:

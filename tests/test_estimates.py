@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.cli import main
@@ -264,11 +265,15 @@ class Counting:
     """A store that counts the durations it is asked for."""
 
     def __init__(self, store: Store) -> None:
-        self.store, self.asked = store, 0
+        self.store, self.asked, self.bulk = store, 0, 0
 
     def recent_durations(self, kind: str, key: str, limit: int = RECENT) -> list[float]:
         self.asked += 1
         return self.store.recent_durations(kind, key, limit)
+
+    def durations_of(self, kind: str, keys: list[str]) -> dict[str, list[float]]:
+        self.bulk += 1
+        return self.store.durations_of(kind, keys)
 
 
 def test_a_sweeps_queue_entries_cost_one_lookup_per_key(store: Store) -> None:
@@ -316,5 +321,18 @@ def test_learned_estimates_in_jobs_after_real_runs(
     # The dispatcher's queue entries carry them too.
     d = s._dispatcher
     assert d is not None
-    entry = d._cache.entry(int(like_script))
-    assert entry is not None and entry.estimate_source == "script"
+    entry = wait_for(lambda: d._cache.entry(int(like_script)), what="the dispatcher to queue it")
+    assert entry.estimate_source == "script"
+
+
+def test_a_table_of_many_distinct_commands_reads_their_runs_at_once(store: Store) -> None:
+    _ran(store, [command_spec(f"work {i}") for i in range(30)], [float(i) for i in range(30)])
+    _ran(store, [command_spec("work 3")], [5.0], at=2000.0)
+    counting = Counting(store)
+    est = Estimator(counting)  # type: ignore[arg-type]
+    specs = [command_spec(f"work {i}") for i in range(40)]
+    est.prefetch((s.time_limit, s.expected_s, s.sweep, s.estimate_key) for s in specs)
+    assert counting.asked == 0 and counting.bulk == 1
+    assert [est.of_spec(s)[0] for s in specs[:5]] == [0.0, 1.0, 2.0, 5.0, 4.0]
+    assert est.of_spec(specs[35]) == (None, None)
+    assert counting.asked == 0  # (all known from the one read)

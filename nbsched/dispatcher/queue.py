@@ -25,6 +25,7 @@ import bisect
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from ..allocation import Placement, booked_share
 from ..jobs import Job, JobStatus
@@ -37,6 +38,8 @@ from .limits import Deadlines
 
 #: Whole jobs kept from small offered batches, at most (see :meth:`QueueCache.to_start`).
 MAX_WHOLE = 4096
+#: What a row of the feed's estimate comes from (see :class:`~nbsched.store.feed.Queueing`).
+_GROUNDS = attrgetter("time_limit", "expected_s", "sweep", "estimate_key")
 
 
 @dataclass
@@ -159,6 +162,8 @@ class QueueCache:
         wanted: list[str] = []
         fresh: list[Queued] = []
         queued = self.queued
+        if self.estimates is not None and feed.changes:  # (their estimates, read at once)
+            self.estimates.prefetch(set(map(_GROUNDS, feed.changes)))
         for change in feed.changes:
             seq, status = change.seq, change.status
             if status == JobStatus.QUEUED:

@@ -86,5 +86,24 @@ class DurationsPart(StorePart):
         )
         return [row[0] for row in found]
 
+    def durations_of(self, kind: str, keys: Sequence[str]) -> dict[str, list[float]]:
+        """:meth:`recent_durations` of many keys at once (chunks of 500 per statement):
+        key -> seconds, newest first (a key with no run is left out)."""
+        column = COLUMNS[kind]
+        found: dict[str, list[tuple[float, float]]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            rows = self._db.read(
+                f"SELECT {column}, ended, seconds FROM durations "
+                f"WHERE {column} IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for key, ended, seconds in rows:
+                found.setdefault(key, []).append((ended, seconds))
+        return {
+            key: [seconds for _, seconds in sorted(runs, reverse=True)[:RECENT]]
+            for key, runs in found.items()
+        }
+
 
 __all__ = ["RECENT", "DurationsPart", "estimate_key", "record", "typical"]

@@ -19,8 +19,8 @@ a dict read, and a queue of 100,000 jobs of one sweep costs two queries.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from ..jobs import Job, JobSpec, JobStatus
 from .durations import RECENT, typical
@@ -29,7 +29,9 @@ from .durations import RECENT, typical
 SOURCES = ("time limit", "hint", "sweep", "script", "command")
 
 #: Keys whose values are kept at most (then all are forgotten and read again).
-MAX_KEYS = 4096
+MAX_KEYS = 20_000
+#: :meth:`Estimator.prefetch` reads at once from this many unknown keys on.
+PREFETCH_FROM = 8
 
 Estimate = tuple["float | None", "str | None"]
 NO_ESTIMATE: Estimate = (None, None)
@@ -37,6 +39,8 @@ NO_ESTIMATE: Estimate = (None, None)
 
 class Durations(Protocol):
     def recent_durations(self, kind: str, key: str, limit: int = RECENT) -> list[float]: ...
+
+    def durations_of(self, kind: str, keys: Sequence[str]) -> dict[str, list[float]]: ...
 
 
 class Estimator:
@@ -92,6 +96,33 @@ class Estimator:
                 known[kind, key] = value
         return value
 
+    def prefetch(self, grounds: Iterable[tuple[Any, ...]]) -> None:
+        """Read at once the learned estimates that :meth:`estimate` of each of these
+        ``(time_limit, expected_s, sweep, key)`` may ask for (a table of many distinct
+        commands: a few statements, not one a command)."""
+        sweeps: set[str] = set()
+        keys: set[str] = set()
+        for limit, expected, sweep, key in grounds:
+            if limit is None and expected is None:
+                if sweep is not None and ("sweep", sweep) not in self._known:
+                    sweeps.add(sweep)
+                if key is not None and ("key", key) not in self._known:
+                    keys.add(key)
+        if len(sweeps) + len(keys) < PREFETCH_FROM:
+            return  # (one by one, as asked: as cheap)
+        generation = self._generation
+        read = {kind: self._store.durations_of(kind, sorted(wanted))
+                for kind, wanted in (("sweep", sweeps), ("key", keys)) if wanted}  # fmt: skip
+        with self._lock:
+            if generation != self._generation:
+                return
+            if len(self._known) + len(sweeps) + len(keys) > MAX_KEYS:
+                self._known.clear()
+            for kind, wanted in (("sweep", sweeps), ("key", keys)):
+                runs = read.get(kind, {})
+                for key in wanted:
+                    self._known[kind, key] = typical(runs.get(key, ()))
+
     def forget(self, jobs: Iterable[Job]) -> None:
         """These jobs just succeeded: their keys' estimates are read again when next
         asked for (the store has their runs now)."""
@@ -114,6 +145,9 @@ class _NoHistory:
 
     def recent_durations(self, kind: str, key: str, limit: int = RECENT) -> list[float]:
         return []
+
+    def durations_of(self, kind: str, keys: Sequence[str]) -> dict[str, list[float]]:
+        return {}
 
 
 #: Estimates from a job's own fields alone (its time limit, its hint).

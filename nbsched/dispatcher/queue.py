@@ -163,7 +163,7 @@ class QueueCache:
         fresh: list[Queued] = []
         queued = self.queued
         if self.estimates is not None and feed.changes:  # (their estimates, read at once)
-            self.estimates.prefetch(set(map(_GROUNDS, feed.changes)))
+            self.estimates.prefetch({_GROUNDS(c) for c in feed.changes if c.status == "queued"})
         for change in feed.changes:
             seq, status = change.seq, change.status
             if status == JobStatus.QUEUED:
@@ -195,9 +195,8 @@ class QueueCache:
             elif (
                 job.status == JobStatus.QUEUED and not job.held
             ):  # (queued again since the feed's read)
-                fresh.append(
-                    Queued.of(job, -1, self.estimates)
-                )  # (read again when the feed has it)
+                # (read again when the feed has it)
+                fresh.append(Queued.of(job, -1, self.estimates))
         self._learn(fresh, now, mono)
 
     def _learn(self, fresh: list[Queued], now: float, mono: float) -> None:

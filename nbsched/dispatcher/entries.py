@@ -18,11 +18,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from ..jobs import Job
 from ..store.estimates import NO_ESTIMATE, Estimate, Estimator
 from ..store.feed import Queueing
+
+#: What a job's (or a feed row's) estimate comes from, as ``Estimator.of_grounds`` takes it.
+_GROUNDS = attrgetter("time_limit", "expected_s", "sweep", "estimate_key")
 
 #: Offered batches up to this many jobs keep their whole jobs, so a start of one of
 #: them reads nothing (an ``add_command`` at a time: the engine's throughput).
@@ -81,13 +84,8 @@ class Queued(NamedTuple):
         object of the row: the numbers are copied, the requirement and the allowed GPUs
         shared with other rows' (the row's memory is given back once it is gone)."""
         allowed = row.allowed_gpus
-        estimate = (
-            NO_ESTIMATE
-            if estimates is None
-            else estimates.estimate(row.time_limit, row.expected_s, row.sweep, row.estimate_key)
-        )
-        if estimate[0] is not None:  # (a copy, not the row's own number)
-            estimate = (_shared(estimate[0]), estimate[1])
+        # (one answer per distinct set of grounds: a sweep's rows share one object)
+        estimate = NO_ESTIMATE if estimates is None else estimates.of_grounds(_GROUNDS(row))
         return tuple.__new__(
             cls,
             (
@@ -208,18 +206,8 @@ class Batch:
         )
 
 
-_GROUNDS = attrgetter("time_limit", "expected_s", "sweep", "estimate_key")
-
-
 def _estimates(jobs: Sequence[Job], estimates: Estimator | None) -> Iterable[Estimate]:
-    """The estimate of each job, looked up once per distinct set of grounds (a sweep's
-    jobs share theirs: one lookup for all of them)."""
+    """The estimate of each job (a sweep's jobs share theirs: one lookup for all)."""
     if estimates is None:
         return repeat(NO_ESTIMATE, len(jobs))
-    known: dict[tuple[Any, ...], Estimate] = {}
-
-    def lookup(grounds: tuple[Any, ...]) -> Estimate:
-        found = known[grounds] = estimates.estimate(*grounds)
-        return found
-
-    return [known.get(g) or lookup(g) for g in map(_GROUNDS, map(attrgetter("spec"), jobs))]
+    return list(map(estimates.of_grounds, map(_GROUNDS, map(attrgetter("spec"), jobs))))

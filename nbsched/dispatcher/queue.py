@@ -163,7 +163,7 @@ class QueueCache:
         fresh: list[Queued] = []
         queued = self.queued
         if self.estimates is not None and feed.changes:  # (their estimates, read at once)
-            self.estimates.prefetch({_GROUNDS(c) for c in feed.changes if c.status == "queued"})
+            self.estimates.prefetch(set(map(_GROUNDS, feed.changes)))
         for change in feed.changes:
             seq, status = change.seq, change.status
             if status == JobStatus.QUEUED:

@@ -53,6 +53,8 @@ class Estimator:
         self._known: dict[tuple[str, str], float | None] = {}
         #: Moved on by each :meth:`forget`: a value read before one is not kept.
         self._generation = 0
+        #: :meth:`of_grounds`' answers (forgotten whole by :meth:`forget`).
+        self._answers: dict[tuple[Any, ...], Estimate] = {}
 
     def estimate(
         self,
@@ -75,6 +77,20 @@ class Estimator:
             if found is not None:
                 return found, key.split(":", 1)[0]
         return NO_ESTIMATE
+
+    def of_grounds(self, grounds: tuple[Any, ...]) -> Estimate:
+        """:meth:`estimate` of ``(time_limit, expected_s, sweep, key)``, remembered until
+        the next :meth:`forget` (the rows of a sweep: one dict lookup each)."""
+        found = self._answers.get(grounds)
+        if found is None:
+            generation = self._generation
+            found = self.estimate(*grounds)
+            with self._lock:
+                if len(self._answers) >= MAX_KEYS:
+                    self._answers.clear()
+                if generation == self._generation:
+                    self._answers[grounds] = found
+        return found
 
     def of_spec(self, spec: JobSpec) -> Estimate:
         """The estimate of a job of ``spec``."""
@@ -126,8 +142,12 @@ class Estimator:
     def forget(self, jobs: Iterable[Job]) -> None:
         """These jobs just succeeded: their keys' estimates are read again when next
         asked for (the store has their runs now)."""
+        jobs = list(jobs)
+        if not jobs:
+            return
         with self._lock:
             self._generation += 1
+            self._answers = {}
             for job in jobs:
                 spec = job.spec
                 if spec.sweep is not None:

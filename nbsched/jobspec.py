@@ -102,9 +102,8 @@ def build_spec(
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
-    value and what is accepted.  ``default_requirement(args)``: the GPUs (and where that
-    number comes from) of a job that names none; ``snapshot()``: the GPUs, for a job of
-    several (one node)."""
+    value and what is accepted.  ``default_requirement(args)``: the GPUs (and whence) of
+    a job that names none; ``snapshot()``: the GPUs, for a job of several (one node)."""
     checked_priority = check_priority(priority)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)

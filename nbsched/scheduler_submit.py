@@ -69,6 +69,8 @@ class Submitting:
         name: str | None = None,
         once: bool = False,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         gpu_memory: float | str | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
@@ -80,6 +82,10 @@ class Submitting:
         ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
         "started": ids}``; bare ids wait for success): see the user guide's
         dependencies page.
+        ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
+        there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
+        ``expected_s``: how long you expect it to run (seconds or a duration): a hint
+        for the plan that ends nothing.  See ``docs/estimates.md``.
         """
         self._check_open()
         spec = self.make_spec(
@@ -96,6 +102,8 @@ class Submitting:
             env=env,
             name=name,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
             gpu_memory=gpu_memory,
         )
         return self._submit_once(spec) if once else self.submit([spec])[0]
@@ -125,11 +133,12 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         gpu_memory: float | str | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id (``after``:
-        as :meth:`add_job`'s; ``gpu_memory="18G"`` or MiB: it starts only on a GPU
-        with that much free)."""
+        """Queue a shell command (``bash -c command``); returns the job id.
+        ``after``, ``time_limit``, ``expected_s`` and ``gpu_memory`` as in :meth:`add_job`."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -141,6 +150,8 @@ class Submitting:
             env=env,
             name=name,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
             gpu_memory=gpu_memory,
         )
         return self.submit([spec])[0]
@@ -165,6 +176,8 @@ class Submitting:
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         gpu_memory: float | str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
@@ -197,6 +210,8 @@ class Submitting:
             params=params,
             hash=hash,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
             gpu_memory=gpu_memory,
         )
 

@@ -11,22 +11,16 @@ from typing import Any
 import pytest
 
 from nbsched import GPUJobScheduler
-from nbsched.gpus.peaks import peak_key
+from nbsched.store.durations import estimate_key
 
 G = 1024.0
 
 
-def test_kind_keys() -> None:
-    a = peak_key("script", "/t.py", "env", ["--lr", "0.1", "--seed=3", "x"], None)
-    b = peak_key("script", "/t.py", "env", ["--lr", "0.01", "--seed=4", "y"], None)
-    other_names = peak_key("script", "/t.py", "env", ["--lr", "0.1"], None)
-    other_env = peak_key("script", "/t.py", None, ["--lr", "0.1", "--seed=3"], None)
-    assert a == b and len({a, other_names, other_env}) == 3
-    negative = peak_key("script", "/t.py", "env", ["--lr", "-1", "--seed=3"], None)
-    assert negative == a  # (a negative value is not an option's name)
-    assert peak_key("command", None, None, (), "echo 1") != peak_key(
-        "command", None, None, (), "echo 2"
-    )
+def test_a_job_is_charged_by_the_estimates_kind_key(tmp_path: Path) -> None:
+    """The kind is the one learned estimates use: script and option names, or command."""
+    a = estimate_key("script", "/t.py", ["--lr", "0.1", "--seed=3", "x"], None)
+    b = estimate_key("script", "/t.py", ["--lr", "-1", "--seed=4", "y"], None)
+    assert a == b != estimate_key("script", "/t.py", ["--lr", "0.1"], None)
 
 
 @pytest.fixture
@@ -86,7 +80,9 @@ def test_a_learned_charge_places_the_job_by_memory(running: GPUJobScheduler) -> 
     first = running.add_command(cmd, required_gpus=0.01)
     running.wait([first], timeout=30)
     _until(
-        lambda: running.store.learned_peaks([f"key:{running.store.get(first).spec.peak_key}"]) != {}
+        lambda: (
+            running.store.learned_peaks([f"key:{running.store.get(first).spec.estimate_key}"]) != {}
+        )
     )
     # two more of the same command: 50000 MiB each on 80 GiB GPUs: one per GPU
     a, b = (

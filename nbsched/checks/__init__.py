@@ -6,6 +6,7 @@ from .after import AfterValue, check_after
 from .memory import check_gpu_memory, memory_text
 from .typed import (
     ALL_LINES,
+    duration_from_text,
     gpu_count_from_text,
     gpus_from_text,
     lines_from_text,
@@ -25,6 +26,7 @@ from .values import (
     check_args,
     check_choice,
     check_count,
+    check_duration,
     check_env,
     check_gpu_arg,
     check_interval,
@@ -55,6 +57,7 @@ __all__ = [
     "check_args",
     "check_choice",
     "check_count",
+    "check_duration",
     "check_env",
     "check_gpu_memory",
     "check_gpu_arg",
@@ -69,6 +72,7 @@ __all__ = [
     "check_timeout",
     "check_whole",
     "check_word",
+    "duration_from_text",
     "gpu_count_from_text",
     "gpus_from_text",
     "is_real",

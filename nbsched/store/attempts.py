@@ -16,7 +16,7 @@ from typing import Any
 
 from ..gpus.oom import retry_room_sql
 from ..jobs import Job, JobStatus
-from . import deps, rows
+from . import deps, durations, rows
 from .connection import StorePart, bump_rev
 
 #: A started attempt's pid and the like: ``(job number, attempt token, fields)``.
@@ -155,6 +155,8 @@ def _apply_end(conn: sqlite3.Connection, rev: int, end: AttemptEnd, now: float) 
             conn.execute(
                 _INSERT_TRANSITION, (seq, JobStatus.RUNNING.value, status.value, ended, reason)
             )
+            if status == JobStatus.SUCCEEDED:
+                durations.record(conn, end.job, ended)
             if status == JobStatus.QUEUED and end.oom_room is not None:
                 _more_room(conn, seq, end.oom_room)
             return status

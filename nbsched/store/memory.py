@@ -105,7 +105,7 @@ class MemoryPart(StorePart):
             return {}
         marks = ",".join("?" * len(wanted))
         ended = self._db.read(
-            f"SELECT sweep, peak_key, gpu_memory_peak FROM jobs WHERE seq IN ({marks}) "
+            f"SELECT sweep, estimate_key, gpu_memory_peak FROM jobs WHERE seq IN ({marks}) "
             "AND gpu_memory_peak IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled')",
             wanted,
         )
@@ -162,7 +162,7 @@ def learn_charges(conn: sqlite3.Connection, rev: int) -> None:
     conn.execute(
         "UPDATE jobs SET gpu_memory_learned = COALESCE("
         f"(SELECT CAST(value AS REAL) FROM meta WHERE key = '{_PEAK}{SWEEP}' || jobs.sweep), "
-        f"(SELECT CAST(value AS REAL) FROM meta WHERE key = '{_PEAK}{KIND}' || jobs.peak_key)) "
+        f"(SELECT CAST(value AS REAL) FROM meta WHERE key = '{_PEAK}{KIND}' || jobs.estimate_key)) "
         "WHERE rev = ? AND gpu_memory_request IS NULL",
         (rev,),
     )

@@ -26,10 +26,10 @@ from .checks import (
     check_word,
     no_nul,
 )
-from .checks.memory import check_gpu_memory, memory_text
+from .checks.memory import memory_text
 from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
-from .gpus.memory_fit import check_request_fits
+from .gpus.memory_fit import check_request
 from .jobs import JobSpec
 from .launch import check_launcher
 from .store.durations import estimate_key
@@ -109,14 +109,13 @@ def build_spec(
     a job that names none; ``snapshot()``: the GPUs, for a job of several (one node);
     ``gpu_memory``: MiB (or "18G") needed on each of its GPUs."""
     checked_priority = check_priority(priority)
-    memory = check_gpu_memory("gpu_memory", gpu_memory)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
     check_word("conda_env", conda_env, "an environment name", blank=False)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
+    memory = check_request(gpu_memory, snapshot, allowed)
     req, shown, other = _requirement(required_gpus, memory, precision, default_requirement, argv)
     _check_fits(shown, other, req, allowed, n_gpus, owner, snapshot)
-    check_request_fits(memory, snapshot, allowed, f"gpu_memory={gpu_memory!r}")
     return JobSpec(
         kind=kind,
         required_gpus=req,

@@ -131,18 +131,21 @@ def largest_total(reading: Sequence[GpuSnapshot], allowed: Iterable[int] | None)
     return max(totals) if totals else None
 
 
-def check_request_fits(
-    mb: float | None,
+def check_request(
+    gpu_memory: object,
     reading: Callable[[], Sequence[GpuSnapshot]],
     allowed: Iterable[int] | None,
-    shown: str,
-) -> None:
-    """Refuse at once a memory request (``mb``; None: none) larger than any GPU (of
-    ``allowed``) has: it could never start.  (No GPU says its total: nothing to check.)"""
+) -> float | None:
+    """A job's ``gpu_memory`` in MiB (None: none), checked (:func:`check_gpu_memory`);
+    a request larger than any GPU (of ``allowed``) has is refused at once: it could
+    never start.  (No GPU says its total: nothing more to check.)"""
+    from ..checks.memory import check_gpu_memory
     from ..errors import InvalidValueError
 
+    mb = check_gpu_memory("gpu_memory", gpu_memory)
     if mb is None:
-        return
+        return None
+    shown = f"gpu_memory={gpu_memory!r}"
     largest = largest_total(reading(), allowed)
     if largest is not None and mb > largest:
         among = "any GPU it may use" if allowed is not None else "any GPU"
@@ -150,3 +153,4 @@ def check_request_fits(
             f"{shown}: more than {among} has (the largest has {_mib(largest)}); "
             f"ask for at most {largest:.0f} MiB"
         )
+    return mb

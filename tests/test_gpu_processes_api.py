@@ -46,7 +46,8 @@ def _stop(s: GPUJobScheduler, job_id: str) -> None:
 def test_running_job_memory_and_peak_are_shown_and_kept(
     running: GPUJobScheduler, make_sched: Callable[..., GPUJobScheduler]
 ) -> None:
-    job_id = running.add_command(HOLDER, required_gpus=0.5)
+    # (a small share: a simulated job uses its share until it reports)
+    job_id = running.add_command(HOLDER, required_gpus=0.01)
     _until(lambda: running.job(job_id)["gpu_memory"] == 3072)
     row = running.job(job_id)
     assert row["gpu_memory_peak"] == 6144  # the peak, though it holds less now

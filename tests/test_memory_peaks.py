@@ -54,7 +54,8 @@ def test_a_sweep_run_again_is_charged_what_it_used(
     running.wait(first, timeout=30)
     assert sorted(running.job(i)["gpu_memory_peak"] for i in first) == [3000, 5000]
     # the watch learns the peaks at its next pass after the ends
-    _until(lambda: running.store.learned_peaks([f"sweep:{first.sweep_id}"]) != {})
+    kind = "key:" + str(running.store.get(first[0]).spec.estimate_key)
+    _until(lambda: running.store.learned_peaks([kind]) == {kind: 5000})  # (both ends seen)
     again = running.add_sweep(str(script), args="--mib 3000 --seed {2,3}", required_gpus=0.01)
     jobs = [running.store.get(i) for i in again]
     assert [j.gpu_memory_learned for j in jobs] == [5000, 5000]  # its kind's peak

@@ -12,9 +12,10 @@ A GPU's ``processes`` are other people's programs on it (a ``pid`` or a ``user``
 both, a ``command``, ``memory_mb``); their memory is part of the GPU's
 ``external_memory_used_mb`` (which is their sum where the key is left out).
 
-A running nbsched job is a process on each of its GPUs (its root pid), using what
+A running nbsched job is a process on each of its GPUs (its root pid), holding what
 it wrote to the file ``$NBSCHED_RESULT_FILE.gpu_memory`` (MiB, a number; see
-:func:`report_memory`), or else its booked share of each GPU's memory.
+:func:`report_memory`); until it does, the process's memory is unknown (None) and the
+GPU's use counts its booked share of the memory, as before processes were listed.
 """
 
 from __future__ import annotations
@@ -322,16 +323,17 @@ class SimulatedProvider:
         gpus = self.describe()
         used = dict(self._usage()) if self._usage is not None and self._jobs is None else {}
         ours: dict[int, list[GpuProcess]] = {}
+        held: dict[int, float] = {}  # (GPU -> MiB the jobs hold, reported or their share)
         if self._jobs is not None:
             for job in self._jobs():
-                _job_processes(job, gpus, used, ours)
+                _job_processes(job, gpus, used, ours, held)
         node = self.node or "local"
         result = []
         for index, gpu in enumerate(gpus):
             fraction = min(1.0, max(0.0, float(used.get(index, 0.0))))
             mine = ours.get(index, [])
             jobs_mb = (
-                sum(p.used_mb or 0.0 for p in mine) if mine else fraction * gpu.memory_total_mb
+                held.get(index, 0.0) if self._jobs is not None else fraction * gpu.memory_total_mb
             )
             theirs = tuple(
                 GpuProcess(index, p.pid, p.memory_mb, p.user, p.command) for p in gpu.processes
@@ -361,18 +363,21 @@ def _job_processes(
     gpus: tuple[SimulatedGpu, ...],
     used: dict[int, float],
     ours: dict[int, list[GpuProcess]],
+    held: dict[int, float],
 ) -> None:
-    """Add ``job``'s share to ``used`` and its process on each of its GPUs to ``ours``:
-    using what it reported (:func:`report_memory`), else its share of the memory."""
+    """Add ``job``'s share to ``used``, what it holds to ``held`` (what it reported,
+    :func:`report_memory`, else its share of the memory) and its process on each of
+    its GPUs to ``ours``: with what it reported, else unknown memory (None)."""
     reported = _reported(job.result_file)
     for g in job.gpus:
         if not 0 <= g < len(gpus):
             continue
+        total = gpus[g].memory_total_mb
+        mb = min(reported, total) if reported is not None else None
         used[g] = used.get(g, 0.0) + job.share
-        if job.pid is None:  # (its start not recorded yet: its share is used, no pid shown)
-            continue
-        mb = reported if reported is not None else job.share * gpus[g].memory_total_mb
-        ours.setdefault(g, []).append(GpuProcess(g, job.pid, min(mb, gpus[g].memory_total_mb)))
+        held[g] = held.get(g, 0.0) + (mb if mb is not None else job.share * total)
+        if job.pid is not None:  # (its start not recorded yet: no pid to show)
+            ours.setdefault(g, []).append(GpuProcess(g, job.pid, mb))
 
 
 def _reported(result_file: str | None) -> float | None:

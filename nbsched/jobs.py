@@ -151,6 +151,17 @@ class Job:
     def allowed_gpus(self) -> tuple[int, ...] | None:
         return self.spec.allowed_gpus
 
+    # What the plan reads of its run time (nbsched.allocation.QueuedJob): a whole job
+    # carries none; the estimates' code fills the dispatcher's entries and
+    # nbsched.backfill.Running, and may answer these from the spec.
+    @property
+    def estimate_s(self) -> float | None:
+        return None
+
+    @property
+    def estimate_source(self) -> str | None:
+        return None
+
     def display_command(self) -> str:
         """The command as a user would type it."""
         s = self.spec

@@ -44,6 +44,10 @@ class Queued(NamedTuple):
     attempts: int
     #: The revision its row was read at (or written at, for a job this process offered).
     rev: int
+    #: Seconds it is expected to run, and on what grounds (one of
+    #: :data:`nbsched.backfill.SOURCES`): None where no estimate is known.
+    estimate_s: float | None = None
+    estimate_source: str | None = None
 
     @property
     def id(self) -> str:
@@ -63,6 +67,8 @@ class Queued(NamedTuple):
                 job.not_before,
                 job.attempts,
                 rev,
+                None,
+                None,
             ),
         )
 
@@ -82,6 +88,8 @@ class Queued(NamedTuple):
                 row.not_before,
                 row.attempts,
                 row.rev + 0,
+                None,
+                None,
             ),
         )
 
@@ -152,6 +160,8 @@ class Batch:
                     j.not_before,
                     j.attempts,
                     rev,
+                    None,
+                    None,
                 ),
             )
             for j in jobs

@@ -33,8 +33,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 from ..allocation import could_start, gpu_states, most_room, plan
+from ..backfill import Policy, first_in_line
 from ..config import SchedulerConfig
 from ..errors import StateDirError
 from ..executors.base import Executor, Exit, Started
@@ -86,6 +88,8 @@ class Dispatcher:
         #: Why the queue's head waits, and the GPUs held for it (for status displays).
         self.head_waiting: tuple[str, str] | None = None
         self.reserved: dict[int, str] = {}
+        self._policy = Policy(reserve_after_s=config.reserve_after_s)
+        self._head_since: tuple[str, float] | None = None  # (see allocation.plan)
         #: Cycles run (recovery is done once the first has).
         self.cycles = 0
         #: Whether the store may hold changes this dispatcher has not read: set by a
@@ -308,7 +312,11 @@ class Dispatcher:
             self.config.gpu_load_threshold,
         )
         queue = self._cache.eligible(now, mono)
-        decision = plan(queue, states, now, self.config.gpu_allocation_precision)
+        decision = plan(queue, states, now, self.config.gpu_allocation_precision,
+                        running=self._cache.for_plan(gone), policy=self._policy,
+                        head_since=self._head_since)  # fmt: skip
+        since = partial(self._cache.queued_at, self.store, now)
+        self._head_since = first_in_line(self._head_since, decision.head_waiting, since)
         self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)

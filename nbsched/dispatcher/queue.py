@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..allocation import Placement, booked_share
+from ..backfill import Running, running_of
 from ..jobs import Job, JobStatus
 from ..store import Store
 from ..store.feed import QueueFeed
@@ -232,6 +233,18 @@ class QueueCache:
             for g in run.gpus:
                 alloc[g] = alloc.get(g, 0.0) + share
         return alloc
+
+    def for_plan(self, gone: set[str]) -> list[Running]:
+        """The running jobs (but those ``gone``) as the plan sees them."""
+        return [running_of(job) for job in self.running.values() if job.id not in gone]
+
+    def queued_at(self, store: Store, now: float, job_id: str) -> float:
+        """When the queued job ``job_id`` was submitted (``now`` if it is gone)."""
+        job = self.whole.get(int(job_id))
+        if job is None:
+            found = store.get_many([job_id])
+            job = found[0] if found else None
+        return job.submitted if job is not None else now
 
     def backoff_waits(self, now: float, mono: float) -> list[float]:
         """Seconds each job in a back-off has left: the sooner of the wall clock's

@@ -26,6 +26,7 @@ from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
 from .verbs import CLI, ENGINE_OPTIONS, VERBS, verbs_of
+from .verbs.simulating import show_simulation
 from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note, show_ids
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ def _run(ns: argparse.Namespace) -> int:
         return rc
     if ns.verb == "serve":
         return _serve(ns)
+    if ns.verb == "simulate":  # (no scheduler: a replay of a file)
+        return show_simulation(ns)
     s = _client(ns)
     try:
         return _verb(s, ns)

@@ -42,6 +42,7 @@ def explain_one(
     *,
     running: Iterable[Running] = (),
     policy: Policy = DEFAULT_POLICY,
+    head_since: tuple[str, float] | None = None,
 ) -> str:
     """:func:`explain`'s answer for ``job``, from ``queue``: the jobs ahead of it in
     dispatch order, then ``job``.
@@ -51,7 +52,9 @@ def explain_one(
     out: a queue read lazily is read no further (``why()`` of one job among 100,000
     reads a page or a few, not the whole queue).
     """
-    decision = plan(queue, gpus, now, precision, running=running, policy=policy)
+    decision = plan(
+        queue, gpus, now, precision, running=running, policy=policy, head_since=head_since
+    )
     head = decision.head_waiting
     after_head = head is not None and head[0] != job.id  # (the head is ahead of it, if any)
     return _Reasons(decision, gpus, now, precision, policy).of(job, after_head)

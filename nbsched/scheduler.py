@@ -32,6 +32,7 @@ from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .scheduler_control import Controlling
+from .scheduler_simulate import Simulating
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
 from .submitter import EngineSubmitter
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling):
+class GPUJobScheduler(Submitting, Controlling, Simulating):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original

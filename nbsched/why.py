@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
-from .allocation import GpuState, explain_one, gpu_states
+from .allocation import GpuState, explain_one, gpu_states, plan
+from .backfill import Policy, running_of
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
 from .store import Store
@@ -125,9 +126,25 @@ class Why:
             seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
         _, _, states, precision, answers = seen
         if job.id not in answers:
-            queue = _Ahead(self._store, job)
-            answers[job.id] = explain_one(queue, job, states, self._now(), precision)
+            answers[job.id] = self._explain(job, states, precision)
         return answers[job.id]
+
+    def _explain(self, job: Job, states: list[GpuState], precision: float) -> str:
+        """:func:`explain_one` by the engine's policy, with the running jobs' estimates
+        and the first job in line's time of queueing (for ``reserve_after_s``)."""
+        queue, now = _Ahead(self._store, job), self._now()
+        running = [running_of(r) for r in self._store.find(statuses=[JobStatus.RUNNING])]
+        policy = Policy(reserve_after_s=float(self._rules().get("reserve_after_s", 0.0)))
+        since = None
+        if policy.reserve_after_s > 0:
+            first = plan(queue, states, now, precision, running=running, policy=policy)
+            if first.head_waiting is not None:
+                head_id = first.head_waiting[0]
+                head = next((j for j in queue if j.id == head_id), None)
+                since = (head_id, head.submitted) if head is not None else None
+        return explain_one(
+            queue, job, states, now, precision, running=running, policy=policy, head_since=since
+        )
 
 
 __all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why"]

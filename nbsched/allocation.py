@@ -14,13 +14,18 @@ Rules, in the order they are applied:
   *group* (a node of a cluster: GPUs with different ``group`` never serve one job).
   Among the groups that have room, the one with the fewest empty GPUs is taken, so
   larger blocks stay whole for larger jobs.  GPUs without a group form one group.
-* **Reservation (no starvation).**  The first job in that order that cannot start
-  now reserves the GPUs it will start on: for N GPUs, the N eligible GPUs closest
-  to being free; for a fraction, the one GPU with the most room.  Jobs behind it
-  may start ("backfill") only on GPUs outside that reservation, so they provably
-  cannot delay it.  This is EASY backfilling, as in Slurm: one reservation, held
-  for the highest-priority blocked job; when it starts, the next blocked job gets
-  the reservation.  A multi-GPU reservation, like the job, lies within one group.
+* **Reservation.**  The first job in that order that cannot start reserves, once it
+  has been queued ``reserve_after_s`` (``Policy``; 0: at once), the GPUs expected to be
+  free soonest (by the running jobs' start + estimate; among equals, the most room),
+  within one group.  Its expected start is when the last of them frees.
+* **Backfill.**  Jobs behind it start on GPUs outside the reservation (EASY), and on
+  reserved ones only if their estimate ends before the expected start: a time limit as
+  it is, a hint or learned estimate with ``margin`` (25 %) added; no estimate: never.
+* **Starvation bound.**  With equal priorities and estimates that hold, a job first in
+  line starts by ``max(when it became first, its submission + reserve_after_s) + D``,
+  ``D`` the longest run: its reserved GPUs take only jobs ending before its expected
+  start, which never moves later.  A learned estimate too short adds at most one ``D``
+  (docs/scheduling.md; tests/test_simulation.py checks it).
 
 Nothing here reads a clock, a file or a GPU: :func:`plan` is called by the
 dispatcher thread and by the tests with hand-built states.  :func:`explain` says, from

@@ -1,0 +1,119 @@
+"""The scheduling goals of issue 13, on the virtual clock (exact and repeatable).
+
+    python3 benchmarks/bench_sched.py [--seeds 20] [--trace PATH]
+
+For each workload: the makespan against the best of several clairvoyant list
+schedules (orders that know every duration, each run greedy, strict and with
+backfill) and the mean completion time against strict FIFO.  Workloads: the generated
+mix (48 jobs, 1/4 to 8 GPUs, lognormal 0.3-4 s, all at once, no estimates); the same
+mix again with estimates learned from the first run (the median of the same
+command's earlier runs: its one earlier run; durations vary ~10 % between runs); the
+Tiresias 60-job trace (times / 100, arrivals as in the trace).  The engine's policy is
+run with the reservation at once (reserve_after_s=0) and after ~4 median run times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import random
+import statistics
+from pathlib import Path
+
+from nbsched.backfill import Policy
+from nbsched.simulation import SimJob, figures, generated_mix, read_trace, replay
+
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "bench" / "traces" / "tiresias_60_job.csv"
+ORDERS = {
+    "longest": lambda j: -(j.duration or 0),
+    "widest": lambda j: (-j.required_gpus, -(j.duration or 0)),
+    "area": lambda j: -j.required_gpus * (j.duration or 0),
+    "given": lambda j: j.seq,
+    "shortest": lambda j: j.duration or 0,
+}
+
+
+def clairvoyant(jobs: list[SimJob], gpus: int = 8) -> float:
+    best = math.inf
+    for key in ORDERS.values():
+        ordered = sorted(jobs, key=key)
+        known = [
+            dataclasses.replace(j, seq=i, estimate_s=j.duration, estimate_source="time limit")
+            for i, j in enumerate(ordered)
+        ]
+        for policy in (Policy("fifo"), Policy(reserve_after_s=math.inf), Policy()):
+            best = min(best, figures(replay(known, gpus, policy)).makespan)
+    return best
+
+
+def again(jobs: list[SimJob], seed: int) -> list[SimJob]:
+    """The same jobs run again (~10 % slower or faster), their estimates learned."""
+    rng = random.Random(seed)
+    return [
+        dataclasses.replace(
+            j, duration=round((j.duration or 0) * math.exp(rng.gauss(0, 0.1)), 3),
+            estimate_s=j.duration, estimate_source="command",
+        )
+        for j in jobs
+    ]  # fmt: skip
+
+
+def ratios(jobs: list[SimJob], policy: Policy) -> tuple[float, float]:
+    ours = figures(replay(jobs, 8, policy))
+    fifo = figures(replay(jobs, 8, Policy("fifo")))
+    return ours.makespan / clairvoyant(jobs), ours.mean_completion / fifo.mean_completion
+
+
+def packing(seed: int) -> tuple[float, float]:
+    """Jobs placed per plan on 8 GPUs, fractional packing vs plain best-fit."""
+    mix = generated_mix(48, seed)
+    frac = figures(replay(mix, 8, Policy("easy")))
+    whole = [dataclasses.replace(j, required_gpus=math.ceil(j.required_gpus)) for j in mix]
+    plain = figures(replay(whole, 8, Policy("easy")))
+    return frac.jobs / frac.makespan, plain.jobs / plain.makespan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--trace", default=str(TRACE))
+    ns = ap.parse_args()
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for seed in range(ns.seeds):
+        mix = generated_mix(48, seed)
+        median = statistics.median(j.duration or 0 for j in mix)
+        second = again(mix, seed + 1000)
+        for name, policy in (
+            ("at once", Policy()),
+            ("4x median", Policy(reserve_after_s=4 * median)),
+        ):
+            rows.setdefault(f"mix, no estimates, reserve {name}", []).append(ratios(mix, policy))
+            rows.setdefault(f"mix, learned, reserve {name}", []).append(ratios(second, policy))
+        rows.setdefault("packing (jobs/s: fractions / whole)", []).append(packing(seed))
+    if Path(ns.trace).exists():
+        trace = read_trace(ns.trace, scale=100, max_gpus=8)
+        median = statistics.median(j.duration or 0 for j in trace)
+        exact = [
+            dataclasses.replace(j, estimate_s=j.duration, estimate_source="time limit")
+            for j in trace
+        ]
+        for name, policy in (
+            ("at once", Policy()),
+            ("4x median", Policy(reserve_after_s=4 * median)),
+        ):
+            rows[f"tiresias, no estimates, reserve {name}"] = [ratios(trace, policy)]
+            rows[f"tiresias, time limits, reserve {name}"] = [ratios(exact, policy)]
+    print(f"{'workload':<44} {'makespan/clairvoyant':>22} {'mean compl./FIFO':>18}")
+    for name, values in rows.items():
+        a, b = zip(*values, strict=True)
+        if name.startswith("packing"):
+            rate = [x / y for x, y in values]
+            print(f"{name:<44} rate ratio mean {statistics.mean(rate):.3f} min {min(rate):.3f}")
+            continue
+        span = f"{statistics.mean(a):10.3f} (max {max(a):.3f})"
+        print(f"{name:<44} {span} {statistics.mean(b):8.3f} (max {max(b):.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,6 +39,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Protocol
 
 from .backfill import DEFAULT_POLICY, Eta, Policy, Running, Timeline, by_group, reserve
@@ -168,14 +169,25 @@ def plan(
     ``queue`` must be in dispatch order (priority, then submission); see
     :func:`queue_key`.  ``running``: the running jobs with their estimates (the GPUs'
     ``allocated`` already counts them); ``head_since``: the job that was first in line
-    unable to start at the last plan, and when it was queued (its GPUs are held from
-    then + ``policy.reserve_after_s``; see :func:`nbsched.backfill.first_in_line`).
+    unable to start at the last plan, and since when it has been (its GPUs are held
+    from then + ``policy.reserve_after_s``; see :func:`nbsched.backfill.first_in_line`).
     """
     planner = _Planner(gpus, now, precision, running, policy, head_since)
-    for job in queue:
+    jobs = iter(queue)
+    for job in jobs:
         if not planner.take(job):
-            break  # nothing left to hand out (the dispatcher tracks back-offs itself)
+            return planner.result()  # nothing left to hand out (back-offs: see next_wakeup)
+        if planner.head_waiting is not None and policy.order == "longest":
+            break  # (the jobs behind the first blocked one: longest estimate first)
+    behind = sorted(islice(jobs, policy.depth), key=_longest_first)
+    for job in chain(behind, jobs):
+        if not planner.take(job):
+            break
     return planner.result()
+
+
+def _longest_first(job: QueuedJob) -> float:
+    return -(job.estimate_s or 0.0)
 
 
 class _Planner:
@@ -266,7 +278,7 @@ class _Planner:
 
     def _block(self, job: QueuedJob, req: float, allowed: set[int] | None) -> None:
         """``job`` is the first that cannot start: reserve its GPUs (once it has
-        been queued for ``reserve_after_s``)."""
+        been first in line for ``reserve_after_s``)."""
         pool = [g for g in self.all_eligible if allowed is None or g in allowed]
         wait = self.policy.reserve_after_s
         since = self.head_since[1] if self.head_since and self.head_since[0] == job.id else self.now

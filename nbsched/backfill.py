@@ -10,7 +10,7 @@ clock, no store.  The rules themselves are documented in :mod:`nbsched.allocatio
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .jobs import Job
@@ -22,6 +22,9 @@ PROMISE = "time limit"
 
 #: The policies :func:`~nbsched.allocation.plan` knows (``nbsched simulate --policy``).
 POLICIES = ("fifo", "easy", "backfill")
+
+#: The orders in which the jobs behind a blocked one are tried (:class:`Policy`).
+ORDERS = ("fifo", "longest")
 
 #: The default safety margin on an estimate that is not a promise: a job may backfill
 #: into a reservation if ``estimate * (1 + margin)`` ends before the reserved start.
@@ -43,13 +46,17 @@ class Policy:
     ``mode``: ``"fifo"`` starts nothing behind the first job that cannot start;
     ``"easy"`` reserves GPUs for that job at once and lets the jobs behind it use
     only the other GPUs; ``"backfill"`` (the engine's) reserves them once the job has
-    been queued for ``reserve_after_s``, and lets a job behind it use them too
+    been first in line for ``reserve_after_s``, and lets a job behind it use them too
     if its estimate says it ends before the reserved start (a learned estimate or a
     hint with ``margin`` added; a time limit as it is).
     """
 
     mode: str = "backfill"
     reserve_after_s: float = 0.0
+    #: The order in which the jobs behind the first blocked one are tried: ``"fifo"``
+    #: (dispatch order) or ``"longest"`` (longest estimate first, among the next
+    #: ``depth``; no estimate counts as 0).
+    order: str = "longest"
     margin: float = DEFAULT_MARGIN
     depth: int = BACKFILL_DEPTH
 
@@ -58,6 +65,8 @@ class Policy:
             raise ValueError(f"policy={self.mode!r}: must be one of {', '.join(POLICIES)}")
         if not self.reserve_after_s >= 0:  # (inf: never: list scheduling, no starvation bound)
             raise ValueError(f"reserve_after_s={self.reserve_after_s!r}: must be a number >= 0")
+        if self.order not in ORDERS:
+            raise ValueError(f"order={self.order!r}: must be one of {', '.join(ORDERS)}")
         if not (self.margin >= 0 and math.isfinite(self.margin)):
             raise ValueError(f"margin={self.margin!r}: must be a number >= 0")
 
@@ -211,15 +220,13 @@ def reserve(
 
 
 def first_in_line(
-    before: tuple[str, float] | None,
-    head: tuple[str, str] | None,
-    queued_at: Callable[[str], float],
+    before: tuple[str, float] | None, head: tuple[str, str] | None, now: float
 ) -> tuple[str, float] | None:
     """The ``head_since`` for the next plan: the job first in line that could not
-    start (the plan's ``head_waiting``) and when it was queued (``queued_at(id)``,
-    asked only when the head changes)."""
+    start (the plan's ``head_waiting``) and since when it has been (``now`` if it is
+    new there)."""
     if head is None:
         return None
     if before is not None and before[0] == head[0]:
         return before
-    return (head[0], queued_at(head[0]))
+    return (head[0], now)

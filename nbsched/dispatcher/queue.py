@@ -238,14 +238,6 @@ class QueueCache:
         """The running jobs (but those ``gone``) as the plan sees them."""
         return [running_of(job) for job in self.running.values() if job.id not in gone]
 
-    def queued_at(self, store: Store, now: float, job_id: str) -> float:
-        """When the queued job ``job_id`` was submitted (``now`` if it is gone)."""
-        job = self.whole.get(int(job_id))
-        if job is None:
-            found = store.get_many([job_id])
-            job = found[0] if found else None
-        return job.submitted if job is not None else now
-
     def backoff_waits(self, now: float, mono: float) -> list[float]:
         """Seconds each job in a back-off has left: the sooner of the wall clock's
         ``not_before`` and the monotonic deadline (see :meth:`eligible`)."""

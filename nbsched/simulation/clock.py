@@ -103,7 +103,6 @@ class _State:
         self.peak = 0.0
         self.plans = 0
         self.now = now
-        self.submitted = {j.id: j.submit for j in jobs}.__getitem__
 
     def begin(self, job: SimJob, where: tuple[int, ...], start: float) -> None:
         end = math.inf if job.duration is None else start + job.duration
@@ -165,7 +164,7 @@ class _State:
         )
         self.plans += 1
         before = self.head
-        self.head = first_in_line(before, decision.head_waiting, self.submitted)
+        self.head = first_in_line(before, decision.head_waiting, now)
         if self.head is not None and (before is None or before[0] != self.head[0]):
             self.first[self.head[0]] = now
         if not decision.placements:

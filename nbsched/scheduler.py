@@ -362,7 +362,7 @@ class GPUJobScheduler(Submitting, Controlling, Simulating):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(rows)
+        return self._with_eta(frames.jobs_frame(rows))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -370,7 +370,7 @@ class GPUJobScheduler(Submitting, Controlling, Simulating):
         of a long queue without reading all of it)."""
         self._check_open()
         limit = None if first is None else check_count("first", first, " or None")
-        return frames.jobs_frame(self.store.queued_table(limit))
+        return self._with_eta(frames.jobs_frame(self.store.queued_table(limit)))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""

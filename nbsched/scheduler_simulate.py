@@ -1,5 +1,6 @@
 """``simulate()`` and ``simulate_trace()``: the queue, or a trace, replayed on a
-virtual clock through the dispatcher's own plan (:mod:`nbsched.simulation`).
+virtual clock through the dispatcher's own plan (:mod:`nbsched.simulation`); and the
+``eta`` column of ``jobs()``.
 
 A mixin of ``GPUJobScheduler`` only, like :mod:`nbsched.scheduler_control`; the
 attributes it uses are declared below.
@@ -9,62 +10,102 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import frames
 from .backfill import POLICIES, Policy
 from .checks import check_count
 from .config import SchedulerConfig
 from .errors import InvalidValueError
 from .gpus.monitor import GPUMonitor
 from .jobs import Job, JobStatus
-from .simulation import SimJob, figures, read_trace, replay
+from .simulation import Replay, figures, queue_replay, read_trace, replay
 from .store import Store
+from .why import MAX_AGE_S
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .dispatcher import Dispatcher
+
 #: The columns of :meth:`Simulating.simulate`.
 SIMULATE_COLUMNS = ("id", "status", "required_gpus", "start", "end", "estimate_source")
 
+#: ``jobs()``'s ``eta`` is worked out for this many jobs at the head of the queue (in
+#: dispatch order), once per store revision (and at most once per ``MAX_AGE_S``);
+#: the jobs behind them have none (NaT).
+ETA_HEAD = 200
+
+#: (whole queue, in dispatch order, for :meth:`Store.queued_ahead`)
+_LAST = 2**62
+
 
 class Simulating:
-    """``simulate`` and ``simulate_trace`` (see the module)."""
+    """``simulate``, ``simulate_trace`` and the ``eta`` of ``jobs()`` (see the module)."""
 
     store: Store
     config: SchedulerConfig
+    #: (store revision, monotonic time, job id -> expected start) of the last ETAs
+    _etas_seen: tuple[int, float, dict[str, float]] | None = None
 
     @property
     def monitor(self) -> GPUMonitor:  # (GPUJobScheduler's)
         raise NotImplementedError
 
-    def simulate(self) -> pd.DataFrame:
+    @property
+    def _dispatcher(self) -> Dispatcher | None:  # (GPUJobScheduler's)
+        raise NotImplementedError
+
+    def simulate(self, first: int | None = None) -> pd.DataFrame:
         """If nothing else arrives and every job runs as long as its estimate says:
-        when each queued and running job starts and ends (a job without an estimate
-        never ends here, and what waits for its GPUs gets no time: NaT)."""
+        when each running job and each queued one (only the ``first`` N in dispatch
+        order, with it) starts and ends.  A job without an estimate never ends here,
+        and what waits for its GPUs gets no time (NaT)."""
         import pandas as pd
 
-        now = time.time()
-        running = self.store.find(statuses=[JobStatus.RUNNING])
-        queued = [j for j in self.store.find(statuses=[JobStatus.QUEUED]) if not j.held]
-        gpus = max([len(self.monitor.snapshot()), *(g + 1 for j in running for g in j.gpus)])
-        policy = Policy(reserve_after_s=self.config.reserve_after_s)
-        result = replay(
-            [_sim(j, min(j.submitted, now)) for j in queued],
-            gpus,
-            policy,
-            self.config.gpu_allocation_precision,
-            running=[(_sim(j, j.submitted), j.gpus, j.started or now) for j in running],
-            now=now,
-        )
+        limit = None if first is None else check_count("first", first, " or None")
+        result, jobs = self._replay(limit)
         rows = []
-        for job in [*running, *queued]:
+        for job in jobs:
             out = result.outcomes[job.id]
             rows.append(
                 (job.id, job.status.value, job.required_gpus,
                  _stamp(out.start), _stamp(out.end), job.estimate_source)
             )  # fmt: skip
         return pd.DataFrame(rows, columns=list(SIMULATE_COLUMNS))
+
+    def _replay(self, limit: int | None) -> tuple[Replay, list[Job]]:
+        """The queue's replay from now (the ``limit`` first queued jobs), and the
+        running and queued jobs replayed."""
+        now = time.time()
+        running = self.store.find(statuses=[JobStatus.RUNNING])
+        queued = list(islice(self.store.queued_ahead(_LAST, _LAST), limit))
+        dispatcher = self._dispatcher
+        since = dispatcher.head_since if dispatcher is not None else None
+        policy = Policy(reserve_after_s=self.config.reserve_after_s)
+        gpus = len(self.monitor.snapshot())
+        precision = self.config.gpu_allocation_precision
+        result = queue_replay(queued, running, gpus, policy, precision, now, since)
+        return result, [*running, *queued]
+
+    def _with_eta(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` (a jobs table) with the ``eta`` of its queued jobs at the head of the
+        queue (see :data:`ETA_HEAD`)."""
+        queued = df["status"] == JobStatus.QUEUED.value
+        if not queued.any():
+            return df
+        rev, at, seen = self.store.revision(), time.monotonic(), self._etas_seen
+        if seen is None or seen[0] != rev or at - seen[1] >= MAX_AGE_S:
+            found = self._replay(ETA_HEAD)[0].outcomes
+            starts = {k: o.start for k, o in found.items() if o.start is not None}
+            seen = self._etas_seen = (rev, at, starts)
+        etas = seen[2]
+        df["eta"] = frames.times(
+            [etas.get(i) if q else None for i, q in zip(df["id"], queued, strict=True)]
+        )
+        return df
 
     @staticmethod
     def simulate_trace(
@@ -86,14 +127,7 @@ class Simulating:
         return asdict(figures(replay(read_trace(trace, scale, max_gpus=gpus), gpus, rules)))
 
 
-def _sim(job: Job, submit: float) -> SimJob:
-    return SimJob(
-        job.id, job.required_gpus, submit, job.estimate_s, job.estimate_s,
-        job.estimate_source, job.priority, job.seq, job.allowed_gpus,
-    )  # fmt: skip
-
-
 def _stamp(when: float | None) -> Any:
     import pandas as pd
 
-    return pd.NaT if when is None else pd.Timestamp(when, unit="s")
+    return pd.NaT if when is None else frames.times([when]).iloc[0]

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING, Any, overload
 
-from .allocation import GpuState, explain_one, gpu_states, plan
+from .allocation import GpuState, _clock, explain_one, gpu_states, plan
 from .backfill import Policy, running_of
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
+from .simulation import queue_replay
 from .store import Store
 
 if TYPE_CHECKING:
@@ -30,6 +32,13 @@ if TYPE_CHECKING:
 
 #: (whether this process dispatches, and its dispatcher's first job in line and since when)
 Lined = tuple[bool, "tuple[str, float] | None"]
+
+#: ``why()`` replays the queue ahead of a job for its expected start only where at
+#: most this many jobs are ahead of it.
+ETA_AHEAD = 200
+
+#: How ``why()`` says the expected start its replay of the queue found.
+REPLAYED = "expected to start ≈ {} (by the estimates, if nothing else arrives)"
 
 #: How long reasons worked out at one store revision are kept (for the GPUs' changes).
 MAX_AGE_S = 1.0
@@ -148,7 +157,8 @@ class Why:
         """:func:`explain_one` by the engine's policy, with the running jobs' estimates
         and the first job in line's time of queueing (for ``reserve_after_s``)."""
         queue, now = _Ahead(self._store, job), self._now()
-        running = [running_of(r) for r in self._store.find(statuses=[JobStatus.RUNNING])]
+        busy = self._store.find(statuses=[JobStatus.RUNNING])
+        running = [running_of(r) for r in busy]
         policy = Policy(reserve_after_s=float(self._rules().get("reserve_after_s", 0.0)))
         dispatching, since = self._first_in_line()
         if policy.reserve_after_s > 0 and not dispatching:
@@ -159,9 +169,19 @@ class Why:
                 head_id = first.head_waiting[0]
                 head = next((j for j in queue if j.id == head_id), None)
                 since = (head_id, head.submitted) if head is not None else None
-        return explain_one(
+        text = explain_one(
             queue, job, states, now, precision, running=running, policy=policy, head_since=since
         )
+        if "≈" in text or not all(g.eligible for g in states):
+            return text  # (the plan's own expected start; the replay knows no pause)
+        ahead = list(islice(queue, ETA_AHEAD + 1))
+        if len(ahead) > ETA_AHEAD:
+            return text
+        replayed = queue_replay(ahead, busy, len(states), policy, precision, now, since)
+        start = replayed.outcomes[job.id].start
+        if start is None or start <= now:
+            return text
+        return f"{text}; {REPLAYED.format(_clock(start))}"
 
 
 __all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why", "lined"]

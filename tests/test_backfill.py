@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 
-from nbsched import SchedulerConfig
+from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.allocation import GpuState, plan
 from nbsched.backfill import Policy, Running
 from nbsched.reasons import explain
@@ -74,3 +82,92 @@ def test_reserve_after_s_is_checked(bad: object) -> None:
         SchedulerConfig(reserve_after_s=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="policy='sjf'"):
         Policy("sjf")
+
+
+# -- through a real engine: the reservation's time in why(), jobs()' eta, simulate() --
+
+
+def _until(pred: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = pred()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_why_says_from_when_gpus_are_held_and_jobs_pass_until_then(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """With reserve_after_s, a blocked job's GPUs are held only once it has been first
+    in line that long: why() says from when (by the engine's own clock, in this
+    process; from its submission in another), and a job behind it starts meanwhile."""
+    engine = make_sched(num_gpus=2, reserve_after_s=300, start=True)
+    gate = tmp_path / "gate"
+    hold = engine.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1)
+    _until(lambda: engine.job(hold)["status"] == "running", "the first job to start")
+    big = engine.add_command("true", required_gpus=2)
+    small = engine.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1)
+    try:
+        _until(lambda: engine.job(small)["status"] == "running", "the job behind to pass")
+        since = _until(lambda: engine._dispatcher and engine._dispatcher.head_since, "a head")
+        assert since[0] == big
+        clock = time.strftime("%H:%M:%S", time.localtime(since[1] + 300))
+        assert engine.why(big) == (
+            f"needs 2 free GPUs; GPUs are held for it from {clock} (reserve_after_s)"
+        )
+        other = GPUJobScheduler(config=engine.config)  # (no engine of its own)
+        try:
+            submitted = engine.job(big)["submitted"].timestamp()
+            clock = time.strftime("%H:%M:%S", time.localtime(submitted + 300))
+            assert other.why(big).startswith(
+                f"needs 2 free GPUs; GPUs are held for it from {clock}"
+            )
+        finally:
+            other.close()
+    finally:
+        gate.touch()
+
+
+def test_simulate_and_eta_of_the_queue_as_it_is(
+    make_sched: Callable[..., GPUJobScheduler],
+) -> None:
+    """No engine runs: simulate() and jobs()' eta say the jobs that fit start now, and
+    give no time to one waiting for GPUs whose jobs have no estimate."""
+    s = make_sched(num_gpus=2, reserve_after_s=0)
+    a = s.add_command("sleep 1", required_gpus=1)
+    b = s.add_command("sleep 1", required_gpus=1)
+    c = s.add_command("sleep 1", required_gpus=2)
+    before = time.time()
+    table = s.simulate().set_index("id")
+    assert list(table.columns) == ["status", "required_gpus", "start", "end", "estimate_source"]
+    for job in (a, b):
+        assert before - 1 <= table.loc[job, "start"].timestamp() <= time.time() + 1
+        assert pd.isna(table.loc[job, "end"])  # (no estimate: it never ends here)
+    assert pd.isna(table.loc[c, "start"])
+    eta = s.jobs().set_index("id")["eta"]
+    assert before - 1 <= eta[a].timestamp() <= time.time() + 1 and pd.isna(eta[c])
+    assert str(eta.dtype).startswith("datetime64[ns,")
+    assert len(s.simulate(first=1)) == 1
+    with pytest.raises(ValueError, match="first=-1"):
+        s.simulate(first=-1)
+
+
+def test_nbsched_simulate_reads_a_jobs_table(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    s = make_sched(num_gpus=2, start=True)
+    ids = [s.add_command("sleep 0.2", required_gpus=g) for g in (1, 0.5, 2)]
+    s.wait(ids, timeout=60, progress=False)
+    table = tmp_path / "jobs.csv"
+    s.jobs().to_csv(table, index=False)
+    env = {**os.environ, "NBSCHED_HOME": str(tmp_path / "elsewhere")}
+    out = subprocess.run(
+        [sys.executable, "-m", "nbsched.cli", "simulate", str(table), "--gpus", "2", "--json"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert found["jobs"] == found["finished"] == 3
+    assert found["makespan"] >= 0.4  # (the 2-GPU job waits for the others)

@@ -10,6 +10,7 @@ turns a replay into the figures ``nbsched simulate`` prints.
 from __future__ import annotations
 
 from .clock import Outcome, Replay, SimJob, replay
+from .queue import queue_replay
 from .report import Figures, figures
 from .workload import generated_mix, read_trace
 
@@ -20,6 +21,7 @@ __all__ = [
     "SimJob",
     "figures",
     "generated_mix",
+    "queue_replay",
     "read_trace",
     "replay",
 ]

@@ -75,13 +75,16 @@ def replay(
     *,
     running: Sequence[tuple[SimJob, tuple[int, ...], float]] = (),
     now: float | None = None,
+    head_since: tuple[str, float] | None = None,
 ) -> Replay:
     """Replay ``jobs`` on ``gpus`` GPUs under ``policy``, from ``now`` (default: the
-    first arrival); ``running``: jobs already running then (job, its GPUs, since when)."""
+    first arrival); ``running``: jobs already running then (job, its GPUs, since when);
+    ``head_since``: the first job in line then, and since when (see ``plan()``)."""
     ordered = sorted(jobs, key=lambda j: (j.submit, j.seq))
     if now is None:
         now = ordered[0].submit if ordered else 0.0
     state = _State(ordered, gpus, policy, precision, now)
+    state.head = head_since
     for job, where, started in running:
         state.begin(job, where, started)
     state.run()

@@ -163,6 +163,7 @@ def plan(
     running: Iterable[Running] = (),
     policy: Policy = DEFAULT_POLICY,
     head_since: tuple[str, float] | None = None,
+    reserved_before: Mapping[int, str] | None = None,
 ) -> Plan:
     """Decide which queued jobs start now, and on which GPUs.
 
@@ -170,9 +171,11 @@ def plan(
     :func:`queue_key`.  ``running``: the running jobs with their estimates (the GPUs'
     ``allocated`` already counts them); ``head_since``: the job that was first in line
     unable to start at the last plan, and since when it has been (its GPUs are held
-    from then + ``policy.reserve_after_s``; see :func:`nbsched.backfill.first_in_line`).
+    from then + ``policy.reserve_after_s``; see :func:`nbsched.backfill.first_in_line`);
+    ``reserved_before``: the last plan's ``reserved`` (a job keeps the GPUs held for it
+    unless others are expected free sooner).
     """
-    planner = _Planner(gpus, now, precision, running, policy, head_since)
+    planner = _Planner(gpus, now, precision, running, policy, head_since, reserved_before)
     jobs = iter(queue)
     for job in jobs:
         if not planner.take(job):
@@ -201,8 +204,10 @@ class _Planner:
         running: Iterable[Running],
         policy: Policy,
         head_since: tuple[str, float] | None,
+        reserved_before: Mapping[int, str] | None = None,
     ) -> None:
         self.now, self.precision, self.policy = now, precision, policy
+        self.before = reserved_before or {}
         self.eps = precision / 2
         self.free = {g.index: max(0.0, 1.0 - g.allocated) for g in gpus if g.eligible}
         self.group_of = {g.index: g.group for g in gpus}
@@ -285,7 +290,8 @@ class _Planner:
         if self.policy.mode == "backfill" and wait > 0 and self.now - since < wait:
             self.head_waiting = (job.id, _unheld(req, pool, since + wait, self.grouped))
             return
-        hold, eta = reserve(req, pool, self.free, self.group_of, self.timeline, self.eps)
+        before = [g for g, held_for in self.before.items() if held_for == job.id]
+        hold, eta = reserve(req, pool, self.free, self.group_of, self.timeline, self.eps, before)
         for g in hold:
             self.reserved[g] = job.id
         self.head_eta = eta if hold else None

@@ -200,23 +200,39 @@ def reserve(
     group_of: Mapping[int, str | None],
     timeline: Timeline,
     eps: float,
+    before: Iterable[int] = (),
 ) -> tuple[tuple[int, ...], Eta]:
-    """The GPUs to hold for a job needing ``req``: those expected to be free soonest
-    (among equals, those with the most room now), within one group; and when."""
+    """The GPUs to hold for a job needing ``req``, within one group, and when they
+    are expected to be free: those with room for it now, then those held for it
+    ``before`` (the last plan's), then those expected to be free soonest (among
+    equals, with the most room now).  A GPU held before is given up only for one with
+    room now: so the GPUs it waits for only drain (see the starvation bound)."""
     n = 1 if req < 1 else int(req)
     need = min(req, 1.0)
-    best: tuple[float, float, int, tuple[int, ...], Eta] | None = None
+    held = set(before)
+    best: tuple[int, float, float, int, tuple[int, ...], Eta] | None = None
     groups = [pool] if n == 1 else by_group(pool, group_of)
     for grp in groups:
         if len(grp) < n:
             continue
         ready = {g: timeline.ready(g, free[g], need, eps) for g in grp}
-        ranked = sorted(grp, key=lambda g: (rank(ready[g]), -free[g], g))[:n]
+        now = {g for g in grp if ready[g].at == timeline.now}
+        ranked = sorted(
+            grp, key=lambda g: (g not in now, g not in held, rank(ready[g]), -free[g], g)
+        )[:n]
         eta = latest(ready[g] for g in ranked)
-        key = (rank(eta), -sum(free[g] for g in ranked), min(ranked), tuple(sorted(ranked)), eta)
-        if best is None or key[:4] < best[:4]:
+        room = -float(sum(free[g] for g in ranked))
+        key = (
+            -len(held.intersection(ranked)),
+            rank(eta),
+            room,
+            min(ranked),
+            tuple(sorted(ranked)),
+            eta,
+        )
+        if best is None or key[:5] < best[:5]:
             best = key
-    return (best[3], best[4]) if best is not None else ((), Eta(None))
+    return (best[4], best[5]) if best is not None else ((), Eta(None))
 
 
 def first_in_line(

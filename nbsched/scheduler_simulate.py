@@ -35,7 +35,7 @@ SIMULATE_COLUMNS = ("id", "status", "required_gpus", "start", "end", "estimate_s
 
 #: ``jobs()``'s ``eta`` is worked out for this many jobs at the head of the queue (in
 #: dispatch order), once per store revision (and at most once per ``MAX_AGE_S``);
-#: the jobs behind them have none (NaT).
+#: the jobs behind them have none (NaT), nor has any while no engine runs.
 ETA_HEAD = 200
 
 #: (whole queue, in dispatch order, for :meth:`Store.queued_ahead`)
@@ -58,6 +58,13 @@ class Simulating:
     def _dispatcher(self) -> Dispatcher | None:  # (GPUJobScheduler's)
         raise NotImplementedError
 
+    @property
+    def engine_pid(self) -> int | None:  # (GPUJobScheduler's)
+        raise NotImplementedError
+
+    def _gpu_count(self) -> tuple[int, str]:  # (GPUJobScheduler's)
+        raise NotImplementedError
+
     def simulate(self, first: int | None = None) -> pd.DataFrame:
         """If nothing else arrives and every job runs as long as its estimate says:
         when each running job and each queued one (only the ``first`` N in dispatch
@@ -66,7 +73,7 @@ class Simulating:
         import pandas as pd
 
         limit = None if first is None else check_count("first", first, " or None")
-        result, jobs = self._replay(limit)
+        result, jobs = self._replay(limit, len(self.monitor.snapshot()))
         rows = []
         for job in jobs:
             out = result.outcomes[job.id]
@@ -76,16 +83,15 @@ class Simulating:
             )  # fmt: skip
         return pd.DataFrame(rows, columns=list(SIMULATE_COLUMNS))
 
-    def _replay(self, limit: int | None) -> tuple[Replay, list[Job]]:
-        """The queue's replay from now (the ``limit`` first queued jobs), and the
-        running and queued jobs replayed."""
+    def _replay(self, limit: int | None, gpus: int) -> tuple[Replay, list[Job]]:
+        """The queue's replay from now on ``gpus`` GPUs (the ``limit`` first queued
+        jobs), and the running and queued jobs replayed."""
         now = time.time()
         running = self.store.find(statuses=[JobStatus.RUNNING])
         queued = list(islice(self.store.queued_ahead(_LAST, _LAST), limit))
         dispatcher = self._dispatcher
         since = dispatcher.head_since if dispatcher is not None else None
         policy = Policy(reserve_after_s=self.config.reserve_after_s)
-        gpus = len(self.monitor.snapshot())
         precision = self.config.gpu_allocation_precision
         result = queue_replay(queued, running, gpus, policy, precision, now, since)
         return result, [*running, *queued]
@@ -94,11 +100,12 @@ class Simulating:
         """``df`` (a jobs table) with the ``eta`` of its queued jobs at the head of the
         queue (see :data:`ETA_HEAD`)."""
         queued = df["status"] == JobStatus.QUEUED.value
-        if not queued.any():
-            return df
+        if not queued.any() or self.engine_pid is None:
+            return df  # (no engine: nothing starts until one does)
         rev, at, seen = self.store.revision(), time.monotonic(), self._etas_seen
         if seen is None or seen[0] != rev or at - seen[1] >= MAX_AGE_S:
-            found = self._replay(ETA_HEAD)[0].outcomes
+            # (the dispatching engine's GPUs, as it published them: no reading here)
+            found = self._replay(ETA_HEAD, self._gpu_count()[0])[0].outcomes
             starts = {k: o.start for k, o in found.items() if o.start is not None}
             seen = self._etas_seen = (rev, at, starts)
         etas = seen[2]

@@ -68,6 +68,22 @@ def test_reserve_after_s_holds_gpus_only_once_the_job_has_waited() -> None:
     assert late.reserved == {0: "1", 1: "1"} and late.placements == ()
 
 
+def test_a_job_keeps_the_gpus_held_for_it_unless_others_are_free_now() -> None:
+    """Held GPUs only drain: a job needing 1 GPU, with both GPUs half taken by jobs of
+    no known end, keeps GPU 1 held for it although GPU 0 now has more room (moving
+    would let GPU 1 take new work, and so on, with no bound on its wait)."""
+    gpus = [GpuState(0, 0.25), GpuState(1, 0.5)]
+    first = plan([q(1, 1.0)], gpus, NOW)
+    assert first.reserved == {0: "1"}  # (the most room)
+    moved = [GpuState(0, 0.5), GpuState(1, 0.25)]
+    assert plan([q(1, 1.0)], moved, NOW, reserved_before={0: "1"}).reserved == {0: "1"}
+    assert plan([q(1, 1.0)], moved, NOW).reserved == {1: "1"}
+    free = [GpuState(0, 0.5), GpuState(1, 0.0)]  # (GPU 1 empty: it starts there)
+    assert [p.gpus for p in plan([q(1, 1.0)], free, NOW, reserved_before={0: "1"}).placements] == [
+        (1,)
+    ]
+
+
 def test_the_eta_says_when_and_why() -> None:
     words = explain([q(1, 2.0), q(2, 1.0, 500.0, "hint")], GPUS, NOW, running=RUN)
     clock = time.strftime("%H:%M:%S", time.localtime(NOW + 100))
@@ -130,11 +146,9 @@ def test_why_says_from_when_gpus_are_held_and_jobs_pass_until_then(
         gate.touch()
 
 
-def test_simulate_and_eta_of_the_queue_as_it_is(
-    make_sched: Callable[..., GPUJobScheduler],
-) -> None:
-    """No engine runs: simulate() and jobs()' eta say the jobs that fit start now, and
-    give no time to one waiting for GPUs whose jobs have no estimate."""
+def test_simulate_the_queue_as_it_is(make_sched: Callable[..., GPUJobScheduler]) -> None:
+    """No engine runs: simulate() says the jobs that fit start now, and gives no time
+    to one waiting for GPUs whose jobs have no estimate (nor to any end)."""
     s = make_sched(num_gpus=2, reserve_after_s=0)
     a = s.add_command("sleep 1", required_gpus=1)
     b = s.add_command("sleep 1", required_gpus=1)
@@ -146,12 +160,31 @@ def test_simulate_and_eta_of_the_queue_as_it_is(
         assert before - 1 <= table.loc[job, "start"].timestamp() <= time.time() + 1
         assert pd.isna(table.loc[job, "end"])  # (no estimate: it never ends here)
     assert pd.isna(table.loc[c, "start"])
-    eta = s.jobs().set_index("id")["eta"]
-    assert before - 1 <= eta[a].timestamp() <= time.time() + 1 and pd.isna(eta[c])
-    assert str(eta.dtype).startswith("datetime64[ns,")
+    assert pd.isna(s.jobs()["eta"]).all()  # (no engine: nothing starts)
     assert len(s.simulate(first=1)) == 1
     with pytest.raises(ValueError, match="first=-1"):
         s.simulate(first=-1)
+
+
+def test_eta_of_queued_jobs_in_jobs(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """jobs() and queue() give queued jobs an eta (NaT where it depends on a job with no
+    estimate), a time column like the others; the other jobs have none."""
+    s = make_sched(num_gpus=2, reserve_after_s=0, start=True)
+    gate = tmp_path / "gate"
+    hold = s.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1)
+    _until(lambda: s.job(hold)["status"] == "running", "the first job to start")
+    big = s.add_command("true", required_gpus=2)
+    try:
+        table = s.jobs().set_index("id")
+        assert str(table["eta"].dtype).startswith("datetime64[ns,")
+        assert pd.isna(table.loc[big, "eta"]) and pd.isna(table.loc[hold, "eta"])
+        assert list(s.queue()["id"]) == [big] and pd.isna(s.queue()["eta"]).all()
+        (row,) = s.simulate().query("id == @hold").itertuples()
+        assert abs(row.start.timestamp() - s.job(hold)["started"].timestamp()) < 1e-3
+    finally:
+        gate.touch()
 
 
 def test_nbsched_simulate_reads_a_jobs_table(

@@ -314,7 +314,7 @@ class Dispatcher:
         queue = self._cache.eligible(now, mono)
         decision = plan(queue, states, now, self.config.gpu_allocation_precision,
                         running=self._cache.for_plan(gone), policy=self._policy,
-                        head_since=self.head_since)  # fmt: skip
+                        head_since=self.head_since, reserved_before=self.reserved)  # fmt: skip
         self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
         self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting

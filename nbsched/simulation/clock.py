@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..allocation import GpuState, booked_share, plan, queue_key
@@ -103,6 +103,7 @@ class _State:
         self.done: dict[str, Outcome] = {}
         self.first: dict[str, float] = {}
         self.head: tuple[str, float] | None = None
+        self.reserved: Mapping[int, str] = {}
         self.peak = 0.0
         self.plans = 0
         self.now = now
@@ -164,7 +165,9 @@ class _State:
             running=[_running(r) for r in self.running.values()],
             policy=self.policy,
             head_since=self.head,
+            reserved_before=self.reserved,
         )
+        self.reserved = decision.reserved
         self.plans += 1
         before = self.head
         self.head = first_in_line(before, decision.head_waiting, now)

@@ -86,11 +86,44 @@ def policies(median: float) -> list[tuple[str, Policy]]:
     ]
 
 
+def real_run(seed: int, reserve_after_s: float) -> tuple[float, float, float, float]:
+    """The mix of ``seed`` as real ``sleep`` jobs through the engine (8 simulated GPUs):
+    (makespan, mean completion) real, then the simulator's for the same policy."""
+    import tempfile
+
+    from nbsched import GPUJobScheduler, SchedulerConfig
+
+    mix = generated_mix(48, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SchedulerConfig(
+            state_dir=Path(tmp), gpu_provider="simulated", num_gpus=8,
+            simulated_gpus_file=None, reserve_after_s=reserve_after_s,
+        )  # fmt: skip
+        with GPUJobScheduler(config=config) as s:
+            # (all queued before the engine starts: "all at once")
+            ids = [s.add_command(f"sleep {j.duration}", required_gpus=j.required_gpus) for j in mix]
+            s.start()
+            done = s.wait(ids, timeout=600, progress=False)
+    first = done["submitted"].min()
+    ends = (done["ended"] - first).dt.total_seconds()
+    sim = figures(replay(mix, 8, Policy(reserve_after_s=reserve_after_s)))
+    return ends.max(), ends.mean(), sim.makespan, sim.mean_completion
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--trace", default=str(TRACE))
+    ap.add_argument("--real", action="store_true", help="also run the mix as real sleep jobs")
     ns = ap.parse_args()
+    if ns.real:
+        for reserve in (0.0, 600.0):
+            real_ms, real_mc, sim_ms, sim_mc = real_run(0, reserve)
+            print(
+                f"real sleep jobs, reserve_after_s={reserve:g}: makespan {real_ms:.2f} s "
+                f"(simulator {sim_ms:.2f}, {real_ms / sim_ms - 1:+.1%}), mean completion "
+                f"{real_mc:.2f} s (simulator {sim_mc:.2f}, {real_mc / sim_mc - 1:+.1%})"
+            )
     rows: dict[str, list[tuple[float, float]]] = {}
     for seed in range(ns.seeds):
         mix = generated_mix(48, seed)

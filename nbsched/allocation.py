@@ -14,18 +14,23 @@ Rules, in the order they are applied:
   *group* (a node of a cluster: GPUs with different ``group`` never serve one job).
   Among the groups that have room, the one with the fewest empty GPUs is taken, so
   larger blocks stay whole for larger jobs.  GPUs without a group form one group.
-* **Reservation.**  The first job in that order that cannot start reserves, once it
-  has been queued ``reserve_after_s`` (``Policy``; 0: at once), the GPUs expected to be
-  free soonest (by the running jobs' start + estimate; among equals, the most room),
-  within one group.  Its expected start is when the last of them frees.
-* **Backfill.**  Jobs behind it start on GPUs outside the reservation (EASY), and on
-  reserved ones only if their estimate ends before the expected start: a time limit as
-  it is, a hint or learned estimate with ``margin`` (25 %) added; no estimate: never.
-* **Starvation bound.**  With equal priorities and estimates that hold, a job first in
-  line starts by ``max(when it became first, its submission + reserve_after_s) + D``,
-  ``D`` the longest run: its reserved GPUs take only jobs ending before its expected
-  start, which never moves later.  A learned estimate too short adds at most one ``D``
-  (docs/scheduling.md; tests/test_simulation.py checks it).
+* **Reservation.**  The first job in that order that cannot start (*first in line*),
+  once it has been first in line ``reserve_after_s`` (0: at once), holds GPUs in one
+  group: those with room for it now, then those it held at the last plan, then those
+  expected free soonest (running jobs' start + estimate; then the most room).  Its
+  expected start is when the last of them frees (unknown if a job on them has no
+  estimate).  Until then, jobs behind it start wherever they fit.
+* **Backfill.**  Jobs behind it, the next ``depth`` (500) tried longest estimate first
+  (``order``), start on GPUs it does not hold (EASY), and on held ones only if their
+  estimate ends before its expected start: a time limit as it is, a hint or a learned
+  estimate with ``margin`` (25 %) added; a job with no estimate never does.
+* **Starvation bound.**  A job first in line since ``t`` starts by
+  ``t + reserve_after_s + D`` (``D``: the longest run) where the estimates hold (or
+  there are none): a held GPU is given up only for one with room now, and takes only
+  jobs that end before the expected start, so the GPUs it waits for only drain.  An
+  estimate that is too short can add one more ``D``.  With ``k`` jobs of its priority
+  ahead of it, a job waits at most ``k + 1`` such bounds (docs/scheduling.md;
+  tests/test_simulation.py checks the bound on generated workloads).
 
 Nothing here reads a clock, a file or a GPU: :func:`plan` is called by the
 dispatcher thread and by the tests with hand-built states.  :func:`explain` says, from

@@ -105,14 +105,13 @@ class Running:
         return now if self.estimate_source == PROMISE else None
 
 
-def running_of(
-    job: Job, estimate_s: float | None = None, estimate_source: str | None = None
-) -> Running:
-    """The plan's view of the running ``job`` (with its estimate, where one is known)."""
+def running_of(job: Job) -> Running:
+    """The plan's view of the running ``job``, with its estimate (``job.estimate_s``
+    and ``job.estimate_source``, where known)."""
     n = len(job.gpus)
     share = job.required_gpus if n == 1 and job.required_gpus < 1 else 1.0
     started = job.started if job.started is not None else job.submitted
-    return Running(job.id, tuple(job.gpus), share, started, estimate_s, estimate_source)
+    return Running(job.id, tuple(job.gpus), share, started, job.estimate_s, job.estimate_source)
 
 
 @dataclass(frozen=True)

@@ -151,9 +151,9 @@ class Job:
     def allowed_gpus(self) -> tuple[int, ...] | None:
         return self.spec.allowed_gpus
 
-    # What the plan reads of its run time (nbsched.allocation.QueuedJob): a whole job
-    # carries none; the estimates' code fills the dispatcher's entries and
-    # nbsched.backfill.Running, and may answer these from the spec.
+    # What the plan reads of its run time (nbsched.allocation.QueuedJob; for a running
+    # job, nbsched.backfill.running_of): none yet.  The estimates' code answers these
+    # (time limit, hint, learned) and fills the dispatcher's entries (Queued).
     @property
     def estimate_s(self) -> float | None:
         return None

@@ -204,3 +204,33 @@ def test_nbsched_simulate_reads_a_jobs_table(
     found = json.loads(out.stdout)
     assert found["jobs"] == found["finished"] == 3
     assert found["makespan"] >= 0.4  # (the 2-GPU job waits for the others)
+
+
+def test_why_gives_the_expected_start_and_its_grounds(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real engine, a running job with a 300 s time limit: why() of the 2-GPU job
+    waiting for it says when it should start and why then.  (Until the estimates'
+    code stores time limits, every job here is given one through Job.estimate_s.)"""
+    from nbsched.jobs import Job
+
+    monkeypatch.setattr(Job, "estimate_s", property(lambda job: 300.0))
+    monkeypatch.setattr(Job, "estimate_source", property(lambda job: "time limit"))
+    s = make_sched(num_gpus=2, reserve_after_s=0, start=True)
+    gate = tmp_path / "gate"
+    hold = s.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1)
+    try:
+        _until(lambda: s.job(hold)["status"] == "running", "the first job to start")
+        big = s.add_command("true", required_gpus=2)
+        small = s.add_command("true", required_gpus=1)
+        started = s.job(hold)["started"].timestamp()
+        clock = time.strftime("%H:%M:%S", time.localtime(started + 300))
+        grounds = f"starts ≈ {clock}, when job {hold} ends (time limit)"
+        assert s.why(big) == f"needs 2 free GPUs; GPU(s) 0,1 held for it; {grounds}"
+        assert s.why(small) == (
+            f"job {big} comes first (needs 2 free GPUs; GPU(s) 0,1 held for it; {grounds}); "
+            "it needs 1 free GPU, and may use the GPUs that job holds only if its estimate "
+            "says it ends before then"
+        )
+    finally:
+        gate.touch()

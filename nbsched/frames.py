@@ -36,6 +36,8 @@ JOB_COLUMNS = (
     "node",
     "reason",
     "held",
+    "after",
+    "waiting",
     "eta",
 )
 
@@ -150,6 +152,8 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "node": job.node,
         "reason": job.reason,
         "held": job.held,
+        "after": job.spec.after,
+        "waiting": job.waiting,
         # (when a queued job is expected to start: filled by the scheduler's jobs(),
         # from a replay of the head of the queue; see nbsched.scheduler_simulate)
         "eta": None,
@@ -157,7 +161,7 @@ def _raw_row(job: Job) -> dict[str, Any]:
 
 
 #: The text columns of the jobs table.
-TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason")
+TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason", "after")
 
 #: The store's name (:data:`TABLE_COLUMNS`) of each jobs-table column that it renames.
 _FROM_TABLE = {"id": "seq", "log": "log_path"}
@@ -215,6 +219,7 @@ _JOB_DTYPES: dict[str, Any] = {
     "exit_code": "Int64",
     "gpus": object,
     "held": "bool",
+    "waiting": "bool",
 }
 
 

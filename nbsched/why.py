@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from .allocation import GpuState, _clock, explain_one, gpu_states, plan
 from .backfill import Policy, running_of
+from .formats.after import describe_unmet
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
 from .simulation import queue_replay
@@ -127,6 +128,8 @@ class Why:
             return f"job {job.id} is {job.status.value}"
         if job.held:
             return HELD
+        if job.waiting and job.dep_group is not None:
+            return describe_unmet(self._store.unmet_dependencies(job.dep_group))
         reason = self.reason(job)
         if self._engine_pid() is None:
             reason += NO_ENGINE

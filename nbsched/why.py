@@ -36,7 +36,7 @@ Lined = tuple[bool, "tuple[str, float] | None"]
 
 #: ``why()`` replays the queue ahead of a job for its expected start only where at
 #: most this many jobs are ahead of it.
-ETA_AHEAD = 200
+ETA_AHEAD = 100
 
 #: How ``why()`` says the expected start its replay of the queue found.
 REPLAYED = "expected to start ≈ {} (by the estimates, if nothing else arrives)"

@@ -207,22 +207,22 @@ def test_nbsched_simulate_reads_a_jobs_table(
 
 
 def test_why_gives_the_expected_start_and_its_grounds(
-    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
 ) -> None:
     """A real engine, a running job with a 300 s time limit: why() of the 2-GPU job
-    waiting for it says when it should start and why then.  (Until the estimates'
-    code stores time limits, every job here is given one through Job.estimate_s.)"""
-    from nbsched.jobs import Job
-
-    monkeypatch.setattr(Job, "estimate_s", property(lambda job: 300.0))
-    monkeypatch.setattr(Job, "estimate_source", property(lambda job: "time limit"))
+    waiting for it says when it should start and why then; a job behind it whose hint
+    ends before then starts on a GPU held for it, one whose hint does not waits."""
     s = make_sched(num_gpus=2, reserve_after_s=0, start=True)
     gate = tmp_path / "gate"
-    hold = s.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1)
+    loop = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    hold = s.add_command(loop, required_gpus=1, time_limit=300)
     try:
         _until(lambda: s.job(hold)["status"] == "running", "the first job to start")
         big = s.add_command("true", required_gpus=2)
-        small = s.add_command("true", required_gpus=1)
+        small = s.add_command("true", required_gpus=1, expected_s=400)
+        short = s.add_command(loop, required_gpus=1, expected_s=60)
+        _until(lambda: s.job(short)["status"] == "running", "the short job to backfill")
+        assert s.job(small)["status"] == "queued"
         started = s.job(hold)["started"].timestamp()
         clock = time.strftime("%H:%M:%S", time.localtime(started + 300))
         grounds = f"starts ≈ {clock}, when job {hold} ends (time limit)"
@@ -232,5 +232,7 @@ def test_why_gives_the_expected_start_and_its_grounds(
             "it needs 1 free GPU, and may use the GPUs that job holds only if its estimate "
             "says it ends before then"
         )
+        eta = s.jobs().set_index("id")["eta"]
+        assert abs(eta[big].timestamp() - (started + 300)) < 1.0
     finally:
         gate.touch()

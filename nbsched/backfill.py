@@ -105,13 +105,14 @@ class Running:
         return now if self.estimate_source == PROMISE else None
 
 
-def running_of(job: Job) -> Running:
-    """The plan's view of the running ``job``, with its estimate (``job.estimate_s``
-    and ``job.estimate_source``, where known)."""
+def running_of(job: Job, estimate: tuple[float | None, str | None] | None = None) -> Running:
+    """The plan's view of the running ``job``, with its ``estimate`` (seconds,
+    source; default: the job's own, its time limit or hint)."""
     n = len(job.gpus)
     share = job.required_gpus if n == 1 and job.required_gpus < 1 else 1.0
     started = job.started if job.started is not None else job.submitted
-    return Running(job.id, tuple(job.gpus), share, started, job.estimate_s, job.estimate_source)
+    seconds, source = (job.estimate_s, job.estimate_source) if estimate is None else estimate
+    return Running(job.id, tuple(job.gpus), share, started, seconds, source)
 
 
 @dataclass(frozen=True)

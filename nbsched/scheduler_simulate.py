@@ -23,6 +23,7 @@ from .gpus.monitor import GPUMonitor
 from .jobs import Job, JobStatus
 from .simulation import Replay, figures, queue_replay, read_trace, replay
 from .store import Store
+from .store.estimates import Estimator
 from .why import MAX_AGE_S
 
 if TYPE_CHECKING:
@@ -75,12 +76,13 @@ class Simulating:
 
         limit = None if first is None else check_count("first", first, " or None")
         result, jobs = self._replay(limit, len(self.monitor.snapshot()))
+        learned = Estimator(self.store).of_spec
         rows = []
         for job in jobs:
             out = result.outcomes[job.id]
             rows.append(
                 (job.id, job.status.value, job.required_gpus,
-                 _stamp(out.start), _stamp(out.end), job.estimate_source)
+                 _stamp(out.start), _stamp(out.end), learned(job.spec)[1])
             )  # fmt: skip
         return pd.DataFrame(rows, columns=list(SIMULATE_COLUMNS))
 
@@ -94,7 +96,8 @@ class Simulating:
         since = dispatcher.head_since if dispatcher is not None else None
         policy = Policy(reserve_after_s=self.config.reserve_after_s)
         precision = self.config.gpu_allocation_precision
-        result = queue_replay(queued, running, gpus, policy, precision, now, since)
+        learned = Estimator(self.store).of_spec  # (learned estimates, where there are)
+        result = queue_replay(queued, running, gpus, policy, precision, now, since, learned)
         return result, [*running, *queued]
 
     def _with_eta(self, df: pd.DataFrame) -> pd.DataFrame:

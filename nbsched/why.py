@@ -27,6 +27,7 @@ from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
 from .simulation import queue_replay
 from .store import Store
+from .store.estimates import Estimator
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher
@@ -161,7 +162,8 @@ class Why:
         and the first job in line's time of queueing (for ``reserve_after_s``)."""
         queue, now = _Ahead(self._store, job), self._now()
         busy = self._store.find(statuses=[JobStatus.RUNNING])
-        running = [running_of(r) for r in busy]
+        learned = Estimator(self._store)  # (a running job's learned estimate too)
+        running = [running_of(r, learned.of_spec(r.spec)) for r in busy]
         policy = Policy(reserve_after_s=float(self._rules().get("reserve_after_s", 0.0)))
         dispatching, since = self._first_in_line()
         if policy.reserve_after_s > 0 and not dispatching:
@@ -180,7 +182,9 @@ class Why:
         ahead = list(islice(queue, ETA_AHEAD + 1))
         if len(ahead) > ETA_AHEAD:
             return text
-        replayed = queue_replay(ahead, busy, len(states), policy, precision, now, since)
+        replayed = queue_replay(
+            ahead, busy, len(states), policy, precision, now, since, learned.of_spec
+        )
         start = replayed.outcomes[job.id].start
         if start is None or start <= now:
             return text

@@ -236,3 +236,20 @@ def test_why_gives_the_expected_start_and_its_grounds(
         assert abs(eta[big].timestamp() - (started + 300)) < 1.0
     finally:
         gate.touch()
+
+
+def test_simulate_uses_the_estimates_learned_from_earlier_runs(
+    make_sched: Callable[..., GPUJobScheduler],
+) -> None:
+    """A command that ran before is expected to run about as long again: simulate()
+    gives the queued copies of it an end, one after the other on the one GPU."""
+    s = make_sched(num_gpus=1, start=True)
+    s.wait([s.add_command("sleep 0.3") for _ in range(2)], timeout=60, progress=False)
+    s.stop()
+    again = [s.add_command("sleep 0.3") for _ in range(2)]
+    table = s.simulate().set_index("id")
+    assert list(table.loc[again, "estimate_source"]) == ["command", "command"]
+    first, second = (table.loc[j] for j in again)
+    run = (first["end"] - first["start"]).total_seconds()
+    assert 0.25 <= run <= 5.0  # (the learned run time: ~0.3 s and the start-up)
+    assert second["start"] == first["end"]

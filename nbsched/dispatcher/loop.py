@@ -43,6 +43,7 @@ from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
 from ..store.estimates import Estimator
 from .ends import decide_end, missing_env
+from .handoff import hand_off, hands_off
 from .inbox import Inbox
 from .queue import QueueCache
 from .recovery import recover
@@ -311,8 +312,11 @@ class Dispatcher:
             self.config.gpu_load_threshold,
         )
         queue = self._cache.eligible(now, mono)
-        decision = plan(queue, states, now, self.config.gpu_allocation_precision)
-        self._room = None if decision.placements else most_room(states)
+        if hands_off(self.config.executor):  # (Slurm: its own queue decides)
+            decision, self._room = hand_off(queue, now), None
+        else:
+            decision = plan(queue, states, now, self.config.gpu_allocation_precision)
+            self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)
         chosen, stale = self._cache.to_start(self.store, decision.placements)

@@ -1,0 +1,215 @@
+"""executor="slurm" against a real one-node Slurm with 4 fake GPUs and 16 shards
+(scripts/slurm.sh): requests, CUDA_VISIBLE_DEVICES, exit codes, results, cancel of a
+process tree, why(), sweeps, re-attachment after a kernel's death."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from slurm.cluster import slurm_cluster, slurm_state, wait_until
+
+from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.executors.slurm import slurm_id
+
+__all__ = ["slurm_cluster"]  # (the fixture, used by name)
+
+pytestmark = pytest.mark.usefixtures("slurm_cluster")
+
+
+@pytest.fixture
+def sched(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = GPUJobScheduler(
+        config=SchedulerConfig(state_dir=tmp_path / "state", executor="slurm", kill_grace_s=1)
+    ).start()
+    yield s
+    s.stop(kill=True)
+    s.close()
+
+
+def sid_of(s: GPUJobScheduler, job_id: str) -> str:
+    return wait_until(lambda: slurm_id(s.config.run_dir, s.store.get(job_id).token), 10)
+
+
+def test_whole_multi_and_fractional_gpus_as_slurm_gives_them(sched: GPUJobScheduler) -> None:
+    show = "echo CVD=$CUDA_VISIBLE_DEVICES SHARDS=${SLURM_SHARDS_ON_NODE:-none}"
+    one = sched.add_command(show, required_gpus=1)
+    two = sched.add_command(show, required_gpus=2)
+    half = sched.add_command(show, required_gpus=0.5)
+    table = sched.wait([one, two, half], timeout=60)
+    assert list(table["status"]) == ["succeeded"] * 3
+    seen = {j: re.search(r"CVD=(\S*) SHARDS=(\S+)", sched.logs(j)) for j in (one, two, half)}
+    assert all(seen.values()), {j: sched.logs(j) for j in seen}
+    assert len(seen[one].group(1).split(",")) == 1  # type: ignore[union-attr]
+    assert len(seen[two].group(1).split(",")) == 2  # type: ignore[union-attr]
+    # 16 shards on 4 GPUs: half a GPU is 2 of its 4 shards, on one GPU
+    assert seen[half].group(1).isdigit() and seen[half].group(2) == "2"  # type: ignore[union-attr]
+    assert sched.job(one)["started"] is not None
+
+
+def test_exit_codes_and_results_come_back(sched: GPUJobScheduler) -> None:
+    ok = sched.add_command("echo '{\"loss\": 0.5}' > \"$NBSCHED_RESULT_FILE\"", required_gpus=1)
+    bad = sched.add_command("exit 3", required_gpus=0.25)
+    table = sched.wait([ok, bad], timeout=60).set_index("id")
+    assert table.loc[ok, "status"] == "succeeded" and table.loc[ok, "exit_code"] == 0
+    assert table.loc[bad, "status"] == "failed" and table.loc[bad, "exit_code"] == 3
+    result = sched.config.state_dir / "results" / f"{ok}.json"
+    assert json.loads(result.read_text()) == {"loss": 0.5}
+
+
+def test_cancel_ends_the_whole_process_tree(sched: GPUJobScheduler) -> None:
+    mark = f"{uuid.uuid4().int % 10**6 + 1000}.{os.getpid()}"
+    job = sched.add_command(
+        f"(sleep {mark} & sleep {mark}) & sleep {mark} & echo up; wait", required_gpus=1
+    )
+    sid = sid_of(sched, job)
+    wait_until(lambda: "up" in sched.logs(job), 30)
+    wait_until(lambda: len(_sleepers(mark)) == 3, 10)
+    assert sched.cancel(job)
+    assert sched.job(job)["status"] == "cancelled"
+    wait_until(lambda: not _sleepers(mark), 20)
+    assert slurm_state(sid) in ("CANCELLED", "COMPLETED")
+
+
+def _if_in(part: str, text: str) -> str:
+    return text if part in text else ""
+
+
+def _sleepers(mark: str) -> list[int]:
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] == ["sleep", mark]:
+            out.append(proc.pid)
+    return out
+
+
+def test_why_gives_slurms_pending_reason(sched: GPUJobScheduler) -> None:
+    hog = sched.add_command("sleep 60", required_gpus=4)
+    wait_until(lambda: slurm_state(sid_of(sched, hog)) == "RUNNING", 30)
+    waiting = sched.add_command("true", required_gpus=1)
+    sid = sid_of(sched, waiting)
+    reason: str = wait_until(lambda: _if_in("Resources", sched.why(waiting)), 10)
+    assert f"Slurm job {sid}" in reason and "pending in Slurm" in reason
+    sched.cancel(waiting)
+    sched.cancel(hog)
+
+
+def test_allowed_gpus_and_bad_slurm_settings_are_refused(tmp_path: Path) -> None:
+    s = GPUJobScheduler(config=SchedulerConfig(state_dir=tmp_path / "s", executor="slurm"))
+    try:
+        with pytest.raises(ValueError, match=r"allowed_gpus=\[1\]: executor='slurm' cannot"):
+            s.add_command("true", required_gpus=1, allowed_gpus=[1])
+        assert s.jobs().empty  # nothing stored
+    finally:
+        s.close()
+    with pytest.raises(ValueError, match="slurm_options.*nbsched sets --gres itself"):
+        SchedulerConfig(state_dir=tmp_path / "s", slurm_options=["--gres=gpu:1"])
+    with pytest.raises(ValueError, match="slurm_partition='a b'"):
+        SchedulerConfig(state_dir=tmp_path / "s", slurm_partition="a b")
+    config = SchedulerConfig(state_dir=tmp_path / "s", slurm_options="--time=5 --qos=low")
+    assert config.slurm_options == ("--time=5", "--qos=low")
+
+
+TRAIN = """\
+#!/bin/bash
+# --lr X --seed Y: sleeps a little, writes its result
+sleep "${SLEEP:-0}"
+printf '{"lr": %s, "seed": %s}\\n' "$2" "$4" > "$NBSCHED_RESULT_FILE"
+"""
+
+
+def test_a_sweep_runs_with_its_results(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    train = tmp_path / "train.sh"
+    train.write_text(TRAIN)
+    ids = sched.add_sweep(str(train), args="--lr {1,2} --seed {7,8}", required_gpus=0.25)
+    sched.wait(ids, timeout=60)
+    table = sched.sweep(ids.sweep_id)  # type: ignore[attr-defined]
+    assert sorted(table["status"]) == ["succeeded"] * 4
+    assert sorted(zip(table["lr"], table["seed"])) == [(1, 7), (1, 8), (2, 7), (2, 8)]
+
+
+KERNEL = """\
+import sys, time
+from nbsched import GPUJobScheduler, SchedulerConfig
+s = GPUJobScheduler(config=SchedulerConfig(state_dir=sys.argv[1], executor="slurm")).start()
+ids = s.add_sweep(sys.argv[2], args="--lr {1,2,3} --seed {5,6}", required_gpus=1, env={"SLEEP": "2"})
+print(",".join(ids), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_kernel_killed_mid_sweep_is_reattached(tmp_path: Path) -> None:
+    train = tmp_path / "train.sh"
+    train.write_text(TRAIN)
+    state = tmp_path / "state"
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL, str(state), str(train)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        ids = (kernel.stdout.readline() if kernel.stdout else "").strip().split(",")
+        assert len(ids) == 6
+        run = state / "run"
+        wait_until(lambda: len(list(run.glob("*.slurm"))) == 6, 30)  # all handed to Slurm
+    finally:
+        kernel.send_signal(signal.SIGKILL)
+        kernel.wait()
+    s = GPUJobScheduler(config=SchedulerConfig(state_dir=state, executor="slurm")).start()
+    try:
+        table = s.wait(ids, timeout=60)
+        assert list(table["status"]) == ["succeeded"] * 6
+        sweep = s.sweep()
+        assert sorted(zip(sweep["lr"], sweep["seed"])) == [
+            (lr, seed) for lr in (1, 2, 3) for seed in (5, 6)
+        ]
+    finally:
+        s.stop(kill=True)
+        s.close()
+
+
+def test_ends_come_from_each_source(tmp_path: Path) -> None:
+    """sacct -P (parsed), scontrol within MinJobAge (a real job), the wrapper's record."""
+    from nbsched.executors.slurm_status import exit_of, parse_sacct, state_exit
+
+    text = "41|FAILED|3:0\n41.batch|FAILED|3:0\n42|CANCELLED by 0|0:15\n43|COMPLETED|0:0\n"
+    parsed = parse_sacct(text)
+    assert parsed == {"41": ("FAILED", 3, 0), "42": ("CANCELLED", 0, 15), "43": ("COMPLETED", 0, 0)}
+    assert state_exit(*parsed["41"], "41").code == 3
+    assert state_exit(*parsed["42"], "42").reason == "Slurm job 42 ended CANCELLED"
+    done = subprocess.run(
+        ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 4"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sid = done.stdout.strip()
+    missing = tmp_path / "none.exit"
+    end = wait_until(lambda: exit_of(sid, missing, accounting=False), 30)
+    assert end.code == 4
+    record = tmp_path / "rec.exit"
+    record.write_text("5\n")
+    forgotten = exit_of("999999999", record, accounting=False)  # Slurm never had it
+    assert forgotten is not None and forgotten.code == 5
+    gone = exit_of("999999999", missing, accounting=False)
+    assert gone is not None and gone.code is None and "no longer knows" in (gone.reason or "")
+
+
+def test_fractions_become_shards_and_priorities_nice() -> None:
+    from nbsched.executors.slurm_script import gres, nice
+
+    assert gres(1, 4) == "gpu:1" and gres(3, None) == "gpu:3" and gres(0, 4) is None
+    assert gres(0.5, 4) == "shard:2" and gres(0.3, 4) == "shard:2" and gres(0.01, 4) == "shard:1"
+    with pytest.raises(ValueError, match="declare none"):
+        gres(0.5, None)
+    assert nice(-5) == 5 and nice(3) == 0
+

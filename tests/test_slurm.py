@@ -56,7 +56,7 @@ def test_whole_multi_and_fractional_gpus_as_slurm_gives_them(sched: GPUJobSchedu
 
 
 def test_exit_codes_and_results_come_back(sched: GPUJobScheduler) -> None:
-    ok = sched.add_command("echo '{\"loss\": 0.5}' > \"$NBSCHED_RESULT_FILE\"", required_gpus=1)
+    ok = sched.add_command('echo \'{"loss": 0.5}\' > "$NBSCHED_RESULT_FILE"', required_gpus=1)
     bad = sched.add_command("exit 3", required_gpus=0.25)
     table = sched.wait([ok, bad], timeout=60).set_index("id")
     assert table.loc[ok, "status"] == "succeeded" and table.loc[ok, "exit_code"] == 0
@@ -133,14 +133,15 @@ def test_a_sweep_runs_with_its_results(sched: GPUJobScheduler, tmp_path: Path) -
     sched.wait(ids, timeout=60)
     table = sched.sweep(ids.sweep_id)  # type: ignore[attr-defined]
     assert sorted(table["status"]) == ["succeeded"] * 4
-    assert sorted(zip(table["lr"], table["seed"])) == [(1, 7), (1, 8), (2, 7), (2, 8)]
+    assert sorted(zip(table["lr"], table["seed"], strict=True)) == [(1, 7), (1, 8), (2, 7), (2, 8)]
 
 
 KERNEL = """\
 import sys, time
 from nbsched import GPUJobScheduler, SchedulerConfig
 s = GPUJobScheduler(config=SchedulerConfig(state_dir=sys.argv[1], executor="slurm")).start()
-ids = s.add_sweep(sys.argv[2], args="--lr {1,2,3} --seed {5,6}", required_gpus=1, env={"SLEEP": "2"})
+ids = s.add_sweep(sys.argv[2], args="--lr {1,2,3} --seed {5,6}", required_gpus=1,
+                  env={"SLEEP": "2"})
 print(",".join(ids), flush=True)
 time.sleep(600)
 """
@@ -169,7 +170,7 @@ def test_a_kernel_killed_mid_sweep_is_reattached(tmp_path: Path) -> None:
         table = s.wait(ids, timeout=60)
         assert list(table["status"]) == ["succeeded"] * 6
         sweep = s.sweep()
-        assert sorted(zip(sweep["lr"], sweep["seed"])) == [
+        assert sorted(zip(sweep["lr"], sweep["seed"], strict=True)) == [
             (lr, seed) for lr in (1, 2, 3) for seed in (5, 6)
         ]
     finally:
@@ -212,4 +213,3 @@ def test_fractions_become_shards_and_priorities_nice() -> None:
     with pytest.raises(ValueError, match="declare none"):
         gres(0.5, None)
     assert nice(-5) == 5 and nice(3) == 0
-

@@ -23,9 +23,9 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import NbschedError
@@ -123,7 +123,7 @@ def parse_exit_code(text: str) -> tuple[int | None, int | None]:
 def parse_time(text: str) -> float | None:
     """Slurm's local ``2026-12-05T17:02:57`` as a Unix time; None for ``Unknown``."""
     try:
-        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+        return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
 

@@ -32,6 +32,7 @@ import math
 import os
 import pwd
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -97,13 +98,40 @@ def admit(specs: Iterable[JobSpec]) -> list[JobSpec]:
         check_spec(spec)
     if specs:
         try:
-            slurm(["scontrol", "ping"])
+            controller_answers()
         except SlurmError as exc:
             raise SlurmError(
                 f"Slurm does not answer, so no job was queued: {exc}. Jobs already handed "
                 "to Slurm are not affected; submit again once Slurm is back"
             ) from None
     return specs
+
+
+_CONTROLLERS: list[tuple[str, int]] = []
+
+
+def controller_answers() -> None:
+    """Whether a Slurm controller takes connections (a TCP connect: ~0.1 ms, where
+    ``scontrol ping`` costs ~15 ms and sbatch waits ~9 s before it gives up); its
+    addresses are read from ``scontrol show config`` once per process."""
+    if not _CONTROLLERS:
+        hosts, port = [], 6817
+        for line in slurm(["scontrol", "show", "config"]).splitlines():
+            key, _, value = (part.strip() for part in line.partition("="))
+            if key.startswith("SlurmctldHost"):
+                name, _, addr = value.partition("(")
+                hosts.append(addr.rstrip(")") or name)
+            elif key == "SlurmctldPort":
+                port = int(value.split("-")[0])
+        _CONTROLLERS.extend((host, port) for host in hosts)
+    errors = []
+    for host, port in _CONTROLLERS:
+        try:
+            socket.create_connection((host, port), timeout=2.0).close()
+            return
+        except OSError as exc:
+            errors.append(f"{host}:{port}: {exc.strerror or exc}")
+    raise SlurmError(f"slurmctld does not answer ({'; '.join(errors) or 'no controller'})")
 
 
 def shards_per_gpu() -> int | None:

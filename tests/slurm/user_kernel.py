@@ -11,7 +11,8 @@ works as that user's notebook would.
 
 from __future__ import annotations
 
-import _strptime  # noqa: F401  (lazily imported by time.strptime)
+import _strptime  # noqa: F401  (imported lazily: by time.strptime)
+import encodings.idna  # noqa: F401  (imported lazily: by socket's name look-ups)
 import json
 import os
 import pwd

@@ -130,6 +130,8 @@ def test_a_sweep_runs_with_its_results(sched: GPUJobScheduler, tmp_path: Path) -
     train = tmp_path / "train.sh"
     train.write_text(TRAIN)
     ids = sched.add_sweep(str(train), args="--lr {1,2} --seed {7,8}", required_gpus=0.25)
+    arrays = {sid_of(sched, j).split("_")[0] for j in ids}
+    assert len(arrays) == 1  # one job array (submitted together: one dispatcher turn)
     sched.wait(ids, timeout=60)
     table = sched.sweep(ids.sweep_id)  # type: ignore[attr-defined]
     assert sorted(table["status"]) == ["succeeded"] * 4

@@ -87,7 +87,22 @@ class Executor(Protocol):
     #: cannot defer ignores it and returns the pid.
     defer_identity: bool = False
 
+    #: Whether :meth:`start_many` hands several attempts over at once (Slurm: one job
+    #: array): the dispatcher then gives it the attempts of a turn together.
+    batches: bool = False
+
     def is_available(self) -> bool: ...
+
+    def start_many(self, launches: list[Launch]) -> list[Started | Exception]:
+        """Start several attempts; for each, how it started or why it could not.
+        Default: :meth:`start` for each."""
+        out: list[Started | Exception] = []
+        for launch in launches:
+            try:
+                out.append(self.start(launch))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     def start(self, launch: Launch) -> Started:
         """Start the attempt; raise with a clear message if it cannot start."""

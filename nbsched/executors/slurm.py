@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import SchedulerConfig
@@ -181,6 +182,25 @@ def scancel(sid: str) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One attempt as sbatch is given it."""
+
+    launch: Launch
+    token: str
+    gres: str | None
+    argv: tuple[str, ...]
+    env: dict[str, str]
+
+
+def submitted_id(out: str) -> str:
+    """The job id ``sbatch --parsable`` printed (``ID`` or ``ID;cluster``)."""
+    sid = out.strip().split(";")[0]
+    if not sid.isdigit():
+        raise SlurmError(f"sbatch answered {out.strip()!r}, not a job id")
+    return sid
+
+
 class _Watched:
     def __init__(self, job: Job, sid: str, on_exit: OnExit, exit_path: Path) -> None:
         self.job = job
@@ -194,6 +214,8 @@ class SlurmExecutor(Executor):
     name = "slurm"
     #: The job runs where Slurm puts it: recovery asks :meth:`watch`, not ``/proc``.
     local_processes = False
+    #: A turn's attempts come together: alike ones go to Slurm as one job array.
+    batches = True
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
@@ -214,12 +236,12 @@ class SlurmExecutor(Executor):
 
     # -- submitting -----------------------------------------------------------------------
 
-    def _write_wrapper(self) -> None:
-        if not self.wrapper.exists() or self.wrapper.read_text() != WRAPPER:
-            tmp = self.wrapper.with_suffix(".tmp")
-            tmp.write_text(WRAPPER)
+    def write_script(self, path: Path, text: str) -> None:
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
             os.chmod(tmp, 0o700)
-            os.replace(tmp, self.wrapper)
+            os.replace(tmp, path)
 
     def _shards_per_gpu(self) -> int | None:
         now = time.monotonic()
@@ -227,36 +249,57 @@ class SlurmExecutor(Executor):
             self._shards = (now, shards_per_gpu())
         return self._shards[1]
 
-    def start(self, launch: Launch) -> Started:
+    def prepare(self, launch: Launch) -> Prepared:
+        """What sbatch is given for ``launch``: its GPU request, argv and environment."""
         job = launch.job
         token = job.token or launch.env["NBSCHED_JOB_TOKEN"]
         required = job.required_gpus
         value = gres(required, self._shards_per_gpu() if 0 < required < 1 else None)
-        self._write_wrapper()
         argv = launch.argv
         if job.spec.gpu_arg or job.spec.launcher:
             argv = build_argv(job, tuple(range(max(1, math.ceil(required)))), launch.env)
-        env = job_env(launch.env, required)
         os.close(open_log(launch.log_path))  # (0600, the user's, before Slurm appends)
-        cmd = sbatch_argv(
-            job_name=job_name(job, token),
-            log_path=str(launch.log_path),
-            cwd=launch.cwd,
-            gres_value=value,
-            priority=job.priority,
+        return Prepared(launch, token, value, tuple(argv), job_env(launch.env, required))
+
+    def options(self, name: str, log: str, prepared: Prepared, array: str | None) -> list[str]:
+        return sbatch_argv(
+            job_name=name,
+            log_path=log,
+            cwd=prepared.launch.cwd,
+            gres_value=prepared.gres,
+            priority=prepared.launch.job.priority,
             partition=self.config.slurm_partition,
             account=self.config.slurm_account,
             options=self.config.slurm_options,
+            array=array,
         )
-        out = slurm([*cmd, str(self.wrapper), str(launch.exit_path), *argv], env=env)
-        sid = out.strip().split(";")[0]
-        if not sid.isdigit():
-            raise SlurmError(f"sbatch answered {out.strip()!r}, not a job id")
+
+    def start(self, launch: Launch) -> Started:
+        prepared = self.prepare(launch)
+        self.write_script(self.wrapper, WRAPPER)
+        cmd = self.options(
+            job_name(launch.job, prepared.token), str(launch.log_path), prepared, None
+        )
+        out = slurm(
+            [*cmd, str(self.wrapper), str(launch.exit_path), *prepared.argv], env=prepared.env
+        )
+        self.record_id(prepared.token, submitted_id(out))
+        return Started(pid=None, proc_start=None)
+
+    def start_many(self, launches: list[Launch]) -> list[Started | Exception]:
+        """Several attempts at once: those alike (same GPU request, priority and folder)
+        as one job array each (see :mod:`.slurm_array`)."""
+        if len(launches) == 1:
+            return super().start_many(launches)
+        from .slurm_array import start_arrays
+
+        return start_arrays(self, launches)
+
+    def record_id(self, token: str, sid: str) -> None:
+        """Store the Slurm job id of an attempt (before start returns: re-attachment)."""
         path = id_file(self.run_dir, token)
         path.with_suffix(".tmp").write_text(sid + "\n")
         os.replace(path.with_suffix(".tmp"), path)
-        logger.debug("job %s is Slurm job %s", job.id, sid)
-        return Started(pid=None, proc_start=None)
 
     # -- following ------------------------------------------------------------------------
 
@@ -276,16 +319,9 @@ class SlurmExecutor(Executor):
         self._wake.set()
 
     def _find_by_name(self, job: Job, token: str) -> str | None:
-        try:
-            out = slurm(["squeue", "-h", "-t", "all", "-u", self._user, "-o", "%A|%j"])
-        except SlurmError:
-            return None
-        name = job_name(job, token)
-        for line in out.splitlines():
-            sid, _, found = line.partition("|")
-            if found == name:
-                return sid
-        return None
+        from .slurm_array import find_by_name
+
+        return find_by_name(self.run_dir, self._user, job_name(job, token), token)
 
     def report_starts(self, on_started: OnStarted) -> None:
         with self._lock:
@@ -359,10 +395,11 @@ class SlurmExecutor(Executor):
             time.sleep(0.1)
 
     def forget(self, jobs: list[Job]) -> None:
+        from .slurm_array import forget_files
+
         for job in jobs:
             if job.token:
-                id_file(self.run_dir, job.token).unlink(missing_ok=True)
-                (self.run_dir / f"{job.token}.exit").unlink(missing_ok=True)
+                forget_files(self.run_dir, job.token)
 
     def close(self) -> None:
         """Stop following (Slurm's jobs go on; the next engine re-attaches)."""

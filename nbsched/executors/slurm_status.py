@@ -170,25 +170,28 @@ class QueueRow:
     user: str
 
 
-SQUEUE_FORMAT = "%A|%T|%r|%S|%N|%u"
+#: Job id, state, reason, start, node, user, and the id as ``ARRAYID_TASK`` for a task of
+#: an array (``-r``: one line per task, also pending ones).
+SQUEUE_FORMAT = "%A|%T|%r|%S|%N|%u|%i"
 
 
 def squeue(ids: Iterable[str] | None = None, user: str | None = None) -> dict[str, QueueRow]:
     """The jobs Slurm holds (all states, ended ones within ``MinJobAge``), by job id:
     those of ``ids`` (every one, with None) and of ``user``."""
-    argv = ["squeue", "-h", "-t", "all", "-o", SQUEUE_FORMAT]
+    argv = ["squeue", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT]
     if user is not None:
         argv += ["-u", user]
     wanted = None if ids is None else set(ids)
     rows: dict[str, QueueRow] = {}
     for line in slurm(argv).splitlines():
         parts = line.split("|")
-        if len(parts) < 6 or (wanted is not None and parts[0] not in wanted):
+        if len(parts) < 7:
+            continue
+        sid = parts[6] if "_" in parts[6] else parts[0]
+        if wanted is not None and sid not in wanted:
             continue
         node = parts[4] or None
-        rows[parts[0]] = QueueRow(
-            parts[0], parts[1], parts[2], parse_time(parts[3]), node, parts[5]
-        )
+        rows[sid] = QueueRow(sid, parts[1], parts[2], parse_time(parts[3]), node, parts[5])
     return rows
 
 

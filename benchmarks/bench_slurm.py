@@ -26,6 +26,7 @@ from typing import Any
 
 import nbsched.executors.slurm as slurm_executor
 from nbsched import GPUJobScheduler, SchedulerConfig
+from nbsched.executors.slurm_array import read_tasks
 
 _calls: list[tuple[str, float, float]] = []
 _lock = threading.Lock()
@@ -100,16 +101,27 @@ def bench_sweep(root: Path, n: int = 1000) -> dict[str, float]:
         t0 = time.perf_counter()
         ids = s.add_sweep(str(script), args=f"--seed {{1..{n}}}", required_gpus=0.01)
         stored = time.perf_counter() - t0
-        while len(list(run.glob("*.slurm"))) < n:
-            time.sleep(0.01)
+        while True:  # (its array's ids are written once sbatch answered)
+            sids = [p.read_text().strip() for p in run.glob("*.id")]
+            sids += [p.read_text().strip() for p in run.glob("*.slurm")]
+            if _handed(run) >= n:
+                break
+            time.sleep(0.005)
         handed = time.perf_counter() - t0
-        sids = [p.read_text().strip() for p in run.glob("*.slurm")]
     finally:
         s.stop()
         s.close()
     for k in range(0, len(sids), 200):
         subprocess.run(["scancel", *sids[k : k + 200]], check=False, capture_output=True)
     return {"sweep_jobs": len(ids), "sweep_stored_s": stored, "sweep_handed_s": handed}
+
+
+def _handed(run: Path) -> int:
+    """How many attempts have their Slurm id: arrays' tasks and single jobs."""
+    count = len(list(run.glob("*.slurm")))
+    for path in run.glob("*.id"):
+        count += len(read_tasks(path.with_suffix(".tasks")))
+    return count
 
 
 def bench_refresh(root: Path, n: int = 30) -> dict[str, float]:

@@ -18,7 +18,7 @@ from typing import Any
 from .checks import AfterValue
 from .config import SchedulerConfig
 from .engine.core import Engine
-from .executors.slurm import admit as slurm_admit
+from .executors.slurm_control import admit as slurm_admit
 from .formats.jobsfile import JobLine, LineError
 from .formats.jobsfile_reader import parse_lines
 from .formats.llmconfig import LLMConfig

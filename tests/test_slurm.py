@@ -163,7 +163,7 @@ def test_a_kernel_killed_mid_sweep_is_reattached(tmp_path: Path) -> None:
         ids = (kernel.stdout.readline() if kernel.stdout else "").strip().split(",")
         assert len(ids) == 6
         run = state / "run"
-        wait_until(lambda: len(list(run.glob("*.slurm"))) == 6, 30)  # all handed to Slurm
+        wait_until(lambda: list(run.glob("nbsched-array-*.id")), 30)  # handed to Slurm
     finally:
         kernel.send_signal(signal.SIGKILL)
         kernel.wait()

@@ -32,26 +32,24 @@ import math
 import os
 import pwd
 import shutil
-import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import SchedulerConfig
-from ..errors import PermissionDeniedError
-from ..jobs import Job, JobSpec
+from ..jobs import Job
 from ..launch import build_argv
 from .base import Executor, Exit, Launch, OnExit, OnStarted, Started
 from .process import open_log
-from .slurm_script import WRAPPER, check_spec, gres, sbatch_argv
+from .slurm_control import scancel, shards_per_gpu
+from .slurm_script import WRAPPER, gres, sbatch_argv
 from .slurm_status import (
     ENDED,
     SlurmError,
     accounting_on,
     exit_of,
-    fields,
     pending_reason,
     slurm,
     squeue,
@@ -88,64 +86,10 @@ def slurm_id(run_dir: Path, token: str | None) -> str | None:
     try:
         return id_file(run_dir, token).read_text().strip() or None
     except OSError:
-        return None
+        pass
+    from .slurm_array import array_id
 
-
-def admit(specs: Iterable[JobSpec]) -> list[JobSpec]:
-    """Before jobs for Slurm are stored: what Slurm cannot do is refused, and Slurm must
-    answer (else a :class:`SlurmError`), so no job is queued that cannot be handed on."""
-    specs = list(specs)
-    for spec in specs:
-        check_spec(spec)
-    if specs:
-        try:
-            controller_answers()
-        except SlurmError as exc:
-            raise SlurmError(
-                f"Slurm does not answer, so no job was queued: {exc}. Jobs already handed "
-                "to Slurm are not affected; submit again once Slurm is back"
-            ) from None
-    return specs
-
-
-_CONTROLLERS: list[tuple[str, int]] = []
-
-
-def controller_answers() -> None:
-    """Whether a Slurm controller takes connections (a TCP connect: ~0.1 ms, where
-    ``scontrol ping`` costs ~15 ms and sbatch waits ~9 s before it gives up); its
-    addresses are read from ``scontrol show config`` once per process."""
-    if not _CONTROLLERS:
-        hosts, port = [], 6817
-        for line in slurm(["scontrol", "show", "config"]).splitlines():
-            key, _, value = (part.strip() for part in line.partition("="))
-            if key.startswith("SlurmctldHost"):
-                name, _, addr = value.partition("(")
-                hosts.append(addr.rstrip(")") or name)
-            elif key == "SlurmctldPort":
-                port = int(value.split("-")[0])
-        _CONTROLLERS.extend((host, port) for host in hosts)
-    errors = []
-    for host, port in _CONTROLLERS:
-        try:
-            socket.create_connection((host, port), timeout=2.0).close()
-            return
-        except OSError as exc:
-            errors.append(f"{host}:{port}: {exc.strerror or exc}")
-    raise SlurmError(f"slurmctld does not answer ({'; '.join(errors) or 'no controller'})")
-
-
-def shards_per_gpu() -> int | None:
-    """Shards per GPU of the cluster's first node that has both (None: no shards)."""
-    for line in slurm(["scontrol", "-o", "show", "node"]).splitlines():
-        counts = {}
-        for item in fields(line).get("Gres", "").split(","):
-            parts = item.split("(")[0].split(":")
-            if len(parts) >= 2 and parts[-1].isdigit():
-                counts[parts[0]] = int(parts[-1])
-        if counts.get("gpu") and counts.get("shard"):
-            return counts["shard"] // counts["gpu"]
-    return None
+    return array_id(run_dir, token)
 
 
 def why_slurm(job: Job, run_dir: Path) -> str:
@@ -164,22 +108,6 @@ def why_slurm(job: Job, run_dir: Path) -> str:
     return f"job {job.id} (Slurm job {sid}) is {row.state.lower()} in Slurm" + (
         f" on {row.node}" if row.node else ""
     )
-
-
-def scancel(sid: str) -> None:
-    """Cancel Slurm job ``sid``; Slurm refusing is a PermissionDeniedError."""
-    try:
-        slurm(["scancel", sid])
-    except SlurmError as exc:
-        text = str(exc)
-        if "ermission" in text or "Access" in text or "not authorized" in text.lower():
-            raise PermissionDeniedError(
-                f"Slurm job {sid} belongs to another user; Slurm refused to cancel it "
-                f"({text.split(': ', 1)[-1]})"
-            ) from None
-        if "Invalid job id" in text or "already completing or completed" in text:
-            return
-        raise
 
 
 @dataclass(frozen=True)
@@ -230,6 +158,11 @@ class SlurmExecutor(Executor):
         self._shards: tuple[float, int | None] | None = None
         self._accounting: bool | None = None
         self._user = me()
+        #: Slurm ids of the attempts this executor submitted (token -> id), and the
+        #: attempts of each array still to end (its files go with the last).
+        self._ids: dict[str, str] = {}
+        self._arrays: dict[str, set[str]] = {}
+        self._array_of: dict[str, str] = {}
 
     def is_available(self) -> bool:
         return shutil.which("sbatch") is not None
@@ -300,12 +233,23 @@ class SlurmExecutor(Executor):
         path = id_file(self.run_dir, token)
         path.with_suffix(".tmp").write_text(sid + "\n")
         os.replace(path.with_suffix(".tmp"), path)
+        with self._lock:
+            self._ids[token] = sid
+
+    def learn_ids(self, ids: dict[str, str], array: str) -> None:
+        """The Slurm ids of an array's attempts (its ``.id`` file is written)."""
+        with self._lock:
+            self._ids.update(ids)
+            self._arrays[array] = set(ids)
+            self._array_of.update((token, array) for token in ids)
 
     # -- following ------------------------------------------------------------------------
 
     def watch(self, job: Job, on_exit: OnExit) -> None:
         token = job.token or ""
-        sid = slurm_id(self.run_dir, token) or self._find_by_name(job, token)
+        with self._lock:
+            sid = self._ids.get(token)
+        sid = sid or slurm_id(self.run_dir, token) or self._find_by_name(job, token)
         if sid is None:
             on_exit(job, Exit(None, "the engine stopped before the job reached Slurm"))
             return
@@ -383,7 +327,9 @@ class SlurmExecutor(Executor):
 
     def kill(self, job: Job, grace_s: float) -> None:
         """``scancel`` the job, and wait (a while) until Slurm has ended its processes."""
-        sid = slurm_id(self.run_dir, job.token) or self._find_by_name(job, job.token or "")
+        with self._lock:
+            sid = self._ids.get(job.token or "")
+        sid = sid or slurm_id(self.run_dir, job.token) or self._find_by_name(job, job.token or "")
         if sid is None:
             return
         scancel(sid)
@@ -395,11 +341,24 @@ class SlurmExecutor(Executor):
             time.sleep(0.1)
 
     def forget(self, jobs: list[Job]) -> None:
-        from .slurm_array import forget_files
+        from .slurm_array import forget_array, forget_files
 
+        finished: list[str] = []
         for job in jobs:
-            if job.token:
-                forget_files(self.run_dir, job.token)
+            if not job.token:
+                continue
+            forget_files(self.run_dir, job.token)
+            with self._lock:
+                self._ids.pop(job.token, None)
+                array = self._array_of.pop(job.token, None)
+                left = self._arrays.get(array) if array is not None else None
+                if array is not None and left is not None:
+                    left.discard(job.token)
+                    if not left:
+                        del self._arrays[array]
+                        finished.append(array)
+        for name in finished:
+            forget_array(self.run_dir, name)
 
     def close(self) -> None:
         """Stop following (Slurm's jobs go on; the next engine re-attaches)."""
@@ -419,4 +378,4 @@ def job_env(env: Mapping[str, str], required: float) -> dict[str, str]:
     return out
 
 
-__all__ = ["SlurmExecutor", "admit", "scancel", "shards_per_gpu", "slurm_id", "why_slurm"]
+__all__ = ["SlurmExecutor", "slurm_id", "why_slurm"]

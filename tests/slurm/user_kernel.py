@@ -25,7 +25,8 @@ import nbsched.executors.slurm
 import nbsched.gpus.slurm_provider  # noqa: F401  (imported while root may read them)
 from nbsched import GPUJobScheduler, SchedulerConfig
 from nbsched.errors import PermissionDeniedError
-from nbsched.executors.slurm import scancel, slurm_id
+from nbsched.executors.slurm import slurm_id
+from nbsched.executors.slurm_control import scancel
 
 SHOW = (
     'echo "user=$(id -un) gpus=$CUDA_VISIBLE_DEVICES start=$(date +%s.%N)"; sleep 1.5; '

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def test_a_sweep_runs_with_its_results(sched: GPUJobScheduler, tmp_path: Path) -
     sched.wait(ids, timeout=60)
     table = sched.sweep(ids.sweep_id)  # type: ignore[attr-defined]
     assert sorted(table["status"]) == ["succeeded"] * 4
+    # the array's task list and id, the attempts' exit records: gone once recorded
+    left = lambda: [p.name for p in sched.config.run_dir.iterdir() if not p.name.endswith(".sh")]  # noqa: E731
+    wait_until(lambda: not left(), 10)
     assert sorted(zip(table["lr"], table["seed"], strict=True)) == [(1, 7), (1, 8), (2, 7), (2, 8)]
 
 
@@ -215,3 +219,80 @@ def test_fractions_become_shards_and_priorities_nice() -> None:
     with pytest.raises(ValueError, match="declare none"):
         gres(0.5, None)
     assert nice(-5) == 5 and nice(3) == 0
+
+
+def test_gpu_status_comes_from_slurm_in_the_background(sched: GPUJobScheduler) -> None:
+    import nbsched.gpus.slurm_provider as sp
+
+    two = sched.add_command("sleep 30", required_gpus=2)
+    half = sched.add_command("sleep 30", required_gpus=0.5)
+    sids = {sid_of(sched, two), sid_of(sched, half)}
+    wait_until(lambda: all(slurm_state(sid) == "RUNNING" for sid in sids), 30)
+    provider = sched.provider
+    assert isinstance(provider, sp.SlurmGpuProvider)
+
+    def held() -> list[sp.Holder]:
+        provider.snapshot()
+        return [h for h in provider.holders() if h.job_id in sids]
+
+    holders = wait_until(lambda: len(held()) == 3 and held(), 10)
+    shares = sorted((h.job_id, h.share, h.user) for h in holders)
+    me = psutil.Process().username()
+    assert shares == sorted([(sid_of(sched, two), 1.0, me)] * 2 + [(sid_of(sched, half), 0.5, me)])
+    table = sched.get_gpu_status()
+    assert len(table) == 4
+    assert any(f"job {sid_of(sched, half)}: 2/4 shards" in str(n) for n in table["name"])
+    # A dashboard asking many times a second runs no Slurm command: the thread does, at
+    # most once a second.
+    calls: list[str] = []
+    real = sp.slurm
+
+    def counted(argv: list[str], *args: object, **kwargs: object) -> str:
+        calls.append(argv[0])
+        return real(argv)
+
+    sp.slurm = counted  # type: ignore[assignment]
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.5:
+            sched.get_gpu_status()
+            time.sleep(0.01)
+    finally:
+        sp.slurm = real
+    assert 1 <= calls.count("squeue") <= 3, calls
+    sched.cancel(two)
+    sched.cancel(half)
+
+
+CRASHING = """\
+import sys, time
+from nbsched import GPUJobScheduler, SchedulerConfig
+s = GPUJobScheduler(config=SchedulerConfig(state_dir=sys.argv[1], executor="slurm")).start()
+print(s.add_command("echo ran", required_gpus=1), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_kernel_dead_before_sbatch_has_its_job_queued_again(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    kernel = subprocess.run(
+        [sys.executable, "-c", CRASHING, str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            "NBSCHED_TEST_CRASH_AT": "after_mark_running",  # dies before sbatch
+        },
+        check=False,
+    )
+    assert kernel.returncode == -signal.SIGKILL
+    job = kernel.stdout.strip()
+    s = GPUJobScheduler(config=SchedulerConfig(state_dir=state, executor="slurm")).start()
+    try:
+        assert s.wait([job], timeout=60)["status"].tolist() == ["succeeded"]
+        assert s.logs(job).count("ran") == 1
+    finally:
+        s.stop(kill=True)
+        s.close()

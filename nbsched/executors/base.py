@@ -145,6 +145,12 @@ class Executor(Protocol):
         the exit file itself)."""
         return None
 
+    def never_started(self, job: Job) -> bool:
+        """At recovery, for an executor whose jobs run elsewhere (``local_processes``
+        False): whether ``job``, marked running, certainly never reached it (it is then
+        queued again).  Default: False (it is watched)."""
+        return False
+
     def forget(self, jobs: list[Job]) -> None:
         """These jobs' ends are committed: drop what was kept for them (exit files, ends
         kept for a next engine).  Default: nothing is kept."""

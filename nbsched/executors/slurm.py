@@ -262,6 +262,20 @@ class SlurmExecutor(Executor):
                 self._thread.start()
         self._wake.set()
 
+    def never_started(self, job: Job) -> bool:
+        """No Slurm id recorded, and Slurm (answering) has no job of its name: the
+        engine stopped between marking it running and ``sbatch``."""
+        token = job.token or ""
+        if slurm_id(self.run_dir, token) is not None:
+            return False
+        from .slurm_array import find_by_name
+
+        try:
+            found = find_by_name(self.run_dir, self._user, job_name(job, token), token, True)
+        except SlurmError:
+            return False  # (Slurm does not answer: watched, never run twice)
+        return found is None
+
     def _find_by_name(self, job: Job, token: str) -> str | None:
         from .slurm_array import find_by_name
 

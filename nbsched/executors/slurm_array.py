@@ -162,14 +162,19 @@ def array_id(run: Path, token: str) -> str | None:
     return f"{sid}_{found[1]}" if sid else None
 
 
-def find_by_name(run: Path, user: str, single_name: str, token: str) -> str | None:
+def find_by_name(
+    run: Path, user: str, single_name: str, token: str, strict: bool = False
+) -> str | None:
     """The Slurm id of an attempt whose id was not recorded (the engine died in between):
-    its own job's name, or its array's and task's."""
+    its own job's name, or its array's and task's.  Slurm not answering: None, or
+    (``strict``) the :class:`SlurmError`."""
     found = array_of(run, token)
     name, index = (found[0], str(found[1])) if found else (single_name, "")
     try:
         out = slurm(["squeue", "-h", "-r", "-t", "all", "-u", user, "-o", "%A|%i|%j"])
     except SlurmError:
+        if strict:
+            raise
         return None
     for line in out.splitlines():
         parts = line.split("|")

@@ -296,3 +296,42 @@ def test_a_kernel_dead_before_sbatch_has_its_job_queued_again(tmp_path: Path) ->
     finally:
         s.stop(kill=True)
         s.close()
+
+
+def test_serve_and_add_from_a_terminal(tmp_path: Path) -> None:
+    """``nbsched serve --executor slurm --slurm-partition gpu``, then ``nbsched run``."""
+    state = str(tmp_path / "state")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cli = [sys.executable, "-m", "nbsched.cli"]
+    serve = subprocess.Popen(
+        [*cli, "serve", "--state-dir", state, "--executor", "slurm", "--slurm-partition", "gpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        added = subprocess.run(
+            [*cli, "run", "--state-dir", state, "--gpus", "1", "--", "echo from-cli"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        job = added.stdout.strip().split()[-1]
+        subprocess.run(
+            [*cli, "wait", "--state-dir", state, job],
+            env=env,
+            timeout=60,
+            check=True,
+            capture_output=True,
+        )
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(30)
+    s = GPUJobScheduler(config=SchedulerConfig(state_dir=state, executor="slurm"))
+    try:
+        assert s.job(job)["status"] == "succeeded" and "from-cli" in s.logs(job)
+    finally:
+        s.close()

@@ -95,8 +95,10 @@ def _sleepers(mark: str) -> list[int]:
 def test_why_gives_slurms_pending_reason(sched: GPUJobScheduler) -> None:
     hog = sched.add_command("sleep 60", required_gpus=4)
     wait_until(lambda: slurm_state(sid_of(sched, hog)) == "RUNNING", 30)
-    waiting = sched.add_command("true", required_gpus=1)
+    waiting = sched.add_command("true", required_gpus=1, priority=-5)
     sid = sid_of(sched, waiting)
+    shown = subprocess.run(["scontrol", "-o", "show", "job", sid], capture_output=True, text=True)
+    assert " Nice=5 " in shown.stdout  # a lower priority is a higher nice
     reason: str = wait_until(lambda: _if_in("Resources", sched.why(waiting)), 10)
     assert f"Slurm job {sid}" in reason and "pending in Slurm" in reason
     sched.cancel(waiting)
@@ -288,9 +290,9 @@ def test_a_kernel_dead_before_sbatch_has_its_job_queued_again(tmp_path: Path) ->
         check=False,
     )
     assert kernel.returncode == -signal.SIGKILL
-    job = kernel.stdout.strip()
     s = GPUJobScheduler(config=SchedulerConfig(state_dir=state, executor="slurm")).start()
     try:
+        (job,) = s.jobs()["id"]  # (the kernel may die before it prints the id)
         assert s.wait([job], timeout=60)["status"].tolist() == ["succeeded"]
         assert s.logs(job).count("ran") == 1
     finally:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from slurm.cluster import slurm_cluster, slurm_state, wait_until
 
+from nbsched.gpus.slurm_provider import SlurmGpuProvider
+
 __all__ = ["slurm_cluster"]
 
 USERS = ("nbsched-ta", "nbsched-tb")
@@ -63,6 +65,10 @@ def test_two_users_share_one_slurm(users: tuple[str, str]) -> None:
         ).stdout
         assert said.startswith(f"refused: Slurm job {long_b} belongs to another user")
         assert slurm_state(long_b) in ("RUNNING", "PENDING")
+        # the GPUs' view shows both users' jobs, by owner (a's kernel would see b's)
+        wait_until(lambda: slurm_state(long_a) == "RUNNING" and slurm_state(long_b) == "RUNNING")
+        holders = SlurmGpuProvider().read()[1]
+        assert {(h.job_id, h.user) for h in holders} >= {(long_a, a), (long_b, b)}
         rows = {a: json.loads(ka.stdout.readline()), b: json.loads(kb.stdout.readline())}
         assert ka.wait(60) == 0 and kb.wait(60) == 0
     finally:

@@ -14,8 +14,10 @@ its start time is the one Slurm reports once it runs.
   written yet) is found by its name, ``nbsched-<id>-<token prefix>``.
 * **Following** (one thread per executor, while it watches a job): one ``squeue`` of
   this user's jobs per :data:`POLL_S`; a job Slurm reports running has its node and start
-  time reported; a job that ended (or that Slurm no longer lists) has its end read as
-  :func:`.slurm_status.exit_of` says.
+  time reported; a job that ended ``COMPLETED`` has exit code 0, one cancelled, timed
+  out or lost with its node none (the state is the reason); a ``FAILED`` one, or one
+  Slurm no longer lists, has its end read as :func:`.slurm_status.exit_of` says
+  (``sacct -P``, ``scontrol show job``, the wrapper's record).
 * **Cancel**: ``scancel``; Slurm ends every process of the job (SIGTERM, SIGKILL after
   ``KillWait``).  Slurm refusing (another user's job) is a
   :class:`~nbsched.errors.PermissionDeniedError` in nbsched's words.
@@ -53,6 +55,7 @@ from .slurm_status import (
     pending_reason,
     slurm,
     squeue,
+    state_exit,
 )
 
 logger = logging.getLogger(__name__)
@@ -314,9 +317,14 @@ class SlurmExecutor(Executor):
                     w.began = True
                     self._report_start(w, row.node, row.start)
                 continue
-            if self._accounting is None:
-                self._accounting = accounting_on()
-            end = exit_of(w.sid, w.exit_path, self._accounting)
+            if row is not None and row.state != "FAILED":
+                # (COMPLETED is exit 0; a cancel, time-out, node failure has no code:
+                # only a failed job's code needs asking, one command per failure)
+                end: Exit | None = state_exit(row.state, 0, 0, w.sid)
+            else:
+                if self._accounting is None:
+                    self._accounting = accounting_on()
+                end = exit_of(w.sid, w.exit_path, self._accounting)
             if end is None:
                 continue
             with self._lock:

@@ -47,7 +47,7 @@ def become(user: str) -> str:
 def run(home: str, n: int) -> None:
     config = SchedulerConfig(state_dir=os.path.join(home, ".nbsched"), executor="slurm")
     s = GPUJobScheduler(config=config).start()
-    long = s.add_command("sleep 120", required_gpus=1, priority=-10)
+    long = s.add_command("sleep 120", required_gpus=1)
     while slurm_id(config.run_dir, s.store.get(long).token) is None:
         time.sleep(0.02)
     print(json.dumps({"long": slurm_id(config.run_dir, s.store.get(long).token)}), flush=True)

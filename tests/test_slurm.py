@@ -337,3 +337,25 @@ def test_serve_and_add_from_a_terminal(tmp_path: Path) -> None:
         assert s.job(job)["status"] == "succeeded" and "from-cli" in s.logs(job)
     finally:
         s.close()
+
+
+def test_sbatch_refusing_a_job_fails_it_with_slurms_words(tmp_path: Path) -> None:
+    config = SchedulerConfig(
+        state_dir=tmp_path / "state",
+        executor="slurm",
+        slurm_options=["--constraint=no-such-feature"],
+    )
+    s = GPUJobScheduler(config=config).start()
+    try:
+        one = s.add_command("true", required_gpus=1)
+        train = tmp_path / "train.sh"
+        train.write_text(TRAIN)
+        sweep = s.add_sweep(str(train), args="--lr 1 --seed {1,2}", required_gpus=1)
+        table = s.wait([one, *sweep], timeout=60)
+        assert table["status"].tolist() == ["failed"] * 3
+        for reason in table["reason"]:
+            assert reason.startswith("could not start: sbatch failed (exit 1): sbatch: error:")
+            assert "Invalid feature specification" in reason
+    finally:
+        s.stop()
+        s.close()

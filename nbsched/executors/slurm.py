@@ -101,7 +101,7 @@ def why_slurm(job: Job, run_dir: Path) -> str:
     if sid is None:
         return f"job {job.id} is being handed to Slurm"
     try:
-        row = squeue(ids=[sid], user=None).get(sid)
+        row = squeue(ids=[sid], user=me()).get(sid)
     except SlurmError as exc:
         return f"job {job.id} is Slurm job {sid}; Slurm does not answer now ({exc})"
     if row is None:

@@ -359,3 +359,17 @@ def test_sbatch_refusing_a_job_fails_it_with_slurms_words(tmp_path: Path) -> Non
     finally:
         s.stop()
         s.close()
+
+
+def test_dependencies_wait_in_nbsched_and_time_limits_go_to_slurm(
+    sched: GPUJobScheduler,
+) -> None:
+    first = sched.add_command("sleep 1; echo first", required_gpus=1, time_limit=90)
+    second = sched.add_command("echo second", required_gpus=1, after=[first])
+    sid = sid_of(sched, first)
+    shown = subprocess.run(["scontrol", "-o", "show", "job", sid], capture_output=True, text=True)
+    assert " TimeLimit=00:02:00 " in shown.stdout  # 90 s: two whole minutes
+    assert slurm_id(sched.config.run_dir, sched.store.get(second).token) is None  # waits here
+    table = sched.wait([first, second], timeout=60).set_index("id")
+    assert table["status"].tolist() == ["succeeded", "succeeded"]
+    assert table.loc[second, "started"] >= table.loc[first, "ended"]

@@ -208,6 +208,7 @@ class SlurmExecutor(Executor):
             account=self.config.slurm_account,
             options=self.config.slurm_options,
             array=array,
+            time_limit=prepared.launch.job.spec.time_limit,
         )
 
     def start(self, launch: Launch) -> Started:
@@ -340,6 +341,8 @@ class SlurmExecutor(Executor):
             on_started = self._on_started
         if on_started is None:
             return
+        if began is not None and w.job.started is not None:
+            began = max(began, w.job.started)  # (Slurm's StartTime is in whole seconds)
         try:
             on_started(w.job, Started(pid=None, proc_start=None, node=node, began=began))
         except Exception:

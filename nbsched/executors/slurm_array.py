@@ -2,7 +2,7 @@
 :data:`MAX_TASKS` of them, instead of one each).
 
 Attempts go in one array when sbatch would be given the same options for each: the same
-GPU request, priority and folder.  What differs per attempt -- its argv, its log, its
+GPU request, priority, folder and time limit.  What differs per attempt -- its argv, its log, its
 exit record and the variables of its environment that are not the array's -- goes into
 the array's task list ``run/<array>.tasks``: per task, its token and then a count and
 that many NUL-separated fields.  The array wrapper (:data:`ARRAY_WRAPPER`) of task ``i``
@@ -62,7 +62,7 @@ def start_arrays(ex: SlurmExecutor, launches: list[Launch]) -> list[Started | Ex
         except Exception as exc:
             out[i] = exc
             continue
-        key = (prepared.gres, launch.job.priority, launch.cwd)
+        key = (prepared.gres, launch.job.priority, launch.cwd, launch.job.spec.time_limit)
         groups.setdefault(key, []).append((i, prepared))
     for items in groups.values():
         for k in range(0, len(items), MAX_TASKS):

@@ -13,6 +13,10 @@ administrators may set a negative nice, so it is left at 0.  ``--nice`` counts o
 where Slurm orders jobs by priority (``PriorityType=priority/multifactor``); with
 ``priority/basic`` Slurm starts jobs first come, first served.
 
+**A time limit** becomes ``--time`` in whole minutes, rounded up: Slurm ends the job
+(``TIMEOUT``) that long after it really started, not after its wait in Slurm's queue,
+and its backfill planning knows it.  nbsched's own timer leaves Slurm's jobs alone.
+
 **The wrapper** (:data:`WRAPPER`, written once as ``run/slurm-job.sh``; sbatch copies it
 at submission) is given the job's exit file and argv as its arguments: it runs the job
 and writes its exit code to ``run/<token>.exit`` when it ends (atomically: a temporary
@@ -54,6 +58,11 @@ def gres(required: float, shards_per_gpu: int | None) -> str | None:
     return f"shard:{min(shards_per_gpu, max(1, math.ceil(required * shards_per_gpu - 1e-9)))}"
 
 
+def time_minutes(seconds: float) -> int:
+    """``--time`` for a time limit: whole minutes, rounded up (Slurm's unit)."""
+    return max(1, math.ceil(seconds / 60 - 1e-9))
+
+
 def nice(priority: int) -> int:
     """``--nice`` for an nbsched priority (only lower priorities can be expressed)."""
     return max(0, -int(priority))
@@ -79,6 +88,7 @@ def sbatch_argv(
     account: str | None,
     options: Sequence[str],
     array: str | None = None,
+    time_limit: float | None = None,
 ) -> list[str]:
     """The ``sbatch`` options (the wrapper and its arguments follow them)."""
     argv = [
@@ -100,6 +110,8 @@ def sbatch_argv(
         argv.append(f"--account={account}")
     if array:
         argv.append(f"--array={array}")
+    if time_limit is not None:
+        argv.append(f"--time={time_minutes(time_limit)}")
     argv.extend(options)
     return argv
 
@@ -109,5 +121,6 @@ __all__ = [
     "check_spec",
     "gres",
     "nice",
+    "time_minutes",
     "sbatch_argv",
 ]

@@ -20,7 +20,7 @@ import pytest
 
 REQUIRE_SLURM = "NBSCHED_REQUIRE_SLURM"
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "slurm.sh"
-MISSING = f"no Slurm answers: start one with `sudo {SCRIPT.name} up` (scripts/slurm.sh)"
+MISSING = "no Slurm answers: start one with `sudo scripts/slurm.sh up`"
 
 
 def slurm_required() -> bool:

@@ -41,6 +41,7 @@ JOB_COLUMNS = (
     "waiting",
     "estimate",
     "estimate_source",
+    "eta",
     "gpu_memory_request",
     "gpu_memory",
     "gpu_memory_peak",
@@ -140,7 +141,7 @@ def job_row(job: Job, estimates: Estimator = GIVEN_ONLY) -> dict[str, Any]:
     return row
 
 
-_TIME_COLUMNS = ("submitted", "started", "ended")
+_TIME_COLUMNS = ("submitted", "started", "ended", "eta")
 
 
 def _raw_row(job: Job) -> dict[str, Any]:
@@ -165,6 +166,9 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "held": job.held,
         "after": job.spec.after,
         "waiting": job.waiting,
+        # (when a queued job is expected to start: filled by the scheduler's jobs(),
+        # from a replay of the head of the queue; see nbsched.scheduler_simulate)
+        "eta": None,
         "gpu_memory_request": job.spec.gpu_memory_request,
         "gpu_memory": None,  # (current: filled in by the scheduler for a running job)
         "gpu_memory_peak": job.gpu_memory_peak,
@@ -221,6 +225,8 @@ def jobs_frame(rows: Sequence[Sequence[Any]], estimates: Estimator = GIVEN_ONLY)
             if estimated is None:
                 estimated = _estimates(raw, estimates)
             values = estimated[col == "estimate_source"]
+        elif col == "eta":
+            values = [None] * len(rows)
         elif col == "gpu_memory":  # (current: filled in by the scheduler)
             values = [None] * len(raw["seq"])
         else:
@@ -228,7 +234,7 @@ def jobs_frame(rows: Sequence[Sequence[Any]], estimates: Estimator = GIVEN_ONLY)
             if col == "id":
                 values = list(map(str, values))
         if col in _TIME_COLUMNS:
-            typed[col] = _times(values)
+            typed[col] = times(values)
         else:
             typed[col] = pd.Series(list(values), dtype=_JOB_DTYPES.get(col, text))
     return pd.DataFrame(typed)
@@ -314,7 +320,7 @@ def _text_dtype() -> Any:
     return pd.Series(["x"]).dtype
 
 
-def _times(values: Sequence[float | None]) -> Any:
+def times(values: Sequence[float | None]) -> Any:
     """Seconds since the epoch (or None) as datetime64[ns] in :func:`local_zone`, at once
     (one array: numpy makes None NaN; ~7 us a value less than one by one, and half the
     time of going through a Series).  (pandas picks the unit from the values: s for none

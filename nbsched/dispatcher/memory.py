@@ -9,11 +9,43 @@ the plan runs as it did before memory was known (``fit()`` is None).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
+from ..config import SchedulerConfig
+from ..executors.base import Exit
 from ..gpus.attribution import Attributor, memory_by_gpu, memory_by_job
 from ..gpus.base import GpuSnapshot
 from ..gpus.memory_fit import MemoryFit, Promise, memory_free
-from ..store import Store
+from ..gpus.monitor import GPUMonitor
+from ..gpus.oom import out_of_memory
+from ..jobs import Job
+from ..store import AttemptEnd, Store
+from .ends import decide_end, missing_env
+
+
+class _Dispatching(Protocol):
+    """What these helpers read of the dispatcher (:class:`~.loop.Dispatcher`)."""
+
+    config: SchedulerConfig
+    store: Store
+    monitor: GPUMonitor
+    __dict__: dict[str, Any]
+
+
+def memory_fit(d: _Dispatching) -> MemoryFit | None:
+    """The memory side of the dispatcher's next plan (its :class:`MemoryBook`, made
+    the first time)."""
+    book: MemoryBook | None = d.__dict__.get("_memory_book")
+    if book is None:
+        book = d.__dict__["_memory_book"] = MemoryBook(d.store)
+    return book.fit(d.monitor.latest)
+
+
+def attempt_end(d: _Dispatching, job: Job, exit: Exit, now: float) -> AttemptEnd:
+    """:func:`~.ends.decide_end`, with what the job's log says: a missing conda
+    environment, or GPU memory run out (:mod:`nbsched.gpus.oom`)."""
+    oom = out_of_memory(job, exit.code, d.config.oom_retry, d.monitor.latest)
+    return decide_end(job, exit, d.config.retry_backoff_s, now, missing_env(job, exit), oom)
 
 
 class MemoryBook:

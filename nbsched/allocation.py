@@ -297,18 +297,18 @@ class _Planner:
         """``job`` is the first that cannot start: reserve its GPUs (once it has
         been first in line for ``reserve_after_s``)."""
         pool = [g for g in self.all_eligible if allowed is None or g in allowed]
+        memory = self.memory.why(job.id, job.allowed_gpus) if self.memory is not None else None
         wait = self.policy.reserve_after_s
         since = self.head_since[1] if self.head_since and self.head_since[0] == job.id else self.now
         if self.policy.mode == "backfill" and wait > 0 and self.now - since < wait:
-            self.head_waiting = (job.id, _unheld(req, pool, since + wait, self.grouped))
+            self.head_waiting = (job.id, memory or _unheld(req, pool, since + wait, self.grouped))
             return
         before = [g for g, held_for in self.before.items() if held_for == job.id]
         hold, eta = reserve(req, pool, self.free, self.group_of, self.timeline, self.eps, before)
         for g in hold:
             self.reserved[g] = job.id
         self.head_eta = eta if hold else None
-        words = self.memory.why(job.id, job.allowed_gpus) if self.memory is not None else None
-        self.head_waiting = (job.id, words or _why(req, pool, hold, self.grouped))
+        self.head_waiting = (job.id, memory or _why(req, pool, hold, self.grouped))
 
     def _room_in_reservation(self) -> bool:
         """Whether a job behind the reserved one may still be placed in the

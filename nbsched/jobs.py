@@ -77,6 +77,9 @@ class JobSpec:
     sweep: str | None = None
     params: Mapping[str, Any] | None = None
     hash: str | None = None
+    #: Where its end is announced: the notifiers as JSON (:mod:`nbsched.notify`);
+    #: None: the engine's default, ``"[]"``: nowhere.
+    notify: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per

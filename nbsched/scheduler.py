@@ -31,6 +31,7 @@ from .gpus.monitor import GPUMonitor
 from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
+from .notify.api import Notifying
 from .scheduler_control import Controlling
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling):
+class GPUJobScheduler(Submitting, Controlling, Notifying):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -207,8 +208,8 @@ class GPUJobScheduler(Submitting, Controlling):
         self.stop()
 
     def _start_extensions(self) -> list[Helper]:
-        """Helpers that run beside the engine (the jobs-file watcher)."""
-        out: list[Helper] = []
+        """Helpers that run beside the engine (the notifier, the jobs-file watcher)."""
+        out: list[Helper] = [self._notify_helper()]
         if self.config.jobs_file:
             out.append(JobsFileWatcher(self._submitter()).start())
         return out
@@ -260,11 +261,13 @@ class GPUJobScheduler(Submitting, Controlling):
         list too (so ``wait(ids)`` waits for the whole sweep), ``.queued`` has the new
         ones and ``.describe()`` says which.  More than
         ``config.max_sweep_jobs`` jobs are refused unless ``limit`` allows them.
-        ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...).
+        ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...),
+        and ``notify`` (once for the sweep; each job's with ``notify_each=True``), ``on_end``.
         """
         self._check_open()
+        submitter = self._notifying(self._submitter(), options)  # (takes out notify=, ...)
         return submit_sweep(
-            self._submitter(),
+            submitter,
             script,
             args,
             conda_env,

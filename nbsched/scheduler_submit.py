@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import SchedulerConfig
 from .engine.core import Engine
@@ -43,6 +43,12 @@ class Submitting:
     def _check_open(self) -> None:  # (GPUJobScheduler's: raises once it is closed)
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # (Notifying's: notify= and on_end=)
+
+        def _notified(self, spec: JobSpec, notify: object, on_end: object) -> JobSpec: ...
+
+        def _watched(self, on_end: Any, submit: Callable[[], str]) -> str: ...
+
     @property
     def num_gpus(self) -> int:  # (GPUJobScheduler's)
         raise NotImplementedError
@@ -67,12 +73,19 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         once: bool = False,
+        notify: Any = None,
+        on_end: Callable[..., Any] | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
         ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
+
+        ``notify``: where the engine announces the job's end (a webhook URL,
+        ``"mailto:ADDRESS"``, a ``Webhook``/``Email`` or a list; ``False``: nowhere; None:
+        ``config.notify``); ``on_end(end)``: called in this process, in a thread, with a
+        ``JobEnd`` once the job has ended (docs/notifications.md).
         """
         self._check_open()
         spec = self.make_spec(
@@ -89,7 +102,10 @@ class Submitting:
             env=env,
             name=name,
         )
-        return self._submit_once(spec) if once else self.submit([spec])[0]
+        spec = self._notified(spec, notify, on_end)
+        return self._watched(
+            on_end, lambda: self._submit_once(spec) if once else self.submit([spec])[0]
+        )
 
     def _submit_once(self, spec: JobSpec) -> str:
         """Queue ``spec`` unless a job of its hash is queued, running or succeeded; the
@@ -115,8 +131,11 @@ class Submitting:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        notify: Any = None,
+        on_end: Callable[..., Any] | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id."""
+        """Queue a shell command (``bash -c command``); returns the job id.  ``notify``
+        and ``on_end`` as for :meth:`add_job`."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -128,7 +147,8 @@ class Submitting:
             env=env,
             name=name,
         )
-        return self.submit([spec])[0]
+        spec = self._notified(spec, notify, on_end)
+        return self._watched(on_end, lambda: self.submit([spec])[0])
 
     def make_spec(
         self,

@@ -1,7 +1,9 @@
 """Value checks, one rule and one message per value, for the config, submission, the
-command line, the magics and the form: :mod:`.values` (a value as the API takes it)
-and :mod:`.typed` (a word a person typed, put to the same rule)."""
+command line, the magics and the form: :mod:`.values` (a value as the API takes it),
+:mod:`.typed` (a word a person typed, put to the same rule) and :mod:`.notify` (where a
+notification goes)."""
 
+from .notify import check_address, check_notify_word, check_url
 from .typed import (
     ALL_LINES,
     gpu_count_from_text,
@@ -47,6 +49,7 @@ __all__ = [
     "ALL_LINES",
     "INTERVAL_S",
     "below_precision",
+    "check_address",
     "check_allowed_gpus",
     "check_args",
     "check_choice",
@@ -54,6 +57,7 @@ __all__ = [
     "check_env",
     "check_gpu_arg",
     "check_interval",
+    "check_notify_word",
     "check_number",
     "check_path",
     "check_patterns",
@@ -62,6 +66,7 @@ __all__ = [
     "check_retries",
     "check_sweep_limit",
     "check_timeout",
+    "check_url",
     "check_whole",
     "check_word",
     "gpu_count_from_text",

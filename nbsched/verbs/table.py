@@ -21,6 +21,7 @@ from nbsched.config import EXECUTORS, PROVIDERS
 from nbsched.scheduler import GPUJobScheduler
 
 from .values import (
+    address_type,
     checked_ids,
     command_line,
     count_type,
@@ -34,6 +35,7 @@ from .values import (
     rows_type,
     seconds_type,
     threshold_type,
+    url_type,
 )
 
 CLI = "cli"
@@ -116,6 +118,7 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "priority": ns.priority,
         "max_retries": ns.retries,
         "name": ns.name,
+        "notify": ((ns.notify or []) + (ns.notify_email or [])) or None,
     }
 
 
@@ -222,6 +225,21 @@ JOB_OPTIONS = (
     ),
     _opt("--retries", type=retries_type, metavar="N", help="re-runs after a failure"),
     _opt("--name", help="a label shown in the job table"),
+    _opt(
+        "--notify",
+        action="append",
+        type=url_type,
+        metavar="URL",
+        help="POST its end to this webhook (Slack, Mattermost, ntfy; a sweep's: once, at its "
+        "end); repeatable",
+    ),
+    _opt(
+        "--notify-email",
+        action="append",
+        type=address_type,
+        metavar="ADDRESS",
+        help="mail its end to ADDRESS (the SMTP server: $NBSCHED_SMTP_HOST, ...); repeatable",
+    ),
 )
 
 _ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")

@@ -50,9 +50,12 @@ def check_address(name: str, value: object) -> str:
 
 
 def check_notify_word(name: str, value: object) -> str:
-    """One notification target as a word: a webhook URL, or ``mailto:ADDRESS``."""
-    if isinstance(value, str) and value.strip().lower().startswith("mailto:"):
-        return "mailto:" + check_address(name, value)
+    """One notification target as a word: a webhook URL, or a mail address
+    (``mailto:ADDRESS``, or the bare address), as ``mailto:ADDRESS``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower().startswith("mailto:") or ("@" in text and "://" not in text):
+            return "mailto:" + check_address(name, value)
     return check_url(name, value)
 
 

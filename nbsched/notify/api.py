@@ -8,7 +8,6 @@ A mixin of ``GPUJobScheduler`` only; the attributes it uses are declared below.
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -102,8 +101,7 @@ class Notifying:
                 return inner([], **kw)
             specs = itertools.chain([first], it)
             if targets is not None and first.sweep is not None:  # (before its jobs)
-                record = {"targets": json.loads(dumps(() if each else targets))}
-                self.store.kv_set(sweep_key(first.sweep), json.dumps(record))
+                self.store.kv_set(sweep_key(first.sweep), dumps(() if each else targets))
             if targets is not None and each:
                 text = dumps(targets)
                 specs = (spec.evolve(notify=text) for spec in specs)

@@ -153,7 +153,7 @@ class Deliverer:
     def _sweep_rows(self, sweep: str) -> list[tuple[str, str, str]]:
         """The summary of a sweep whose last job has ended, once per last end."""
         text = self.store.kv_get(sweep_key(sweep))
-        targets = loads(json.loads(text)["targets"]) if text else self.default
+        targets = loads(text) if text is not None else self.default
         if not targets or self.store.sweep_unended(sweep):
             return []
         last, failed = self.store.sweep_ends(sweep, SWEEP_FAILED_SHOWN)

@@ -208,11 +208,11 @@ class GPUJobScheduler(Submitting, Controlling, Notifying):
         self.stop()
 
     def _start_extensions(self) -> list[Helper]:
-        """Helpers that run beside the engine (the notifier, the jobs-file watcher)."""
-        out: list[Helper] = [self._notify_helper()]
+        """Helpers that run beside the engine (the jobs-file watcher, the notifier)."""
+        out: list[Helper] = []
         if self.config.jobs_file:
             out.append(JobsFileWatcher(self._submitter()).start())
-        return out
+        return [*out, self._notify_helper()]
 
     def _llm_config_error(self, message: str) -> None:
         """A bad new version of the LLM config: kept where ``nbsched status`` shows it."""

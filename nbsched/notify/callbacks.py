@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: How often the store is read for another process's changes while callables wait.
 POLL_S = 0.2
+#: Looks at the store are this far apart at least (a busy engine wakes the thread at
+#: each change it records).
+GAP_S = 0.05
 #: Threads that run the callables.
 WORKERS = 4
 
@@ -93,6 +97,7 @@ class EndCallbacks:
                 return
             except Exception:
                 logger.exception("nbsched on_end: reading job ends failed; trying again")
+            time.sleep(GAP_S)
 
     def _look(self) -> bool:
         """Hand the jobs that ended to the workers; False once none is pending (the

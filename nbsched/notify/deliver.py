@@ -41,6 +41,12 @@ logger = logging.getLogger(__name__)
 
 #: How often the collector looks at the store unwoken, and a standby at the lease.
 POLL_S = 1.0
+#: The collector's looks are this far apart at least (a busy engine wakes it at each
+#: change it records: this keeps it to a few looks a second).
+GAP_S = 0.25
+#: The revision read up to is written with the notifications it queued, else at most
+#: this often: after a crash the feed is read again from there (each end is queued once).
+SAVE_S = 30.0
 #: Notifications sent per batch (the sender's bounded queue).
 BATCH = 50
 #: Sent and given-up notifications older than this are forgotten.
@@ -69,6 +75,7 @@ class Deliverer:
         self._send_wake = threading.Event()
         self._stop = threading.Event()
         self._rev: int | None = None
+        self._saved: tuple[int, float] = (0, 0.0)  # (revision written, when: monotonic)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> Deliverer:
@@ -90,10 +97,8 @@ class Deliverer:
     def _collect_loop(self) -> None:
         while not self._stop.is_set():
             self.wake.wait(POLL_S)
-            if self._stop.wait(0.05):  # (gather the changes of a busy moment)
-                return
             self.wake.clear()
-            if not self._guarded(self.collect):
+            if not self._guarded(self.collect) or self._stop.wait(GAP_S):
                 return
 
     def _guarded(self, step: Callable[[], object]) -> bool:
@@ -114,17 +119,18 @@ class Deliverer:
         """Queue the notifications of the jobs that ended since the last look; how many."""
         store = self.store
         if self._rev is None:
-            self._rev = store.notify_rev(default=store.revision())
+            rev = store.notify_rev(default=store.revision())
+            assert rev is not None
+            self._rev, self._saved = rev, (rev, time.monotonic())
             store.prune_notifications(time.time() - KEEP_S)
-        assert self._rev is not None
         feed = store.changes_since(self._rev)
         ended = [int(i) for i, status, _, _ in feed.changes if status.ended]
-        rows: list[tuple[str, str, str]] = []
-        if ended:
-            rows = self._rows(ended)
-        if rows or feed.rev != self._rev:
+        rows = self._rows(ended) if ended else []
+        self._rev = feed.rev
+        saved, at = self._saved
+        if rows or (feed.rev != saved and time.monotonic() - at >= SAVE_S):
             store.queue_notifications(rows, feed.rev, time.time())
-            self._rev = feed.rev
+            self._saved = (feed.rev, time.monotonic())
         if rows:
             self._send_wake.set()
         return len(rows)
@@ -133,7 +139,7 @@ class Deliverer:
         """The outbox rows of those ended jobs (theirs, and their sweeps')."""
         wanted: dict[int, tuple[Notifier, ...]] = {}
         sweeps: set[str] = set()
-        for seq, notify, sweep in self.store.ended_for_notify(ended):
+        for seq, notify, sweep in self.store.ended_for_notify(ended, every=bool(self.default)):
             if notify is not None:
                 targets = loads(notify)
             else:

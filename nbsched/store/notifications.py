@@ -23,11 +23,13 @@ class NotificationsPart(StorePart):
     def notify_rev(self, default: int | None = None) -> int | None:
         """The revision the notifier has read up to; with ``default``, set to it if none
         is (the first notifier of a state directory starts from now)."""
-        if default is not None:
-            with self._db.write() as conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (REV_KEY, str(default))
-                )
+        found = self._db.read("SELECT value FROM meta WHERE key = ?", (REV_KEY,))
+        if found or default is None:
+            return int(found[0][0]) if found else None
+        with self._db.write() as conn:  # (another process may have set it since)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (REV_KEY, str(default))
+            )
         found = self._db.read("SELECT value FROM meta WHERE key = ?", (REV_KEY,))
         return int(found[0][0]) if found else None
 
@@ -92,14 +94,18 @@ class NotificationsPart(StorePart):
         keys = ("key", "state", "tries", "error", "created", "title")
         return [dict(zip(keys, r, strict=True)) for r in reversed(found)]
 
-    def ended_for_notify(self, seqs: list[int]) -> list[tuple[int, str | None, str | None]]:
-        """``(seq, notify, sweep)`` of those jobs that have ended (nothing decoded)."""
+    def ended_for_notify(
+        self, seqs: list[int], every: bool = True
+    ) -> list[tuple[int, str | None, str | None]]:
+        """``(seq, notify, sweep)`` of those jobs that have ended (nothing decoded);
+        without ``every``, only of those with targets or a sweep."""
         out: list[tuple[int, str | None, str | None]] = []
+        some = "" if every else " AND (notify IS NOT NULL OR sweep IS NOT NULL)"
         for i in range(0, len(seqs), 500):
             part = seqs[i : i + 500]
             out += self._db.read(
                 f"SELECT seq, notify, sweep FROM jobs WHERE seq IN ({','.join('?' * len(part))})"
-                f" AND status IN {_ENDED}",
+                f" AND status IN {_ENDED}{some}",
                 part,
             )
         return out

@@ -17,12 +17,15 @@ MakeSched = Callable[..., GPUJobScheduler]
 
 class Hook:
     """An HTTP server on 127.0.0.1 that records each POST; it answers with the codes
-    in ``codes`` first (one each), then with ``then``."""
+    in ``codes`` first (one each), then with ``then``; while ``answering`` is clear, a POST
+    is recorded and left unanswered until it is set."""
 
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
         self.codes: list[int] = []
         self.then = 200
+        self.answering = threading.Event()
+        self.answering.set()
         self.lock = threading.Lock()
         hook = self
 
@@ -32,6 +35,7 @@ class Hook:
                 with hook.lock:
                     hook.posts.append((self.path, body))
                     code = hook.codes.pop(0) if hook.codes else hook.then
+                hook.answering.wait(60)
                 self.send_response(code)
                 self.end_headers()
                 self.wfile.write(b"ok")

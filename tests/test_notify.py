@@ -141,6 +141,36 @@ def test_a_notification_not_sent_before_a_restart_is_sent_after_it(
     assert [b["job"]["id"] for b in hook.bodies()] == [job] * (failed + 1)
 
 
+def test_an_engine_killed_while_sending_leaves_the_notification_to_the_next(
+    make_sched: MakeSched, hook: Hook, tmp_path: Path
+) -> None:
+    hook.answering.clear()  # (the killed engine's POST is never answered)
+    code = f"""
+        import time
+        from nbsched import GPUJobScheduler, SchedulerConfig
+        s = GPUJobScheduler(config=SchedulerConfig(
+            state_dir={str(tmp_path / "state")!r}, gpu_provider="simulated", num_gpus=2)).start()
+        print(s.add_command("echo killed", required_gpus=0.5, notify={hook.url!r}), flush=True)
+        time.sleep(120)
+    """
+    engine = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert engine.stdout is not None
+        job = engine.stdout.readline().strip()
+        until(lambda: hook.posts, timeout=60)  # the job ended; its notification is in flight
+    finally:
+        engine.kill()
+        engine.wait()
+    hook.answering.set()
+    s = make_sched(start=True)
+    until(lambda: s.notifications() and s.notifications()[0]["state"] == "sent")
+    settle()
+    assert [b["job"]["id"] for b in hook.bodies()] == [job, job]  # (the first, unanswered)
+    assert len(s.notifications()) == 1 and s.job(job)["status"] == "succeeded"
+
+
 # -- on_end ---------------------------------------------------------------------------------
 
 
@@ -164,6 +194,17 @@ def test_on_end_is_called_once_per_job_with_its_end(make_sched: MakeSched) -> No
     assert (by_id[bad].status, by_id[bad].exit_code, by_id[bad].attempts) == ("failed", 4, 2)
     assert by_id[ok].duration_s is not None and by_id[ok].ok and not by_id[bad].ok
     assert threading.current_thread().name not in threads
+
+
+def test_on_end_of_a_job_already_done_is_called_at_once(make_sched: MakeSched, script: str) -> None:
+    s = make_sched(start=True)
+    job = s.add_job(script, required_gpus=0.5, once=True)
+    s.wait([job])
+    ends: list[JobEnd] = []
+    assert s.add_job(script, required_gpus=0.5, once=True, on_end=ends.append) == job
+    until(lambda: ends)
+    settle()
+    assert [(e.id, e.status) for e in ends] == [(job, "succeeded")]
 
 
 def test_on_end_hears_of_ends_another_process_records(

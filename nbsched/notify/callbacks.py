@@ -75,8 +75,14 @@ class EndCallbacks:
             yield self._add
 
     def _add(self, ids: list[str], fn: OnEnd) -> None:
-        for job_id in ids:
-            self._pending.setdefault(int(job_id), []).append(fn)
+        """Call ``fn`` at the end of each of the jobs ``ids``: now for one that has
+        ended already (``add_job(once=True)`` found it done)."""
+        seqs = {int(i) for i in ids}
+        _, unended = self._store.unended_at(seqs)
+        for seq in unended:
+            self._pending.setdefault(seq, []).append(fn)
+        for job in self._store.get_many(seqs - unended) if len(unended) < len(seqs) else []:
+            self._call(fn, job_end(job))
 
     def pending(self) -> int:
         """How many jobs have callables waiting for their end."""

@@ -208,7 +208,7 @@ def test_on_end_of_a_job_already_done_is_called_at_once(make_sched: MakeSched, s
 
 
 def test_on_end_hears_of_ends_another_process_records(
-    make_sched: MakeSched, tmp_path: Path
+    make_sched: MakeSched, tmp_path: Path, hook: Hook
 ) -> None:
     submitter = make_sched()  # (no engine here: the one in `serve` below runs the jobs)
     ends: list[JobEnd] = []
@@ -219,15 +219,18 @@ def test_on_end_hears_of_ends_another_process_records(
     assert (ends[0].id, ends[0].status, ends[0].duration_s) == (cancelled, "cancelled", None)
     serve = subprocess.Popen(
         [sys.executable, "-m", "nbsched.cli", "serve", "--state-dir", str(tmp_path / "state"),
-         "--simulate", "2"],
+         "--simulate", "2", "--notify", hook.url],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         until(lambda: len(ends) == 2, timeout=30)
+        # serve --notify: the default of the engine that ran it (the submitter had none)
+        posted = until(hook.bodies)
     finally:
         serve.terminate()
         serve.wait(timeout=30)
     assert (ends[1].id, ends[1].status) == (queued, "succeeded")
+    assert [b["job"]["id"] for b in posted] == [queued]
 
 
 def test_a_failing_or_slow_on_end_harms_nothing(

@@ -205,6 +205,24 @@ RUN_OPTIONS = (
         help="with --jobs-file: append each line's local GPU indices with this option "
         "(--gpu-arg=--cuda: --cuda 0,1, as the original program did)",
     ),
+    _opt(
+        "--notify",
+        dest="default_notify",
+        action="append",
+        type=url_type,
+        metavar="URL",
+        help="POST the end of each job submitted without a --notify of its own to this "
+        "webhook (a sweep's: once); repeatable",
+    ),
+    _opt(
+        "--notify-email",
+        dest="default_notify_email",
+        action="append",
+        type=address_type,
+        metavar="ADDRESS",
+        help="mail the end of each job submitted without a --notify of its own to ADDRESS; "
+        "repeatable",
+    ),
 )
 
 JOB_OPTIONS = (

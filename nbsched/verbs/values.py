@@ -214,6 +214,11 @@ def engine_fields(ns: Any) -> dict[str, Any]:
         value = getattr(ns, flag, None)
         if value is not None:  # ('' is refused by the config, not taken as unset)
             fields[field] = value
+    notify = (getattr(ns, "default_notify", None) or []) + (
+        getattr(ns, "default_notify_email", None) or []
+    )
+    if notify:
+        fields["notify"] = notify
     return fields
 
 

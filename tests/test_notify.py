@@ -207,8 +207,16 @@ def test_on_end_of_a_job_already_done_is_called_at_once(make_sched: MakeSched, s
     assert [(e.id, e.status) for e in ends] == [(job, "succeeded")]
 
 
+def _serve(state: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nbsched.cli", "serve", "--state-dir", str(state),
+         "--simulate", "2", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def test_on_end_hears_of_ends_another_process_records(
-    make_sched: MakeSched, tmp_path: Path, hook: Hook
+    make_sched: MakeSched, tmp_path: Path
 ) -> None:
     submitter = make_sched()  # (no engine here: the one in `serve` below runs the jobs)
     ends: list[JobEnd] = []
@@ -217,20 +225,35 @@ def test_on_end_hears_of_ends_another_process_records(
     submitter.cancel(cancelled)
     until(lambda: len(ends) == 1)
     assert (ends[0].id, ends[0].status, ends[0].duration_s) == (cancelled, "cancelled", None)
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "nbsched.cli", "serve", "--state-dir", str(tmp_path / "state"),
-         "--simulate", "2", "--notify", hook.url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    serve = _serve(tmp_path / "state")
     try:
         until(lambda: len(ends) == 2, timeout=30)
-        # serve --notify: the default of the engine that ran it (the submitter had none)
-        posted = until(hook.bodies)
     finally:
         serve.terminate()
         serve.wait(timeout=30)
     assert (ends[1].id, ends[1].status) == (queued, "succeeded")
-    assert [b["job"]["id"] for b in posted] == [queued]
+
+
+def test_serve_notify_is_the_default_of_the_engine_that_runs_the_jobs(
+    make_sched: MakeSched, tmp_path: Path, hook: Hook
+) -> None:
+    submitter = make_sched()  # (no default of its own)
+    serve = _serve(tmp_path / "state", "--notify", hook.url)
+    try:
+        until(lambda: submitter.engine_pid == serve.pid, timeout=30)
+        done = submitter.add_command("true", required_gpus=0.5)
+        quiet = submitter.add_command("true", required_gpus=0.5, notify=False)
+        long = submitter.add_command("sleep 60", required_gpus=0.5)
+        until(lambda: submitter.job(long)["status"] == "running")
+        submitter.cancel(long)  # (from this process: serve kills it, and says so)
+        submitter.wait([done, quiet, long])
+        until(lambda: len(hook.posts) == 2)
+        settle()
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+    posted = {b["job"]["id"]: b["job"]["status"] for b in hook.bodies()}
+    assert posted == {done: "succeeded", long: "cancelled"} and len(hook.posts) == 2
 
 
 def test_a_failing_or_slow_on_end_harms_nothing(

@@ -55,8 +55,6 @@ class Notifying:
         targets = parse_notify(notify)
         if targets is None and self.config.notify:
             targets = tuple(self.config.notify)
-        if targets:  # (the notifier reads the feed from before this job)
-            self.store.notify_rev(default=self.store.revision())
         return targets
 
     def _notified(self, spec: JobSpec, notify: object, on_end: object) -> JobSpec:

@@ -5,10 +5,11 @@ watcher), and works only while its process holds the dispatcher's lease, so exac
 one process sends, whichever one that is (a kernel, ``nbsched serve``), even when the
 kernel that submitted the job is gone.  Two threads:
 
-- the collector reads the store's change feed from the revision it last read (kept in
-  the database), finds the jobs that ended for good, and writes one row per target to
-  the notifications outbox, with the message (the job's fields and its last log lines),
-  and the new revision, in one transaction.  A sweep with targets gets its summary
+- the collector reads the jobs that ended for good since the revision it last read (kept
+  in the database; the first collector of a state directory takes the ends since its
+  engine started), and writes one row per target to the notifications outbox, with the
+  message (the job's fields and its last log lines), and the new revision, in one
+  transaction.  A sweep with targets gets its summary
   when its last job ends.  Woken by this process's engine at each change it records,
   and once a second for other processes' (a queued job cancelled elsewhere).
 - the sender sends the rows due, a bounded batch at a time; a failed try is logged and
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +77,7 @@ class Deliverer:
         self._send_wake = threading.Event()
         self._stop = threading.Event()
         self._rev: int | None = None
+        self._created = time.time()
         self._saved: tuple[int, float] = (0, 0.0)  # (revision written, when: monotonic)
         self._threads: list[threading.Thread] = []
 
@@ -118,28 +121,31 @@ class Deliverer:
     def collect(self) -> int:
         """Queue the notifications of the jobs that ended since the last look; how many."""
         store = self.store
+        after = None
         if self._rev is None:
-            rev = store.notify_rev(default=store.revision())
-            assert rev is not None
-            self._rev, self._saved = rev, (rev, time.monotonic())
+            rev = store.notify_rev()
+            self._saved = (-1, -math.inf) if rev is None else (rev, time.monotonic())
+            if rev is None:  # (the first notifier here: the ends since its engine started)
+                rev, after = 0, self._created - 1.0
+            self._rev = rev
             store.prune_notifications(time.time() - KEEP_S)
-        feed = store.changes_since(self._rev)
-        ended = [int(i) for i, status, _, _ in feed.changes if status.ended]
+        rev, ended = store.ended_since(self._rev, every=bool(self.default), after=after)
         rows = self._rows(ended) if ended else []
-        self._rev = feed.rev
+        self._rev = rev
         saved, at = self._saved
-        if rows or (feed.rev != saved and time.monotonic() - at >= SAVE_S):
-            store.queue_notifications(rows, feed.rev, time.time())
-            self._saved = (feed.rev, time.monotonic())
+        if rows or (rev != saved and time.monotonic() - at >= SAVE_S):
+            store.queue_notifications(rows, rev, time.time())
+            self._saved = (rev, time.monotonic())
         if rows:
             self._send_wake.set()
         return len(rows)
 
-    def _rows(self, ended: list[int]) -> list[tuple[str, str, str]]:
-        """The outbox rows of those ended jobs (theirs, and their sweeps')."""
+    def _rows(self, ended: list[tuple[int, str | None, str | None]]) -> list[tuple[str, str, str]]:
+        """The outbox rows of those ended jobs (``(seq, notify, sweep)``): theirs, and
+        their sweeps'."""
         wanted: dict[int, tuple[Notifier, ...]] = {}
         sweeps: set[str] = set()
-        for seq, notify, sweep in self.store.ended_for_notify(ended, every=bool(self.default)):
+        for seq, notify, sweep in ended:
             if notify is not None:
                 targets = loads(notify)
             else:

@@ -20,16 +20,8 @@ Outgoing = tuple[int, str, str, str, int]
 class NotificationsPart(StorePart):
     """The outbox of notifications, and what the notifier reads of jobs and sweeps."""
 
-    def notify_rev(self, default: int | None = None) -> int | None:
-        """The revision the notifier has read up to; with ``default``, set to it if none
-        is (the first notifier of a state directory starts from now)."""
-        found = self._db.read("SELECT value FROM meta WHERE key = ?", (REV_KEY,))
-        if found or default is None:
-            return int(found[0][0]) if found else None
-        with self._db.write() as conn:  # (another process may have set it since)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (REV_KEY, str(default))
-            )
+    def notify_rev(self) -> int | None:
+        """The revision the notifier has read up to (None: no notifier has run here)."""
         found = self._db.read("SELECT value FROM meta WHERE key = ?", (REV_KEY,))
         return int(found[0][0]) if found else None
 
@@ -94,21 +86,31 @@ class NotificationsPart(StorePart):
         keys = ("key", "state", "tries", "error", "created", "title")
         return [dict(zip(keys, r, strict=True)) for r in reversed(found)]
 
-    def ended_for_notify(
-        self, seqs: list[int], every: bool = True
-    ) -> list[tuple[int, str | None, str | None]]:
-        """``(seq, notify, sweep)`` of those jobs that have ended (nothing decoded);
-        without ``every``, only of those with targets or a sweep."""
-        out: list[tuple[int, str | None, str | None]] = []
+    def ended_since(
+        self, rev: int, every: bool = True, after: float | None = None
+    ) -> tuple[int, list[tuple[int, str | None, str | None]]]:
+        """``(the current revision, (seq, notify, sweep) of each job written after
+        rev that has ended)``, in one statement (one snapshot), reading only the ended
+        rows of the revision index's range (not the queued and running ones: a sweep of
+        100,000 jobs just queued costs no Python object each); without ``every``, only
+        the jobs with targets or a sweep; with ``after``, only those that ended then or
+        later."""
         some = "" if every else " AND (notify IS NOT NULL OR sweep IS NOT NULL)"
-        for i in range(0, len(seqs), 500):
-            part = seqs[i : i + 500]
-            out += self._db.read(
-                f"SELECT seq, notify, sweep FROM jobs WHERE seq IN ({','.join('?' * len(part))})"
-                f" AND status IN {_ENDED}{some}",
-                part,
-            )
-        return out
+        if after is not None:
+            some += f" AND ended >= {float(after)!r}"
+        found = self._db.read(
+            f"SELECT seq, notify, sweep FROM jobs WHERE rev > ? AND +status IN {_ENDED}{some} "
+            "UNION ALL SELECT NULL, value, NULL FROM meta WHERE key = 'rev'",
+            (rev,),
+        )
+        current = rev
+        out: list[tuple[int, str | None, str | None]] = []
+        for seq, notify, sweep in found:
+            if seq is None:
+                current = int(notify)
+            else:
+                out.append((seq, notify, sweep))
+        return current, out
 
     def sweep_unended(self, sweep: str) -> bool:
         """Whether a job of the sweep is still queued or running."""

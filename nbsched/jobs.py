@@ -77,6 +77,18 @@ class JobSpec:
     sweep: str | None = None
     params: Mapping[str, Any] | None = None
     hash: str | None = None
+    #: What the job waits for before it may start (:mod:`nbsched.formats.after`'s
+    #: canonical text, ``ok:12,13``); None: nothing.
+    after: str | None = None
+    #: Seconds the job may run; at the limit it is ended as a cancel is (SIGTERM to its
+    #: process tree, SIGKILL after the grace) and fails with the reason ``time limit``.
+    time_limit: float | None = None
+    #: Seconds the submitter expects it to run: a hint for the plan, it ends nothing.
+    expected_s: float | None = None
+    #: Which ended jobs it is like, for a learned estimate (:mod:`nbsched.store.durations`):
+    #: ``"script:"`` + a digest of the script and its argument names, or ``"command:"``
+    #: + a digest of the command.
+    estimate_key: str | None = None
     #: Where its end is announced: the notifiers as JSON (:mod:`nbsched.notify`);
     #: None: the engine's default, ``"[]"``: nowhere.
     notify: str | None = None
@@ -127,6 +139,11 @@ class Job:
     #: Held by its owner (:meth:`~nbsched.scheduler.GPUJobScheduler.hold`): a queued
     #: job that no dispatcher starts until it is released.
     held: bool = False
+    #: The number of the job's set of dependencies (:mod:`nbsched.store.deps`), shared
+    #: by the jobs submitted together with the same ``after``; None: it has none.
+    dep_group: int | None = None
+    #: Whether a dependency is still unmet: a queued job that no dispatcher starts yet.
+    waiting: bool = False
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-field

@@ -35,6 +35,7 @@ from .notify.api import Notifying
 from .scheduler_control import Controlling
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
+from .store.estimates import Estimator
 from .submitter import EngineSubmitter
 from .sweep_tables import sweep_frame, sweep_job_ids, sweeps_frame
 from .sweeps import SweepIds, submit_sweep
@@ -363,7 +364,7 @@ class GPUJobScheduler(Submitting, Controlling, Notifying):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(rows)
+        return frames.jobs_frame(rows, Estimator(self.store))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -371,12 +372,12 @@ class GPUJobScheduler(Submitting, Controlling, Notifying):
         of a long queue without reading all of it)."""
         self._check_open()
         limit = None if first is None else check_count("first", first, " or None")
-        return frames.jobs_frame(self.store.queued_table(limit))
+        return frames.jobs_frame(self.store.queued_table(limit), Estimator(self.store))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
-        return frames.job_row(self.store.get(job_id))
+        return frames.job_row(self.store.get(job_id), Estimator(self.store))
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""

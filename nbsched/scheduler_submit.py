@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .checks import AfterValue
 from .config import SchedulerConfig
 from .engine.core import Engine
 from .formats.jobsfile import JobLine, LineError
@@ -73,6 +74,9 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         once: bool = False,
+        after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
     ) -> str:
@@ -82,6 +86,13 @@ class Submitting:
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
 
+        ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
+        "started": ids}``; bare ids wait for success): see the user guide's
+        dependencies page.
+        ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
+        there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
+        ``expected_s``: how long you expect it to run (seconds or a duration): a hint
+        for the plan that ends nothing.  See ``docs/estimates.md``.
         ``notify``: where the engine announces the job's end (a webhook URL,
         ``"mailto:ADDRESS"``, a ``Webhook``/``Email`` or a list; ``False``: nowhere; None:
         ``config.notify``); ``on_end(end)``: called in this process, in a thread, with a
@@ -101,6 +112,9 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
         spec = self._notified(spec, notify, on_end)
         return self._watched(
@@ -131,11 +145,15 @@ class Submitting:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id.  ``notify``
-        and ``on_end`` as for :meth:`add_job`."""
+        """Queue a shell command (``bash -c command``); returns the job id.
+        ``after``, ``time_limit``, ``expected_s``, ``notify`` and ``on_end`` as in
+        :meth:`add_job`."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -146,6 +164,9 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
         spec = self._notified(spec, notify, on_end)
         return self._watched(on_end, lambda: self.submit([spec])[0])
@@ -169,6 +190,9 @@ class Submitting:
         sweep: str | None = None,
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
+        after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
@@ -196,6 +220,9 @@ class Submitting:
             sweep=sweep,
             params=params,
             hash=hash,
+            after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
@@ -237,7 +264,9 @@ class Submitting:
             environment=environment,
         )
         stored = [j for j in jobs if j is not None]
-        ours = self._engine.offer(rev, stored)  # (wakes the dispatcher, ours or another's)
+        # (a job waiting for a dependency is no dispatcher's yet: its release brings it)
+        free = [j for j in stored if not j.waiting]
+        ours = self._engine.offer(rev, free)  # (wakes the dispatcher, ours or another's)
         # (ours ends nothing by taking them: only a wait() showing progress cares)
         self._waits.notify(() if ours else None)
         # New strings, made together after the jobs: the jobs' own ids lie among the
@@ -252,11 +281,12 @@ class Submitting:
         lines: Iterable[str] | None = None,
         already_run: str | None = None,
         gpu_arg: str | None = None,
+        after: AfterValue = None,
     ) -> list[str]:
         """Read a jobs file once, as the watcher reads ``config.jobs_file``: its lines
         not seen before (no job in any status has their hash) are queued; returns
         their ids.  A bad line is reported as the watcher reports it.  ``gpu_arg``
-        (``"--cuda"``) is given to each job, as :meth:`add_job` gives it.
+        (``"--cuda"``) is given to each job, as :meth:`add_job` gives it, and ``after`` too.
 
         ``lines`` takes those lines instead of the file's (a relative script is still
         found from the file's folder).  ``already_run=REASON`` stores the new lines as
@@ -272,7 +302,7 @@ class Submitting:
             EngineSubmitter(
                 self.store,
                 config,
-                make_spec=partial(self.make_spec, gpu_arg=gpu_arg),
+                make_spec=partial(self.make_spec, gpu_arg=gpu_arg, after=after),
                 submit=self.submit if already_run is None else self._ran(already_run),
                 num_gpus=lambda: self.num_gpus,
                 llm_config=lambda: self.llm_config,

@@ -26,14 +26,30 @@ TEXT = pd.Series(["x"]).dtype
 
 #: What jobs() promises each column is, with rows or without.
 DTYPES = {
-    **dict.fromkeys(["id", "status", "command", "log", "name", "sweep", "node", "reason"], TEXT),
+    **dict.fromkeys(
+        [
+            "id",
+            "status",
+            "command",
+            "log",
+            "name",
+            "sweep",
+            "node",
+            "reason",
+            "after",
+            "estimate_source",
+        ],
+        TEXT,
+    ),
     "priority": "int64",
+    "estimate": "float64",
     "required_gpus": "float64",
     "attempts": "int64",
     "exit_code": "Int64",
     **dict.fromkeys(["submitted", "started", "ended"], pd.DatetimeTZDtype("ns", local_zone())),
     "gpus": object,
     "held": "bool",
+    "waiting": "bool",
 }
 
 

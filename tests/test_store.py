@@ -471,6 +471,12 @@ def _columns(db: Path) -> dict[str, tuple[Any, ...]]:
 _ADDED = {
     "environment": ("INTEGER", 0, None, 0),
     "held": ("INTEGER", 1, "0", 0),
+    "after": ("TEXT", 0, None, 0),
+    "dep_group": ("INTEGER", 0, None, 0),
+    "waiting": ("INTEGER", 1, "0", 0),
+    "time_limit": ("REAL", 0, None, 0),
+    "expected_s": ("REAL", 0, None, 0),
+    "estimate_key": ("TEXT", 0, None, 0),
     "notify": ("TEXT", 0, None, 0),
 }
 

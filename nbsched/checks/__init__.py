@@ -3,9 +3,11 @@ command line, the magics and the form: :mod:`.values` (a value as the API takes 
 :mod:`.typed` (a word a person typed, put to the same rule) and :mod:`.notify` (where a
 notification goes)."""
 
+from .after import AfterValue, check_after
 from .notify import check_address, check_notify_word, check_url
 from .typed import (
     ALL_LINES,
+    duration_from_text,
     gpu_count_from_text,
     gpus_from_text,
     lines_from_text,
@@ -25,6 +27,7 @@ from .values import (
     check_args,
     check_choice,
     check_count,
+    check_duration,
     check_env,
     check_gpu_arg,
     check_interval,
@@ -45,15 +48,18 @@ from .values import (
 )
 
 __all__ = [
+    "AfterValue",
     "INT64",
     "ALL_LINES",
     "INTERVAL_S",
     "below_precision",
     "check_address",
+    "check_after",
     "check_allowed_gpus",
     "check_args",
     "check_choice",
     "check_count",
+    "check_duration",
     "check_env",
     "check_gpu_arg",
     "check_interval",
@@ -69,6 +75,7 @@ __all__ = [
     "check_url",
     "check_whole",
     "check_word",
+    "duration_from_text",
     "gpu_count_from_text",
     "gpus_from_text",
     "is_real",

@@ -22,9 +22,11 @@ from nbsched.scheduler import GPUJobScheduler
 
 from .values import (
     address_type,
+    after_type,
     checked_ids,
     command_line,
     count_type,
+    expected_type,
     gpu_index_type,
     gpus_type,
     interval_type,
@@ -35,6 +37,7 @@ from .values import (
     rows_type,
     seconds_type,
     threshold_type,
+    time_limit_type,
     url_type,
 )
 
@@ -118,6 +121,9 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "priority": ns.priority,
         "max_retries": ns.retries,
         "name": ns.name,
+        "after": ";".join(filter(None, (getattr(ns, d, None) for d in _AFTER_DESTS))) or None,
+        "time_limit": ns.time_limit,
+        "expected_s": ns.expected_s,
         "notify": ((ns.notify or []) + (ns.notify_email or [])) or None,
     }
 
@@ -244,6 +250,40 @@ JOB_OPTIONS = (
     _opt("--retries", type=retries_type, metavar="N", help="re-runs after a failure"),
     _opt("--name", help="a label shown in the job table"),
     _opt(
+        "--after",
+        type=after_type(None),
+        metavar="IDS",
+        help="start only after these jobs (ids, a sweep id like sw3) succeeded",
+    ),
+    *(
+        _opt(
+            f"--after-{kind}",
+            type=after_type(kind),
+            metavar="IDS",
+            help=f"start only after these jobs {meaning}",
+        )
+        for kind, meaning in (
+            ("ok", "succeeded"),
+            ("notok", "failed or were cancelled"),
+            ("any", "ended, however"),
+            ("started", "started"),
+        )
+    ),
+    _opt(
+        "--time",
+        dest="time_limit",
+        type=time_limit_type,
+        metavar="T",
+        help="time limit: seconds or e.g. 2h30m, 90m, 45s; at T the job is ended and fails",
+    ),
+    _opt(
+        "--expected",
+        dest="expected_s",
+        type=expected_type,
+        metavar="T",
+        help="how long you expect it to run (seconds or e.g. 10m): a hint, ends nothing",
+    ),
+    _opt(
         "--notify",
         action="append",
         type=url_type,
@@ -259,6 +299,9 @@ JOB_OPTIONS = (
         help="mail its end to ADDRESS (the SMTP server: $NBSCHED_SMTP_HOST, ...); repeatable",
     ),
 )
+
+#: Where the parsed ``--after`` options are (see :func:`job_options`).
+_AFTER_DESTS = ("after", "after_ok", "after_notok", "after_any", "after_started")
 
 _ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
 _IDS = _opt("ids", nargs="*", metavar="ID", help="job ids (in a notebook, an empty $list: none)")

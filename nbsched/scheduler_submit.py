@@ -93,10 +93,9 @@ class Submitting:
         there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
         ``expected_s``: how long you expect it to run (seconds or a duration): a hint
         for the plan that ends nothing.  See ``docs/estimates.md``.
-        ``notify``: where the engine announces the job's end (a webhook URL,
-        ``"mailto:ADDRESS"``, a ``Webhook``/``Email`` or a list; ``False``: nowhere; None:
-        ``config.notify``); ``on_end(end)``: called in this process, in a thread, with a
-        ``JobEnd`` once the job has ended (docs/notifications.md).
+        ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
+        ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
+        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.
         """
         self._check_open()
         spec = self.make_spec(
@@ -117,9 +116,8 @@ class Submitting:
             expected_s=expected_s,
         )
         spec = self._notified(spec, notify, on_end)
-        return self._watched(
-            on_end, lambda: self._submit_once(spec) if once else self.submit([spec])[0]
-        )
+        submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
+        return self._watched(on_end, submit)
 
     def _submit_once(self, spec: JobSpec) -> str:
         """Queue ``spec`` unless a job of its hash is queued, running or succeeded; the

@@ -171,6 +171,25 @@ def test_an_engine_killed_while_sending_leaves_the_notification_to_the_next(
     assert len(s.notifications()) == 1 and s.job(job)["status"] == "succeeded"
 
 
+def test_a_job_cancelled_by_its_dependency_is_announced_with_the_reason(
+    make_sched: MakeSched, hook: Hook
+) -> None:
+    s = make_sched(start=True)
+    ends: list[JobEnd] = []
+    first = s.add_command("exit 1", required_gpus=0.5)
+    then = s.add_command(
+        "true", required_gpus=0.5, after=[first], notify=hook.url, on_end=ends.append
+    )
+    s.wait([first, then])
+    (body,) = until(hook.bodies)
+    assert body["job"]["status"] == "cancelled" and body["job"]["id"] == then
+    assert f"reason: dependency {first} failed" in body["text"]
+    until(lambda: ends)
+    assert (ends[0].id, ends[0].status, ends[0].reason) == (
+        then, "cancelled", f"dependency {first} failed",
+    )  # fmt: skip
+
+
 # -- on_end ---------------------------------------------------------------------------------
 
 

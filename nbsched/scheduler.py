@@ -33,6 +33,7 @@ from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .notify.api import Notifying
 from .scheduler_control import Controlling
+from .scheduler_simulate import Simulating
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
 from .store.estimates import Estimator
@@ -40,7 +41,7 @@ from .submitter import EngineSubmitter
 from .sweep_tables import sweep_frame, sweep_job_ids, sweeps_frame
 from .sweeps import SweepIds, submit_sweep
 from .waiting import Waits, check_ids
-from .why import Why
+from .why import Why, lined
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
     import pandas as pd
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling, Notifying):
+class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -88,6 +89,7 @@ class GPUJobScheduler(Submitting, Controlling, Notifying):
             lambda: self._engine.monitor.snapshot(),
             lambda: self._engine.record.placement_rules(self.config),
             self._engine.role.lease.holder_pid,
+            first_in_line=lambda: lined(self._dispatcher),
         )
         self._llm = (
             LLMConfigWatcher(self.config.llm_config_file, self._llm_config_error)
@@ -266,9 +268,8 @@ class GPUJobScheduler(Submitting, Controlling, Notifying):
         and ``notify`` (once for the sweep; each job's with ``notify_each=True``), ``on_end``.
         """
         self._check_open()
-        submitter = self._notifying(self._submitter(), options)  # (takes out notify=, ...)
         return submit_sweep(
-            submitter,
+            self._notifying(self._submitter(), options),  # (takes notify=... out of options)
             script,
             args,
             conda_env,
@@ -364,7 +365,7 @@ class GPUJobScheduler(Submitting, Controlling, Notifying):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(rows, Estimator(self.store))
+        return self._with_eta(frames.jobs_frame(rows, Estimator(self.store)))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -372,7 +373,9 @@ class GPUJobScheduler(Submitting, Controlling, Notifying):
         of a long queue without reading all of it)."""
         self._check_open()
         limit = None if first is None else check_count("first", first, " or None")
-        return frames.jobs_frame(self.store.queued_table(limit), Estimator(self.store))
+        return self._with_eta(
+            frames.jobs_frame(self.store.queued_table(limit), Estimator(self.store))
+        )
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .checks import AfterValue
 from .config import SchedulerConfig
 from .engine.core import Engine
+from .executors.slurm_control import admit as slurm_admit
 from .formats.jobsfile import JobLine, LineError
 from .formats.jobsfile_reader import parse_lines
 from .formats.llmconfig import LLMConfig
@@ -253,6 +254,8 @@ class Submitting:
         """
         self._check_open()
         config = self.config
+        if config.executor == "slurm":  # (refused or Slurm not answering: nothing stored)
+            specs = slurm_admit(specs)
         environment = capture_env(config.env_exclude) if config.env_policy == "submitter" else None
         rev, jobs = self.store.add_jobs_at(
             specs,

@@ -183,6 +183,8 @@ ENGINE_OPTIONS = (
 RUN_OPTIONS = (
     _opt("--executor", choices=EXECUTORS, help="how jobs run (default direct)"),
     _opt("--ray-address", metavar="ADDR", help="with --executor ray: 'auto' or host:port"),
+    _opt("--slurm-partition", metavar="P", help="with --executor slurm: the partition"),
+    _opt("--slurm-account", metavar="A", help="with --executor slurm: the account"),
     _opt("--jobs-file", metavar="F", help="a jobs file to watch for new lines"),
     _opt(
         "--llm-config",

@@ -224,6 +224,12 @@ def engine_fields(ns: Any) -> dict[str, Any]:
             f"--ray-address {ray_address} applies to --executor ray: only with --executor ray "
             f"is it used (the executor would be {executor or 'direct'}); add --executor ray"
         )
+    for flag in ("slurm_partition", "slurm_account"):
+        if getattr(ns, flag, None) is not None and executor != "slurm":
+            raise InvalidValueError(
+                f"--{flag.replace('_', '-')} {getattr(ns, flag)} applies to --executor slurm; "
+                "add --executor slurm"
+            )
     if getattr(ns, "jobs_file_gpu_arg", None) is not None and not getattr(ns, "jobs_file", None):
         raise InvalidValueError(
             f"--gpu-arg {ns.jobs_file_gpu_arg} applies to the jobs file's lines: add --jobs-file F "
@@ -231,6 +237,7 @@ def engine_fields(ns: Any) -> dict[str, Any]:
         )
     names = {"state_dir": "state_dir", "executor": "executor", "jobs_file": "jobs_file"}
     names.update(llm_config="llm_config_file", ray_address="ray_address")
+    names.update(slurm_partition="slurm_partition", slurm_account="slurm_account")
     names.update(max_retries="max_retries", jobs_file_gpu_arg="jobs_file_gpu_arg")
     names.update(mem_threshold="gpu_memory_threshold", load_threshold="gpu_load_threshold")
     for flag, field in names.items():

@@ -87,18 +87,16 @@ class Submitting:
         ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
-
         ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
-        "started": ids}``; bare ids wait for success): see the user guide's
-        dependencies page.
+        "started": ids}``; bare ids wait for success): see the dependencies page.
         ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
         there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
         ``expected_s``: how long you expect it to run (seconds or a duration): a hint
         for the plan that ends nothing.  See ``docs/estimates.md``.
         ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
         ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
-        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.
-        """
+        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.  And
+        ``gpu_memory``: ``"18G"``, ``"512M"`` or MiB free on each of its GPUs."""
         self._check_open()
         spec = self.make_spec(
             script=script,

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -98,17 +99,15 @@ def _print_frame(df: pd.DataFrame, as_json: bool, columns: Sequence[str] | None 
             print(df.to_string(index=False, max_colwidth=60, na_rep=""))
 
 
-JOB_TABLE = (
-    "id",
-    "status",
-    "priority",
-    "gpus",
-    "required_gpus",
-    "exit_code",
-    "attempts",
-    "command",
-    "reason",
-)
+def _print_jobs(df: pd.DataFrame, as_json: bool, every: bool = False) -> None:
+    """Jobs as a person reads them in a terminal (compact: nbsched.jupyter.tables);
+    ``every``: every column, whole."""
+    if as_json or every or df.empty:  # (every: each column whole, as stored)
+        _print_frame(df, as_json) if as_json or df.empty else print(df.to_string(index=False))
+        return
+    from nbsched.jupyter.tables import fit
+
+    print(fit(df, shutil.get_terminal_size((100, 24)).columns))
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -294,7 +293,7 @@ def _show_frame(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) ->
 
 
 def _show_jobs(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) -> None:
-    _print_frame(df, ns.json, JOB_TABLE)
+    _print_jobs(df, ns.json, ns.all)
 
 
 #: How each verb's result is printed (``--json``: as JSON).
@@ -331,7 +330,7 @@ def _wait(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     call = VERBS["wait"].call
     assert call is not None
     waited = call(s, ns)
-    _print_frame(waited, ns.json, JOB_TABLE)
+    _print_jobs(waited, ns.json)
     return 0 if (waited["status"] == "succeeded").all() else 1
 
 
@@ -381,7 +380,7 @@ def _print_active(s: GPUJobScheduler, queued: int) -> None:
     if not parts:
         return
     print()
-    _print_frame(pd.concat(parts, ignore_index=True), False, JOB_TABLE)
+    _print_jobs(pd.concat(parts, ignore_index=True), False)
     if queued > len(shown):
         print(f"... and {queued - len(shown):,} more queued: nbsched jobs --status queued")
 

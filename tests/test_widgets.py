@@ -253,7 +253,7 @@ def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler
         board.job_select.value = long
         board.cancel_button.click()
         assert running.job(long)["status"] == "cancelled"
-        assert "cancelled" in board.message.value
+        assert "cancelled" in board.job_message.value  # (beside the Cancel button)
         toggles[1].value = False
         running.wait([queued], timeout=60)
         script = running.config.state_dir / "s.py"

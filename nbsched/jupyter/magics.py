@@ -192,6 +192,17 @@ class GpuschedMagics(Magics):
 
         return status_report(self._require())
 
+    def _verb_jobs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        from .tables import job_table
+
+        rows = self._call(args)
+        return rows if args.all else job_table(rows)  # (compact: the same data, shown short)
+
+    def _verb_drain(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        from .tables import job_table
+
+        return job_table(self._call(args))
+
     def _verb_logs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         return LogText(self._call(args))
 
@@ -203,8 +214,10 @@ class GpuschedMagics(Magics):
         # ``wait $ids`` with ``ids == []`` (an empty list) waits for no job; only
         # ``wait`` written with no id at all (nor --sweep) means every active job.
         args.ids = args.ids or ([] if args.expanded.empty else None)
+        from .tables import job_table
+
         try:
-            return self._call(args)
+            return job_table(self._call(args))
         except TimeoutError as exc:  # the jobs go on: say which, in one line
             raise UsageError(
                 f"%gpusched wait: {exc} (they go on; wait again, or cancel them)"

@@ -142,7 +142,7 @@ def name_unusable(text: str, states: Sequence[GpuState], allowed: Sequence[int] 
     (of the job's allowed GPUs where the words are about those)."""
     for phrase in _VAGUE:
         if phrase in text:
-            own = text.startswith("none of the GPUs it may use")
+            own = not text.startswith("job ")  # (not "job 9 comes first (...)": its GPUs)
             named = unusable_gpus(states, allowed if own else None)
             text = text.replace(phrase, f"({named})") if named else text
     return text

@@ -284,7 +284,7 @@ def _minutes(x: float, _pos: object = None) -> str:
         return "now"
     if abs(x) < 1:
         return f"{x * 60:.0f} s"
-    if abs(x) >= 120:
+    if abs(x) >= 60 and abs(x) % 60 < 1e-9:
         return f"{x / 60:g} h"
     return f"{x:g} min"
 

@@ -70,14 +70,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.message = _message("nbsched-message")  # (the refresh's own: errors, engine stop)
         self.stop_button = widgets.Button(description="Stop refreshing", icon="stop")
         self.stop_button.on_click(lambda _: self._safely(self.stop))
-        self.window = widgets.ToggleButtons(options=list(WINDOWS), value=window)
-        self.metric = widgets.ToggleButtons(options=list(METRICS), value="utilisation")
-        for control, name in ((self.window, "window"), (self.metric, "metric")):
-            control.style.button_width = "auto"
-            control.add_class(f"nbsched-{name}")
-            control.observe(lambda _: self._safely(self._redraw_chart), names="value")
-        self.chart = widgets.Image(format="png", layout={"max_width": "100%", "height": "auto"})
-        self.chart.add_class("nbsched-chart")
+        self._make_chart(window)
         self.gpu_rows = widgets.VBox()
         self._gpu_widgets: list[
             tuple[widgets.FloatProgress, widgets.HTML, widgets.ToggleButton, widgets.HTML]
@@ -110,6 +103,17 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self._safely(self.refresh)
         if autostart:
             self.start()
+
+    def _make_chart(self, window: str) -> None:
+        """The chart's image and the buttons that choose its time window and metric."""
+        self.window = widgets.ToggleButtons(options=list(WINDOWS), value=window)
+        self.metric = widgets.ToggleButtons(options=list(METRICS), value="utilisation")
+        for control, name in ((self.window, "window"), (self.metric, "metric")):
+            control.style.button_width = "auto"
+            control.add_class(f"nbsched-{name}")
+            control.observe(lambda _: self._safely(self._redraw_chart), names="value")
+        self.chart = widgets.Image(format="png", layout={"max_width": "100%", "height": "auto"})
+        self.chart.add_class("nbsched-chart")
 
     # -- the refresh thread ---------------------------------------------------------------
 
@@ -219,6 +223,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         names = [_text(x) or "GPU" for x in gpus["name"]]
         if self._chart is None or self._chart.names != names:
             self._chart = GpuChart(names)
+            # shown at its CSS size: drawn at twice it, sharp on a dense screen, never stretched
+            self.chart.width = str(self._chart.size_px[0])
         self._chart.record_allocation(time.time(), [float(a) for a in gpus["allocated"]])
         if history[-1][0] == self._plotted_at and self.metric.value != "allocation":
             return

@@ -50,7 +50,7 @@ def test_every_gpu_shows_when_their_values_are_equal() -> None:
 def test_panels_are_named_and_keep_0_and_100_inside_the_frame() -> None:
     chart = GpuChart([NAME, "Tesla T4"])
     chart.render(_history(2, 30))
-    assert chart.axes[0].get_title(loc="left") == f"GPU 0 · {NAME}"
+    assert chart.axes[0].get_title(loc="left") == "GPU 0 · A100-SXM4-80GB"  # (no "NVIDIA ")
     assert chart.axes[1].get_title(loc="left") == "GPU 1 · Tesla T4"
     low, high = chart.axes[0].get_ylim()
     assert low < 0 and high > 100
@@ -97,3 +97,15 @@ def test_a_bad_window_or_metric_is_refused_naming_the_accepted() -> None:
         chart.render(window="2 h")
     with pytest.raises(ValueError, match=r"metric='power': accepted values are utilisation"):
         chart.render(metric="power")
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_a_long_name_is_cut_so_the_latest_value_beside_it_shows(n: int) -> None:
+    chart = GpuChart(["Simulated A100 80GB with a very long name indeed"] * n)
+    chart.render(_history(n, 30))
+    renderer = chart.canvas.get_renderer()
+    for ax, value in zip(chart.axes, chart.values, strict=True):
+        title = ax._left_title
+        assert title.get_text().startswith("GPU ") and title.get_text().endswith("…")
+        assert value.get_text() == "100 %"
+        assert title.get_window_extent(renderer).x1 < value.get_window_extent(renderer).x0

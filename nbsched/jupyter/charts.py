@@ -137,15 +137,30 @@ class GpuChart:
                     fontweight="bold", color=f"C{i % 10}", animated=True)
             for i, ax in enumerate(self.axes)
         ]  # fmt: skip
+        self._fit_titles()
         self._layout: tuple[str, float] | None = None
         self._background: Any = None
         self._palette: Image.Image | None = None
 
+    def _fit_titles(self) -> None:
+        """Cut each panel's title so that it and the latest value beside it both show."""
+        renderer = self.canvas.get_renderer()  # type: ignore[no-untyped-call]  # (matplotlib's Agg canvas)
+        for ax, value in zip(self.axes, self.values, strict=True):
+            value.set_text("100 %")
+            room = ax.get_window_extent(renderer).width - value.get_window_extent(renderer).width
+            title = ax._left_title  # (the title set with loc="left")
+            text = title.get_text()
+            while len(text) > 8 and title.get_window_extent(renderer).width > room - 8 * SCALE:
+                text = text[:-1]
+                title.set_text(text.rstrip() + "…")
+            value.set_text("")
+
     def _style_axes(self, ax: Any, i: int, cols: int) -> None:
-        ax.set_title(_cut(f"GPU {i} · {self.names[i]}", 30), fontsize=9, loc="left", pad=3)
+        name = self.names[i].removeprefix("NVIDIA ")  # (the model is what tells GPUs apart)
+        ax.set_title(f"GPU {i} · {name}", fontsize=9, loc="left", pad=4)
         ax.set_ylim(-6, 106)  # (0 % and 100 % inside the frame, not on it)
         ax.set_yticks([0, 50, 100])
-        ax.tick_params(labelsize=8, length=2, pad=2)
+        ax.tick_params(labelsize=8.5, length=2, pad=2)
         ax.grid(alpha=0.3)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)

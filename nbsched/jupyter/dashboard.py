@@ -28,7 +28,7 @@ from nbsched.checks import check_interval
 from nbsched.scheduler import GPUJobScheduler
 
 from .charts import METRICS, WINDOWS, GpuChart
-from .status import reading_note
+from .status import reading_note, short_reason
 from .tables import compact, to_html
 
 logger = logging.getLogger(__name__)
@@ -280,7 +280,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
 
     def _update_jobs(self, s: GPUJobScheduler, counts: dict[str, int]) -> None:
         running = s.jobs("running", first=SHOWN_RUNNING)
-        queued = s.jobs("queued", first=SHOWN_QUEUED)
+        queued = s.queue(first=SHOWN_QUEUED)  # (in the order they start)
+        queued["waiting"] = [short_reason(s.why(str(i))) for i in queued["id"]]
         ended = s.jobs("ended", last=SHOWN_ENDED)
         self.jobs_table.value = _jobs_html(running, queued, ended[::-1], counts)
         options = [

@@ -193,7 +193,7 @@ def _gpu_table(gpus: pd.DataFrame) -> pd.DataFrame:
     ]
     out["load"] = ["n/a" if pd.isna(x) else f"{x:.0%}" for x in gpus["load"]]
     out["allocated"] = gpus["allocated"].astype(float)
-    out["paused"] = gpus["paused"].astype(bool)
+    out["paused"] = ["paused" if p else "" for p in gpus["paused"].astype(bool)]
     out["jobs"] = [", ".join(map(str, j)) for j in gpus["jobs"]]
     known = {"gpu", "name", "memory_used", "memory_total", "load", "allocated", "paused", "jobs"}
     for column in gpus.columns:  # (a column added to get_gpu_status() later shows too)
@@ -203,10 +203,7 @@ def _gpu_table(gpus: pd.DataFrame) -> pd.DataFrame:
 
 
 def _gpu_text(table: pd.DataFrame) -> str:
-    text = table.assign(
-        allocated=[f"{x:.2f}" for x in table["allocated"]],
-        paused=["paused" if x else "" for x in table["paused"]],
-    )
+    text = table.assign(allocated=[f"{x:.2f}" for x in table["allocated"]])
     return text_table(text.astype(str))
 
 

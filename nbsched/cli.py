@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
-from .verbs import CLI, ENGINE_OPTIONS, VERBS, verbs_of
+from .verbs import CLI, ENGINE_OPTIONS, VERBS, glue_dash_values, verbs_of
 from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note, show_ids
 
 if TYPE_CHECKING:
@@ -102,12 +102,12 @@ def _print_frame(df: pd.DataFrame, as_json: bool, columns: Sequence[str] | None 
 def _print_jobs(df: pd.DataFrame, as_json: bool, every: bool = False) -> None:
     """Jobs as a person reads them in a terminal (compact: nbsched.jupyter.tables);
     ``every``: every column, whole."""
-    if as_json or every or df.empty:  # (every: each column whole, as stored)
-        _print_frame(df, as_json) if as_json or df.empty else print(df.to_string(index=False))
-        return
     from nbsched.jupyter.tables import fit
 
-    print(fit(df, shutil.get_terminal_size((100, 24)).columns))
+    if as_json or every:  # (every: each column whole, as stored)
+        _print_frame(df, as_json) if as_json or df.empty else print(df.to_string(index=False))
+    else:
+        print(fit(df, shutil.get_terminal_size((100, 24)).columns))
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -115,7 +115,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     ``sweep``), nbsched's options are everything before the first ``--`` (before or after
     the script), and the job's words everything after it (``ns.words``)."""
     parser = build_parser()
-    argv = list(argv)
+    argv = glue_dash_values(list(argv))  # (--gpu-arg --cuda: a value, not an option)
     name = next((a for a in argv if not a.startswith("-")), None)
     verb = VERBS.get(name or "")
     words: list[str] | None = None
@@ -355,7 +355,9 @@ def _status(s: GPUJobScheduler, as_json: bool) -> int:
         return 0
     print("queue: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print(f"engine: {'pid ' + str(holder) if holder else 'none running'}")
-    _print_frame(s.get_gpu_status(), False)
+    from nbsched.jupyter.status import gpus_text
+
+    print(gpus_text(s))  # (read afresh, and when)
     _print_active(s, counts.get("queued", 0))
     if notices:
         print("\nnotices:")

@@ -20,6 +20,7 @@ from nbsched import provider_choice_shown_by_caller
 from nbsched.config import SchedulerConfig
 from nbsched.errors import NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
+from nbsched.verbs import glue_dash_values
 from nbsched.verbs.table import job_options
 from nbsched.verbs.values import engine_config, engine_scheduler
 
@@ -340,6 +341,7 @@ class GpuschedMagics(Magics):
         name = mv.verb.name
         try:
             words = shlex.split(rest)  # POSIX quoting (IPython's arg_split keeps the quotes)
+            words = glue_dash_values(words)  # (--gpu-arg --cuda: a value, not an option)
         except ValueError as exc:
             raise UsageError(f"{prefix} {name}: {rest!r}: {exc}") from None
         if "-h" in words or "--help" in words:  # a word of its own, not inside a quoted value

@@ -111,8 +111,7 @@ def status_report(s: GPUJobScheduler, max_rows: int = MAX_ROWS) -> StatusReport:
     role = "dispatching" if s.is_dispatcher else ("standby" if s.running else "stopped")
     s.monitor.invalidate()  # (a reading up to a second old shows a job's load after it ended)
     gpus = s.get_gpu_status()
-    history = s.monitor.history
-    error = s.monitor.last_error
+    read_at, error = _read_at(s)
     engine = f"nbsched {role}: {len(gpus)} GPU(s), state in {s.config.state_dir}"
     return StatusReport(
         engine=engine,
@@ -122,9 +121,24 @@ def status_report(s: GPUJobScheduler, max_rows: int = MAX_ROWS) -> StatusReport:
         queued=queued.assign(waiting=queued["id"].map(waiting).fillna("")).reset_index(drop=True),
         waiting=waiting,
         notices=s.notices(NOTICES),
-        read_at=history[-1][0] if history else None,
-        read_error=None if error is None else f"{type(error).__name__}: {error}",
+        read_at=read_at,
+        read_error=error,
     )
+
+
+def gpus_text(s: GPUJobScheduler) -> str:
+    """The GPUs read afresh, as text: when they were read, then a row per GPU."""
+    s.monitor.invalidate()
+    table = _gpu_table(s.get_gpu_status())
+    read_at, error = _read_at(s)
+    return f"{reading_note(read_at, error=error)}:\n{_gpu_text(table)}"
+
+
+def _read_at(s: GPUJobScheduler) -> tuple[float | None, str | None]:
+    """When the GPUs were last read, and why the reading after it failed (if it did)."""
+    history, error = s.monitor.history, s.monitor.last_error
+    read_at = history[-1][0] if history else None
+    return read_at, None if error is None else f"{type(error).__name__}: {error}"
 
 
 def reading_note(read_at: float | None, now: float | None = None, error: str | None = None) -> str:

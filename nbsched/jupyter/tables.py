@@ -205,6 +205,10 @@ def compact(
         cells[str(column)] = [fmt(v) for v in jobs[column]]
         if column == "started":
             cells["took"] = _took(jobs, now)
+    if "reason" in cells and "status" in cells:  # ("cancelled" of a cancelled job: said)
+        cells["reason"] = [
+            "" if r == st else r for r, st in zip(cells["reason"], cells["status"], strict=True)
+        ]
     shown = {c: v for c, v in cells.items() if any(x not in _NOTHING.get(c, {""}) for x in v)}
     if "id" in cells:
         shown.setdefault("id", cells["id"])

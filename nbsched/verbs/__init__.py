@@ -3,7 +3,18 @@
 
 from __future__ import annotations
 
-from .table import BOTH, CLI, ENGINE_OPTIONS, MAGIC, RUN_OPTIONS, VERBS, Arg, Verb, verbs_of
+from .table import (
+    BOTH,
+    CLI,
+    ENGINE_OPTIONS,
+    MAGIC,
+    RUN_OPTIONS,
+    VERBS,
+    Arg,
+    Verb,
+    glue_dash_values,
+    verbs_of,
+)
 
 __all__ = [
     "BOTH",
@@ -14,5 +25,6 @@ __all__ = [
     "VERBS",
     "Arg",
     "Verb",
+    "glue_dash_values",
     "verbs_of",
 ]

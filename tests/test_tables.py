@@ -130,3 +130,15 @@ def test_fit_gives_the_command_what_is_left() -> None:
     jobs = pd.DataFrame({"id": ["1"], "status": ["queued"], "command": ["x " * 200]})
     lines = fit(jobs, 60).splitlines()
     assert max(map(len, lines)) <= 60 and "…" in lines[1]
+
+
+def test_a_long_table_shows_its_first_and_last_rows(ended_jobs: GPUJobScheduler) -> None:
+    from nbsched.jupyter.tables import SHOWN_ROWS
+
+    jobs = ended_jobs.jobs()
+    many = JobTable(pd.concat([jobs] * 400, ignore_index=True))  # 2,000 rows
+    page, text = many._repr_html_(), repr(many)
+    assert page.count("<tr>") == 1 + SHOWN_ROWS
+    assert len(text.splitlines()) == 1 + SHOWN_ROWS + 1
+    assert "2,000 job(s) (1,940 rows in the middle not shown)" in page
+    assert "1,940 rows in the middle not shown" in text

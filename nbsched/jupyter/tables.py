@@ -295,27 +295,44 @@ class JobTable(pd.DataFrame):
 
     @property
     def compact(self) -> pd.DataFrame:
-        """The text a notebook shows (:func:`compact`)."""
+        """The text a notebook shows (:func:`compact`), of every row."""
         return compact(pd.DataFrame(self))
 
-    def _note(self) -> str:
-        shown = len(self.compact.columns)
+    def _shown(self) -> tuple[pd.DataFrame, int]:
+        """The rows shown (the first and the last, of a long table) and how many are not."""
+        plain = pd.DataFrame(self)
+        if len(plain) <= SHOWN_ROWS:
+            return plain, 0
+        head, tail = SHOWN_ROWS - SHOWN_TAIL, SHOWN_TAIL
+        return pd.concat([plain.head(head), plain.tail(tail)]), len(plain) - head - tail
+
+    def _note(self, columns: int, hidden: int) -> str:
+        rows = f" ({hidden:,} rows in the middle not shown)" if hidden else ""
         return (
-            f"{len(self)} job(s); {shown} of {len(self.columns)} columns shown "
+            f"{len(self):,} job(s){rows}; {columns} of {len(self.columns)} columns shown "
             "(.full: every column)"
         )
 
     def __repr__(self) -> str:
         if self.empty:
             return "(no jobs)"
-        return fit(pd.DataFrame(self), 120) + "\n" + self._note()
+        rows, hidden = self._shown()
+        return fit(rows, 120) + "\n" + self._note(len(compact(rows).columns), hidden)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
 
     def _repr_html_(self) -> str:
-        table = to_html(self.compact)
-        return f"{table}<p style='color:#6c757d;margin:2px 0'>{html.escape(self._note())}</p>"
+        rows, hidden = self._shown()
+        table = compact(rows)
+        note = html.escape(self._note(len(table.columns), hidden))
+        return f"{to_html(table)}<p style='color:#6c757d;margin:2px 0'>{note}</p>"
+
+
+#: How many rows a :class:`JobTable` shows (of a longer one: the first, then the last
+#: :data:`SHOWN_TAIL`), as pandas shows a long table in part.
+SHOWN_ROWS = 60
+SHOWN_TAIL = 10
 
 
 def job_table(jobs: pd.DataFrame) -> JobTable:

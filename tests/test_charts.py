@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,3 +111,39 @@ def test_a_long_name_is_cut_so_the_latest_value_beside_it_shows(n: int) -> None:
         assert title.get_text().startswith("GPU ") and title.get_text().endswith("…")
         assert value.get_text() == "100 %"
         assert title.get_window_extent(renderer).x1 < value.get_window_extent(renderer).x0
+
+
+@pytest.mark.filterwarnings("ignore:Passing unrecognized arguments to super\\(Toolbar\\)")
+def test_interactive_charts_live_in_ipympls_canvas(make_sched: Callable[..., Any]) -> None:
+    """``%gpusched dashboard --interactive``: the same panels in matplotlib's widget
+    (hover values, pan, zoom), updated in place."""
+    from ipympl.backend_nbagg import Canvas
+
+    from nbsched.jupyter import Dashboard
+
+    s = make_sched(start=True, num_gpus=2)
+    board = Dashboard(s, autostart=False, interactive=True)
+    try:
+        chart = board._chart
+        assert chart is not None and chart.live
+        assert isinstance(board.chart_area.children[0], Canvas)
+        assert "nbsched-chart" in board.chart_area.children[0]._dom_classes
+        s.monitor.invalidate()
+        board.refresh()
+        assert len(chart.lines[0].get_xdata()) >= 1 and not chart.lines[0].get_animated()
+        board.metric.value = "memory"
+        assert chart.axes[0].get_ylabel() == "memory used %"
+    finally:
+        board.close()
+
+
+def test_interactive_without_ipympl_says_what_to_install(
+    make_sched: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from nbsched.jupyter import Dashboard
+
+    monkeypatch.setitem(sys.modules, "ipympl", None)  # (as if not installed)
+    with pytest.raises(ImportError, match="interactive charts need ipympl.*pip install ipympl"):
+        Dashboard(make_sched(), autostart=False, interactive=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,8 +102,14 @@ class GpuChart:
     """One panel per GPU; :meth:`render` draws one metric over one window."""
 
     def __init__(
-        self, names: Sequence[str] | int, max_points: int = 240, keep_s: float = KEEP_S
+        self,
+        names: Sequence[str] | int,
+        max_points: int = 240,
+        keep_s: float = KEEP_S,
+        canvas: Callable[[Figure], Any] | None = None,
     ) -> None:
+        """``canvas``: makes the figure's canvas for :meth:`show` (ipympl's, a widget
+        with hover values, pan and zoom); without it, :meth:`render` makes PNGs."""
         self.names = [f"GPU {i}" for i in range(names)] if isinstance(names, int) else list(names)
         self.n_gpus = n = len(self.names)
         self.max_points = max_points
@@ -113,10 +119,13 @@ class GpuChart:
         self.series = {m: _Series(n) for m in METRICS}
         cols = max(1, min(n, COLUMNS))
         rows = max(1, math.ceil(n / cols))
-        dpi = 96 * SCALE
+        self.live = live = canvas is not None
+        dpi = 96 if live else 96 * SCALE  # (ipympl scales for the screen itself)
         self.size_px = (WIDTH_PX, PANEL_HEIGHT_PX * rows + 10)
         self.figure = Figure(figsize=(self.size_px[0] / 96, self.size_px[1] / 96), dpi=dpi)
-        self.canvas = FigureCanvasAgg(self.figure)
+        self.canvas: Any = (
+            canvas(self.figure) if canvas is not None else FigureCanvasAgg(self.figure)
+        )
         height = self.size_px[1]
         self.figure.subplots_adjust(
             left=0.055, right=0.99, bottom=30 / height, top=1 - 22 / height,
@@ -129,12 +138,12 @@ class GpuChart:
         for i, ax in enumerate(self.axes):
             self._style_axes(ax, i, cols)
         self.lines = [
-            ax.plot([], [], color=f"C{i % 10}", linewidth=1.6, animated=True)[0]
+            ax.plot([], [], color=f"C{i % 10}", linewidth=1.6, animated=not live)[0]
             for i, ax in enumerate(self.axes)
         ]
         self.values = [
             ax.text(1.0, 1.0, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=9,
-                    fontweight="bold", color=f"C{i % 10}", animated=True)
+                    fontweight="bold", color=f"C{i % 10}", animated=not live)
             for i, ax in enumerate(self.axes)
         ]  # fmt: skip
         self._fit_titles()
@@ -144,7 +153,7 @@ class GpuChart:
 
     def _fit_titles(self) -> None:
         """Cut each panel's title so that it and the latest value beside it both show."""
-        renderer = self.canvas.get_renderer()  # type: ignore[no-untyped-call]  # (matplotlib's Agg canvas)
+        renderer = self.canvas.get_renderer()
         for ax, value in zip(self.axes, self.values, strict=True):
             value.set_text("100 %")
             room = ax.get_window_extent(renderer).width - value.get_window_extent(renderer).width
@@ -198,13 +207,14 @@ class GpuChart:
 
     # -- drawing ----------------------------------------------------------------------------
 
-    def render(
+    def update(
         self,
         history: Sequence[HistoryItem] = (),
         window: str | None = None,
         metric: str | None = None,
-    ) -> bytes:
-        """The PNG of ``metric`` over ``window`` (the last ones chosen if not given)."""
+    ) -> bool:
+        """Take new readings and set the lines to ``metric`` over ``window`` (the last
+        ones chosen if not given); whether the axes changed (and need drawing)."""
         if window is not None:
             self.window = _choice(window, WINDOWS, "window")
         if metric is not None:
@@ -212,17 +222,41 @@ class GpuChart:
         self.ingest(history)
         series = self.series[self.metric]
         span_min = self._span_min(series)
-        self._draw_background(span_min)
-        self.canvas.restore_region(self._background)  # type: ignore[no-untyped-call]  # (matplotlib's Agg canvas)
+        changed = self._set_axes(span_min)
         xs, ys = self._points(series, span_min)
-        for i, ax in enumerate(self.axes):
+        for i in range(self.n_gpus):
             column = ys[:, i] if len(xs) else np.empty(0)
             self.lines[i].set_data(xs, column)
-            ax.draw_artist(self.lines[i])
             latest = column[~np.isnan(column)][-1:] if len(column) else column
             self.values[i].set_text(f"{latest[0]:.0f} %" if len(latest) else "n/a")
-            ax.draw_artist(self.values[i])
+        return changed
+
+    def render(
+        self,
+        history: Sequence[HistoryItem] = (),
+        window: str | None = None,
+        metric: str | None = None,
+    ) -> bytes:
+        """The PNG of ``metric`` over ``window`` (the last ones chosen if not given)."""
+        if self.update(history, window, metric) or self._background is None:
+            self.canvas.draw()  # (the axes only: the lines are animated)
+            self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+            self._palette = None
+        self.canvas.restore_region(self._background)
+        for ax, line, value in zip(self.axes, self.lines, self.values, strict=True):
+            ax.draw_artist(line)
+            ax.draw_artist(value)
         return self._png()
+
+    def show(
+        self,
+        history: Sequence[HistoryItem] = (),
+        window: str | None = None,
+        metric: str | None = None,
+    ) -> None:
+        """:meth:`update`, then draw on the live canvas (``canvas=`` given)."""
+        self.update(history, window, metric)
+        self.canvas.draw_idle()
 
     def _span_min(self, series: _Series) -> float:
         seconds = WINDOWS[self.window]
@@ -231,11 +265,11 @@ class GpuChart:
         have = (series.last - series.first) / 60.0 if series.size > series.start else 0.0
         return next((m for m in SINCE_START_STEPS_MIN if m >= have), SINCE_START_STEPS_MIN[-1])
 
-    def _draw_background(self, span_min: float) -> None:
-        """Axes, ticks and titles: drawn again only when the layout changes."""
+    def _set_axes(self, span_min: float) -> bool:
+        """The time axis and the metric's label, set again only when they change."""
         layout = (self.metric, span_min)
-        if self._background is not None and layout == self._layout:
-            return
+        if layout == self._layout:
+            return False
         for i, ax in enumerate(self.axes):
             ax.set_xlim(-span_min, 0.0)
             ax.set_xticks([-span_min, -span_min / 2, 0.0])
@@ -243,10 +277,8 @@ class GpuChart:
             ticks[0].label1.set_horizontalalignment("left")
             ticks[-1].label1.set_horizontalalignment("right")
             ax.set_ylabel(METRICS[self.metric] if i % COLUMNS == 0 else "", fontsize=8)
-        self.canvas.draw()  # type: ignore[no-untyped-call]  # (matplotlib's Agg canvas)
-        self._background = self.canvas.copy_from_bbox(self.figure.bbox)  # type: ignore[no-untyped-call]  # (matplotlib's Agg canvas)
         self._layout = layout
-        self._palette = None
+        return True
 
     def _points(self, series: _Series, span_min: float) -> tuple[np.ndarray, np.ndarray]:
         """Minutes before the latest reading, and the values, averaged down to at most
@@ -266,7 +298,7 @@ class GpuChart:
 
     def _png(self) -> bytes:
         width, height = self.canvas.get_width_height()
-        pixels = self.canvas.buffer_rgba()  # type: ignore[no-untyped-call]  # (matplotlib's Agg)
+        pixels = self.canvas.buffer_rgba()
         image = Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
         # A 64-colour palette: line plots lose nothing, and the PNG is ~3x smaller and
         # faster.  The palette is made once per layout (with every line's colour in it);
@@ -278,6 +310,29 @@ class GpuChart:
         out = io.BytesIO()
         image.save(out, format="PNG", compress_level=1)
         return out.getvalue()
+
+
+def require_ipympl() -> None:
+    """Raise a clear ``ImportError`` where ipympl is not installed."""
+    try:
+        import ipympl  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "interactive charts need ipympl (matplotlib's widget backend): "
+            "pip install ipympl, or leave interactive off for the PNG charts"
+        ) from None
+
+
+def ipympl_canvas(figure: Any) -> Any:
+    """ipympl's canvas widget of ``figure``, with its toolbar (pan, zoom, the values
+    under the pointer)."""
+    from ipympl.backend_nbagg import Canvas, FigureManager
+
+    canvas = Canvas(figure)
+    FigureManager(canvas, 0)
+    canvas.header_visible = False
+    canvas.add_class("nbsched-chart")
+    return canvas
 
 
 def _palette_of(image: Image.Image, colours: Sequence[Any]) -> Image.Image:

@@ -27,7 +27,7 @@ import pandas as pd
 from nbsched.checks import check_interval
 from nbsched.scheduler import GPUJobScheduler
 
-from .charts import METRICS, WINDOWS, GpuChart
+from .charts import METRICS, WINDOWS, GpuChart, ipympl_canvas, require_ipympl
 from .status import reading_note, short_reason
 from .tables import compact, to_html
 
@@ -50,9 +50,15 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         interval: float = 1.0,
         window: str = "since start",
         autostart: bool = True,
+        interactive: bool = False,
     ) -> None:
+        """``interactive``: charts in ipympl's widget (hover values, pan, zoom; a full
+        redraw each second, several times the CPU of the default PNG)."""
         self.interval = check_interval(interval)
         self.scheduler = scheduler
+        self.interactive = bool(interactive)
+        if self.interactive:
+            require_ipympl()
         if window not in WINDOWS:
             raise ValueError(f"window={window!r}: accepted values are {', '.join(WINDOWS)}")
         self._lock = threading.RLock()
@@ -75,14 +81,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self._gpu_widgets: list[
             tuple[widgets.FloatProgress, widgets.HTML, widgets.ToggleButton, widgets.HTML]
         ] = []
-        self.job_select = widgets.Dropdown(description="job", options=[], layout={"width": "420px"})
-        self.job_select.add_class("nbsched-job-select")
-        self.cancel_button = widgets.Button(description="Cancel job", button_style="danger")
-        self.cancel_button.add_class("nbsched-cancel")
-        self.job_message = _message("nbsched-job-message")
-        self.cancel_button.on_click(lambda _: self._safely(self.cancel_selected, self.job_message))
-        self.job_select.observe(lambda _: self._sync_cancel(), names="value")
-        self._sync_cancel()
+        self._make_cancel()
         self.jobs_table = widgets.HTML()
         self.jobs_table.add_class("nbsched-jobs")
         self.sweep_bar = widgets.IntProgress(min=0, max=1, value=0, description="sweep")
@@ -92,7 +91,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             children=[
                 widgets.HBox([self.header, self.stop_button, self.message]),
                 widgets.HBox([self.window, self.metric]),
-                self.chart,
+                self.chart_area,
                 widgets.HTML("<b>Allocation</b> (toggle to pause a GPU)"),
                 self.gpu_rows,
                 widgets.HBox([self.sweep_bar, self.sweep_label]),
@@ -104,6 +103,17 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         if autostart:
             self.start()
 
+    def _make_cancel(self) -> None:
+        """The job list, Cancel (enabled once a job is chosen) and its message."""
+        self.job_select = widgets.Dropdown(description="job", options=[], layout={"width": "420px"})
+        self.job_select.add_class("nbsched-job-select")
+        self.cancel_button = widgets.Button(description="Cancel job", button_style="danger")
+        self.cancel_button.add_class("nbsched-cancel")
+        self.job_message = _message("nbsched-job-message")
+        self.cancel_button.on_click(lambda _: self._safely(self.cancel_selected, self.job_message))
+        self.job_select.observe(lambda _: self._sync_cancel(), names="value")
+        self._sync_cancel()
+
     def _make_chart(self, window: str) -> None:
         """The chart's image and the buttons that choose its time window and metric."""
         self.window = widgets.ToggleButtons(options=list(WINDOWS), value=window)
@@ -114,6 +124,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             control.observe(lambda _: self._safely(self._redraw_chart), names="value")
         self.chart = widgets.Image(format="png", layout={"max_width": "100%", "height": "auto"})
         self.chart.add_class("nbsched-chart")
+        self.chart_area = widgets.Box([self.chart])  # (interactive: ipympl's canvas instead)
 
     # -- the refresh thread ---------------------------------------------------------------
 
@@ -222,20 +233,32 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             return
         names = [_text(x) or "GPU" for x in gpus["name"]]
         if self._chart is None or self._chart.names != names:
-            self._chart = GpuChart(names)
-            # shown at its CSS size: drawn at twice it, sharp on a dense screen, never stretched
-            self.chart.width = str(self._chart.size_px[0])
+            if self.interactive:
+                self._chart = GpuChart(names, canvas=ipympl_canvas)
+                self.chart_area.children = [self._chart.canvas]
+            else:
+                self._chart = GpuChart(names)
+                # shown at its CSS size: drawn at twice it, sharp on a dense screen
+                self.chart.width = str(self._chart.size_px[0])
         self._chart.record_allocation(time.time(), [float(a) for a in gpus["allocated"]])
         if history[-1][0] == self._plotted_at and self.metric.value != "allocation":
             return
-        self.chart.value = self._chart.render(history, self.window.value, self.metric.value)
+        self._draw(history)
         self._plotted_at = history[-1][0]
+
+    def _draw(self, history: Sequence[tuple[float, Sequence[Any]]]) -> None:
+        chart, window, metric = self._chart, self.window.value, self.metric.value
+        assert chart is not None
+        if chart.live:
+            chart.show(history, window, metric)
+        else:
+            self.chart.value = chart.render(history, window, metric)
 
     def _redraw_chart(self) -> None:
         """Draw the chart again at once (a window or metric was chosen)."""
         with self._lock:
             if self._chart is not None:
-                self.chart.value = self._chart.render((), self.window.value, self.metric.value)
+                self._draw(())
 
     def _update_allocation(self, gpus: pd.DataFrame) -> None:
         if len(self._gpu_widgets) != len(gpus):

@@ -273,7 +273,7 @@ class GpuschedMagics(Magics):
     def _verb_dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         from .dashboard import Dashboard
 
-        board = Dashboard(self._require(), interval=args.interval)
+        board = Dashboard(self._require(), interval=args.interval, interactive=args.interactive)
         # One dashboard refreshes at a time: running the cell again (or another dashboard
         # cell) closes the previous one, whose thread would otherwise refresh until stop.
         previous, self._dashboard = self._dashboard, board

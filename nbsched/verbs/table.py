@@ -337,7 +337,10 @@ _TABLE = (
     Verb("form", "a form to submit jobs and sweeps", fronts=frozenset((MAGIC,))),
     Verb("dashboard", "live GPU charts, allocation and the job table",
          (_opt("--interval", type=interval_type, default=1.0, metavar="S",
-               help="refresh period in seconds (0.1 to 86400)"),), fronts=frozenset((MAGIC,))),
+               help="refresh period in seconds (0.1 to 86400)"),
+          _opt("--interactive", action="store_true",
+               help="charts with hover values, pan and zoom (needs ipympl; more CPU)")),
+         fronts=frozenset((MAGIC,))),
 )  # fmt: skip
 
 #: Every verb by name, in help order.

@@ -82,7 +82,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             tuple[widgets.FloatProgress, widgets.HTML, widgets.ToggleButton, widgets.HTML]
         ] = []
         self._make_cancel()
-        self.jobs_table = widgets.HTML()
+        self.jobs_table = widgets.HTML(layout={"overflow": "auto", "max_width": "100%"})
         self.jobs_table.add_class("nbsched-jobs")
         self.sweep_bar = widgets.IntProgress(min=0, max=1, value=0, description="sweep")
         self.sweep_label = widgets.HTML()
@@ -426,7 +426,7 @@ def _jobs_html(
     frames = [df for df in (running, queued, ended) if not df.empty]
     if not frames:
         return "<p><i>no jobs yet</i></p>"
-    table = compact(pd.concat(frames, ignore_index=True), command_width=70)
+    table = compact(pd.concat(frames, ignore_index=True), command_width=50)
     ended_total = sum(counts.get(k, 0) for k in ENDED)
     cuts = (
         (counts.get("running", 0) - len(running), "running"),

@@ -129,7 +129,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.allowed = [
             widgets.ToggleButton(description=str(i), layout={"width": "44px"}) for i in range(n)
         ]
-        for toggle in self.allowed:  # pressed looks pressed: filled, with a tick
+        for toggle in self.allowed:  # pressed looks pressed: filled
             toggle.add_class("nbsched-gpu-toggle")
             toggle.observe(_show_pressed, names="value")
         self.priority = widgets.IntText(description="priority", value=0, style=style)
@@ -276,10 +276,8 @@ def _in_form_words(text: str) -> str:
 
 
 def _show_pressed(change: dict[str, Any]) -> None:
-    """A pressed GPU toggle filled and ticked (ipywidgets' own pressed look is a shade)."""
-    toggle = change["owner"]
-    toggle.button_style = "info" if change["new"] else ""
-    toggle.icon = "check" if change["new"] else ""
+    """A pressed GPU toggle filled (ipywidgets' own pressed look is a shade)."""
+    change["owner"].button_style = "info" if change["new"] else ""
 
 
 def _gpus(text: str) -> float | None:

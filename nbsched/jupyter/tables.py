@@ -261,19 +261,28 @@ def to_html(table: pd.DataFrame, css_class: str = "nbsched-jobs") -> str:
     every other cell escaped."""
     if table.empty:
         return "<p><i>no jobs</i></p>"
-    cell = "<td style='text-align:left;padding:1px 8px;white-space:nowrap'>{}</td>"
+    # Short cells stay on one line; the long texts may wrap (at spaces) where the page is
+    # narrower than the table, rather than the table being cut off at its right.
+    cell = "<td style='text-align:left;padding:1px 6px;white-space:{}'>{}</td>"
+    wraps = ["normal;min-width:12em" if c in WRAPPING else "nowrap" for c in table.columns]
     head = "".join(
-        f"<th style='text-align:left;padding:1px 8px'>{html.escape(str(c))}</th>"
+        f"<th style='text-align:left;padding:1px 6px'>{html.escape(str(c))}</th>"
         for c in table.columns
     )
     rows = []
     for values in table.itertuples(index=False):
         tds = [
-            cell.format(status_badge(v) if c == "status" else html.escape(v))
-            for c, v in zip(table.columns, values, strict=True)
+            cell.format(wrap, status_badge(v) if c == "status" else html.escape(v))
+            for c, v, wrap in zip(table.columns, values, wraps, strict=True)
         ]
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<table class='{css_class}'><tr>{head}</tr>{''.join(rows)}</table>"
+    return (
+        f"<table class='{css_class}' style='max-width:100%'><tr>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+#: The columns whose text may wrap in HTML (the others are short).
+WRAPPING = frozenset({"command", "waiting", "reason"})
 
 
 # -- the table a magic returns ------------------------------------------------------------------

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .checks import (
+    AfterValue,
     below_precision,
+    check_after,
     check_allowed_gpus,
     check_args,
     check_env,
@@ -92,6 +94,7 @@ def build_spec(
     sweep: str | None = None,
     params: Mapping[str, Any] | None = None,
     hash: str | None = None,
+    after: AfterValue = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
@@ -122,6 +125,7 @@ def build_spec(
         sweep=sweep,
         params=params,
         hash=hash,
+        after=check_after(after),
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 

@@ -28,7 +28,7 @@ from nbsched.checks import check_interval
 from nbsched.scheduler import GPUJobScheduler
 
 from .charts import METRICS, WINDOWS, GpuChart, ipympl_canvas, require_ipympl
-from .status import reading_note, short_reason
+from .status import reading_note, waiting_reasons
 from .tables import compact, to_html
 
 logger = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
     def _update_jobs(self, s: GPUJobScheduler, counts: dict[str, int]) -> None:
         running = s.jobs("running", first=SHOWN_RUNNING)
         queued = s.queue(first=SHOWN_QUEUED)  # (in the order they start)
-        queued["waiting"] = [short_reason(s.why(str(i))) for i in queued["id"]]
+        queued["waiting"] = queued["id"].map(waiting_reasons(s, queued))
         ended = s.jobs("ended", last=SHOWN_ENDED)
         self.jobs_table.value = _jobs_html(running, queued, ended[::-1], counts)
         options = [

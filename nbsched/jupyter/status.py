@@ -19,7 +19,14 @@ from nbsched.scheduler import GPUJobScheduler
 
 from .tables import STATUS_COLOURS, cell_text, compact, cut, text_table, to_html
 
-__all__ = ["STATUS_COLOURS", "StatusReport", "reading_note", "short_reason", "status_report"]
+__all__ = [
+    "STATUS_COLOURS",
+    "StatusReport",
+    "reading_note",
+    "short_reason",
+    "status_report",
+    "waiting_reasons",
+]
 
 MAX_ROWS = 20
 
@@ -107,7 +114,7 @@ def status_report(s: GPUJobScheduler, max_rows: int = MAX_ROWS) -> StatusReport:
     # (the first of the queue only: reading 100,000 queued jobs to show 20 took seconds)
     running = s.jobs(status="running").head(max_rows)
     queued = s.queue(first=max_rows)
-    waiting = {str(i): short_reason(s.why(str(i))) for i in queued["id"]}
+    waiting = waiting_reasons(s, queued)
     role = "dispatching" if s.is_dispatcher else ("standby" if s.running else "stopped")
     s.monitor.invalidate()  # (a reading up to a second old shows a job's load after it ended)
     gpus = s.get_gpu_status()
@@ -164,6 +171,22 @@ _SHORT = (
     (re.compile(r"it fits now \(GPU (\S+)\).*"), r"starts now on GPU \1"),
     (re.compile(r"held \(release it.*"), "held"),
 )
+
+
+def waiting_reasons(s: GPUJobScheduler, queued: pd.DataFrame) -> dict[str, str]:
+    """Why each of ``queued`` (rows of ``jobs()``) waits, in a few words: ``held``, the
+    job's own reason where it says what it waits for (``waits for 12``), else
+    :func:`short_reason` of ``why()``."""
+    out = {}
+    for row in queued.itertuples(index=False):
+        jid, reason = str(row.id), getattr(row, "reason", None)
+        if getattr(row, "held", False):
+            out[jid] = "held"
+        elif isinstance(reason, str) and reason.startswith("waits for"):
+            out[jid] = cut(reason, 60)
+        else:
+            out[jid] = short_reason(s.why(jid))
+    return out
 
 
 def short_reason(reason: str) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 #: Text and background colour of each job status.
@@ -141,7 +142,7 @@ def short_command(command: object, cwd: str | None = None, width: int = COMMAND_
 
 def cell_text(value: object) -> str:
     """Any other cell, by its type: a list as ``0,1``; a float as ``0.5``; a time as
-    :func:`clock`; a duration as :func:`duration`; a bool as its column's name or ""."""
+    :func:`clock`; a duration as :func:`duration`; a bool as "yes" or ""."""
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     if missing(value):
@@ -185,6 +186,8 @@ def _formatter(column: str, cwd: str | None, width: int) -> Callable[[object], s
         return lambda v: "" if missing(v) else str(int(v))  # type: ignore[call-overload]
     if column == "reason":  # ("exit code 3": the exit column says it)
         return lambda v: "" if missing(v) or _EXIT_CODE.fullmatch(str(v)) else cell_text(v)
+    if column == "waiting":  # (jobs()' flag: the reason says what it waits for)
+        return lambda v: "" if isinstance(v, (bool, np.bool_)) else cell_text(v)
     if column == "required_gpus":
         return lambda v: "" if missing(v) else f"{float(v):g}"  # type: ignore[arg-type]
     return cell_text

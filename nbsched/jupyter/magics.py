@@ -220,14 +220,17 @@ class GpuschedMagics(Magics):
         # ``wait $ids`` with ``ids == []`` (an empty list) waits for no job; only
         # ``wait`` written with no id at all (nor --sweep) means every active job.
         args.ids = args.ids or ([] if args.expanded.empty else None)
-        from .tables import job_table
-
         try:
-            return job_table(self._call(args))
+            rows = self._call(args)
         except TimeoutError as exc:  # the jobs go on: say which, in one line
             raise UsageError(
                 f"%gpusched wait: {exc} (they go on; wait again, or cancel them)"
             ) from None
+        # (imported after the call: a first import of pandas takes a while, and "every
+        # active job" is the jobs active when the verb was run, not after that import)
+        from .tables import job_table
+
+        return job_table(rows)
 
     def _verb_cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         self._require()

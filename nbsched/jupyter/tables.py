@@ -335,6 +335,8 @@ class JobTable(pd.DataFrame):
         p.text(repr(self))
 
     def _repr_html_(self) -> str:
+        if self.empty:
+            return "<p><i>no jobs</i></p>"
         rows, hidden = self._shown()
         table = compact(rows)
         note = html.escape(self._note(len(table.columns), hidden))

@@ -13,6 +13,7 @@ from .errors import InvalidTypeError, InvalidValueError
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
 from .store import TABLE_COLUMNS
+from .store.estimates import GIVEN_ONLY, Estimator
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,6 +39,9 @@ JOB_COLUMNS = (
     "held",
     "after",
     "waiting",
+    "estimate",
+    "estimate_source",
+    "eta",
 )
 
 #: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
@@ -121,14 +125,17 @@ def _ts(value: float | None) -> pd.Timestamp | None:
     return pd.Timestamp(value, unit="s", tz="UTC").tz_convert(local_zone())
 
 
-def job_row(job: Job) -> dict[str, Any]:
+def job_row(job: Job, estimates: Estimator = GIVEN_ONLY) -> dict[str, Any]:
+    """The row of :func:`jobs_frame` of one job, as a dict (``estimates``: where its
+    estimate comes from; by default only its time limit or hint)."""
     row = _raw_row(job)
+    row["estimate"], row["estimate_source"] = estimates.of_spec(job.spec)
     for col in _TIME_COLUMNS:
         row[col] = _ts(row[col])
     return row
 
 
-_TIME_COLUMNS = ("submitted", "started", "ended")
+_TIME_COLUMNS = ("submitted", "started", "ended", "eta")
 
 
 def _raw_row(job: Job) -> dict[str, Any]:
@@ -153,17 +160,23 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "held": job.held,
         "after": job.spec.after,
         "waiting": job.waiting,
+        # (when a queued job is expected to start: filled by the scheduler's jobs(),
+        # from a replay of the head of the queue; see nbsched.scheduler_simulate)
+        "eta": None,
     }
 
 
 #: The text columns of the jobs table.
-TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason", "after")
+TEXT_COLUMNS = (
+    "id", "status", "command", "log", "name", "sweep", "node", "reason", "after",
+    "estimate_source",
+)  # fmt: skip
 
 #: The store's name (:data:`TABLE_COLUMNS`) of each jobs-table column that it renames.
 _FROM_TABLE = {"id": "seq", "log": "log_path"}
 
 
-def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+def jobs_frame(rows: Sequence[Sequence[Any]], estimates: Estimator = GIVEN_ONLY) -> pd.DataFrame:
     """The jobs table (:data:`JOB_COLUMNS`) of rows as :meth:`Store.table` returns them
     (:data:`TABLE_COLUMNS`).
 
@@ -181,12 +194,17 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
     converted once, and the JSON columns (``args``, ``gpus``) decoded in one call each
     (100,000 queued jobs of a sweep: ~0.4 s of CPU, against ~0.55 s a value at a time
     and several seconds a :class:`Job` at a time).
+
+    ``estimate`` (seconds, float64, NaN: none) and ``estimate_source`` (text) come from
+    ``estimates`` (:mod:`nbsched.store.estimates`; by default a job's own time limit or
+    hint only), looked up once per distinct set of grounds (a sweep's: once).
     """
     import pandas as pd
 
     raw = dict(zip(TABLE_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else None
     text = _text_dtype()
     typed: dict[str, Any] = {}
+    estimated: tuple[list[float | None], list[str | None]] | None = None
     for col in JOB_COLUMNS:
         if raw is None:
             values: Sequence[Any] = ()
@@ -194,12 +212,18 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
             values = _commands(raw)
         elif col == "gpus":
             values = _json_lists(raw["gpus"])
+        elif col in ("estimate", "estimate_source"):
+            if estimated is None:
+                estimated = _estimates(raw, estimates)
+            values = estimated[col == "estimate_source"]
+        elif col == "eta":
+            values = [None] * len(rows)
         else:
             values = raw[_FROM_TABLE.get(col, col)]
             if col == "id":
                 values = list(map(str, values))
         if col in _TIME_COLUMNS:
-            typed[col] = _times(values)
+            typed[col] = times(values)
         else:
             typed[col] = pd.Series(list(values), dtype=_JOB_DTYPES.get(col, text))
     return pd.DataFrame(typed)
@@ -211,10 +235,30 @@ _JOB_DTYPES: dict[str, Any] = {
     "required_gpus": "float64",
     "attempts": "int64",
     "exit_code": "Int64",
+    "estimate": "float64",
     "gpus": object,
     "held": "bool",
     "waiting": "bool",
 }
+
+
+def _estimates(
+    raw: Mapping[str, Sequence[Any]], estimates: Estimator
+) -> tuple[list[float | None], list[str | None]]:
+    """The ``estimate`` and ``estimate_source`` columns (see :func:`jobs_frame`)."""
+    known: dict[tuple[Any, ...], tuple[float | None, str | None]] = {}
+    seconds, sources = [], []
+    grounds = list(
+        zip(raw["time_limit"], raw["expected_s"], raw["sweep"], raw["estimate_key"], strict=True)
+    )
+    estimates.prefetch(set(grounds))
+    for ground in grounds:
+        found = known.get(ground)
+        if found is None:
+            found = known[ground] = estimates.estimate(*ground)
+        seconds.append(found[0])
+        sources.append(found[1])
+    return seconds, sources
 
 
 def _json_lists(texts: Sequence[str]) -> list[list[Any]]:
@@ -262,7 +306,7 @@ def _text_dtype() -> Any:
     return pd.Series(["x"]).dtype
 
 
-def _times(values: Sequence[float | None]) -> Any:
+def times(values: Sequence[float | None]) -> Any:
     """Seconds since the epoch (or None) as datetime64[ns] in :func:`local_zone`, at once
     (one array: numpy makes None NaN; ~7 us a value less than one by one, and half the
     time of going through a Series).  (pandas picks the unit from the values: s for none

@@ -80,6 +80,15 @@ class JobSpec:
     #: What the job waits for before it may start (:mod:`nbsched.formats.after`'s
     #: canonical text, ``ok:12,13``); None: nothing.
     after: str | None = None
+    #: Seconds the job may run; at the limit it is ended as a cancel is (SIGTERM to its
+    #: process tree, SIGKILL after the grace) and fails with the reason ``time limit``.
+    time_limit: float | None = None
+    #: Seconds the submitter expects it to run: a hint for the plan, it ends nothing.
+    expected_s: float | None = None
+    #: Which ended jobs it is like, for a learned estimate (:mod:`nbsched.store.durations`):
+    #: ``"script:"`` + a digest of the script and its argument names, or ``"command:"``
+    #: + a digest of the command.
+    estimate_key: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per
@@ -158,6 +167,20 @@ class Job:
     @property
     def allowed_gpus(self) -> tuple[int, ...] | None:
         return self.spec.allowed_gpus
+
+    # What the plan reads of its run time (nbsched.allocation.QueuedJob; for a running
+    # job, nbsched.backfill.running_of): its time limit, else its hint.  (A learned
+    # estimate needs the store: the dispatcher's entries carry it, see
+    # nbsched.store.estimates.)
+    @property
+    def estimate_s(self) -> float | None:
+        return self.spec.time_limit if self.spec.time_limit is not None else self.spec.expected_s
+
+    @property
+    def estimate_source(self) -> str | None:
+        if self.spec.time_limit is not None:
+            return "time limit"
+        return "hint" if self.spec.expected_s is not None else None
 
     def display_command(self) -> str:
         """The command as a user would type it."""

@@ -32,13 +32,15 @@ from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .scheduler_control import Controlling
+from .scheduler_simulate import Simulating
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
+from .store.estimates import Estimator
 from .submitter import EngineSubmitter
 from .sweep_tables import sweep_frame, sweep_job_ids, sweeps_frame
 from .sweeps import SweepIds, submit_sweep
 from .waiting import Waits, check_ids
-from .why import Why
+from .why import Why, lined
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
     import pandas as pd
@@ -46,7 +48,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling):
+class GPUJobScheduler(Submitting, Controlling, Simulating):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -86,6 +88,7 @@ class GPUJobScheduler(Submitting, Controlling):
             lambda: self._engine.monitor.snapshot(),
             lambda: self._engine.record.placement_rules(self.config),
             self._engine.role.lease.holder_pid,
+            first_in_line=lambda: lined(self._dispatcher),
         )
         self._llm = (
             LLMConfigWatcher(self.config.llm_config_file, self._llm_config_error)
@@ -360,7 +363,7 @@ class GPUJobScheduler(Submitting, Controlling):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(rows)
+        return self._with_eta(frames.jobs_frame(rows, Estimator(self.store)))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -368,12 +371,14 @@ class GPUJobScheduler(Submitting, Controlling):
         of a long queue without reading all of it)."""
         self._check_open()
         limit = None if first is None else check_count("first", first, " or None")
-        return frames.jobs_frame(self.store.queued_table(limit))
+        return self._with_eta(
+            frames.jobs_frame(self.store.queued_table(limit), Estimator(self.store))
+        )
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
-        return frames.job_row(self.store.get(job_id))
+        return frames.job_row(self.store.get(job_id), Estimator(self.store))
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""

@@ -18,6 +18,7 @@ from typing import Any
 from .checks import AfterValue
 from .config import SchedulerConfig
 from .engine.core import Engine
+from .executors.slurm_control import admit as slurm_admit
 from .formats.jobsfile import JobLine, LineError
 from .formats.jobsfile_reader import parse_lines
 from .formats.llmconfig import LLMConfig
@@ -69,6 +70,8 @@ class Submitting:
         name: str | None = None,
         once: bool = False,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
@@ -79,6 +82,10 @@ class Submitting:
         ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
         "started": ids}``; bare ids wait for success): see the user guide's
         dependencies page.
+        ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
+        there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
+        ``expected_s``: how long you expect it to run (seconds or a duration): a hint
+        for the plan that ends nothing.  See ``docs/estimates.md``.
         """
         self._check_open()
         spec = self.make_spec(
@@ -95,6 +102,8 @@ class Submitting:
             env=env,
             name=name,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
         return self._submit_once(spec) if once else self.submit([spec])[0]
 
@@ -123,9 +132,11 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id (``after``:
-        as :meth:`add_job`'s)."""
+        """Queue a shell command (``bash -c command``); returns the job id.
+        ``after``, ``time_limit`` and ``expected_s`` as in :meth:`add_job`."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -137,6 +148,8 @@ class Submitting:
             env=env,
             name=name,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
         return self.submit([spec])[0]
 
@@ -160,6 +173,8 @@ class Submitting:
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
@@ -188,6 +203,8 @@ class Submitting:
             params=params,
             hash=hash,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
         )
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
@@ -220,6 +237,8 @@ class Submitting:
         """
         self._check_open()
         config = self.config
+        if config.executor == "slurm":  # (refused or Slurm not answering: nothing stored)
+            specs = slurm_admit(specs)
         environment = capture_env(config.env_exclude) if config.env_policy == "submitter" else None
         rev, jobs = self.store.add_jobs_at(
             specs,

@@ -474,6 +474,9 @@ _ADDED = {
     "after": ("TEXT", 0, None, 0),
     "dep_group": ("INTEGER", 0, None, 0),
     "waiting": ("INTEGER", 1, "0", 0),
+    "time_limit": ("REAL", 0, None, 0),
+    "expected_s": ("REAL", 0, None, 0),
+    "estimate_key": ("TEXT", 0, None, 0),
 }
 
 

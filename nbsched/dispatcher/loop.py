@@ -12,16 +12,12 @@ that brought only this process's submissions, none of which fits on any GPU now
 (every GPU full), takes no turn: nothing can start before a job ends, and that end's
 turn (or the next timed one) queues them.
 
-One turn is :meth:`Dispatcher.cycle`, given the wall clock and the monotonic clock
-(so a test drives it with a fake clock): the queue cache (:mod:`.queue`), the ends
-(:mod:`.ends`), the starts (:mod:`.starts`); recovery after a crash is
-:mod:`.recovery`.
-
-Test hook: with ``NBSCHED_TEST_CRASH_AT=POINT[:N]`` in its environment, the engine
-process SIGKILLs itself the N-th time (default 1st) it reaches POINT, one of
-``after_mark_running``, ``after_spawn`` (before the pid is recorded) and
-``before_record_end``.  Only ``tests/reliability`` sets it; unset, it costs one
-``None`` check per launch.
+One turn is :meth:`Dispatcher.cycle`, given the wall and monotonic clocks (a test
+drives it with fake ones): :mod:`.queue`, :mod:`.ends`, :mod:`.starts`; after a crash,
+:mod:`.recovery`.  Test hook: with ``NBSCHED_TEST_CRASH_AT=POINT[:N]`` the engine
+SIGKILLs itself the N-th time (default 1st) it reaches POINT (``after_mark_running``,
+``after_spawn``, before the pid is recorded, or ``before_record_end``); only
+``tests/reliability`` sets it, and unset it costs one ``None`` check per launch.
 """
 
 from __future__ import annotations
@@ -35,13 +31,16 @@ import uuid
 from collections.abc import Callable
 
 from ..allocation import could_start, gpu_states, most_room, plan
+from ..backfill import Policy, first_in_line
 from ..config import SchedulerConfig
 from ..errors import StateDirError
 from ..executors.base import Executor, Exit, Started
 from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
+from ..store.estimates import Estimator
 from .ends import decide_end, missing_env
+from .handoff import hand_off, hands_off
 from .inbox import Inbox
 from .queue import QueueCache
 from .recovery import recover
@@ -79,13 +78,17 @@ class Dispatcher:
         os.set_blocking(self._rpipe, False)
         os.set_blocking(self._wpipe, False)
         self._stop = threading.Event()
-        self._cache = QueueCache(config.retry_backoff_s)
-        self._inbox = Inbox()
+        self._estimates = Estimator(store)  # (the queue's estimates: see store.estimates)
+        self._cache = QueueCache(config.retry_backoff_s, estimates=self._estimates)
+        self._inbox = Inbox(estimates=self._estimates)
         self._executors = Executors(executor_for, self._on_started)
         self._starts = Starts(config, store, self._cache, self._inbox, self._executors)
         #: Why the queue's head waits, and the GPUs held for it (for status displays).
         self.head_waiting: tuple[str, str] | None = None
         self.reserved: dict[int, str] = {}
+        self._policy = Policy(reserve_after_s=config.reserve_after_s)
+        #: The first job in line that cannot start, and since when (see plan()).
+        self.head_since: tuple[str, float] | None = None
         #: Cycles run (recovery is done once the first has).
         self.cycles = 0
         #: Whether the store may hold changes this dispatcher has not read: set by a
@@ -274,6 +277,7 @@ class Dispatcher:
         )
         kill_cancelled(unrecorded, missed)
         self._cache.merge()  # (the runs taken in this turn: after its starts)
+        self._cache.deadlines.enforce(now, self._cache.running, self._executors.get, self.config)
         self._after_ends(ends, statuses)
         if ends or starts:
             # (the jobs that ended, or may have: an end that did not apply was another's)
@@ -308,8 +312,14 @@ class Dispatcher:
             self.config.gpu_load_threshold,
         )
         queue = self._cache.eligible(now, mono)
-        decision = plan(queue, states, now, self.config.gpu_allocation_precision)
-        self._room = None if decision.placements else most_room(states)
+        if hands_off(self.config.executor):  # (Slurm: its own queue decides)
+            decision, self._room = hand_off(queue, now), None
+        else:
+            decision = plan(queue, states, now, self.config.gpu_allocation_precision,
+                            running=self._cache.for_plan(gone), policy=self._policy,
+                            head_since=self.head_since, reserved_before=self.reserved)  # fmt: skip
+            self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
+            self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)
         chosen, stale = self._cache.to_start(self.store, decision.placements)
@@ -373,7 +383,7 @@ class Dispatcher:
             timeout = min(timeout, min(waits))
         if self._cache.has_queued():
             timeout = min(timeout, self._queue_wait_s())
-        return timeout
+        return min(timeout, self._cache.deadlines.wait_s(now))  # (a time limit's)
 
     # -- ends -----------------------------------------------------------------------------
 
@@ -381,6 +391,7 @@ class Dispatcher:
         """Once the ends are committed: drop the jobs, and let their executors forget
         them (their exit files are read by nobody now)."""
         by_executor: dict[str, list[Job]] = {}
+        self._estimates.forget_succeeded([end.job for end in ends], statuses)
         for end, status in zip(ends, statuses, strict=True):
             job = end.job
             known = self._cache.running.get(job.id)

@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from ..allocation import Placement, booked_share
+from ..backfill import Running as PlanRunning
 from ..jobs import Job, JobStatus
 from ..store import Store
+from ..store.estimates import Estimator
 from ..store.feed import QueueFeed
 from .ends import backoff_s
-from .entries import SMALL_BATCH, Batch, Queued
+from .entries import SMALL_BATCH, Batch, Queued, Running
+from .limits import Deadlines
 
 #: Whole jobs kept from small offered batches, at most (see :meth:`QueueCache.to_start`).
 MAX_WHOLE = 4096
+#: What a row of the feed's estimate comes from (see :class:`~nbsched.store.feed.Queueing`).
+_GROUNDS = attrgetter("time_limit", "expected_s", "sweep", "estimate_key")
 
 
 @dataclass
@@ -62,6 +68,10 @@ class QueueCache:
     running: dict[str, Job] = field(default_factory=dict)
     #: Job id -> monotonic time at which its retry back-off ends (see :meth:`eligible`).
     backoff_until: dict[str, float] = field(default_factory=dict)
+    #: The deadlines of the running jobs with a time limit (see :mod:`.limits`).
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    #: Where the entries' estimates come from (None: none, as in tests of the cache alone).
+    estimates: Estimator | None = None
 
     def has_queued(self) -> bool:
         """Whether any job is queued."""
@@ -153,6 +163,8 @@ class QueueCache:
         wanted: list[str] = []
         fresh: list[Queued] = []
         queued = self.queued
+        if self.estimates is not None and feed.changes:  # (their estimates, read at once)
+            self.estimates.prefetch(set(map(_GROUNDS, feed.changes)))
         for change in feed.changes:
             seq, status = change.seq, change.status
             if status == JobStatus.QUEUED:
@@ -165,7 +177,7 @@ class QueueCache:
                     self.forget(str(seq))
                 if change.held:
                     continue  # (held or waiting: out of the queue until released)
-                fresh.append(Queued.read(change))
+                fresh.append(Queued.read(change, self.estimates))
                 continue
             job_id = str(seq)
             known = self.running.get(job_id)
@@ -180,10 +192,12 @@ class QueueCache:
             self.forget(job.id)
             if job.status == JobStatus.RUNNING:
                 self.running[job.id] = job
+                self.deadlines.add(job)
             elif (
                 job.status == JobStatus.QUEUED and not job.held and not job.waiting
             ):  # (queued again since the feed's read)
-                fresh.append(Queued.of(job, -1))  # (read again when the feed has it)
+                # (read again when the feed has it)
+                fresh.append(Queued.of(job, -1, self.estimates))
         self._learn(fresh, now, mono)
 
     def _learn(self, fresh: list[Queued], now: float, mono: float) -> None:
@@ -222,6 +236,13 @@ class QueueCache:
                 out.append((job, placement.gpus))
         return out, stale
 
+    def running_entries(self, gone: Collection[str] = ()) -> list[Running]:
+        """The running jobs (but those ``gone``) as a plan that looks ahead sees them,
+        with their estimates."""
+        return [
+            Running.of(job, self.estimates) for job in self.running.values() if job.id not in gone
+        ]
+
     def booked(self, gone: set[str]) -> dict[int, float]:
         """GPU -> the fraction of it the running jobs (but those ``gone``) book."""
         alloc: dict[int, float] = {}
@@ -232,6 +253,17 @@ class QueueCache:
             for g in run.gpus:
                 alloc[g] = alloc.get(g, 0.0) + share
         return alloc
+
+    def for_plan(self, gone: set[str]) -> list[PlanRunning]:
+        """The running jobs (but those ``gone``) as :func:`~nbsched.allocation.plan`
+        takes them, with their estimates."""
+        return [
+            PlanRunning(
+                str(r.seq), tuple(r.gpus), booked_share(r.required_gpus, len(r.gpus)),
+                r.started if r.started is not None else 0.0, r.estimate_s, r.estimate_source,
+            )
+            for r in self.running_entries(gone)
+        ]  # fmt: skip
 
     def backoff_waits(self, now: float, mono: float) -> list[float]:
         """Seconds each job in a back-off has left: the sooner of the wall clock's

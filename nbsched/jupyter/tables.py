@@ -36,7 +36,7 @@ STATUS_COLOURS = {
 
 #: Columns never shown compact (``.full`` / ``--all`` show them): the log's path, and
 #: the times a duration or another time already tells.
-HIDDEN = frozenset({"log", "submitted", "ended"})
+HIDDEN = frozenset({"log", "submitted", "ended", "estimate_source"})
 
 #: The known columns, in the order shown, and the header each gets.  Columns not
 #: named here follow them in their own order, under their own names; ``command`` is
@@ -52,6 +52,8 @@ HEADERS = {
     "priority": "priority",
     "started": "started",
     "took": "took",
+    "estimate": "expected",
+    "eta": "eta",
     "exit_code": "exit",
     "attempts": "tries",
     "held": "held",
@@ -188,9 +190,31 @@ def _formatter(column: str, cwd: str | None, width: int) -> Callable[[object], s
         return lambda v: "" if missing(v) or _EXIT_CODE.fullmatch(str(v)) else cell_text(v)
     if column == "waiting":  # (jobs()' flag: the reason says what it waits for)
         return lambda v: "" if isinstance(v, (bool, np.bool_)) else cell_text(v)
+    if column == "estimate":  # (seconds a job is expected to run)
+        return lambda v: "" if missing(v) else duration(float(v))  # type: ignore[arg-type]
     if column == "required_gpus":
         return lambda v: "" if missing(v) else f"{float(v):g}"  # type: ignore[arg-type]
     return cell_text
+
+
+#: What is said of an active job only (an ended job's expected time is history).
+_ACTIVE_ONLY = ("estimate", "eta")
+_ACTIVE = {"queued", "running"}
+
+
+def _drop_said(cells: dict[str, list[str]]) -> None:
+    """Blank what another cell of the row already says: a reason that is the status
+    ("cancelled"), an ended job's expected duration and time of end."""
+    status = cells["status"]
+    if "reason" in cells:
+        cells["reason"] = [
+            "" if r == s else r for r, s in zip(cells["reason"], status, strict=True)
+        ]
+    for column in _ACTIVE_ONLY:
+        if column in cells:
+            cells[column] = [
+                v if s in _ACTIVE else "" for v, s in zip(cells[column], status, strict=True)
+            ]
 
 
 def compact(
@@ -208,10 +232,8 @@ def compact(
         cells[str(column)] = [fmt(v) for v in jobs[column]]
         if column == "started":
             cells["took"] = _took(jobs, now)
-    if "reason" in cells and "status" in cells:  # ("cancelled" of a cancelled job: said)
-        cells["reason"] = [
-            "" if r == st else r for r, st in zip(cells["reason"], cells["status"], strict=True)
-        ]
+    if "status" in cells:
+        _drop_said(cells)
     shown = {c: v for c, v in cells.items() if any(x not in _NOTHING.get(c, {""}) for x in v)}
     if "id" in cells:
         shown.setdefault("id", cells["id"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .simulating import show_simulation
 from .table import (
     BOTH,
     CLI,
@@ -26,5 +27,6 @@ __all__ = [
     "Arg",
     "Verb",
     "glue_dash_values",
+    "show_simulation",
     "verbs_of",
 ]

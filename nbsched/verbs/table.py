@@ -28,6 +28,7 @@ from .values import (
     checked_ids,
     command_line,
     count_type,
+    expected_type,
     gpu_index_type,
     gpus_type,
     interval_type,
@@ -38,6 +39,7 @@ from .values import (
     rows_type,
     seconds_type,
     threshold_type,
+    time_limit_type,
 )
 
 CLI = "cli"
@@ -123,6 +125,8 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "max_retries": ns.retries,
         "name": ns.name,
         "after": ";".join(filter(None, (getattr(ns, d, None) for d in _AFTER_DESTS))) or None,
+        "time_limit": ns.time_limit,
+        "expected_s": ns.expected_s,
     }
 
 
@@ -193,6 +197,8 @@ ENGINE_OPTIONS = (
 RUN_OPTIONS = (
     _opt("--executor", choices=EXECUTORS, help="how jobs run (default direct)"),
     _opt("--ray-address", metavar="ADDR", help="with --executor ray: 'auto' or host:port"),
+    _opt("--slurm-partition", metavar="P", help="with --executor slurm: the partition"),
+    _opt("--slurm-account", metavar="A", help="with --executor slurm: the account"),
     _opt("--jobs-file", metavar="F", help="a jobs file to watch for new lines"),
     _opt(
         "--llm-config",
@@ -261,6 +267,20 @@ JOB_OPTIONS = (
             ("any", "ended, however"),
             ("started", "started"),
         )
+    ),
+    _opt(
+        "--time",
+        dest="time_limit",
+        type=time_limit_type,
+        metavar="T",
+        help="time limit: seconds or e.g. 2h30m, 90m, 45s; at T the job is ended and fails",
+    ),
+    _opt(
+        "--expected",
+        dest="expected_s",
+        type=expected_type,
+        metavar="T",
+        help="how long you expect it to run (seconds or e.g. 10m): a hint, ends nothing",
     ),
 )
 
@@ -359,6 +379,18 @@ _TABLE = (
          lambda s, ns: s.sweep(ns.sweep)),
     Verb("sweeps", "every sweep and how far it got", call=lambda s, ns: s.sweeps()),
     Verb("why", "why a queued job is waiting", (_ID,), lambda s, ns: s.why(ns.id)),
+    Verb("simulate", "replay a trace on a virtual clock: makespan, completion, wait, use",
+         (_opt("trace", help="a CSV: the Tiresias format, or a jobs() table (to_csv)"),
+          _opt("--gpus", dest="sim_gpus", type=count_type, default=8, metavar="N",
+               help="GPUs to replay on (default 8)"),
+          _opt("--policy", choices=("fifo", "easy", "backfill"), default="backfill",
+               help="fifo: nothing passes a blocked job; easy: jobs pass it outside the "
+               "GPUs held for it; backfill (the engine's): also inside, if they end in time"),
+          _opt("--scale", type=interval_type, default=1.0, metavar="F",
+               help="divide the trace's times by F (default 1)"),
+          _opt("--reserve-after", type=seconds_type, default=0.0, metavar="S",
+               help="hold GPUs for a blocked job once it has been queued S seconds")),
+         fronts=frozenset((CLI,))),
     Verb("form", "a form to submit jobs and sweeps", fronts=frozenset((MAGIC,))),
     Verb("dashboard", "live GPU charts, allocation and the job table",
          (_opt("--interval", type=interval_type, default=1.0, metavar="S",

@@ -110,6 +110,16 @@ def seconds_type(text: str) -> float:
     return _argument(checks.seconds_from_text, text)
 
 
+def time_limit_type(text: str) -> float:
+    """``--time 2h30m`` (or seconds): a job's ``time_limit``."""
+    return _argument(lambda t: checks.duration_from_text(t, "time_limit"), text)
+
+
+def expected_type(text: str) -> float:
+    """``--expected 10m`` (or seconds): a job's ``expected_s``."""
+    return _argument(lambda t: checks.duration_from_text(t, "expected_s"), text)
+
+
 def threshold_type(text: str) -> float:
     """``--mem-threshold`` / ``--load-threshold``: a fraction from 0 to 1."""
     return _argument(checks.threshold_from_text, text)
@@ -204,6 +214,12 @@ def engine_fields(ns: Any) -> dict[str, Any]:
             f"--ray-address {ray_address} applies to --executor ray: only with --executor ray "
             f"is it used (the executor would be {executor or 'direct'}); add --executor ray"
         )
+    for flag in ("slurm_partition", "slurm_account"):
+        if getattr(ns, flag, None) is not None and executor != "slurm":
+            raise InvalidValueError(
+                f"--{flag.replace('_', '-')} {getattr(ns, flag)} applies to --executor slurm; "
+                "add --executor slurm"
+            )
     if getattr(ns, "jobs_file_gpu_arg", None) is not None and not getattr(ns, "jobs_file", None):
         raise InvalidValueError(
             f"--gpu-arg {ns.jobs_file_gpu_arg} applies to the jobs file's lines: add --jobs-file F "
@@ -211,6 +227,7 @@ def engine_fields(ns: Any) -> dict[str, Any]:
         )
     names = {"state_dir": "state_dir", "executor": "executor", "jobs_file": "jobs_file"}
     names.update(llm_config="llm_config_file", ray_address="ray_address")
+    names.update(slurm_partition="slurm_partition", slurm_account="slurm_account")
     names.update(max_retries="max_retries", jobs_file_gpu_arg="jobs_file_gpu_arg")
     names.update(mem_threshold="gpu_memory_threshold", load_threshold="gpu_load_threshold")
     for flag, field in names.items():

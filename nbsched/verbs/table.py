@@ -24,6 +24,7 @@ from nbsched.errors import InvalidValueError
 from nbsched.scheduler import GPUJobScheduler
 
 from .values import (
+    MEM_HELP,
     address_type,
     after_type,
     checked_ids,
@@ -261,13 +262,7 @@ JOB_OPTIONS = (
         help="GPUs it needs: a fraction in (0, 1] or a whole number "
         "(default: from the LLM config, else 1)",
     ),
-    _opt(
-        "--mem",
-        type=memory_type,
-        metavar="SIZE",
-        help="GPU memory it needs free on each of its GPUs: 18G, 512M (G = GiB) or MiB; "
-        "alone, without --gpus, it books the smallest share of a GPU",
-    ),
+    _opt("--mem", type=memory_type, metavar="SIZE", help=MEM_HELP),
     _opt("--allowed", metavar="GPUS", help="GPUs it may use, e.g. 0-3,5 (default: any)"),
     _opt(
         "--priority",

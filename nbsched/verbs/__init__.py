@@ -4,18 +4,8 @@
 from __future__ import annotations
 
 from .simulating import show_simulation
-from .table import (
-    BOTH,
-    CLI,
-    ENGINE_OPTIONS,
-    MAGIC,
-    RUN_OPTIONS,
-    VERBS,
-    Arg,
-    Verb,
-    glue_dash_values,
-    verbs_of,
-)
+from .options import BOTH, CLI, ENGINE_OPTIONS, MAGIC, RUN_OPTIONS, Arg
+from .table import VERBS, Verb, glue_dash_values, verbs_of
 
 __all__ = [
     "BOTH",

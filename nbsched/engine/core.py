@@ -109,8 +109,11 @@ class Engine:
         if d is None:
             yield entry_maker(None)
             return
-        with d.inbox.storing_offer():
-            yield entry_maker(d.inbox.estimates)
+        try:
+            with d.inbox.storing_offer():
+                yield entry_maker(d.inbox.estimates)
+        finally:
+            d.wake()  # (a read it put off meanwhile: now)
 
     def offer(self, rev: int, jobs: list[Job] | Entries) -> bool:
         """Jobs this process just stored (or their entries, from :meth:`entry_maker`),

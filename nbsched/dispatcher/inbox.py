@@ -82,7 +82,9 @@ class Inbox:
     def storing_offer(self) -> Iterator[None]:
         """While a submitting thread stores jobs it then offers (a sweep's: seconds):
         the loop reads no change from the store meanwhile (once they are stored, it would
-        read them all back, and make their entries again, had it read in between)."""
+        read them all back, and make their entries again, had it read in between).  A
+        read put off is made by the next turn that reads (a timed one at the latest: the
+        writes it would read waited for the submission's transaction anyway)."""
         with self.lock:
             self.storing += 1
         try:

@@ -222,7 +222,7 @@ class Dispatcher:
             return None
         if not (asked or other):
             return due  # only pids came: written at the top of the next turn
-        if not self._dirty and self._only_submissions():
+        if not other and self._only_submissions():
             # Queued at the next turn; it comes within a GPU-monitor interval at the
             # latest, as for any job waiting for a GPU.
             return min(due, time.monotonic() + self._queue_wait_s())

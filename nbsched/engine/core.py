@@ -109,11 +109,8 @@ class Engine:
         if d is None:
             yield entry_maker(None)
             return
-        try:
-            with d.inbox.storing_offer():
-                yield entry_maker(d.inbox.estimates)
-        finally:
-            d.wake()  # (a read it put off meanwhile: now)
+        with d.inbox.storing_offer():
+            yield entry_maker(d.inbox.estimates)
 
     def offer(self, rev: int, jobs: list[Job] | Entries) -> bool:
         """Jobs this process just stored (or their entries, from :meth:`entry_maker`),

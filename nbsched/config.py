@@ -26,9 +26,10 @@ from .checks import (
 )
 from .errors import InvalidTypeError, InvalidValueError
 from .formats.gpulist import MAX_GPU_ID
+from .notify.targets import Email, Webhook, check_default
 
 PROVIDERS = ("auto", "nvml", "gputil", "simulated")
-EXECUTORS = ("direct", "screen", "ray")
+EXECUTORS = ("direct", "screen", "ray", "slurm")
 #: Whose environment a job starts from: its submitter's (as ``sbatch``), or the engine's
 #: that starts it (the only one before: a job another kernel started lacked what the
 #: submitting notebook had set with ``os.environ``).
@@ -92,6 +93,11 @@ class SchedulerConfig:
     default_requirement: float = 1.0
     #: Seconds between SIGTERM and SIGKILL when a job is cancelled.
     kill_grace_s: float = 5.0
+    #: How long the first job in line that cannot start waits before GPUs are held for
+    #: it (until then jobs behind it start wherever they fit); 0: at once.  Its wait
+    #: from then on is bounded by the longest run (docs/scheduling.md).  Measured best:
+    #: 4 to 8 times the median run time (600 s: jobs of a few minutes and more).
+    reserve_after_s: float = 600.0
     #: How often the jobs file is checked for change (a stat, not a re-parse).
     jobs_file_poll_s: float = 0.1
     #: Largest sweep accepted unless the caller passes a higher ``limit``.
@@ -100,12 +106,21 @@ class SchedulerConfig:
     ray_address: str | None = None
     #: Ray: CPUs each job reserves (Ray's default of 1 caps concurrency at the core count).
     ray_num_cpus: float = 0.01
+    #: Slurm (``executor="slurm"``): the partition and account jobs are submitted to
+    #: (None: Slurm's defaults), and more ``sbatch`` options (``["--time=60"]``).
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_options: tuple[str, ...] = ()
     #: A job's environment: ``"submitter"``, that of the process that submitted it
     #: (captured at submission, stored once per distinct environment), whichever
     #: engine starts it; ``"engine"``, that of the engine that starts it.
     env_policy: str = "submitter"
     #: The submitter's variables not stored (see :data:`DEFAULT_ENV_EXCLUDE`).
     env_exclude: tuple[str, ...] = DEFAULT_ENV_EXCLUDE
+    #: Where the end of a job submitted without ``notify=`` is announced (a sweep's: once,
+    #: when its last job ends): ``Webhook`` s, ``Email`` s (:mod:`nbsched.notify`), URLs
+    #: or ``mailto:`` addresses (see docs/notifications.md).
+    notify: tuple[Webhook | Email, ...] = ()
 
     def __post_init__(self) -> None:
         # (numbers are stored as plain int and float: numpy's scalars are accepted too)
@@ -117,7 +132,9 @@ class SchedulerConfig:
         check_choice("executor", self.executor, EXECUTORS)
         check_choice("env_policy", self.env_policy, ENV_POLICIES)
         set_("env_exclude", check_patterns("env_exclude", self.env_exclude))
+        set_("notify", check_default(self.notify))
         self._check_files()
+        self._check_slurm()
         set_("jobs_file_gpu_arg", check_gpu_arg(self.jobs_file_gpu_arg, "jobs_file_gpu_arg"))
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
             set_(name, check_number(name, getattr(self, name), low=0.0, high=1.0, low_open=False))
@@ -125,7 +142,13 @@ class SchedulerConfig:
             "gpu_allocation_precision",
             check_number("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5),
         )
-        for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
+        # (finite, reserve_after_s too: it bounds a blocked job's wait)
+        for name in (
+            "gpu_monitor_interval_s",
+            "retry_backoff_s",
+            "kill_grace_s",
+            "reserve_after_s",
+        ):
             set_(name, check_number(name, getattr(self, name), 0.0, math.inf, low_open=False))
         set_("jobs_file_poll_s", check_number("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
         set_("max_retries", check_whole("max_retries", self.max_retries, 0, 2**63 - 1))
@@ -139,6 +162,15 @@ class SchedulerConfig:
             check_requirement(
                 "default_requirement", self.default_requirement, self.gpu_allocation_precision
             ),
+        )
+
+    def _check_slurm(self) -> None:
+        from .checks.slurm import check_name, check_options
+
+        for name in ("slurm_partition", "slurm_account"):
+            object.__setattr__(self, name, check_name(name, getattr(self, name)))
+        object.__setattr__(
+            self, "slurm_options", check_options("slurm_options", self.slurm_options)
         )
 
     def _check_files(self) -> None:

@@ -89,6 +89,9 @@ class JobSpec:
     #: ``"script:"`` + a digest of the script and its argument names, or ``"command:"``
     #: + a digest of the command.
     estimate_key: str | None = None
+    #: Where its end is announced: the notifiers as JSON (:mod:`nbsched.notify`);
+    #: None: the engine's default, ``"[]"``: nowhere.
+    notify: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per
@@ -167,6 +170,20 @@ class Job:
     @property
     def allowed_gpus(self) -> tuple[int, ...] | None:
         return self.spec.allowed_gpus
+
+    # What the plan reads of its run time (nbsched.allocation.QueuedJob; for a running
+    # job, nbsched.backfill.running_of): its time limit, else its hint.  (A learned
+    # estimate needs the store: the dispatcher's entries carry it, see
+    # nbsched.store.estimates.)
+    @property
+    def estimate_s(self) -> float | None:
+        return self.spec.time_limit if self.spec.time_limit is not None else self.spec.expected_s
+
+    @property
+    def estimate_source(self) -> str | None:
+        if self.spec.time_limit is not None:
+            return "time limit"
+        return "hint" if self.spec.expected_s is not None else None
 
     def display_command(self) -> str:
         """The command as a user would type it."""

@@ -132,12 +132,16 @@ BAD = [
     ("num_gpus", 10**9, ValueError, "<= "),
     ("gpu_provider", "cuda", ValueError, "auto, nvml, gputil, simulated"),
     ("gpu_provider", None, ValueError, "auto, nvml, gputil, simulated"),
-    ("executor", "slurm", ValueError, "direct, screen, ray"),
+    ("executor", "pbs", ValueError, "direct, screen, ray, slurm"),
     ("executor", 1, ValueError, "direct, screen, ray"),
     ("simulated_gpus_file", 5, TypeError, "path"),
     ("jobs_file", ["a"], TypeError, "path"),
     ("llm_config_file", 1.0, TypeError, "path"),
     ("ray_address", 7, TypeError, "path"),
+    ("slurm_partition", "a b", ValueError, "no spaces"),
+    ("slurm_account", "", ValueError, "Slurm account name"),
+    ("slurm_options", ["--gres=gpu:2"], ValueError, "nbsched sets --gres itself"),
+    ("slurm_options", ["time=5"], ValueError, "starting with '-'"),
     ("jobs_file_gpu_arg", "cuda", ValueError, "an option such as '--cuda'"),
     ("jobs_file_gpu_arg", 3, TypeError, "an option such as '--cuda'"),
     ("jobs_file_gpu_arg", "--a\0", ValueError, "NUL byte"),
@@ -154,6 +158,8 @@ BAD = [
     ("retry_backoff_s", -0.5, ValueError, "a finite number >= 0"),
     ("retry_backoff_s", math.nan, ValueError, "a finite number >= 0"),
     ("kill_grace_s", -1, ValueError, "a finite number >= 0"),
+    ("reserve_after_s", -1, ValueError, "a finite number >= 0"),
+    ("reserve_after_s", math.inf, ValueError, "a finite number >= 0"),
     # Every field in seconds is finite: kill_grace_s=inf made a cancel wait until the
     # job ended by itself; an interval of inf, a GPU reading that is never refreshed.
     ("kill_grace_s", math.inf, ValueError, "a finite number >= 0"),
@@ -183,6 +189,9 @@ BAD = [
     ("env_exclude", ("*KEY", ""), ValueError, "non-empty string"),
     ("env_exclude", ("A=B",), ValueError, "without '='"),
     ("env_exclude", (3,), ValueError, "non-empty string"),
+    ("notify", "ftp://example.org", ValueError, "expected an http:// or https:// URL"),
+    ("notify", 3, TypeError, "expected a webhook URL"),
+    ("notify", ["mailto:nobody"], ValueError, "expected one mail address"),
 ]
 
 

@@ -30,7 +30,12 @@ KEY = "engine"
 #: read again (submissions are validated against it).
 ENGINE_INFO_TTL_S = 1.0
 #: The config fields by which the engine places jobs (``why()`` elsewhere follows them).
-PLACEMENT_RULES = ("gpu_memory_threshold", "gpu_load_threshold", "gpu_allocation_precision")
+PLACEMENT_RULES = (
+    "gpu_memory_threshold",
+    "gpu_load_threshold",
+    "gpu_allocation_precision",
+    "reserve_after_s",
+)
 
 
 def engine_info(config: SchedulerConfig, provider_name: str, num_gpus: int) -> dict[str, Any]:
@@ -50,6 +55,8 @@ def engine_info(config: SchedulerConfig, provider_name: str, num_gpus: int) -> d
 
         cluster = cluster_for(config.ray_address, config.num_gpus)
         info.update(gpu_provider=config.gpu_provider, ray_address=cluster.gcs_address)
+    if config.executor == "slurm":  # (its GPUs are Slurm's whatever the provider says)
+        info.update(gpu_provider=config.gpu_provider, slurm_partition=config.slurm_partition)
     return info
 
 

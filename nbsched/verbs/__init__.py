@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from .simulating import show_simulation
 from .options import BOTH, CLI, ENGINE_OPTIONS, MAGIC, RUN_OPTIONS, Arg
+from .simulating import show_simulation
 from .table import VERBS, Verb, glue_dash_values, verbs_of
 
 __all__ = [

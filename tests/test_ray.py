@@ -44,7 +44,8 @@ def local_ray() -> Iterator[None]:
     # Every engine stopped and every job reported: nbsched leaves no thread behind.
     wait_for(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("nbsched-")],
-        "nbsched's threads to end",
+        "nbsched's threads to end: "
+        + ", ".join(t.name for t in threading.enumerate() if t.name.startswith("nbsched-")),
         timeout=30,
     )
     ray.shutdown()

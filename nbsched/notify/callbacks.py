@@ -33,6 +33,8 @@ POLL_S = 0.2
 GAP_S = 0.05
 #: Threads that run the callables.
 WORKERS = 4
+#: Seconds a worker waits for another callable before it ends.
+IDLE_S = 1.0
 
 OnEnd = Callable[[JobEnd], Any]
 
@@ -51,7 +53,7 @@ class EndCallbacks:
         self._store = store
         self._listen = listen
         self._unlisten = unlisten
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (_add runs under it, and may _call)
         self._pending: dict[int, list[OnEnd]] = {}
         self._rev = 0
         self._thread: threading.Thread | None = None
@@ -134,15 +136,29 @@ class EndCallbacks:
         return True
 
     def _call(self, fn: OnEnd, record: JobEnd) -> None:
-        self._calls.put((fn, record))
-        if len(self._workers) < WORKERS and self._calls.qsize() > 0:
-            worker = threading.Thread(target=self._work, name="nbsched-on-end-call", daemon=True)
-            self._workers.append(worker)
-            worker.start()
+        self._calls.put((fn, record))  # (before the look at the workers: see _work)
+        with self._lock:
+            if len(self._workers) < WORKERS:
+                worker = threading.Thread(
+                    target=self._work, name="nbsched-on-end-call", daemon=True
+                )
+                self._workers.append(worker)
+                worker.start()
 
     def _work(self) -> None:
+        """Run callables until none has come for :data:`IDLE_S`: then the worker ends
+        (a scheduler closed leaves no thread behind).  A call put while it decides is
+        seen here (the queue is looked at under the lock) or starts a new worker."""
+        me = threading.current_thread()
         while True:
-            fn, record = self._calls.get()
+            try:
+                fn, record = self._calls.get(timeout=IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._calls.empty():
+                        self._workers.remove(me)
+                        return
+                continue
             try:
                 fn(record)
             except Exception:

@@ -12,6 +12,7 @@ from .config import SchedulerConfig
 from .errors import NbschedError
 from .gpus import provider_choice_shown_by_caller
 from .jobs import JobStatus
+from .pipeline.results import save_result
 from .scheduler import GPUJobScheduler
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "NbschedError",
     "SchedulerConfig",
     "provider_choice_shown_by_caller",
+    "save_result",
 ]
 __version__ = "0.1.0.dev0"
 

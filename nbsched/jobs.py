@@ -56,7 +56,8 @@ def can_transition(old: JobStatus, new: JobStatus) -> bool:
 class JobSpec:
     """What a user asked for: everything needed to run a job, nothing about its run.
 
-    ``kind`` is ``"script"`` (``python -u script args`` or ``bash script args``)
+    ``kind`` is ``"script"`` (``python -u script args`` or ``bash script args``; a
+    ``.ipynb`` script is a notebook run by papermill, its arguments its parameters)
     or ``"command"`` (``bash -c command``).
     """
 
@@ -77,6 +78,9 @@ class JobSpec:
     sweep: str | None = None
     params: Mapping[str, Any] | None = None
     hash: str | None = None
+    #: A notebook job's Jupyter kernel (None: the notebook's own; see
+    #: :mod:`nbsched.pipeline.notebooks`).
+    kernel: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per

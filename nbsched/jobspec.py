@@ -27,6 +27,7 @@ from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
 from .jobs import JobSpec
 from .launch import check_launcher
+from .pipeline.notebooks import check_notebook, is_notebook
 
 
 def check_one_node(
@@ -92,6 +93,7 @@ def build_spec(
     sweep: str | None = None,
     params: Mapping[str, Any] | None = None,
     hash: str | None = None,
+    kernel: str | None = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
@@ -102,6 +104,7 @@ def build_spec(
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
     check_word("conda_env", conda_env, "an environment name", blank=False)
+    kernel = _check_notebook(script_path, argv, kernel, conda_env, launcher)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
     if required_gpus is None:
         required, shown, other = _default_gpus(default_requirement(argv), precision)
@@ -122,6 +125,7 @@ def build_spec(
         sweep=sweep,
         params=params,
         hash=hash,
+        kernel=kernel,
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 
@@ -151,6 +155,24 @@ def _what_runs(
     if not path.is_file():
         raise MissingFileError(f"script {text!r} not found (looked in {path})")
     return "script", str(path.resolve()), check_args(args)
+
+
+def _check_notebook(
+    script: str | None, args: tuple[str, ...], kernel: object, conda_env: object, launcher: object
+) -> str | None:
+    """A notebook job's (see :mod:`nbsched.pipeline.notebooks`): papermill, the file,
+    its parameters, its kernel; ``kernel=`` only for one.  Its checked kernel."""
+    if not is_notebook(script):
+        if kernel is not None:
+            raise InvalidValueError(
+                f"kernel={kernel!r}: only a notebook job (a .ipynb script) runs in a kernel"
+            )
+        return None
+    assert script is not None
+    if launcher is not None:
+        raise InvalidValueError(f"launcher={launcher!r}: a notebook job runs in its kernel")
+    check_notebook(script, args, kernel, conda_env)
+    return kernel if isinstance(kernel, str) else None
 
 
 def _default_gpus(found: tuple[float, str], precision: float) -> tuple[float, str, str]:

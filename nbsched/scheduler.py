@@ -31,6 +31,7 @@ from .gpus.monitor import GPUMonitor
 from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
+from .pipeline.api import NotebookJobs
 from .scheduler_control import Controlling
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling):
+class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original

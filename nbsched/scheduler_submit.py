@@ -149,6 +149,7 @@ class Submitting:
         sweep: str | None = None,
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
+        kernel: str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
@@ -176,6 +177,7 @@ class Submitting:
             sweep=sweep,
             params=params,
             hash=hash,
+            kernel=kernel,
         )
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:

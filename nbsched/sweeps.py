@@ -39,7 +39,7 @@ from .jobspec import ArgsVariants
 from .submitter import SweepSubmitter
 
 #: The options ``add_sweep`` passes on to each job (those of ``add_job``).
-SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name")
+SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name", "kernel")
 
 #: A sweep of this many jobs or more pauses the cyclic garbage collector while it makes
 #: them (see ``_collector_paused``).

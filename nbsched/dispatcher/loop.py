@@ -41,7 +41,7 @@ from ..executors.base import Executor, Exit, Started
 from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
-from .ends import decide_end, missing_env
+from .ends import decide_end, log_says
 from .inbox import Inbox
 from .queue import QueueCache
 from .recovery import recover
@@ -296,7 +296,7 @@ class Dispatcher:
 
     def _decide_end(self, job: Job, exit: Exit, now: float) -> AttemptEnd:
         """What an attempt's end means (see :func:`~.ends.decide_end`)."""
-        return decide_end(job, exit, self.config.retry_backoff_s, now, missing_env(job, exit))
+        return decide_end(job, exit, self.config.retry_backoff_s, now, *log_says(job, exit))
 
     def _plan(self, now: float, mono: float, gone: set[str]) -> list[AttemptStart]:
         """What to start now, given the queue and the GPUs (without the jobs ``gone``)."""

@@ -49,9 +49,9 @@ class Arg:
     help: str
     type: Callable[[str], Any] | None = None
     default: Any = None
-    metavar: str | None = None
+    metavar: str | tuple[str, ...] | None = None
     choices: tuple[str, ...] | None = None
-    nargs: str | None = None
+    nargs: str | int | None = None
     action: str | None = None
     dest: str | None = None
     #: Arguments with the same ``group`` exclude each other.
@@ -135,6 +135,15 @@ def _sweep(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
     return s.add_sweep(
         ns.script, args=swept, conda_env=ns.conda_env, limit=ns.limit, **job_options(ns)
     )
+
+
+def _notebook(s: GPUJobScheduler, ns: argparse.Namespace) -> str | list[str]:
+    """A notebook job; a sweep when a value holds braces (``-p lr {0.1,0.01}``)."""
+    words = [w for name, value in ns.params or () for w in (f"--{name}", value)]
+    if any("{" in value for _name, value in ns.params or ()):
+        return s.add_sweep(ns.notebook, args=words, kernel=ns.kernel, limit=ns.limit,
+                           **job_options(ns))  # fmt: skip
+    return s.add_notebook(ns.notebook, args=words, kernel=ns.kernel, **job_options(ns))
 
 
 def _cancel(s: GPUJobScheduler, ns: argparse.Namespace) -> dict[str, bool]:
@@ -262,6 +271,18 @@ _TABLE = (
          _sweep, tail="-- --lr {0.1,0.01} --seed {1..3}", cell=True,
          description="Queue one job per combination of the {a,b} / {1..5} groups in the "
          "arguments after -- (in a terminal, quote the braces: the shell expands them)."),
+    Verb("notebook", "queue a notebook, run by papermill with its parameters (-p NAME VALUE)",
+         (_opt("-p", "--param", nargs=2, action="append", dest="params",
+               metavar=("NAME", "VALUE"),
+               help="a parameter (repeat it); braces in a value make a sweep: -p lr {0.1,0.01}"),
+          _opt("--kernel", metavar="NAME", help="the Jupyter kernel (default: the notebook's)"),
+          _opt("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs"),
+          *JOB_OPTIONS, _opt("notebook", help="path of the .ipynb notebook")),
+         _notebook,
+         description="Queue a notebook as a job: papermill runs it with the parameters given "
+         "(read as papermill's -p reads them: 0.1 a float, True a bool, [..] JSON) and saves "
+         "the executed notebook beside the job's log. A value with {a,b} or {1..3} groups "
+         "makes a sweep, one job per combination (quote the braces in a terminal)."),
     Verb("status", "GPUs, queue counts, running and queued jobs"),
     Verb("jobs", "the job table",
          (_opt("--status", metavar="S", help="e.g. queued, running, failed, ended, active"),

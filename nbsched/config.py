@@ -17,6 +17,7 @@ from typing import Any
 
 from .checks import (
     check_choice,
+    check_flag,
     check_gpu_arg,
     check_number,
     check_path,
@@ -106,6 +107,11 @@ class SchedulerConfig:
     env_policy: str = "submitter"
     #: The submitter's variables not stored (see :data:`DEFAULT_ENV_EXCLUDE`).
     env_exclude: tuple[str, ...] = DEFAULT_ENV_EXCLUDE
+    #: Copy each script job's code at submission and run it from the copy (a job's own
+    #: ``snapshot=`` overrides it; see :mod:`nbsched.pipeline.snapshots`).
+    snapshot: bool = False
+    #: Largest copy of a job's code (MB): a bigger one is refused at submission.
+    snapshot_max_mb: float = 100.0
 
     def __post_init__(self) -> None:
         # (numbers are stored as plain int and float: numpy's scalars are accepted too)
@@ -130,6 +136,8 @@ class SchedulerConfig:
         set_("jobs_file_poll_s", check_number("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
         set_("max_retries", check_whole("max_retries", self.max_retries, 0, 2**63 - 1))
         set_("max_sweep_jobs", check_whole("max_sweep_jobs", self.max_sweep_jobs, 1))
+        set_("snapshot", check_flag("snapshot", self.snapshot))
+        set_("snapshot_max_mb", check_number("snapshot_max_mb", self.snapshot_max_mb, 0.0, 1e9))
         set_(
             "ray_num_cpus",
             check_number("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False),

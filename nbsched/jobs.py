@@ -81,6 +81,11 @@ class JobSpec:
     #: A notebook job's Jupyter kernel (None: the notebook's own; see
     #: :mod:`nbsched.pipeline.notebooks`).
     kernel: str | None = None
+    #: What it runs, recorded at submission: script hash, git commit and state, Python,
+    #: conda env (see :mod:`nbsched.pipeline.snapshots`).
+    code: Mapping[str, Any] | None = None
+    #: The id of the copy of its code it runs from (``snapshot=True``); None: none.
+    snapshot: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per

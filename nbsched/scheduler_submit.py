@@ -25,6 +25,7 @@ from .jobsfile_watch import ALL_STATUSES, JobsFileWatcher
 from .jobspec import build_spec
 from .launch import capture_env
 from .llmconfig_watch import LLMConfigWatcher
+from .pipeline.snapshots import holding, release, with_code
 from .store import Store
 from .submitter import EngineSubmitter
 from .sweeps import DEDUP_STATUSES
@@ -67,12 +68,16 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         once: bool = False,
+        snapshot: bool | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
         ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
+        ``snapshot=True`` (default: the config's ``snapshot``) copies the script's git
+        work tree (or folder) now and runs the job from the copy; each job records what
+        it runs (``job(id)["code"]``): see :mod:`nbsched.pipeline.snapshots`.
         """
         self._check_open()
         spec = self.make_spec(
@@ -88,6 +93,7 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            snapshot=snapshot,
         )
         return self._submit_once(spec) if once else self.submit([spec])[0]
 
@@ -115,8 +121,11 @@ class Submitting:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        snapshot: bool | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id."""
+        """Queue a shell command (``bash -c command``); returns the job id.  It has no
+        script to copy: ``snapshot=True`` is refused (its ``code`` record is the Python
+        and conda environment)."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -127,6 +136,7 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            snapshot=snapshot,
         )
         return self.submit([spec])[0]
 
@@ -150,11 +160,13 @@ class Submitting:
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
         kernel: str | None = None,
+        snapshot: bool | None = None,
     ) -> JobSpec:
-        """Validate a submission; raises before anything is stored."""
+        """Validate a submission; raises before anything is stored.  With a snapshot
+        (``snapshot``, or the config's), its code is copied now (held until stored)."""
         self._check_open()
         n_gpus, owner = self._engine.gpu_count()
-        return build_spec(
+        spec = build_spec(
             n_gpus=n_gpus,
             owner=owner,
             precision=self.config.gpu_allocation_precision,
@@ -179,6 +191,8 @@ class Submitting:
             hash=hash,
             kernel=kernel,
         )
+        config = self.config
+        return with_code(spec, snapshot, config.snapshot, config.state_dir, config.snapshot_max_mb)
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
         """GPUs for a job that names none, and where that number comes from: the LLM
@@ -211,13 +225,19 @@ class Submitting:
         self._check_open()
         config = self.config
         environment = capture_env(config.env_exclude) if config.env_policy == "submitter" else None
-        rev, jobs = self.store.add_jobs_at(
-            specs,
-            owner_uid=os.getuid(),
-            executor=config.executor,
-            skip_hash_statuses=skip_hash_statuses,
-            environment=environment,
-        )
+        held = holding()  # (copies of code made for these specs: let go once stored)
+        specs = list(specs) if held else specs
+        try:
+            rev, jobs = self.store.add_jobs_at(
+                specs,
+                owner_uid=os.getuid(),
+                executor=config.executor,
+                skip_hash_statuses=skip_hash_statuses,
+                environment=environment,
+            )
+        finally:
+            if held:
+                release(specs, self.store, config.state_dir)
         stored = [j for j in jobs if j is not None]
         ours = self._engine.offer(rev, stored)  # (wakes the dispatcher, ours or another's)
         # (ours ends nothing by taking them: only a wait() showing progress cares)

@@ -39,7 +39,9 @@ from .jobspec import ArgsVariants
 from .submitter import SweepSubmitter
 
 #: The options ``add_sweep`` passes on to each job (those of ``add_job``).
-SWEEP_OPTIONS = ("max_retries", "launcher", "gpu_arg", "cwd", "env", "name", "kernel")
+SWEEP_OPTIONS = (
+    "max_retries", "launcher", "gpu_arg", "cwd", "env", "name", "kernel", "snapshot",
+)  # fmt: skip
 
 #: A sweep of this many jobs or more pauses the cyclic garbage collector while it makes
 #: them (see ``_collector_paused``).

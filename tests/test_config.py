@@ -183,6 +183,10 @@ BAD = [
     ("env_exclude", ("*KEY", ""), ValueError, "non-empty string"),
     ("env_exclude", ("A=B",), ValueError, "without '='"),
     ("env_exclude", (3,), ValueError, "non-empty string"),
+    ("snapshot", "yes", TypeError, "True or False"),
+    ("snapshot", 1, TypeError, "True or False"),
+    ("snapshot_max_mb", 0, ValueError, "snapshot_max_mb"),
+    ("snapshot_max_mb", "1", TypeError, "snapshot_max_mb"),
 ]
 
 

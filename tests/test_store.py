@@ -468,7 +468,13 @@ def _columns(db: Path) -> dict[str, tuple[Any, ...]]:
 #: The job columns added since schema 1's table, each nullable or with a default (ALTER
 #: TABLE adds them to an old database at open; older versions name their columns and do
 #: not see them).
-_ADDED = {"environment": ("INTEGER", 0, None, 0), "held": ("INTEGER", 1, "0", 0)}
+_ADDED = {
+    "environment": ("INTEGER", 0, None, 0),
+    "held": ("INTEGER", 1, "0", 0),
+    "kernel": ("TEXT", 0, None, 0),
+    "code": ("TEXT", 0, None, 0),
+    "snapshot": ("TEXT", 0, None, 0),
+}
 
 
 def test_the_derived_jobs_table_is_schema_1s(state: Path) -> None:

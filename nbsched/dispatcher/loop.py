@@ -40,6 +40,7 @@ from ..errors import StateDirError
 from ..executors.base import Executor, Exit, Started
 from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobStatus
+from ..pipeline.snapshots import after_ends
 from ..store import AttemptEnd, AttemptStart, Store
 from .ends import decide_end, log_says
 from .inbox import Inbox
@@ -397,6 +398,7 @@ class Dispatcher:
                         pass
                 continue
             executor.forget(jobs)
+        after_ends(self.store, self.config.state_dir, [end.job for end in ends])
 
     def _fail(self, job: Job, reason: str, now: float) -> None:
         """Record at once that an attempt could not start."""

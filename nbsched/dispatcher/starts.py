@@ -27,6 +27,7 @@ from ..executors.base import Executor, Launch, OnExit, Started
 from ..executors.process import process_start_time
 from ..jobs import Job
 from ..launch import build_argv, build_env, submitter_env
+from ..pipeline.snapshots import from_copy
 from ..store import Store
 from .inbox import Inbox
 from .queue import QueueCache
@@ -210,6 +211,7 @@ class Starts:
         """What starts one attempt.  Its output goes on in the job's log after a line
         that says which attempt it is, when an attempt came before: a retry, or
         (``rerun``) a run before a ``retry()``, whose attempts count from 1 again."""
+        running = from_copy(running, self.config.state_dir)  # (its code's snapshot, if any)
         assert running.log_path is not None and running.token is not None
         log_path = Path(running.log_path)
         gpus = running.gpus

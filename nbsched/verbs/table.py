@@ -122,8 +122,9 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
 def _add(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
     words = ns.words or []
     return s.add_job(
-        ns.script, ns.conda_env, words, launcher=ns.launcher, gpu_arg=ns.gpu_arg, **job_options(ns)
-    )
+        ns.script, ns.conda_env, words, launcher=ns.launcher, gpu_arg=ns.gpu_arg,
+        snapshot=ns.snapshot or None, **job_options(ns),
+    )  # fmt: skip
 
 
 def _run(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
@@ -133,17 +134,18 @@ def _run(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
 def _sweep(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
     swept = ns.typed if ns.typed is not None else ns.words
     return s.add_sweep(
-        ns.script, args=swept, conda_env=ns.conda_env, limit=ns.limit, **job_options(ns)
-    )
+        ns.script, args=swept, conda_env=ns.conda_env, limit=ns.limit,
+        snapshot=ns.snapshot or None, **job_options(ns),
+    )  # fmt: skip
 
 
 def _notebook(s: GPUJobScheduler, ns: argparse.Namespace) -> str | list[str]:
     """A notebook job; a sweep when a value holds braces (``-p lr {0.1,0.01}``)."""
     words = [w for name, value in ns.params or () for w in (f"--{name}", value)]
+    options = {"kernel": ns.kernel, "snapshot": ns.snapshot or None, **job_options(ns)}
     if any("{" in value for _name, value in ns.params or ()):
-        return s.add_sweep(ns.notebook, args=words, kernel=ns.kernel, limit=ns.limit,
-                           **job_options(ns))  # fmt: skip
-    return s.add_notebook(ns.notebook, args=words, kernel=ns.kernel, **job_options(ns))
+        return s.add_sweep(ns.notebook, args=words, limit=ns.limit, **options)
+    return s.add_notebook(ns.notebook, args=words, **options)
 
 
 def _cancel(s: GPUJobScheduler, ns: argparse.Namespace) -> dict[str, bool]:
@@ -234,6 +236,12 @@ JOB_OPTIONS = (
 )
 
 _ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
+_SNAPSHOT = _opt(
+    "--snapshot",
+    action="store_true",
+    help="copy the script's git work tree (or folder) now and run from the copy "
+    "(default: the config's snapshot)",
+)
 _IDS = _opt("ids", nargs="*", metavar="ID", help="job ids (in a notebook, an empty $list: none)")
 _ID = _opt("id", help="job id")
 _GPU = _opt("gpu", type=gpu_index_type, help="GPU index")
@@ -249,7 +257,7 @@ _TABLE = (
          "there are none) and exit; in a temporary state directory, removed at the end, "
          "unless --state-dir names one.", fronts=frozenset((CLI,))),
     Verb("add", "queue a script (python, bash or executable) with its arguments",
-         (*JOB_OPTIONS, _ENV,
+         (*JOB_OPTIONS, _ENV, _SNAPSHOT,
           _opt("--launcher", choices=("torchrun",), help="run under torchrun"),
           _opt("--gpu-arg", metavar="OPTION",
                help="pass the job's local GPU indices with this option"),
@@ -266,7 +274,7 @@ _TABLE = (
          "terminal: joined with their quoting kept, so each reaches the job as one word)."),
     Verb("sweep", "queue one job per combination of the braces (cell form: of the cell)",
          (_opt("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs"),
-          *JOB_OPTIONS, _ENV,
+          *JOB_OPTIONS, _ENV, _SNAPSHOT,
           _opt("script", nargs="?", help="path of the script (none in the cell form)")),
          _sweep, tail="-- --lr {0.1,0.01} --seed {1..3}", cell=True,
          description="Queue one job per combination of the {a,b} / {1..5} groups in the "
@@ -277,7 +285,7 @@ _TABLE = (
                help="a parameter (repeat it); braces in a value make a sweep: -p lr {0.1,0.01}"),
           _opt("--kernel", metavar="NAME", help="the Jupyter kernel (default: the notebook's)"),
           _opt("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs"),
-          *JOB_OPTIONS, _opt("notebook", help="path of the .ipynb notebook")),
+          *JOB_OPTIONS, _SNAPSHOT, _opt("notebook", help="path of the .ipynb notebook")),
          _notebook,
          description="Queue a notebook as a job: papermill runs it with the parameters given "
          "(read as papermill's -p reads them: 0.1 a float, True a bool, [..] JSON) and saves "

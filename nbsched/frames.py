@@ -149,7 +149,7 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "node": job.node,
         "reason": job.reason,
         "held": job.held,
-        "code": dict(job.spec.code) if job.spec.code is not None else None,
+        "code": job.spec.code,
     }
 
 

@@ -81,9 +81,10 @@ class JobSpec:
     #: A notebook job's Jupyter kernel (None: the notebook's own; see
     #: :mod:`nbsched.pipeline.notebooks`).
     kernel: str | None = None
-    #: What it runs, recorded at submission: script hash, git commit and state, Python,
-    #: conda env (see :mod:`nbsched.pipeline.snapshots`).
-    code: Mapping[str, Any] | None = None
+    #: The key of the record of what it runs, made at submission (script hash, git
+    #: commit and state, Python, conda env), stored once per distinct record (see
+    #: :mod:`nbsched.pipeline.record`); ``job(id)["code"]`` shows the record.
+    code: str | None = None
     #: The id of the copy of its code it runs from (``snapshot=True``); None: none.
     snapshot: str | None = None
 

@@ -32,6 +32,7 @@ from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .pipeline.api import NotebookJobs
+from .pipeline.record import record_of
 from .scheduler_control import Controlling
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
@@ -374,7 +375,8 @@ class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
-        return frames.job_row(self.store.get(job_id))
+        row = frames.job_row(self.store.get(job_id))
+        return {**row, "code": record_of(self.store, row["code"])}  # (its key: the record)
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""

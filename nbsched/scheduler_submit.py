@@ -192,7 +192,9 @@ class Submitting:
             kernel=kernel,
         )
         config = self.config
-        return with_code(spec, snapshot, config.snapshot, config.state_dir, config.snapshot_max_mb)
+        return with_code(
+            self.store, spec, snapshot, config.snapshot, config.state_dir, config.snapshot_max_mb
+        )
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
         """GPUs for a job that names none, and where that number comes from: the LLM

@@ -7,10 +7,12 @@ notebook's parameters is one job per combination."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import psutil
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -182,3 +184,38 @@ def test_the_command_line_queues_a_notebook(tmp_path: Path, train: str) -> None:
     with GPUJobScheduler(state_dir=state, gpu_provider="simulated", num_gpus=2) as s:
         assert s.store.get(str(job["id"])).spec.args == ("--lr", "0.5")
         assert len(s.jobs()) == 3
+
+
+def test_a_notebook_with_a_snapshot_runs_as_it_was_submitted(
+    sched: GPUJobScheduler, tmp_path: Path
+) -> None:
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    nb = write_notebook(folder / "t.ipynb", "import nbsched\nnbsched.save_result(v=1)")
+    job_id = sched.add_notebook(nb, snapshot=True)
+    write_notebook(folder / "t.ipynb", "import nbsched\nnbsched.save_result(v=2)")
+    sched.start()
+    [row] = sched.wait([job_id], timeout=120).to_dict("records")
+    assert row["status"] == "succeeded", sched.logs(job_id, tail=None)
+    result = json.loads(Path(sched.config.state_dir, "results", f"{job_id}.json").read_text())
+    assert result == {"v": 1}
+    assert Path(sched.output_notebook(job_id) or "").parent == Path(row["log"]).parent
+
+
+def test_cancelling_a_running_notebook_ends_its_kernel_too(
+    running: GPUJobScheduler, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    nb = write_notebook(
+        tmp_path / "slow.ipynb",
+        f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)",
+    )
+    job_id = running.add_notebook(nb)
+    deadline = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text():
+        assert time.monotonic() < deadline, running.logs(job_id, tail=None)
+        time.sleep(0.1)
+    kernel = psutil.Process(int(marker.read_text()))
+    assert running.cancel(job_id)
+    kernel.wait(timeout=30)  # (raises if the kernel outlives its job)
+    assert running.job(job_id)["status"] == "cancelled"

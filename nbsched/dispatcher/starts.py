@@ -211,7 +211,7 @@ class Starts:
         """What starts one attempt.  Its output goes on in the job's log after a line
         that says which attempt it is, when an attempt came before: a retry, or
         (``rerun``) a run before a ``retry()``, whose attempts count from 1 again."""
-        running = from_copy(running, self.config.state_dir)  # (its code's snapshot, if any)
+        running = from_copy(running, self.config.state_dir, self.store)  # (its code's copy)
         assert running.log_path is not None and running.token is not None
         log_path = Path(running.log_path)
         gpus = running.gpus

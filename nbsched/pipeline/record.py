@@ -1,8 +1,10 @@
-"""What a job runs, recorded at submission (a job's ``code`` field): the script's
+"""What a job runs, recorded at submission (``job(id)["code"]``): the script's
 SHA-256; for a script in a git work tree, the tree's folder, its commit and whether the
 tracked files differ from it (``dirty``, with the SHA-256 of ``git diff HEAD
 --binary``); the Python that submitted it; the conda environment (the job's, else the
-submitter's ``$CONDA_DEFAULT_ENV``).
+submitter's ``$CONDA_DEFAULT_ENV``).  A record is stored once (a key-value of the
+store, under its hash: :func:`store_record`), and a job keeps its key (its ``code``
+field): the jobs of a sweep share one.
 
 Asking git costs a few milliseconds a call, and a loop of ``add_job`` or a jobs file of
 many lines submits the same script again and again: a work tree's state is kept and
@@ -15,13 +17,14 @@ folder is in which work tree is asked again after :data:`REPO_TTL_S`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..jobs import JobSpec
@@ -33,7 +36,14 @@ RACY_S = 2.0
 _GIT_TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
 
+_KV = "code:"
+_KEEP = 4096
+
 _lock = threading.Lock()
+#: (database, key) of the records stored from this process
+_stored: set[tuple[str, str]] = set()
+#: key -> record, as read back (a key is its record's hash: the same everywhere)
+_records: dict[str, dict[str, Any]] = {}
 #: folder -> (when asked, (work tree, git dir) or None)
 _repos: dict[str, tuple[float, tuple[str, str] | None]] = {}
 #: work tree -> (the index's stat, its tracked files)
@@ -60,6 +70,40 @@ def code_record(
         record["snapshot"] = copy
         record["copied_from"] = copied_from
     return record
+
+
+def store_record(store: Any, record: Mapping[str, Any]) -> str:
+    """Keep ``record`` in the store (once: jobs with the same record share it); its key."""
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    key = hashlib.sha256(text.encode()).hexdigest()[:32]
+    where = (str(store.path), key)
+    with _lock:
+        known = where in _stored
+    if not known:
+        store.kv_set(f"{_KV}{key}", text)
+        with _lock:
+            if len(_stored) > _KEEP:
+                _stored.clear()
+            _stored.add(where)
+    return key
+
+
+def record_of(store: Any, key: str | None) -> dict[str, Any] | None:
+    """The record stored under ``key`` (None: none, or not found)."""
+    if not key:
+        return None
+    with _lock:
+        known = _records.get(key)
+    if known is None:
+        text = store.kv_get(f"{_KV}{key}")
+        if text is None:
+            return None
+        known = json.loads(text)
+        with _lock:
+            if len(_records) > _KEEP:
+                _records.clear()
+            _records[key] = known
+    return dict(known)
 
 
 def work_tree(folder: str) -> tuple[str, str] | None:
@@ -173,4 +217,14 @@ def file_sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
-__all__ = ["code_record", "file_sha256", "git", "git_state", "tracked", "work_tree"]
+__all__ = [
+    "code_record",
+    "file_sha256",
+    "git",
+    "git_state",
+    "racy",
+    "record_of",
+    "store_record",
+    "tracked",
+    "work_tree",
+]

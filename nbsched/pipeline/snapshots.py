@@ -41,7 +41,7 @@ from typing import Any
 from ..checks import check_flag
 from ..errors import ClosedError, InvalidValueError, MissingFileError
 from ..jobs import Job, JobSpec
-from .record import code_record, racy, tracked, work_tree
+from .record import code_record, racy, record_of, store_record, tracked, work_tree
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def snapshots_dir(state_dir: str | os.PathLike[str]) -> Path:
 
 
 def with_code(
+    store: Any,
     spec: JobSpec,
     snapshot: object,
     default: bool,
@@ -83,7 +84,7 @@ def with_code(
             "snapshot=True: a command job has no script whose code could be copied; "
             "queue the script with add_job (or give the command's folder as its cwd)"
         )
-    return spec.evolve(code=code_record(spec, copy, root), snapshot=copy)
+    return spec.evolve(code=store_record(store, code_record(spec, copy, root)), snapshot=copy)
 
 
 # -- the copy -----------------------------------------------------------------------------
@@ -333,13 +334,13 @@ def _alive(pid: int) -> bool:
 # -- running from the copy ----------------------------------------------------------------
 
 
-def from_copy(job: Job, state_dir: str | os.PathLike[str]) -> Job:
+def from_copy(job: Job, state_dir: str | os.PathLike[str], store: Any) -> Job:
     """``job`` as it runs: with a snapshot, its script (and its folder, when inside the
     copied tree) in the copy.  Raises :class:`MissingFileError` if the copy is gone."""
     spec = job.spec
     if not spec.snapshot or not spec.script:
         return job
-    code: Mapping[str, Any] = spec.code or {}
+    code: Mapping[str, Any] = record_of(store, spec.code) or {}
     root = str(code.get("copied_from") or os.path.dirname(spec.script))
     copy = snapshots_dir(state_dir) / spec.snapshot
     if not copy.is_dir():

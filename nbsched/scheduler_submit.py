@@ -123,9 +123,9 @@ class Submitting:
         name: str | None = None,
         snapshot: bool | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id.  It has no
-        script to copy: ``snapshot=True`` is refused (its ``code`` record is the Python
-        and conda environment)."""
+        """Queue a shell command (``bash -c command``); returns the job id.
+        ``snapshot=True`` copies its folder's git work tree (or the folder) now and runs
+        it in the copy (the config's ``snapshot`` applies to script jobs only)."""
         self._check_open()
         spec = self.make_spec(
             command=command,

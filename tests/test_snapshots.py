@@ -182,8 +182,6 @@ def test_a_folder_outside_git_is_copied_and_the_config_default_applies(
     s.start()
     s.wait([job_id, command], timeout=60)
     assert result(s, job_id)["version"] == 7
-    with pytest.raises(InvalidValueError, match="a command job has no script"):
-        s.add_command("true", snapshot=True)
     with pytest.raises(InvalidTypeError, match="snapshot='yes': expected True or False"):
         s.add_job(folder / "train.py", snapshot="yes")  # type: ignore[arg-type]
 
@@ -230,3 +228,18 @@ def test_the_record_follows_edits_made_between_submissions(
     assert not a["git"]["dirty"] and b["git"]["dirty"] and not c["git"]["dirty"]
     assert a["git"]["commit"] == b["git"]["commit"] != c["git"]["commit"]
     assert a["snapshot"] != b["snapshot"] and len(copies(sched)) == 2
+
+
+def test_a_command_with_a_snapshot_runs_in_a_copy_of_its_folder(
+    sched: GPUJobScheduler, repo: Path
+) -> None:
+    job_id = sched.add_command("python train.py --c 1", cwd=repo / "sub", snapshot=False)
+    copied = sched.add_command("cd .. && python train.py --c 2", cwd=repo / "sub", snapshot=True)
+    (repo / "lib.py").write_text("VERSION = 6\n")
+    code = sched.job(copied)["code"]
+    assert code["git"]["root"] == str(repo) and code["copied_from"] == str(repo)
+    assert "git" not in sched.job(job_id)["code"]  # (a command records its folder's only with one)
+    sched.start()
+    sched.wait([copied], timeout=60)
+    out = result(sched, copied)
+    assert out["version"] == 1 and out["cwd"].startswith(str(sched.config.state_dir))

@@ -61,11 +61,15 @@ def code_record(
         "python": f"{platform.python_version()} ({sys.executable})",
         "conda_env": spec.conda_env or os.environ.get("CONDA_DEFAULT_ENV") or None,
     }
+    folder = None
     if spec.kind == "script" and spec.script:
         record["script_sha256"] = file_sha256(spec.script)
-        git = git_state(os.path.dirname(spec.script))
-        if git is not None:
-            record["git"] = git
+        folder = os.path.dirname(spec.script)
+    elif copy is not None:  # (a command run from a copy of its folder)
+        folder = spec.cwd
+    git = git_state(folder) if folder else None
+    if git is not None:
+        record["git"] = git
     if copy is not None:
         record["snapshot"] = copy
         record["copied_from"] = copied_from

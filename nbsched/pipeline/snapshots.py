@@ -8,7 +8,8 @@ it runs from.
 
 **The copy** (:func:`take`): the script's git work tree (its tracked files as they are
 on disk, uncommitted changes included, and the script itself if untracked), or else
-the script's folder (without ``.git`` and ``__pycache__``), copied into
+the script's folder (without ``.git`` and ``__pycache__``); for a command job (only
+when it asks, not by the config's default), its folder's work tree or folder; copied into
 ``STATE_DIR/snapshots/ID``.  ``ID`` is a hash of the copied content (paths, modes,
 bytes): jobs with the same code share one copy (a sweep costs one).  At most
 ``snapshot_max_mb`` (SchedulerConfig, default 100 MB) is copied: a bigger tree is
@@ -78,23 +79,23 @@ def with_code(
         check_flag("snapshot", snapshot)
     copy = root = None
     if (default if snapshot is None else snapshot) and spec.kind == "script" and spec.script:
-        copy, root = take(spec.script, state_dir, max_mb)
-    elif snapshot:
-        raise InvalidValueError(
-            "snapshot=True: a command job has no script whose code could be copied; "
-            "queue the script with add_job (or give the command's folder as its cwd)"
-        )
+        copy, root = take(os.path.dirname(spec.script), spec.script, state_dir, max_mb)
+    elif snapshot and spec.cwd:  # (a command: its folder's, asked for by the job alone)
+        copy, root = take(spec.cwd, None, state_dir, max_mb)
     return spec.evolve(code=store_record(store, code_record(spec, copy, root)), snapshot=copy)
 
 
 # -- the copy -----------------------------------------------------------------------------
 
 
-def take(script: str, state_dir: str | os.PathLike[str], max_mb: float) -> tuple[str, str]:
-    """Copy the code of ``script`` (see the module), or find the same copy made before,
-    and hold it for this process; ``(copy id, the folder copied)``."""
-    repo = work_tree(os.path.dirname(script))
-    root = repo[0] if repo is not None else os.path.dirname(script)
+def take(
+    folder: str, script: str | None, state_dir: str | os.PathLike[str], max_mb: float
+) -> tuple[str, str]:
+    """Copy the code of ``folder`` (its git work tree, or itself; with ``script``, in it,
+    whether tracked or not: see the module), or find the same copy made before, and hold
+    it for this process; ``(copy id, the folder copied)``."""
+    repo = work_tree(folder)
+    root = repo[0] if repo is not None else folder
     stats = _files(root, script, repo)
     _check_size(sum(st.st_size for _rel, st in stats), max_mb, root)
     base = snapshots_dir(state_dir)
@@ -122,7 +123,7 @@ def take(script: str, state_dir: str | os.PathLike[str], max_mb: float) -> tuple
 
 
 def _files(
-    root: str, script: str, repo: tuple[str, str] | None
+    root: str, script: str | None, repo: tuple[str, str] | None
 ) -> list[tuple[str, os.stat_result]]:
     """The files to copy, relative to ``root``, sorted, with their ``lstat``: git's
     tracked files (and the script), or every file under the folder but in ``.git`` and
@@ -130,7 +131,8 @@ def _files(
     found: set[str] = set()
     if repo is not None:
         found.update(tracked(*repo))
-        found.add(os.path.relpath(script, root))
+        if script is not None:
+            found.add(os.path.relpath(script, root))
     else:
         for folder, dirs, names in os.walk(root):
             dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
@@ -338,17 +340,17 @@ def from_copy(job: Job, state_dir: str | os.PathLike[str], store: Any) -> Job:
     """``job`` as it runs: with a snapshot, its script (and its folder, when inside the
     copied tree) in the copy.  Raises :class:`MissingFileError` if the copy is gone."""
     spec = job.spec
-    if not spec.snapshot or not spec.script:
+    if not spec.snapshot:
         return job
     code: Mapping[str, Any] = record_of(store, spec.code) or {}
-    root = str(code.get("copied_from") or os.path.dirname(spec.script))
+    root = str(code.get("copied_from") or os.path.dirname(spec.script or spec.cwd or "/"))
     copy = snapshots_dir(state_dir) / spec.snapshot
     if not copy.is_dir():
         raise MissingFileError(
             f"its code snapshot {spec.snapshot} is gone (removed once no queued or running "
             "job used it); submit the job again"
         )
-    script = str(copy / os.path.relpath(spec.script, root))
+    script = str(copy / os.path.relpath(spec.script, root)) if spec.script else None
     cwd = spec.cwd
     if cwd is not None and _inside(cwd, root):
         cwd = str(copy / os.path.relpath(cwd, root))

@@ -128,7 +128,9 @@ def _add(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
 
 
 def _run(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
-    return s.add_command(command_line(ns.words, ns.typed), **job_options(ns))
+    return s.add_command(
+        command_line(ns.words, ns.typed), snapshot=ns.snapshot or None, **job_options(ns)
+    )
 
 
 def _sweep(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
@@ -239,8 +241,8 @@ _ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this co
 _SNAPSHOT = _opt(
     "--snapshot",
     action="store_true",
-    help="copy the script's git work tree (or folder) now and run from the copy "
-    "(default: the config's snapshot)",
+    help="copy the script's (a command's: its folder's) git work tree or folder now and "
+    "run from the copy (default: the config's snapshot; a cell's code is kept anyway)",
 )
 _IDS = _opt("ids", nargs="*", metavar="ID", help="job ids (in a notebook, an empty $list: none)")
 _ID = _opt("id", help="job id")
@@ -264,7 +266,7 @@ _TABLE = (
           _opt("script", help="path of the script")),
          _add, tail="[-- SCRIPT ARGS...]"),
     Verb("run", "queue a shell command (%%gpusched run: the cell is the job, a Python script)",
-         (*JOB_OPTIONS,
+         (*JOB_OPTIONS, _SNAPSHOT,
           _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="(cell form) conda env"),
           _opt("command", nargs="*", help="the command (better after --)",
                fronts=frozenset((CLI,)))),

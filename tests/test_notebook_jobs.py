@@ -14,6 +14,8 @@ from typing import Any
 import nbformat
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from legacy_support import cli
@@ -219,3 +221,23 @@ def test_cancelling_a_running_notebook_ends_its_kernel_too(
     assert running.cancel(job_id)
     kernel.wait(timeout=30)  # (raises if the kernel outlives its job)
     assert running.job(job_id)["status"] == "cancelled"
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), _VALUES))
+def test_any_parameters_reach_the_notebook_as_given(params: dict[str, Any]) -> None:
+    assert args_to_params(params_to_args(params)) == params

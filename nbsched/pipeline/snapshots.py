@@ -34,6 +34,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -47,6 +48,8 @@ from .record import code_record, racy, record_of, store_record, tracked, work_tr
 logger = logging.getLogger(__name__)
 
 FOLDER = "snapshots"
+#: A half-made copy (or one half removed) older than this is a crashed process's: removed.
+LEFTOVER_S = 3600.0
 _SKIP_DIRS = frozenset({".git", "__pycache__"})
 _CHUNK = 1 << 20
 
@@ -297,6 +300,8 @@ def collect(state_dir: str | os.PathLike[str], in_use: Callable[[], Collection[s
         used = in_use()
         for entry in base.iterdir():
             name = entry.name
+            if name.startswith((".tmp-", ".trash-")) and _older(entry, LEFTOVER_S):
+                doomed.append((name, entry))  # (a crashed submitter's or remover's)
             if name.startswith(".") or name in held or name in used:
                 continue
             trash = base / f".trash-{name}-{uuid.uuid4().hex[:8]}"
@@ -304,7 +309,14 @@ def collect(state_dir: str | os.PathLike[str], in_use: Callable[[], Collection[s
             doomed.append((name, trash))
     for _name, trash in doomed:
         shutil.rmtree(trash, ignore_errors=True)
-    return [name for name, _trash in doomed]
+    return [name for name, _trash in doomed if not name.startswith(".")]
+
+
+def _older(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _live_holds(holds: Path) -> set[str]:

@@ -36,6 +36,8 @@ JOB_COLUMNS = (
     "node",
     "reason",
     "held",
+    "after",
+    "waiting",
 )
 
 #: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
@@ -149,12 +151,14 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "node": job.node,
         "reason": job.reason,
         "held": job.held,
+        "after": job.spec.after,
+        "waiting": job.waiting,
         "code": job.spec.code,
     }
 
 
 #: The text columns of the jobs table.
-TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason")
+TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason", "after")
 
 #: The store's name (:data:`TABLE_COLUMNS`) of each jobs-table column that it renames.
 _FROM_TABLE = {"id": "seq", "log": "log_path"}
@@ -210,6 +214,7 @@ _JOB_DTYPES: dict[str, Any] = {
     "exit_code": "Int64",
     "gpus": object,
     "held": "bool",
+    "waiting": "bool",
 }
 
 

@@ -78,6 +78,9 @@ class JobSpec:
     sweep: str | None = None
     params: Mapping[str, Any] | None = None
     hash: str | None = None
+    #: What the job waits for before it may start (:mod:`nbsched.formats.after`'s
+    #: canonical text, ``ok:12,13``); None: nothing.
+    after: str | None = None
     #: A notebook job's Jupyter kernel (None: the notebook's own; see
     #: :mod:`nbsched.pipeline.notebooks`).
     kernel: str | None = None
@@ -134,6 +137,11 @@ class Job:
     #: Held by its owner (:meth:`~nbsched.scheduler.GPUJobScheduler.hold`): a queued
     #: job that no dispatcher starts until it is released.
     held: bool = False
+    #: The number of the job's set of dependencies (:mod:`nbsched.store.deps`), shared
+    #: by the jobs submitted together with the same ``after``; None: it has none.
+    dep_group: int | None = None
+    #: Whether a dependency is still unmet: a queued job that no dispatcher starts yet.
+    waiting: bool = False
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-field

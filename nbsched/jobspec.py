@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .checks import (
+    AfterValue,
     below_precision,
+    check_after,
     check_allowed_gpus,
     check_args,
     check_env,
@@ -93,6 +95,7 @@ def build_spec(
     sweep: str | None = None,
     params: Mapping[str, Any] | None = None,
     hash: str | None = None,
+    after: AfterValue = None,
     kernel: str | None = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
@@ -125,6 +128,7 @@ def build_spec(
         sweep=sweep,
         params=params,
         hash=hash,
+        after=check_after(after),
         kernel=kernel,
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )

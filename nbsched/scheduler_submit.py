@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+from .checks import AfterValue
 from .config import SchedulerConfig
 from .engine.core import Engine
 from .formats.jobsfile import JobLine, LineError
@@ -68,6 +69,7 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         once: bool = False,
+        after: AfterValue = None,
         snapshot: bool | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
@@ -75,6 +77,11 @@ class Submitting:
         ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
+
+        ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
+        "started": ids}``; bare ids wait for success): see the user guide's
+        dependencies page.
+
         ``snapshot=True`` (default: the config's ``snapshot``) copies the script's git
         work tree (or folder) now and runs the job from the copy; each job records what
         it runs (``job(id)["code"]``): see :mod:`nbsched.pipeline.snapshots`.
@@ -93,6 +100,7 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            after=after,
             snapshot=snapshot,
         )
         return self._submit_once(spec) if once else self.submit([spec])[0]
@@ -121,11 +129,13 @@ class Submitting:
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        after: AfterValue = None,
         snapshot: bool | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id.
-        ``snapshot=True`` copies its folder's git work tree (or the folder) now and runs
-        it in the copy (the config's ``snapshot`` applies to script jobs only)."""
+        """Queue a shell command (``bash -c command``); returns the job id (``after``:
+        as :meth:`add_job`'s).  ``snapshot=True`` copies its folder's git work tree (or
+        the folder) now and runs it in the copy (the config's ``snapshot`` applies to
+        script jobs only)."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -136,6 +146,7 @@ class Submitting:
             cwd=cwd,
             env=env,
             name=name,
+            after=after,
             snapshot=snapshot,
         )
         return self.submit([spec])[0]
@@ -159,6 +170,7 @@ class Submitting:
         sweep: str | None = None,
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
+        after: AfterValue = None,
         kernel: str | None = None,
         snapshot: bool | None = None,
     ) -> JobSpec:
@@ -189,6 +201,7 @@ class Submitting:
             sweep=sweep,
             params=params,
             hash=hash,
+            after=after,
             kernel=kernel,
         )
         config = self.config
@@ -241,7 +254,9 @@ class Submitting:
             if held:
                 release(specs, self.store, config.state_dir)
         stored = [j for j in jobs if j is not None]
-        ours = self._engine.offer(rev, stored)  # (wakes the dispatcher, ours or another's)
+        # (a job waiting for a dependency is no dispatcher's yet: its release brings it)
+        free = [j for j in stored if not j.waiting]
+        ours = self._engine.offer(rev, free)  # (wakes the dispatcher, ours or another's)
         # (ours ends nothing by taking them: only a wait() showing progress cares)
         self._waits.notify(() if ours else None)
         # New strings, made together after the jobs: the jobs' own ids lie among the
@@ -256,11 +271,12 @@ class Submitting:
         lines: Iterable[str] | None = None,
         already_run: str | None = None,
         gpu_arg: str | None = None,
+        after: AfterValue = None,
     ) -> list[str]:
         """Read a jobs file once, as the watcher reads ``config.jobs_file``: its lines
         not seen before (no job in any status has their hash) are queued; returns
         their ids.  A bad line is reported as the watcher reports it.  ``gpu_arg``
-        (``"--cuda"``) is given to each job, as :meth:`add_job` gives it.
+        (``"--cuda"``) is given to each job, as :meth:`add_job` gives it, and ``after`` too.
 
         ``lines`` takes those lines instead of the file's (a relative script is still
         found from the file's folder).  ``already_run=REASON`` stores the new lines as
@@ -276,7 +292,7 @@ class Submitting:
             EngineSubmitter(
                 self.store,
                 config,
-                make_spec=partial(self.make_spec, gpu_arg=gpu_arg),
+                make_spec=partial(self.make_spec, gpu_arg=gpu_arg, after=after),
                 submit=self.submit if already_run is None else self._ran(already_run),
                 num_gpus=lambda: self.num_gpus,
                 llm_config=lambda: self.llm_config,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 from .allocation import GpuState, explain_one, gpu_states
+from .formats.after import describe_unmet
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
 from .store import Store
@@ -102,6 +103,8 @@ class Why:
             return f"job {job.id} is {job.status.value}"
         if job.held:
             return HELD
+        if job.waiting and job.dep_group is not None:
+            return describe_unmet(self._store.unmet_dependencies(job.dep_group))
         reason = self.reason(job)
         if self._engine_pid() is None:
             reason += NO_ENGINE

@@ -26,7 +26,9 @@ TEXT = pd.Series(["x"]).dtype
 
 #: What jobs() promises each column is, with rows or without.
 DTYPES = {
-    **dict.fromkeys(["id", "status", "command", "log", "name", "sweep", "node", "reason"], TEXT),
+    **dict.fromkeys(
+        ["id", "status", "command", "log", "name", "sweep", "node", "reason", "after"], TEXT
+    ),
     "priority": "int64",
     "required_gpus": "float64",
     "attempts": "int64",
@@ -34,6 +36,7 @@ DTYPES = {
     **dict.fromkeys(["submitted", "started", "ended"], pd.DatetimeTZDtype("ns", local_zone())),
     "gpus": object,
     "held": "bool",
+    "waiting": "bool",
 }
 
 

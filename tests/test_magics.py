@@ -508,8 +508,21 @@ def test_a_new_dashboard_closes_the_previous_and_closed_widgets_are_dropped(
     form.close()
     kept = gs(ip, "form")
     assert magics._forms == [kept]
-    gs(ip, "stop")  # closes what is left
-    assert not second.refreshing and second.comm is None and kept.comm is None
+    gs(ip, "stop")  # stops the dashboard and leaves both on screen, for a person to read
+    assert not second.refreshing and second.comm is not None and kept.comm is not None
+    assert magics._dashboard is None and magics._forms == []
+
+
+def test_unloading_the_extension_closes_the_widgets(
+    ip: InteractiveShell, started: GPUJobScheduler
+) -> None:
+    board = gs(ip, "dashboard --interval 0.2")
+    form = gs(ip, "form")
+    ip.run_line_magic("unload_ext", "nbsched")
+    try:
+        assert not board.refreshing and board.comm is None and form.comm is None
+    finally:
+        ip.run_line_magic("load_ext", "nbsched")
 
 
 def test_stop_then_verbs_say_there_is_none(ip: InteractiveShell, started: GPUJobScheduler) -> None:

@@ -471,6 +471,9 @@ def _columns(db: Path) -> dict[str, tuple[Any, ...]]:
 _ADDED = {
     "environment": ("INTEGER", 0, None, 0),
     "held": ("INTEGER", 1, "0", 0),
+    "after": ("TEXT", 0, None, 0),
+    "dep_group": ("INTEGER", 0, None, 0),
+    "waiting": ("INTEGER", 1, "0", 0),
     "kernel": ("TEXT", 0, None, 0),
     "code": ("TEXT", 0, None, 0),
     "snapshot": ("TEXT", 0, None, 0),

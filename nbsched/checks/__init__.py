@@ -2,6 +2,7 @@
 command line, the magics and the form: :mod:`.values` (a value as the API takes it)
 and :mod:`.typed` (a word a person typed, put to the same rule)."""
 
+from .after import AfterValue, check_after
 from .typed import (
     ALL_LINES,
     gpu_count_from_text,
@@ -44,10 +45,12 @@ from .values import (
 )
 
 __all__ = [
+    "AfterValue",
     "INT64",
     "ALL_LINES",
     "INTERVAL_S",
     "below_precision",
+    "check_after",
     "check_allowed_gpus",
     "check_args",
     "check_choice",

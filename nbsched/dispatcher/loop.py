@@ -334,7 +334,11 @@ class Dispatcher:
         if crash:
             for _ in ends:
                 crash("before_record_end")
-        return self.store.record_attempts(ends, starts, now, pids=pid_records(unrecorded))
+        moved: list[int] = []  # (jobs that dependencies released or cancelled: read them)
+        out = self.store.record_attempts(ends, starts, now, pid_records(unrecorded), moved)
+        if moved:
+            self.wake()
+        return out
 
     def _unwritten(
         self, exc: BaseException, ended: list[tuple[Job, Exit]], unrecorded: list[Unrecorded]

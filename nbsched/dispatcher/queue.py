@@ -164,7 +164,7 @@ class QueueCache:
                 if entry is not None or self.running or self.backoff_until:
                     self.forget(str(seq))
                 if change.held:
-                    continue  # (held: out of the queue until a release brings it back)
+                    continue  # (held or waiting: out of the queue until released)
                 fresh.append(Queued.read(change))
                 continue
             job_id = str(seq)
@@ -181,7 +181,7 @@ class QueueCache:
             if job.status == JobStatus.RUNNING:
                 self.running[job.id] = job
             elif (
-                job.status == JobStatus.QUEUED and not job.held
+                job.status == JobStatus.QUEUED and not job.held and not job.waiting
             ):  # (queued again since the feed's read)
                 fresh.append(Queued.of(job, -1))  # (read again when the feed has it)
         self._learn(fresh, now, mono)
@@ -215,7 +215,7 @@ class QueueCache:
         out, stale = [], False
         for seq, placement in zip(seqs, placements, strict=True):
             job = found.get(seq)
-            if job is None or job.status != JobStatus.QUEUED or job.held:
+            if job is None or job.status != JobStatus.QUEUED or job.held or job.waiting:
                 self.forget(placement.job_id, running=False)
                 stale = True
             else:

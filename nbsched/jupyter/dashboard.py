@@ -311,6 +311,15 @@ def _rows(df: pd.DataFrame) -> list[Any]:
     return list(df.itertuples(index=False))
 
 
+def _queued_note(r: Any) -> str:
+    """`` held`` or `` waits for 12`` after a queued job's status ("" for the others)."""
+    if r.status != "queued":
+        return ""
+    if getattr(r, "held", False):
+        return " held"
+    return f" {_text(r.reason)}" if getattr(r, "waiting", False) else ""
+
+
 def _sweep_number(sweep_id: str) -> int:
     digits = sweep_id[2:]
     return int(digits) if digits.isdigit() else -1
@@ -346,7 +355,8 @@ def _jobs_html(
                 took = ""
             cells = [
                 str(r.id),
-                f"<span style='color:{fg};background:{bg};padding:0 6px'>{r.status}</span>",
+                f"<span style='color:{fg};background:{bg};padding:0 6px'>{r.status}</span>"
+                + html.escape(_queued_note(r)),
                 html.escape(_short(_text(r.name), 20)),
                 f"{r.required_gpus:g}",
                 html.escape(",".join(map(str, r.gpus))),

@@ -82,7 +82,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.result = widgets.HTML()
         super().__init__(children=self._rows())
         fields = [self.script, self.conda_env, self.arguments, self.gpus, self.sweep]
-        for field in [*fields, self.priority, self.llm_model, *self.allowed]:
+        for field in [*fields, self.after, self.priority, self.llm_model, *self.allowed]:
             field.observe(lambda _: self._clear_error(), names="value")
 
     def _make_inputs(self, conda_env_names: Sequence[str] | None) -> None:
@@ -116,6 +116,12 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.sweep = widgets.Text(
             description="sweep",
             placeholder="optional: --lr {0.1,0.01} --seed {1..3} (one job per combination)",
+            layout=wide,
+            style=style,
+        )
+        self.after = widgets.Text(
+            description="after",
+            placeholder="optional: start after jobs 12,13 (or sw3) succeeded; any:12;started:14",
             layout=wide,
             style=style,
         )
@@ -157,6 +163,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             self.priority,
             self.llm_model,
             self.sweep,
+            self.after,
             self.submit_button,
             self.result,
         ]
@@ -216,6 +223,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 "priority": self.priority.value,
                 "required_gpus": gpus,
                 "allowed_gpus": [i for i, b in enumerate(self.allowed) if b.value] or None,
+                "after": self.after.value.strip() or None,
             }
             script = self.script.value.strip()
             if not script:

@@ -56,13 +56,18 @@ class GpuschedMagics(Magics):
             raise UsageError(NO_SCHEDULER)
         return self.scheduler
 
-    def shutdown(self) -> None:
-        """Close the widgets made here and stop the scheduler started here."""
+    def shutdown(self, close_widgets: bool = True) -> None:
+        """Stop the dashboard, close the widgets made here (or, with ``close_widgets=False``,
+        leave them on screen: ``%gpusched stop``) and close the scheduler started here."""
         widgets, self._forms = [*self._forms, self._dashboard], []
         self._dashboard = None
         for widget in widgets:
-            if widget is not None:
+            if widget is None:
+                continue
+            if close_widgets:
                 widget.close()
+            elif hasattr(widget, "stop"):  # the dashboard: it stops refreshing, says so
+                widget.stop()
         s, self.scheduler = self.scheduler, None
         if s is not None:
             s.close()
@@ -237,7 +242,9 @@ class GpuschedMagics(Magics):
     def _verb_stop(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> None:
         s = self._require()
         s.stop(kill=args.kill)
-        self.shutdown()
+        # The form and the dashboard stay on screen (a notebook's last cell is often this
+        # one, and a person reads what they showed); %unload_ext nbsched closes them.
+        self.shutdown(close_widgets=False)
 
     def _verb_results(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         self._require()

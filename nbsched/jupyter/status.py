@@ -99,6 +99,9 @@ def status_report(s: GPUJobScheduler, max_rows: int = MAX_ROWS) -> StatusReport:
     running = s.jobs(status="running").head(max_rows)
     queued = s.queue(first=max_rows)
     waiting = {str(i): s.why(str(i)) for i in queued["id"].head(5)}
+    for i, held, note in zip(queued["id"], queued["held"], queued["reason"], strict=True):
+        if str(i) not in waiting and (held or str(note).startswith("waits for")):
+            waiting[str(i)] = "held" if held else str(note)  # (the rest: holds and waits)
     role = "dispatching" if s.is_dispatcher else ("standby" if s.running else "stopped")
     gpus = s.get_gpu_status()
     engine = f"nbsched {role}: {len(gpus)} GPU(s), state in {s.config.state_dir}"

@@ -11,7 +11,8 @@ package is one question per module:
 - :mod:`.queue_read`: the queue in dispatch order, a page at a time;
 - :mod:`.feed`: the change feed (what was written since a revision);
 - :mod:`.attempts`: the dispatcher's writes of attempts starting and ending;
-- :mod:`.meta`: GPU pauses, notices, key-values, sweeps.
+- :mod:`.meta`: GPU pauses, notices, key-values, sweeps;
+- :mod:`.deps`: dependencies (which jobs wait for which).
 
 :class:`Store` puts the parts together over one :class:`~.connection.Database`.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from .attempts import AttemptEnd, AttemptsPart, AttemptStart
 from .connection import Database
+from .deps import DepsPart
 from .feed import Change, ChangeFeed, FeedPart
 from .jobs import JobsPart
 from .meta import SWEEP_PREFIX, MetaPart
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 
-class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart):
+class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart, DepsPart):
     """One process's store on ``state.db``, shared by its threads."""
 
     def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..jobs import Job, JobStatus
-from . import rows
+from . import deps, rows
 from .connection import StorePart, bump_rev
 
 #: A started attempt's pid and the like: ``(job number, attempt token, fields)``.
@@ -79,6 +79,7 @@ class AttemptsPart(StorePart):
         starts: Sequence[AttemptStart],
         now: float,
         pids: Sequence[PidRecord] = (),
+        moved: list[int] | None = None,
     ) -> tuple[list[JobStatus | None], list[Job | None], set[int]]:
         """Record started attempts' pids (as :meth:`record_starts`), how attempts ended,
         and mark queued jobs running, in one transaction.
@@ -91,7 +92,8 @@ class AttemptsPart(StorePart):
         (``None`` where it no longer applied: another process got there first), and
         the job numbers whose pids were not recorded.  The pids come first (an attempt
         may have ended already), then the ends, so GPUs they free may be booked by the
-        starts.
+        starts.  The jobs that dependencies on these starts and ends released or
+        cancelled (:func:`.deps.settle`, in the same transaction) are added to ``moved``.
         """
         if not ends and not starts:
             return [], [], self.record_starts(pids)
@@ -103,6 +105,10 @@ class AttemptsPart(StorePart):
                     missed.add(seq)
             ended = [_apply_end(conn, rev, end, now) for end in ends]
             started = [_apply_start(conn, rev, start, now) for start in starts]
+            touched = [e.job.seq for e, st in zip(ends, ended, strict=True) if st and st.ended]
+            changed = deps.settle(conn, rev, touched + [j.seq for j in started if j], now)
+        if moved is not None:
+            moved += changed
         return ended, started, missed
 
 

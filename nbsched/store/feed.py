@@ -46,7 +46,7 @@ class Queueing(NamedTuple):
     #: The status as stored (a :class:`JobStatus` value).
     status: str
     token: str | None
-    #: Whether the job is held (a held queued job is no dispatcher's to start).
+    #: Whether the job is held or waits for a dependency (no dispatcher's to start).
     held: int
 
 
@@ -132,7 +132,7 @@ class FeedPart(StorePart):
         ranges.append(("rev > ?", (bounds[-1],)))
         cols = "priority, seq, required_gpus, allowed_gpus, not_before, attempts, rev, status"
         sql = " UNION ALL ".join(
-            f"SELECT {cols}, token, held FROM jobs WHERE {w}" for w, _ in ranges
+            f"SELECT {cols}, token, held OR waiting FROM jobs WHERE {w}" for w, _ in ranges
         )
         # (the revision and the pauses: rows whose status is NULL, told apart by seq)
         found = self._db.read(

@@ -19,7 +19,7 @@ from ..allocation import booked_share
 from ..errors import UnknownJobError
 from ..jobs import Job, JobSpec, JobStatus, can_transition
 from ..launch import SubmitterEnv
-from . import rows
+from . import deps, rows
 from .connection import StorePart, bump_rev
 from .rows import parse_job_id
 
@@ -63,6 +63,22 @@ def _environment_id(conn: sqlite3.Connection, environment: SubmitterEnv) -> int:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _attach(conn: sqlite3.Connection, jobs: list[Job | None]) -> list[Job | None]:
+    """``jobs`` (just inserted) with their dependencies (see :func:`.deps.attach`)."""
+    new = [j for j in jobs if j is not None]
+    if not any(j.spec.after for j in new):
+        return jobs
+    changes = {
+        after: {
+            "dep_group": group,
+            "waiting": waits,
+            "reason": deps.waits_reason(after) if waits else None,
+        }
+        for after, (group, waits) in deps.attach(conn, new[0].seq, new).items()
+    }
+    return [j if j is None or not j.spec.after else j.evolve(**changes[j.spec.after]) for j in jobs]
 
 
 class JobsPart(StorePart):
@@ -115,6 +131,7 @@ class JobsPart(StorePart):
                     new_job(next(new), spec) if k else None
                     for spec, k in zip(chunk, keep, strict=True)
                 ]
+            out = _attach(conn, out)
         if environment is not None and env_key is not None:
             self._environments[environment.key] = env_key  # (committed: safe to remember)
         return rev, out
@@ -356,6 +373,9 @@ class JobsPart(StorePart):
             conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))
             if new != job.status:
                 conn.execute(_INSERT_TRANSITION, (seq, job.status.value, new.value, now, reason))
+                deps.settle(conn, cols["rev"], [seq], now)  # (its dependents, if any)
+                if job.status.ended and new == JobStatus.QUEUED:
+                    deps.reattach(conn, job)  # (a retry waits for its dependencies again)
         return job.evolve(status=new, **changes)
 
     def update(self, job_id: object, **fields: Any) -> None:
@@ -387,10 +407,12 @@ class JobsPart(StorePart):
             cols["priority"] = priority
         with self._db.write() as conn:
             queued = conn.execute(
-                "SELECT 1 FROM jobs WHERE seq = ? AND status = 'queued'", (seq,)
+                "SELECT waiting, after FROM jobs WHERE seq = ? AND status = 'queued'", (seq,)
             ).fetchone()
             if queued is None:
                 return False
+            if held is False and queued[0]:
+                cols["reason"] = deps.waits_reason(queued[1])  # (released: still waits)
             cols["rev"] = bump_rev(conn)
             assignments = ", ".join(f"{k} = ?" for k in cols)
             conn.execute(f"UPDATE jobs SET {assignments} WHERE seq = ?", (*cols.values(), seq))

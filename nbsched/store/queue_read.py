@@ -71,7 +71,7 @@ class QueueReadPart(StorePart):
 
     def queued_ahead(self, priority: int, seq: int, page: int | None = None) -> Iterator[Job]:
         """The queued jobs that come before ``(priority, seq)`` in dispatch order
-        (but the held ones, which no dispatcher starts), light (:func:`light_job`),
+        (but the held and waiting ones, which no dispatcher starts), light (:func:`light_job`),
         read ``page`` (:data:`PAGE`) rows at a time: a caller that stops early reads
         no more.  Each page is its own snapshot (as for a status).
 
@@ -83,7 +83,7 @@ class QueueReadPart(StorePart):
         while level is not None and level <= priority:
             after = 0
             while True:
-                cond = "status = ? AND priority = ? AND seq > ? AND NOT held"
+                cond = "status = ? AND priority = ? AND seq > ? AND NOT held AND NOT waiting"
                 params: list[Any] = [JobStatus.QUEUED.value, level, after]
                 if level == priority:
                     cond += " AND seq < ?"

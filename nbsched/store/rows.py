@@ -39,7 +39,7 @@ JOB_SQL = ", ".join(JOB_COLUMNS)
 TABLE_COLUMNS = (
     "seq", "status", "priority", "kind", "script", "args", "command", "conda_env",
     "required_gpus", "gpus", "submitted", "started", "ended", "exit_code", "attempts",
-    "log_path", "name", "sweep", "node", "reason", "held",
+    "log_path", "name", "sweep", "node", "reason", "held", "after", "waiting",
 )  # fmt: skip
 TABLE_SQL = ", ".join(TABLE_COLUMNS)
 

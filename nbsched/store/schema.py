@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from . import rows
+from . import deps, rows
 
 SCHEMA_VERSION = 1
 
@@ -76,6 +76,7 @@ def create(conn: sqlite3.Connection) -> None:
     for statement in STATEMENTS:
         conn.execute(statement)
     add_columns(conn)
+    deps.create(conn)
     conn.execute(
         "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?), ('rev', '0')",
         (str(SCHEMA_VERSION),),

@@ -21,6 +21,7 @@ from nbsched.config import EXECUTORS, PROVIDERS
 from nbsched.scheduler import GPUJobScheduler
 
 from .values import (
+    after_type,
     checked_ids,
     command_line,
     count_type,
@@ -116,6 +117,7 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "priority": ns.priority,
         "max_retries": ns.retries,
         "name": ns.name,
+        "after": ";".join(filter(None, (getattr(ns, d, None) for d in _AFTER_DESTS))) or None,
     }
 
 
@@ -235,7 +237,30 @@ JOB_OPTIONS = (
     ),
     _opt("--retries", type=retries_type, metavar="N", help="re-runs after a failure"),
     _opt("--name", help="a label shown in the job table"),
+    _opt(
+        "--after",
+        type=after_type(None),
+        metavar="IDS",
+        help="start only after these jobs (ids, a sweep id like sw3) succeeded",
+    ),
+    *(
+        _opt(
+            f"--after-{kind}",
+            type=after_type(kind),
+            metavar="IDS",
+            help=f"start only after these jobs {meaning}",
+        )
+        for kind, meaning in (
+            ("ok", "succeeded"),
+            ("notok", "failed or were cancelled"),
+            ("any", "ended, however"),
+            ("started", "started"),
+        )
+    ),
 )
+
+#: Where the parsed ``--after`` options are (see :func:`job_options`).
+_AFTER_DESTS = ("after", "after_ok", "after_notok", "after_any", "after_started")
 
 _ENV = _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="run in this conda env")
 _SNAPSHOT = _opt(

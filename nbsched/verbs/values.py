@@ -63,6 +63,19 @@ def gpus_note(ns: Any) -> str | None:
     )
 
 
+def after_type(kind: str | None) -> Callable[[str], str]:
+    """``--after IDS`` (``kind`` None: ids wait for success, or ``ok:12;any:sw3``) and
+    ``--after-KIND IDS``: the dependencies' canonical text (see :func:`checks.check_after`)."""
+    flag = "--after" if kind is None else f"--after-{kind}"
+
+    def read(text: str) -> str:
+        value = checks.check_after(text, flag, kind)
+        return value or ""
+
+    read.__name__ = "IDS"  # (argparse names a bad value by its type's name)
+    return lambda text: _argument(read, text)
+
+
 def count_type(text: str) -> int:
     """A number of GPUs: 1, 2, ..."""
     return _argument(checks.gpu_count_from_text, text)

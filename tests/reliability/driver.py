@@ -8,7 +8,7 @@ their own and survive it.
 The config file says::
 
     {"state_dir": ..., "num_gpus": 2, "umask": null, "kill_grace_s": 1.0,
-     "jobs": [{"command": ..., "required_gpus": 1, "max_retries": 0}, ...],
+     "jobs": [{"command": ..., "required_gpus": 1, "max_retries": 0, "after": null}, ...],
      "submit_first": false,                # submit the jobs before starting the engine
      "wait": "mine" | "all" | "forever",   # what to wait for before stopping
      "expect_total": null}                 # with "all": wait until this many jobs exist
@@ -53,6 +53,7 @@ def main() -> int:
                 j["command"],
                 required_gpus=j.get("required_gpus", 1),
                 max_retries=j.get("max_retries", 0),
+                after=j.get("after"),
             )
             for j in cfg.get("jobs", [])
         ]

@@ -241,3 +241,16 @@ _VALUES = st.recursive(
 @given(st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), _VALUES))
 def test_any_parameters_reach_the_notebook_as_given(params: dict[str, Any]) -> None:
     assert args_to_params(params_to_args(params)) == params
+
+
+def test_a_notebook_waits_for_the_job_it_comes_after(
+    sched: GPUJobScheduler, train: str, tmp_path: Path
+) -> None:
+    first = sched.add_command(f"sleep 0.5; touch {tmp_path / 'trained'}")
+    job_id = sched.add_notebook(train, params={"lr": 1}, after=[first])
+    assert sched.job(job_id)["after"] and sched.job(job_id)["waiting"]
+    sched.start()
+    rows = sched.wait([first, job_id], timeout=120)
+    assert list(rows["status"]) == ["succeeded", "succeeded"]
+    started = sched.job(job_id)["started"]
+    assert started >= sched.job(first)["ended"]

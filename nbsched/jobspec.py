@@ -107,7 +107,6 @@ def build_spec(
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
     check_word("conda_env", conda_env, "an environment name", blank=False)
-    kernel = _check_notebook(script_path, argv, kernel, conda_env, launcher)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
     if required_gpus is None:
         required, shown, other = _default_gpus(default_requirement(argv), precision)
@@ -129,7 +128,7 @@ def build_spec(
         params=params,
         hash=hash,
         after=check_after(after),
-        kernel=kernel,
+        kernel=_check_notebook(script_path, argv, kernel, conda_env, launcher),
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 

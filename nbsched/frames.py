@@ -13,6 +13,7 @@ from .errors import InvalidTypeError, InvalidValueError
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
 from .store import TABLE_COLUMNS
+from .store.estimates import GIVEN_ONLY, Estimator
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,6 +39,8 @@ JOB_COLUMNS = (
     "held",
     "after",
     "waiting",
+    "estimate",
+    "estimate_source",
 )
 
 #: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
@@ -121,8 +124,11 @@ def _ts(value: float | None) -> pd.Timestamp | None:
     return pd.Timestamp(value, unit="s", tz="UTC").tz_convert(local_zone())
 
 
-def job_row(job: Job) -> dict[str, Any]:
+def job_row(job: Job, estimates: Estimator = GIVEN_ONLY) -> dict[str, Any]:
+    """The row of :func:`jobs_frame` of one job, as a dict (``estimates``: where its
+    estimate comes from; by default only its time limit or hint)."""
     row = _raw_row(job)
+    row["estimate"], row["estimate_source"] = estimates.of_spec(job.spec)
     for col in _TIME_COLUMNS:
         row[col] = _ts(row[col])
     return row
@@ -158,13 +164,16 @@ def _raw_row(job: Job) -> dict[str, Any]:
 
 
 #: The text columns of the jobs table.
-TEXT_COLUMNS = ("id", "status", "command", "log", "name", "sweep", "node", "reason", "after")
+TEXT_COLUMNS = (
+    "id", "status", "command", "log", "name", "sweep", "node", "reason", "after",
+    "estimate_source",
+)  # fmt: skip
 
 #: The store's name (:data:`TABLE_COLUMNS`) of each jobs-table column that it renames.
 _FROM_TABLE = {"id": "seq", "log": "log_path"}
 
 
-def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+def jobs_frame(rows: Sequence[Sequence[Any]], estimates: Estimator = GIVEN_ONLY) -> pd.DataFrame:
     """The jobs table (:data:`JOB_COLUMNS`) of rows as :meth:`Store.table` returns them
     (:data:`TABLE_COLUMNS`).
 
@@ -182,12 +191,17 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
     converted once, and the JSON columns (``args``, ``gpus``) decoded in one call each
     (100,000 queued jobs of a sweep: ~0.4 s of CPU, against ~0.55 s a value at a time
     and several seconds a :class:`Job` at a time).
+
+    ``estimate`` (seconds, float64, NaN: none) and ``estimate_source`` (text) come from
+    ``estimates`` (:mod:`nbsched.store.estimates`; by default a job's own time limit or
+    hint only), looked up once per distinct set of grounds (a sweep's: once).
     """
     import pandas as pd
 
     raw = dict(zip(TABLE_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else None
     text = _text_dtype()
     typed: dict[str, Any] = {}
+    estimated: tuple[list[float | None], list[str | None]] | None = None
     for col in JOB_COLUMNS:
         if raw is None:
             values: Sequence[Any] = ()
@@ -195,6 +209,10 @@ def jobs_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
             values = _commands(raw)
         elif col == "gpus":
             values = _json_lists(raw["gpus"])
+        elif col in ("estimate", "estimate_source"):
+            if estimated is None:
+                estimated = _estimates(raw, estimates)
+            values = estimated[col == "estimate_source"]
         else:
             values = raw[_FROM_TABLE.get(col, col)]
             if col == "id":
@@ -212,10 +230,30 @@ _JOB_DTYPES: dict[str, Any] = {
     "required_gpus": "float64",
     "attempts": "int64",
     "exit_code": "Int64",
+    "estimate": "float64",
     "gpus": object,
     "held": "bool",
     "waiting": "bool",
 }
+
+
+def _estimates(
+    raw: Mapping[str, Sequence[Any]], estimates: Estimator
+) -> tuple[list[float | None], list[str | None]]:
+    """The ``estimate`` and ``estimate_source`` columns (see :func:`jobs_frame`)."""
+    known: dict[tuple[Any, ...], tuple[float | None, str | None]] = {}
+    seconds, sources = [], []
+    grounds = list(
+        zip(raw["time_limit"], raw["expected_s"], raw["sweep"], raw["estimate_key"], strict=True)
+    )
+    estimates.prefetch(set(grounds))
+    for ground in grounds:
+        found = known.get(ground)
+        if found is None:
+            found = known[ground] = estimates.estimate(*ground)
+        seconds.append(found[0])
+        sources.append(found[1])
+    return seconds, sources
 
 
 def _json_lists(texts: Sequence[str]) -> list[list[Any]]:

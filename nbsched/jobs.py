@@ -81,6 +81,15 @@ class JobSpec:
     #: What the job waits for before it may start (:mod:`nbsched.formats.after`'s
     #: canonical text, ``ok:12,13``); None: nothing.
     after: str | None = None
+    #: Seconds the job may run; at the limit it is ended as a cancel is (SIGTERM to its
+    #: process tree, SIGKILL after the grace) and fails with the reason ``time limit``.
+    time_limit: float | None = None
+    #: Seconds the submitter expects it to run: a hint for the plan, it ends nothing.
+    expected_s: float | None = None
+    #: Which ended jobs it is like, for a learned estimate (:mod:`nbsched.store.durations`):
+    #: ``"script:"`` + a digest of the script and its argument names, or ``"command:"``
+    #: + a digest of the command.
+    estimate_key: str | None = None
     #: A notebook job's Jupyter kernel (None: the notebook's own; see
     #: :mod:`nbsched.pipeline.notebooks`).
     kernel: str | None = None

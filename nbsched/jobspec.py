@@ -17,6 +17,7 @@ from .checks import (
     check_after,
     check_allowed_gpus,
     check_args,
+    check_duration,
     check_env,
     check_gpu_arg,
     check_priority,
@@ -30,6 +31,7 @@ from .gpus.base import GpuSnapshot
 from .jobs import JobSpec
 from .launch import check_launcher
 from .pipeline.notebooks import check_notebook, is_notebook
+from .store.durations import estimate_key
 
 
 def check_one_node(
@@ -96,13 +98,14 @@ def build_spec(
     params: Mapping[str, Any] | None = None,
     hash: str | None = None,
     after: AfterValue = None,
+    time_limit: float | str | None = None,
+    expected_s: float | str | None = None,
     kernel: str | None = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
-    value and what is accepted.  ``default_requirement(args)``: the GPUs (and where that
-    number comes from) of a job that names none; ``snapshot()``: the GPUs, for a job of
-    several (one node)."""
+    value and what is accepted.  ``default_requirement(args)``: the GPUs (and whence) of
+    a job that names none; ``snapshot()``: the GPUs, for a job of several (one node)."""
     checked_priority = check_priority(priority)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
@@ -128,9 +131,27 @@ def build_spec(
         params=params,
         hash=hash,
         after=check_after(after),
+        **_estimation(time_limit, expected_s, kind, script_path, argv, command),
         kernel=_check_notebook(script_path, argv, kernel, conda_env, launcher),
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
+
+
+def _estimation(
+    time_limit: object,
+    expected_s: object,
+    kind: str,
+    script: str | None,
+    args: Sequence[str],
+    command: str | None,
+) -> dict[str, Any]:
+    """The fields a job's estimate comes from, checked: its time limit and its hint
+    (seconds, or a duration such as ``"2h30m"``), and the key of the jobs it is like."""
+    return {
+        "time_limit": check_duration("time_limit", time_limit),
+        "expected_s": check_duration("expected_s", expected_s),
+        "estimate_key": estimate_key(kind, script, args, command),
+    }
 
 
 def _what_runs(

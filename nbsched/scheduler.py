@@ -36,6 +36,7 @@ from .pipeline.record import record_of
 from .scheduler_control import Controlling
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
+from .store.estimates import Estimator
 from .submitter import EngineSubmitter
 from .sweep_tables import sweep_frame, sweep_job_ids, sweeps_frame
 from .sweeps import SweepIds, submit_sweep
@@ -362,7 +363,7 @@ class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(rows)
+        return frames.jobs_frame(rows, Estimator(self.store))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -370,12 +371,12 @@ class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
         of a long queue without reading all of it)."""
         self._check_open()
         limit = None if first is None else check_count("first", first, " or None")
-        return frames.jobs_frame(self.store.queued_table(limit))
+        return frames.jobs_frame(self.store.queued_table(limit), Estimator(self.store))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
-        row = frames.job_row(self.store.get(job_id))
+        row = frames.job_row(self.store.get(job_id), Estimator(self.store))
         return {**row, "code": record_of(self.store, row["code"])}  # (its key: the record)
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:

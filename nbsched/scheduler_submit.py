@@ -70,6 +70,8 @@ class Submitting:
         name: str | None = None,
         once: bool = False,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         snapshot: bool | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
@@ -81,6 +83,10 @@ class Submitting:
         ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
         "started": ids}``; bare ids wait for success): see the user guide's
         dependencies page.
+        ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
+        there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
+        ``expected_s``: how long you expect it to run (seconds or a duration): a hint
+        for the plan that ends nothing.  See ``docs/estimates.md``.
 
         ``snapshot=True`` (default: the config's ``snapshot``) copies the script's git
         work tree (or folder) now and runs the job from the copy; each job records what
@@ -101,6 +107,8 @@ class Submitting:
             env=env,
             name=name,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
             snapshot=snapshot,
         )
         return self._submit_once(spec) if once else self.submit([spec])[0]
@@ -130,12 +138,14 @@ class Submitting:
         env: Mapping[str, str] | None = None,
         name: str | None = None,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         snapshot: bool | None = None,
     ) -> str:
-        """Queue a shell command (``bash -c command``); returns the job id (``after``:
-        as :meth:`add_job`'s).  ``snapshot=True`` copies its folder's git work tree (or
-        the folder) now and runs it in the copy (the config's ``snapshot`` applies to
-        script jobs only)."""
+        """Queue a shell command (``bash -c command``); returns the job id.
+        ``after``, ``time_limit`` and ``expected_s`` as in :meth:`add_job`.
+        ``snapshot=True`` copies its folder's git work tree (or the folder) now and runs
+        it in the copy (the config's ``snapshot`` applies to script jobs only)."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -147,6 +157,8 @@ class Submitting:
             env=env,
             name=name,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
             snapshot=snapshot,
         )
         return self.submit([spec])[0]
@@ -171,6 +183,8 @@ class Submitting:
         params: Mapping[str, Any] | None = None,
         hash: str | None = None,
         after: AfterValue = None,
+        time_limit: float | str | None = None,
+        expected_s: float | str | None = None,
         kernel: str | None = None,
         snapshot: bool | None = None,
     ) -> JobSpec:
@@ -202,6 +216,8 @@ class Submitting:
             params=params,
             hash=hash,
             after=after,
+            time_limit=time_limit,
+            expected_s=expected_s,
             kernel=kernel,
         )
         config = self.config

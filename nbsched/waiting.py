@@ -22,6 +22,7 @@ from .errors import InvalidTypeError, UnknownJobError
 from .progress import WaitProgress
 from .progress import wanted as progress_wanted
 from .store import Store, parse_job_id
+from .store.estimates import Estimator
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,7 +128,7 @@ class Waits:
                 if bar.enabled:
                     bar.update(len(wanted) - len(pending), store.status_counts(wanted_set))
                 if not pending:
-                    return frames.jobs_frame(store.table(ids=wanted))
+                    return frames.jobs_frame(store.table(ids=wanted), Estimator(store))
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     left = ", ".join(map(str, sorted(pending)))

@@ -341,7 +341,7 @@ def test_the_queue_feed_leaves_out_the_revisions_asked(rig: Rig) -> None:
     assert feed.rev > rev3 and feed.paused == frozenset({0})
     entry = Queued.read(feed.changes[0])
     assert entry.id == b.id
-    assert entry == (0, b.seq, 0.5, (1,), None, 0, rev2)
+    assert entry == (0, b.seq, 0.5, (1,), None, 0, rev2, None, None)  # (no estimate)
     assert rig.store.queue_changes(rev1, [rev2]).changes[0].seq == c.seq
     assert len(rig.store.queue_changes(0).changes) == 5
 

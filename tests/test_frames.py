@@ -27,9 +27,22 @@ TEXT = pd.Series(["x"]).dtype
 #: What jobs() promises each column is, with rows or without.
 DTYPES = {
     **dict.fromkeys(
-        ["id", "status", "command", "log", "name", "sweep", "node", "reason", "after"], TEXT
+        [
+            "id",
+            "status",
+            "command",
+            "log",
+            "name",
+            "sweep",
+            "node",
+            "reason",
+            "after",
+            "estimate_source",
+        ],
+        TEXT,
     ),
     "priority": "int64",
+    "estimate": "float64",
     "required_gpus": "float64",
     "attempts": "int64",
     "exit_code": "Int64",

@@ -5,6 +5,7 @@ and :mod:`.typed` (a word a person typed, put to the same rule)."""
 from .after import AfterValue, check_after
 from .typed import (
     ALL_LINES,
+    duration_from_text,
     gpu_count_from_text,
     gpus_from_text,
     lines_from_text,
@@ -24,6 +25,7 @@ from .values import (
     check_args,
     check_choice,
     check_count,
+    check_duration,
     check_env,
     check_flag,
     check_gpu_arg,
@@ -55,6 +57,7 @@ __all__ = [
     "check_args",
     "check_choice",
     "check_count",
+    "check_duration",
     "check_env",
     "check_flag",
     "check_gpu_arg",
@@ -69,6 +72,7 @@ __all__ = [
     "check_timeout",
     "check_whole",
     "check_word",
+    "duration_from_text",
     "gpu_count_from_text",
     "gpus_from_text",
     "is_real",

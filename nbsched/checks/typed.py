@@ -15,6 +15,7 @@ from ..formats.gpulist import MAX_GPU_ID
 from .values import (
     INT64,
     check_count,
+    check_duration,
     check_number,
     check_priority,
     check_requirement,
@@ -148,3 +149,10 @@ def threshold_from_text(text: str) -> float:
         "a fraction of the GPU from 0 to 1 (0.8: 80 %)",
         quote=False,
     )
+
+
+def duration_from_text(text: str, name: str = "time_limit") -> float:
+    """``--time 2h30m`` / ``--expected 90`` typed as a word: :func:`check_duration`."""
+    seconds = check_duration(name, text)
+    assert seconds is not None
+    return seconds

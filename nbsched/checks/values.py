@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from ..errors import InvalidTypeError, InvalidValueError
+from ..formats.duration import EXAMPLES, parse_duration
 from ..formats.gpulist import MAX_GPU_ID, describe_gpus, parse_gpu_list
 
 INT64 = 2**63  # integers the store keeps must lie in [-INT64, INT64)
@@ -151,6 +152,24 @@ def check_timeout(timeout: object) -> float | None:
             f"timeout={timeout!r}: expected seconds >= 0, or None (or inf) for no limit"
         )
     return None if math.isinf(seconds) else seconds
+
+
+def check_duration(name: str, value: object) -> float | None:
+    """A job's ``time_limit`` or ``expected_s``: seconds (a finite number > 0) or a
+    duration such as ``"2h30m"`` (:mod:`nbsched.formats.duration`); None: none."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise InvalidValueError(f"{name}={value!r}: expected {EXAMPLES}")
+    elif is_real(value):
+        seconds = to_float(value)
+    else:
+        raise InvalidTypeError(f"{name}={value!r}: expected {EXAMPLES}, or None")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidValueError(f"{name}={value!r}: must be more than 0 s; expected {EXAMPLES}")
+    return seconds
 
 
 def check_sweep_limit(limit: object) -> int:

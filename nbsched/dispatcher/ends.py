@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from ..executors.base import Exit
+from ..formats.duration import format_duration
 from ..jobs import Job, JobStatus
 from ..launch import conda_failure
 from ..pipeline.notebooks import failure_detail, is_notebook
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 #: A back-off doubles at most this many times: 2**1024 does not fit a float, and
 #: 2**32 times the first back-off is forever anyway.
 MAX_DOUBLINGS = 32
+
+#: See :func:`over_time_limit`.
+LIMIT_SLACK_S = 0.1
 
 
 def backoff_s(retry_backoff_s: float, attempts: int) -> float:
@@ -43,11 +47,15 @@ def decide_end(
 ) -> AttemptEnd:
     """What an attempt's end means: succeeded, failed, or queued again for a retry at
     ``now`` plus the back-off (while ``job.attempts`` has not used up the job's
-    retries, and ``missing_env`` does not say retrying cannot help).  It is recorded as
+    retries, and ``missing_env`` does not say retrying cannot help); failed with the
+    reason ``time limit (...)`` if it ended at or past its time limit.  It is recorded as
     ended when the executor says it ended (:func:`ended_at`), else at ``now``.
     ``detail``: what the job itself said of its failure (a notebook's failing cell),
     put before the reason."""
     at = ended_at(job, exit, now)
+    over = over_time_limit(job, now if at is None else at)
+    if over is not None:  # (no retry: the limit would end the next attempt too)
+        return AttemptEnd(job, JobStatus.FAILED, exit.code, over, at=at)
     if exit.code == 0:
         return AttemptEnd(job, JobStatus.SUCCEEDED, 0, None, at=at)
     reason = exit.reason or f"exit code {exit.code}"
@@ -67,6 +75,18 @@ def decide_end(
             at=at,
         )
     return AttemptEnd(job, JobStatus.FAILED, exit.code, reason, at=at)
+
+
+def over_time_limit(job: Job, at: float) -> str | None:
+    """The reason of an attempt that ended at ``at``, at or after its time limit
+    (``"time limit (2h30m)"``: the dispatcher ended it there, see :mod:`.limits`, or it
+    ended by itself past it while no engine watched); None: it ended within it.  An end
+    up to :data:`LIMIT_SLACK_S` before the limit counts (a wrapper's exit file's time is
+    the file system's coarse clock, a few ms behind the one the deadline was read on)."""
+    limit = job.spec.time_limit
+    if limit is None or job.started is None or at < job.started + limit - LIMIT_SLACK_S:
+        return None
+    return f"time limit ({format_duration(limit)})"
 
 
 def ended_at(job: Job, exit: Exit, now: float) -> float | None:

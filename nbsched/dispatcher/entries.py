@@ -14,13 +14,18 @@ submitted after them is planned first at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 from ..jobs import Job
+from ..store.estimates import NO_ESTIMATE, Estimate, Estimator
 from ..store.feed import Queueing
+
+#: What a job's (or a feed row's) estimate comes from, as ``Estimator.of_grounds`` takes it.
+_GROUNDS = attrgetter("time_limit", "expected_s", "sweep", "estimate_key")
 
 #: Offered batches up to this many jobs keep their whole jobs, so a start of one of
 #: them reads nothing (an ``add_command`` at a time: the engine's throughput).
@@ -44,15 +49,21 @@ class Queued(NamedTuple):
     attempts: int
     #: The revision its row was read at (or written at, for a job this process offered).
     rev: int
+    #: How long it is expected to run (s), as known when the entry was made, and on what
+    #: grounds: "time limit", "hint", "sweep", "script", "command" (None: no estimate).
+    #: See :mod:`nbsched.store.estimates`.
+    estimate_s: float | None = None
+    estimate_source: str | None = None
 
     @property
     def id(self) -> str:
         return str(self.seq)
 
     @classmethod
-    def of(cls, job: Job, rev: int) -> Queued:
+    def of(cls, job: Job, rev: int, estimates: Estimator | None = None) -> Queued:
         """The entry of a whole job read (or written) at ``rev``."""
         spec = job.spec
+        estimate = NO_ESTIMATE if estimates is None else estimates.of_spec(spec)
         return tuple.__new__(
             cls,
             (
@@ -63,15 +74,18 @@ class Queued(NamedTuple):
                 job.not_before,
                 job.attempts,
                 rev,
+                *estimate,
             ),
         )
 
     @classmethod
-    def read(cls, row: Queueing) -> Queued:
+    def read(cls, row: Queueing, estimates: Estimator | None = None) -> Queued:
         """The entry of a row of the change feed.  As in :meth:`Batch.of`, it keeps no
         object of the row: the numbers are copied, the requirement and the allowed GPUs
         shared with other rows' (the row's memory is given back once it is gone)."""
         allowed = row.allowed_gpus
+        # (one answer per distinct set of grounds: a sweep's rows share one object)
+        estimate = NO_ESTIMATE if estimates is None else estimates.of_grounds(_GROUNDS(row))
         return tuple.__new__(
             cls,
             (
@@ -82,8 +96,26 @@ class Queued(NamedTuple):
                 row.not_before,
                 row.attempts,
                 row.rev + 0,
+                *estimate,
             ),
         )
+
+
+class Running(NamedTuple):
+    """A running job as a plan that looks ahead sees it: its GPUs and share, when it
+    started, and how long it is expected to run in all (as :class:`Queued`'s)."""
+
+    seq: int
+    gpus: tuple[int, ...]
+    required_gpus: float
+    started: float | None
+    estimate_s: float | None = None
+    estimate_source: str | None = None
+
+    @classmethod
+    def of(cls, job: Job, estimates: Estimator | None = None) -> Running:
+        estimate = NO_ESTIMATE if estimates is None else estimates.of_spec(job.spec)
+        return cls(job.seq, job.gpus, job.spec.required_gpus, job.started, *estimate)
 
 
 #: One object per distinct requirement, and per distinct list of allowed GPUs as
@@ -128,7 +160,7 @@ class Batch:
     least: float
 
     @classmethod
-    def of(cls, rev: int, jobs: Sequence[Job]) -> Batch:
+    def of(cls, rev: int, jobs: Sequence[Job], estimates: Estimator | None = None) -> Batch:
         whole = {job.seq: job for job in jobs} if len(jobs) <= SMALL_BATCH else {}
         # Queued.of, inlined (a third faster), with no object of a job kept: a job's
         # number, requirement, ... sit among its other objects, and would keep their
@@ -152,9 +184,11 @@ class Batch:
                     j.not_before,
                     j.attempts,
                     rev,
+                    estimate[0],
+                    estimate[1],
                 ),
             )
-            for j in jobs
+            for j, estimate in zip(jobs, _estimates(jobs, estimates), strict=True)
             for s in (j.spec,)
         ]
         return cls.sort(rev, entries, whole)
@@ -170,3 +204,10 @@ class Batch:
             whole,
             min(map(itemgetter(2), entries), default=0.0),
         )
+
+
+def _estimates(jobs: Sequence[Job], estimates: Estimator | None) -> Iterable[Estimate]:
+    """The estimate of each job (a sweep's jobs share theirs: one lookup for all)."""
+    if estimates is None:
+        return repeat(NO_ESTIMATE, len(jobs))
+    return list(map(estimates.of_grounds, map(_GROUNDS, map(attrgetter("spec"), jobs))))

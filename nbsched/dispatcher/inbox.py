@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..executors.base import Executor, Exit, Started
 from ..jobs import Job
+from ..store.estimates import Estimator
 from .entries import Batch
 
 
@@ -41,6 +42,8 @@ class Inbox:
     #: Where started attempts turned out to run, reported after their start
     #: (:meth:`~nbsched.executors.base.Executor.report_starts`): written with the pids.
     identified: list[tuple[Job, Started, Executor]] = field(default_factory=list)
+    #: Where the offered jobs' estimates come from (see :mod:`nbsched.store.estimates`).
+    estimates: Estimator | None = None
 
     def add_end(self, job: Job, exit: Exit) -> None:
         with self.lock:
@@ -64,7 +67,7 @@ class Inbox:
         if not jobs:
             return
         with self.offers_lock:
-            batch = Batch.of(rev, jobs)
+            batch = Batch.of(rev, jobs, self.estimates)
             with self.lock:
                 self.offered.append(batch)
                 least = self.unchecked

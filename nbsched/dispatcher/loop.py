@@ -42,6 +42,7 @@ from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobStatus
 from ..pipeline.snapshots import after_ends
 from ..store import AttemptEnd, AttemptStart, Store
+from ..store.estimates import Estimator
 from .ends import decide_end, log_says
 from .inbox import Inbox
 from .queue import QueueCache
@@ -80,8 +81,9 @@ class Dispatcher:
         os.set_blocking(self._rpipe, False)
         os.set_blocking(self._wpipe, False)
         self._stop = threading.Event()
-        self._cache = QueueCache(config.retry_backoff_s)
-        self._inbox = Inbox()
+        self._estimates = Estimator(store)  # (the queue's estimates: see store.estimates)
+        self._cache = QueueCache(config.retry_backoff_s, estimates=self._estimates)
+        self._inbox = Inbox(estimates=self._estimates)
         self._executors = Executors(executor_for, self._on_started)
         self._starts = Starts(config, store, self._cache, self._inbox, self._executors)
         #: Why the queue's head waits, and the GPUs held for it (for status displays).
@@ -275,6 +277,7 @@ class Dispatcher:
         )
         kill_cancelled(unrecorded, missed)
         self._cache.merge()  # (the runs taken in this turn: after its starts)
+        self._cache.deadlines.enforce(now, self._cache.running, self._executors.get, self.config)
         self._after_ends(ends, statuses)
         if ends or starts:
             # (the jobs that ended, or may have: an end that did not apply was another's)
@@ -374,7 +377,7 @@ class Dispatcher:
             timeout = min(timeout, min(waits))
         if self._cache.has_queued():
             timeout = min(timeout, self._queue_wait_s())
-        return timeout
+        return min(timeout, self._cache.deadlines.wait_s(now))  # (a time limit's)
 
     # -- ends -----------------------------------------------------------------------------
 
@@ -382,6 +385,7 @@ class Dispatcher:
         """Once the ends are committed: drop the jobs, and let their executors forget
         them (their exit files are read by nobody now)."""
         by_executor: dict[str, list[Job]] = {}
+        self._estimates.forget_succeeded([end.job for end in ends], statuses)
         for end, status in zip(ends, statuses, strict=True):
             job = end.job
             known = self._cache.running.get(job.id)

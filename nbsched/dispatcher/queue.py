@@ -25,16 +25,21 @@ import bisect
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from ..allocation import Placement, booked_share
 from ..jobs import Job, JobStatus
 from ..store import Store
+from ..store.estimates import Estimator
 from ..store.feed import QueueFeed
 from .ends import backoff_s
-from .entries import SMALL_BATCH, Batch, Queued
+from .entries import SMALL_BATCH, Batch, Queued, Running
+from .limits import Deadlines
 
 #: Whole jobs kept from small offered batches, at most (see :meth:`QueueCache.to_start`).
 MAX_WHOLE = 4096
+#: What a row of the feed's estimate comes from (see :class:`~nbsched.store.feed.Queueing`).
+_GROUNDS = attrgetter("time_limit", "expected_s", "sweep", "estimate_key")
 
 
 @dataclass
@@ -62,6 +67,10 @@ class QueueCache:
     running: dict[str, Job] = field(default_factory=dict)
     #: Job id -> monotonic time at which its retry back-off ends (see :meth:`eligible`).
     backoff_until: dict[str, float] = field(default_factory=dict)
+    #: The deadlines of the running jobs with a time limit (see :mod:`.limits`).
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    #: Where the entries' estimates come from (None: none, as in tests of the cache alone).
+    estimates: Estimator | None = None
 
     def has_queued(self) -> bool:
         """Whether any job is queued."""
@@ -153,6 +162,8 @@ class QueueCache:
         wanted: list[str] = []
         fresh: list[Queued] = []
         queued = self.queued
+        if self.estimates is not None and feed.changes:  # (their estimates, read at once)
+            self.estimates.prefetch(set(map(_GROUNDS, feed.changes)))
         for change in feed.changes:
             seq, status = change.seq, change.status
             if status == JobStatus.QUEUED:
@@ -165,7 +176,7 @@ class QueueCache:
                     self.forget(str(seq))
                 if change.held:
                     continue  # (held or waiting: out of the queue until released)
-                fresh.append(Queued.read(change))
+                fresh.append(Queued.read(change, self.estimates))
                 continue
             job_id = str(seq)
             known = self.running.get(job_id)
@@ -180,10 +191,12 @@ class QueueCache:
             self.forget(job.id)
             if job.status == JobStatus.RUNNING:
                 self.running[job.id] = job
+                self.deadlines.add(job)
             elif (
                 job.status == JobStatus.QUEUED and not job.held and not job.waiting
             ):  # (queued again since the feed's read)
-                fresh.append(Queued.of(job, -1))  # (read again when the feed has it)
+                # (read again when the feed has it)
+                fresh.append(Queued.of(job, -1, self.estimates))
         self._learn(fresh, now, mono)
 
     def _learn(self, fresh: list[Queued], now: float, mono: float) -> None:
@@ -221,6 +234,10 @@ class QueueCache:
             else:
                 out.append((job, placement.gpus))
         return out, stale
+
+    def running_entries(self) -> list[Running]:
+        """The running jobs as a plan that looks ahead sees them, with their estimates."""
+        return [Running.of(job, self.estimates) for job in self.running.values()]
 
     def booked(self, gone: set[str]) -> dict[int, float]:
         """GPU -> the fraction of it the running jobs (but those ``gone``) book."""

@@ -191,6 +191,7 @@ class Starts:
             if self.crash:
                 self.crash("after_mark_running")
             self.cache.running[job.id] = job
+            self.cache.deadlines.add(job)
             try:
                 executor = self.executors.get(job.executor or self.config.executor)
                 started = executor.start(self.launch(job, job.id in reruns))

@@ -229,3 +229,8 @@ def _signal(proc: psutil.Process, sig: int) -> None:
         proc.send_signal(sig)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         pass
+
+
+#: For the executors: wait for processes to end; send one a signal (gone: nothing).
+wait_ended = _wait_ended
+signal_process = _signal

@@ -25,7 +25,8 @@ for byte, to its log.  How:
   ``STY`` environment variable.
 * A session that ends without an exit code recorded (killed, ``screen -X quit``)
   makes the job ``failed`` with that reason, never ``succeeded``.
-* Cancel ends the whole process tree, then the session.
+* Cancel (and a time limit) ends the job's processes first, so its wrapper records
+  its exit code, then whatever is left of the tree, then the session.
 * What a job leaves running when it ends (``cmd &``, ``setsid``, daemons: the processes
   carrying its ``NBSCHED_JOB_TOKEN``) is killed before its end is reported, as the
   direct executor's spawner does; the session's own screen process ends by itself.
@@ -47,7 +48,15 @@ from ..jobs import Job
 from ..launch import LaunchError
 from .base import Exit, Launch, OnExit, Started
 from .local import LocalProcessExecutor
-from .process import find_by_token, kill_tree, open_log, process_start_time, same_process_alive
+from .process import (
+    find_by_token,
+    kill_tree,
+    open_log,
+    process_start_time,
+    same_process_alive,
+    signal_process,
+    wait_ended,
+)
 
 SCREEN_LAUNCHER = (
     'exit_file=$1 pid_file=$2 log=$3; shift 3; printf "%d\\n" "$$" > "$pid_file"; '
@@ -198,9 +207,39 @@ class ScreenExecutor(LocalProcessExecutor):
 
     def kill(self, job: Job, grace_s: float) -> None:
         sty = self.session(job)
+        end_under_wrapper(job, grace_s)  # (so its wrapper records its real exit code)
         kill_tree(job.pid, job.proc_start, job.token, grace_s)
         if sty is not None:
             quit_session(sty)
+
+
+def end_under_wrapper(job: Job, grace_s: float) -> None:
+    """SIGTERM the job's processes but those of its session's frame (the wrapper,
+    ``tee``, ``screen``), SIGKILL what is left after ``grace_s``, and give the wrapper a
+    moment to record the job's exit code (a time limit's end keeps it, as the direct
+    executor's does); :func:`kill_tree` then ends whatever is left."""
+    if not job.token or job.pid is None or not same_process_alive(job.pid, job.proc_start):
+        return
+
+    def job_processes() -> list[psutil.Process]:
+        found = []
+        for proc in find_by_token(job.token or ""):
+            try:
+                if proc.pid != job.pid and proc.name() not in ("tee", "screen"):
+                    found.append(proc)
+            except psutil.Error:
+                pass
+        return found
+
+    procs = job_processes()
+    for proc in procs:
+        signal_process(proc, signal.SIGTERM)
+    for proc in wait_ended(procs, timeout=grace_s) + job_processes():
+        signal_process(proc, signal.SIGKILL)
+    try:
+        wait_ended([psutil.Process(job.pid)], timeout=2.0)
+    except psutil.Error:
+        pass
 
 
 def end_leftovers(token: str | None, sty: str | None) -> None:

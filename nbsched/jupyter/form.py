@@ -61,7 +61,8 @@ _STYLE = {"description_width": "110px"}
 
 
 class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
-    """Script, conda env, arguments, GPUs, allowed GPUs, priority, LLM model, sweep, Submit.
+    """Script, conda env, arguments, GPUs, allowed GPUs, priority, time limit and expected
+    run time, LLM model, sweep, Submit.
 
     ``conda_env_names`` overrides the ``conda env list`` lookup (``[]`` for none).
     ``submitted`` lists every id queued through the form.
@@ -82,7 +83,8 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.result = widgets.HTML()
         super().__init__(children=self._rows())
         fields = [self.script, self.conda_env, self.arguments, self.gpus, self.sweep]
-        for field in [*fields, self.after, self.priority, self.llm_model, *self.allowed]:
+        times = [self.time_limit, self.expected]
+        for field in [*fields, self.after, *times, self.priority, self.llm_model, *self.allowed]:
             field.observe(lambda _: self._clear_error(), names="value")
 
     def _make_inputs(self, conda_env_names: Sequence[str] | None) -> None:
@@ -112,6 +114,12 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             placeholder="fraction in (0, 1] or whole number; empty: default",
             layout=wide,
             style=style,
+        )
+        self.time_limit = widgets.Text(
+            description="time limit", placeholder="e.g. 2h30m (empty: none)", style=style
+        )
+        self.expected = widgets.Text(
+            description="expected", placeholder="e.g. 10m: a hint (empty: none)", style=style
         )
         self.sweep = widgets.Text(
             description="sweep",
@@ -161,6 +169,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 ]
             ),
             self.priority,
+            widgets.HBox([self.time_limit, self.expected]),
             self.llm_model,
             self.sweep,
             self.after,
@@ -224,6 +233,9 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 "required_gpus": gpus,
                 "allowed_gpus": [i for i, b in enumerate(self.allowed) if b.value] or None,
                 "after": self.after.value.strip() or None,
+                # (the API reads "2h30m" or seconds, and names a bad one)
+                "time_limit": self.time_limit.value.strip() or None,
+                "expected_s": self.expected.value.strip() or None,
             }
             script = self.script.value.strip()
             if not script:
@@ -269,6 +281,8 @@ _LABELS = {
     "allowed_gpus": "allowed GPUs",
     "conda_env": "conda env",
     "args": "arguments",
+    "time_limit": "time limit",
+    "expected_s": "expected",
 }
 _API_NAME = re.compile(rf"\b({'|'.join(_LABELS)})(?=[=:]|\s\[)")
 

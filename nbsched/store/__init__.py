@@ -13,6 +13,7 @@ package is one question per module:
 - :mod:`.attempts`: the dispatcher's writes of attempts starting and ending;
 - :mod:`.meta`: GPU pauses, notices, key-values, sweeps;
 - :mod:`.deps`: dependencies (which jobs wait for which).
+- :mod:`.durations`: how long jobs that succeeded ran; :mod:`.estimates`: estimates.
 
 :class:`Store` puts the parts together over one :class:`~.connection.Database`.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from .attempts import AttemptEnd, AttemptsPart, AttemptStart
 from .connection import Database
 from .deps import DepsPart
+from .durations import DurationsPart
 from .feed import Change, ChangeFeed, FeedPart
 from .jobs import JobsPart
 from .meta import SWEEP_PREFIX, MetaPart
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 
-class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart, DepsPart):
+class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart, DepsPart, DurationsPart):
     """One process's store on ``state.db``, shared by its threads."""
 
     def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:

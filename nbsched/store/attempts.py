@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..jobs import Job, JobStatus
-from . import deps, rows
+from . import deps, durations, rows
 from .connection import StorePart, bump_rev
 
 #: A started attempt's pid and the like: ``(job number, attempt token, fields)``.
@@ -151,6 +151,8 @@ def _apply_end(conn: sqlite3.Connection, rev: int, end: AttemptEnd, now: float) 
             conn.execute(
                 _INSERT_TRANSITION, (seq, JobStatus.RUNNING.value, status.value, ended, reason)
             )
+            if status == JobStatus.SUCCEEDED:
+                durations.record(conn, end.job, ended)
             return status
     return None
 

@@ -48,6 +48,11 @@ class Queueing(NamedTuple):
     token: str | None
     #: Whether the job is held or waits for a dependency (no dispatcher's to start).
     held: int
+    #: What its estimate comes from (:class:`~nbsched.store.estimates.Estimator`).
+    time_limit: float | None
+    expected_s: float | None
+    sweep: str | None
+    estimate_key: str | None
 
 
 class QueueFeed(NamedTuple):
@@ -131,13 +136,13 @@ class FeedPart(StorePart):
         ]
         ranges.append(("rev > ?", (bounds[-1],)))
         cols = "priority, seq, required_gpus, allowed_gpus, not_before, attempts, rev, status"
-        sql = " UNION ALL ".join(
-            f"SELECT {cols}, token, held OR waiting FROM jobs WHERE {w}" for w, _ in ranges
-        )
+        more = "token, held OR waiting, time_limit, expected_s, sweep, estimate_key"
+        sql = " UNION ALL ".join(f"SELECT {cols}, {more} FROM jobs WHERE {w}" for w, _ in ranges)
         # (the revision and the pauses: rows whose status is NULL, told apart by seq)
+        nulls = "NULL, NULL, 0, NULL, NULL, NULL, NULL"
         found = self._db.read(
-            f"{sql} UNION ALL SELECT 0, 0, 0, 0, 0, 0, CAST(value AS INTEGER), NULL, NULL, 0 "
-            "FROM meta WHERE key = 'rev' UNION ALL SELECT 0, 1, 0, 0, 0, 0, gpu, NULL, NULL, 0 "
+            f"{sql} UNION ALL SELECT 0, 0, 0, 0, 0, 0, CAST(value AS INTEGER), {nulls} "
+            f"FROM meta WHERE key = 'rev' UNION ALL SELECT 0, 1, 0, 0, 0, 0, gpu, {nulls} "
             "FROM gpu_pauses",
             [p for _, params in ranges for p in params],
         )

@@ -61,6 +61,16 @@ STATEMENTS = (
     # The submitters' environments jobs start from, once each (jobs.environment: its id).
     "CREATE TABLE IF NOT EXISTS environments "
     "(id INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, json TEXT NOT NULL)",
+    # How long each job that succeeded ran, for learned estimates (see .durations).
+    """CREATE TABLE IF NOT EXISTS durations (
+    seq INTEGER PRIMARY KEY,
+    sweep TEXT,
+    estimate_key TEXT,
+    seconds REAL NOT NULL,
+    ended REAL NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS durations_sweep ON durations(sweep, ended)",
+    "CREATE INDEX IF NOT EXISTS durations_key ON durations(estimate_key, ended)",
     """CREATE TABLE IF NOT EXISTS notices (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,

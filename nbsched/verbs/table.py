@@ -25,6 +25,7 @@ from .values import (
     checked_ids,
     command_line,
     count_type,
+    expected_type,
     gpu_index_type,
     gpus_type,
     interval_type,
@@ -35,6 +36,7 @@ from .values import (
     rows_type,
     seconds_type,
     threshold_type,
+    time_limit_type,
 )
 
 CLI = "cli"
@@ -118,6 +120,8 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "max_retries": ns.retries,
         "name": ns.name,
         "after": ";".join(filter(None, (getattr(ns, d, None) for d in _AFTER_DESTS))) or None,
+        "time_limit": ns.time_limit,
+        "expected_s": ns.expected_s,
     }
 
 
@@ -256,6 +260,20 @@ JOB_OPTIONS = (
             ("any", "ended, however"),
             ("started", "started"),
         )
+    ),
+    _opt(
+        "--time",
+        dest="time_limit",
+        type=time_limit_type,
+        metavar="T",
+        help="time limit: seconds or e.g. 2h30m, 90m, 45s; at T the job is ended and fails",
+    ),
+    _opt(
+        "--expected",
+        dest="expected_s",
+        type=expected_type,
+        metavar="T",
+        help="how long you expect it to run (seconds or e.g. 10m): a hint, ends nothing",
     ),
 )
 

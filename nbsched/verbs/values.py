@@ -110,6 +110,16 @@ def seconds_type(text: str) -> float:
     return _argument(checks.seconds_from_text, text)
 
 
+def time_limit_type(text: str) -> float:
+    """``--time 2h30m`` (or seconds): a job's ``time_limit``."""
+    return _argument(lambda t: checks.duration_from_text(t, "time_limit"), text)
+
+
+def expected_type(text: str) -> float:
+    """``--expected 10m`` (or seconds): a job's ``expected_s``."""
+    return _argument(lambda t: checks.duration_from_text(t, "expected_s"), text)
+
+
 def threshold_type(text: str) -> float:
     """``--mem-threshold`` / ``--load-threshold``: a fraction from 0 to 1."""
     return _argument(checks.threshold_from_text, text)

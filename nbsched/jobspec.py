@@ -102,21 +102,18 @@ def build_spec(
     expected_s: float | str | None = None,
     kernel: str | None = None,
 ) -> JobSpec:
-    """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
-    against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
-    value and what is accepted.  ``default_requirement(args)``: the GPUs (and whence) of
-    a job that names none; ``snapshot()``: the GPUs, for a job of several (one node)."""
+    """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`)
+    against ``n_gpus`` GPUs (``owner``'s), or the first error, naming the value and what is
+    accepted; ``default_requirement(args)``: the GPUs (and whence) of a job that names
+    none; ``snapshot()``: the GPUs, for a job of several (one node)."""
     checked_priority = check_priority(priority)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
-    check_word("conda_env", conda_env, "an environment name", blank=False)
+    kernel = _script_checks(script_path, argv, kernel, conda_env, launcher)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
-    if required_gpus is None:
-        required, shown, other = _default_gpus(default_requirement(argv), precision)
-    else:
-        required = check_requirement("required_gpus", required_gpus, precision)
-        shown, other = f"required_gpus={required:g}", ""
-    _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
+    required = _requirement(
+        required_gpus, default_requirement, argv, precision, allowed, n_gpus, owner, snapshot
+    )
     return JobSpec(
         kind=kind,
         required_gpus=required,
@@ -132,7 +129,7 @@ def build_spec(
         hash=hash,
         after=check_after(after),
         **_estimation(time_limit, expected_s, kind, script_path, argv, command),
-        kernel=_check_notebook(script_path, argv, kernel, conda_env, launcher),
+        kernel=kernel,
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 
@@ -181,11 +178,34 @@ def _what_runs(
     return "script", str(path.resolve()), check_args(args)
 
 
-def _check_notebook(
+def _requirement(
+    required_gpus: object,
+    default: Callable[[Sequence[str]], tuple[float, str]],
+    argv: Sequence[str],
+    precision: float,
+    allowed: tuple[int, ...] | None,
+    n_gpus: int,
+    owner: str,
+    snapshot: Callable[[], Sequence[GpuSnapshot]],
+) -> float:
+    """The GPUs the job needs (``required_gpus``, else ``default(argv)``: the number and
+    where it comes from), checked to fit the (allowed) GPUs there are."""
+    if required_gpus is None:
+        required, shown, other = _default_gpus(default(argv), precision)
+    else:
+        required = check_requirement("required_gpus", required_gpus, precision)
+        shown, other = f"required_gpus={required:g}", ""
+    _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
+    return required
+
+
+def _script_checks(
     script: str | None, args: tuple[str, ...], kernel: object, conda_env: object, launcher: object
 ) -> str | None:
-    """A notebook job's (see :mod:`nbsched.pipeline.notebooks`): papermill, the file,
-    its parameters, its kernel; ``kernel=`` only for one.  Its checked kernel."""
+    """The conda env's name, and a notebook job's needs (see
+    :mod:`nbsched.pipeline.notebooks`): papermill, the file, its parameters, its kernel;
+    ``kernel=`` only for one.  Its checked kernel."""
+    check_word("conda_env", conda_env, "an environment name", blank=False)
     if not is_notebook(script):
         if kernel is not None:
             raise InvalidValueError(

@@ -220,10 +220,7 @@ class Submitting:
             expected_s=expected_s,
             kernel=kernel,
         )
-        config = self.config
-        return with_code(
-            self.store, spec, snapshot, config.snapshot, config.state_dir, config.snapshot_max_mb
-        )
+        return with_code(self.store, spec, snapshot, self.config)
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
         """GPUs for a job that names none, and where that number comes from: the LLM

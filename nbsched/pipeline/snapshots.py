@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import check_flag
+from ..config import SchedulerConfig
 from ..errors import ClosedError, InvalidValueError, MissingFileError
 from ..jobs import Job, JobSpec
 from .record import code_record, racy, record_of, store_record, tracked, work_tree
@@ -68,16 +69,10 @@ def snapshots_dir(state_dir: str | os.PathLike[str]) -> Path:
 # -- the record ---------------------------------------------------------------------------
 
 
-def with_code(
-    store: Any,
-    spec: JobSpec,
-    snapshot: object,
-    default: bool,
-    state_dir: str | os.PathLike[str],
-    max_mb: float,
-) -> JobSpec:
-    """``spec`` with its ``code`` record and, with ``snapshot`` (None: ``default``, the
-    config's), the copy it runs from (held until :func:`release`)."""
+def with_code(store: Any, spec: JobSpec, snapshot: object, config: SchedulerConfig) -> JobSpec:
+    """``spec`` with its ``code`` record and, with ``snapshot`` (None: the config's
+    ``snapshot``), the copy it runs from (held until :func:`release`)."""
+    default, state_dir, max_mb = config.snapshot, config.state_dir, config.snapshot_max_mb
     if snapshot is not None:
         check_flag("snapshot", snapshot)
     copy = root = None

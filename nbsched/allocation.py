@@ -14,13 +14,23 @@ Rules, in the order they are applied:
   *group* (a node of a cluster: GPUs with different ``group`` never serve one job).
   Among the groups that have room, the one with the fewest empty GPUs is taken, so
   larger blocks stay whole for larger jobs.  GPUs without a group form one group.
-* **Reservation (no starvation).**  The first job in that order that cannot start
-  now reserves the GPUs it will start on: for N GPUs, the N eligible GPUs closest
-  to being free; for a fraction, the one GPU with the most room.  Jobs behind it
-  may start ("backfill") only on GPUs outside that reservation, so they provably
-  cannot delay it.  This is EASY backfilling, as in Slurm: one reservation, held
-  for the highest-priority blocked job; when it starts, the next blocked job gets
-  the reservation.  A multi-GPU reservation, like the job, lies within one group.
+* **Reservation.**  The first job in that order that cannot start (*first in line*),
+  once it has been first in line ``reserve_after_s`` (0: at once), holds GPUs in one
+  group: those with room for it now, then those it held at the last plan, then those
+  expected free soonest (running jobs' start + estimate; then the most room).  Its
+  expected start is when the last of them frees (unknown if a job on them has no
+  estimate).  Until then, jobs behind it start wherever they fit.
+* **Backfill.**  Jobs behind it, the next ``depth`` (500) tried longest estimate first
+  (``order``), start on GPUs it does not hold (EASY), and on held ones only if their
+  estimate ends before its expected start: a time limit as it is, a hint or a learned
+  estimate with ``margin`` (25 %) added; a job with no estimate never does.
+* **Starvation bound.**  A job first in line since ``t`` starts by
+  ``t + reserve_after_s + D`` (``D``: the longest run) where the estimates hold (or
+  there are none): a held GPU is given up only for one with room now, and takes only
+  jobs that end before the expected start, so the GPUs it waits for only drain.  An
+  estimate that is too short can add one more ``D``.  With ``k`` jobs of its priority
+  ahead of it, a job waits at most ``k + 1`` such bounds (docs/scheduling.md;
+  tests/test_simulation.py checks the bound on generated workloads).
 
 Nothing here reads a clock, a file or a GPU: :func:`plan` is called by the
 dispatcher thread and by the tests with hand-built states.  :func:`explain` says, from
@@ -30,13 +40,15 @@ has, from the jobs ahead of it alone (``why()``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Protocol
 
+from .backfill import DEFAULT_POLICY, Eta, Policy, Running, Timeline, by_group, reserve
 from .gpus.base import GpuSnapshot
-from .jobs import Job
 
 
 class QueuedJob(Protocol):
@@ -56,6 +68,12 @@ class QueuedJob(Protocol):
     def allowed_gpus(self) -> tuple[int, ...] | None: ...
     @property
     def not_before(self) -> float | None: ...
+    #: Seconds it is expected to run, and on what grounds (one of
+    #: :data:`nbsched.backfill.SOURCES`); ``None``: not known.
+    @property
+    def estimate_s(self) -> float | None: ...
+    @property
+    def estimate_source(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,8 @@ class Plan:
     next_wakeup: float | None = None
     #: Why the head job waits, for status displays.
     head_waiting: tuple[str, str] | None = None
+    #: When the head job is expected to start on the GPUs held for it (None: none held).
+    head_eta: Eta | None = None
 
 
 def gpu_states(
@@ -144,129 +164,162 @@ def plan(
     gpus: Sequence[GpuState],
     now: float,
     precision: float = 0.01,
+    *,
+    running: Iterable[Running] = (),
+    policy: Policy = DEFAULT_POLICY,
+    head_since: tuple[str, float] | None = None,
+    reserved_before: Mapping[int, str] | None = None,
 ) -> Plan:
     """Decide which queued jobs start now, and on which GPUs.
 
     ``queue`` must be in dispatch order (priority, then submission); see
-    :func:`queue_key`.
+    :func:`queue_key`.  ``running``: the running jobs with their estimates (the GPUs'
+    ``allocated`` already counts them); ``head_since``: the job that was first in line
+    unable to start at the last plan, and since when it has been (its GPUs are held
+    from then + ``policy.reserve_after_s``; see :func:`nbsched.backfill.first_in_line`);
+    ``reserved_before``: the last plan's ``reserved`` (a job keeps the GPUs held for it
+    unless others are expected free sooner).
     """
-    eps = precision / 2
-    free: dict[int, float] = {g.index: max(0.0, 1.0 - g.allocated) for g in gpus if g.eligible}
-    group_of: dict[int, str | None] = {g.index: g.group for g in gpus}
-    grouped = len(set(group_of.values())) > 1
-    all_eligible = dict(free)
-    reserved: dict[int, str] = {}
-    head_waiting: tuple[str, str] | None = None
-    placements: list[Placement] = []
-    next_wakeup: float | None = None
-    hopeless: set[tuple[float, tuple[int, ...] | None]] = set()
-
-    for job in queue:
-        if job.not_before is not None and job.not_before > now:
-            next_wakeup = (
-                job.not_before if next_wakeup is None else min(next_wakeup, job.not_before)
-            )
-            continue
-        req = _round(job.required_gpus, precision)
-        shape = (req, job.allowed_gpus)
-        if shape in hopeless:
-            continue
-        allowed = set(job.allowed_gpus) if job.allowed_gpus is not None else None
-        candidates = [g for g in free if g not in reserved and (allowed is None or g in allowed)]
-        chosen = _choose(req, candidates, free, eps, group_of)
-        if chosen is not None:
-            # Subtract what the job really books, not its rounded size: rounding 0.0149
-            # down to 0.01 would otherwise let 100 such jobs book 1.49 of one GPU.
-            share = booked_share(job.required_gpus, len(chosen))
-            for g in chosen:
-                free[g] = 0.0 if req >= 1 else free[g] - share
-            placements.append(Placement(job.id, chosen))
-        else:
-            hopeless.add(shape)
-            if head_waiting is None:
-                pool = [g for g in all_eligible if allowed is None or g in allowed]
-                hold = _reserve(req, pool, free, group_of)
-                for g in hold:
-                    reserved[g] = job.id
-                head_waiting = (job.id, _why(req, pool, hold, grouped))
-        if not any(v > eps for g, v in free.items() if g not in reserved):
-            break  # nothing left to hand out (the dispatcher tracks back-offs itself)
-    return Plan(tuple(placements), reserved, next_wakeup, head_waiting)
+    planner = _Planner(gpus, now, precision, running, policy, head_since, reserved_before)
+    jobs = iter(queue)
+    for job in jobs:
+        if not planner.take(job):
+            return planner.result()  # nothing left to hand out (back-offs: see next_wakeup)
+        if planner.head_waiting is not None and policy.order == "longest":
+            break  # (the jobs behind the first blocked one: longest estimate first)
+    behind = sorted(islice(jobs, policy.depth), key=_longest_first)
+    for job in chain(behind, jobs):
+        if not planner.take(job):
+            break
+    return planner.result()
 
 
-def explain(
-    queue: Sequence[Job], gpus: Sequence[GpuState], now: float, precision: float = 0.01
-) -> dict[str, str]:
-    """Why each job of ``queue`` (in dispatch order, as for :func:`plan`) has not
-    started, in words, from the same inputs as :func:`plan`."""
-    decision = plan(queue, gpus, now, precision)
-    words = _Reasons(decision, gpus, now, precision)
-    head = decision.head_waiting
-    out: dict[str, str] = {}
-    after_head = False
-    for job in queue:
-        out[job.id] = words.of(job, after_head)
-        after_head = after_head or (head is not None and job.id == head[0])
-    return out
+def _longest_first(job: QueuedJob) -> float:
+    return -(job.estimate_s or 0.0)
 
 
-def explain_one(
-    queue: Sequence[Job], job: Job, gpus: Sequence[GpuState], now: float, precision: float = 0.01
-) -> str:
-    """:func:`explain`'s answer for ``job``, from ``queue``: the jobs ahead of it in
-    dispatch order, then ``job``.
-
-    The jobs behind it change nothing of its answer (:func:`plan` takes the jobs in
-    order), and :func:`plan` iterates ``queue`` only until nothing is left to hand
-    out: a queue read lazily is read no further (``why()`` of one job among 100,000
-    reads a page or a few, not the whole queue).
-    """
-    decision = plan(queue, gpus, now, precision)
-    head = decision.head_waiting
-    after_head = head is not None and head[0] != job.id  # (the head is ahead of it, if any)
-    return _Reasons(decision, gpus, now, precision).of(job, after_head)
-
-
-class _Reasons:
-    """The words for the jobs of one :class:`Plan`."""
+class _Planner:
+    """One :func:`plan`: the GPUs' room as jobs are placed, and the reservation."""
 
     def __init__(
-        self, decision: Plan, gpus: Sequence[GpuState], now: float, precision: float
+        self,
+        gpus: Sequence[GpuState],
+        now: float,
+        precision: float,
+        running: Iterable[Running],
+        policy: Policy,
+        head_since: tuple[str, float] | None,
+        reserved_before: Mapping[int, str] | None = None,
     ) -> None:
-        self.placed = {p.job_id: p.gpus for p in decision.placements}
-        self.head = head = decision.head_waiting
-        self.held = sorted(g for g, j in decision.reserved.items() if head and j == head[0])
-        self.usable = sum(1 for g in gpus if g.eligible)
-        self.eligible = {g.index for g in gpus if g.eligible}
-        self.now = now
-        self.precision = precision
+        self.now, self.precision, self.policy = now, precision, policy
+        self.before = reserved_before or {}
+        self.eps = precision / 2
+        self.free = {g.index: max(0.0, 1.0 - g.allocated) for g in gpus if g.eligible}
+        self.group_of = {g.index: g.group for g in gpus}
+        self.grouped = len(set(self.group_of.values())) > 1
+        self.all_eligible = dict(self.free)
+        self.timeline = Timeline(running, now)
+        self.head_since = head_since
+        self.reserved: dict[int, str] = {}
+        self.head_waiting: tuple[str, str] | None = None
+        self.head_eta: Eta | None = None
+        self.placements: list[Placement] = []
+        self.next_wakeup: float | None = None
+        self.hopeless: set[tuple[float, tuple[int, ...] | None]] = set()
+        #: Jobs looked at for backfill into the reservation (up to ``policy.depth``).
+        self.looked = 0
 
-    def of(self, job: Job, after_head: bool) -> str:
-        """Why ``job`` has not started; ``after_head``: the plan's head job (the first
-        that could not start) comes before it."""
-        head = self.head
+    def result(self) -> Plan:
+        return Plan(
+            tuple(self.placements), self.reserved, self.next_wakeup, self.head_waiting,
+            self.head_eta,
+        )  # fmt: skip
+
+    def take(self, job: QueuedJob) -> bool:
+        """Place ``job`` if it may start now; False: no later job can start."""
         if job.not_before is not None and job.not_before > self.now:
-            return f"a retry's back-off, until {_clock(job.not_before)}"
-        if job.id in self.placed:
-            where = ",".join(map(str, self.placed[job.id]))
-            return f"it fits now (GPU {where}): it starts at the engine's next turn"
-        if head is not None and job.id == head[0]:
-            return head[1]
-        if job.allowed_gpus is not None and not self.eligible & set(job.allowed_gpus):
-            allowed = ",".join(map(str, job.allowed_gpus))
-            return (
-                f"none of the GPUs it may use ({allowed}) takes a job now "
-                "(paused, or busy with others' work)"
-            )
-        if head is not None and after_head:
-            text = f"job {head[0]} comes first ({head[1]})"
-            need = _need(_round(job.required_gpus, self.precision))
-            if self.held:
-                text += f"; it needs {need}, and may use only GPUs that job does not hold"
-            return text
-        if self.usable:
-            return f"every usable GPU ({self.usable}) is taken by running jobs and jobs ahead of it"
-        return "no GPU is usable now (paused, or busy with others' work)"
+            wake = self.next_wakeup
+            self.next_wakeup = job.not_before if wake is None else min(wake, job.not_before)
+            return True
+        req = _round(job.required_gpus, self.precision)
+        shape = (req, job.allowed_gpus)
+        if shape in self.hopeless:
+            return True
+        allowed = set(job.allowed_gpus) if job.allowed_gpus is not None else None
+        chosen = self._choose(job, req, allowed)
+        if chosen is not None:
+            self._book(job, req, chosen)
+        else:
+            if not self._room_in_reservation():
+                self.hopeless.add(shape)  # (else a shorter job of its shape may still fit)
+            if self.head_waiting is None:
+                self._block(job, req, allowed)
+                if self.policy.mode == "fifo":
+                    return False
+        return self._room_left()
+
+    def _choose(
+        self, job: QueuedJob, req: float, allowed: set[int] | None
+    ) -> tuple[int, ...] | None:
+        """Its GPUs outside the reservation, else in it if it ends before the
+        reserved start."""
+        free, reserved = self.free, self.reserved
+        outside = [g for g in free if g not in reserved and (allowed is None or g in allowed)]
+        chosen = _choose(req, outside, free, self.eps, self.group_of)
+        if chosen is not None or not self._room_in_reservation():
+            return chosen
+        self.looked += 1
+        bound = self.policy.bound_s(job.estimate_s, job.estimate_source)
+        start = self.head_eta.at if self.head_eta is not None else None
+        if bound is None or start is None or self.now + bound > start:
+            return None
+        anywhere = [g for g in free if allowed is None or g in allowed]
+        return _choose(req, anywhere, free, self.eps, self.group_of)
+
+    def _book(self, job: QueuedJob, req: float, chosen: tuple[int, ...]) -> None:
+        # Subtract what the job really books, not its rounded size: rounding 0.0149
+        # down to 0.01 would otherwise let 100 such jobs book 1.49 of one GPU.
+        share = booked_share(job.required_gpus, len(chosen))
+        end = None if job.estimate_s is None else self.now + job.estimate_s
+        for g in chosen:
+            self.free[g] = 0.0 if req >= 1 else self.free[g] - share
+            self.timeline.add(g, end, share, job.id, job.estimate_source)
+        self.placements.append(Placement(job.id, chosen))
+
+    def _block(self, job: QueuedJob, req: float, allowed: set[int] | None) -> None:
+        """``job`` is the first that cannot start: reserve its GPUs (once it has
+        been first in line for ``reserve_after_s``)."""
+        pool = [g for g in self.all_eligible if allowed is None or g in allowed]
+        wait = self.policy.reserve_after_s
+        since = self.head_since[1] if self.head_since and self.head_since[0] == job.id else self.now
+        if self.policy.mode == "backfill" and wait > 0 and self.now - since < wait:
+            self.head_waiting = (job.id, _unheld(req, pool, since + wait, self.grouped))
+            return
+        before = [g for g, held_for in self.before.items() if held_for == job.id]
+        hold, eta = reserve(req, pool, self.free, self.group_of, self.timeline, self.eps, before)
+        for g in hold:
+            self.reserved[g] = job.id
+        self.head_eta = eta if hold else None
+        self.head_waiting = (job.id, _why(req, pool, hold, self.grouped))
+
+    def _room_in_reservation(self) -> bool:
+        """Whether a job behind the reserved one may still be placed in the
+        reservation (backfill, with a known reserved start not yet come)."""
+        eta = self.head_eta
+        return (
+            self.policy.mode == "backfill"
+            and eta is not None
+            and eta.at is not None
+            and eta.at > self.now
+            and self.looked < self.policy.depth
+            and any(self.free[g] > self.eps for g in self.reserved)
+        )
+
+    def _room_left(self) -> bool:
+        free, reserved, eps = self.free, self.reserved, self.eps
+        return any(v > eps for g, v in free.items() if g not in reserved) or (
+            self._room_in_reservation()
+        )
 
 
 def _clock(when: float) -> str:
@@ -295,14 +348,6 @@ def _round(value: float, precision: float) -> float:
     return min(1.0, steps * precision)
 
 
-def _by_group(gpus: Iterable[int], group_of: Mapping[int, str | None]) -> list[list[int]]:
-    """``gpus`` split by group, each list ascending, groups ordered by their first GPU."""
-    groups: dict[str | None, list[int]] = {}
-    for g in sorted(gpus):
-        groups.setdefault(group_of.get(g), []).append(g)
-    return list(groups.values())
-
-
 def _choose(
     req: float,
     candidates: list[int],
@@ -320,7 +365,7 @@ def _choose(
     empty = [g for g in candidates if free[g] >= 1 - eps]
     if n == 1:
         return (min(empty),) if empty else None
-    roomy = [grp for grp in _by_group(empty, group_of) if len(grp) >= n]
+    roomy = [grp for grp in by_group(empty, group_of) if len(grp) >= n]
     if not roomy:
         return None
     # Best-fit over groups: the one with the fewest empty GPUs that still has room.
@@ -328,20 +373,13 @@ def _choose(
     return tuple(best_group[:n])
 
 
-def _reserve(
-    req: float, pool: list[int], free: Mapping[int, float], group_of: Mapping[int, str | None]
-) -> tuple[int, ...]:
-    n = 1 if req < 1 else int(req)
-    best: tuple[float, int, tuple[int, ...]] | None = None
-    groups = [pool] if n == 1 else _by_group(pool, group_of)
-    for grp in groups:
-        if len(grp) < n:
-            continue
-        ranked = sorted(grp, key=lambda g: (-free[g], g))[:n]
-        key = (-sum(free[g] for g in ranked), min(ranked), tuple(sorted(ranked)))
-        if best is None or key < best:
-            best = key
-    return best[2] if best is not None else ()
+def _unheld(req: float, pool: list[int], at: float, grouped: bool) -> str:
+    """Why a blocked job waits before its GPUs are held for it."""
+    if len(pool) < (1 if req < 1 else int(req)):
+        return _why(req, pool, (), grouped)
+    if math.isinf(at):
+        return f"needs {_need(req)}; no GPUs are held for it (reserve_after_s is infinite)"
+    return f"needs {_need(req)}; GPUs are held for it from {_clock(at)} (reserve_after_s)"
 
 
 def _why(req: float, pool: list[int], hold: tuple[int, ...], grouped: bool = False) -> str:
@@ -354,3 +392,24 @@ def _why(req: float, pool: list[int], hold: tuple[int, ...], grouped: bool = Fal
             )
         return f"needs {need}; only {len(pool)} usable GPU(s) (others paused or busy elsewhere)"
     return f"needs {need}; GPU(s) {','.join(map(str, hold))} held for it"
+
+
+# (explain() and explain_one() live in nbsched.reasons, which imports this module)
+from .reasons import explain, explain_one  # noqa: E402
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "GpuState",
+    "Placement",
+    "Plan",
+    "QueuedJob",
+    "booked_share",
+    "could_start",
+    "explain",
+    "explain_one",
+    "gpu_states",
+    "most_room",
+    "plan",
+    "queue_key",
+    "rounded_requirement",
+]

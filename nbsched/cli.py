@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
-from .verbs import CLI, ENGINE_OPTIONS, VERBS, verbs_of
+from .verbs import CLI, ENGINE_OPTIONS, VERBS, show_simulation, verbs_of
 from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note, show_ids
 
 if TYPE_CHECKING:
@@ -173,8 +173,8 @@ def _run(ns: argparse.Namespace) -> int:
             rc = run_demo(_config(ns) if ns.state_dir else None, ns)
         print(json.dumps({"ok": rc == 0, "exit_code": rc, "output": buf.getvalue()}))
         return rc
-    if ns.verb == "serve":
-        return _serve(ns)
+    if ns.verb in ("serve", "simulate"):  # (no client: the engine itself, a file's replay)
+        return _serve(ns) if ns.verb == "serve" else show_simulation(ns)
     s = _client(ns)
     try:
         return _verb(s, ns)

@@ -93,6 +93,11 @@ class SchedulerConfig:
     default_requirement: float = 1.0
     #: Seconds between SIGTERM and SIGKILL when a job is cancelled.
     kill_grace_s: float = 5.0
+    #: How long the first job in line that cannot start waits before GPUs are held for
+    #: it (until then jobs behind it start wherever they fit); 0: at once.  Its wait
+    #: from then on is bounded by the longest run (docs/scheduling.md).  Measured best:
+    #: 4 to 8 times the median run time (600 s: jobs of a few minutes and more).
+    reserve_after_s: float = 600.0
     #: How often the jobs file is checked for change (a stat, not a re-parse).
     jobs_file_poll_s: float = 0.1
     #: Largest sweep accepted unless the caller passes a higher ``limit``.
@@ -131,7 +136,13 @@ class SchedulerConfig:
             "gpu_allocation_precision",
             check_number("gpu_allocation_precision", self.gpu_allocation_precision, 0.0, 0.5),
         )
-        for name in ("gpu_monitor_interval_s", "retry_backoff_s", "kill_grace_s"):
+        # (finite, reserve_after_s too: it bounds a blocked job's wait)
+        for name in (
+            "gpu_monitor_interval_s",
+            "retry_backoff_s",
+            "kill_grace_s",
+            "reserve_after_s",
+        ):
             set_(name, check_number(name, getattr(self, name), 0.0, math.inf, low_open=False))
         set_("jobs_file_poll_s", check_number("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
         set_("max_retries", check_whole("max_retries", self.max_retries, 0, 2**63 - 1))

@@ -41,6 +41,7 @@ JOB_COLUMNS = (
     "waiting",
     "estimate",
     "estimate_source",
+    "eta",
 )
 
 #: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
@@ -134,7 +135,7 @@ def job_row(job: Job, estimates: Estimator = GIVEN_ONLY) -> dict[str, Any]:
     return row
 
 
-_TIME_COLUMNS = ("submitted", "started", "ended")
+_TIME_COLUMNS = ("submitted", "started", "ended", "eta")
 
 
 def _raw_row(job: Job) -> dict[str, Any]:
@@ -159,6 +160,9 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "held": job.held,
         "after": job.spec.after,
         "waiting": job.waiting,
+        # (when a queued job is expected to start: filled by the scheduler's jobs(),
+        # from a replay of the head of the queue; see nbsched.scheduler_simulate)
+        "eta": None,
         "code": job.spec.code,
     }
 
@@ -213,12 +217,14 @@ def jobs_frame(rows: Sequence[Sequence[Any]], estimates: Estimator = GIVEN_ONLY)
             if estimated is None:
                 estimated = _estimates(raw, estimates)
             values = estimated[col == "estimate_source"]
+        elif col == "eta":
+            values = [None] * len(rows)
         else:
             values = raw[_FROM_TABLE.get(col, col)]
             if col == "id":
                 values = list(map(str, values))
         if col in _TIME_COLUMNS:
-            typed[col] = _times(values)
+            typed[col] = times(values)
         else:
             typed[col] = pd.Series(list(values), dtype=_JOB_DTYPES.get(col, text))
     return pd.DataFrame(typed)
@@ -301,7 +307,7 @@ def _text_dtype() -> Any:
     return pd.Series(["x"]).dtype
 
 
-def _times(values: Sequence[float | None]) -> Any:
+def times(values: Sequence[float | None]) -> Any:
     """Seconds since the epoch (or None) as datetime64[ns] in :func:`local_zone`, at once
     (one array: numpy makes None NaN; ~7 us a value less than one by one, and half the
     time of going through a Series).  (pandas picks the unit from the values: s for none

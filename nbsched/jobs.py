@@ -178,6 +178,20 @@ class Job:
     def allowed_gpus(self) -> tuple[int, ...] | None:
         return self.spec.allowed_gpus
 
+    # What the plan reads of its run time (nbsched.allocation.QueuedJob; for a running
+    # job, nbsched.backfill.running_of): its time limit, else its hint.  (A learned
+    # estimate needs the store: the dispatcher's entries carry it, see
+    # nbsched.store.estimates.)
+    @property
+    def estimate_s(self) -> float | None:
+        return self.spec.time_limit if self.spec.time_limit is not None else self.spec.expected_s
+
+    @property
+    def estimate_source(self) -> str | None:
+        if self.spec.time_limit is not None:
+            return "time limit"
+        return "hint" if self.spec.expected_s is not None else None
+
     def display_command(self) -> str:
         """The command as a user would type it."""
         s = self.spec

@@ -31,9 +31,9 @@ from .gpus.monitor import GPUMonitor
 from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
-from .pipeline.api import NotebookJobs
-from .pipeline.record import record_of
+from .pipeline.api import NotebookJobs, record_of
 from .scheduler_control import Controlling
+from .scheduler_simulate import Simulating
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
 from .store.estimates import Estimator
@@ -41,7 +41,7 @@ from .submitter import EngineSubmitter
 from .sweep_tables import sweep_frame, sweep_job_ids, sweeps_frame
 from .sweeps import SweepIds, submit_sweep
 from .waiting import Waits, check_ids
-from .why import Why
+from .why import Why, lined
 
 if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not before
     import pandas as pd
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
+class GPUJobScheduler(NotebookJobs, Submitting, Controlling, Simulating):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -89,6 +89,7 @@ class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
             lambda: self._engine.monitor.snapshot(),
             lambda: self._engine.record.placement_rules(self.config),
             self._engine.role.lease.holder_pid,
+            first_in_line=lambda: lined(self._dispatcher),
         )
         self._llm = (
             LLMConfigWatcher(self.config.llm_config_file, self._llm_config_error)
@@ -363,7 +364,7 @@ class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return frames.jobs_frame(rows, Estimator(self.store))
+        return self._with_eta(frames.jobs_frame(rows, Estimator(self.store)))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -371,7 +372,9 @@ class GPUJobScheduler(NotebookJobs, Submitting, Controlling):
         of a long queue without reading all of it)."""
         self._check_open()
         limit = None if first is None else check_count("first", first, " or None")
-        return frames.jobs_frame(self.store.queued_table(limit), Estimator(self.store))
+        return self._with_eta(
+            frames.jobs_frame(self.store.queued_table(limit), Estimator(self.store))
+        )
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""

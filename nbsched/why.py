@@ -17,13 +17,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, overload
+from itertools import islice
+from typing import TYPE_CHECKING, Any, overload
 
-from .allocation import GpuState, explain_one, gpu_states
+from .allocation import GpuState, _clock, explain_one, gpu_states, plan
+from .backfill import Policy, running_of
 from .formats.after import describe_unmet
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
+from .simulation import queue_replay
 from .store import Store
+from .store.estimates import Estimator
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
+
+#: (whether this process dispatches, and its dispatcher's first job in line and since when)
+Lined = tuple[bool, "tuple[str, float] | None"]
+
+#: ``why()`` replays the queue ahead of a job for its expected start only where at
+#: most this many jobs are ahead of it.
+ETA_AHEAD = 100
+
+#: How ``why()`` says the expected start its replay of the queue found.
+REPLAYED = "expected to start ≈ {} (by the estimates, if nothing else arrives)"
 
 #: How long reasons worked out at one store revision are kept (for the GPUs' changes).
 MAX_AGE_S = 1.0
@@ -31,6 +48,11 @@ MAX_AGE_S = 1.0
 #: What :meth:`Why.why` says of a held job.
 HELD = "held (release it with release(...))"
 NO_ENGINE = " (no engine runs on this state directory: nothing starts until one does)"
+
+
+def lined(dispatcher: Dispatcher | None) -> Lined:
+    """What :class:`Why` is told of this process's ``dispatcher`` (None: none here)."""
+    return (False, None) if dispatcher is None else (True, dispatcher.head_since)
 
 
 class _Ahead(Sequence[Job]):
@@ -74,7 +96,9 @@ class Why:
 
     ``snapshot()``: the GPUs' readings now; ``rules()``: the placement rules in force
     (those of :data:`nbsched.engine.record.PLACEMENT_RULES`, of the engine that
-    places the jobs); ``engine_pid()``: the dispatching engine's pid, None if none runs.
+    places the jobs); ``engine_pid()``: the dispatching engine's pid, None if none runs;
+    ``first_in_line()``: whether this process dispatches, and its dispatcher's
+    ``head_since`` (see :func:`nbsched.allocation.plan`).
     """
 
     def __init__(
@@ -86,6 +110,7 @@ class Why:
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
+        first_in_line: Callable[[], Lined] = lambda: (False, None),
     ) -> None:
         self._store = store
         self._snapshot = snapshot
@@ -93,6 +118,7 @@ class Why:
         self._engine_pid = engine_pid
         self._clock = clock
         self._now = now
+        self._first_in_line = first_in_line
         #: (revision, when, GPU states, precision, the answers given at that revision)
         self._seen: tuple[int, float, list[GpuState], float, dict[str, str]] | None = None
 
@@ -128,9 +154,41 @@ class Why:
             seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
         _, _, states, precision, answers = seen
         if job.id not in answers:
-            queue = _Ahead(self._store, job)
-            answers[job.id] = explain_one(queue, job, states, self._now(), precision)
+            answers[job.id] = self._explain(job, states, precision)
         return answers[job.id]
 
+    def _explain(self, job: Job, states: list[GpuState], precision: float) -> str:
+        """:func:`explain_one` by the engine's policy, with the running jobs' estimates
+        and the first job in line's time of queueing (for ``reserve_after_s``)."""
+        queue, now = _Ahead(self._store, job), self._now()
+        busy = self._store.find(statuses=[JobStatus.RUNNING])
+        learned = Estimator(self._store)  # (a running job's learned estimate too)
+        running = [running_of(r, learned.of_spec(r.spec)) for r in busy]
+        policy = Policy(reserve_after_s=float(self._rules().get("reserve_after_s", 0.0)))
+        dispatching, since = self._first_in_line()
+        if policy.reserve_after_s > 0 and not dispatching:
+            # (another process's dispatcher knows since when its first job in line has
+            # been there; this one counts from that job's submission: the soonest)
+            first = plan(queue, states, now, precision, running=running, policy=policy)
+            if first.head_waiting is not None:
+                head_id = first.head_waiting[0]
+                head = next((j for j in queue if j.id == head_id), None)
+                since = (head_id, head.submitted) if head is not None else None
+        text = explain_one(
+            queue, job, states, now, precision, running=running, policy=policy, head_since=since
+        )
+        if "≈" in text or not all(g.eligible for g in states):
+            return text  # (the plan's own expected start; the replay knows no pause)
+        ahead = list(islice(queue, ETA_AHEAD + 1))
+        if len(ahead) > ETA_AHEAD:
+            return text
+        replayed = queue_replay(
+            ahead, busy, len(states), policy, precision, now, since, learned.of_spec
+        )
+        start = replayed.outcomes[job.id].start
+        if start is None or start <= now:
+            return text
+        return f"{text}; {REPLAYED.format(_clock(start))}"
 
-__all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why"]
+
+__all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why", "lined"]

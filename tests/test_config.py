@@ -154,6 +154,8 @@ BAD = [
     ("retry_backoff_s", -0.5, ValueError, "a finite number >= 0"),
     ("retry_backoff_s", math.nan, ValueError, "a finite number >= 0"),
     ("kill_grace_s", -1, ValueError, "a finite number >= 0"),
+    ("reserve_after_s", -1, ValueError, "a finite number >= 0"),
+    ("reserve_after_s", math.inf, ValueError, "a finite number >= 0"),
     # Every field in seconds is finite: kill_grace_s=inf made a cancel wait until the
     # job ended by itself; an interval of inf, a GPU reading that is never refreshed.
     ("kill_grace_s", math.inf, ValueError, "a finite number >= 0"),

@@ -46,7 +46,9 @@ DTYPES = {
     "required_gpus": "float64",
     "attempts": "int64",
     "exit_code": "Int64",
-    **dict.fromkeys(["submitted", "started", "ended"], pd.DatetimeTZDtype("ns", local_zone())),
+    **dict.fromkeys(
+        ["submitted", "started", "ended", "eta"], pd.DatetimeTZDtype("ns", local_zone())
+    ),
     "gpus": object,
     "held": "bool",
     "waiting": "bool",
@@ -59,7 +61,7 @@ def row_by_row(jobs: list[Job]) -> pd.DataFrame:
     for one with values: a column of no value at all, or one with only None, would be
     object otherwise)."""
     df = pd.DataFrame([frames.job_row(j) for j in jobs], columns=list(frames.JOB_COLUMNS))
-    for col in ("submitted", "started", "ended"):
+    for col in ("submitted", "started", "ended", "eta"):
         df[col] = pd.to_datetime(df[col], utc=True).dt.tz_convert(local_zone())
     return df.astype(DTYPES)
 

@@ -474,7 +474,7 @@ def test_a_running_jobs_processes_outlive_another_jobs_end(
 def test_why_a_job_waits_from_any_process(
     make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
 ) -> None:
-    engine = make_sched(num_gpus=2)
+    engine = make_sched(num_gpus=2, reserve_after_s=0)  # (GPUs held at once)
     gate = tmp_path / "gate"
     hold = engine.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1)
     wait_running(engine, hold)
@@ -539,7 +539,7 @@ def test_why_deep_in_a_long_queue_says_what_the_whole_queue_says(
     gpu = {"name": "Sim", "memory_total_mb": 1000}
     busy = {**gpu, "external_load": 0.95}
     write_simulated_gpus(gpus_file, [gpu, busy if seed == 2 else gpu, gpu, gpu])
-    s = make_sched(start=False, num_gpus=4, simulated_gpus_file=str(gpus_file))
+    s = make_sched(start=False, num_gpus=4, simulated_gpus_file=str(gpus_file), reserve_after_s=0)
     for g in {1: [0], 2: [], 3: [0, 1, 2, 3]}[seed]:
         s.pause_gpu(g)
     ids = []

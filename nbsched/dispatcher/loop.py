@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable
 
 from ..allocation import could_start, gpu_states, most_room, plan
+from ..backfill import Policy, first_in_line
 from ..config import SchedulerConfig
 from ..errors import StateDirError
 from ..executors.base import Executor, Exit, Started
@@ -89,6 +90,9 @@ class Dispatcher:
         #: Why the queue's head waits, and the GPUs held for it (for status displays).
         self.head_waiting: tuple[str, str] | None = None
         self.reserved: dict[int, str] = {}
+        self._policy = Policy(reserve_after_s=config.reserve_after_s)
+        #: The first job in line that cannot start, and since when (see plan()).
+        self.head_since: tuple[str, float] | None = None
         #: Cycles run (recovery is done once the first has).
         self.cycles = 0
         #: Whether the store may hold changes this dispatcher has not read: set by a
@@ -312,7 +316,10 @@ class Dispatcher:
             self.config.gpu_load_threshold,
         )
         queue = self._cache.eligible(now, mono)
-        decision = plan(queue, states, now, self.config.gpu_allocation_precision)
+        decision = plan(queue, states, now, self.config.gpu_allocation_precision,
+                        running=self._cache.for_plan(gone), policy=self._policy,
+                        head_since=self.head_since, reserved_before=self.reserved)  # fmt: skip
+        self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
         self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)

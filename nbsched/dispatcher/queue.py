@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 
 from ..allocation import Placement, booked_share
+from ..backfill import Running as PlanRunning
 from ..jobs import Job, JobStatus
 from ..store import Store
 from ..store.estimates import Estimator
@@ -235,9 +236,12 @@ class QueueCache:
                 out.append((job, placement.gpus))
         return out, stale
 
-    def running_entries(self) -> list[Running]:
-        """The running jobs as a plan that looks ahead sees them, with their estimates."""
-        return [Running.of(job, self.estimates) for job in self.running.values()]
+    def running_entries(self, gone: Collection[str] = ()) -> list[Running]:
+        """The running jobs (but those ``gone``) as a plan that looks ahead sees them,
+        with their estimates."""
+        return [
+            Running.of(job, self.estimates) for job in self.running.values() if job.id not in gone
+        ]
 
     def booked(self, gone: set[str]) -> dict[int, float]:
         """GPU -> the fraction of it the running jobs (but those ``gone``) book."""
@@ -249,6 +253,17 @@ class QueueCache:
             for g in run.gpus:
                 alloc[g] = alloc.get(g, 0.0) + share
         return alloc
+
+    def for_plan(self, gone: set[str]) -> list[PlanRunning]:
+        """The running jobs (but those ``gone``) as :func:`~nbsched.allocation.plan`
+        takes them, with their estimates."""
+        return [
+            PlanRunning(
+                str(r.seq), tuple(r.gpus), booked_share(r.required_gpus, len(r.gpus)),
+                r.started if r.started is not None else 0.0, r.estimate_s, r.estimate_source,
+            )
+            for r in self.running_entries(gone)
+        ]  # fmt: skip
 
     def backoff_waits(self, now: float, mono: float) -> list[float]:
         """Seconds each job in a back-off has left: the sooner of the wall clock's

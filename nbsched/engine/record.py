@@ -30,7 +30,12 @@ KEY = "engine"
 #: read again (submissions are validated against it).
 ENGINE_INFO_TTL_S = 1.0
 #: The config fields by which the engine places jobs (``why()`` elsewhere follows them).
-PLACEMENT_RULES = ("gpu_memory_threshold", "gpu_load_threshold", "gpu_allocation_precision")
+PLACEMENT_RULES = (
+    "gpu_memory_threshold",
+    "gpu_load_threshold",
+    "gpu_allocation_precision",
+    "reserve_after_s",
+)
 
 
 def engine_info(config: SchedulerConfig, provider_name: str, num_gpus: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidValueError
 from .notebooks import is_notebook, output_path, params_to_args
+from .record import record_of
 
 if TYPE_CHECKING:  # (what it uses of GPUJobScheduler: its submitting half)
     from ..scheduler_submit import Submitting as _Scheduler
@@ -89,4 +90,4 @@ class NotebookJobs(_Scheduler):
         return None if job.log_path is None else output_path(job.log_path)
 
 
-__all__ = ["NotebookJobs"]
+__all__ = ["NotebookJobs", "record_of"]

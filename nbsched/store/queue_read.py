@@ -22,7 +22,10 @@ from .connection import StorePart
 PAGE = 500
 
 #: What the plan reads of a queued job, and what makes a :class:`Job` of it.
-_LIGHT_SQL = "seq, priority, required_gpus, allowed_gpus, not_before, kind, submitted"
+_LIGHT_SQL = (
+    "seq, priority, required_gpus, allowed_gpus, not_before, kind, submitted, time_limit, "
+    "expected_s, sweep, estimate_key"
+)
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -44,7 +47,7 @@ def light_job(row: tuple[Any, ...]) -> Job:
     """A queued job with what the plan reads (the rest of its spec left at the
     defaults): built without the dataclasses' ``__init__``, as :func:`rows.decode_job`
     does, a few times faster for the pages a ``why()`` walks."""
-    seq, priority, required, allowed, not_before, kind, submitted = row
+    seq, priority, required, allowed, not_before, kind, submitted, limit, expected, sweep, key = row
     spec = object.__new__(JobSpec)
     spec.__dict__.update(_SPEC_DEFAULTS)
     spec.__dict__.update(
@@ -52,6 +55,11 @@ def light_job(row: tuple[Any, ...]) -> Job:
         required_gpus=required,
         priority=priority,
         allowed_gpus=None if allowed is None else tuple(json.loads(allowed)),
+        # (what its estimate comes from: see Job.estimate_s, nbsched.store.estimates)
+        time_limit=limit,
+        expected_s=expected,
+        sweep=sweep,
+        estimate_key=key,
     )
     job = object.__new__(Job)
     job.__dict__.update(_JOB_DEFAULTS)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .simulating import show_simulation
 from .table import BOTH, CLI, ENGINE_OPTIONS, MAGIC, RUN_OPTIONS, VERBS, Arg, Verb, verbs_of
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "VERBS",
     "Arg",
     "Verb",
+    "show_simulation",
     "verbs_of",
 ]

@@ -12,14 +12,18 @@ from .config import SchedulerConfig
 from .errors import NbschedError
 from .gpus import provider_choice_shown_by_caller
 from .jobs import JobStatus
+from .notify import Email, JobEnd, Webhook
 from .pipeline.results import save_result
 from .scheduler import GPUJobScheduler
 
 __all__ = [
+    "Email",
     "GPUJobScheduler",
+    "JobEnd",
     "JobStatus",
     "NbschedError",
     "SchedulerConfig",
+    "Webhook",
     "provider_choice_shown_by_caller",
     "save_result",
 ]

@@ -27,9 +27,10 @@ from .checks import (
 )
 from .errors import InvalidTypeError, InvalidValueError
 from .formats.gpulist import MAX_GPU_ID
+from .notify.targets import Email, Webhook, check_default
 
 PROVIDERS = ("auto", "nvml", "gputil", "simulated")
-EXECUTORS = ("direct", "screen", "ray")
+EXECUTORS = ("direct", "screen", "ray", "slurm")
 #: Whose environment a job starts from: its submitter's (as ``sbatch``), or the engine's
 #: that starts it (the only one before: a job another kernel started lacked what the
 #: submitting notebook had set with ``os.environ``).
@@ -106,12 +107,21 @@ class SchedulerConfig:
     ray_address: str | None = None
     #: Ray: CPUs each job reserves (Ray's default of 1 caps concurrency at the core count).
     ray_num_cpus: float = 0.01
+    #: Slurm (``executor="slurm"``): the partition and account jobs are submitted to
+    #: (None: Slurm's defaults), and more ``sbatch`` options (``["--time=60"]``).
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_options: tuple[str, ...] = ()
     #: A job's environment: ``"submitter"``, that of the process that submitted it
     #: (captured at submission, stored once per distinct environment), whichever
     #: engine starts it; ``"engine"``, that of the engine that starts it.
     env_policy: str = "submitter"
     #: The submitter's variables not stored (see :data:`DEFAULT_ENV_EXCLUDE`).
     env_exclude: tuple[str, ...] = DEFAULT_ENV_EXCLUDE
+    #: Where the end of a job submitted without ``notify=`` is announced (a sweep's: once,
+    #: when its last job ends): ``Webhook`` s, ``Email`` s (:mod:`nbsched.notify`), URLs
+    #: or ``mailto:`` addresses (see docs/notifications.md).
+    notify: tuple[Webhook | Email, ...] = ()
     #: Copy each script job's code at submission and run it from the copy (a job's own
     #: ``snapshot=`` overrides it; see :mod:`nbsched.pipeline.snapshots`).
     snapshot: bool = False
@@ -128,7 +138,9 @@ class SchedulerConfig:
         check_choice("executor", self.executor, EXECUTORS)
         check_choice("env_policy", self.env_policy, ENV_POLICIES)
         set_("env_exclude", check_patterns("env_exclude", self.env_exclude))
+        set_("notify", check_default(self.notify))
         self._check_files()
+        self._check_slurm()
         set_("jobs_file_gpu_arg", check_gpu_arg(self.jobs_file_gpu_arg, "jobs_file_gpu_arg"))
         for name in ("gpu_memory_threshold", "gpu_load_threshold"):
             set_(name, check_number(name, getattr(self, name), low=0.0, high=1.0, low_open=False))
@@ -158,6 +170,15 @@ class SchedulerConfig:
             check_requirement(
                 "default_requirement", self.default_requirement, self.gpu_allocation_precision
             ),
+        )
+
+    def _check_slurm(self) -> None:
+        from .checks.slurm import check_name, check_options
+
+        for name in ("slurm_partition", "slurm_account"):
+            object.__setattr__(self, name, check_name(name, getattr(self, name)))
+        object.__setattr__(
+            self, "slurm_options", check_options("slurm_options", self.slurm_options)
         )
 
     def _check_files(self) -> None:

@@ -90,6 +90,9 @@ class JobSpec:
     #: ``"script:"`` + a digest of the script and its argument names, or ``"command:"``
     #: + a digest of the command.
     estimate_key: str | None = None
+    #: Where its end is announced: the notifiers as JSON (:mod:`nbsched.notify`);
+    #: None: the engine's default, ``"[]"``: nowhere.
+    notify: str | None = None
     #: A notebook job's Jupyter kernel (None: the notebook's own; see
     #: :mod:`nbsched.pipeline.notebooks`).
     kernel: str | None = None

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checks import AfterValue
 from .config import SchedulerConfig
 from .engine.core import Engine
+from .executors.slurm_control import admit as slurm_admit
 from .formats.jobsfile import JobLine, LineError
 from .formats.jobsfile_reader import parse_lines
 from .formats.llmconfig import LLMConfig
@@ -44,6 +45,12 @@ class Submitting:
 
     def _check_open(self) -> None:  # (GPUJobScheduler's: raises once it is closed)
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # (Notifying's: notify= and on_end=)
+
+        def _notified(self, spec: JobSpec, notify: object, on_end: object) -> JobSpec: ...
+
+        def _watched(self, on_end: Any, submit: Callable[[], str]) -> str: ...
 
     @property
     def num_gpus(self) -> int:  # (GPUJobScheduler's)
@@ -72,6 +79,8 @@ class Submitting:
         after: AfterValue = None,
         time_limit: float | str | None = None,
         expected_s: float | str | None = None,
+        notify: Any = None,
+        on_end: Callable[..., Any] | None = None,
         snapshot: bool | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
@@ -87,6 +96,9 @@ class Submitting:
         there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
         ``expected_s``: how long you expect it to run (seconds or a duration): a hint
         for the plan that ends nothing.  See ``docs/estimates.md``.
+        ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
+        ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
+        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.
 
         ``snapshot=True`` (default: the config's ``snapshot``) copies the script's git
         work tree (or folder) now and runs the job from the copy; each job records what
@@ -111,7 +123,9 @@ class Submitting:
             expected_s=expected_s,
             snapshot=snapshot,
         )
-        return self._submit_once(spec) if once else self.submit([spec])[0]
+        spec = self._notified(spec, notify, on_end)
+        submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
+        return self._watched(on_end, submit)
 
     def _submit_once(self, spec: JobSpec) -> str:
         """Queue ``spec`` unless a job of its hash is queued, running or succeeded; the
@@ -140,12 +154,15 @@ class Submitting:
         after: AfterValue = None,
         time_limit: float | str | None = None,
         expected_s: float | str | None = None,
+        notify: Any = None,
+        on_end: Callable[..., Any] | None = None,
         snapshot: bool | None = None,
     ) -> str:
         """Queue a shell command (``bash -c command``); returns the job id.
-        ``after``, ``time_limit`` and ``expected_s`` as in :meth:`add_job`.
-        ``snapshot=True`` copies its folder's git work tree (or the folder) now and runs
-        it in the copy (the config's ``snapshot`` applies to script jobs only)."""
+        ``after``, ``time_limit``, ``expected_s``, ``notify`` and ``on_end`` as in
+        :meth:`add_job`.  ``snapshot=True`` copies its folder's git work tree (or the
+        folder) now and runs it in the copy (the config's ``snapshot`` applies to script
+        jobs only)."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -161,7 +178,8 @@ class Submitting:
             expected_s=expected_s,
             snapshot=snapshot,
         )
-        return self.submit([spec])[0]
+        spec = self._notified(spec, notify, on_end)
+        return self._watched(on_end, lambda: self.submit([spec])[0])
 
     def make_spec(
         self,
@@ -252,6 +270,8 @@ class Submitting:
         """
         self._check_open()
         config = self.config
+        if config.executor == "slurm":  # (refused or Slurm not answering: nothing stored)
+            specs = slurm_admit(specs)
         environment = capture_env(config.env_exclude) if config.env_policy == "submitter" else None
         held = holding()  # (copies of code made for these specs: let go once stored)
         specs = list(specs) if held else specs

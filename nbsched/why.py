@@ -18,10 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from .allocation import GpuState, _clock, explain_one, gpu_states, plan
 from .backfill import Policy, running_of
+from .executors.slurm import why_slurm
 from .formats.after import describe_unmet
 from .gpus.base import GpuSnapshot
 from .jobs import Job, JobStatus
@@ -125,6 +127,8 @@ class Why:
     def why(self, job_id: str) -> str:
         """Why job ``job_id`` has not started (or what it is, if it is not queued)."""
         job = self._store.get(job_id)
+        if job.status == JobStatus.RUNNING and job.executor == "slurm":
+            return why_slurm(job, Path(self._store.path).parent / "run")  # Slurm's reason
         if job.status != JobStatus.QUEUED:
             return f"job {job.id} is {job.status.value}"
         if job.held:

@@ -612,7 +612,7 @@ MISTAKES = [
     ("results sw77", "sw77"),
     ("stop -- now", "takes nothing after --"),
     ("start --simulate 2 --provider nvml", "--simulate 2 means --provider simulated"),
-    ("start --executor slurm", "invalid choice: 'slurm'"),
+    ("start --executor pbs", "invalid choice: 'pbs'"),
     ("start --jobs-file {script.parent}", "is a directory; give the path of a jobs file"),
     ("retry 1 2", "no job '1'"),
 ]

@@ -19,6 +19,7 @@ from ..formats.duration import format_duration
 from ..jobs import Job, JobStatus
 from ..launch import conda_failure
 from ..pipeline.notebooks import failure_detail, is_notebook
+from ..pipeline.snapshots import after_ends as after_ends  # (the loop's, once ends are in)
 from ..store import AttemptEnd
 
 logger = logging.getLogger(__name__)

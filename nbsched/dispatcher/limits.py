@@ -28,6 +28,7 @@ from ..config import SchedulerConfig
 from ..executors.base import Executor
 from ..formats.duration import format_duration
 from ..jobs import Job
+from .handoff import HANDS_OFF
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Deadlines:
         """Arm the deadline of ``job``'s running attempt, if it has a time limit."""
         limit = job.spec.time_limit
         if limit is None or job.started is None or not job.token:
+            return
+        if job.executor in HANDS_OFF:  # (Slurm ends it itself: ``--time``, from its start)
             return
         attempt = (job.seq, job.token)
         if attempt in self._armed:

@@ -12,16 +12,12 @@ that brought only this process's submissions, none of which fits on any GPU now
 (every GPU full), takes no turn: nothing can start before a job ends, and that end's
 turn (or the next timed one) queues them.
 
-One turn is :meth:`Dispatcher.cycle`, given the wall clock and the monotonic clock
-(so a test drives it with a fake clock): the queue cache (:mod:`.queue`), the ends
-(:mod:`.ends`), the starts (:mod:`.starts`); recovery after a crash is
-:mod:`.recovery`.
-
-Test hook: with ``NBSCHED_TEST_CRASH_AT=POINT[:N]`` in its environment, the engine
-process SIGKILLs itself the N-th time (default 1st) it reaches POINT, one of
-``after_mark_running``, ``after_spawn`` (before the pid is recorded) and
-``before_record_end``.  Only ``tests/reliability`` sets it; unset, it costs one
-``None`` check per launch.
+One turn is :meth:`Dispatcher.cycle`, given the wall and monotonic clocks (a test
+drives it with fake ones): :mod:`.queue`, :mod:`.ends`, :mod:`.starts`; after a crash,
+:mod:`.recovery`.  Test hook: with ``NBSCHED_TEST_CRASH_AT=POINT[:N]`` the engine
+SIGKILLs itself the N-th time (default 1st) it reaches POINT (``after_mark_running``,
+``after_spawn``, before the pid is recorded, or ``before_record_end``); only
+``tests/reliability`` sets it, and unset it costs one ``None`` check per launch.
 """
 
 from __future__ import annotations
@@ -41,10 +37,10 @@ from ..errors import StateDirError
 from ..executors.base import Executor, Exit, Started
 from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobStatus
-from ..pipeline.snapshots import after_ends
 from ..store import AttemptEnd, AttemptStart, Store
 from ..store.estimates import Estimator
-from .ends import decide_end, log_says
+from .ends import after_ends, decide_end, log_says
+from .handoff import hand_off, hands_off
 from .inbox import Inbox
 from .queue import QueueCache
 from .recovery import recover
@@ -316,11 +312,14 @@ class Dispatcher:
             self.config.gpu_load_threshold,
         )
         queue = self._cache.eligible(now, mono)
-        decision = plan(queue, states, now, self.config.gpu_allocation_precision,
-                        running=self._cache.for_plan(gone), policy=self._policy,
-                        head_since=self.head_since, reserved_before=self.reserved)  # fmt: skip
-        self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
-        self._room = None if decision.placements else most_room(states)
+        if hands_off(self.config.executor):  # (Slurm: its own queue decides)
+            decision, self._room = hand_off(queue, now), None
+        else:
+            decision = plan(queue, states, now, self.config.gpu_allocation_precision,
+                            running=self._cache.for_plan(gone), policy=self._policy,
+                            head_since=self.head_since, reserved_before=self.reserved)  # fmt: skip
+            self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
+            self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
         self.reserved = dict(decision.reserved)
         chosen, stale = self._cache.to_start(self.store, decision.placements)

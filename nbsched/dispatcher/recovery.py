@@ -76,7 +76,10 @@ def _recover_one(
         _requeue_unstarted(store, job)
         return
     if not executor.local_processes:
-        executor.watch(job, on_exit)  # e.g. Ray: its processes are not here
+        if executor.never_started(job):  # (Slurm: no job of it there)
+            _requeue_unstarted(store, job)
+        else:
+            executor.watch(job, on_exit)  # e.g. Ray: its processes are not here
         return
     # The direct executor's spawner knows its jobs: running (or ended, end not
     # reported yet) ones are watched again; any other has its exit file.

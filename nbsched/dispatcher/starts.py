@@ -185,6 +185,7 @@ class Starts:
         and watch them; ``fail`` records one that could not start.  ``reruns``: those
         that ran before (their logs may hold an earlier run)."""
         spawned: list[tuple[Job, Started, Executor]] = []
+        batches: dict[str, tuple[Executor, list[Launch]]] = {}
         for job in running:
             if job is None:
                 continue  # cancelled meanwhile
@@ -194,7 +195,11 @@ class Starts:
             self.cache.deadlines.add(job)
             try:
                 executor = self.executors.get(job.executor or self.config.executor)
-                started = executor.start(self.launch(job, job.id in reruns))
+                launch = self.launch(job, job.id in reruns)
+                if executor.batches:  # (started together below: one Slurm job array)
+                    batches.setdefault(executor.name, (executor, []))[1].append(launch)
+                    continue
+                started = executor.start(launch)
             except Exception as exc:
                 _note_failed_start(job, exc)
                 fail(job, f"could not start: {exc}")
@@ -202,6 +207,13 @@ class Starts:
             spawned.append((job, started, executor))
             if self.crash:
                 self.crash("after_spawn")
+        for executor, launches in batches.values():
+            for launch, outcome in zip(launches, executor.start_many(launches), strict=True):
+                if isinstance(outcome, Exception):
+                    _note_failed_start(launch.job, outcome)
+                    fail(launch.job, f"could not start: {outcome}")
+                else:
+                    spawned.append((launch.job, outcome, executor))
         for job, started, executor in spawned:
             job = job.evolve(pid=started.pid, proc_start=started.proc_start, node=started.node)
             self.cache.running[job.id] = job

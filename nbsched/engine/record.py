@@ -55,6 +55,8 @@ def engine_info(config: SchedulerConfig, provider_name: str, num_gpus: int) -> d
 
         cluster = cluster_for(config.ray_address, config.num_gpus)
         info.update(gpu_provider=config.gpu_provider, ray_address=cluster.gcs_address)
+    if config.executor == "slurm":  # (its GPUs are Slurm's whatever the provider says)
+        info.update(gpu_provider=config.gpu_provider, slurm_partition=config.slurm_partition)
     return info
 
 

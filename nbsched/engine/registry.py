@@ -16,7 +16,7 @@ from ..gpus import make_provider
 from ..gpus.base import GPUProvider
 
 #: The executors a job may name, in the order messages list them.
-EXECUTORS = ("direct", "screen", "ray")
+EXECUTORS = ("direct", "screen", "ray", "slurm")
 
 
 def make_gpu_provider(
@@ -31,6 +31,10 @@ def make_gpu_provider(
 
         import_ray()  # NotSupportedError naming how to install Ray
         return RayGpuProvider(cluster_for(config.ray_address, config.num_gpus))
+    if config.executor == "slurm":
+        from ..gpus.slurm_provider import SlurmGpuProvider
+
+        return SlurmGpuProvider(config.slurm_partition)
     return make_provider(
         config.gpu_provider,
         num_gpus=config.num_gpus,
@@ -53,6 +57,10 @@ def make_executor(name: str, config: SchedulerConfig) -> Executor:
         from ..executors.ray import RayExecutor
 
         return RayExecutor(config)
+    if name == "slurm":
+        from ..executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(config)
     raise InvalidValueError(f"executor={name!r}: accepted values are {', '.join(EXECUTORS)}")
 
 

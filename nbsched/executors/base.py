@@ -87,7 +87,22 @@ class Executor(Protocol):
     #: cannot defer ignores it and returns the pid.
     defer_identity: bool = False
 
+    #: Whether :meth:`start_many` hands several attempts over at once (Slurm: one job
+    #: array): the dispatcher then gives it the attempts of a turn together.
+    batches: bool = False
+
     def is_available(self) -> bool: ...
+
+    def start_many(self, launches: list[Launch]) -> list[Started | Exception]:
+        """Start several attempts; for each, how it started or why it could not.
+        Default: :meth:`start` for each."""
+        out: list[Started | Exception] = []
+        for launch in launches:
+            try:
+                out.append(self.start(launch))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     def start(self, launch: Launch) -> Started:
         """Start the attempt; raise with a clear message if it cannot start."""
@@ -129,6 +144,12 @@ class Executor(Protocol):
         its pid; None (the default) if it cannot tell (recovery then checks the pid and
         the exit file itself)."""
         return None
+
+    def never_started(self, job: Job) -> bool:
+        """At recovery, for an executor whose jobs run elsewhere (``local_processes``
+        False): whether ``job``, marked running, certainly never reached it (it is then
+        queued again).  Default: False (it is watched)."""
+        return False
 
     def forget(self, jobs: list[Job]) -> None:
         """These jobs' ends are committed: drop what was kept for them (exit files, ends

@@ -9,7 +9,7 @@ attributes it uses are declared below.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidValueError
@@ -40,6 +40,8 @@ class NotebookJobs(_Scheduler):
         name: str | None = None,
         once: bool = False,
         args: Sequence[str] | None = None,
+        notify: Any = None,
+        on_end: Callable[..., Any] | None = None,
         **options: Any,
     ) -> str:
         """Queue a notebook, run by papermill with ``params`` (injected after its cell
@@ -52,8 +54,8 @@ class NotebookJobs(_Scheduler):
         ``add_sweep("train.ipynb", args="--lr {0.1,0.01}")`` or ``params={"lr": [...]}``.
         ``args`` instead of ``params``: the parameters as words, ``["--lr", "0.1"]``,
         each value read as papermill's ``-p`` reads it (``0.1`` a float; what the
-        command line and the magic pass).  ``once`` and ``options`` (``snapshot=``, ...)
-        are those of :meth:`add_job`.
+        command line and the magic pass).  ``once``, ``notify``, ``on_end`` and
+        ``options`` (``after=``, ``snapshot=``, ...) are those of :meth:`add_job`.
         """
         self._check_open()
         script = os.fspath(notebook) if isinstance(notebook, os.PathLike) else notebook
@@ -76,7 +78,13 @@ class NotebookJobs(_Scheduler):
             kernel=kernel,
             **options,
         )
-        return self._submit_once(spec) if once else self.submit([spec])[0]
+        spec = self._notified(spec, notify, on_end)
+        submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
+        return self._watched(on_end, submit)
+
+    def _with_code(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A job's row (:meth:`job`) with its code record (the job keeps its key)."""
+        return {**row, "code": record_of(self.store, row["code"])}
 
     def output_notebook(self, job_id: str) -> str | None:
         """The path of a notebook job's executed notebook (beside its log; papermill
@@ -90,4 +98,4 @@ class NotebookJobs(_Scheduler):
         return None if job.log_path is None else output_path(job.log_path)
 
 
-__all__ = ["NotebookJobs", "record_of"]
+__all__ = ["NotebookJobs"]

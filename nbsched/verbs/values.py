@@ -125,6 +125,16 @@ def threshold_type(text: str) -> float:
     return _argument(checks.threshold_from_text, text)
 
 
+def url_type(text: str) -> str:
+    """``--notify URL``: a webhook's http(s) URL."""
+    return _argument(lambda t: checks.check_url("--notify", t), text)
+
+
+def address_type(text: str) -> str:
+    """``--notify-email ADDRESS``: as ``notify="mailto:ADDRESS"``."""
+    return "mailto:" + _argument(lambda t: checks.check_address("--notify-email", t), text)
+
+
 def interval_type(text: str) -> float:
     """``dashboard --interval S``: as ``Dashboard(interval=S)`` (``checks.check_interval``)."""
     try:
@@ -231,6 +241,12 @@ def engine_fields(ns: Any) -> dict[str, Any]:
             f"--ray-address {ray_address} applies to --executor ray: only with --executor ray "
             f"is it used (the executor would be {executor or 'direct'}); add --executor ray"
         )
+    for flag in ("slurm_partition", "slurm_account"):
+        if getattr(ns, flag, None) is not None and executor != "slurm":
+            raise InvalidValueError(
+                f"--{flag.replace('_', '-')} {getattr(ns, flag)} applies to --executor slurm; "
+                "add --executor slurm"
+            )
     if getattr(ns, "jobs_file_gpu_arg", None) is not None and not getattr(ns, "jobs_file", None):
         raise InvalidValueError(
             f"--gpu-arg {ns.jobs_file_gpu_arg} applies to the jobs file's lines: add --jobs-file F "
@@ -238,12 +254,18 @@ def engine_fields(ns: Any) -> dict[str, Any]:
         )
     names = {"state_dir": "state_dir", "executor": "executor", "jobs_file": "jobs_file"}
     names.update(llm_config="llm_config_file", ray_address="ray_address")
+    names.update(slurm_partition="slurm_partition", slurm_account="slurm_account")
     names.update(max_retries="max_retries", jobs_file_gpu_arg="jobs_file_gpu_arg")
     names.update(mem_threshold="gpu_memory_threshold", load_threshold="gpu_load_threshold")
     for flag, field in names.items():
         value = getattr(ns, flag, None)
         if value is not None:  # ('' is refused by the config, not taken as unset)
             fields[field] = value
+    notify = (getattr(ns, "default_notify", None) or []) + (
+        getattr(ns, "default_notify_email", None) or []
+    )
+    if notify:
+        fields["notify"] = notify
     return fields
 
 

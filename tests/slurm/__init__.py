@@ -1,0 +1,1 @@
+"""Helpers of the tests against a real one-node Slurm (``scripts/slurm.sh``)."""

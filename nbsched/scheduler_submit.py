@@ -99,30 +99,17 @@ class Submitting:
         ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
         ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
         in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.
-
         ``snapshot=True`` (default: the config's ``snapshot``) copies the script's git
         work tree (or folder) now and runs the job from the copy; each job records what
         it runs (``job(id)["code"]``): see :mod:`nbsched.pipeline.snapshots`.
         """
         self._check_open()
         spec = self.make_spec(
-            script=script,
-            conda_env=conda_env,
-            args=args,
-            priority=priority,
-            required_gpus=required_gpus,
-            allowed_gpus=allowed_gpus,
-            max_retries=max_retries,
-            launcher=launcher,
-            gpu_arg=gpu_arg,
-            cwd=cwd,
-            env=env,
-            name=name,
-            after=after,
-            time_limit=time_limit,
-            expected_s=expected_s,
-            snapshot=snapshot,
-        )
+            script=script, conda_env=conda_env, args=args, priority=priority,
+            required_gpus=required_gpus, allowed_gpus=allowed_gpus, max_retries=max_retries,
+            launcher=launcher, gpu_arg=gpu_arg, cwd=cwd, env=env, name=name, after=after,
+            time_limit=time_limit, expected_s=expected_s, snapshot=snapshot,
+        )  # fmt: skip
         spec = self._notified(spec, notify, on_end)
         submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
         return self._watched(on_end, submit)

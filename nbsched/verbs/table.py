@@ -125,35 +125,32 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "time_limit": ns.time_limit,
         "expected_s": ns.expected_s,
         "notify": ((ns.notify or []) + (ns.notify_email or [])) or None,
+        "snapshot": getattr(ns, "snapshot", None) or None,  # (unset: the config's)
     }
 
 
 def _add(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
     words = ns.words or []
     return s.add_job(
-        ns.script, ns.conda_env, words, launcher=ns.launcher, gpu_arg=ns.gpu_arg,
-        snapshot=ns.snapshot or None, **job_options(ns),
-    )  # fmt: skip
+        ns.script, ns.conda_env, words, launcher=ns.launcher, gpu_arg=ns.gpu_arg, **job_options(ns)
+    )
 
 
 def _run(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
-    return s.add_command(
-        command_line(ns.words, ns.typed), snapshot=ns.snapshot or None, **job_options(ns)
-    )
+    return s.add_command(command_line(ns.words, ns.typed), **job_options(ns))
 
 
 def _sweep(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
     swept = ns.typed if ns.typed is not None else ns.words
     return s.add_sweep(
-        ns.script, args=swept, conda_env=ns.conda_env, limit=ns.limit,
-        snapshot=ns.snapshot or None, **job_options(ns),
-    )  # fmt: skip
+        ns.script, args=swept, conda_env=ns.conda_env, limit=ns.limit, **job_options(ns)
+    )
 
 
 def _notebook(s: GPUJobScheduler, ns: argparse.Namespace) -> str | list[str]:
     """A notebook job; a sweep when a value holds braces (``-p lr {0.1,0.01}``)."""
     words = [w for name, value in ns.params or () for w in (f"--{name}", value)]
-    options = {"kernel": ns.kernel, "snapshot": ns.snapshot or None, **job_options(ns)}
+    options = {"kernel": ns.kernel, **job_options(ns)}
     if any("{" in value for _name, value in ns.params or ()):
         return s.add_sweep(ns.notebook, args=words, limit=ns.limit, **options)
     return s.add_notebook(ns.notebook, args=words, **options)

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
-from .verbs import CLI, ENGINE_OPTIONS, VERBS, show_simulation, verbs_of
+from .verbs import CLI, ENGINE_OPTIONS, VERBS, glue_dash_values, show_simulation, verbs_of
 from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note, show_ids
 
 if TYPE_CHECKING:
@@ -98,17 +99,15 @@ def _print_frame(df: pd.DataFrame, as_json: bool, columns: Sequence[str] | None 
             print(df.to_string(index=False, max_colwidth=60, na_rep=""))
 
 
-JOB_TABLE = (
-    "id",
-    "status",
-    "priority",
-    "gpus",
-    "required_gpus",
-    "exit_code",
-    "attempts",
-    "command",
-    "reason",
-)
+def _print_jobs(df: pd.DataFrame, as_json: bool, every: bool = False) -> None:
+    """Jobs as a person reads them in a terminal (compact: nbsched.jupyter.tables);
+    ``every``: every column, whole."""
+    from nbsched.jupyter.tables import fit
+
+    if as_json or every:  # (every: each column whole, as stored)
+        _print_frame(df, as_json) if as_json or df.empty else print(df.to_string(index=False))
+    else:
+        print(fit(df, shutil.get_terminal_size((100, 24)).columns))
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -116,7 +115,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     ``sweep``), nbsched's options are everything before the first ``--`` (before or after
     the script), and the job's words everything after it (``ns.words``)."""
     parser = build_parser()
-    argv = list(argv)
+    argv = glue_dash_values(list(argv))  # (--gpu-arg --cuda: a value, not an option)
     name = next((a for a in argv if not a.startswith("-")), None)
     verb = VERBS.get(name or "")
     words: list[str] | None = None
@@ -294,7 +293,7 @@ def _show_frame(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) ->
 
 
 def _show_jobs(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) -> None:
-    _print_frame(df, ns.json, JOB_TABLE)
+    _print_jobs(df, ns.json, ns.all)
 
 
 #: How each verb's result is printed (``--json``: as JSON).
@@ -331,7 +330,7 @@ def _wait(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     call = VERBS["wait"].call
     assert call is not None
     waited = call(s, ns)
-    _print_frame(waited, ns.json, JOB_TABLE)
+    _print_jobs(waited, ns.json)
     return 0 if (waited["status"] == "succeeded").all() else 1
 
 
@@ -356,7 +355,9 @@ def _status(s: GPUJobScheduler, as_json: bool) -> int:
         return 0
     print("queue: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print(f"engine: {'pid ' + str(holder) if holder else 'none running'}")
-    _print_frame(s.get_gpu_status(), False)
+    from nbsched.jupyter.status import gpus_text
+
+    print(gpus_text(s))  # (read afresh, and when)
     _print_active(s, counts.get("queued", 0))
     if notices:
         print("\nnotices:")
@@ -381,7 +382,7 @@ def _print_active(s: GPUJobScheduler, queued: int) -> None:
     if not parts:
         return
     print()
-    _print_frame(pd.concat(parts, ignore_index=True), False, JOB_TABLE)
+    _print_jobs(pd.concat(parts, ignore_index=True), False)
     if queued > len(shown):
         print(f"... and {queued - len(shown):,} more queued: nbsched jobs --status queued")
 

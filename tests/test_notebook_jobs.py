@@ -7,7 +7,6 @@ notebook's parameters is one job per combination."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -255,19 +254,3 @@ def test_a_notebook_waits_for_the_job_it_comes_after(
     assert list(rows["status"]) == ["succeeded", "succeeded"]
     started = sched.job(job_id)["started"]
     assert started >= sched.job(first)["ended"]
-
-
-def test_a_notebook_jobs_end_reaches_its_on_end_callback(
-    running: GPUJobScheduler, tmp_path: Path
-) -> None:
-    ended = threading.Event()
-    seen: list[Any] = []
-    nb = write_notebook(tmp_path / "bad.ipynb", "1 / 0")
-
-    def on_end(end: Any) -> None:
-        seen.append(end)
-        ended.set()
-
-    job_id = running.add_notebook(nb, on_end=on_end)
-    assert ended.wait(120)
-    assert str(seen[0].id) == job_id and seen[0].status == "failed"

@@ -263,8 +263,10 @@ class _Collector:
         with self._lock:
             self.again = True
             if self.thread is None:
+                # (not a daemon: a process that exits at once, such as ``nbsched add``,
+                # waits for it rather than ending it inside SQLite)
                 self.thread = threading.Thread(
-                    target=self._run, args=(in_use,), name="nbsched-snapshots", daemon=True
+                    target=self._run, args=(in_use,), name="nbsched-snapshots", daemon=False
                 )
                 self.thread.start()
 

@@ -26,8 +26,10 @@ from .checks import (
     check_word,
     no_nul,
 )
+from .checks.memory import memory_text
 from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import check_request
 from .jobs import JobSpec
 from .launch import check_launcher
 from .pipeline.notebooks import check_notebook, is_notebook
@@ -100,23 +102,23 @@ def build_spec(
     after: AfterValue = None,
     time_limit: float | str | None = None,
     expected_s: float | str | None = None,
+    gpu_memory: object = None,
     kernel: str | None = None,
 ) -> JobSpec:
-    """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`)
-    against ``n_gpus`` GPUs (``owner``'s), or the first error, naming the value and what is
-    accepted; ``default_requirement(args)``: the GPUs (and whence) of a job that names
-    none; ``snapshot()``: the GPUs, for a job of several (one node)."""
+    """A validated :class:`JobSpec` (``make_spec``) against ``n_gpus`` GPUs (``owner``'s), or
+    the first error, naming the value and what is accepted; ``default_requirement(args)``:
+    GPUs of a job naming none; ``snapshot()``: the GPUs; ``gpu_memory``: MiB (or "18G")."""
     checked_priority = check_priority(priority)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
     kernel = _script_checks(script_path, argv, kernel, conda_env, launcher)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
-    required = _requirement(
-        required_gpus, default_requirement, argv, precision, allowed, n_gpus, owner, snapshot
-    )
+    memory = check_request(gpu_memory, snapshot, allowed)
+    req, shown, other = _requirement(required_gpus, memory, precision, default_requirement, argv)
+    _check_fits(shown, other, req, allowed, n_gpus, owner, snapshot)
     return JobSpec(
         kind=kind,
-        required_gpus=required,
+        required_gpus=req,
         priority=checked_priority,
         script=script_path,
         args=argv,
@@ -129,6 +131,7 @@ def build_spec(
         hash=hash,
         after=check_after(after),
         **_estimation(time_limit, expected_s, kind, script_path, argv, command),
+        gpu_memory_request=memory,
         kernel=kernel,
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
@@ -149,6 +152,24 @@ def _estimation(
         "expected_s": check_duration("expected_s", expected_s),
         "estimate_key": estimate_key(kind, script, args, command),
     }
+
+
+def _requirement(
+    required_gpus: float | None,
+    memory: float | None,
+    precision: float,
+    default: Callable[[Sequence[str]], tuple[float, str]],
+    argv: Sequence[str],
+) -> tuple[float, str, str]:
+    """The GPUs a job books, as ``(required, shown, other)`` (see :func:`_default_gpus`):
+    ``required_gpus``, else the smallest share where it asks for memory alone, else the
+    default."""
+    if required_gpus is None and memory is not None:
+        return precision, f"gpu_memory={memory_text(memory)}", ""
+    if required_gpus is None:
+        return _default_gpus(default(argv), precision)
+    required = check_requirement("required_gpus", required_gpus, precision)
+    return required, f"required_gpus={required:g}", ""
 
 
 def _what_runs(
@@ -176,27 +197,6 @@ def _what_runs(
     if not path.is_file():
         raise MissingFileError(f"script {text!r} not found (looked in {path})")
     return "script", str(path.resolve()), check_args(args)
-
-
-def _requirement(
-    required_gpus: object,
-    default: Callable[[Sequence[str]], tuple[float, str]],
-    argv: Sequence[str],
-    precision: float,
-    allowed: tuple[int, ...] | None,
-    n_gpus: int,
-    owner: str,
-    snapshot: Callable[[], Sequence[GpuSnapshot]],
-) -> float:
-    """The GPUs the job needs (``required_gpus``, else ``default(argv)``: the number and
-    where it comes from), checked to fit the (allowed) GPUs there are."""
-    if required_gpus is None:
-        required, shown, other = _default_gpus(default(argv), precision)
-    else:
-        required = check_requirement("required_gpus", required_gpus, precision)
-        shown, other = f"required_gpus={required:g}", ""
-    _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
-    return required
 
 
 def _script_checks(

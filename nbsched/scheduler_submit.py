@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
-from .checks import AfterValue
+from .checks import AfterValue, check_args
 from .config import SchedulerConfig
+from .dispatcher.entries import SMALL_BATCH, Entries
 from .engine.core import Engine
 from .executors.slurm_control import admit as slurm_admit
 from .formats.jobsfile import JobLine, LineError
@@ -27,7 +29,7 @@ from .jobsfile_watch import ALL_STATUSES, JobsFileWatcher
 from .jobspec import build_spec
 from .launch import capture_env
 from .llmconfig_watch import LLMConfigWatcher
-from .pipeline.snapshots import holding, release, with_code
+from .pipeline.snapshots import holding, noting, release, with_code
 from .store import Store
 from .submitter import EngineSubmitter
 from .sweeps import DEDUP_STATUSES
@@ -81,6 +83,7 @@ class Submitting:
         expected_s: float | str | None = None,
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
+        gpu_memory: float | str | None = None,
         snapshot: bool | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
@@ -88,27 +91,26 @@ class Submitting:
         ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
-
         ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
-        "started": ids}``; bare ids wait for success): see the user guide's
-        dependencies page.
+        "started": ids}``; bare ids wait for success): see the dependencies page.
         ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
         there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
         ``expected_s``: how long you expect it to run (seconds or a duration): a hint
         for the plan that ends nothing.  See ``docs/estimates.md``.
         ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
         ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
-        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.
+        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.  And
+        ``gpu_memory``: ``"18G"``, ``"512M"`` or MiB free on each of its GPUs.
         ``snapshot=True`` (default: the config's ``snapshot``) copies the script's git
         work tree (or folder) now and runs the job from the copy; each job records what
-        it runs (``job(id)["code"]``): see :mod:`nbsched.pipeline.snapshots`.
-        """
+        it runs (``job(id)["code"]``): see :mod:`nbsched.pipeline.snapshots`."""
         self._check_open()
         spec = self.make_spec(
             script=script, conda_env=conda_env, args=args, priority=priority,
             required_gpus=required_gpus, allowed_gpus=allowed_gpus, max_retries=max_retries,
             launcher=launcher, gpu_arg=gpu_arg, cwd=cwd, env=env, name=name, after=after,
-            time_limit=time_limit, expected_s=expected_s, snapshot=snapshot,
+            time_limit=time_limit, expected_s=expected_s, gpu_memory=gpu_memory,
+            snapshot=snapshot,
         )  # fmt: skip
         spec = self._notified(spec, notify, on_end)
         submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
@@ -143,13 +145,14 @@ class Submitting:
         expected_s: float | str | None = None,
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
+        gpu_memory: float | str | None = None,
         snapshot: bool | None = None,
     ) -> str:
         """Queue a shell command (``bash -c command``); returns the job id.
-        ``after``, ``time_limit``, ``expected_s``, ``notify`` and ``on_end`` as in
-        :meth:`add_job`.  ``snapshot=True`` copies its folder's git work tree (or the
-        folder) now and runs it in the copy (the config's ``snapshot`` applies to script
-        jobs only)."""
+        ``after``, ``time_limit``, ``expected_s``, ``notify``, ``on_end`` and
+        ``gpu_memory`` as in :meth:`add_job`.  ``snapshot=True`` copies its folder's git
+        work tree (or the folder) now and runs it in the copy (the config's ``snapshot``
+        applies to script jobs only)."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -163,6 +166,7 @@ class Submitting:
             after=after,
             time_limit=time_limit,
             expected_s=expected_s,
+            gpu_memory=gpu_memory,
             snapshot=snapshot,
         )
         spec = self._notified(spec, notify, on_end)
@@ -190,41 +194,28 @@ class Submitting:
         after: AfterValue = None,
         time_limit: float | str | None = None,
         expected_s: float | str | None = None,
+        gpu_memory: float | str | None = None,
         kernel: str | None = None,
         snapshot: bool | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored.  With a snapshot
         (``snapshot``, or the config's), its code is copied now (held until stored)."""
         self._check_open()
+        if gpu_memory is None and self._llm is not None and script is not None:
+            gpu_memory, gpus = self._llm.current().memory_request(check_args(args))
+            required_gpus = gpus if required_gpus is None else required_gpus
         n_gpus, owner = self._engine.gpu_count()
         spec = build_spec(
-            n_gpus=n_gpus,
-            owner=owner,
-            precision=self.config.gpu_allocation_precision,
+            n_gpus=n_gpus, owner=owner, precision=self.config.gpu_allocation_precision,
             default_retries=self.config.max_retries,
             default_requirement=self._default_requirement,
-            snapshot=self._engine.monitor.snapshot,
-            script=script,
-            command=command,
-            conda_env=conda_env,
-            args=args,
-            priority=priority,
-            required_gpus=required_gpus,
-            allowed_gpus=allowed_gpus,
-            max_retries=max_retries,
-            launcher=launcher,
-            gpu_arg=gpu_arg,
-            cwd=cwd,
-            env=env,
-            name=name,
-            sweep=sweep,
-            params=params,
-            hash=hash,
-            after=after,
-            time_limit=time_limit,
-            expected_s=expected_s,
-            kernel=kernel,
-        )
+            snapshot=self._engine.monitor.snapshot, script=script, command=command,
+            conda_env=conda_env, args=args, priority=priority, required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus, max_retries=max_retries, launcher=launcher,
+            gpu_arg=gpu_arg, cwd=cwd, env=env, name=name, sweep=sweep, params=params,
+            hash=hash, after=after, time_limit=time_limit, expected_s=expected_s,
+            gpu_memory=gpu_memory, kernel=kernel,
+        )  # fmt: skip
         return with_code(self.store, spec, snapshot, self.config)
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
@@ -253,26 +244,33 @@ class Submitting:
 
         The jobs start from this process's environment as it is now
         (``env_policy="submitter"``: read once for all of them), whichever engine
-        starts them.
+        starts them.  (Copies of code made for them are let go once they are stored.)
         """
         self._check_open()
+        if not holding():
+            return self._store_specs(specs, skip_hash_statuses)
+        seen: set[str] = set()
+        try:
+            return self._store_specs(noting(specs, seen), skip_hash_statuses)
+        finally:
+            release(seen, self.store, self.config.state_dir)
+
+    def _store_specs(
+        self, specs: Iterable[JobSpec], skip_hash_statuses: Iterable[JobStatus] | None
+    ) -> list[str]:
+        """:meth:`submit`'s work."""
         config = self.config
         if config.executor == "slurm":  # (refused or Slurm not answering: nothing stored)
             specs = slurm_admit(specs)
         environment = capture_env(config.env_exclude) if config.env_policy == "submitter" else None
-        held = holding()  # (copies of code made for these specs: let go once stored)
-        specs = list(specs) if held else specs
-        try:
-            rev, jobs = self.store.add_jobs_at(
-                specs,
-                owner_uid=os.getuid(),
-                executor=config.executor,
-                skip_hash_statuses=skip_hash_statuses,
-                environment=environment,
-            )
-        finally:
-            if held:
-                release(specs, self.store, config.state_dir)
+        how: dict[str, Any] = {"owner_uid": os.getuid(), "executor": config.executor}
+        how.update(skip_hash_statuses=skip_hash_statuses, environment=environment)
+        specs = iter(specs)
+        head = list(islice(specs, SMALL_BATCH + 1))
+        if len(head) > SMALL_BATCH:
+            specs, head = chain(iter(head), specs), []  # (not kept once stored)
+            return self._submit_many(specs, how)
+        rev, jobs = self.store.add_jobs_at(head, **how)
         stored = [j for j in jobs if j is not None]
         # (a job waiting for a dependency is no dispatcher's yet: its release brings it)
         free = [j for j in stored if not j.waiting]
@@ -283,6 +281,19 @@ class Submitting:
         # jobs' objects, and a caller keeping them (a sweep's 100,000 ids) would keep every
         # memory pool of those objects from being given back (~85 MB of RSS).
         return [str(j.seq) for j in stored]
+
+    def _submit_many(self, specs: Iterable[JobSpec], how: dict[str, Any]) -> list[str]:
+        """:meth:`submit` of more than a few jobs (a sweep's): of each job only the
+        dispatcher's light entry is made, as its row is stored (``Store.add_made_at``);
+        no whole job, and no spec kept once its rows are in (a whole job a spec was ~100
+        MB more for a sweep of 100,000 jobs, and that much more of the process's RSS
+        after)."""
+        with self._engine.storing() as make:
+            rev, made, waiting = self.store.add_made_at(specs, make, **how)
+            free = Entries(e for e, w in zip(made, waiting, strict=True) if e is not None and not w)
+            ours = self._engine.offer(rev, free)
+        self._waits.notify(() if ours else None)
+        return [str(e.seq) for e in made if e is not None]
 
     def add_jobs_file(
         self,

@@ -19,13 +19,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from .allocation import GpuState, _clock, explain_one, gpu_states, plan
 from .backfill import Policy, running_of
+from .dispatcher.memory import MemoryBook
 from .executors.slurm import why_slurm
 from .formats.after import describe_unmet
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import MemoryFit
 from .jobs import Job, JobStatus
 from .simulation import queue_replay
 from .store import Store
@@ -123,6 +125,7 @@ class Why:
         self._first_in_line = first_in_line
         #: (revision, when, GPU states, precision, the answers given at that revision)
         self._seen: tuple[int, float, list[GpuState], float, dict[str, str]] | None = None
+        self._book, self._fit = MemoryBook(store), cast("MemoryFit | None", None)  # (issue 14)
 
     def why(self, job_id: str) -> str:
         """Why job ``job_id`` has not started (or what it is, if it is not queued)."""
@@ -147,15 +150,16 @@ class Why:
         at = self._clock()
         seen = self._seen
         if seen is None or seen[0] != rev or at - seen[1] >= MAX_AGE_S:
-            rules = self._rules()
+            rules, reading = self._rules(), self._snapshot()
             states = gpu_states(
-                self._snapshot(),
+                reading,
                 self._store.allocation(),
                 self._store.paused(),
                 rules["gpu_memory_threshold"],
                 rules["gpu_load_threshold"],
             )
             seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
+            self._fit = self._book.fit(reading)  # (GPU memory requests: issue 14)
         _, _, states, precision, answers = seen
         if job.id not in answers:
             text = self._explain(job, states, precision)
@@ -180,8 +184,9 @@ class Why:
                 head = next((j for j in queue if j.id == head_id), None)
                 since = (head_id, head.submitted) if head is not None else None
         text = explain_one(
-            queue, job, states, now, precision, running=running, policy=policy, head_since=since
-        )
+            queue, job, states, now, precision, running=running, policy=policy, head_since=since,
+            memory=self._fit,
+        )  # fmt: skip
         if "≈" in text or not all(g.eligible for g in states):
             return text  # (the plan's own expected start; the replay knows no pause)
         ahead = list(islice(queue, ETA_AHEAD + 1))

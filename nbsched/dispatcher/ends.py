@@ -16,10 +16,11 @@ import logging
 
 from ..executors.base import Exit
 from ..formats.duration import format_duration
+from ..gpus.oom import REASON as OOM
+from ..gpus.oom import OutOfMemory
 from ..jobs import Job, JobStatus
 from ..launch import conda_failure
 from ..pipeline.notebooks import failure_detail, is_notebook
-from ..pipeline.snapshots import after_ends as after_ends  # (the loop's, once ends are in)
 from ..store import AttemptEnd
 
 logger = logging.getLogger(__name__)
@@ -44,13 +45,15 @@ def decide_end(
     retry_backoff_s: float,
     now: float,
     missing_env: str | None = None,
+    oom: OutOfMemory | None = None,
     detail: str | None = None,
 ) -> AttemptEnd:
     """What an attempt's end means: succeeded, failed, or queued again for a retry at
     ``now`` plus the back-off (while ``job.attempts`` has not used up the job's
     retries, and ``missing_env`` does not say retrying cannot help); failed with the
     reason ``time limit (...)`` if it ended at or past its time limit.  It is recorded as
-    ended when the executor says it ended (:func:`ended_at`), else at ``now``.
+    ended when the executor says it ended (:func:`ended_at`), else at ``now``.  ``oom``:
+    it ran out of GPU memory; queued once more at once where that may be retried.
     ``detail``: what the job itself said of its failure (a notebook's failing cell),
     put before the reason."""
     at = ended_at(job, exit, now)
@@ -64,6 +67,13 @@ def decide_end(
         reason = f"{detail} ({reason})"
     if missing_env:
         reason = f"{reason}: {missing_env}"
+    if oom is not None:
+        reason = OOM
+        if oom.retry is not None:
+            again = f"attempt {job.attempts} failed ({OOM}); queued once more with more GPU memory"
+            return AttemptEnd(
+                job, JobStatus.QUEUED, exit.code, reason, now, again, at, oom_room=oom.retry
+            )
     if job.attempts <= job.spec.max_retries and not missing_env:
         delay = backoff_s(retry_backoff_s, job.attempts)
         return AttemptEnd(

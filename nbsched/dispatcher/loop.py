@@ -22,6 +22,7 @@ SIGKILLs itself the N-th time (default 1st) it reaches POINT (``after_mark_runni
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -39,12 +40,13 @@ from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
 from ..store.estimates import Estimator
-from .ends import after_ends, decide_end, log_says
+from .entries import Entries
 from .handoff import hand_off, hands_off
 from .inbox import Inbox
+from .memory import attempt_end, memory_fit
 from .queue import QueueCache
 from .recovery import recover
-from .starts import Executors, Starts, Unrecorded, kill_cancelled, pid_records
+from .starts import Executors, Starts, Unrecorded, after_ends, kill_cancelled, pid_records
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._estimates = Estimator(store)  # (the queue's estimates: see store.estimates)
         self._cache = QueueCache(config.retry_backoff_s, estimates=self._estimates)
-        self._inbox = Inbox(estimates=self._estimates)
+        self.inbox = self._inbox = Inbox(estimates=self._estimates)  # (offers: engine.core)
         self._executors = Executors(executor_for, self._on_started)
         self._starts = Starts(config, store, self._cache, self._inbox, self._executors)
         #: Why the queue's head waits, and the GPUs held for it (for status displays).
@@ -125,14 +127,11 @@ class Dispatcher:
 
     def close(self) -> None:
         for fd in (self._rpipe, self._wpipe):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
-    def offer(self, rev: int, jobs: list[Job]) -> None:
-        """Jobs this process just submitted, as written at ``rev``: the next cycle takes
-        them from here instead of reading their rows back (if they are unchanged)."""
+    def offer(self, rev: int, jobs: list[Job] | Entries) -> None:
+        """Jobs this process just stored at ``rev`` (or their entries): taken, not read back."""
         self._inbox.offer(rev, jobs)
         self._poke()
 
@@ -290,7 +289,7 @@ class Dispatcher:
     def _read_changes(self, now: float, mono: float) -> None:
         """Bring the queue cache up to date: from the store when it may hold changes
         this dispatcher has not read, else from this process's submissions."""
-        if self._dirty:
+        if self._dirty and not self._inbox.storing:  # (else: once its batch is in)
             self._dirty = False  # (a wake-up from now on sets it again)
             with self._inbox.closed_offers() as offered:
                 feed = self._cache.read(self.store, offered)
@@ -300,7 +299,7 @@ class Dispatcher:
 
     def _decide_end(self, job: Job, exit: Exit, now: float) -> AttemptEnd:
         """What an attempt's end means (see :func:`~.ends.decide_end`)."""
-        return decide_end(job, exit, self.config.retry_backoff_s, now, *log_says(job, exit))
+        return attempt_end(self, job, exit, now)  # (with what its log says: issue 14)
 
     def _plan(self, now: float, mono: float, gone: set[str]) -> list[AttemptStart]:
         """What to start now, given the queue and the GPUs (without the jobs ``gone``)."""
@@ -317,7 +316,8 @@ class Dispatcher:
         else:
             decision = plan(queue, states, now, self.config.gpu_allocation_precision,
                             running=self._cache.for_plan(gone), policy=self._policy,
-                            head_since=self.head_since, reserved_before=self.reserved)  # fmt: skip
+                            head_since=self.head_since, reserved_before=self.reserved,
+                            memory=memory_fit(self))  # fmt: skip
             self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
             self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting
@@ -406,12 +406,11 @@ class Dispatcher:
                 executor = self._executors.get(name)
             except Exception:  # (an executor this engine cannot make)
                 for job in jobs:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.unlink(self._starts.paths.exit_file(job.token or ""))
-                    except OSError:
-                        pass
                 continue
             executor.forget(jobs)
+        after_ends(self.store, self.config.state_dir, [end.job for end in ends])
         after_ends(self.store, self.config.state_dir, [end.job for end in ends])
 
     def _fail(self, job: Job, reason: str, now: float) -> None:

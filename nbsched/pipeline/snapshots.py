@@ -223,10 +223,19 @@ def holding() -> bool:
     return bool(_HELD)
 
 
-def release(specs: Iterable[JobSpec], store: Any, state_dir: str | os.PathLike[str]) -> None:
-    """Let go of the copies of ``specs``, now stored (or refused), and remove those no
-    job needs (a cancelled queued job's, say), in a thread."""
-    ids = {s.snapshot for s in specs if s.snapshot}
+def noting(specs: Iterable[JobSpec], seen: set[str]) -> Iterator[JobSpec]:
+    """``specs``, each copy id among them added to ``seen`` as they pass (a sweep's specs
+    are streamed to the store, not kept)."""
+    for spec in specs:
+        if spec.snapshot:
+            seen.add(spec.snapshot)
+        yield spec
+
+
+def release(ids: Iterable[str], store: Any, state_dir: str | os.PathLike[str]) -> None:
+    """Let go of the copies ``ids`` (their jobs now stored, or refused), and remove
+    those no job needs (a cancelled queued job's, say), in a thread."""
+    ids = set(ids)
     with _HELD_LOCK:
         paths = [p for i in ids for p in _HELD.pop(i, ())]
     for path in paths:
@@ -378,6 +387,7 @@ __all__ = [
     "collect",
     "from_copy",
     "holding",
+    "noting",
     "release",
     "snapshots_dir",
     "take",

@@ -13,6 +13,7 @@ from .errors import NbschedError
 from .gpus import provider_choice_shown_by_caller
 from .jobs import JobStatus
 from .notify import Email, JobEnd, Webhook
+from .pipeline.results import save_result
 from .scheduler import GPUJobScheduler
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "SchedulerConfig",
     "Webhook",
     "provider_choice_shown_by_caller",
+    "save_result",
 ]
 __version__ = "0.1.0.dev0"
 

@@ -313,7 +313,7 @@ _SHOW: dict[str, Callable[[GPUJobScheduler, argparse.Namespace, Any], None]] = {
     "logs": _show_log,
     "screens": _show_screens,
     "drain": _show_frame,
-    **dict.fromkeys(("hold", "release", "priority"), show_ids),
+    **dict.fromkeys(("hold", "release", "priority", "notebook"), show_ids),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .checks import (
     check_choice,
+    check_flag,
     check_gpu_arg,
     check_number,
     check_path,
@@ -124,6 +125,11 @@ class SchedulerConfig:
     #: when its last job ends): ``Webhook`` s, ``Email`` s (:mod:`nbsched.notify`), URLs
     #: or ``mailto:`` addresses (see docs/notifications.md).
     notify: tuple[Webhook | Email, ...] = ()
+    #: Copy each script job's code at submission and run it from the copy (a job's own
+    #: ``snapshot=`` overrides it; see :mod:`nbsched.pipeline.snapshots`).
+    snapshot: bool = False
+    #: Largest copy of a job's code (MB): a bigger one is refused at submission.
+    snapshot_max_mb: float = 100.0
 
     def __post_init__(self) -> None:
         # (numbers are stored as plain int and float: numpy's scalars are accepted too)
@@ -158,6 +164,8 @@ class SchedulerConfig:
         if not isinstance(self.oom_retry, bool):
             raise InvalidTypeError(f"oom_retry={self.oom_retry!r}: expected True or False")
         set_("max_sweep_jobs", check_whole("max_sweep_jobs", self.max_sweep_jobs, 1))
+        set_("snapshot", check_flag("snapshot", self.snapshot))
+        set_("snapshot_max_mb", check_number("snapshot_max_mb", self.snapshot_max_mb, 0.0, 1e9))
         set_(
             "ray_num_cpus",
             check_number("ray_num_cpus", self.ray_num_cpus, 0.0, 1024.0, low_open=False),

@@ -172,6 +172,7 @@ def _raw_row(job: Job) -> dict[str, Any]:
         "gpu_memory_request": job.spec.gpu_memory_request,
         "gpu_memory": None,  # (current: filled in by the scheduler for a running job)
         "gpu_memory_peak": job.gpu_memory_peak,
+        "code": job.spec.code,
     }
 
 

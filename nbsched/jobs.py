@@ -56,7 +56,8 @@ def can_transition(old: JobStatus, new: JobStatus) -> bool:
 class JobSpec:
     """What a user asked for: everything needed to run a job, nothing about its run.
 
-    ``kind`` is ``"script"`` (``python -u script args`` or ``bash script args``)
+    ``kind`` is ``"script"`` (``python -u script args`` or ``bash script args``; a
+    ``.ipynb`` script is a notebook run by papermill, its arguments its parameters)
     or ``"command"`` (``bash -c command``).
     """
 
@@ -94,6 +95,15 @@ class JobSpec:
     notify: str | None = None
     #: GPU memory asked for (MiB, on each of its GPUs): it starts only where that is free.
     gpu_memory_request: float | None = None
+    #: A notebook job's Jupyter kernel (None: the notebook's own; see
+    #: :mod:`nbsched.pipeline.notebooks`).
+    kernel: str | None = None
+    #: The key of the record of what it runs, made at submission (script hash, git
+    #: commit and state, Python, conda env), stored once per distinct record (see
+    #: :mod:`nbsched.pipeline.record`); ``job(id)["code"]`` shows the record.
+    code: str | None = None
+    #: The id of the copy of its code it runs from (``snapshot=True``); None: none.
+    snapshot: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per

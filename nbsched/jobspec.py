@@ -32,6 +32,7 @@ from .gpus.base import GpuSnapshot
 from .gpus.memory_fit import check_request
 from .jobs import JobSpec
 from .launch import check_launcher
+from .pipeline.notebooks import check_notebook, is_notebook
 from .store.durations import estimate_key
 
 
@@ -102,16 +103,15 @@ def build_spec(
     time_limit: float | str | None = None,
     expected_s: float | str | None = None,
     gpu_memory: object = None,
+    kernel: str | None = None,
 ) -> JobSpec:
-    """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
-    against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
-    value and what is accepted.  ``default_requirement(args)``: the GPUs (and whence) of
-    a job that names none; ``snapshot()``: the GPUs, for a job of several (one node);
-    ``gpu_memory``: MiB (or "18G") needed on each of its GPUs."""
+    """A validated :class:`JobSpec` (``make_spec``) against ``n_gpus`` GPUs (``owner``'s), or
+    the first error, naming the value and what is accepted; ``default_requirement(args)``:
+    GPUs of a job naming none; ``snapshot()``: the GPUs; ``gpu_memory``: MiB (or "18G")."""
     checked_priority = check_priority(priority)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
-    check_word("conda_env", conda_env, "an environment name", blank=False)
+    kernel = _script_checks(script_path, argv, kernel, conda_env, launcher)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
     memory = check_request(gpu_memory, snapshot, allowed)
     req, shown, other = _requirement(required_gpus, memory, precision, default_requirement, argv)
@@ -132,6 +132,7 @@ def build_spec(
         after=check_after(after),
         **_estimation(time_limit, expected_s, kind, script_path, argv, command),
         gpu_memory_request=memory,
+        kernel=kernel,
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 
@@ -196,6 +197,26 @@ def _what_runs(
     if not path.is_file():
         raise MissingFileError(f"script {text!r} not found (looked in {path})")
     return "script", str(path.resolve()), check_args(args)
+
+
+def _script_checks(
+    script: str | None, args: tuple[str, ...], kernel: object, conda_env: object, launcher: object
+) -> str | None:
+    """The conda env's name, and a notebook job's needs (see
+    :mod:`nbsched.pipeline.notebooks`): papermill, the file, its parameters, its kernel;
+    ``kernel=`` only for one.  Its checked kernel."""
+    check_word("conda_env", conda_env, "an environment name", blank=False)
+    if not is_notebook(script):
+        if kernel is not None:
+            raise InvalidValueError(
+                f"kernel={kernel!r}: only a notebook job (a .ipynb script) runs in a kernel"
+            )
+        return None
+    assert script is not None
+    if launcher is not None:
+        raise InvalidValueError(f"launcher={launcher!r}: a notebook job runs in its kernel")
+    check_notebook(script, args, kernel, conda_env)
+    return kernel if isinstance(kernel, str) else None
 
 
 def _default_gpus(found: tuple[float, str], precision: float) -> tuple[float, str, str]:

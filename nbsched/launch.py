@@ -3,6 +3,8 @@
 * a ``.py`` script runs as ``python -u script args`` (the Python running nbsched,
   or ``python`` inside the job's conda environment); a ``.sh`` script as
   ``bash script args``; any other executable file directly;
+* a ``.ipynb`` script is a notebook, run by papermill with its arguments as its
+  parameters (:mod:`nbsched.pipeline.notebooks`);
 * a command job runs as ``bash -c command``;
 * ``conda_env`` wraps it in ``conda run --no-capture-output -n ENV``;
 * ``launcher="torchrun"`` runs ``torchrun --standalone --nproc-per-node=N script args``;
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 
 from .errors import NotSupportedError
 from .jobs import Job
+from .pipeline.notebooks import is_notebook, notebook_argv
 
 LAUNCHERS = (None, "torchrun")
 
@@ -64,6 +67,8 @@ def build_argv(job: Job, gpus: tuple[int, ...], environ: Mapping[str, str]) -> t
         if spec.launcher == "torchrun":
             argv = ["torchrun", "--standalone", f"--nproc-per-node={max(1, len(gpus))}"]
             argv += [script, *args]
+        elif is_notebook(script):
+            argv = notebook_argv(sys.executable, script, args, spec.kernel, job.log_path)
         elif script.endswith(".py"):
             python = "python" if spec.conda_env else sys.executable
             argv = [python, "-u", script, *args]

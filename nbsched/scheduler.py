@@ -32,6 +32,7 @@ from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .notify.api import Notifying
+from .pipeline.api import NotebookJobs
 from .scheduler_control import Controlling
 from .scheduler_memory import MemoryViews
 from .scheduler_simulate import Simulating
@@ -50,7 +51,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying, MemoryViews):
+class GPUJobScheduler(NotebookJobs, Submitting, Controlling, Simulating, Notifying, MemoryViews):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -381,7 +382,8 @@ class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying, MemoryView
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
-        return self._with_memory_row(frames.job_row(self.store.get(job_id), Estimator(self.store)))
+        row = frames.job_row(self.store.get(job_id), Estimator(self.store))
+        return self._with_code(self._with_memory_row(row))
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""

@@ -29,6 +29,7 @@ from .jobsfile_watch import ALL_STATUSES, JobsFileWatcher
 from .jobspec import build_spec
 from .launch import capture_env
 from .llmconfig_watch import LLMConfigWatcher
+from .pipeline.snapshots import holding, noting, release, with_code
 from .store import Store
 from .submitter import EngineSubmitter
 from .sweeps import DEDUP_STATUSES
@@ -83,6 +84,7 @@ class Submitting:
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
         gpu_memory: float | str | None = None,
+        snapshot: bool | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
@@ -98,26 +100,18 @@ class Submitting:
         ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
         ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
         in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.  And
-        ``gpu_memory``: ``"18G"``, ``"512M"`` or MiB free on each of its GPUs."""
+        ``gpu_memory``: ``"18G"``, ``"512M"`` or MiB free on each of its GPUs.
+        ``snapshot=True`` (default: the config's ``snapshot``) copies the script's git
+        work tree (or folder) now and runs the job from the copy; each job records what
+        it runs (``job(id)["code"]``): see :mod:`nbsched.pipeline.snapshots`."""
         self._check_open()
         spec = self.make_spec(
-            script=script,
-            conda_env=conda_env,
-            args=args,
-            priority=priority,
-            required_gpus=required_gpus,
-            allowed_gpus=allowed_gpus,
-            max_retries=max_retries,
-            launcher=launcher,
-            gpu_arg=gpu_arg,
-            cwd=cwd,
-            env=env,
-            name=name,
-            after=after,
-            time_limit=time_limit,
-            expected_s=expected_s,
-            gpu_memory=gpu_memory,
-        )
+            script=script, conda_env=conda_env, args=args, priority=priority,
+            required_gpus=required_gpus, allowed_gpus=allowed_gpus, max_retries=max_retries,
+            launcher=launcher, gpu_arg=gpu_arg, cwd=cwd, env=env, name=name, after=after,
+            time_limit=time_limit, expected_s=expected_s, gpu_memory=gpu_memory,
+            snapshot=snapshot,
+        )  # fmt: skip
         spec = self._notified(spec, notify, on_end)
         submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
         return self._watched(on_end, submit)
@@ -152,10 +146,13 @@ class Submitting:
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
         gpu_memory: float | str | None = None,
+        snapshot: bool | None = None,
     ) -> str:
         """Queue a shell command (``bash -c command``); returns the job id.
         ``after``, ``time_limit``, ``expected_s``, ``notify``, ``on_end`` and
-        ``gpu_memory`` as in :meth:`add_job`."""
+        ``gpu_memory`` as in :meth:`add_job`.  ``snapshot=True`` copies its folder's git
+        work tree (or the folder) now and runs it in the copy (the config's ``snapshot``
+        applies to script jobs only)."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -170,6 +167,7 @@ class Submitting:
             time_limit=time_limit,
             expected_s=expected_s,
             gpu_memory=gpu_memory,
+            snapshot=snapshot,
         )
         spec = self._notified(spec, notify, on_end)
         return self._watched(on_end, lambda: self.submit([spec])[0])
@@ -197,41 +195,28 @@ class Submitting:
         time_limit: float | str | None = None,
         expected_s: float | str | None = None,
         gpu_memory: float | str | None = None,
+        kernel: str | None = None,
+        snapshot: bool | None = None,
     ) -> JobSpec:
-        """Validate a submission; raises before anything is stored."""
+        """Validate a submission; raises before anything is stored.  With a snapshot
+        (``snapshot``, or the config's), its code is copied now (held until stored)."""
         self._check_open()
         if gpu_memory is None and self._llm is not None and script is not None:
             gpu_memory, gpus = self._llm.current().memory_request(check_args(args))
             required_gpus = gpus if required_gpus is None else required_gpus
         n_gpus, owner = self._engine.gpu_count()
-        return build_spec(
-            n_gpus=n_gpus,
-            owner=owner,
-            precision=self.config.gpu_allocation_precision,
+        spec = build_spec(
+            n_gpus=n_gpus, owner=owner, precision=self.config.gpu_allocation_precision,
             default_retries=self.config.max_retries,
             default_requirement=self._default_requirement,
-            snapshot=self._engine.monitor.snapshot,
-            script=script,
-            command=command,
-            conda_env=conda_env,
-            args=args,
-            priority=priority,
-            required_gpus=required_gpus,
-            allowed_gpus=allowed_gpus,
-            max_retries=max_retries,
-            launcher=launcher,
-            gpu_arg=gpu_arg,
-            cwd=cwd,
-            env=env,
-            name=name,
-            sweep=sweep,
-            params=params,
-            hash=hash,
-            after=after,
-            time_limit=time_limit,
-            expected_s=expected_s,
-            gpu_memory=gpu_memory,
-        )
+            snapshot=self._engine.monitor.snapshot, script=script, command=command,
+            conda_env=conda_env, args=args, priority=priority, required_gpus=required_gpus,
+            allowed_gpus=allowed_gpus, max_retries=max_retries, launcher=launcher,
+            gpu_arg=gpu_arg, cwd=cwd, env=env, name=name, sweep=sweep, params=params,
+            hash=hash, after=after, time_limit=time_limit, expected_s=expected_s,
+            gpu_memory=gpu_memory, kernel=kernel,
+        )  # fmt: skip
+        return with_code(self.store, spec, snapshot, self.config)
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:
         """GPUs for a job that names none, and where that number comes from: the LLM
@@ -259,9 +244,21 @@ class Submitting:
 
         The jobs start from this process's environment as it is now
         (``env_policy="submitter"``: read once for all of them), whichever engine
-        starts them.
+        starts them.  (Copies of code made for them are let go once they are stored.)
         """
         self._check_open()
+        if not holding():
+            return self._store_specs(specs, skip_hash_statuses)
+        seen: set[str] = set()
+        try:
+            return self._store_specs(noting(specs, seen), skip_hash_statuses)
+        finally:
+            release(seen, self.store, self.config.state_dir)
+
+    def _store_specs(
+        self, specs: Iterable[JobSpec], skip_hash_statuses: Iterable[JobStatus] | None
+    ) -> list[str]:
+        """:meth:`submit`'s work."""
         config = self.config
         if config.executor == "slurm":  # (refused or Slurm not answering: nothing stored)
             specs = slurm_admit(specs)

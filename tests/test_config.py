@@ -194,6 +194,10 @@ BAD = [
     ("notify", "ftp://example.org", ValueError, "expected an http:// or https:// URL"),
     ("notify", 3, TypeError, "expected a webhook URL"),
     ("notify", ["mailto:nobody"], ValueError, "expected one mail address"),
+    ("snapshot", "yes", TypeError, "True or False"),
+    ("snapshot", 1, TypeError, "True or False"),
+    ("snapshot_max_mb", 0, ValueError, "snapshot_max_mb"),
+    ("snapshot_max_mb", "1", TypeError, "snapshot_max_mb"),
 ]
 
 

@@ -570,6 +570,7 @@ def test_every_verb_needs_a_scheduler(ip: InteractiveShell, verb: str) -> None:
         "hold": "1",
         "release": "1",
         "priority": "0 1",
+        "notebook": "x.ipynb",
     }
     line = f"{verb} {args.get(verb, '')}"
     if verb in ("run", "sweep"):

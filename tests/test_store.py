@@ -482,6 +482,9 @@ _ADDED = {
     "oom_retried": ("INTEGER", 1, "0", 0),
     "gpu_memory_learned": ("REAL", 0, None, 0),
     "gpu_memory_peak": ("REAL", 0, None, 0),
+    "kernel": ("TEXT", 0, None, 0),
+    "code": ("TEXT", 0, None, 0),
+    "snapshot": ("TEXT", 0, None, 0),
 }
 
 

@@ -303,6 +303,13 @@ def check_word(name: str, value: object, accepted: str, *, blank: bool = True) -
     return no_nul(name, value)
 
 
+def check_flag(name: str, value: object) -> bool:
+    """A yes/no setting: ``True`` or ``False`` (not a truthy string such as ``"no"``)."""
+    if not isinstance(value, bool):
+        raise InvalidTypeError(f"{name}={value!r}: expected True or False")
+    return value
+
+
 def check_gpu_arg(gpu_arg: object, name: str = "gpu_arg") -> str | None:
     """The option a job's GPU ids are passed with (``"--cuda"``), or None; ``name``: the
     field it comes as (``jobs_file_gpu_arg``: the config's, for the jobs file's lines)."""

@@ -20,6 +20,7 @@ from ..gpus.oom import REASON as OOM
 from ..gpus.oom import OutOfMemory
 from ..jobs import Job, JobStatus
 from ..launch import conda_failure
+from ..pipeline.notebooks import failure_detail, is_notebook
 from ..store import AttemptEnd
 
 logger = logging.getLogger(__name__)
@@ -45,13 +46,16 @@ def decide_end(
     now: float,
     missing_env: str | None = None,
     oom: OutOfMemory | None = None,
+    detail: str | None = None,
 ) -> AttemptEnd:
     """What an attempt's end means: succeeded, failed, or queued again for a retry at
     ``now`` plus the back-off (while ``job.attempts`` has not used up the job's
     retries, and ``missing_env`` does not say retrying cannot help); failed with the
     reason ``time limit (...)`` if it ended at or past its time limit.  It is recorded as
     ended when the executor says it ended (:func:`ended_at`), else at ``now``.  ``oom``:
-    it ran out of GPU memory; queued once more at once where that may be retried."""
+    it ran out of GPU memory; queued once more at once where that may be retried.
+    ``detail``: what the job itself said of its failure (a notebook's failing cell),
+    put before the reason."""
     at = ended_at(job, exit, now)
     over = over_time_limit(job, now if at is None else at)
     if over is not None:  # (no retry: the limit would end the next attempt too)
@@ -59,6 +63,8 @@ def decide_end(
     if exit.code == 0:
         return AttemptEnd(job, JobStatus.SUCCEEDED, 0, None, at=at)
     reason = exit.reason or f"exit code {exit.code}"
+    if detail:
+        reason = f"{detail} ({reason})"
     if missing_env:
         reason = f"{reason}: {missing_env}"
     if oom is not None:
@@ -102,6 +108,20 @@ def ended_at(job: Job, exit: Exit, now: float) -> float | None:
     if exit.at is None:
         return None
     return min(now, max(exit.at, job.started if job.started is not None else exit.at))
+
+
+def log_says(job: Job, exit: Exit) -> tuple[str | None, str | None]:
+    """What a failed attempt's log says of its end: ``(missing_env, detail)`` for
+    :func:`decide_end` (each None where it says nothing).  Reads the log."""
+    if not exit.code:
+        return None, None
+    detail = None
+    if is_notebook(job.spec.script):
+        try:
+            detail = failure_detail(job.log_path)
+        except Exception:  # (a log that cannot be read must not lose the end)
+            logger.exception("job %s: could not read its log", job.id)
+    return missing_env(job, exit), detail
 
 
 def missing_env(job: Job, exit: Exit) -> str | None:

@@ -22,6 +22,7 @@ SIGKILLs itself the N-th time (default 1st) it reaches POINT (``after_mark_runni
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -45,7 +46,7 @@ from .inbox import Inbox
 from .memory import attempt_end, memory_fit
 from .queue import QueueCache
 from .recovery import recover
-from .starts import Executors, Starts, Unrecorded, kill_cancelled, pid_records
+from .starts import Executors, Starts, Unrecorded, after_ends, kill_cancelled, pid_records
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +127,8 @@ class Dispatcher:
 
     def close(self) -> None:
         for fd in (self._rpipe, self._wpipe):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def offer(self, rev: int, jobs: list[Job] | Entries) -> None:
         """Jobs this process just stored at ``rev`` (or their entries): taken, not read back."""
@@ -407,12 +406,12 @@ class Dispatcher:
                 executor = self._executors.get(name)
             except Exception:  # (an executor this engine cannot make)
                 for job in jobs:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.unlink(self._starts.paths.exit_file(job.token or ""))
-                    except OSError:
-                        pass
                 continue
             executor.forget(jobs)
+        after_ends(self.store, self.config.state_dir, [end.job for end in ends])
+        after_ends(self.store, self.config.state_dir, [end.job for end in ends])
 
     def _fail(self, job: Job, reason: str, now: float) -> None:
         """Record at once that an attempt could not start."""

@@ -20,7 +20,7 @@ from ..gpus.monitor import GPUMonitor
 from ..gpus.oom import out_of_memory
 from ..jobs import Job
 from ..store import AttemptEnd, Store
-from .ends import decide_end, missing_env
+from .ends import decide_end, log_says
 
 
 class _Dispatching(Protocol):
@@ -43,9 +43,10 @@ def memory_fit(d: _Dispatching) -> MemoryFit | None:
 
 def attempt_end(d: _Dispatching, job: Job, exit: Exit, now: float) -> AttemptEnd:
     """:func:`~.ends.decide_end`, with what the job's log says: a missing conda
-    environment, or GPU memory run out (:mod:`nbsched.gpus.oom`)."""
+    environment, a notebook's failing cell, or GPU memory run out (:mod:`nbsched.gpus.oom`)."""
     oom = out_of_memory(job, exit.code, d.config.oom_retry, d.monitor.latest)
-    return decide_end(job, exit, d.config.retry_backoff_s, now, missing_env(job, exit), oom)
+    missing, detail = log_says(job, exit)  # (a notebook's failing cell: its detail)
+    return decide_end(job, exit, d.config.retry_backoff_s, now, missing, oom, detail)
 
 
 class MemoryBook:

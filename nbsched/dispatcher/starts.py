@@ -28,6 +28,8 @@ from ..executors.process import process_start_time
 from ..gpus.oom import retry_note
 from ..jobs import Job
 from ..launch import build_argv, build_env, submitter_env
+from ..pipeline.snapshots import after_ends as after_ends  # (the loop's, once ends are in)
+from ..pipeline.snapshots import from_copy
 from ..store import Store
 from .inbox import Inbox
 from .queue import QueueCache
@@ -224,6 +226,7 @@ class Starts:
         """What starts one attempt.  Its output goes on in the job's log after a line
         that says which attempt it is, when an attempt came before: a retry, or
         (``rerun``) a run before a ``retry()``, whose attempts count from 1 again."""
+        running = from_copy(running, self.config.state_dir, self.store)  # (its code's copy)
         assert running.log_path is not None and running.token is not None
         log_path = Path(running.log_path)
         gpus = running.gpus

@@ -33,6 +33,14 @@ class MetaPart(StorePart):
     def paused(self) -> frozenset[int]:
         return frozenset(r[0] for r in self._db.read("SELECT gpu FROM gpu_pauses"))
 
+    def snapshots_in_use(self) -> frozenset[str]:
+        """The code copies (:mod:`nbsched.pipeline.snapshots`) queued and running jobs use."""
+        found = self._db.read(
+            "SELECT DISTINCT snapshot FROM jobs WHERE status IN ('queued', 'running') "
+            "AND snapshot IS NOT NULL"
+        )
+        return frozenset(r[0] for r in found)
+
     def add_notice(self, source: str, message: str, level: str = "warning") -> None:
         with self._db.write() as conn:
             conn.execute(

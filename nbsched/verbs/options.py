@@ -40,9 +40,9 @@ class Arg:
     help: str
     type: Callable[[str], Any] | None = None
     default: Any = None
-    metavar: str | None = None
+    metavar: str | tuple[str, ...] | None = None
     choices: tuple[str, ...] | None = None
-    nargs: str | None = None
+    nargs: str | int | None = None
     action: str | None = None
     dest: str | None = None
     #: Arguments with the same ``group`` exclude each other.
@@ -72,6 +72,7 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "expected_s": ns.expected_s,
         "notify": ((ns.notify or []) + (ns.notify_email or [])) or None,
         "gpu_memory": ns.mem,
+        "snapshot": getattr(ns, "snapshot", None) or None,  # (unset: the config's)
     }
 
 
@@ -220,3 +221,11 @@ JOB_OPTIONS = (
 
 #: Where the parsed ``--after`` options are (see :func:`job_options`).
 _AFTER_DESTS = ("after", "after_ok", "after_notok", "after_any", "after_started")
+
+#: ``--snapshot`` (``add``, ``run``, ``sweep``, ``notebook``): see nbsched.pipeline.snapshots.
+SNAPSHOT = opt(
+    "--snapshot",
+    action="store_true",
+    help="copy the script's (a command's: its folder's) git work tree or folder now and "
+    "run from the copy (default: the config's snapshot; a cell's code is kept anyway)",
+)

@@ -29,6 +29,7 @@ from .options import (
     JOB_OPTIONS,
     MAGIC,
     RUN_OPTIONS,
+    SNAPSHOT,
     Arg,
     job_options,
 )
@@ -118,6 +119,15 @@ def _sweep(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
     )
 
 
+def _notebook(s: GPUJobScheduler, ns: argparse.Namespace) -> str | list[str]:
+    """A notebook job; a sweep when a value holds braces (``-p lr {0.1,0.01}``)."""
+    words = [w for name, value in ns.params or () for w in (f"--{name}", value)]
+    options = {"kernel": ns.kernel, **job_options(ns)}
+    if any("{" in value for _name, value in ns.params or ()):
+        return s.add_sweep(ns.notebook, args=words, limit=ns.limit, **options)
+    return s.add_notebook(ns.notebook, args=words, **options)
+
+
 def _cancel(s: GPUJobScheduler, ns: argparse.Namespace) -> dict[str, bool]:
     return {job_id: s.cancel(job_id) for job_id in checked_ids(s, ns.ids)}
 
@@ -147,14 +157,14 @@ _TABLE = (
          "there are none) and exit; in a temporary state directory, removed at the end, "
          "unless --state-dir names one.", fronts=frozenset((CLI,))),
     Verb("add", "queue a script (python, bash or executable) with its arguments",
-         (*JOB_OPTIONS, _ENV,
+         (*JOB_OPTIONS, _ENV, SNAPSHOT,
           _opt("--launcher", choices=("torchrun",), help="run under torchrun"),
           _opt("--gpu-arg", metavar="OPTION", dash_value=True,
                help="pass the job's local GPU indices with this option"),
           _opt("script", help="path of the script")),
          _add, tail="[-- SCRIPT ARGS...]"),
     Verb("run", "queue a shell command (%%gpusched run: the cell is the job, a Python script)",
-         (*JOB_OPTIONS,
+         (*JOB_OPTIONS, SNAPSHOT,
           _opt("--env", dest="conda_env", metavar="CONDA_ENV", help="(cell form) conda env"),
           _opt("command", nargs="*", help="the command (better after --)",
                fronts=frozenset((CLI,)))),
@@ -164,11 +174,23 @@ _TABLE = (
          "terminal: joined with their quoting kept, so each reaches the job as one word)."),
     Verb("sweep", "queue one job per combination of the braces (cell form: of the cell)",
          (_opt("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs"),
-          *JOB_OPTIONS, _ENV,
+          *JOB_OPTIONS, _ENV, SNAPSHOT,
           _opt("script", nargs="?", help="path of the script (none in the cell form)")),
          _sweep, tail="-- --lr {0.1,0.01} --seed {1..3}", cell=True,
          description="Queue one job per combination of the {a,b} / {1..5} groups in the "
          "arguments after -- (in a terminal, quote the braces: the shell expands them)."),
+    Verb("notebook", "queue a notebook, run by papermill with its parameters (-p NAME VALUE)",
+         (_opt("-p", "--param", nargs=2, action="append", dest="params",
+               metavar=("NAME", "VALUE"),
+               help="a parameter (repeat it); braces in a value make a sweep: -p lr {0.1,0.01}"),
+          _opt("--kernel", metavar="NAME", help="the Jupyter kernel (default: the notebook's)"),
+          _opt("--limit", type=limit_type, metavar="N", help="allow a sweep of up to N jobs"),
+          *JOB_OPTIONS, SNAPSHOT, _opt("notebook", help="path of the .ipynb notebook")),
+         _notebook,
+         description="Queue a notebook as a job: papermill runs it with the parameters given "
+         "(read as papermill's -p reads them: 0.1 a float, True a bool, [..] JSON) and saves "
+         "the executed notebook beside the job's log. A value with {a,b} or {1..3} groups "
+         "makes a sweep, one job per combination (quote the braces in a terminal)."),
     Verb("status", "GPUs, queue counts, running and queued jobs"),
     Verb("jobs", "the job table",
          (_opt("--status", metavar="S", help="e.g. queued, running, failed, ended, active"),

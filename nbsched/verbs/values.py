@@ -219,10 +219,27 @@ def checked_ids(s: GPUJobScheduler, ids: Sequence[str], *, ended: bool = False) 
     return unique
 
 
-def show_ids(s: GPUJobScheduler, ns: Any, ids: list[str]) -> None:
+def show_ids(s: GPUJobScheduler, ns: Any, ids: list[str] | str) -> None:
     """How ``nbsched hold``/``release``/``priority`` print the jobs they changed (a line
-    each; ``--json``: ``{"hold": [ids]}``): kept here, ``cli.py`` being full."""
-    print(json.dumps({ns.verb: ids}) if ns.json else "\n".join(ids))
+    each; ``--json``: ``{"hold": [ids]}``), and ``nbsched notebook`` the jobs it queued
+    (as ``add`` and ``sweep`` print theirs): kept here, ``cli.py`` being full."""
+    if ns.verb == "notebook":
+        _show_queued(ns, ids)
+    else:
+        print(json.dumps({ns.verb: ids}) if ns.json else "\n".join(ids))
+
+
+def _show_queued(ns: Any, ids: list[str] | str) -> None:
+    """A job's id (``{"id": ..}``), or a sweep's ids (``{"sweep": .., "ids": [..]}``)."""
+    if isinstance(ids, str):
+        print(json.dumps({"id": ids}) if ns.json else ids)
+        return
+    sweep_id = getattr(ids, "sweep_id", None)
+    queued = list(getattr(ids, "queued", ids))
+    if ns.json:
+        print(json.dumps({"sweep": sweep_id, "ids": list(ids), "queued": queued}))
+    else:
+        print(f"{sweep_id}: {len(queued)} job(s) queued" + "".join(f" {i}" for i in queued))
 
 
 def engine_fields(ns: Any) -> dict[str, Any]:

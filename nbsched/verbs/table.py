@@ -32,6 +32,7 @@ from .values import (
     limit_type,
     lines_type,
     priority_type,
+    reserve_after_type,
     retries_type,
     rows_type,
     seconds_type,
@@ -202,6 +203,14 @@ RUN_OPTIONS = (
         type=threshold_type,
         metavar="F",
         help="a GPU whose load from others is above this fraction gets no new job (default 0.8)",
+    ),
+    _opt(
+        "--reserve-after",
+        dest="reserve_after_s",
+        type=reserve_after_type,
+        metavar="S",
+        help="hold GPUs for a blocked job once it has waited S seconds (or 10m, ...; "
+        "default 600; 0: at once)",
     ),
     _opt(
         "--gpu-arg",

@@ -12,13 +12,17 @@ from .config import SchedulerConfig
 from .errors import NbschedError
 from .gpus import provider_choice_shown_by_caller
 from .jobs import JobStatus
+from .notify import Email, JobEnd, Webhook
 from .scheduler import GPUJobScheduler
 
 __all__ = [
+    "Email",
     "GPUJobScheduler",
+    "JobEnd",
     "JobStatus",
     "NbschedError",
     "SchedulerConfig",
+    "Webhook",
     "provider_choice_shown_by_caller",
 ]
 __version__ = "0.1.0.dev0"

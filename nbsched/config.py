@@ -26,6 +26,7 @@ from .checks import (
 )
 from .errors import InvalidTypeError, InvalidValueError
 from .formats.gpulist import MAX_GPU_ID
+from .notify.targets import Email, Webhook, check_default
 
 PROVIDERS = ("auto", "nvml", "gputil", "simulated")
 EXECUTORS = ("direct", "screen", "ray", "slurm")
@@ -116,6 +117,10 @@ class SchedulerConfig:
     env_policy: str = "submitter"
     #: The submitter's variables not stored (see :data:`DEFAULT_ENV_EXCLUDE`).
     env_exclude: tuple[str, ...] = DEFAULT_ENV_EXCLUDE
+    #: Where the end of a job submitted without ``notify=`` is announced (a sweep's: once,
+    #: when its last job ends): ``Webhook`` s, ``Email`` s (:mod:`nbsched.notify`), URLs
+    #: or ``mailto:`` addresses (see docs/notifications.md).
+    notify: tuple[Webhook | Email, ...] = ()
 
     def __post_init__(self) -> None:
         # (numbers are stored as plain int and float: numpy's scalars are accepted too)
@@ -127,6 +132,7 @@ class SchedulerConfig:
         check_choice("executor", self.executor, EXECUTORS)
         check_choice("env_policy", self.env_policy, ENV_POLICIES)
         set_("env_exclude", check_patterns("env_exclude", self.env_exclude))
+        set_("notify", check_default(self.notify))
         self._check_files()
         self._check_slurm()
         set_("jobs_file_gpu_arg", check_gpu_arg(self.jobs_file_gpu_arg, "jobs_file_gpu_arg"))

@@ -89,6 +89,9 @@ class JobSpec:
     #: ``"script:"`` + a digest of the script and its argument names, or ``"command:"``
     #: + a digest of the command.
     estimate_key: str | None = None
+    #: Where its end is announced: the notifiers as JSON (:mod:`nbsched.notify`);
+    #: None: the engine's default, ``"[]"``: nowhere.
+    notify: str | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per

@@ -31,6 +31,7 @@ from .gpus.monitor import GPUMonitor
 from .jobs import JobStatus
 from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
+from .notify.api import Notifying
 from .scheduler_control import Controlling
 from .scheduler_simulate import Simulating
 from .scheduler_submit import Submitting
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling, Simulating):
+class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -210,11 +211,11 @@ class GPUJobScheduler(Submitting, Controlling, Simulating):
         self.stop()
 
     def _start_extensions(self) -> list[Helper]:
-        """Helpers that run beside the engine (the jobs-file watcher)."""
+        """Helpers that run beside the engine (the jobs-file watcher, the notifier)."""
         out: list[Helper] = []
         if self.config.jobs_file:
             out.append(JobsFileWatcher(self._submitter()).start())
-        return out
+        return [*out, self._notify_helper()]
 
     def _llm_config_error(self, message: str) -> None:
         """A bad new version of the LLM config: kept where ``nbsched status`` shows it."""
@@ -263,11 +264,12 @@ class GPUJobScheduler(Submitting, Controlling, Simulating):
         list too (so ``wait(ids)`` waits for the whole sweep), ``.queued`` has the new
         ones and ``.describe()`` says which.  More than
         ``config.max_sweep_jobs`` jobs are refused unless ``limit`` allows them.
-        ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...).
+        ``options`` are those of :meth:`add_job` (``max_retries``, ``cwd``, ``env``, ...),
+        and ``notify`` (once for the sweep; each job's with ``notify_each=True``), ``on_end``.
         """
         self._check_open()
         return submit_sweep(
-            self._submitter(),
+            self._notifying(self._submitter(), options),  # (takes notify=... out of options)
             script,
             args,
             conda_env,

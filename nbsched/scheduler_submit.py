@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checks import AfterValue
 from .config import SchedulerConfig
@@ -45,6 +45,12 @@ class Submitting:
     def _check_open(self) -> None:  # (GPUJobScheduler's: raises once it is closed)
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # (Notifying's: notify= and on_end=)
+
+        def _notified(self, spec: JobSpec, notify: object, on_end: object) -> JobSpec: ...
+
+        def _watched(self, on_end: Any, submit: Callable[[], str]) -> str: ...
+
     @property
     def num_gpus(self) -> int:  # (GPUJobScheduler's)
         raise NotImplementedError
@@ -72,6 +78,8 @@ class Submitting:
         after: AfterValue = None,
         time_limit: float | str | None = None,
         expected_s: float | str | None = None,
+        notify: Any = None,
+        on_end: Callable[..., Any] | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
@@ -86,6 +94,9 @@ class Submitting:
         there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
         ``expected_s``: how long you expect it to run (seconds or a duration): a hint
         for the plan that ends nothing.  See ``docs/estimates.md``.
+        ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
+        ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
+        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.
         """
         self._check_open()
         spec = self.make_spec(
@@ -105,7 +116,9 @@ class Submitting:
             time_limit=time_limit,
             expected_s=expected_s,
         )
-        return self._submit_once(spec) if once else self.submit([spec])[0]
+        spec = self._notified(spec, notify, on_end)
+        submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
+        return self._watched(on_end, submit)
 
     def _submit_once(self, spec: JobSpec) -> str:
         """Queue ``spec`` unless a job of its hash is queued, running or succeeded; the
@@ -134,9 +147,12 @@ class Submitting:
         after: AfterValue = None,
         time_limit: float | str | None = None,
         expected_s: float | str | None = None,
+        notify: Any = None,
+        on_end: Callable[..., Any] | None = None,
     ) -> str:
         """Queue a shell command (``bash -c command``); returns the job id.
-        ``after``, ``time_limit`` and ``expected_s`` as in :meth:`add_job`."""
+        ``after``, ``time_limit``, ``expected_s``, ``notify`` and ``on_end`` as in
+        :meth:`add_job`."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -151,7 +167,8 @@ class Submitting:
             time_limit=time_limit,
             expected_s=expected_s,
         )
-        return self.submit([spec])[0]
+        spec = self._notified(spec, notify, on_end)
+        return self._watched(on_end, lambda: self.submit([spec])[0])
 
     def make_spec(
         self,

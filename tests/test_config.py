@@ -189,6 +189,9 @@ BAD = [
     ("env_exclude", ("*KEY", ""), ValueError, "non-empty string"),
     ("env_exclude", ("A=B",), ValueError, "without '='"),
     ("env_exclude", (3,), ValueError, "non-empty string"),
+    ("notify", "ftp://example.org", ValueError, "expected an http:// or https:// URL"),
+    ("notify", 3, TypeError, "expected a webhook URL"),
+    ("notify", ["mailto:nobody"], ValueError, "expected one mail address"),
 ]
 
 

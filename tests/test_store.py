@@ -477,6 +477,7 @@ _ADDED = {
     "time_limit": ("REAL", 0, None, 0),
     "expected_s": ("REAL", 0, None, 0),
     "estimate_key": ("TEXT", 0, None, 0),
+    "notify": ("TEXT", 0, None, 0),
 }
 
 

@@ -1,8 +1,10 @@
 """Value checks, one rule and one message per value, for the config, submission, the
-command line, the magics and the form: :mod:`.values` (a value as the API takes it)
-and :mod:`.typed` (a word a person typed, put to the same rule)."""
+command line, the magics and the form: :mod:`.values` (a value as the API takes it),
+:mod:`.typed` (a word a person typed, put to the same rule) and :mod:`.notify` (where a
+notification goes)."""
 
 from .after import AfterValue, check_after
+from .notify import check_address, check_notify_word, check_url
 from .typed import (
     ALL_LINES,
     duration_from_text,
@@ -52,6 +54,7 @@ __all__ = [
     "ALL_LINES",
     "INTERVAL_S",
     "below_precision",
+    "check_address",
     "check_after",
     "check_allowed_gpus",
     "check_args",
@@ -61,6 +64,7 @@ __all__ = [
     "check_env",
     "check_gpu_arg",
     "check_interval",
+    "check_notify_word",
     "check_number",
     "check_path",
     "check_patterns",
@@ -69,6 +73,7 @@ __all__ = [
     "check_retries",
     "check_sweep_limit",
     "check_timeout",
+    "check_url",
     "check_whole",
     "check_word",
     "duration_from_text",

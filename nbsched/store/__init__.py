@@ -13,7 +13,8 @@ package is one question per module:
 - :mod:`.attempts`: the dispatcher's writes of attempts starting and ending;
 - :mod:`.meta`: GPU pauses, notices, key-values, sweeps;
 - :mod:`.deps`: dependencies (which jobs wait for which).
-- :mod:`.durations`: how long jobs that succeeded ran; :mod:`.estimates`: estimates.
+- :mod:`.durations`: how long jobs that succeeded ran; :mod:`.estimates`: estimates;
+- :mod:`.notifications`: the outbox of notifications to send.
 
 :class:`Store` puts the parts together over one :class:`~.connection.Database`.
 """
@@ -29,6 +30,7 @@ from .durations import DurationsPart
 from .feed import Change, ChangeFeed, FeedPart
 from .jobs import JobsPart
 from .meta import SWEEP_PREFIX, MetaPart
+from .notifications import NotificationsPart
 from .queue_read import QueueReadPart
 from .rows import SETTABLE, TABLE_COLUMNS, parse_job_id
 from .schema import SCHEMA_VERSION
@@ -50,7 +52,16 @@ __all__ = [
 ]
 
 
-class Store(JobsPart, QueueReadPart, FeedPart, AttemptsPart, MetaPart, DepsPart, DurationsPart):
+class Store(
+    JobsPart,
+    QueueReadPart,
+    FeedPart,
+    AttemptsPart,
+    MetaPart,
+    DepsPart,
+    DurationsPart,
+    NotificationsPart,
+):
     """One process's store on ``state.db``, shared by its threads."""
 
     def __init__(self, db_path: Path, *, busy_timeout_s: float = 30.0) -> None:

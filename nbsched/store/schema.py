@@ -78,6 +78,19 @@ STATEMENTS = (
     source TEXT NOT NULL,
     message TEXT NOT NULL
 )""",
+    # The notifications outbox (nbsched.notify): each written before it is sent.
+    """CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    target TEXT NOT NULL,
+    message TEXT NOT NULL,
+    state TEXT NOT NULL,
+    tries INTEGER NOT NULL,
+    next_at REAL NOT NULL,
+    created REAL NOT NULL,
+    error TEXT
+)""",
+    "CREATE INDEX IF NOT EXISTS notifications_due ON notifications(state, next_at)",
 )
 
 

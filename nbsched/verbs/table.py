@@ -21,6 +21,7 @@ from nbsched.config import EXECUTORS, PROVIDERS
 from nbsched.scheduler import GPUJobScheduler
 
 from .values import (
+    address_type,
     after_type,
     checked_ids,
     command_line,
@@ -38,6 +39,7 @@ from .values import (
     seconds_type,
     threshold_type,
     time_limit_type,
+    url_type,
 )
 
 CLI = "cli"
@@ -123,6 +125,7 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "after": ";".join(filter(None, (getattr(ns, d, None) for d in _AFTER_DESTS))) or None,
         "time_limit": ns.time_limit,
         "expected_s": ns.expected_s,
+        "notify": ((ns.notify or []) + (ns.notify_email or [])) or None,
     }
 
 
@@ -219,6 +222,24 @@ RUN_OPTIONS = (
         help="with --jobs-file: append each line's local GPU indices with this option "
         "(--gpu-arg=--cuda: --cuda 0,1, as the original program did)",
     ),
+    _opt(
+        "--notify",
+        dest="default_notify",
+        action="append",
+        type=url_type,
+        metavar="URL",
+        help="POST the end of each job submitted without a --notify of its own to this "
+        "webhook (a sweep's: once); repeatable",
+    ),
+    _opt(
+        "--notify-email",
+        dest="default_notify_email",
+        action="append",
+        type=address_type,
+        metavar="ADDRESS",
+        help="mail the end of each job submitted without a --notify of its own to ADDRESS; "
+        "repeatable",
+    ),
 )
 
 JOB_OPTIONS = (
@@ -272,6 +293,21 @@ JOB_OPTIONS = (
         type=expected_type,
         metavar="T",
         help="how long you expect it to run (seconds or e.g. 10m): a hint, ends nothing",
+    ),
+    _opt(
+        "--notify",
+        action="append",
+        type=url_type,
+        metavar="URL",
+        help="POST its end to this webhook (Slack, Mattermost, ntfy; a sweep's: once, at its "
+        "end); repeatable",
+    ),
+    _opt(
+        "--notify-email",
+        action="append",
+        type=address_type,
+        metavar="ADDRESS",
+        help="mail its end to ADDRESS (the SMTP server: $NBSCHED_SMTP_HOST, ...); repeatable",
     ),
 )
 

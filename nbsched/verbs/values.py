@@ -130,6 +130,16 @@ def threshold_type(text: str) -> float:
     return _argument(checks.threshold_from_text, text)
 
 
+def url_type(text: str) -> str:
+    """``--notify URL``: a webhook's http(s) URL."""
+    return _argument(lambda t: checks.check_url("--notify", t), text)
+
+
+def address_type(text: str) -> str:
+    """``--notify-email ADDRESS``: as ``notify="mailto:ADDRESS"``."""
+    return "mailto:" + _argument(lambda t: checks.check_address("--notify-email", t), text)
+
+
 def interval_type(text: str) -> float:
     """``dashboard --interval S``: as ``Dashboard(interval=S)`` (``checks.check_interval``)."""
     try:
@@ -240,6 +250,11 @@ def engine_fields(ns: Any) -> dict[str, Any]:
         value = getattr(ns, flag, None)
         if value is not None:  # ('' is refused by the config, not taken as unset)
             fields[field] = value
+    notify = (getattr(ns, "default_notify", None) or []) + (
+        getattr(ns, "default_notify_email", None) or []
+    )
+    if notify:
+        fields["notify"] = notify
     return fields
 
 

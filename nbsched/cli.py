@@ -26,7 +26,7 @@ from .cli_tables import print_active, print_frame, print_jobs
 from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
-from .verbs import CLI, ENGINE_OPTIONS, VERBS, show_simulation, verbs_of
+from .verbs import CLI, ENGINE_OPTIONS, VERBS, glue_dash_values, show_simulation, verbs_of
 from .verbs.values import engine_config, engine_fields, engine_scheduler, gpus_note, show_ids
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     ``sweep``), nbsched's options are everything before the first ``--`` (before or after
     the script), and the job's words everything after it (``ns.words``)."""
     parser = build_parser()
-    argv = list(argv)
+    argv = glue_dash_values(list(argv))  # (--gpu-arg --cuda: a value, not an option)
     name = next((a for a in argv if not a.startswith("-")), None)
     verb = VERBS.get(name or "")
     words: list[str] | None = None
@@ -267,7 +267,7 @@ def _show_frame(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) ->
 
 
 def _show_jobs(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) -> None:
-    print_jobs(df, ns.json)
+    print_jobs(df, ns.json, ns.all)
 
 
 #: How each verb's result is printed (``--json``: as JSON).
@@ -329,7 +329,9 @@ def _status(s: GPUJobScheduler, as_json: bool) -> int:
         return 0
     print("queue: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print(f"engine: {'pid ' + str(holder) if holder else 'none running'}")
-    print_frame(s.get_gpu_status(), False)
+    from nbsched.jupyter.status import gpus_text
+
+    print(gpus_text(s))  # (read afresh, and when)
     print_active(s, counts.get("queued", 0))
     if notices:
         print("\nnotices:")

@@ -1,37 +1,22 @@
 """The tables ``nbsched`` prints in a terminal (a front end of :mod:`nbsched.cli`: it
-uses the public API only).
+uses the public API and the notebook layer's table formatting only).
 
-The job table (``nbsched jobs``, ``wait``, ``status``) shows each job's estimate with its
-grounds (``5m00s (time limit)``) and a queued job's expected start (``eta``) as a clock
-time; ``--json`` gives the columns as ``jobs()`` has them.
+A job table (``nbsched jobs``, ``wait``, ``status``) is the compact view of
+:mod:`nbsched.jupyter.tables`, fitted to the terminal: among its columns a job's
+``expected`` run time (its estimate) and a queued job's ``eta``; ``--all`` shows every
+column whole, ``--json`` every column as ``jobs()`` has it.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import shutil
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .scheduler import GPUJobScheduler
 
 if TYPE_CHECKING:
     import pandas as pd
-
-#: The columns of the job table, in order (those the frame has).
-JOB_TABLE = (
-    "id",
-    "status",
-    "priority",
-    "gpus",
-    "required_gpus",
-    "exit_code",
-    "attempts",
-    "estimate",
-    "eta",
-    "command",
-    "reason",
-)
 
 #: How many queued jobs ``nbsched status`` lists (the first to start).
 STATUS_QUEUED = 20
@@ -53,19 +38,15 @@ def print_frame(df: pd.DataFrame, as_json: bool, columns: Sequence[str] | None =
             print(df.to_string(index=False, max_colwidth=60, na_rep=""))
 
 
-def print_jobs(df: pd.DataFrame, as_json: bool) -> None:
-    """A job table (``jobs()``'s columns): the estimate and the ETA in words."""
-    if not as_json and not df.empty:
-        df = df.copy()
-        if "estimate" in df.columns:
-            sources = df["estimate_source"] if "estimate_source" in df.columns else None
-            df["estimate"] = [
-                _estimate(v, None if sources is None else sources.iloc[i])
-                for i, v in enumerate(df["estimate"])
-            ]
-        if "eta" in df.columns:
-            df["eta"] = [_clock(v) for v in df["eta"]]
-    print_frame(df, as_json, JOB_TABLE)
+def print_jobs(df: pd.DataFrame, as_json: bool, every: bool = False) -> None:
+    """Jobs as a person reads them in a terminal (compact: nbsched.jupyter.tables);
+    ``every``: every column, whole."""
+    from nbsched.jupyter.tables import fit
+
+    if as_json or every:  # (every: each column whole, as stored)
+        print_frame(df, as_json) if as_json or df.empty else print(df.to_string(index=False))
+    else:
+        print(fit(df, shutil.get_terminal_size((100, 24)).columns))
 
 
 def print_active(s: GPUJobScheduler, queued: int) -> None:
@@ -84,39 +65,4 @@ def print_active(s: GPUJobScheduler, queued: int) -> None:
         print(f"... and {queued - len(shown):,} more queued: nbsched jobs --status queued")
 
 
-def duration(seconds: float) -> str:
-    """``45s``, ``2.5s``, ``1m30s``, ``2h05m``."""
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def _estimate(seconds: Any, source: Any) -> str:
-    """An estimate and its grounds (``5m00s (time limit)``); ``""``: none."""
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return ""
-    text = duration(float(seconds))
-    return f"{text} ({source})" if isinstance(source, str) and source else text
-
-
-def _clock(at: Any) -> str:
-    """A time as the local clock (``14:03:10``; ``12-06 14:03`` on another day); ``""``:
-    none (NaT)."""
-    try:
-        stamp = float(at.timestamp())
-    except (AttributeError, ValueError):  # (None, NaT: no time)
-        return ""
-    if math.isnan(stamp):
-        return ""
-    when = time.localtime(stamp)
-    if time.strftime("%Y-%m-%d", when) == time.strftime("%Y-%m-%d"):
-        return time.strftime("%H:%M:%S", when)
-    return time.strftime("%m-%d %H:%M", when)
-
-
-__all__ = ["JOB_TABLE", "STATUS_QUEUED", "duration", "print_active", "print_frame", "print_jobs"]
+__all__ = ["STATUS_QUEUED", "print_active", "print_frame", "print_jobs"]

@@ -202,7 +202,8 @@ class Why:
         if self._learned is None or self._learned[0] != rev:
             self._learned = (rev, Estimator(self._store))
         if job.id not in answers:
-            answers[job.id] = self._explain(job, states, precision, self._learned[1])
+            text = self._explain(job, states, precision, self._learned[1])
+            answers[job.id] = name_unusable(text, states, job.allowed_gpus)
         return answers[job.id]
 
     def _explain(
@@ -249,4 +250,35 @@ class Why:
         return f"{text}; {REPLAYED.format(_clock(start))}"
 
 
-__all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why", "lined"]
+#: The allocator's words for "some GPUs take no job", which :func:`name_unusable`
+#: replaces with which GPUs and why.
+_VAGUE = ("(others paused or busy elsewhere)", "(paused, or busy with others' work)")
+
+
+def name_unusable(text: str, states: Sequence[GpuState], allowed: Sequence[int] | None) -> str:
+    """``text`` with the allocator's vague "(paused, or busy with others' work)" made
+    exact: which GPUs are paused, and which are busy with others' work and how
+    (of the job's allowed GPUs where the words are about those)."""
+    for phrase in _VAGUE:
+        if phrase in text:
+            own = not text.startswith("job ")  # (not "job 9 comes first (...)": its GPUs)
+            named = unusable_gpus(states, allowed if own else None)
+            text = text.replace(phrase, f"({named})") if named else text
+    return text
+
+
+def unusable_gpus(states: Sequence[GpuState], among: Sequence[int] | None = None) -> str:
+    """``GPU 0,1 paused; GPU 2 busy with others' work (load from others 95% > 90%)``
+    ("" if none is)."""
+    chosen = [g for g in states if among is None or g.index in among]
+    paused = [str(g.index) for g in chosen if g.paused]
+    parts = [f"GPU {','.join(paused)} paused"] if paused else []
+    parts += [
+        f"GPU {g.index} busy with others' work ({g.blocked})"
+        for g in chosen
+        if not g.paused and g.blocked
+    ]
+    return "; ".join(parts)
+
+
+__all__ = ["HELD", "MAX_AGE_S", "NO_ENGINE", "Why", "lined", "name_unusable", "unusable_gpus"]

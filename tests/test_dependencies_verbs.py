@@ -97,7 +97,8 @@ def test_status_dashboard_and_form_show_holds_and_waits(
     board = Dashboard(s, autostart=False)
     try:
         table = board.jobs_table.value
-        assert f"queued</span> waits for {a}" in table and "queued</span> held" in table
+        # (the dashboard's compact table: the reason in its own "waiting" column)
+        assert f">waits for {a}</td>" in table and ">held</td>" in table
     finally:
         board.close()
     script = tmp_path / "f.py"

@@ -450,7 +450,10 @@ def test_status_shows_the_head_of_a_long_queue(
     assert list(report.queued["id"]) == [urgent, *queued[: MAX_ROWS - 1]]
     assert report.counts["queued"] == MAX_ROWS + 5
     assert "... and 5 more" in repr(report) and "... and 5 more" in report._repr_html_()
-    assert set(report.waiting) == {urgent, *queued[:4]}
+    # One short reason per shown row, naming what it waits for (the pause, the job ahead).
+    assert set(report.waiting) == set(report.queued["id"])
+    assert report.waiting[urgent] == "needs 1 free GPU; GPU 0,1 paused"
+    assert {report.waiting[j] for j in queued[: MAX_ROWS - 1]} == {f"after job {urgent}"}
 
 
 def test_status_shows_the_notices(ip: InteractiveShell, tmp_path: Path) -> None:

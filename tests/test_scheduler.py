@@ -508,6 +508,7 @@ def _full_reasons(s: GPUJobScheduler) -> dict[str, str]:
     """explain() of the whole queue, each job decoded in full: what why() said before it
     read only the jobs ahead of the one asked about."""
     from nbsched.allocation import explain, gpu_states, queue_key
+    from nbsched.why import name_unusable
 
     queue = sorted(s.store.find(statuses=[JobStatus.QUEUED]), key=queue_key)
     cfg = s.config
@@ -515,7 +516,9 @@ def _full_reasons(s: GPUJobScheduler) -> dict[str, str]:
         s.monitor.snapshot(), s.store.allocation(), s.store.paused(),
         cfg.gpu_memory_threshold, cfg.gpu_load_threshold,
     )  # fmt: skip
-    return explain(queue, states, time.time(), cfg.gpu_allocation_precision)
+    said = explain(queue, states, time.time(), cfg.gpu_allocation_precision)
+    # (why() names the paused and busy GPUs where explain() says "paused, or busy")
+    return {j.id: name_unusable(said[j.id], states, j.allowed_gpus) for j in queue}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -914,7 +917,7 @@ def test_why_follows_the_rules_of_the_engine_that_places_the_jobs(
     assert (
         engine.why(big)
         == other.why(big)
-        == ("needs 2 free GPUs; only 1 usable GPU(s) (others paused or busy elsewhere)")
+        == ("needs 2 free GPUs; only 1 usable GPU(s) (GPU 1 paused)")
     )
 
 

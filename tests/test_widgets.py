@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -253,7 +254,7 @@ def test_dashboard_jobs_cancel_pause_and_sweep_progress(running: GPUJobScheduler
         board.job_select.value = long
         board.cancel_button.click()
         assert running.job(long)["status"] == "cancelled"
-        assert "cancelled" in board.message.value
+        assert "cancelled" in board.job_message.value  # (beside the Cancel button)
         toggles[1].value = False
         running.wait([queued], timeout=60)
         script = running.config.state_dir / "s.py"
@@ -385,3 +386,139 @@ def test_closing_the_dashboard_stops_its_thread(running: GPUJobScheduler) -> Non
     assert not board.refreshing
     count = board.refreshes
     assert board._thread is None and board.refreshes == count
+
+
+# -- what a person sees: messages beside their control, cut rows counted, pauses plain ----------
+
+
+def _classes(widget: widgets.Widget) -> set[str]:
+    return set(widget._dom_classes)
+
+
+def test_the_widgets_a_browser_finds_carry_a_css_class(sched: GPUJobScheduler) -> None:
+    board = Dashboard(sched, autostart=False)
+    form = SubmitForm(sched, conda_env_names=[])
+    try:
+        assert "nbsched-job-select" in _classes(board.job_select)
+        assert "nbsched-cancel" in _classes(board.cancel_button)
+        assert "nbsched-job-message" in _classes(board.job_message)
+        assert "nbsched-message" in _classes(board.message)
+        assert {"nbsched-window"} <= _classes(board.window)
+        assert {"nbsched-metric"} <= _classes(board.metric)
+        for gpu, row in enumerate(board.gpu_rows.children):
+            assert {"nbsched-pause", f"nbsched-pause-{gpu}"} <= _classes(row.children[1])
+            assert {"nbsched-gpu-message", f"nbsched-gpu-message-{gpu}"} <= _classes(
+                row.children[3]
+            )
+        assert "nbsched-submit" in _classes(form.submit_button)
+        # (the texts the browser test finds them by stay as they were)
+        assert board.cancel_button.description == "Cancel job"
+        assert board.stop_button.description == "Stop refreshing"
+        assert form.submit_button.description == "Submit"
+    finally:
+        board.close()
+        form.close()
+
+
+def test_messages_show_beside_the_control_that_caused_them(running: GPUJobScheduler) -> None:
+    board = Dashboard(running, autostart=False)
+    try:
+        toggle, note = (
+            board.gpu_rows.children[1].children[1],
+            board.gpu_rows.children[1].children[3],
+        )
+        toggle.value = True
+        assert "GPU 1 paused" in note.value and board.message.value == ""
+        assert board.job_message.value == ""
+        for gpu in range(3):
+            running.pause_gpu(gpu)
+        jid = running.add_command("sleep 60", required_gpus=1)
+        board.refresh()
+        board.job_select.value = jid
+        board.cancel_button.click()
+        assert f"job {jid} cancelled" in board.job_message.value
+        assert "cancelled" not in board.message.value and "cancelled" not in note.value
+    finally:
+        board.close()
+
+
+def test_pausing_an_idle_gpu_shows_on_its_row(running: GPUJobScheduler) -> None:
+    board = Dashboard(running, autostart=False)
+    try:
+        bar, toggle, label, _ = board.gpu_rows.children[2].children
+        assert toggle.button_style == "" and "PAUSED" not in label.value
+        toggle.value = True  # an idle GPU: its bar is empty either way
+        assert running.get_gpu_status()["paused"][2]
+        assert toggle.button_style == "warning" and toggle.description == "paused"
+        assert "PAUSED" in label.value and bar.bar_style == "warning"
+        toggle.value = False
+        assert toggle.button_style == "" and "PAUSED" not in label.value
+    finally:
+        board.close()
+
+
+def test_rows_cut_from_the_table_are_counted(running: GPUJobScheduler) -> None:
+    from nbsched.jupyter.dashboard import SHOWN_ENDED
+
+    ids = [running.add_command("true", required_gpus=0.1) for _ in range(SHOWN_ENDED + 3)]
+    running.wait(ids, timeout=60, progress=False)
+    for gpu in range(3):
+        running.pause_gpu(gpu)
+    running.add_command("true", required_gpus=1)
+    board = Dashboard(running, autostart=False)
+    try:
+        table = board.jobs_table.value
+        assert "... and 3 more ended" in table
+        assert "more queued" not in table  # (the one queued job is shown)
+        assert table.count("<tr>") == 1 + 1 + SHOWN_ENDED  # header, queued, the last ended
+    finally:
+        board.close()
+
+
+def test_dashboard_shows_when_the_gpus_were_read_and_what_is_true_after_a_job_ends(
+    make_sched: object,
+) -> None:
+    # A reading cached for a minute: only a fresh one shows the ended job's GPU as idle.
+    s = make_sched(start=True, num_gpus=2, gpu_monitor_interval_s=60.0)  # type: ignore[operator]
+    board = Dashboard(s, autostart=False)
+    try:
+        assert re.search(r"GPUs read \d\d:\d\d:\d\d, \d+\.\d s ago", board.header.value)
+        jid = s.add_command("sleep 1", required_gpus=1)
+        wait_for(lambda: s.job(jid)["status"] == "running")
+        board.refresh()
+        assert "load 100%" in board.gpu_rows.children[0].children[2].value
+        s.wait([jid], timeout=60, progress=False)
+        board.refresh()
+        assert "load 0%" in board.gpu_rows.children[0].children[2].value
+    finally:
+        board.close()
+
+
+def test_a_pressed_gpu_toggle_looks_pressed(sched: GPUJobScheduler) -> None:
+    form = SubmitForm(sched, conda_env_names=[])
+    try:
+        toggle = form.allowed[1]
+        assert toggle.button_style == ""
+        toggle.value = True
+        assert toggle.button_style == "info" and toggle.description == "1"
+        toggle.value = False
+        assert toggle.button_style == ""
+    finally:
+        form.close()
+
+
+def test_the_chart_window_and_metric_are_chosen_on_the_dashboard(running: GPUJobScheduler) -> None:
+    board = Dashboard(running, autostart=False)
+    try:
+        chart = board._chart
+        assert chart is not None and board.window.value == "since start"
+        assert board.chart.width == str(chart.size_px[0])  # shown at its CSS size
+        before = bytes(board.chart.value)
+        board.window.value = "10 min"
+        labels = [t.get_text() for t in chart.axes[0].get_xticklabels()]
+        assert labels == ["-10 min", "-5 min", "now"] and bytes(board.chart.value) != before
+        board.metric.value = "allocation"
+        assert chart.metric == "allocation"
+        assert chart.axes[0].get_ylabel() == "nbsched allocation %"
+    finally:
+        board.close()

@@ -1,8 +1,11 @@
 """``%gpusched dashboard``: live GPU charts, allocation, the job table and sweep progress.
 
 A background thread calls :meth:`Dashboard.refresh` about once a second; the
-kernel stays free.  The charts are matplotlib figures rendered to PNG (Agg) into
-an ``ipywidgets.Image``, so they work with the default inline backend.  The
+kernel stays free.  The charts (:mod:`.charts`: one panel per GPU, a time window and
+a metric chosen with the buttons above them) are matplotlib figures rendered to PNG
+(Agg) into an ``ipywidgets.Image``, so they work with the default inline backend.
+Each control's message shows beside it; the widgets a browser test looks for carry a
+CSS class (``nbsched-...``, listed in docs/dashboard.md).  The
 dashboard reads only the scheduler's public API (``get_gpu_status``, ``jobs``,
 ``counts``, ``monitor.history_items()``); it stops refreshing when closed or when
 the engine stops, and an error in the thread is logged and shown, never raised.
@@ -24,13 +27,15 @@ import pandas as pd
 from nbsched.checks import check_interval
 from nbsched.scheduler import GPUJobScheduler
 
-from .charts import GpuChart
-from .status import STATUS_COLOURS
+from .charts import METRICS, WINDOWS, GpuChart, ipympl_canvas, require_ipympl
+from .status import reading_note, waiting_reasons
+from .tables import compact, to_html
 
 logger = logging.getLogger(__name__)
 
 #: Re-read the job table at least this often even when no job changed status.
 JOBS_MAX_AGE_S = 5.0
+SHOWN_RUNNING = 20
 SHOWN_QUEUED = 20
 SHOWN_ENDED = 10
 ENDED = ("succeeded", "failed", "cancelled")
@@ -43,12 +48,19 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self,
         scheduler: GPUJobScheduler,
         interval: float = 1.0,
-        window_s: float = 600.0,
+        window: str = "since start",
         autostart: bool = True,
+        interactive: bool = False,
     ) -> None:
+        """``interactive``: charts in ipympl's widget (hover values, pan, zoom; a full
+        redraw each second, several times the CPU of the default PNG)."""
         self.interval = check_interval(interval)
         self.scheduler = scheduler
-        self.window_s = float(window_s)
+        self.interactive = bool(interactive)
+        if self.interactive:
+            require_ipympl()
+        if window not in WINDOWS:
+            raise ValueError(f"window={window!r}: accepted values are {', '.join(WINDOWS)}")
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,38 +73,58 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.refreshes = 0
 
         self.header = widgets.HTML()
-        self.message = widgets.HTML()
+        self.message = _message("nbsched-message")  # (the refresh's own: errors, engine stop)
         self.stop_button = widgets.Button(description="Stop refreshing", icon="stop")
         self.stop_button.on_click(lambda _: self._safely(self.stop))
-        self.chart = widgets.Image(format="png")
+        self._make_chart(window)
         self.gpu_rows = widgets.VBox()
         self._gpu_widgets: list[
-            tuple[widgets.FloatProgress, widgets.HTML, widgets.ToggleButton]
+            tuple[widgets.FloatProgress, widgets.HTML, widgets.ToggleButton, widgets.HTML]
         ] = []
-        self.job_select = widgets.Dropdown(description="job", options=[], layout={"width": "420px"})
-        self.cancel_button = widgets.Button(description="Cancel job", button_style="danger")
-        self.cancel_button.on_click(lambda _: self._safely(self.cancel_selected))
-        self.job_select.observe(lambda _: self._sync_cancel(), names="value")
-        self._sync_cancel()
-        self.jobs_table = widgets.HTML()
+        self._make_cancel()
+        self.jobs_table = widgets.HTML(layout={"overflow": "auto", "max_width": "100%"})
+        self.jobs_table.add_class("nbsched-jobs")
         self.sweep_bar = widgets.IntProgress(min=0, max=1, value=0, description="sweep")
         self.sweep_label = widgets.HTML()
         self._chart: GpuChart | None = None
         super().__init__(
             children=[
-                widgets.HBox([self.header, self.stop_button]),
-                self.chart,
+                widgets.HBox([self.header, self.stop_button, self.message]),
+                widgets.HBox([self.window, self.metric]),
+                self.chart_area,
                 widgets.HTML("<b>Allocation</b> (toggle to pause a GPU)"),
                 self.gpu_rows,
                 widgets.HBox([self.sweep_bar, self.sweep_label]),
-                widgets.HBox([self.job_select, self.cancel_button]),
+                widgets.HBox([self.job_select, self.cancel_button, self.job_message]),
                 self.jobs_table,
-                self.message,
             ]
         )
         self._safely(self.refresh)
         if autostart:
             self.start()
+
+    def _make_cancel(self) -> None:
+        """The job list, Cancel (enabled once a job is chosen) and its message."""
+        self.job_select = widgets.Dropdown(description="job", options=[], layout={"width": "420px"})
+        self.job_select.add_class("nbsched-job-select")
+        self.cancel_button = widgets.Button(description="Cancel job", button_style="danger")
+        self.cancel_button.add_class("nbsched-cancel")
+        self.job_message = _message("nbsched-job-message")
+        self.cancel_button.on_click(lambda _: self._safely(self.cancel_selected, self.job_message))
+        self.job_select.observe(lambda _: self._sync_cancel(), names="value")
+        self._sync_cancel()
+
+    def _make_chart(self, window: str) -> None:
+        """The chart's image and the buttons that choose its time window and metric."""
+        self.window = widgets.ToggleButtons(options=list(WINDOWS), value=window)
+        self.metric = widgets.ToggleButtons(options=list(METRICS), value="utilisation")
+        for control, name in ((self.window, "window"), (self.metric, "metric")):
+            control.style.button_width = "auto"
+            control.add_class(f"nbsched-{name}")
+            control.observe(lambda _: self._safely(self._redraw_chart), names="value")
+        self.chart = widgets.Image(format="png", layout={"max_width": "100%", "height": "auto"})
+        self.chart.add_class("nbsched-chart")
+        self.chart_area = widgets.Box([self.chart])  # (interactive: ipympl's canvas instead)
 
     # -- the refresh thread ---------------------------------------------------------------
 
@@ -151,9 +183,9 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 return
             self._safely(self.refresh)
 
-    def _safely(self, action: Any) -> None:
-        """Run ``action``; an error is logged once and shown, never raised (thread and
-        button callbacks are boundaries)."""
+    def _safely(self, action: Any, where: widgets.HTML | None = None) -> None:
+        """Run ``action``; an error is logged once and shown (beside the control that
+        caused it: ``where``), never raised (thread and button callbacks are boundaries)."""
         try:
             action()
         except Exception as exc:
@@ -161,11 +193,10 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             if key not in self._errors_logged:
                 self._errors_logged.add(key)
                 logger.warning("nbsched dashboard: %s", key, exc_info=True)
-            self._show_message(f"error: {key}", error=True)
+            _say(self.message if where is None else where, f"error: {key}", error=True)
 
     def _show_message(self, text: str, error: bool = False) -> None:
-        colour = "#842029" if error else "#495057"
-        self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+        _say(self.message, text, error)
 
     # -- refresh --------------------------------------------------------------------------
 
@@ -173,32 +204,61 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         """Read the scheduler once and update every part of the dashboard."""
         with self._lock:
             s = self.scheduler
-            gpus = s.get_gpu_status()  # takes a fresh reading when the cached one is old
-            self._update_chart(s.monitor.history_items())
-            self._update_allocation(gpus)
             counts = s.counts()
             key = tuple(counts.items())
+            changed = key != self._counts_key
+            if changed:  # a job started or ended: read the GPUs now, not up to 1 s ago
+                s.monitor.invalidate()
+            gpus = s.get_gpu_status()  # takes a fresh reading when the cached one is old
+            history = s.monitor.history_items()
+            self._update_chart(history, gpus)
+            self._update_allocation(gpus)
             now = time.monotonic()
-            if key != self._counts_key or now - self._jobs_at > JOBS_MAX_AGE_S:
+            if changed or now - self._jobs_at > JOBS_MAX_AGE_S:
                 self._update_jobs(s, counts)
                 self._counts_key, self._jobs_at = key, now
             active = counts.get("running", 0) + counts.get("queued", 0)
             role = "dispatching" if s.is_dispatcher else ("standby" if s.running else "stopped")
+            read_at = history[-1][0] if history else None
             self.header.value = (
                 f"<b>nbsched</b> {role} · {len(gpus)} GPU(s) · {counts.get('running', 0)} "
                 f"running · {counts.get('queued', 0)} queued · {active} active · "
-                f"updated {time.strftime('%H:%M:%S')}"
+                f"updated {time.strftime('%H:%M:%S')} · "
+                f"<span class='nbsched-reading'>{html.escape(reading_note(read_at))}</span>"
             )
             self.refreshes += 1
 
-    def _update_chart(self, history: Sequence[tuple[float, Sequence[Any]]]) -> None:
-        if not history or history[-1][0] == self._plotted_at:
+    def _update_chart(self, history: Sequence[tuple[float, Sequence[Any]]], gpus: Any) -> None:
+        if not history:
             return
-        n = len(history[-1][1])
-        if self._chart is None or self._chart.n_gpus != n:
-            self._chart = GpuChart(n, self.window_s)
-        self.chart.value = self._chart.render(history)
+        names = [_text(x) or "GPU" for x in gpus["name"]]
+        if self._chart is None or self._chart.names != names:
+            if self.interactive:
+                self._chart = GpuChart(names, canvas=ipympl_canvas)
+                self.chart_area.children = [self._chart.canvas]
+            else:
+                self._chart = GpuChart(names)
+                # shown at its CSS size: drawn at twice it, sharp on a dense screen
+                self.chart.width = str(self._chart.size_px[0])
+        self._chart.record_allocation(time.time(), [float(a) for a in gpus["allocated"]])
+        if history[-1][0] == self._plotted_at and self.metric.value != "allocation":
+            return
+        self._draw(history)
         self._plotted_at = history[-1][0]
+
+    def _draw(self, history: Sequence[tuple[float, Sequence[Any]]]) -> None:
+        chart, window, metric = self._chart, self.window.value, self.metric.value
+        assert chart is not None
+        if chart.live:
+            chart.show(history, window, metric)
+        else:
+            self.chart.value = chart.render(history, window, metric)
+
+    def _redraw_chart(self) -> None:
+        """Draw the chart again at once (a window or metric was chosen)."""
+        with self._lock:
+            if self._chart is not None:
+                self._draw(())
 
     def _update_allocation(self, gpus: pd.DataFrame) -> None:
         if len(self._gpu_widgets) != len(gpus):
@@ -208,25 +268,22 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 bar = widgets.FloatProgress(min=0.0, max=1.0, description=f"GPU {gpu}")
                 label = widgets.HTML()
                 toggle = widgets.ToggleButton(description="pause", layout={"width": "90px"})
-                toggle.observe(self._toggle_handler(int(gpu)), names="value")
-                self._gpu_widgets.append((bar, label, toggle))
-                rows.append(widgets.HBox([bar, toggle, label]))
+                toggle.add_class("nbsched-pause")
+                toggle.add_class(f"nbsched-pause-{int(gpu)}")
+                note = _message(f"nbsched-gpu-message-{int(gpu)}")
+                note.add_class("nbsched-gpu-message")
+                toggle.observe(self._toggle_handler(int(gpu), note), names="value")
+                self._gpu_widgets.append((bar, label, toggle, note))
+                rows.append(widgets.HBox([bar, toggle, label, note]))
             self.gpu_rows.children = rows
         self._updating = True
         try:
-            for (bar, label, toggle), row in zip(self._gpu_widgets, _rows(gpus), strict=True):
-                alloc = float(row.allocated)
-                bar.value = min(alloc, 1.0)
-                bar.bar_style = "warning" if row.paused else ("success" if alloc else "")
-                toggle.value = bool(row.paused)
-                toggle.description = "paused" if row.paused else "pause"
-                jobs = ", ".join(map(str, row.jobs)) or "-"
-                load = "n/a" if pd.isna(row.load) else f"{row.load:.0%}"
-                label.value = f"{alloc:.2f} allocated · load {load} · jobs {html.escape(jobs)}"
+            for widget_row, row in zip(self._gpu_widgets, _rows(gpus), strict=True):
+                _show_gpu(*widget_row[:3], row)
         finally:
             self._updating = False
 
-    def _toggle_handler(self, gpu: int) -> Any:
+    def _toggle_handler(self, gpu: int, note: widgets.HTML) -> Any:
         def on_change(change: dict[str, Any]) -> None:
             if self._updating:
                 return
@@ -234,18 +291,20 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             def act() -> None:
                 if change["new"]:
                     self.scheduler.pause_gpu(gpu)
-                    self._show_message(f"GPU {gpu} paused: no new job starts on it")
+                    _say(note, f"GPU {gpu} paused: no new job starts on it")
                 else:
                     self.scheduler.resume_gpu(gpu)
-                    self._show_message(f"GPU {gpu} resumed")
+                    _say(note, f"GPU {gpu} resumed")
+                self.refresh()
 
-            self._safely(act)
+            self._safely(act, note)
 
         return on_change
 
     def _update_jobs(self, s: GPUJobScheduler, counts: dict[str, int]) -> None:
-        running = s.jobs("running")
-        queued = s.jobs("queued", first=SHOWN_QUEUED)
+        running = s.jobs("running", first=SHOWN_RUNNING)
+        queued = s.queue(first=SHOWN_QUEUED)  # (in the order they start)
+        queued["waiting"] = queued["id"].map(waiting_reasons(s, queued))
         ended = s.jobs("ended", last=SHOWN_ENDED)
         self.jobs_table.value = _jobs_html(running, queued, ended[::-1], counts)
         options = [
@@ -298,10 +357,10 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         """Cancel the job chosen in the drop-down; returns whether it was cancelled."""
         job_id = self.job_select.value
         if not job_id:
-            self._show_message("no job selected")
+            _say(self.job_message, "no job selected")
             return False
         done = self.scheduler.cancel(job_id)
-        self._show_message(f"job {job_id} cancelled" if done else f"job {job_id} had ended")
+        _say(self.job_message, f"job {job_id} cancelled" if done else f"job {job_id} had ended")
         self._safely(self.refresh)
         return bool(done)
 
@@ -309,15 +368,6 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
 def _rows(df: pd.DataFrame) -> list[Any]:
     """The rows as named tuples (typed loosely: cells hold any type)."""
     return list(df.itertuples(index=False))
-
-
-def _queued_note(r: Any) -> str:
-    """`` held`` or `` waits for 12`` after a queued job's status ("" for the others)."""
-    if r.status != "queued":
-        return ""
-    if getattr(r, "held", False):
-        return " held"
-    return f" {_text(r.reason)}" if getattr(r, "waiting", False) else ""
 
 
 def _sweep_number(sweep_id: str) -> int:
@@ -336,36 +386,53 @@ def _short(text: object, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+def _message(css_class: str) -> widgets.HTML:
+    """An empty message area, with the CSS class a browser test finds it by."""
+    area = widgets.HTML()
+    area.add_class(css_class)
+    return area
+
+
+def _say(area: widgets.HTML, text: str, error: bool = False) -> None:
+    colour = "#842029" if error else "#495057"
+    area.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+
+
+def _show_gpu(
+    bar: widgets.FloatProgress, label: widgets.HTML, toggle: widgets.ToggleButton, row: Any
+) -> None:
+    """One GPU's allocation row; a paused GPU is marked plainly (an idle one too)."""
+    alloc = float(row.allocated)
+    paused = bool(row.paused)
+    bar.value = min(alloc, 1.0)
+    bar.bar_style = "warning" if paused else ("success" if alloc else "")
+    toggle.value = paused
+    toggle.description = "paused" if paused else "pause"
+    toggle.button_style = "warning" if paused else ""
+    toggle.icon = "pause" if paused else ""
+    jobs = ", ".join(map(str, row.jobs)) or "-"
+    load = "n/a" if pd.isna(row.load) else f"{row.load:.0%}"
+    text = f"{alloc:.2f} allocated · load {load} · jobs {html.escape(jobs)}"
+    if paused:
+        text += " · <b style='color:#997404'>PAUSED: no new job starts here</b>"
+    label.value = text
+
+
 def _jobs_html(
     running: pd.DataFrame, queued: pd.DataFrame, ended: pd.DataFrame, counts: dict[str, int]
 ) -> str:
-    head = "".join(
-        f"<th style='text-align:left;padding:1px 8px'>{c}</th>"
-        for c in ("id", "status", "name", "GPUs", "on", "time (s)", "command")
-    )
-    now = time.time()
-    body = []
-    for df in (running, queued, ended):
-        for r in _rows(df):
-            fg, bg = STATUS_COLOURS.get(r.status, ("#000", "#fff"))
-            if pd.notna(r.started):
-                end = r.ended.timestamp() if pd.notna(r.ended) else now
-                took = f"{end - r.started.timestamp():.1f}"
-            else:
-                took = ""
-            cells = [
-                str(r.id),
-                f"<span style='color:{fg};background:{bg};padding:0 6px'>{r.status}</span>"
-                + html.escape(_queued_note(r)),
-                html.escape(_short(_text(r.name), 20)),
-                f"{r.required_gpus:g}",
-                html.escape(",".join(map(str, r.gpus))),
-                took,
-                html.escape(_short(r.command, 70)),
-            ]
-            body.append("<tr>" + "".join(f"<td style='padding:1px 8px'>{c}</td>" for c in cells))
-    more = counts.get("queued", 0) - len(queued)
-    tail = f"<p>... and {more} more queued</p>" if more > 0 else ""
-    if not body:
+    """The running, the first queued and the last ended jobs, compact (.tables), with
+    how many of each are not shown."""
+    frames = [df for df in (running, queued, ended) if not df.empty]
+    if not frames:
         return "<p><i>no jobs yet</i></p>"
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>{tail}"
+    table = compact(pd.concat(frames, ignore_index=True), command_width=50)
+    ended_total = sum(counts.get(k, 0) for k in ENDED)
+    cuts = (
+        (counts.get("running", 0) - len(running), "running"),
+        (counts.get("queued", 0) - len(queued), "queued"),
+        (ended_total - len(ended), "ended (%gpusched jobs --status ended)"),
+    )
+    more = [f"{n:,} more {what}" for n, what in cuts if n > 0]
+    tail = f"<p class='nbsched-more'>... and {'; '.join(more)}</p>" if more else ""
+    return to_html(table) + tail

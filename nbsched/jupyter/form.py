@@ -80,7 +80,9 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             description="Submit", button_style="primary", icon="play"
         )
         self.submit_button.on_click(lambda _: self._on_click())
+        self.submit_button.add_class("nbsched-submit")
         self.result = widgets.HTML()
+        self.result.add_class("nbsched-form-message")
         super().__init__(children=self._rows())
         fields = [self.script, self.conda_env, self.arguments, self.gpus, self.sweep]
         times = [self.time_limit, self.expected]
@@ -141,6 +143,9 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.allowed = [
             widgets.ToggleButton(description=str(i), layout={"width": "44px"}) for i in range(n)
         ]
+        for toggle in self.allowed:  # pressed looks pressed: filled
+            toggle.add_class("nbsched-gpu-toggle")
+            toggle.observe(_show_pressed, names="value")
         self.priority = widgets.IntText(description="priority", value=0, style=style)
         llm = scheduler.llm_config
         models = sorted(llm.models.items()) if llm is not None else []
@@ -290,6 +295,11 @@ _API_NAME = re.compile(rf"\b({'|'.join(_LABELS)})(?=[=:]|\s\[)")
 def _in_form_words(text: str) -> str:
     """An error of the scheduler in the words of the form: its fields' labels."""
     return _API_NAME.sub(lambda m: _LABELS[m.group(1)], text)
+
+
+def _show_pressed(change: dict[str, Any]) -> None:
+    """A pressed GPU toggle filled (ipywidgets' own pressed look is a shade)."""
+    change["owner"].button_style = "info" if change["new"] else ""
 
 
 def _gpus(text: str) -> float | None:

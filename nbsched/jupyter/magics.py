@@ -20,6 +20,7 @@ from nbsched import provider_choice_shown_by_caller
 from nbsched.config import SchedulerConfig
 from nbsched.errors import NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
+from nbsched.verbs import glue_dash_values
 from nbsched.verbs.table import job_options
 from nbsched.verbs.values import engine_config, engine_scheduler
 
@@ -197,6 +198,17 @@ class GpuschedMagics(Magics):
 
         return status_report(self._require())
 
+    def _verb_jobs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        from .tables import job_table
+
+        rows = self._call(args)
+        return rows if args.all else job_table(rows)  # (compact: the same data, shown short)
+
+    def _verb_drain(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
+        from .tables import job_table
+
+        return job_table(self._call(args))
+
     def _verb_logs(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         return LogText(self._call(args))
 
@@ -209,11 +221,16 @@ class GpuschedMagics(Magics):
         # ``wait`` written with no id at all (nor --sweep) means every active job.
         args.ids = args.ids or ([] if args.expanded.empty else None)
         try:
-            return self._call(args)
+            rows = self._call(args)
         except TimeoutError as exc:  # the jobs go on: say which, in one line
             raise UsageError(
                 f"%gpusched wait: {exc} (they go on; wait again, or cancel them)"
             ) from None
+        # (imported after the call: a first import of pandas takes a while, and "every
+        # active job" is the jobs active when the verb was run, not after that import)
+        from .tables import job_table
+
+        return job_table(rows)
 
     def _verb_cancel(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         self._require()
@@ -266,7 +283,7 @@ class GpuschedMagics(Magics):
     def _verb_dashboard(self, args: argparse.Namespace, tail: str | None, cell: str | None) -> Any:
         from .dashboard import Dashboard
 
-        board = Dashboard(self._require(), interval=args.interval)
+        board = Dashboard(self._require(), interval=args.interval, interactive=args.interactive)
         # One dashboard refreshes at a time: running the cell again (or another dashboard
         # cell) closes the previous one, whose thread would otherwise refresh until stop.
         previous, self._dashboard = self._dashboard, board
@@ -334,6 +351,7 @@ class GpuschedMagics(Magics):
         name = mv.verb.name
         try:
             words = shlex.split(rest)  # POSIX quoting (IPython's arg_split keeps the quotes)
+            words = glue_dash_values(words)  # (--gpu-arg --cuda: a value, not an option)
         except ValueError as exc:
             raise UsageError(f"{prefix} {name}: {rest!r}: {exc}") from None
         if "-h" in words or "--help" in words:  # a word of its own, not inside a quoted value

@@ -4,7 +4,18 @@
 from __future__ import annotations
 
 from .simulating import show_simulation
-from .table import BOTH, CLI, ENGINE_OPTIONS, MAGIC, RUN_OPTIONS, VERBS, Arg, Verb, verbs_of
+from .table import (
+    BOTH,
+    CLI,
+    ENGINE_OPTIONS,
+    MAGIC,
+    RUN_OPTIONS,
+    VERBS,
+    Arg,
+    Verb,
+    glue_dash_values,
+    verbs_of,
+)
 
 __all__ = [
     "BOTH",
@@ -15,6 +26,7 @@ __all__ = [
     "VERBS",
     "Arg",
     "Verb",
+    "glue_dash_values",
     "show_simulation",
     "verbs_of",
 ]

@@ -13,11 +13,14 @@ the CLI's ``--json``, and the CLI's :data:`ENGINE_OPTIONS` on every verb (each
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nbsched.config import EXECUTORS, PROVIDERS
+from nbsched.errors import InvalidValueError
 from nbsched.scheduler import GPUJobScheduler
 
 from .values import (
@@ -64,6 +67,8 @@ class Arg:
     group: str | None = None
     #: Which front ends take it (a positional only the CLI has: ``run COMMAND``).
     fronts: frozenset[str] = BOTH
+    #: Its value may begin with "-" (an option of the job's own: ``--gpu-arg --cuda``).
+    dash_value: bool = False
 
     def add_to(self, parser: Any) -> None:
         """Add it to an argparse parser (or a group of one)."""
@@ -140,8 +145,20 @@ def _run(s: GPUJobScheduler, ns: argparse.Namespace) -> str:
     return s.add_command(command_line(ns.words, ns.typed), **job_options(ns))
 
 
+#: A sweep group as a person types it: ``{0.1,0.01}`` or ``{1..3}``.
+_GROUP = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
+
+
 def _sweep(s: GPUJobScheduler, ns: argparse.Namespace) -> list[str]:
     swept = ns.typed if ns.typed is not None else ns.words
+    if ns.typed is None and not any(_GROUP.search(w) for w in ns.words or ()):
+        # Words from a shell with no group left: the shell expanded unquoted braces
+        # (--lr {0.1,0.01} arrives as --lr 0.1 0.01), which would queue one wrong job.
+        raise InvalidValueError(
+            f"the swept arguments {shlex.join(ns.words or [])!r} hold no {{a,b}} or {{1..3}} "
+            "group: a shell expands unquoted braces before nbsched sees them; quote them "
+            "(-- --lr '{0.1,0.01}' --seed '{1..3}'), or queue one job with nbsched add"
+        )
     return s.add_sweep(
         ns.script, args=swept, conda_env=ns.conda_env, limit=ns.limit, **job_options(ns)
     )
@@ -219,6 +236,7 @@ RUN_OPTIONS = (
         "--gpu-arg",
         dest="jobs_file_gpu_arg",
         metavar="OPTION",
+        dash_value=True,
         help="with --jobs-file: append each line's local GPU indices with this option "
         "(--gpu-arg=--cuda: --cuda 0,1, as the original program did)",
     ),
@@ -332,7 +350,7 @@ _TABLE = (
     Verb("add", "queue a script (python, bash or executable) with its arguments",
          (*JOB_OPTIONS, _ENV,
           _opt("--launcher", choices=("torchrun",), help="run under torchrun"),
-          _opt("--gpu-arg", metavar="OPTION",
+          _opt("--gpu-arg", metavar="OPTION", dash_value=True,
                help="pass the job's local GPU indices with this option"),
           _opt("script", help="path of the script")),
          _add, tail="[-- SCRIPT ARGS...]"),
@@ -357,7 +375,9 @@ _TABLE = (
          (_opt("--status", metavar="S", help="e.g. queued, running, failed, ended, active"),
           _opt("--first", type=rows_type, metavar="N", group="rows",
                help="only the first N (in submission order)"),
-          _opt("--last", type=rows_type, metavar="N", group="rows", help="only the last N")),
+          _opt("--last", type=rows_type, metavar="N", group="rows", help="only the last N"),
+          _opt("--all", action="store_true",
+               help="every column, whole (default: the columns that hold something, short)")),
          lambda s, ns: s.jobs(ns.status, first=ns.first, last=ns.last)),
     Verb("gpus", "the GPU table", call=lambda s, ns: s.get_gpu_status()),
     Verb("screens", "screen sessions of running jobs", call=lambda s, ns: s.screens(),
@@ -419,11 +439,44 @@ _TABLE = (
     Verb("form", "a form to submit jobs and sweeps", fronts=frozenset((MAGIC,))),
     Verb("dashboard", "live GPU charts, allocation and the job table",
          (_opt("--interval", type=interval_type, default=1.0, metavar="S",
-               help="refresh period in seconds (0.1 to 86400)"),), fronts=frozenset((MAGIC,))),
+               help="refresh period in seconds (0.1 to 86400)"),
+          _opt("--interactive", action="store_true",
+               help="charts with hover values, pan and zoom (needs ipympl; more CPU)")),
+         fronts=frozenset((MAGIC,))),
 )  # fmt: skip
 
 #: Every verb by name, in help order.
 VERBS: dict[str, Verb] = {v.name: v for v in _TABLE}
+
+
+#: The options whose value may begin with "-" (argparse takes ``--cuda`` for an option).
+DASH_VALUE_FLAGS = frozenset(
+    flag
+    for args in [ENGINE_OPTIONS, *(v.args for v in _TABLE)]
+    for arg in args
+    if arg.dash_value
+    for flag in arg.flags
+)
+
+
+def glue_dash_values(words: list[str]) -> list[str]:
+    """``--gpu-arg --cuda`` as ``--gpu-arg=--cuda``, which argparse reads as meant (it
+    refused the first: "expected one argument"); stops at ``--``."""
+    out: list[str] = []
+    rest = iter(words)
+    for word in rest:
+        out.append(word)
+        if word == "--":
+            out.extend(rest)
+        elif word in DASH_VALUE_FLAGS:
+            value = next(rest, None)
+            if value is not None and value.startswith("-") and value != "--":
+                out[-1] = f"{word}={value}"
+            elif value is not None:
+                out.append(value)
+                if value == "--":
+                    out.extend(rest)
+    return out
 
 
 def verbs_of(front: str) -> dict[str, Verb]:

@@ -14,13 +14,13 @@ submitted after them is planned first at once.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
-from ..jobs import Job
+from ..jobs import Job, JobSpec
 from ..store.estimates import NO_ESTIMATE, Estimate, Estimator
 from ..store.feed import Queueing
 
@@ -204,6 +204,44 @@ class Batch:
             whole,
             min(map(itemgetter(2), entries), default=0.0),
         )
+
+
+class Entries(list[Queued]):
+    """The entries of jobs just stored, made as they were (:func:`entry_maker`): what a
+    big submission offers its dispatcher instead of whole jobs."""
+
+
+def entry_maker(estimates: Estimator | None) -> Callable[[int, int, JobSpec], Queued]:
+    """``make(rev, seq, spec)``: the entry of job ``seq`` of ``spec``, just stored at
+    ``rev`` (what :meth:`Batch.of` makes of a whole job; a new job has no attempts
+    and no backoff).  For :meth:`~nbsched.store.Store.add_made_at`: the submission's
+    specs are not all kept until the batch is made, nor a whole job made per spec.
+    The values are shared as :meth:`Batch.of` shares them."""
+    priorities: dict[int, int] = {}
+    requirements: dict[float, float] = {}
+    allowed: dict[tuple[int, ...] | None, tuple[int, ...] | None] = {}
+    one_p, one_r, one_a = priorities.setdefault, requirements.setdefault, allowed.setdefault
+    new = tuple.__new__
+    estimate = None if estimates is None else estimates.of_grounds
+
+    def make(rev: int, seq: int, s: JobSpec) -> Queued:
+        limit, source = NO_ESTIMATE if estimate is None else estimate(_GROUNDS(s))
+        return new(
+            Queued,
+            (
+                one_p(s.priority, s.priority),
+                seq,
+                one_r(s.required_gpus, s.required_gpus),
+                one_a(s.allowed_gpus, s.allowed_gpus),
+                None,
+                0,
+                rev,
+                limit,
+                source,
+            ),
+        )
+
+    return make
 
 
 def _estimates(jobs: Sequence[Job], estimates: Estimator | None) -> Iterable[Estimate]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..executors.base import Executor, Exit, Started
 from ..jobs import Job
 from ..store.estimates import Estimator
-from .entries import Batch
+from .entries import Batch, Entries
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Inbox:
     #: Where started attempts turned out to run, reported after their start
     #: (:meth:`~nbsched.executors.base.Executor.report_starts`): written with the pids.
     identified: list[tuple[Job, Started, Executor]] = field(default_factory=list)
+    #: Submissions of this process being stored, to be offered (see :meth:`storing`).
+    storing: int = 0
     #: Where the offered jobs' estimates come from (see :mod:`nbsched.store.estimates`).
     estimates: Estimator | None = None
 
@@ -61,17 +63,35 @@ class Inbox:
         with self.lock:
             self.ended[:0] = ended
 
-    def offer(self, rev: int, jobs: list[Job]) -> None:
-        """Jobs just written at ``rev``: made into a batch here, in the submitting
-        thread, so that the loop takes them in without per-job work."""
+    def offer(self, rev: int, jobs: list[Job] | Entries) -> None:
+        """Jobs just written at ``rev`` (or their entries): made into a batch here, in
+        the submitting thread, so that the loop takes them in without per-job work."""
         if not jobs:
             return
         with self.offers_lock:
-            batch = Batch.of(rev, jobs, self.estimates)
+            if isinstance(jobs, Entries):
+                batch = Batch.sort(rev, jobs, {})
+            else:
+                batch = Batch.of(rev, jobs, self.estimates)
             with self.lock:
                 self.offered.append(batch)
                 least = self.unchecked
                 self.unchecked = batch.least if least is None else min(least, batch.least)
+
+    @contextmanager
+    def storing_offer(self) -> Iterator[None]:
+        """While a submitting thread stores jobs it then offers (a sweep's: seconds):
+        the loop reads no change from the store meanwhile (once they are stored, it would
+        read them all back, and make their entries again, had it read in between).  A
+        read put off is made by the next turn that reads (a timed one at the latest: the
+        writes it would read waited for the submission's transaction anyway)."""
+        with self.lock:
+            self.storing += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.storing -= 1
 
     @contextmanager
     def closed_offers(self) -> Iterator[list[Batch]]:

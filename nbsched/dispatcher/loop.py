@@ -40,6 +40,7 @@ from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
 from ..store.estimates import Estimator
 from .ends import decide_end, missing_env
+from .entries import Entries
 from .handoff import hand_off, hands_off
 from .inbox import Inbox
 from .queue import QueueCache
@@ -80,7 +81,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._estimates = Estimator(store)  # (the queue's estimates: see store.estimates)
         self._cache = QueueCache(config.retry_backoff_s, estimates=self._estimates)
-        self._inbox = Inbox(estimates=self._estimates)
+        self.inbox = self._inbox = Inbox(estimates=self._estimates)  # (offers: engine.core)
         self._executors = Executors(executor_for, self._on_started)
         self._starts = Starts(config, store, self._cache, self._inbox, self._executors)
         #: Why the queue's head waits, and the GPUs held for it (for status displays).
@@ -130,9 +131,8 @@ class Dispatcher:
             except OSError:
                 pass
 
-    def offer(self, rev: int, jobs: list[Job]) -> None:
-        """Jobs this process just submitted, as written at ``rev``: the next cycle takes
-        them from here instead of reading their rows back (if they are unchanged)."""
+    def offer(self, rev: int, jobs: list[Job] | Entries) -> None:
+        """Jobs this process just stored at ``rev`` (or their entries): taken, not read back."""
         self._inbox.offer(rev, jobs)
         self._poke()
 
@@ -290,7 +290,7 @@ class Dispatcher:
     def _read_changes(self, now: float, mono: float) -> None:
         """Bring the queue cache up to date: from the store when it may hold changes
         this dispatcher has not read, else from this process's submissions."""
-        if self._dirty:
+        if self._dirty and not self._inbox.storing:  # (else: once its batch is in)
             self._dirty = False  # (a wake-up from now on sets it again)
             with self._inbox.closed_offers() as offered:
                 feed = self._cache.read(self.store, offered)

@@ -9,14 +9,16 @@ the one place the :class:`~nbsched.dispatcher.Dispatcher` is made.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..config import SchedulerConfig
 from ..dispatcher import Dispatcher
+from ..dispatcher.entries import Entries, Queued, entry_maker
 from ..gpus.base import GPUProvider
 from ..gpus.monitor import GPUMonitor
-from ..jobs import Job
+from ..jobs import Job, JobSpec
 from ..store import Store
 from .record import EngineRecord, engine_info
 from .registry import Executors, make_gpu_provider
@@ -97,8 +99,22 @@ class Engine:
         """End a running job's whole process tree, through the executor that runs it."""
         self.executors(job.executor or self.config.executor).kill(job, self.config.kill_grace_s)
 
-    def offer(self, rev: int, jobs: list[Job]) -> bool:
-        """Jobs this process just stored, as written at ``rev``: True if our own
+    @contextmanager
+    def storing(self) -> Iterator[Callable[[int, int, JobSpec], Queued]]:
+        """Around storing jobs to :meth:`offer` as entries: how to make a job's entry as
+        it is stored (see :func:`~nbsched.dispatcher.entries.entry_maker`); our
+        dispatcher, if any, reads no change meanwhile (see
+        :meth:`~nbsched.dispatcher.inbox.Inbox.storing_offer`)."""
+        d = self.role.dispatcher
+        if d is None:
+            yield entry_maker(None)
+            return
+        with d.inbox.storing_offer():
+            yield entry_maker(d.inbox.estimates)
+
+    def offer(self, rev: int, jobs: list[Job] | Entries) -> bool:
+        """Jobs this process just stored (or their entries, from :meth:`entry_maker`),
+        as written at ``rev``: True if our own
         dispatcher took them (it need not read the new rows back), else False (another
         process's dispatcher was woken to read them)."""
         d = self.role.dispatcher

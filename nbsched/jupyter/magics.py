@@ -21,7 +21,7 @@ from nbsched.config import SchedulerConfig
 from nbsched.errors import NbschedError, SweepTooLargeError
 from nbsched.scheduler import GPUJobScheduler
 from nbsched.verbs import glue_dash_values
-from nbsched.verbs.table import job_options
+from nbsched.verbs.options import job_options
 from nbsched.verbs.values import engine_config, engine_scheduler
 
 from .parsing import check_cell_code, expand_vars, save_cell_script, split_dashdash

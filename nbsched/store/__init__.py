@@ -8,6 +8,7 @@ package is one question per module:
 - :mod:`.schema`: the tables and their version;
 - :mod:`.rows`: the job columns (written once, from the dataclasses), encode/decode;
 - :mod:`.jobs`: adding, reading and moving jobs (the columns a transition may set);
+- :mod:`.adding`: a submission's rows, a chunk at a time, and what is kept of each;
 - :mod:`.queue_read`: the queue in dispatch order, a page at a time;
 - :mod:`.feed`: the change feed (what was written since a revision);
 - :mod:`.attempts`: the dispatcher's writes of attempts starting and ending;

@@ -29,7 +29,7 @@ ends of a dispatcher's turn together), and nothing in a turn that ends nothing.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..errors import InvalidValueError, UnknownJobError
 from ..formats.after import MEANING, failure, is_sweep, judge, parse_after, targets_text
@@ -65,19 +65,16 @@ def waits_reason(after: str | None) -> str:
 
 
 def attach(
-    conn: sqlite3.Connection, first: int, jobs: Sequence[Job]
+    conn: sqlite3.Connection, first: int, by_after: Mapping[str, set[str | None]]
 ) -> dict[str, tuple[int, bool]]:
-    """Give the new ``jobs`` (numbered from ``first`` on, in this transaction) their
-    groups; ``after`` text -> (group, waiting).  Raises (the caller's transaction rolls
-    back: nothing is stored) on an unknown job or sweep, a cycle, or a dependency that
-    can never be met."""
-    by_after: dict[str, list[Job]] = {}
-    for job in jobs:
-        if job.spec.after:
-            by_after.setdefault(job.spec.after, []).append(job)
+    """Give the new jobs (numbered from ``first`` on, in this transaction) their groups:
+    ``by_after`` is each distinct ``after`` of theirs -> the sweeps of its jobs; returns
+    ``after`` text -> (group, waiting).  Raises (the caller's transaction rolls back:
+    nothing is stored) on an unknown job or sweep, a cycle, or a dependency that can
+    never be met."""
     out = {}
-    for after, members in by_after.items():
-        group, unmet = _group(conn, first, after, {j.spec.sweep for j in members})
+    for after, sweeps in by_after.items():
+        group, unmet = _group(conn, first, after, sweeps)
         conn.execute(
             "UPDATE jobs SET dep_group = ?, waiting = ?, reason = ? WHERE seq >= ? AND after = ?",
             (group, int(unmet > 0), waits_reason(after) if unmet else None, first, after),

@@ -8,31 +8,25 @@ counter.  Each write moves the global revision on (see :mod:`.feed`).
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from ..allocation import booked_share
 from ..errors import UnknownJobError
 from ..jobs import Job, JobSpec, JobStatus, can_transition
 from ..launch import SubmitterEnv
 from . import deps, rows
+from .adding import Added, Make, add_rows
 from .connection import StorePart, bump_rev
 from .rows import parse_job_id
 
 #: Bound parameters per statement, under SQLite's limit (999 in old builds).
 _CHUNK = 500
-#: Jobs inserted a batch at a time (one ``executemany``), so that a sweep's rows are
-#: not all encoded at once.
-_ROWS = 1000
+T = TypeVar("T")
 
-_INSERT_JOB = (
-    f"INSERT INTO jobs (rev, status, {', '.join(rows.SPEC_COLUMNS)}, submitted, owner_uid, "
-    f"executor, environment) VALUES ({', '.join('?' * (len(rows.SPEC_COLUMNS) + 6))})"
-)
 _INSERT_TRANSITION = "INSERT INTO transitions (job_seq, old, new, at, reason) VALUES (?,?,?,?,?)"
 
 
@@ -42,13 +36,6 @@ def _status_filter(statuses: Iterable[JobStatus] | None) -> tuple[list[str], lis
         return [], []
     vals = [JobStatus(s).value for s in statuses]
     return [f"status IN ({','.join('?' * len(vals)) or 'NULL'})"], vals
-
-
-def _batches(items: Iterable[JobSpec], n: int) -> Iterator[list[JobSpec]]:
-    """``items`` as lists of ``n`` (the last may be shorter)."""
-    it = iter(items)
-    while batch := list(itertools.islice(it, n)):
-        yield batch
 
 
 def _environment_id(conn: sqlite3.Connection, environment: SubmitterEnv) -> int:
@@ -63,22 +50,6 @@ def _environment_id(conn: sqlite3.Connection, environment: SubmitterEnv) -> int:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-def _attach(conn: sqlite3.Connection, jobs: list[Job | None]) -> list[Job | None]:
-    """``jobs`` (just inserted) with their dependencies (see :func:`.deps.attach`)."""
-    new = [j for j in jobs if j is not None]
-    if not any(j.spec.after for j in new):
-        return jobs
-    changes = {
-        after: {
-            "dep_group": group,
-            "waiting": waits,
-            "reason": deps.waits_reason(after) if waits else None,
-        }
-        for after, (group, waits) in deps.attach(conn, new[0].seq, new).items()
-    }
-    return [j if j is None or not j.spec.after else j.evolve(**changes[j.spec.after]) for j in jobs]
 
 
 class JobsPart(StorePart):
@@ -106,8 +77,8 @@ class JobsPart(StorePart):
         those statuses (or, if they include ``queued``, an earlier spec of the same
         call) is not inserted: its place in the result is ``None``.
 
-        ``specs`` are read, checked and inserted :data:`_ROWS` at a time, so that a
-        sweep's 100,000 need not all be encoded (or even made) before the first
+        ``specs`` are read, checked and inserted :data:`~.adding.ROWS` at a time, so
+        that a sweep's 100,000 need not all be encoded (or even made) before the first
         is stored.
 
         ``environment``: the submitter's, which the jobs start from; stored once (a
@@ -115,26 +86,70 @@ class JobsPart(StorePart):
         named in each job's row by its number (a sweep's 100,000 rows stay small).
         """
         now = time.time() if now is None else now
+
+        def whole(env_key: int | None) -> Make[Job]:
+            new_job = rows.new_jobs(now, owner_uid, executor, env_key)
+            return lambda rev, seq, spec: new_job(seq, spec)
+
+        rev, added = self._add(
+            specs, whole, owner_uid, executor, skip_hash_statuses, now, environment
+        )
+        if not added.groups:
+            return rev, added.made
+        changes = {
+            after: {
+                "dep_group": group,
+                "waiting": waits,
+                "reason": deps.waits_reason(after) if waits else None,
+            }
+            for after, (group, waits) in added.groups.items()
+        }
+        return rev, [
+            j if j is None or not a else j.evolve(**changes[a])
+            for j, a in zip(added.made, added.afters, strict=True)
+        ]
+
+    def add_made_at(
+        self,
+        specs: Iterable[JobSpec],
+        make: Make[T],
+        *,
+        owner_uid: int,
+        executor: str,
+        skip_hash_statuses: Iterable[JobStatus] | None = None,
+        environment: SubmitterEnv | None = None,
+    ) -> tuple[int, list[T | None], list[bool]]:
+        """:meth:`add_jobs_at`, keeping of each job only ``make(rev, seq, spec)`` (made
+        as its chunk is stored) instead of a whole :class:`Job`: a big submission's
+        specs are then not all kept until it returns.  Returns the revision, what was
+        made (None for a spec skipped) and whether each job waits for a dependency."""
+        now = time.time()
+        rev, added = self._add(
+            specs, lambda _: make, owner_uid, executor, skip_hash_statuses, now, environment
+        )
+        return rev, added.made, added.waiting()
+
+    def _add(
+        self,
+        specs: Iterable[JobSpec],
+        maker: Callable[[int | None], Make[T]],
+        owner_uid: int,
+        executor: str,
+        skip_hash_statuses: Iterable[JobStatus] | None,
+        now: float,
+        environment: SubmitterEnv | None,
+    ) -> tuple[int, Added[T]]:
+        """Store ``specs`` (see :func:`.adding.add_rows`); ``maker(environment's number)``
+        says what to keep of each."""
         skip = None if skip_hash_statuses is None else {JobStatus(s) for s in skip_hash_statuses}
-        seen: set[str] = set()
-        out: list[Job | None] = []
         with self._db.write() as conn:
             rev = bump_rev(conn)
             env_key = None if environment is None else self._environment_id(conn, environment)
-            new_job = rows.new_jobs(now, owner_uid, executor, env_key)
-            for chunk in _batches(specs, _ROWS):
-                keep = self._kept(conn, chunk, skip, seen)
-                added = [s for s, k in zip(chunk, keep, strict=True) if k]
-                first = self._insert(conn, rev, added, now, (owner_uid, executor, env_key))
-                new = iter(range(first, first + len(added)))
-                out += [
-                    new_job(next(new), spec) if k else None
-                    for spec, k in zip(chunk, keep, strict=True)
-                ]
-            out = _attach(conn, out)
+            shared = (now, owner_uid, executor, env_key)
+            added = add_rows(conn, rev, specs, maker(env_key), skip, shared)
         if environment is not None and env_key is not None:
             self._environments[environment.key] = env_key  # (committed: safe to remember)
-        return rev, out
+        return rev, added
 
     def _environment_id(self, conn: sqlite3.Connection, environment: SubmitterEnv) -> int:
         """The number of ``environment``'s row: remembered once a submission of this
@@ -142,66 +157,6 @@ class JobsPart(StorePart):
         or added (two statements: most of an ``add_command``'s time in the store)."""
         known = self._environments.get(environment.key)
         return _environment_id(conn, environment) if known is None else known
-
-    @staticmethod
-    def _kept(
-        conn: sqlite3.Connection,
-        specs: Sequence[JobSpec],
-        skip: set[JobStatus] | None,
-        seen: set[str],
-    ) -> list[bool]:
-        """Which of ``specs`` to insert: those whose hash no job in a ``skip`` status has
-        (all the hashes looked up together, a chunk of them per statement), nor one in
-        ``seen`` (the hashes found, and kept, by the chunks before, which it grows)."""
-        if skip is None:
-            return [True] * len(specs)
-        hashes = list({s.hash for s in specs if s.hash is not None} - seen)
-        statuses = [s.value for s in skip]
-        for start in range(0, len(hashes), _CHUNK):
-            chunk = hashes[start : start + _CHUNK]
-            seen.update(
-                r[0]
-                for r in conn.execute(
-                    f"SELECT DISTINCT hash FROM jobs WHERE hash IN ({_marks(len(chunk))}) "
-                    f"AND +status IN ({_marks(len(statuses)) or 'NULL'})",
-                    (*chunk, *statuses),
-                )
-            )
-        keep = []
-        queued = JobStatus.QUEUED in skip
-        for spec in specs:
-            hit = spec.hash is not None and spec.hash in seen
-            keep.append(not hit)
-            if not hit and spec.hash is not None and queued:
-                seen.add(spec.hash)  # (a later spec of this call sees it, as a row)
-        return keep
-
-    @staticmethod
-    def _insert(
-        conn: sqlite3.Connection,
-        rev: int,
-        specs: Sequence[JobSpec],
-        now: float,
-        shared: tuple[int, str, int | None],
-    ) -> int:
-        """Insert the rows of ``specs`` and their first transitions; the first job's
-        number (AUTOINCREMENT numbers the rows of one transaction one after the other).
-        ``shared``: the owner's uid, the executor and the environment's number."""
-        if not specs:
-            return 0
-        queued = JobStatus.QUEUED.value
-        conn.executemany(
-            _INSERT_JOB,
-            ((rev, queued, *rows.encode_spec(s), now, *shared) for s in specs),
-        )
-        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-        first = last - len(specs) + 1
-        conn.execute(
-            "INSERT INTO transitions (job_seq, old, new, at, reason) "
-            "SELECT seq, NULL, ?, ?, 'submitted' FROM jobs WHERE seq BETWEEN ? AND ? ORDER BY seq",
-            (queued, now, first, last),
-        )
-        return first
 
     def environment(self, number: int) -> str | None:
         """The stored submitter's environment ``number`` (:class:`SubmitterEnv` text)."""

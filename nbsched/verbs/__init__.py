@@ -3,19 +3,9 @@
 
 from __future__ import annotations
 
+from .options import BOTH, CLI, ENGINE_OPTIONS, MAGIC, RUN_OPTIONS, Arg
 from .simulating import show_simulation
-from .table import (
-    BOTH,
-    CLI,
-    ENGINE_OPTIONS,
-    MAGIC,
-    RUN_OPTIONS,
-    VERBS,
-    Arg,
-    Verb,
-    glue_dash_values,
-    verbs_of,
-)
+from .table import VERBS, Verb, glue_dash_values, verbs_of
 
 __all__ = [
     "BOTH",

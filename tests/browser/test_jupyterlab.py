@@ -62,11 +62,12 @@ def _run_all(page: Any, timeout: float = 240) -> None:
     )
 
 
-def _save(page: Any) -> None:
+def _save(page: Any, path: Path) -> None:
+    """Ctrl+S, and wait until the file on disk is the one just saved."""
+    before = path.stat().st_mtime_ns
     page.keyboard.press("Control+s")
-    page.wait_for_function(
-        "() => !document.querySelector('.jp-mod-current .jp-mod-dirty')", timeout=30_000
-    )
+    _until(f"{path.name} saved", lambda: path.stat().st_mtime_ns != before)
+    time.sleep(0.5)  # (written whole before the next read)
 
 
 def _store(state: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
@@ -97,7 +98,7 @@ def test_notebook_runs_all_with_every_widget_drawn(
     _run_all(page)
     time.sleep(2)  # widget updates from a background thread arrive after the cell ends
     page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
-    _save(page)
+    _save(page, root / f"{name}.ipynb")
 
     saved = nbformat.read(root / f"{name}.ipynb", as_version=4)
     code = [c for c in saved.cells if c.cell_type == "code"]

@@ -116,7 +116,8 @@ def bench_sweep(root: Path) -> dict[str, float]:
             sweep.append(time.perf_counter() - w0)
             assert len(ids) == 1000
             w0 = time.perf_counter()
-            assert s.add_sweep(script, args="--lr {1..10} --seed {1..100}", required_gpus=0.5) == []
+            again = s.add_sweep(script, args="--lr {1..10} --seed {1..100}", required_gpus=0.5)
+            assert again.queued == []  # (every id of the sweep, none of them new)
             resubmit.append(time.perf_counter() - w0)
             if run < 2:  # reference: the same 1,000 jobs one add_job call at a time
                 w0 = time.perf_counter()

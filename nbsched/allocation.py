@@ -49,6 +49,7 @@ from typing import Protocol
 
 from .backfill import DEFAULT_POLICY, Eta, Policy, Running, Timeline, by_group, reserve
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import MemoryFit
 
 
 class QueuedJob(Protocol):
@@ -169,6 +170,7 @@ def plan(
     policy: Policy = DEFAULT_POLICY,
     head_since: tuple[str, float] | None = None,
     reserved_before: Mapping[int, str] | None = None,
+    memory: MemoryFit | None = None,
 ) -> Plan:
     """Decide which queued jobs start now, and on which GPUs.
 
@@ -178,9 +180,12 @@ def plan(
     unable to start at the last plan, and since when it has been (its GPUs are held
     from then + ``policy.reserve_after_s``; see :func:`nbsched.backfill.first_in_line`);
     ``reserved_before``: the last plan's ``reserved`` (a job keeps the GPUs held for it
-    unless others are expected free sooner).
+    unless others are expected free sooner); ``memory``: the GPU memory free to promise
+    and what queued jobs need of it (:mod:`nbsched.gpus.memory_fit`): a job that needs
+    memory goes only where it fits, best-fit on memory.
     """
     planner = _Planner(gpus, now, precision, running, policy, head_since, reserved_before)
+    planner.memory = memory
     jobs = iter(queue)
     for job in jobs:
         if not planner.take(job):
@@ -225,7 +230,8 @@ class _Planner:
         self.head_eta: Eta | None = None
         self.placements: list[Placement] = []
         self.next_wakeup: float | None = None
-        self.hopeless: set[tuple[float, tuple[int, ...] | None]] = set()
+        self.hopeless: set[tuple[float, tuple[int, ...] | None, float | None]] = set()
+        self.memory: MemoryFit | None = None  # (GPU memory: issue 14)
         #: Jobs looked at for backfill into the reservation (up to ``policy.depth``).
         self.looked = 0
 
@@ -242,7 +248,8 @@ class _Planner:
             self.next_wakeup = job.not_before if wake is None else min(wake, job.not_before)
             return True
         req = _round(job.required_gpus, self.precision)
-        shape = (req, job.allowed_gpus)
+        memory = self.memory
+        shape = (req, job.allowed_gpus, memory.need(job.id) if memory is not None else None)
         if shape in self.hopeless:
             return True
         allowed = set(job.allowed_gpus) if job.allowed_gpus is not None else None
@@ -265,7 +272,7 @@ class _Planner:
         reserved start."""
         free, reserved = self.free, self.reserved
         outside = [g for g in free if g not in reserved and (allowed is None or g in allowed)]
-        chosen = _choose(req, outside, free, self.eps, self.group_of)
+        chosen = _place(self.memory, job.id, req, outside, free, self.eps, self.group_of)
         if chosen is not None or not self._room_in_reservation():
             return chosen
         self.looked += 1
@@ -274,7 +281,7 @@ class _Planner:
         if bound is None or start is None or self.now + bound > start:
             return None
         anywhere = [g for g in free if allowed is None or g in allowed]
-        return _choose(req, anywhere, free, self.eps, self.group_of)
+        return _place(self.memory, job.id, req, anywhere, free, self.eps, self.group_of)
 
     def _book(self, job: QueuedJob, req: float, chosen: tuple[int, ...]) -> None:
         # Subtract what the job really books, not its rounded size: rounding 0.0149
@@ -290,17 +297,18 @@ class _Planner:
         """``job`` is the first that cannot start: reserve its GPUs (once it has
         been first in line for ``reserve_after_s``)."""
         pool = [g for g in self.all_eligible if allowed is None or g in allowed]
+        memory = self.memory.why(job.id, job.allowed_gpus) if self.memory is not None else None
         wait = self.policy.reserve_after_s
         since = self.head_since[1] if self.head_since and self.head_since[0] == job.id else self.now
         if self.policy.mode == "backfill" and wait > 0 and self.now - since < wait:
-            self.head_waiting = (job.id, _unheld(req, pool, since + wait, self.grouped))
+            self.head_waiting = (job.id, memory or _unheld(req, pool, since + wait, self.grouped))
             return
         before = [g for g, held_for in self.before.items() if held_for == job.id]
         hold, eta = reserve(req, pool, self.free, self.group_of, self.timeline, self.eps, before)
         for g in hold:
             self.reserved[g] = job.id
         self.head_eta = eta if hold else None
-        self.head_waiting = (job.id, _why(req, pool, hold, self.grouped))
+        self.head_waiting = (job.id, memory or _why(req, pool, hold, self.grouped))
 
     def _room_in_reservation(self) -> bool:
         """Whether a job behind the reserved one may still be placed in the
@@ -371,6 +379,27 @@ def _choose(
     # Best-fit over groups: the one with the fewest empty GPUs that still has room.
     best_group = min(roomy, key=lambda grp: (len(grp), grp[0]))
     return tuple(best_group[:n])
+
+
+def _place(
+    memory: MemoryFit | None,
+    job_id: str,
+    req: float,
+    candidates: list[int],
+    free: Mapping[int, float],
+    eps: float,
+    group_of: Mapping[int, str | None],
+) -> tuple[int, ...] | None:
+    """:func:`_choose`, or where the job needs GPU memory, the memory fit's choice
+    (:mod:`nbsched.gpus.memory_fit`), booked there."""
+    if memory is None or memory.need(job_id) is None:
+        return _choose(req, candidates, free, eps, group_of)
+    chosen = memory.choose(
+        job_id, req, candidates, free, eps, lambda c: _choose(req, c, free, eps, group_of)
+    )
+    if chosen is not None:
+        memory.book(job_id, chosen)
+    return chosen
 
 
 def _unheld(req: float, pool: list[int], at: float, grouped: bool) -> str:

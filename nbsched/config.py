@@ -87,6 +87,9 @@ class SchedulerConfig:
     gpu_monitor_interval_s: float = 1.0
     #: How often a failed job is re-queued (per job overridable).
     max_retries: int = 0
+    #: A job that ran out of GPU memory is queued once more with more room (its peak
+    #: plus a margin, or a whole GPU), whatever ``max_retries`` says: see docs/memory.md.
+    oom_retry: bool = True
     #: Back-off before the first retry; it doubles with each further one.
     retry_backoff_s: float = 1.0
     #: GPUs a job gets when it names none and no ``--llm`` model says otherwise.
@@ -152,6 +155,8 @@ class SchedulerConfig:
             set_(name, check_number(name, getattr(self, name), 0.0, math.inf, low_open=False))
         set_("jobs_file_poll_s", check_number("jobs_file_poll_s", self.jobs_file_poll_s, 0.0, 60.0))
         set_("max_retries", check_whole("max_retries", self.max_retries, 0, 2**63 - 1))
+        if not isinstance(self.oom_retry, bool):
+            raise InvalidTypeError(f"oom_retry={self.oom_retry!r}: expected True or False")
         set_("max_sweep_jobs", check_whole("max_sweep_jobs", self.max_sweep_jobs, 1))
         set_(
             "ray_num_cpus",

@@ -42,6 +42,9 @@ JOB_COLUMNS = (
     "estimate",
     "estimate_source",
     "eta",
+    "gpu_memory_request",
+    "gpu_memory",
+    "gpu_memory_peak",
 )
 
 #: The columns of ``GPUJobScheduler.get_gpu_status()``, in order (memory in MiB, load 0..1).
@@ -54,6 +57,9 @@ GPU_COLUMNS = (
     "allocated",
     "paused",
     "jobs",
+    "memory_jobs",
+    "memory_others",
+    "who",
 )
 
 
@@ -163,6 +169,9 @@ def _raw_row(job: Job) -> dict[str, Any]:
         # (when a queued job is expected to start: filled by the scheduler's jobs(),
         # from a replay of the head of the queue; see nbsched.scheduler_simulate)
         "eta": None,
+        "gpu_memory_request": job.spec.gpu_memory_request,
+        "gpu_memory": None,  # (current: filled in by the scheduler for a running job)
+        "gpu_memory_peak": job.gpu_memory_peak,
     }
 
 
@@ -218,6 +227,8 @@ def jobs_frame(rows: Sequence[Sequence[Any]], estimates: Estimator = GIVEN_ONLY)
             values = estimated[col == "estimate_source"]
         elif col == "eta":
             values = [None] * len(rows)
+        elif col == "gpu_memory":  # (current: filled in by the scheduler)
+            values = [None] * len(raw["seq"])
         else:
             values = raw[_FROM_TABLE.get(col, col)]
             if col == "id":
@@ -239,6 +250,9 @@ _JOB_DTYPES: dict[str, Any] = {
     "gpus": object,
     "held": "bool",
     "waiting": "bool",
+    "gpu_memory_request": "float64",
+    "gpu_memory": "float64",
+    "gpu_memory_peak": "float64",
 }
 
 
@@ -342,6 +356,10 @@ def gpu_frame(
             "allocated": round(alloc.get(s.index, 0.0), 4),
             "paused": s.index in paused,
             "jobs": on.get(s.index, []),
+            # (who holds the memory: filled in by the scheduler, see scheduler_memory)
+            "memory_jobs": None,
+            "memory_others": None,
+            "who": None,
             **({"node": s.node} if s.node else {}),
         }
         for s in snapshots

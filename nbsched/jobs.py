@@ -92,6 +92,8 @@ class JobSpec:
     #: Where its end is announced: the notifiers as JSON (:mod:`nbsched.notify`);
     #: None: the engine's default, ``"[]"``: nowhere.
     notify: str | None = None
+    #: GPU memory asked for (MiB, on each of its GPUs): it starts only where that is free.
+    gpu_memory_request: float | None = None
 
     def evolve(self, **changes: Any) -> JobSpec:
         """A copy with ``changes``, as :meth:`Job.evolve` (a sweep makes one per
@@ -144,6 +146,13 @@ class Job:
     dep_group: int | None = None
     #: Whether a dependency is still unmet: a queued job that no dispatcher starts yet.
     waiting: bool = False
+    #: What earlier runs of its kind peaked at (MiB), looked up at submission
+    #: (:mod:`nbsched.gpus.peaks`): its charge where it has no request.
+    gpu_memory_learned: float | None = None
+    #: The most GPU memory (MiB, on one GPU) seen held by this job's processes.
+    gpu_memory_peak: float | None = None
+    #: It ran out of GPU memory and was queued once more with more room (once only).
+    oom_retried: bool = False
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``: :func:`dataclasses.replace` without its per-field

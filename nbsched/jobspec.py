@@ -26,8 +26,10 @@ from .checks import (
     check_word,
     no_nul,
 )
+from .checks.memory import memory_text
 from .errors import InvalidTypeError, InvalidValueError, MissingFileError
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import check_request
 from .jobs import JobSpec
 from .launch import check_launcher
 from .store.durations import estimate_key
@@ -99,25 +101,24 @@ def build_spec(
     after: AfterValue = None,
     time_limit: float | str | None = None,
     expected_s: float | str | None = None,
+    gpu_memory: object = None,
 ) -> JobSpec:
     """A validated :class:`JobSpec` for a submission (:meth:`GPUJobScheduler.make_spec`),
     against ``n_gpus`` GPUs (``owner``'s, for messages), or the first error, naming the
     value and what is accepted.  ``default_requirement(args)``: the GPUs (and whence) of
-    a job that names none; ``snapshot()``: the GPUs, for a job of several (one node)."""
+    a job that names none; ``snapshot()``: the GPUs, for a job of several (one node);
+    ``gpu_memory``: MiB (or "18G") needed on each of its GPUs."""
     checked_priority = check_priority(priority)
     workdir = job_folder(cwd)
     kind, script_path, argv = _what_runs(script, command, args, workdir)
     check_word("conda_env", conda_env, "an environment name", blank=False)
     allowed = check_allowed_gpus(allowed_gpus, n_gpus, owner=owner)
-    if required_gpus is None:
-        required, shown, other = _default_gpus(default_requirement(argv), precision)
-    else:
-        required = check_requirement("required_gpus", required_gpus, precision)
-        shown, other = f"required_gpus={required:g}", ""
-    _check_fits(shown, other, required, allowed, n_gpus, owner, snapshot)
+    memory = check_request(gpu_memory, snapshot, allowed)
+    req, shown, other = _requirement(required_gpus, memory, precision, default_requirement, argv)
+    _check_fits(shown, other, req, allowed, n_gpus, owner, snapshot)
     return JobSpec(
         kind=kind,
-        required_gpus=required,
+        required_gpus=req,
         priority=checked_priority,
         script=script_path,
         args=argv,
@@ -130,6 +131,7 @@ def build_spec(
         hash=hash,
         after=check_after(after),
         **_estimation(time_limit, expected_s, kind, script_path, argv, command),
+        gpu_memory_request=memory,
         **_options(max_retries, default_retries, launcher, gpu_arg, env, name),
     )
 
@@ -149,6 +151,24 @@ def _estimation(
         "expected_s": check_duration("expected_s", expected_s),
         "estimate_key": estimate_key(kind, script, args, command),
     }
+
+
+def _requirement(
+    required_gpus: float | None,
+    memory: float | None,
+    precision: float,
+    default: Callable[[Sequence[str]], tuple[float, str]],
+    argv: Sequence[str],
+) -> tuple[float, str, str]:
+    """The GPUs a job books, as ``(required, shown, other)`` (see :func:`_default_gpus`):
+    ``required_gpus``, else the smallest share where it asks for memory alone, else the
+    default."""
+    if required_gpus is None and memory is not None:
+        return precision, f"gpu_memory={memory_text(memory)}", ""
+    if required_gpus is None:
+        return _default_gpus(default(argv), precision)
+    required = check_requirement("required_gpus", required_gpus, precision)
+    return required, f"required_gpus={required:g}", ""
 
 
 def _what_runs(

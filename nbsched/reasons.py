@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from .allocation import GpuState, Plan, QueuedJob, _clock, _need, _round, plan
 from .backfill import DEFAULT_POLICY, Policy, Running
+from .gpus.memory_fit import MemoryFit
 
 
 def explain(
@@ -43,18 +44,21 @@ def explain_one(
     running: Iterable[Running] = (),
     policy: Policy = DEFAULT_POLICY,
     head_since: tuple[str, float] | None = None,
+    memory: MemoryFit | None = None,
 ) -> str:
     """:func:`explain`'s answer for ``job``, from ``queue``: the jobs ahead of it in
-    dispatch order, then ``job``.
+    dispatch order, then ``job`` (``memory``: see :func:`plan`; not changed here).
 
     The jobs behind it change nothing of its answer (:func:`plan` takes the jobs in
     order), and :func:`plan` iterates ``queue`` only until nothing is left to hand
     out: a queue read lazily is read no further (``why()`` of one job among 100,000
     reads a page or a few, not the whole queue).
     """
+    fit = memory.copy() if memory is not None else None
     decision = plan(
-        queue, gpus, now, precision, running=running, policy=policy, head_since=head_since
-    )
+        queue, gpus, now, precision, running=running, policy=policy, head_since=head_since,
+        memory=fit,
+    )  # fmt: skip
     head = decision.head_waiting
     after_head = head is not None and head[0] != job.id  # (the head is ahead of it, if any)
     return _Reasons(decision, gpus, now, precision, policy).of(job, after_head)

@@ -33,6 +33,7 @@ from .jobsfile_watch import JobsFileWatcher
 from .llmconfig_watch import LLMConfigWatcher, default_llm_config
 from .notify.api import Notifying
 from .scheduler_control import Controlling
+from .scheduler_memory import MemoryViews
 from .scheduler_simulate import Simulating
 from .scheduler_submit import Submitting
 from .store import Store, prepare_state_dir
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is first asked for, not bef
 logger = logging.getLogger(__name__)
 
 
-class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying):
+class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying, MemoryViews):
     """Queue jobs on GPUs and run them.
 
     ``GPUJobScheduler(num_gpus=8, jobs_file_path="jobs.txt")`` (the original
@@ -215,7 +216,7 @@ class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying):
         out: list[Helper] = []
         if self.config.jobs_file:
             out.append(JobsFileWatcher(self._submitter()).start())
-        return [*out, self._notify_helper()]
+        return [*out, self._notify_helper(), self._memory_watch.start()]
 
     def _llm_config_error(self, message: str) -> None:
         """A bad new version of the LLM config: kept where ``nbsched status`` shows it."""
@@ -365,7 +366,7 @@ class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying):
         if limit is not None:
             limit = check_count("first" if first is not None else "last", limit)
         rows = self.store.table(statuses=statuses, limit=limit, newest=last is not None)
-        return self._with_eta(frames.jobs_frame(rows, Estimator(self.store)))
+        return self._with_memory(self._with_eta(frames.jobs_frame(rows, Estimator(self.store))))
 
     def queue(self, first: int | None = None) -> pd.DataFrame:
         """The queued jobs in the order they start (priority, then submission), the
@@ -380,7 +381,7 @@ class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying):
     def job(self, job_id: str) -> dict[str, Any]:
         """The fields of :meth:`jobs` for one job, as a dict."""
         self._check_open()
-        return frames.job_row(self.store.get(job_id), Estimator(self.store))
+        return self._with_memory_row(frames.job_row(self.store.get(job_id), Estimator(self.store)))
 
     def logs(self, job_id: str, tail: int | None = 50) -> str:
         """The last ``tail`` lines of a job's output (all of it with ``tail=None``)."""
@@ -393,11 +394,8 @@ class GPUJobScheduler(Submitting, Controlling, Simulating, Notifying):
     def get_gpu_status(self) -> pd.DataFrame:
         """One row per GPU: readings, allocation, pause and the jobs on it."""
         self._check_open()
-        return frames.gpu_frame(
-            self.monitor.snapshot(),
-            self.store.find(statuses=[JobStatus.RUNNING]),
-            self.store.paused(),
-        )
+        running, paused = self.store.find(statuses=[JobStatus.RUNNING]), self.store.paused()
+        return self._with_gpu_memory(frames.gpu_frame(self.monitor.snapshot(), running, paused))
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """How many jobs are in each status (of a sweep: one per combination it queued)."""

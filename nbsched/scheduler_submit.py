@@ -16,7 +16,7 @@ from functools import partial
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
-from .checks import AfterValue
+from .checks import AfterValue, check_args
 from .config import SchedulerConfig
 from .dispatcher.entries import SMALL_BATCH, Entries
 from .engine.core import Engine
@@ -82,24 +82,23 @@ class Submitting:
         expected_s: float | str | None = None,
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
+        gpu_memory: float | str | None = None,
     ) -> str:
         """Queue ``python -u script args`` (``bash`` for ``.sh``); returns the job id.
 
         ``once=True`` (a notebook's cell job): when a job of the same script, conda env,
         arguments and allowed GPUs is queued, running or succeeded, nothing is queued
         and that job's id is returned, so a notebook run again finds its jobs.
-
         ``after``: the jobs it waits for (ids, a sweep id, or ``{"ok"|"notok"|"any"|
-        "started": ids}``; bare ids wait for success): see the user guide's
-        dependencies page.
+        "started": ids}``; bare ids wait for success): see the dependencies page.
         ``time_limit``: seconds, or a duration such as ``"2h30m"``; the job is ended
         there (as a cancel ends it) and fails with the reason ``time limit (2h30m)``.
         ``expected_s``: how long you expect it to run (seconds or a duration): a hint
         for the plan that ends nothing.  See ``docs/estimates.md``.
         ``notify``: where the engine announces its end (a URL, ``"mailto:ADDRESS"``, a
         ``Webhook``/``Email``, a list; ``False``: nowhere); ``on_end(end)``: called here,
-        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.
-        """
+        in a thread, with a ``JobEnd`` at its end.  See ``docs/notifications.md``.  And
+        ``gpu_memory``: ``"18G"``, ``"512M"`` or MiB free on each of its GPUs."""
         self._check_open()
         spec = self.make_spec(
             script=script,
@@ -117,6 +116,7 @@ class Submitting:
             after=after,
             time_limit=time_limit,
             expected_s=expected_s,
+            gpu_memory=gpu_memory,
         )
         spec = self._notified(spec, notify, on_end)
         submit = (lambda: self._submit_once(spec)) if once else (lambda: self.submit([spec])[0])
@@ -151,10 +151,11 @@ class Submitting:
         expected_s: float | str | None = None,
         notify: Any = None,
         on_end: Callable[..., Any] | None = None,
+        gpu_memory: float | str | None = None,
     ) -> str:
         """Queue a shell command (``bash -c command``); returns the job id.
-        ``after``, ``time_limit``, ``expected_s``, ``notify`` and ``on_end`` as in
-        :meth:`add_job`."""
+        ``after``, ``time_limit``, ``expected_s``, ``notify``, ``on_end`` and
+        ``gpu_memory`` as in :meth:`add_job`."""
         self._check_open()
         spec = self.make_spec(
             command=command,
@@ -168,6 +169,7 @@ class Submitting:
             after=after,
             time_limit=time_limit,
             expected_s=expected_s,
+            gpu_memory=gpu_memory,
         )
         spec = self._notified(spec, notify, on_end)
         return self._watched(on_end, lambda: self.submit([spec])[0])
@@ -194,9 +196,13 @@ class Submitting:
         after: AfterValue = None,
         time_limit: float | str | None = None,
         expected_s: float | str | None = None,
+        gpu_memory: float | str | None = None,
     ) -> JobSpec:
         """Validate a submission; raises before anything is stored."""
         self._check_open()
+        if gpu_memory is None and self._llm is not None and script is not None:
+            gpu_memory, gpus = self._llm.current().memory_request(check_args(args))
+            required_gpus = gpus if required_gpus is None else required_gpus
         n_gpus, owner = self._engine.gpu_count()
         return build_spec(
             n_gpus=n_gpus,
@@ -224,6 +230,7 @@ class Submitting:
             after=after,
             time_limit=time_limit,
             expected_s=expected_s,
+            gpu_memory=gpu_memory,
         )
 
     def _default_requirement(self, args: Sequence[str]) -> tuple[float, str]:

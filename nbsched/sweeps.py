@@ -41,7 +41,7 @@ from .submitter import SweepSubmitter
 #: The options ``add_sweep`` passes on to each job (those of ``add_job``).
 SWEEP_OPTIONS = (
     "max_retries", "launcher", "gpu_arg", "cwd", "env", "name", "after", "time_limit",
-    "expected_s",
+    "expected_s", "gpu_memory",
 )  # fmt: skip
 
 #: A sweep of this many jobs or more pauses the cyclic garbage collector while it makes

@@ -19,13 +19,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, cast, overload
 
 from .allocation import GpuState, _clock, explain_one, gpu_states, plan
 from .backfill import Policy, running_of
+from .dispatcher.memory import MemoryBook
 from .executors.slurm import why_slurm
 from .formats.after import describe_unmet
 from .gpus.base import GpuSnapshot
+from .gpus.memory_fit import MemoryFit
 from .jobs import Job, JobStatus
 from .simulation import queue_replay
 from .store import Store
@@ -165,6 +167,7 @@ class Why:
         #: The estimates, as the dispatcher's (kept while the revision is unchanged: a
         #: job's end, which teaches a new estimate, moves it on).
         self._learned: tuple[int, Estimator] | None = None
+        self._book, self._fit = MemoryBook(store), cast("MemoryFit | None", None)  # (issue 14)
 
     def why(self, job_id: str) -> str:
         """Why job ``job_id`` has not started (or what it is, if it is not queued)."""
@@ -189,15 +192,16 @@ class Why:
         at = self._clock()
         seen = self._seen
         if seen is None or seen[0] != rev or at - seen[1] >= MAX_AGE_S:
-            rules = self._rules()
+            rules, reading = self._rules(), self._snapshot()
             states = gpu_states(
-                self._snapshot(),
+                reading,
                 self._store.allocation(),
                 self._store.paused(),
                 rules["gpu_memory_threshold"],
                 rules["gpu_load_threshold"],
             )
             seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
+            self._fit = self._book.fit(reading)  # (GPU memory requests: issue 14)
         _, _, states, precision, answers = seen
         if self._learned is None or self._learned[0] != rev:
             self._learned = (rev, Estimator(self._store))
@@ -235,6 +239,7 @@ class Why:
             running=running,
             policy=policy,
             head_since=since,
+            memory=self._fit,
         )
         if "≈" in text or not all(g.eligible for g in states):
             return text  # (the plan's own expected start; the replay knows no pause)

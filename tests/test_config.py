@@ -170,6 +170,8 @@ BAD = [
     ("jobs_file_poll_s", 0, ValueError, "(0.0, 60.0]"),
     ("jobs_file_poll_s", 61, ValueError, "(0.0, 60.0]"),
     ("max_retries", -1, ValueError, ">= 0"),
+    ("oom_retry", "yes", TypeError, "True or False"),
+    ("oom_retry", 1, TypeError, "True or False"),
     ("max_retries", 1.0, TypeError, "whole number"),
     ("max_retries", None, TypeError, "whole number"),
     ("max_sweep_jobs", 0, ValueError, ">= 1"),

@@ -52,6 +52,7 @@ DTYPES = {
     "gpus": object,
     "held": "bool",
     "waiting": "bool",
+    **dict.fromkeys(["gpu_memory_request", "gpu_memory", "gpu_memory_peak"], "float64"),
 }
 
 

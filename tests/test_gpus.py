@@ -20,10 +20,12 @@ import nbsched.gpus.simulated as simulated_module
 from nbsched.errors import InvalidTypeError, InvalidValueError, MissingFileError
 from nbsched.gpus import (
     GPUMonitor,
+    GpuProcess,
     GPUProvider,
     GpuSnapshot,
     GputilProvider,
     NvmlProvider,
+    SimulatedJob,
     SimulatedProvider,
     external_usage_changed,
     make_provider,
@@ -54,6 +56,7 @@ class FakeNvml(types.ModuleType):
         self.calls: dict[str, int] = {}
         self.failing: set[tuple[str, int]] = set()  # (function name, device index)
         self.procs: dict[int, list[types.SimpleNamespace]] = {}
+        self.graphics: dict[int, list[types.SimpleNamespace]] = {}
         self.used_mb = {i: 1000.0 * (i + 1) for i in range(count)}
         self.util = {i: 10 * (i + 1) for i in range(count)}
 
@@ -102,6 +105,10 @@ class FakeNvml(types.ModuleType):
         self._call("nvmlDeviceGetComputeRunningProcesses_v2", handle)
         return self.procs.get(handle, [])
 
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[Any]:
+        self._call("nvmlDeviceGetGraphicsRunningProcesses", handle)
+        return self.graphics.get(handle, [])
+
 
 @pytest.fixture
 def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
@@ -142,17 +149,27 @@ def provider(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GPUProv
     kind = request.param
     p: GPUProvider
     if kind == "simulated":
-        p = SimulatedProvider(usage=lambda: {0: 0.5, 3: 1.0})
+        job = SimulatedJob("7", (0,), 4242, 0.5, str(tmp_path / "7.json"))
+        p = SimulatedProvider(usage=lambda: {0: 0.5, 3: 1.0}, jobs=lambda: [job])
     elif kind == "simulated-file":
         path = tmp_path / "gpus.json"
-        write_simulated_gpus(path, [A100, {"external_memory_used_mb": 80000, "external_load": 0.9}])
+        theirs = {"pid": 4242, "user": "alice", "command": "vllm serve", "memory_mb": 1000}
+        write_simulated_gpus(
+            path,
+            [
+                {**A100, "processes": [theirs]},
+                {"external_memory_used_mb": 80000, "external_load": 0.9},
+            ],
+        )
         p = SimulatedProvider(gpus_file=str(path), usage=lambda: {1: 0.5}, node="n1")
     elif kind == "nvml":
         p = NvmlProvider()
     elif kind == "gputil":
         p = GputilProvider()
     elif kind == "nvml-fake":
-        request.getfixturevalue("fake_nvml")
+        fake = request.getfixturevalue("fake_nvml")
+        fake.procs = {0: [types.SimpleNamespace(pid=4242, usedGpuMemory=500 * MB)]}
+        fake.graphics = {0: [types.SimpleNamespace(pid=4242, usedGpuMemory=10 * MB)]}
         p = NvmlProvider(own_pids=lambda: {123})
     else:
         request.getfixturevalue("fake_gputil")
@@ -192,6 +209,36 @@ class TestProviderContract:
                 assert g.external_memory_used_mb <= g.memory_used_mb
             if g.load is not None and g.external_load is not None:
                 assert g.external_load <= g.load
+
+    def test_processes_are_on_their_gpu_within_its_memory(self, provider: GPUProvider) -> None:
+        for g in provider.snapshot():
+            if g.processes is None:  # (a provider that cannot list them: GPUtil)
+                continue
+            assert isinstance(g.processes, tuple)
+            pids = [p.pid for p in g.processes if p.pid is not None]
+            assert len(pids) == len(set(pids)), "a process is listed once per GPU"
+            for p in g.processes:
+                assert isinstance(p, GpuProcess) and p.gpu == g.index
+                assert p.pid is None or p.pid >= 1
+                assert p.used_mb is None or p.used_mb >= 0
+                if p.used_mb is not None and g.memory_total_mb is not None:
+                    assert p.used_mb <= g.memory_total_mb
+            known = sum(p.used_mb or 0.0 for p in g.processes)
+            if g.memory_used_mb is not None:
+                assert known <= g.memory_used_mb + 1.0
+
+    def test_lists_a_process_in_the_same_pass(
+        self, provider: GPUProvider, request: pytest.FixtureRequest
+    ) -> None:
+        kind = request.node.callspec.params["provider"]
+        first = provider.snapshot()[0]
+        if kind in REAL_PROVIDERS:
+            pytest.skip("which processes a real GPU has is not known in advance")
+        if kind == "gputil-fake":
+            assert first.processes is None  # per-job memory unknown, said once
+            return
+        assert first.processes is not None
+        assert 4242 in [p.pid for p in first.processes]
 
     def test_close_is_idempotent(self, provider: GPUProvider) -> None:
         provider.snapshot()
@@ -627,10 +674,29 @@ def test_nvml_unknown_process_memory(fake_nvml: FakeNvml) -> None:
     assert (g1.external_memory_used_mb, g1.external_load) == (None, None)
 
 
-def test_nvml_without_own_processes_skips_the_process_query(fake_nvml: FakeNvml) -> None:
-    gpus = NvmlProvider(own_pids=set).snapshot()
-    assert [g.external_memory_used_mb for g in gpus] == [1000.0, 2000.0]
-    assert "nvmlDeviceGetComputeRunningProcesses" not in fake_nvml.calls
+def test_nvml_reads_compute_and_graphics_processes_in_one_pass(fake_nvml: FakeNvml) -> None:
+    proc = types.SimpleNamespace
+    fake_nvml.procs = {0: [proc(pid=10, usedGpuMemory=300 * MB), proc(pid=11, usedGpuMemory=None)]}
+    fake_nvml.graphics = {0: [proc(pid=12, usedGpuMemory=5 * MB), proc(pid=10, usedGpuMemory=MB)]}
+    provider = NvmlProvider(own_pids=set)
+    g0, g1 = provider.snapshot()
+    provider.snapshot()
+    assert [g.external_memory_used_mb for g in (g0, g1)] == [1000.0, 2000.0]
+    assert [(p.pid, p.used_mb) for p in g0.processes or ()] == [(10, 300), (11, None), (12, 5)]
+    assert g1.processes == ()
+    assert fake_nvml.calls["nvmlInit"] == 1  # initialised once, however many passes
+
+
+def test_gputil_says_once_that_per_job_memory_is_unknown(
+    fake_gputil: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = GputilProvider()
+    with caplog.at_level(logging.WARNING, logger="nbsched.gpus.gputil"):
+        provider.snapshot()
+        provider.snapshot()
+    said = [r.getMessage() for r in caplog.records if "process" in r.getMessage()]
+    assert len(said) == 1 and "nvidia-ml-py" in said[0]
+    assert all(g.processes is None for g in provider.snapshot())
 
 
 # ---------------------------------------------------------------- GPUtil logic (fake module)

@@ -46,6 +46,9 @@ DESIGN_GPU_COLUMNS = [
     "allocated",
     "paused",
     "jobs",
+    "memory_jobs",
+    "memory_others",
+    "who",
 ]
 
 TIMEOUT = 60.0  # generous: 2 cores shared with other test runs

@@ -478,6 +478,10 @@ _ADDED = {
     "expected_s": ("REAL", 0, None, 0),
     "estimate_key": ("TEXT", 0, None, 0),
     "notify": ("TEXT", 0, None, 0),
+    "gpu_memory_request": ("REAL", 0, None, 0),
+    "oom_retried": ("INTEGER", 1, "0", 0),
+    "gpu_memory_learned": ("REAL", 0, None, 0),
+    "gpu_memory_peak": ("REAL", 0, None, 0),
 }
 
 

@@ -4,6 +4,7 @@ command line, the magics and the form: :mod:`.values` (a value as the API takes 
 notification goes)."""
 
 from .after import AfterValue, check_after
+from .memory import check_gpu_memory, memory_text
 from .notify import check_address, check_notify_word, check_url
 from .typed import (
     ALL_LINES,
@@ -62,6 +63,7 @@ __all__ = [
     "check_count",
     "check_duration",
     "check_env",
+    "check_gpu_memory",
     "check_gpu_arg",
     "check_interval",
     "check_notify_word",
@@ -82,6 +84,7 @@ __all__ = [
     "is_real",
     "is_whole",
     "lines_from_text",
+    "memory_text",
     "no_nul",
     "priority_from_text",
     "reserve_after_from_text",

@@ -16,6 +16,8 @@ import logging
 
 from ..executors.base import Exit
 from ..formats.duration import format_duration
+from ..gpus.oom import REASON as OOM
+from ..gpus.oom import OutOfMemory
 from ..jobs import Job, JobStatus
 from ..launch import conda_failure
 from ..store import AttemptEnd
@@ -42,12 +44,14 @@ def decide_end(
     retry_backoff_s: float,
     now: float,
     missing_env: str | None = None,
+    oom: OutOfMemory | None = None,
 ) -> AttemptEnd:
     """What an attempt's end means: succeeded, failed, or queued again for a retry at
     ``now`` plus the back-off (while ``job.attempts`` has not used up the job's
     retries, and ``missing_env`` does not say retrying cannot help); failed with the
     reason ``time limit (...)`` if it ended at or past its time limit.  It is recorded as
-    ended when the executor says it ended (:func:`ended_at`), else at ``now``."""
+    ended when the executor says it ended (:func:`ended_at`), else at ``now``.  ``oom``:
+    it ran out of GPU memory; queued once more at once where that may be retried."""
     at = ended_at(job, exit, now)
     over = over_time_limit(job, now if at is None else at)
     if over is not None:  # (no retry: the limit would end the next attempt too)
@@ -57,6 +61,13 @@ def decide_end(
     reason = exit.reason or f"exit code {exit.code}"
     if missing_env:
         reason = f"{reason}: {missing_env}"
+    if oom is not None:
+        reason = OOM
+        if oom.retry is not None:
+            again = f"attempt {job.attempts} failed ({OOM}); queued once more with more GPU memory"
+            return AttemptEnd(
+                job, JobStatus.QUEUED, exit.code, reason, now, again, at, oom_room=oom.retry
+            )
     if job.attempts <= job.spec.max_retries and not missing_env:
         delay = backoff_s(retry_backoff_s, job.attempts)
         return AttemptEnd(

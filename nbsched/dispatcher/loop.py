@@ -39,10 +39,10 @@ from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobStatus
 from ..store import AttemptEnd, AttemptStart, Store
 from ..store.estimates import Estimator
-from .ends import decide_end, missing_env
 from .entries import Entries
 from .handoff import hand_off, hands_off
 from .inbox import Inbox
+from .memory import attempt_end, memory_fit
 from .queue import QueueCache
 from .recovery import recover
 from .starts import Executors, Starts, Unrecorded, kill_cancelled, pid_records
@@ -300,7 +300,7 @@ class Dispatcher:
 
     def _decide_end(self, job: Job, exit: Exit, now: float) -> AttemptEnd:
         """What an attempt's end means (see :func:`~.ends.decide_end`)."""
-        return decide_end(job, exit, self.config.retry_backoff_s, now, missing_env(job, exit))
+        return attempt_end(self, job, exit, now)  # (with what its log says: issue 14)
 
     def _plan(self, now: float, mono: float, gone: set[str]) -> list[AttemptStart]:
         """What to start now, given the queue and the GPUs (without the jobs ``gone``)."""
@@ -317,7 +317,8 @@ class Dispatcher:
         else:
             decision = plan(queue, states, now, self.config.gpu_allocation_precision,
                             running=self._cache.for_plan(gone), policy=self._policy,
-                            head_since=self.head_since, reserved_before=self.reserved)  # fmt: skip
+                            head_since=self.head_since, reserved_before=self.reserved,
+                            memory=memory_fit(self))  # fmt: skip
             self.head_since = first_in_line(self.head_since, decision.head_waiting, now)
             self._room = None if decision.placements else most_room(states)
         self.head_waiting = decision.head_waiting

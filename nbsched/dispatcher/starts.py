@@ -25,6 +25,7 @@ from typing import Any
 from ..config import SchedulerConfig
 from ..executors.base import Executor, Launch, OnExit, Started
 from ..executors.process import process_start_time
+from ..gpus.oom import retry_note
 from ..jobs import Job
 from ..launch import build_argv, build_env, submitter_env
 from ..store import Store
@@ -230,7 +231,8 @@ class Starts:
         assert running.log_path is not None and running.token is not None
         log_path = Path(running.log_path)
         gpus = running.gpus
-        separator = f"\n--- nbsched: attempt {running.attempts} ---\n"
+        note = retry_note(running.oom_retried, running.gpu_memory_learned)  # (issue 14)
+        separator = f"\n--- nbsched: attempt {running.attempts}{note} ---\n"
         if running.attempts > 1:
             append_log(log_path, separator)
         elif rerun:  # (if a run made the log: one marked running that never started did not)

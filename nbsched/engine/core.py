@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from ..config import SchedulerConfig
@@ -54,7 +55,8 @@ class Engine:
     def provider(self) -> GPUProvider:
         with self._lock:
             if self._provider is None:
-                self._provider = make_gpu_provider(self.config, self.store.allocation)
+                jobs = partial(self.store.simulated_jobs, self.config.state_dir / "results")
+                self._provider = make_gpu_provider(self.config, self.store.allocation, jobs)
             return self._provider
 
     @property

@@ -7,20 +7,23 @@ The constructors are imported when first asked for: the Ray and screen back ends
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ..config import SchedulerConfig
 from ..errors import InvalidValueError
 from ..executors.base import Executor
 from ..gpus import make_provider
 from ..gpus.base import GPUProvider
+from ..gpus.simulated import SimulatedJob
 
 #: The executors a job may name, in the order messages list them.
 EXECUTORS = ("direct", "screen", "ray", "slurm")
 
 
 def make_gpu_provider(
-    config: SchedulerConfig, usage: Callable[[], Mapping[int, float]]
+    config: SchedulerConfig,
+    usage: Callable[[], Mapping[int, float]],
+    jobs: Callable[[], Iterable[SimulatedJob]] | None = None,
 ) -> GPUProvider:
     """The GPUs ``config`` names: Ray's where jobs run on Ray (its cluster's GPUs are
     the ones jobs get), else ``config.gpu_provider``'s; ``usage`` is what nbsched's jobs
@@ -40,6 +43,7 @@ def make_gpu_provider(
         num_gpus=config.num_gpus,
         simulated_gpus_file=config.simulated_gpus_file,
         usage=usage,
+        jobs=jobs,
     )
 
 

@@ -2,9 +2,12 @@
 
 File format (the original program's ``llm_config.json``)::
 
-    {"default_requirement": 1.0, "models": {"qwen2.5-3b-inst": 0.5, "llama-70b": 4}}
+    {"default_requirement": 1.0, "models": {"qwen2.5-3b-inst": 0.5, "llama-70b": 4},
+     "memory": {"qwen2.5-7b-inst": "18G"}}
 
-Both keys are optional; other keys, duplicate keys, ``NaN``/``Infinity`` and any
+``memory`` (GPU memory a model's jobs need free on each of their GPUs: ``"18G"``,
+``"512M"`` or MiB, as ``gpu_memory=``) is nbsched's; a job asking for no memory itself
+gets its model's.  All keys are optional; other keys, duplicate keys, ``NaN``/``Infinity`` and any
 requirement :func:`~nbsched.checks.check_requirement` refuses are errors naming
 the file and key.
 
@@ -26,9 +29,10 @@ from types import MappingProxyType
 from typing import Any
 
 from ..checks import check_requirement
+from ..checks.memory import check_gpu_memory
 from ..errors import InvalidTypeError, InvalidValueError, MissingFileError
 
-_KEYS = ("default_requirement", "models")
+_KEYS = ("default_requirement", "models", "memory")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class LLMConfig:
 
     default_requirement: float = 1.0
     models: Mapping[str, float] = field(default_factory=dict)
+    #: GPU memory (MiB) per model name.
+    memory: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         default = check_requirement("default_requirement", self.default_requirement)
@@ -49,9 +55,23 @@ class LLMConfig:
                 raise InvalidTypeError(f"models: model name {name!r} must be a non-empty string")
             models[name] = check_requirement(f"models[{name!r}]", value)
         object.__setattr__(self, "models", MappingProxyType(models))
+        if not isinstance(self.memory, Mapping):
+            raise InvalidTypeError(f"memory={self.memory!r}: expected a dict of name -> size")
+        memory = {str(n): check_gpu_memory(f"memory[{n!r}]", v) for n, v in self.memory.items()}
+        object.__setattr__(self, "memory", MappingProxyType(memory))
 
     def __hash__(self) -> int:
-        return hash((self.default_requirement, frozenset(self.models.items())))
+        items = (frozenset(self.models.items()), frozenset(self.memory.items()))
+        return hash((self.default_requirement, *items))
+
+    def memory_request(self, args: Sequence[str]) -> tuple[float | None, float | None]:
+        """``(MiB, GPUs)`` for the model ``--llm`` names: the memory the config gives
+        it (None: none), and its GPUs where the config lists it too (None: a job asking
+        for memory alone books the smallest share, not the default requirement)."""
+        model = self.model_of(args)
+        if model is None or model not in self.memory:
+            return None, None
+        return self.memory[model], self.models.get(model)
 
     def model_of(self, args: Sequence[str]) -> str | None:
         """The model ``--llm`` names in ``args`` (the last one), or ``None``."""
@@ -146,6 +166,7 @@ def load_llm_config(path: str | os.PathLike[str]) -> LLMConfig:
             f"{where}: models={models!r}: expected an object of model name -> GPUs"
         )
     try:
-        return LLMConfig(data.get("default_requirement", 1.0), models)
+        memory = data.get("memory", {})
+        return LLMConfig(data.get("default_requirement", 1.0), models, memory)
     except (InvalidValueError, InvalidTypeError) as exc:
         raise InvalidValueError(f"{where}: {exc}") from None

@@ -5,19 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TypeVar
 
 from nbsched.config import PROVIDERS
 from nbsched.errors import InvalidValueError
 
-from .base import GPUProvider, GpuSnapshot
+from .base import GpuProcess, GPUProvider, GpuSnapshot
 from .gputil import GputilProvider
 from .monitor import GPUMonitor, external_usage_changed
 from .nvml import NvmlProvider
 from .simulated import (
     SimulatedGpu,
+    SimulatedJob,
     SimulatedProvider,
     parse_simulated_gpus,
     write_simulated_gpus,
@@ -26,11 +27,13 @@ from .simulated import (
 __all__ = [
     "GPUMonitor",
     "GPUProvider",
+    "GpuProcess",
     "GpuSnapshot",
     "GputilProvider",
     "NvmlProvider",
     "PROVIDER_KINDS",
     "SimulatedGpu",
+    "SimulatedJob",
     "SimulatedProvider",
     "external_usage_changed",
     "make_provider",
@@ -61,12 +64,14 @@ def make_provider(
     simulated_gpus_file: str | os.PathLike[str] | None,
     usage: Callable[[], Mapping[int, float]] | None = None,
     own_pids: Callable[[], set[int]] | None = None,
+    jobs: Callable[[], Iterable[SimulatedJob]] | None = None,
 ) -> GPUProvider:
     """The provider for ``kind`` (auto|nvml|gputil|simulated), its choice in ``selection_note``.
 
     ``"auto"`` tries NVML, then GPUtil, then simulated GPUs.  With ``num_gpus``,
     hardware providers report GPUs ``0..num_gpus-1``; asking for more than exist
     raises InvalidValueError.  An explicit hardware kind that is unavailable too.
+    ``jobs()``: nbsched's running jobs, which simulated GPUs show as processes.
     """
     if kind not in PROVIDER_KINDS:
         raise InvalidValueError(
@@ -95,7 +100,7 @@ def make_provider(
                 "or 'auto' to take the first provider that works"
             )
         reasons.append(f"{hardware}: {provider.unavailable_reason}")
-    simulated = SimulatedProvider(num_gpus, simulated_gpus_file, usage)
+    simulated = SimulatedProvider(num_gpus, simulated_gpus_file, usage, jobs=jobs)
     source = f" described in {simulated.gpus_file}" if simulated.gpus_file else ""
     note = f"using {simulated.num_gpus} simulated GPUs{source}"
     if not reasons:

@@ -12,6 +12,24 @@ from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
+class GpuProcess:
+    """One process holding memory on one GPU, as the provider reads it.
+
+    ``pid`` is the host's process id (``None``: the provider names no pid, as the
+    simulated provider's processes described by user only); ``used_mb`` is ``None``
+    where the driver does not say (NVML under some virtualisations).  ``user`` and
+    ``command`` are filled by providers that know them without asking the OS (the
+    simulated one); :mod:`nbsched.gpus.attribution` fills them from the process table.
+    """
+
+    gpu: int
+    pid: int | None
+    used_mb: float | None
+    user: str | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True)
 class GpuSnapshot:
     """One GPU at one moment.
 
@@ -19,6 +37,9 @@ class GpuSnapshot:
     ``external_memory_used_mb`` and ``external_load`` are the part used by processes
     that are *not* nbsched jobs, where the provider can tell (``None`` otherwise);
     the allocator's thresholds apply to these.
+
+    ``processes`` are the processes holding memory on the GPU, read in the same pass;
+    ``None`` where the provider cannot list them (GPUtil), ``()`` where it read none.
     """
 
     index: int
@@ -30,6 +51,7 @@ class GpuSnapshot:
     external_memory_used_mb: float | None = None
     external_load: float | None = None
     node: str | None = None
+    processes: tuple[GpuProcess, ...] | None = None
 
     @property
     def memory_fraction(self) -> float | None:
@@ -55,7 +77,8 @@ class GPUProvider(Protocol):
         ...
 
     def snapshot(self) -> Sequence[GpuSnapshot]:
-        """The GPUs now, ordered by index."""
+        """The GPUs now, ordered by index, each with the processes on it
+        (:attr:`GpuSnapshot.processes`) where the provider can read them."""
         ...
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import shutil
 import threading
@@ -10,6 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import GpuSnapshot
+
+logger = logging.getLogger(__name__)
 
 
 def _gputil() -> Any:
@@ -29,7 +32,8 @@ class GputilProvider:
     """Readings from ``nvidia-smi`` through GPUtil.
 
     GPUtil cannot tell nbsched's processes from others', so ``external_*`` are the
-    device totals: thresholds then apply to all use, ours included.
+    device totals: thresholds then apply to all use, ours included.  Nor can it list a
+    GPU's processes: ``processes`` is ``None`` (per-job memory unknown; said once).
     """
 
     name = "gputil"
@@ -42,6 +46,7 @@ class GputilProvider:
         self._available: bool | None = None
         self._count = 0
         self._lock = threading.Lock()
+        self._warned = False
 
     def _gpus(self) -> list[Any]:
         try:
@@ -72,6 +77,13 @@ class GputilProvider:
         return len(self._gpus())
 
     def snapshot(self) -> tuple[GpuSnapshot, ...]:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "gpu_provider='gputil': GPUtil reads nvidia-smi's totals only, so which "
+                "process (and which job) holds GPU memory is unknown; install nvidia-ml-py "
+                "for per-process readings"
+            )
         by_index = {int(gpu.id): gpu for gpu in self._gpus()}
         indices = self._indices if self._indices is not None else sorted(by_index)
         result = []

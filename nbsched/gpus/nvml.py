@@ -6,9 +6,10 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
-from .base import GpuSnapshot
+from .base import GpuProcess, GpuSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,32 @@ def _pynvml() -> Any:
 
 def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _processes(
+    nvml: Any, handle: Any, index: int, get: Callable[[Callable[[], Any]], Any]
+) -> tuple[GpuProcess, ...] | None:
+    """The compute and graphics processes on one GPU (a process in both lists once,
+    with the larger reading); ``None`` if NVML could not list the compute processes."""
+    lists = []
+    for kind in ("Compute", "Graphics"):
+        name = f"nvmlDeviceGet{kind}RunningProcesses"
+        procs: Any = None
+        for fn in (getattr(nvml, name, None), getattr(nvml, name + "_v2", None)):
+            if fn is not None and procs is None:
+                procs = get(partial(fn, handle))
+        lists.append(procs)
+    if lists[0] is None:
+        return None
+    found: dict[int, float | None] = {}
+    for procs in lists:
+        for p in procs or ():
+            used = getattr(p, "usedGpuMemory", None)
+            mb = used / _MB if isinstance(used, int) and 0 <= used < 2**63 else None
+            pid = int(p.pid)
+            old = found.get(pid)
+            found[pid] = mb if old is None else max(old, mb or 0.0)
+    return tuple(GpuProcess(index, pid, mb) for pid, mb in sorted(found.items()))
 
 
 class NvmlProvider:
@@ -116,21 +143,19 @@ class NvmlProvider:
         used = memory.used / _MB if memory is not None else None
         total = memory.total / _MB if memory is not None else None
         load = rates.gpu / 100.0 if rates is not None else None
+        processes = _processes(nvml, handle, index, get)
         external_used, external_load = used, load
         if own:
-            procs = get(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle))
-            if procs is None:
-                procs = get(lambda: nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
-            mine = [p for p in procs or () if p.pid in own]
-            if procs is None:
+            mine = [p for p in processes or () if p.pid in own]
+            if processes is None:
                 external_used, external_load = None, None
             elif mine:
                 external_load = None
-                ours = [p.usedGpuMemory for p in mine]
+                ours = [p.used_mb for p in mine]
                 if used is None or any(m is None for m in ours):
                     external_used = None
                 else:
-                    external_used = max(0.0, used - sum(ours) / _MB)
+                    external_used = max(0.0, used - sum(m or 0.0 for m in ours))
         return GpuSnapshot(
             index=index,
             uuid=uuid,
@@ -140,6 +165,7 @@ class NvmlProvider:
             load=load,
             external_memory_used_mb=external_used,
             external_load=external_load,
+            processes=processes,
         )
 
     def close(self) -> None:

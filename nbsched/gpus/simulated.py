@@ -4,7 +4,18 @@ The GPUs can be described in a JSON file that is re-read when it changes, so a
 test or a second process can script "GPU 2 is now 95% used by someone else"::
 
     {"gpus": [{"name": "Simulated A100 80GB", "memory_total_mb": 81920,
-               "external_memory_used_mb": 0, "external_load": 0.0}]}
+               "external_memory_used_mb": 0, "external_load": 0.0,
+               "processes": [{"pid": 4242, "user": "alice", "command": "vllm serve",
+                              "memory_mb": 20000}]}]}
+
+A GPU's ``processes`` are other people's programs on it (a ``pid`` or a ``user`` or
+both, a ``command``, ``memory_mb``); their memory is part of the GPU's
+``external_memory_used_mb`` (which is their sum where the key is left out).
+
+A running nbsched job is a process on each of its GPUs (its root pid), holding what
+it wrote to the file ``$NBSCHED_RESULT_FILE.gpu_memory`` (MiB, a number; see
+:func:`report_memory`); until it does, the process's memory is unknown (None) and the
+GPU's use counts its booked share of the memory, as before processes were listed.
 """
 
 from __future__ import annotations
@@ -15,22 +26,35 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbsched.errors import InvalidTypeError, InvalidValueError, MissingFileError
 
-from .base import GpuSnapshot
+from .base import GpuProcess, GpuSnapshot
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_GPUS = 4
-_KEYS = ("name", "memory_total_mb", "external_memory_used_mb", "external_load")
+_KEYS = ("name", "memory_total_mb", "external_memory_used_mb", "external_load", "processes")
+_PROCESS_KEYS = ("pid", "user", "command", "memory_mb")
+#: Appended to a job's ``NBSCHED_RESULT_FILE``: the file it writes its simulated use to.
+MEMORY_FILE_SUFFIX = ".gpu_memory"
 
 #: What identifies one version of a file without reading it: (mtime_ns, size, inode, device).
 FileSignature = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class SimulatedProcess:
+    """Someone else's process on a simulated GPU, as the file describes it."""
+
+    pid: int | None
+    user: str | None
+    command: str
+    memory_mb: float
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,30 @@ class SimulatedGpu:
     memory_total_mb: float = 81920.0
     external_memory_used_mb: float = 0.0
     external_load: float = 0.0
+    processes: tuple[SimulatedProcess, ...] = ()
+
+
+@dataclass(frozen=True)
+class SimulatedJob:
+    """A running nbsched job as the simulated provider sees it: its id, its GPUs,
+    its root pid, the share of each GPU it books, and its result file."""
+
+    id: str
+    gpus: tuple[int, ...]
+    pid: int | None
+    share: float
+    result_file: str | None = None
+
+
+def report_memory(mib: float, environ: Mapping[str, str] | None = None) -> None:
+    """From inside a job: make ``mib`` MiB its simulated GPU memory use (on each of
+    its GPUs), by writing ``$NBSCHED_RESULT_FILE.gpu_memory``."""
+    env = os.environ if environ is None else environ
+    target = env["NBSCHED_RESULT_FILE"] + MEMORY_FILE_SUFFIX
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    Path(tmp).write_text(f"{float(mib):g}\n", encoding="ascii")
+    os.replace(tmp, target)
 
 
 def parse_simulated_gpus(text: str, source: str = "<string>") -> list[SimulatedGpu]:
@@ -76,16 +124,51 @@ def _parse_gpu(entry: object, where: str) -> SimulatedGpu:
     load = _number(entry, "external_load", default.external_load, where)
     if total <= 0:
         raise InvalidValueError(f"simulated GPUs file {where}: memory_total_mb must be > 0")
+    if load > 1:
+        raise InvalidValueError(
+            f"simulated GPUs file {where}: external_load={load:g} must be in [0, 1]"
+        )
+    procs = entry.get("processes", [])
+    if not isinstance(procs, list):
+        raise InvalidValueError(f"simulated GPUs file {where}: processes must be a list")
+    processes = tuple(_parse_process(p, f"{where}.processes[{i}]") for i, p in enumerate(procs))
+    theirs = sum(p.memory_mb for p in processes)
+    if "external_memory_used_mb" not in entry:
+        used = theirs
+    elif used + 0.5 < theirs:
+        raise InvalidValueError(
+            f"simulated GPUs file {where}: external_memory_used_mb={used:g} is less than "
+            f"its processes' memory ({theirs:g})"
+        )
     if used > total:
         raise InvalidValueError(
             f"simulated GPUs file {where}: external_memory_used_mb={used:g} is more than "
             f"memory_total_mb={total:g}"
         )
-    if load > 1:
+    return SimulatedGpu(name, total, used, load, processes)
+
+
+def _parse_process(entry: object, where: str) -> SimulatedProcess:
+    if not isinstance(entry, dict):
+        raise InvalidValueError(f"simulated GPUs file {where}: expected an object, got {entry!r}")
+    unknown = sorted(str(k) for k in entry if k not in _PROCESS_KEYS)
+    if unknown:
         raise InvalidValueError(
-            f"simulated GPUs file {where}: external_load={load:g} must be in [0, 1]"
+            f"simulated GPUs file {where}: unknown key(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(_PROCESS_KEYS)}"
         )
-    return SimulatedGpu(name, total, used, load)
+    pid, user, command = entry.get("pid"), entry.get("user"), entry.get("command", "")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 1):
+        raise InvalidValueError(f"simulated GPUs file {where}: pid={pid!r}: expected a number >= 1")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise InvalidValueError(f"simulated GPUs file {where}: user={user!r}: expected a name")
+    if pid is None and user is None:
+        raise InvalidValueError(f"simulated GPUs file {where}: give a pid or a user (or both)")
+    if not isinstance(command, str):
+        raise InvalidValueError(f"simulated GPUs file {where}: command={command!r}: expected text")
+    if "memory_mb" not in entry:
+        raise InvalidValueError(f"simulated GPUs file {where}: memory_mb is missing")
+    return SimulatedProcess(pid, user, command, _number(entry, "memory_mb", 0.0, where))
 
 
 def _number(entry: Mapping[str, Any], key: str, default: float, where: str) -> float:
@@ -169,6 +252,7 @@ class SimulatedProvider:
         gpus_file: str | os.PathLike[str] | None = None,
         usage: Callable[[], Mapping[int, float]] | None = None,
         node: str | None = None,
+        jobs: Callable[[], Iterable[SimulatedJob]] | None = None,
     ) -> None:
         if num_gpus is not None:
             if isinstance(num_gpus, bool) or not isinstance(num_gpus, int):
@@ -178,6 +262,7 @@ class SimulatedProvider:
         self.selection_note = ""
         self.node = node
         self._usage = usage
+        self._jobs = jobs
         self._lock = threading.Lock()
         self._file = os.fspath(gpus_file) if gpus_file is not None else None
         self._signature: FileSignature | None = None
@@ -236,28 +321,71 @@ class SimulatedProvider:
 
     def snapshot(self) -> tuple[GpuSnapshot, ...]:
         gpus = self.describe()
-        used = dict(self._usage()) if self._usage is not None else {}
+        used = dict(self._usage()) if self._usage is not None and self._jobs is None else {}
+        ours: dict[int, list[GpuProcess]] = {}
+        held: dict[int, float] = {}  # (GPU -> MiB the jobs hold, reported or their share)
+        if self._jobs is not None:
+            for job in self._jobs():
+                _job_processes(job, gpus, used, ours, held)
         node = self.node or "local"
         result = []
         for index, gpu in enumerate(gpus):
             fraction = min(1.0, max(0.0, float(used.get(index, 0.0))))
+            mine = ours.get(index, [])
+            jobs_mb = (
+                held.get(index, 0.0) if self._jobs is not None else fraction * gpu.memory_total_mb
+            )
+            theirs = tuple(
+                GpuProcess(index, p.pid, p.memory_mb, p.user, p.command) for p in gpu.processes
+            )
             result.append(
                 GpuSnapshot(
                     index=index,
                     uuid=f"GPU-SIM-{node}-{index}",
                     name=gpu.name,
-                    memory_used_mb=min(
-                        gpu.memory_total_mb,
-                        gpu.external_memory_used_mb + fraction * gpu.memory_total_mb,
-                    ),
+                    memory_used_mb=min(gpu.memory_total_mb, gpu.external_memory_used_mb + jobs_mb),
                     memory_total_mb=gpu.memory_total_mb,
                     load=min(1.0, gpu.external_load + fraction),
                     external_memory_used_mb=gpu.external_memory_used_mb,
                     external_load=gpu.external_load,
                     node=self.node,
+                    processes=theirs + tuple(mine),
                 )
             )
         return tuple(result)
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _job_processes(
+    job: SimulatedJob,
+    gpus: tuple[SimulatedGpu, ...],
+    used: dict[int, float],
+    ours: dict[int, list[GpuProcess]],
+    held: dict[int, float],
+) -> None:
+    """Add ``job``'s share to ``used``, what it holds to ``held`` (what it reported,
+    :func:`report_memory`, else its share of the memory) and its process on each of
+    its GPUs to ``ours``: with what it reported, else unknown memory (None)."""
+    reported = _reported(job.result_file)
+    for g in job.gpus:
+        if not 0 <= g < len(gpus):
+            continue
+        total = gpus[g].memory_total_mb
+        mb = min(reported, total) if reported is not None else None
+        used[g] = used.get(g, 0.0) + job.share
+        held[g] = held.get(g, 0.0) + (mb if mb is not None else job.share * total)
+        if job.pid is not None:  # (its start not recorded yet: no pid to show)
+            ours.setdefault(g, []).append(GpuProcess(g, job.pid, mb))
+
+
+def _reported(result_file: str | None) -> float | None:
+    if result_file is None:
+        return None
+    try:
+        with open(result_file + MEMORY_FILE_SUFFIX, "rb") as fh:
+            value = float(fh.read(64).decode("ascii", "replace").strip())
+    except (OSError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

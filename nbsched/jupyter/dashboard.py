@@ -413,6 +413,9 @@ def _show_gpu(
     jobs = ", ".join(map(str, row.jobs)) or "-"
     load = "n/a" if pd.isna(row.load) else f"{row.load:.0%}"
     text = f"{alloc:.2f} allocated · load {load} · jobs {html.escape(jobs)}"
+    who = getattr(row, "who", None)  # who holds its memory (issue 14)
+    if isinstance(who, str) and who:
+        text += f" · memory: {html.escape(who)}"
     if paused:
         text += " · <b style='color:#997404'>PAUSED: no new job starts here</b>"
     label.value = text

@@ -84,7 +84,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         self.result = widgets.HTML()
         self.result.add_class("nbsched-form-message")
         super().__init__(children=self._rows())
-        fields = [self.script, self.conda_env, self.arguments, self.gpus, self.sweep]
+        fields = [self.script, self.conda_env, self.arguments, self.gpus, self.memory, self.sweep]
         times = [self.time_limit, self.expected]
         for field in [*fields, self.after, *times, self.priority, self.llm_model, *self.allowed]:
             field.observe(lambda _: self._clear_error(), names="value")
@@ -122,6 +122,12 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         )
         self.expected = widgets.Text(
             description="expected", placeholder="e.g. 10m: a hint (empty: none)", style=style
+        )
+        self.memory = widgets.Text(
+            description="GPU memory",
+            placeholder="optional: 18G or 512M free on each of its GPUs (G = GiB)",
+            layout=wide,
+            style=style,
         )
         self.sweep = widgets.Text(
             description="sweep",
@@ -166,6 +172,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             self.conda_env,
             self.arguments,
             self.gpus,
+            self.memory,
             widgets.HBox(
                 [
                     widgets.Label("allowed GPUs", layout={"width": "114px"}),
@@ -241,6 +248,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 # (the API reads "2h30m" or seconds, and names a bad one)
                 "time_limit": self.time_limit.value.strip() or None,
                 "expected_s": self.expected.value.strip() or None,
+                "gpu_memory": self.memory.value.strip() or None,
             }
             script = self.script.value.strip()
             if not script:
@@ -284,6 +292,7 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
 _LABELS = {
     "required_gpus": "GPUs",
     "allowed_gpus": "allowed GPUs",
+    "gpu_memory": "GPU memory",
     "conda_env": "conda env",
     "args": "arguments",
     "time_limit": "time limit",

@@ -30,6 +30,7 @@ from .deps import DepsPart
 from .durations import DurationsPart
 from .feed import Change, ChangeFeed, FeedPart
 from .jobs import JobsPart
+from .memory import MemoryPart
 from .meta import SWEEP_PREFIX, MetaPart
 from .notifications import NotificationsPart
 from .queue_read import QueueReadPart
@@ -62,6 +63,7 @@ class Store(
     DepsPart,
     DurationsPart,
     NotificationsPart,
+    MemoryPart,
 ):
     """One process's store on ``state.db``, shared by its threads."""
 

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from ..gpus.oom import retry_room_sql
 from ..jobs import Job, JobStatus
 from . import deps, durations, rows
 from .connection import StorePart, bump_rev
@@ -51,6 +52,9 @@ class AttemptEnd:
     retry_reason: str | None = None
     #: When the attempt ended, where the executor said (None: when it is recorded).
     at: float | None = None
+    #: A retry after running out of GPU memory: the most memory (MiB) its charge may
+    #: grow to (0: unknown); see :mod:`nbsched.gpus.oom`.
+    oom_room: float | None = None
 
 
 class AttemptsPart(StorePart):
@@ -153,6 +157,8 @@ def _apply_end(conn: sqlite3.Connection, rev: int, end: AttemptEnd, now: float) 
             )
             if status == JobStatus.SUCCEEDED:
                 durations.record(conn, end.job, ended)
+            if status == JobStatus.QUEUED and end.oom_room is not None:
+                _more_room(conn, seq, end.oom_room)
             return status
     return None
 
@@ -188,4 +194,13 @@ def _apply_start(conn: sqlite3.Connection, rev: int, start: AttemptStart, now: f
         log_path=start.log_path,
         not_before=None,
         cancel_requested=False,
+    )
+
+
+def _more_room(conn: sqlite3.Connection, seq: int, limit: float) -> None:
+    """A retry after running out of GPU memory: charged more (see :mod:`nbsched.gpus.oom`)."""
+    conn.execute(
+        f"UPDATE jobs SET oom_retried = 1, gpu_memory_learned = {retry_room_sql()} "
+        "WHERE seq = :seq",
+        {"limit": limit, "seq": seq},
     )

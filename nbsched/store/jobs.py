@@ -21,6 +21,7 @@ from ..launch import SubmitterEnv
 from . import deps, rows
 from .adding import Added, Make, add_rows
 from .connection import StorePart, bump_rev
+from .memory import learn_charges
 from .rows import parse_job_id
 
 #: Bound parameters per statement, under SQLite's limit (999 in old builds).
@@ -147,6 +148,7 @@ class JobsPart(StorePart):
             env_key = None if environment is None else self._environment_id(conn, environment)
             shared = (now, owner_uid, executor, env_key)
             added = add_rows(conn, rev, specs, maker(env_key), skip, shared)
+            learn_charges(conn, rev)  # (what earlier runs used: nbsched.gpus.peaks)
         if environment is not None and env_key is not None:
             self._environments[environment.key] = env_key  # (committed: safe to remember)
         return rev, added

@@ -40,7 +40,7 @@ TABLE_COLUMNS = (
     "seq", "status", "priority", "kind", "script", "args", "command", "conda_env",
     "required_gpus", "gpus", "submitted", "started", "ended", "exit_code", "attempts",
     "log_path", "name", "sweep", "node", "reason", "held", "after", "waiting",
-    "time_limit", "expected_s", "estimate_key",
+    "time_limit", "expected_s", "estimate_key", "gpu_memory_request", "gpu_memory_peak",
 )  # fmt: skip
 TABLE_SQL = ", ".join(TABLE_COLUMNS)
 

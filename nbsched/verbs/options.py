@@ -13,11 +13,13 @@ from typing import Any
 from nbsched.config import EXECUTORS, PROVIDERS
 
 from .values import (
+    MEM_HELP,
     address_type,
     after_type,
     count_type,
     expected_type,
     gpus_type,
+    memory_type,
     priority_type,
     reserve_after_type,
     retries_type,
@@ -70,6 +72,7 @@ def job_options(ns: argparse.Namespace) -> dict[str, Any]:
         "time_limit": ns.time_limit,
         "expected_s": ns.expected_s,
         "notify": ((ns.notify or []) + (ns.notify_email or [])) or None,
+        "gpu_memory": ns.mem,
     }
 
 
@@ -162,6 +165,7 @@ JOB_OPTIONS = (
         help="GPUs it needs: a fraction in (0, 1] or a whole number "
         "(default: from the LLM config, else 1)",
     ),
+    opt("--mem", type=memory_type, metavar="SIZE", help=MEM_HELP),
     opt("--allowed", metavar="GPUS", help="GPUs it may use, e.g. 0-3,5 (default: any)"),
     opt(
         "--priority",

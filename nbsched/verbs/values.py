@@ -40,6 +40,18 @@ def _argument(read: Callable[[str], _T], text: str) -> _T:
 _GPU_LIST = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)+|\d+-\d+")
 
 
+#: ``--mem``'s help.
+MEM_HELP = (
+    "GPU memory it needs free on each of its GPUs: 18G, 512M (G = GiB) or MiB; alone, "
+    "without --gpus, it books the smallest share of a GPU"
+)
+
+
+def memory_type(text: str) -> float:
+    """GPU memory a job needs (``--mem``): ``18G``, ``512M`` or a number of MiB."""
+    return _argument(lambda t: float(checks.check_gpu_memory("--mem", t) or 0.0), text)
+
+
 def gpus_type(text: str) -> float:
     """A GPU requirement: a fraction in (0, 1] or a whole number.  A GPU list is
     refused with a pointer to ``--allowed`` (the original's ``--gpus``)."""

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -23,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .cli_tables import print_active, print_frame, print_jobs
 from .config import SchedulerConfig, default_state_dir
 from .errors import NbschedError
 from .scheduler import GPUJobScheduler
@@ -82,32 +82,6 @@ def _client(ns: argparse.Namespace) -> GPUJobScheduler:
         keep = {k: info[k] for k in names if k in info}
         s = GPUJobScheduler(config=cfg.replace(**keep))
     return s
-
-
-def _print_frame(df: pd.DataFrame, as_json: bool, columns: Sequence[str] | None = None) -> None:
-    import pandas as pd  # lazily: `nbsched add` and friends start faster without it
-
-    if as_json:
-        print(df.to_json(orient="records", date_format="iso"))
-        return
-    if columns is not None:
-        df = df[[c for c in columns if c in df.columns]]
-    if df.empty:
-        print("(none)")
-    else:
-        with pd.option_context("display.width", 200):
-            print(df.to_string(index=False, max_colwidth=60, na_rep=""))
-
-
-def _print_jobs(df: pd.DataFrame, as_json: bool, every: bool = False) -> None:
-    """Jobs as a person reads them in a terminal (compact: nbsched.jupyter.tables);
-    ``every``: every column, whole."""
-    from nbsched.jupyter.tables import fit
-
-    if as_json or every:  # (every: each column whole, as stored)
-        _print_frame(df, as_json) if as_json or df.empty else print(df.to_string(index=False))
-    else:
-        print(fit(df, shutil.get_terminal_size((100, 24)).columns))
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -289,11 +263,11 @@ def _show_screens(s: GPUJobScheduler, ns: argparse.Namespace, rows: list[dict[st
 
 
 def _show_frame(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) -> None:
-    _print_frame(df, ns.json)
+    print_frame(df, ns.json)
 
 
 def _show_jobs(s: GPUJobScheduler, ns: argparse.Namespace, df: pd.DataFrame) -> None:
-    _print_jobs(df, ns.json, ns.all)
+    print_jobs(df, ns.json, ns.all)
 
 
 #: How each verb's result is printed (``--json``: as JSON).
@@ -330,7 +304,7 @@ def _wait(s: GPUJobScheduler, ns: argparse.Namespace) -> int:
     call = VERBS["wait"].call
     assert call is not None
     waited = call(s, ns)
-    _print_jobs(waited, ns.json)
+    print_jobs(waited, ns.json)
     return 0 if (waited["status"] == "succeeded").all() else 1
 
 
@@ -358,33 +332,13 @@ def _status(s: GPUJobScheduler, as_json: bool) -> int:
     from nbsched.jupyter.status import gpus_text
 
     print(gpus_text(s))  # (read afresh, and when)
-    _print_active(s, counts.get("queued", 0))
+    print_active(s, counts.get("queued", 0))
     if notices:
         print("\nnotices:")
     for n in notices[-10:]:
         when = time.strftime("%H:%M:%S", time.localtime(n["at"]))
         print(f"  {when} {n['level'].upper()}: {n['source']}: {n['message']}")
     return 0
-
-
-#: How many queued jobs ``nbsched status`` lists (the first to start).
-STATUS_QUEUED = 20
-
-
-def _print_active(s: GPUJobScheduler, queued: int) -> None:
-    """The running jobs, then the first :data:`STATUS_QUEUED` queued ones in the order
-    they start, and how many more wait: a table of 100,000 queued jobs is for
-    ``nbsched jobs``, not for a glance (printing it took seconds)."""
-    import pandas as pd
-
-    shown = s.queue(first=STATUS_QUEUED)
-    parts = [df for df in (s.jobs(status="running"), shown) if not df.empty]
-    if not parts:
-        return
-    print()
-    _print_jobs(pd.concat(parts, ignore_index=True), False)
-    if queued > len(shown):
-        print(f"... and {queued - len(shown):,} more queued: nbsched jobs --status queued")
 
 
 #: How often ``nbsched serve`` looks for jobs that started or ended, to say so.

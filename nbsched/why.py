@@ -16,10 +16,10 @@ that lists several waiting jobs reads the GPUs once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, cast, overload
 
 from .allocation import GpuState, _clock, explain_one, gpu_states, plan
 from .backfill import Policy, running_of
@@ -95,6 +95,45 @@ class _Ahead(Sequence[Job]):
         return self._all()[index]
 
 
+class _Planned(NamedTuple):
+    """A queued job as ``why()``'s plan sees it (:class:`~nbsched.allocation.QueuedJob`),
+    with the estimate the dispatcher's entries give it: learned ones too."""
+
+    id: str
+    seq: int
+    priority: int
+    required_gpus: float
+    allowed_gpus: tuple[int, ...] | None
+    not_before: float | None
+    estimate_s: float | None
+    estimate_source: str | None
+
+    @classmethod
+    def of(cls, job: Job, learned: Estimator) -> _Planned:
+        spec = job.spec
+        return cls(
+            job.id,
+            job.seq,
+            spec.priority,
+            spec.required_gpus,
+            spec.allowed_gpus,
+            job.not_before,
+            *learned.of_grounds((spec.time_limit, spec.expected_s, spec.sweep, spec.estimate_key)),
+        )
+
+
+class _Lazy(Iterable[_Planned]):
+    """The jobs of ``queue`` (an :class:`_Ahead`), each as a :class:`_Planned`, as
+    iterated (the plan reads no further than it needs)."""
+
+    def __init__(self, queue: Iterable[Job], learned: Estimator) -> None:
+        self._queue = queue
+        self._learned = learned
+
+    def __iter__(self) -> Iterator[_Planned]:
+        return (_Planned.of(job, self._learned) for job in self._queue)
+
+
 class Why:
     """Explains the queue of ``store``.
 
@@ -125,6 +164,9 @@ class Why:
         self._first_in_line = first_in_line
         #: (revision, when, GPU states, precision, the answers given at that revision)
         self._seen: tuple[int, float, list[GpuState], float, dict[str, str]] | None = None
+        #: The estimates, as the dispatcher's (kept while the revision is unchanged: a
+        #: job's end, which teaches a new estimate, moves it on).
+        self._learned: tuple[int, Estimator] | None = None
         self._book, self._fit = MemoryBook(store), cast("MemoryFit | None", None)  # (issue 14)
 
     def why(self, job_id: str) -> str:
@@ -161,32 +203,44 @@ class Why:
             seen = self._seen = (rev, at, states, rules["gpu_allocation_precision"], {})
             self._fit = self._book.fit(reading)  # (GPU memory requests: issue 14)
         _, _, states, precision, answers = seen
+        if self._learned is None or self._learned[0] != rev:
+            self._learned = (rev, Estimator(self._store))
         if job.id not in answers:
-            text = self._explain(job, states, precision)
+            text = self._explain(job, states, precision, self._learned[1])
             answers[job.id] = name_unusable(text, states, job.allowed_gpus)
         return answers[job.id]
 
-    def _explain(self, job: Job, states: list[GpuState], precision: float) -> str:
-        """:func:`explain_one` by the engine's policy, with the running jobs' estimates
-        and the first job in line's time of queueing (for ``reserve_after_s``)."""
+    def _explain(
+        self, job: Job, states: list[GpuState], precision: float, learned: Estimator
+    ) -> str:
+        """:func:`explain_one` by the engine's policy, with the jobs' estimates as the
+        dispatcher has them (learned ones too, queued and running) and the first job in
+        line's time of queueing (for ``reserve_after_s``)."""
         queue, now = _Ahead(self._store, job), self._now()
+        planned = _Lazy(queue, learned)
         busy = self._store.find(statuses=[JobStatus.RUNNING])
-        learned = Estimator(self._store)  # (a running job's learned estimate too)
         running = [running_of(r, learned.of_spec(r.spec)) for r in busy]
         policy = Policy(reserve_after_s=float(self._rules().get("reserve_after_s", 0.0)))
         dispatching, since = self._first_in_line()
         if policy.reserve_after_s > 0 and not dispatching:
             # (another process's dispatcher knows since when its first job in line has
             # been there; this one counts from that job's submission: the soonest)
-            first = plan(queue, states, now, precision, running=running, policy=policy)
+            first = plan(planned, states, now, precision, running=running, policy=policy)
             if first.head_waiting is not None:
                 head_id = first.head_waiting[0]
                 head = next((j for j in queue if j.id == head_id), None)
                 since = (head_id, head.submitted) if head is not None else None
         text = explain_one(
-            queue, job, states, now, precision, running=running, policy=policy, head_since=since,
+            planned,
+            _Planned.of(job, learned),
+            states,
+            now,
+            precision,
+            running=running,
+            policy=policy,
+            head_since=since,
             memory=self._fit,
-        )  # fmt: skip
+        )
         if "≈" in text or not all(g.eligible for g in states):
             return text  # (the plan's own expected start; the replay knows no pause)
         ahead = list(islice(queue, ETA_AHEAD + 1))

@@ -253,3 +253,29 @@ def test_simulate_uses_the_estimates_learned_from_earlier_runs(
     run = (first["end"] - first["start"]).total_seconds()
     assert 0.25 <= run <= 5.0  # (the learned run time: ~0.3 s and the start-up)
     assert second["start"] == first["end"]
+
+
+def test_why_plans_with_the_learned_estimates_as_the_engine_does(
+    make_sched: Callable[..., GPUJobScheduler], tmp_path: Path
+) -> None:
+    """A command that ran before has a learned estimate; the engine backfills a queued
+    copy of it onto a GPU held for a blocked job if that estimate ends in time, and
+    why() (here with the engine stopped, so nothing starts) says so too, rather than
+    planning the job as one with no estimate."""
+    s = make_sched(num_gpus=2, reserve_after_s=0, start=True)
+    s.wait([s.add_command("sleep 0.1") for _ in range(2)], timeout=60, progress=False)
+    gate = tmp_path / "gate"
+    hold = s.add_command(
+        f"while [ ! -e {gate} ]; do sleep 0.05; done", required_gpus=1, time_limit=300
+    )
+    try:
+        _until(lambda: s.job(hold)["status"] == "running", "the first job to start")
+        s.stop()
+        big = s.add_command("true", required_gpus=2)
+        short = s.add_command("sleep 0.1", required_gpus=1)
+        unknown = s.add_command("sleep 0.2", required_gpus=1)
+        assert s.job(short)["estimate_source"] == "command"
+        assert s.why(short).startswith("it fits now (GPU 1)")
+        assert s.why(unknown).startswith(f"job {big} comes first (")
+    finally:
+        gate.touch()

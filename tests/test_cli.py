@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,7 +396,7 @@ def test_status_lists_the_first_queued_jobs_and_counts_the_rest(
     """A long queue is not printed whole: the running jobs, the first 20 queued in the
     order they start (an urgent job first, though submitted last), and a line saying
     how many more wait and where to see them."""
-    from nbsched.cli import STATUS_QUEUED
+    from nbsched.cli_tables import STATUS_QUEUED
 
     state = tmp_path / "state"
     s = GPUJobScheduler(
@@ -428,3 +429,40 @@ def test_demo_json(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is True and "every job ended as expected" in report["output"]
+
+
+def test_jobs_and_status_show_the_estimate_and_the_eta(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a terminal, ``nbsched jobs`` and ``nbsched status`` show each job's estimate
+    (``expected``) and a queued job's expected start (``eta``) as a clock time (a 2-GPU
+    job waits for one with a 300 s time limit)."""
+    gate = tmp_path / "gate"
+    s = GPUJobScheduler(
+        config=SchedulerConfig(
+            state_dir=tmp_path / "state", gpu_provider="simulated", num_gpus=2, reserve_after_s=0
+        )
+    ).start()
+    try:
+        hold = s.add_command(f"while [ ! -e {gate} ]; do sleep 0.05; done", 1, time_limit=300)
+        wait_for(lambda: s.job(hold)["status"] == "running", "the first job to start")
+        big = s.add_command("true", 2, expected_s=90)
+        wait_for(lambda: s.jobs().set_index("id")["eta"].notna()[big], "the queued job's eta")
+        at = time.localtime(s.job(hold)["started"].timestamp() + 300)
+        seconds_of_day = at.tm_hour * 3600 + at.tm_min * 60 + at.tm_sec
+        sim = ["--state-dir", str(tmp_path / "state"), "--simulate", "2"]
+        for verb in ("jobs", "status"):
+            rc, out, _ = _main([verb, *sim], capsys)
+            assert rc == 0
+            header = next(line for line in out.splitlines() if line.startswith("id "))
+            assert "expected  eta" in header, (verb, header)
+            rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1]}
+            assert re.search(r"\b5m00s\b", rows[hold]), (verb, rows[hold])
+            shown = re.search(r"\b1m30s\s+(\d\d):(\d\d):(\d\d) ", rows[big])
+            assert shown is not None, (verb, rows[big])
+            h, m, sec = map(int, shown.groups())
+            assert abs((h * 3600 + m * 60 + sec) - seconds_of_day) % 86400 in (0, 1, 86399)
+    finally:
+        gate.touch()
+        s.stop(kill=True)
+        s.close()

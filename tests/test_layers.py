@@ -25,6 +25,7 @@ PUBLIC = {
 FRONT_ENDS = (
     "nbsched.jupyter",
     "nbsched.cli",
+    "nbsched.cli_tables",
     "nbsched.demo",
     "nbsched.verbs",
     "nbsched.compat",

@@ -288,3 +288,24 @@ def test_add_gpus_as_the_original_meant_it(
     assert main([*base, "--gpus", "3", "--allowed", "0-3"]) == 0
     assert main([*base, "--gpus", "0.5"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_reserve_after_reaches_the_engine(
+    ip: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--reserve-after`` (seconds or a duration) sets ``reserve_after_s`` from
+    ``nbsched serve`` and ``%gpusched start``; a bad value is refused as the config
+    refuses it, naming the value and what is accepted."""
+    base = ["serve", "--state-dir", str(tmp_path / "s"), "--simulate", "2"]
+    assert engine_config(parse([*base, "--reserve-after", "30"])).reserve_after_s == 30.0
+    assert engine_config(parse([*base, "--reserve-after", "2m"])).reserve_after_s == 120.0
+    assert engine_config(parse([*base, "--reserve-after", "0"])).reserve_after_s == 0.0
+    assert engine_config(parse(base)).reserve_after_s == SchedulerConfig().reserve_after_s
+    for bad in ("-1", "inf", "soon"):
+        assert _rc([*base, "--reserve-after", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"argument --reserve-after: '{bad}' is not accepted: expected seconds" in err
+    line = f"start --simulate 2 --reserve-after 45 --state-dir {tmp_path / 'm'}"
+    s = ip.run_line_magic("gpusched", line)
+    assert s.config.reserve_after_s == 45.0
+    assert (s.engine_settings() or {})["reserve_after_s"] == 45.0

@@ -373,3 +373,37 @@ def test_dependencies_wait_in_nbsched_and_time_limits_go_to_slurm(
     table = sched.wait([first, second], timeout=60).set_index("id")
     assert table["status"].tolist() == ["succeeded", "succeeded"]
     assert table.loc[second, "started"] >= table.loc[first, "ended"]
+
+
+def test_running_jobs_show_the_gpus_slurm_gave_them(sched: GPUJobScheduler, tmp_path: Path) -> None:
+    """Once Slurm runs a job, its ``gpus`` in jobs() are those Slurm gave it (the ones
+    its CUDA_VISIBLE_DEVICES names, numbered as the GPU table numbers them), and the GPU
+    table lists the job on them."""
+    gate = tmp_path / "gate"
+    show = f"echo CVD=$CUDA_VISIBLE_DEVICES; while [ ! -e {gate} ]; do sleep 0.1; done"
+    two = sched.add_command(show, required_gpus=2)
+    half = sched.add_command(show, required_gpus=0.5)
+    try:
+        for job in (two, half):
+            wait_until(lambda j=job: "CVD=" in sched.logs(j), 30)  # type: ignore[misc]
+        cvd = {
+            j: re.search(r"CVD=(\S+)", sched.logs(j)).group(1)  # type: ignore[union-attr]
+            for j in (two, half)
+        }
+
+        def given() -> dict[str, list[int]] | None:
+            table = sched.jobs().set_index("id")
+            found = {j: list(table.loc[j, "gpus"]) for j in (two, half)}
+            return found if all(found.values()) else None
+
+        gpus = wait_until(given, 10)
+        assert gpus == {j: [int(g) for g in cvd[j].split(",")] for j in (two, half)}
+        assert len(gpus[two]) == 2 and len(gpus[half]) == 1
+        table = sched.get_gpu_status().set_index("gpu")
+        for j in (two, half):
+            for g in gpus[j]:
+                assert j in list(table.loc[g, "jobs"]), (j, g, table)
+    finally:
+        gate.touch()
+    ended = sched.wait([two, half], timeout=60).set_index("id")
+    assert list(ended["status"]) == ["succeeded", "succeeded"]

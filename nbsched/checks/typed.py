@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import InvalidTypeError, InvalidValueError
+from ..formats.duration import parse_duration
 from ..formats.gpulist import MAX_GPU_ID
 from .values import (
     INT64,
@@ -156,3 +157,20 @@ def duration_from_text(text: str, name: str = "time_limit") -> float:
     seconds = check_duration(name, text)
     assert seconds is not None
     return seconds
+
+
+def reserve_after_from_text(text: str) -> float:
+    """``--reserve-after S`` (``start``, ``serve``): seconds, or a duration such as
+    ``10m``, put to the config's rule for ``reserve_after_s`` (finite, >= 0: it bounds
+    how long a blocked job is passed over)."""
+    value: float | None = _read(text, float)
+    if value is None:
+        value = parse_duration(text)
+    return _typed(
+        text,
+        value,
+        lambda v: check_number("reserve_after_s", v, 0.0, math.inf, low_open=False),
+        "seconds a blocked job waits before GPUs are held for it: a finite number >= 0, "
+        "or a duration like '10m', '90s'",
+        quote=True,
+    )

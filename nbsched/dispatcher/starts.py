@@ -89,6 +89,8 @@ class Unrecorded:
     executor: Executor
     #: When the job began, where its executor reported it later than the start.
     began: float | None = None
+    #: The GPUs its executor reported it got once it ran (Slurm's), else None.
+    gpus: tuple[int, ...] | None = None
 
     @property
     def awaiting(self) -> bool:
@@ -102,6 +104,8 @@ def pid_records(items: list[Unrecorded]) -> list[tuple[int, str, dict[str, Any]]
     for item in items:
         job = item.job
         fields: dict[str, Any] = {"pid": job.pid, "proc_start": job.proc_start, "node": job.node}
+        if item.gpus is not None:  # (learned once it ran: Slurm's)
+            fields["gpus"] = item.gpus
         if item.began is not None:
             fields["started"] = item.began
         out.append((job.seq, job.token or "", fields))
@@ -297,14 +301,17 @@ class Starts:
         """Where a started attempt turned out to run: written with the next pids (in
         place of its start's record, if that is not written yet)."""
         job = job.evolve(
-            pid=started.pid, proc_start=started.proc_start, node=started.node or job.node
+            pid=started.pid,
+            proc_start=started.proc_start,
+            node=started.node or job.node,
+            gpus=job.gpus if started.gpus is None else started.gpus,
         )
         for item in self.unrecorded:
             if item.job.id == job.id and item.job.token == job.token:
-                item.job, item.began = job, started.began
+                item.job, item.began, item.gpus = job, started.began, started.gpus
                 break
         else:
-            self.unrecorded.append(Unrecorded(job, executor, started.began))
+            self.unrecorded.append(Unrecorded(job, executor, started.began, started.gpus))
         self._update_running(job)
 
     def _update_running(self, job: Job) -> None:

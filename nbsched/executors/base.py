@@ -47,6 +47,9 @@ class Started:
     node: str | None = None
     #: Wall-clock time the job began, where that is later than its start (else None).
     began: float | None = None
+    #: The GPUs it was given, where its executor learns them only once it runs (Slurm
+    #: tells which GPUs a job got); None: as it was started.
+    gpus: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

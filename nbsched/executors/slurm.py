@@ -45,13 +45,16 @@ from ..jobs import Job
 from ..launch import build_argv
 from .base import Executor, Exit, Launch, OnExit, OnStarted, Started
 from .process import open_log
-from .slurm_control import scancel, shards_per_gpu
+from .slurm_control import gpu_nodes, scancel, shards_per_gpu
 from .slurm_script import WRAPPER, gres, sbatch_argv
 from .slurm_status import (
     ENDED,
+    QueueRow,
     SlurmError,
     accounting_on,
     exit_of,
+    job_gres,
+    parse_gres_used,
     pending_reason,
     slurm,
     squeue,
@@ -159,6 +162,8 @@ class SlurmExecutor(Executor):
         self._closed = False
         self._on_started: OnStarted | None = None
         self._shards: tuple[float, int | None] | None = None
+        #: (when read, node -> the index of its first GPU): see :meth:`_gpus_of`.
+        self._first: tuple[float, dict[str, int]] | None = None
         self._accounting: bool | None = None
         self._user = me()
         #: Slurm ids of the attempts this executor submitted (token -> id), and the
@@ -311,12 +316,14 @@ class SlurmExecutor(Executor):
         with self._lock:
             watched = list(self._watched.values())
         rows = squeue(ids=[w.sid for w in watched], user=self._user)
+        began = [w for w in watched if not w.began and _state(rows, w.sid) == "RUNNING"]
+        gpus = self._gpus_of({w.sid: rows[w.sid].node for w in began})
         for w in watched:
             row = rows.get(w.sid)
             if row is not None and row.state not in ENDED:
                 if row.state == "RUNNING" and not w.began:
                     w.began = True
-                    self._report_start(w, row.node, row.start)
+                    self._report_start(w, row.node, row.start, gpus.get(w.sid))
                 continue
             if row is not None and row.state != "FAILED":
                 # (COMPLETED is exit 0; a cancel, time-out, node failure has no code:
@@ -336,7 +343,35 @@ class SlurmExecutor(Executor):
             except Exception:
                 logger.exception("recording the end of job %s failed", w.job.id)
 
-    def _report_start(self, w: _Watched, node: str | None, began: float | None) -> None:
+    def _gpus_of(self, nodes: Mapping[str, str | None]) -> dict[str, tuple[int, ...]]:
+        """The GPUs Slurm gave each job just seen running (Slurm id -> its node), as the
+        GPU table numbers them (:func:`.slurm_control.gpu_nodes`); a job Slurm says
+        nothing of (no GPU, several nodes, Slurm not answering) is left out."""
+        if not nodes:
+            return {}
+        try:
+            detail = job_gres(list(nodes))
+            now = time.monotonic()
+            if self._first is None or now - self._first[0] > SHARDS_TTL_S:
+                order, first = 0, {}
+                for name, counts in gpu_nodes(self.config.slurm_partition):
+                    first[name] = order
+                    order += counts.get("gpu", 0)
+                self._first = (now, first)
+        except SlurmError as exc:
+            logger.warning("could not ask Slurm which GPUs its jobs got: %s", exc)
+            return {}
+        out: dict[str, tuple[int, ...]] = {}
+        for sid, text in detail.items():
+            base = self._first[1].get(nodes[sid] or "")
+            idx = {i for _, _, found in parse_gres_used(text) for i in found}
+            if base is not None and idx:
+                out[sid] = tuple(sorted(base + i for i in idx))
+        return out
+
+    def _report_start(
+        self, w: _Watched, node: str | None, began: float | None, gpus: tuple[int, ...] | None
+    ) -> None:
         with self._lock:
             on_started = self._on_started
         if on_started is None:
@@ -344,7 +379,7 @@ class SlurmExecutor(Executor):
         if began is not None and w.job.started is not None:
             began = max(began, w.job.started)  # (Slurm's StartTime is in whole seconds)
         try:
-            on_started(w.job, Started(pid=None, proc_start=None, node=node, began=began))
+            on_started(w.job, Started(pid=None, proc_start=None, node=node, began=began, gpus=gpus))
         except Exception:
             logger.exception("job %s: could not report where it runs", w.job.id)
 
@@ -391,6 +426,11 @@ class SlurmExecutor(Executor):
             self._closed = True
             self._on_started = None
         self._wake.set()
+
+
+def _state(rows: Mapping[str, QueueRow], sid: str) -> str | None:
+    row = rows.get(sid)
+    return None if row is None else row.state
 
 
 def job_env(env: Mapping[str, str], required: float) -> dict[str, str]:

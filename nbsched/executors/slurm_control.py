@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from ..errors import PermissionDeniedError
 from ..jobs import JobSpec
 from .slurm_script import check_spec
-from .slurm_status import SlurmError, fields, slurm
+from .slurm_status import SlurmError, fields, node_gres, slurm
 
 
 def admit(specs: Iterable[JobSpec]) -> list[JobSpec]:
@@ -70,6 +70,23 @@ def shards_per_gpu() -> int | None:
     return None
 
 
+def gpu_nodes(partition: str | None) -> list[tuple[str, dict[str, int]]]:
+    """The nodes (of ``partition``; None: all) in Slurm's order, each with its GRES
+    counts (``{"gpu": 4, "shard": 16}``).  Their GPUs are numbered in this order, then
+    device order, as one list: the GPU table's indices and a job's ``gpus``."""
+    wanted = None
+    if partition:
+        out = slurm(["sinfo", "-h", "-N", "-p", partition, "-o", "%N"])
+        wanted = {line.strip() for line in out.splitlines() if line.strip()}
+    nodes = []
+    for line in slurm(["scontrol", "-o", "show", "node"]).splitlines():
+        f = fields(line)
+        name = f.get("NodeName")
+        if name and (wanted is None or name in wanted):
+            nodes.append((name, node_gres(f.get("Gres", ""))))
+    return nodes
+
+
 def scancel(sid: str) -> None:
     """Cancel Slurm job ``sid``; Slurm refusing is a PermissionDeniedError."""
     try:
@@ -86,4 +103,4 @@ def scancel(sid: str) -> None:
         raise
 
 
-__all__ = ["admit", "controller_answers", "scancel", "shards_per_gpu"]
+__all__ = ["admit", "controller_answers", "gpu_nodes", "scancel", "shards_per_gpu"]

@@ -273,6 +273,68 @@ def pending_reason(state: str, reason: str) -> str:
     return f"pending in Slurm: {reason}" + (f" ({said})" if said else "")
 
 
+# -- the GPUs Slurm gave ------------------------------------------------------------------
+
+
+def parse_idx(text: str) -> list[int]:
+    """``"0-1,3"`` -> [0, 1, 3]."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out.extend(range(int(lo), int(hi) + 1 if hi.isdigit() else int(lo) + 1))
+    return out
+
+
+def parse_gres_used(text: str) -> list[tuple[str, int, list[int]]]:
+    """A job's ``GRES=`` detail: (kind, count, device indices) for gpu and shard."""
+    out = []
+    for match in re.finditer(r"(gpu|shard)(?::[^:(,]+)?:(\d+)\(IDX:([^)]*)\)", text):
+        out.append((match.group(1), int(match.group(2)), parse_idx(match.group(3))))
+    return out
+
+
+def node_gres(text: str) -> dict[str, int]:
+    """A node's ``Gres=gpu:4,shard:16`` -> {"gpu": 4, "shard": 16}."""
+    counts: dict[str, int] = {}
+    for item in text.split(","):
+        parts = item.split("(")[0].split(":")
+        if len(parts) >= 2 and parts[-1].isdigit():
+            counts[parts[0]] = counts.get(parts[0], 0) + int(parts[-1])
+    return counts
+
+
+#: :func:`job_gres` asks for each job alone up to this many jobs, then for all at once.
+GRES_ONE_BY_ONE = 8
+
+
+def job_gres(ids: Sequence[str]) -> dict[str, str]:
+    """The ``GRES=`` detail (``gpu:2(IDX:0-1)``) of each job of ``ids`` that Slurm still
+    knows (``ARRAYID_TASK`` for an array's task): ``scontrol -d -o show job`` of each,
+    or, for many, one of every job."""
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    if len(wanted) <= GRES_ONE_BY_ONE:
+        lines = []
+        for sid in sorted(wanted):
+            try:
+                lines += slurm(["scontrol", "-d", "-o", "show", "job", sid]).splitlines()
+            except SlurmError as exc:
+                if "Invalid job id" not in str(exc):
+                    raise
+    else:
+        lines = slurm(["scontrol", "-d", "-o", "show", "job"]).splitlines()
+    out: dict[str, str] = {}
+    for line in lines:
+        f = fields(line)
+        task = f.get("ArrayTaskId", "")
+        sid = f"{f.get('ArrayJobId')}_{task}" if task.isdigit() else f.get("JobId", "")
+        if sid in wanted:
+            out[sid] = f.get("GRES", "")
+    return out
+
+
 __all__ = [
     "ENDED",
     "QueueRow",
@@ -285,6 +347,10 @@ __all__ = [
     "parse_sacct",
     "pending_reason",
     "sacct",
+    "job_gres",
+    "node_gres",
+    "parse_gres_used",
+    "parse_idx",
     "show_job",
     "slurm",
     "squeue",

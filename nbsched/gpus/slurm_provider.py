@@ -16,13 +16,21 @@ load are not Slurm's to know: ``None``.  Who holds a GPU is in its ``name``
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..executors.slurm_status import SlurmError, fields, parse_time, slurm
+from ..executors.slurm_control import gpu_nodes
+from ..executors.slurm_status import (
+    SlurmError,
+    fields,
+    node_gres,
+    parse_gres_used,
+    parse_idx,
+    parse_time,
+    slurm,
+)
 from .base import GpuSnapshot
 
 logger = logging.getLogger(__name__)
@@ -41,34 +49,6 @@ class Holder:
     user: str
     share: float
     start: float | None
-
-
-def parse_idx(text: str) -> list[int]:
-    """``"0-1,3"`` -> [0, 1, 3]."""
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        if lo.isdigit():
-            out.extend(range(int(lo), int(hi) + 1 if hi.isdigit() else int(lo) + 1))
-    return out
-
-
-def parse_gres_used(text: str) -> list[tuple[str, int, list[int]]]:
-    """A job's ``GRES=`` detail: (kind, count, device indices) for gpu and shard."""
-    out = []
-    for match in re.finditer(r"(gpu|shard)(?::[^:(,]+)?:(\d+)\(IDX:([^)]*)\)", text):
-        out.append((match.group(1), int(match.group(2)), parse_idx(match.group(3))))
-    return out
-
-
-def node_gres(text: str) -> dict[str, int]:
-    """A node's ``Gres=gpu:4,shard:16`` -> {"gpu": 4, "shard": 16}."""
-    counts: dict[str, int] = {}
-    for item in text.split(","):
-        parts = item.split("(")[0].split(":")
-        if len(parts) >= 2 and parts[-1].isdigit():
-            counts[parts[0]] = counts.get(parts[0], 0) + int(parts[-1])
-    return counts
 
 
 class SlurmGpuProvider:
@@ -166,17 +146,7 @@ class SlurmGpuProvider:
         return tuple(snaps), tuple(holders)
 
     def _nodes(self) -> list[tuple[str, dict[str, int]]]:
-        wanted = None
-        if self.partition:
-            out = slurm(["sinfo", "-h", "-N", "-p", self.partition, "-o", "%N"])
-            wanted = {line.strip() for line in out.splitlines() if line.strip()}
-        nodes = []
-        for line in slurm(["scontrol", "-o", "show", "node"]).splitlines():
-            f = fields(line)
-            name = f.get("NodeName")
-            if name and (wanted is None or name in wanted):
-                nodes.append((name, node_gres(f.get("Gres", ""))))
-        return nodes
+        return gpu_nodes(self.partition)
 
     def _holders_now(self, first: dict[str, int], shards: dict[str, int]) -> list[Holder]:
         argv = ["squeue", "-h", "-t", "R", "-o", "%A|%u|%S|%N"]

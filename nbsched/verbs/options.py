@@ -21,6 +21,7 @@ from .values import (
     gpus_type,
     memory_type,
     priority_type,
+    reserve_after_type,
     retries_type,
     threshold_type,
     time_limit_type,
@@ -120,6 +121,14 @@ RUN_OPTIONS = (
         type=threshold_type,
         metavar="F",
         help="a GPU whose load from others is above this fraction gets no new job (default 0.8)",
+    ),
+    opt(
+        "--reserve-after",
+        dest="reserve_after_s",
+        type=reserve_after_type,
+        metavar="S",
+        help="hold GPUs for a blocked job once it has waited S seconds (or 10m, ...; "
+        "default 600; 0: at once)",
     ),
     opt(
         "--gpu-arg",

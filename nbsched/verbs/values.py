@@ -132,6 +132,11 @@ def expected_type(text: str) -> float:
     return _argument(lambda t: checks.duration_from_text(t, "expected_s"), text)
 
 
+def reserve_after_type(text: str) -> float:
+    """``--reserve-after 10m`` (or seconds): the config's ``reserve_after_s``."""
+    return _argument(checks.reserve_after_from_text, text)
+
+
 def threshold_type(text: str) -> float:
     """``--mem-threshold`` / ``--load-threshold``: a fraction from 0 to 1."""
     return _argument(checks.threshold_from_text, text)
@@ -269,6 +274,7 @@ def engine_fields(ns: Any) -> dict[str, Any]:
     names.update(slurm_partition="slurm_partition", slurm_account="slurm_account")
     names.update(max_retries="max_retries", jobs_file_gpu_arg="jobs_file_gpu_arg")
     names.update(mem_threshold="gpu_memory_threshold", load_threshold="gpu_load_threshold")
+    names.update(reserve_after_s="reserve_after_s")
     for flag, field in names.items():
         value = getattr(ns, flag, None)
         if value is not None:  # ('' is refused by the config, not taken as unset)

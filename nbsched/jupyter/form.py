@@ -62,7 +62,7 @@ _STYLE = {"description_width": "110px"}
 
 class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
     """Script, conda env, arguments, GPUs, allowed GPUs, priority, time limit and expected
-    run time, LLM model, sweep, Submit.
+    run time, LLM model, sweep, after, notify, snapshot, Submit.
 
     ``conda_env_names`` overrides the ``conda env list`` lookup (``[]`` for none).
     ``submitted`` lists every id queued through the form.
@@ -86,7 +86,8 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         super().__init__(children=self._rows())
         fields = [self.script, self.conda_env, self.arguments, self.gpus, self.memory, self.sweep]
         times = [self.time_limit, self.expected]
-        for field in [*fields, self.after, *times, self.priority, self.llm_model, *self.allowed]:
+        others = [self.after, self.notify, self.snapshot, self.priority, self.llm_model]
+        for field in [*fields, *times, *others, *self.allowed]:
             field.observe(lambda _: self._clear_error(), names="value")
 
     def _make_inputs(self, conda_env_names: Sequence[str] | None) -> None:
@@ -143,7 +144,8 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
         )
 
     def _make_choices(self) -> None:
-        """The allowed-GPU toggles, the priority and the LLM model (which fills in GPUs)."""
+        """The allowed-GPU toggles, the priority, the LLM model (which fills in GPUs),
+        notify and snapshot."""
         style, scheduler = _STYLE, self.scheduler
         n = scheduler.num_gpus
         self.allowed = [
@@ -161,6 +163,17 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             value=NO_MODEL,
             disabled=not models,
             style=style,
+        )
+        self.notify = widgets.Text(
+            description="notify",
+            placeholder="optional: webhook URL or mail address at the end (several: a, b)",
+            layout=_WIDE,
+            style=style,
+        )
+        self.snapshot = widgets.Checkbox(
+            description="snapshot: run a copy of the code as it is now",
+            value=bool(scheduler.config.snapshot),
+            indent=False,
         )
         self._gpus_without_model = ""  # the GPUs field before a model was chosen
         self._gpus_from_model: str | None = None  # what the chosen model wrote there
@@ -185,6 +198,8 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
             self.llm_model,
             self.sweep,
             self.after,
+            self.notify,
+            widgets.HBox([widgets.Label("", layout={"width": "114px"}), self.snapshot]),
             self.submit_button,
             self.result,
         ]
@@ -249,6 +264,8 @@ class SubmitForm(widgets.VBox):  # type: ignore[misc]  # (ipywidgets is untyped)
                 "time_limit": self.time_limit.value.strip() or None,
                 "expected_s": self.expected.value.strip() or None,
                 "gpu_memory": self.memory.value.strip() or None,
+                "notify": _notify(self.notify.value),
+                "snapshot": bool(self.snapshot.value),
             }
             script = self.script.value.strip()
             if not script:
@@ -304,6 +321,13 @@ _API_NAME = re.compile(rf"\b({'|'.join(_LABELS)})(?=[=:]|\s\[)")
 def _in_form_words(text: str) -> str:
     """An error of the scheduler in the words of the form: its fields' labels."""
     return _API_NAME.sub(lambda m: _LABELS[m.group(1)], text)
+
+
+def _notify(text: str) -> list[str] | None:
+    """The notify field: webhook URLs and mail addresses, apart by commas or spaces
+    (the API checks each, and names a bad one); empty: None (the config's default)."""
+    words = [w for w in re.split(r"[,\s]+", text) if w]
+    return words or None
 
 
 def _show_pressed(change: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ The API's DataFrames (``jobs()``, ``wait()``, ...) keep every column and type; t
 module only decides how a person sees them.  :func:`compact` turns a job table into
 short text cells: times to the second in the local zone with no offset, durations
 (``1m05s``), commands on one line and shortened against the working folder (a
-``%%gpusched`` cell file reads ``<cell>``), and only the columns that hold something.
+``%%gpusched`` cell file reads ``<cell>``), a notebook job's executed notebook in an
+``output`` column, and only the columns that hold something.
 A column this module does not know (one added to ``jobs()`` later) is shown too,
 formatted by its type, when it holds something.
 
@@ -18,6 +19,7 @@ import html
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -58,6 +60,7 @@ HEADERS = {
     "attempts": "tries",
     "held": "held",
     "reason": "reason",
+    "output": "output",
 }
 
 #: A column whose every cell is one of these shows nothing worth a column.
@@ -160,6 +163,26 @@ def cell_text(value: object) -> str:
     return cut(str(value), TEXT_WIDTH)
 
 
+#: What makes a job a notebook job: its script's suffix (nbsched.pipeline.notebooks).
+NOTEBOOK_SUFFIX = ".ipynb"
+
+
+def notebook_output(command: object, log: object) -> str | None:
+    """Where a notebook job's executed notebook is (what ``output_notebook(id)`` says:
+    beside its log, ``17.ipynb``), from its row's ``command`` (a script ending in
+    ``.ipynb``) and ``log``; None for another job, or one not started."""
+    if missing(command) or missing(log):
+        return None
+    try:
+        words = shlex.split(str(command))
+    except ValueError:
+        return None
+    if not words or not words[0].endswith(NOTEBOOK_SUFFIX):
+        return None
+    root, ext = os.path.splitext(str(log))
+    return (root if ext == ".log" else str(log)) + NOTEBOOK_SUFFIX
+
+
 # -- the compact table ------------------------------------------------------------------------
 
 
@@ -232,6 +255,11 @@ def compact(
         cells[str(column)] = [fmt(v) for v in jobs[column]]
         if column == "started":
             cells["took"] = _took(jobs, now)
+    if "command" in jobs.columns and "log" in jobs.columns:
+        cells["output"] = [
+            short_command(notebook_output(c, log), cwd, TEXT_WIDTH)
+            for c, log in zip(jobs["command"], jobs["log"], strict=True)
+        ]
     if "status" in cells:
         _drop_said(cells)
     shown = {c: v for c, v in cells.items() if any(x not in _NOTHING.get(c, {""}) for x in v)}

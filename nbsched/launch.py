@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from .errors import NotSupportedError
 from .jobs import Job
+from .logtail import last_line
 from .pipeline.notebooks import is_notebook, notebook_argv
 
 LAUNCHERS = (None, "torchrun")
@@ -101,19 +102,12 @@ def conda_failure(job: Job, log_path: str | os.PathLike[str] | None) -> str | No
 
     Reads the end of the job's log (where ``conda run`` writes its error).
     """
-    if not job.spec.conda_env or not log_path:
+    if not job.spec.conda_env:
         return None
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4096))
-            tail = fh.read().decode("utf-8", "replace")
-    except OSError:
+    line = last_line(log_path, lambda text: any(m in text for m in _CONDA_NO_ENV), 4096)
+    if line is None:
         return None
-    for line in reversed(tail.splitlines()):
-        if any(marker in line for marker in _CONDA_NO_ENV):
-            return f"conda environment {job.spec.conda_env!r} not found ({line.strip()})"
-    return None
+    return f"conda environment {job.spec.conda_env!r} not found ({line.strip()})"
 
 
 def build_env(

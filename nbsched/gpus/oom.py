@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..jobs import Job
+from ..logtail import last_line
 from .base import GpuSnapshot
 
 #: What frameworks print when GPU memory runs out.
@@ -46,19 +47,8 @@ class OutOfMemory:
 
 def oom_line(log_path: str | os.PathLike[str] | None) -> str | None:
     """The last line of the log's tail that says GPU memory ran out (None: none)."""
-    if log_path is None:
-        return None
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - _TAIL))
-            tail = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in reversed(tail.splitlines()):
-        if any(marker in line for marker in MARKERS):
-            return line.strip()[:300]
-    return None
+    line = last_line(log_path, lambda text: any(m in text for m in MARKERS), _TAIL)
+    return None if line is None else line.strip()[:300]
 
 
 def out_of_memory(

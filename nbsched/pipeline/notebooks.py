@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidTypeError, InvalidValueError, NotSupportedError
+from ..logtail import last_line
 
 #: The suffix that makes a script a notebook job.
 SUFFIX = ".ipynb"
@@ -201,21 +202,10 @@ def output_path(log_path: str) -> str:
 def failure_detail(log_path: str | None) -> str | None:
     """Why the last attempt of a notebook job failed, as its runner wrote in the log
     (``cell 3: ZeroDivisionError: division by zero``); None if it did not say."""
-    if not log_path:
+    line = last_line(log_path, lambda text: text.startswith((FAILED, _ATTEMPT)))
+    if line is None or line.startswith(_ATTEMPT):  # (after it: an earlier attempt's)
         return None
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            tail = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in reversed(tail.splitlines()):
-        if line.startswith(FAILED):
-            return line[len(FAILED) :].strip() or None
-        if line.startswith(_ATTEMPT):
-            return None  # (an earlier attempt's)
-    return None
+    return line[len(FAILED) :].strip() or None
 
 
 __all__ = [

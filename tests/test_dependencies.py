@@ -4,10 +4,10 @@ is refused at submission."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.errors import InvalidTypeError, InvalidValueError, UnknownJobError
@@ -16,11 +16,7 @@ MakeSched = Callable[..., GPUJobScheduler]
 
 
 def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
+    wait_for(check, "the condition", timeout)
 
 
 def _status(s: GPUJobScheduler, job_id: str) -> str:

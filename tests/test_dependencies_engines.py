@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from legacy_support import subprocess_env
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
 
@@ -18,11 +19,7 @@ ENDED = ("succeeded", "failed", "cancelled")
 
 
 def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
+    wait_for(check, "the condition", timeout)
 
 
 def _status(s: GPUJobScheduler, job_id: str) -> str:

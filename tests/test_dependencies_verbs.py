@@ -3,7 +3,6 @@ of the verb table each, the same meaning and the same refusals in both."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.cli import main
@@ -19,11 +19,7 @@ MakeSched = Callable[..., GPUJobScheduler]
 
 
 def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
+    wait_for(check, "the condition", timeout)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str, str]:

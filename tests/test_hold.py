@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.cli import main
@@ -22,11 +23,7 @@ HELD = "held (release it with release(...))"
 
 
 def _until(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
+    wait_for(check, "the condition", timeout)
 
 
 def _status(s: GPUJobScheduler, job_id: str) -> str:

@@ -6,13 +6,13 @@ Real SQLite, a real engine with real processes on simulated GPUs."""
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from test_dispatcher import FakeExecutor, Rig
+from waiting import wait_for
 
 from nbsched import GPUJobScheduler
 from nbsched.dispatcher.entries import SMALL_BATCH, Entries, entry_maker
@@ -30,11 +30,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
+    wait_for(check, "the condition", timeout)
 
 
 def test_a_big_submission_keeps_no_spec_of_the_rows_already_stored(

@@ -47,6 +47,7 @@ import psutil
 from ..jobs import Job
 from ..launch import LaunchError
 from .base import Exit, Launch, OnExit, Started
+from .environ import environ_value
 from .local import LocalProcessExecutor
 from .process import (
     find_by_token,
@@ -76,17 +77,7 @@ def session_name(job_id: str) -> str:
 
 def session_of(pid: int | None) -> str | None:
     """The full screen session name (``STY``) of the process ``pid``, if it has one."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    for item in data.split(b"\0"):
-        if item.startswith(b"STY="):
-            return item[4:].decode("utf-8", "replace")
-    return None
+    return None if pid is None else environ_value(pid, "STY")
 
 
 def live_session(job: Job) -> str | None:

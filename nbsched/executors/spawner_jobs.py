@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING or __package__:
     from . import messages as msg
+    from .environ import environ_value
 else:  # run by its path, from spawner.py (which put this folder on sys.path)
     import messages as msg
+    from environ import environ_value
 
 #: The signals a job must have set back to their default disposition: those ignored
 #: here (Python ignores SIGPIPE and SIGXFSZ), since an ignored signal stays ignored
@@ -254,15 +256,7 @@ def _kill_group(group: int) -> None:
 
 def _token_of(pid: int) -> str | None:
     """The ``NBSCHED_JOB_TOKEN`` in process ``pid``'s environment, if any."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            env = fh.read()
-    except OSError:
-        return None
-    for entry in env.split(b"\0"):
-        if entry.startswith(b"NBSCHED_JOB_TOKEN="):
-            return entry[len(b"NBSCHED_JOB_TOKEN=") :].decode("ascii", "replace")
-    return None
+    return environ_value(pid, "NBSCHED_JOB_TOKEN")
 
 
 def _end(fd: int, code: int, at: float, reason: str = "") -> bool:

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import psutil
 
+from ..executors.environ import environ_value
 from .base import GpuSnapshot
 
 #: Shown for what cannot be read of another user's process.
 UNREADABLE = "(not readable)"
-_TOKEN = b"NBSCHED_JOB_TOKEN="
+TOKEN_VARIABLE = "NBSCHED_JOB_TOKEN"
 _MAX_COMMAND = 300
 
 
@@ -151,15 +152,7 @@ def _look(pid: int) -> _Seen:
 
 
 def _token(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    for item in data.split(b"\0"):
-        if item.startswith(_TOKEN):
-            return item[len(_TOKEN) :].decode("ascii", "replace")
-    return None
+    return environ_value(pid, TOKEN_VARIABLE)
 
 
 def memory_by_job(rows: Iterable[Attributed]) -> dict[str, float]:

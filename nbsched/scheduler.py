@@ -397,7 +397,8 @@ class GPUJobScheduler(NotebookJobs, Submitting, Controlling, Simulating, Notifyi
         """One row per GPU: readings, allocation, pause and the jobs on it."""
         self._check_open()
         running, paused = self.store.find(statuses=[JobStatus.RUNNING]), self.store.paused()
-        return self._with_gpu_memory(frames.gpu_frame(self.monitor.snapshot(), running, paused))
+        snapshots = self.monitor.snapshot()
+        return self._with_gpu_memory(frames.gpu_frame(snapshots, running, paused), snapshots)
 
     def counts(self, sweep: str | None = None) -> dict[str, int]:
         """How many jobs are in each status (of a sweep: one per combination it queued)."""

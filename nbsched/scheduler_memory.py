@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .config import SchedulerConfig
 from .engine.memory import MemoryWatch
 from .gpus.attribution import Attributed, memory_by_gpu, memory_by_job
+from .gpus.base import GpuSnapshot
 from .gpus.monitor import GPUMonitor
 from .store import Store
 
@@ -90,23 +91,37 @@ class MemoryViews:
                 row["gpu_memory"] = memory_by_job(rows).get(row["id"], 0.0)
         return row
 
-    def _with_gpu_memory(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _with_gpu_memory(
+        self, frame: pd.DataFrame, snapshots: Sequence[GpuSnapshot] = ()
+    ) -> pd.DataFrame:
         """``get_gpu_status()``'s table with ``memory_jobs`` and ``memory_others``
         (MiB): what nbsched's jobs hold, and the rest of what is used, and ``who``: a
-        short text of who holds it (None where the provider cannot tell them apart)."""
+        short text of who holds it (None where the provider cannot tell them apart).
+        Where the reading says what others use (``external_memory_used_mb``), that is
+        ``memory_others``, and the rest is the jobs' even if they named no process (a
+        simulated job that reports no memory)."""
         rows = self._attributed()
         if rows is None or not len(frame):
             frame["memory_jobs"] = frame["memory_others"] = frame["who"] = None
             return frame
         ours = {g: mb[0] for g, mb in memory_by_gpu(rows).items()}
+        external = {s.index: s.external_memory_used_mb for s in snapshots}
         who = who_uses(rows)
         frame["who"] = [who.get(g, "") for g in frame["gpu"]]
-        jobs = [ours.get(g, 0.0) for g in frame["gpu"]]
-        frame["memory_jobs"] = jobs
-        frame["memory_others"] = [
-            None if used is None or used != used else max(0.0, used - mine)
-            for used, mine in zip(frame["memory_used"], jobs, strict=True)
-        ]
+        jobs: list[float] = []
+        others: list[float | None] = []
+        for g, used in zip(frame["gpu"], frame["memory_used"], strict=True):
+            mine, theirs = ours.get(g, 0.0), external.get(g)
+            if used is None or used != used:
+                jobs.append(mine)
+                others.append(None)
+            elif theirs is not None:
+                jobs.append(max(mine, used - theirs))
+                others.append(theirs)
+            else:
+                jobs.append(mine)
+                others.append(max(0.0, used - mine))
+        frame["memory_jobs"], frame["memory_others"] = jobs, others
         return frame
 
 

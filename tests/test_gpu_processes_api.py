@@ -86,3 +86,22 @@ def test_queued_and_unknown_memory_is_missing_not_zero(sched: GPUJobScheduler) -
     table = sched.jobs()
     assert table["gpu_memory"].isna().all() and str(table["gpu_memory"].dtype) == "float64"
     assert sched.gpu_processes()["job"].isna().all()
+
+
+def test_a_job_that_reports_no_memory_is_not_counted_as_someone_elses(
+    running: GPUJobScheduler,
+) -> None:
+    """The simulated GPU charges a job its share until it reports; that memory is the
+    job's in get_gpu_status(), not others' (the demo showed a full GPU as others')."""
+    job_id = running.add_command(
+        'while [ ! -e "$NBSCHED_RESULT_FILE.stop" ]; do sleep 0.05; done', required_gpus=1
+    )
+    _until(lambda: running.job(job_id)["status"] == "running")
+    g = running.job(job_id)["gpus"][0]
+    _until(lambda: running.get_gpu_status().set_index("gpu").loc[g, "memory_used"] > 0)
+    gpus = running.get_gpu_status().set_index("gpu")
+    external = 20480 if g == 0 else 0
+    assert gpus.loc[g, "memory_others"] == external
+    assert gpus.loc[g, "memory_jobs"] == gpus.loc[g, "memory_used"] - external > 0
+    _stop(running, job_id)
+    running.wait([job_id], timeout=20)

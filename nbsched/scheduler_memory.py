@@ -8,6 +8,7 @@ attributes it uses are declared below.  The readings come from the engine's moni
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,7 @@ class MemoryViews:
         rows = self._attributed()
         if rows is None:
             return frame
-        now = memory_by_job(rows)
+        now = _shown_memory(rows)
         frame.loc[running, "gpu_memory"] = [now.get(i, 0.0) for i in frame["id"][running]]
         return frame
 
@@ -88,7 +89,7 @@ class MemoryViews:
         if row.get("status") == "running":
             rows = self._attributed()
             if rows is not None:
-                row["gpu_memory"] = memory_by_job(rows).get(row["id"], 0.0)
+                row["gpu_memory"] = _shown_memory(rows).get(row["id"], 0.0)
         return row
 
     def _with_gpu_memory(
@@ -125,14 +126,25 @@ class MemoryViews:
         return frame
 
 
+def _shown_memory(rows: Sequence[Attributed]) -> dict[str, float]:
+    """:func:`memory_by_job`, and NaN (unknown, shown blank) for a job whose processes'
+    memory is not known (a simulated job that reported none): not 0, which it is not."""
+    known = memory_by_job(rows)
+    unknown = {r.job for r in rows if r.job is not None and r.used_mb is None}
+    return {**dict.fromkeys(unknown - set(known), math.nan), **known}
+
+
 def who_uses(rows: Sequence[Attributed]) -> dict[int, str]:
     """GPU -> a short text of who holds its memory, for status displays:
     ``jobs 3,7 18.0G; alice 20.0G`` (per user, largest first)."""
     jobs: dict[int, dict[str, float]] = {}
     users: dict[int, dict[str, float]] = {}
+    unknown: set[int] = set()  # (GPUs with a job process of unknown memory)
     for r in rows:
         if r.job is not None:
             book, key = jobs, r.job
+            if r.used_mb is None:
+                unknown.add(r.gpu)
         else:
             book, key = users, r.user or "?"
         per = book.setdefault(r.gpu, {})
@@ -142,7 +154,9 @@ def who_uses(rows: Sequence[Attributed]) -> dict[int, str]:
         parts = []
         if g in jobs:
             ids = ",".join(sorted(jobs[g], key=lambda s: (len(s), s)))
-            parts.append(f"job {ids} {_gib(sum(jobs[g].values()))}")
+            size = sum(jobs[g].values())
+            shown = "" if g in unknown and not size else f" {_gib(size)}"  # (not "0.0G")
+            parts.append(f"job {ids}{shown}")
         for user, mb in sorted(users.get(g, {}).items(), key=lambda kv: -kv[1]):
             parts.append(f"{user} {_gib(mb)}")
         out[g] = "; ".join(parts)

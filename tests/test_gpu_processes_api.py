@@ -98,10 +98,14 @@ def test_a_job_that_reports_no_memory_is_not_counted_as_someone_elses(
     )
     _until(lambda: running.job(job_id)["status"] == "running")
     g = running.job(job_id)["gpus"][0]
-    _until(lambda: running.get_gpu_status().set_index("gpu").loc[g, "memory_used"] > 0)
+    external = 20480 if g == 0 else 0  # (alice's, on GPU 0)
+    _until(lambda: running.get_gpu_status().set_index("gpu").loc[g, "memory_used"] > external)
     gpus = running.get_gpu_status().set_index("gpu")
-    external = 20480 if g == 0 else 0
     assert gpus.loc[g, "memory_others"] == external
     assert gpus.loc[g, "memory_jobs"] == gpus.loc[g, "memory_used"] - external > 0
+    # what it holds is not known (it reported nothing): shown as unknown, not as 0
+    shown = running.job(job_id)["gpu_memory"]
+    assert shown != shown  # NaN
+    assert gpus.loc[g, "who"].split(";")[0] == f"job {job_id}"  # (not "job 1 0.0G")
     _stop(running, job_id)
     running.wait([job_id], timeout=20)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import run_cli
 from legacy_support import cli, subprocess_env, wait_for
 
 from nbsched import GPUJobScheduler, SchedulerConfig
-from nbsched.cli import main
 from nbsched.executors.process import find_by_token
 from nbsched.executors.screen import list_sessions
 from nbsched.jobs import JobStatus
@@ -300,15 +300,7 @@ def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]
     return out
 
 
-def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``nbsched ARGS`` in this process (cheaper than a subprocess; same code path)."""
-    capsys.readouterr()
-    try:
-        rc = main(args)
-    except SystemExit as exc:  # argparse
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
+_main = run_cli
 
 
 def test_errors_are_one_line_without_traceback(

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler
-from nbsched.cli import main
 from nbsched.dispatcher.entries import Batch, Queued
 from nbsched.formats.duration import format_duration, parse_duration
 from nbsched.jobs import JobSpec, JobStatus
@@ -116,14 +116,7 @@ def test_jobs_show_a_time_limit_then_a_hint_as_the_estimate(
     assert str(table["estimate"].dtype) == "float64"
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main(args)
-    except SystemExit as exc:  # argparse
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
+_cli = run_cli
 
 
 def test_time_and_expected_from_the_command_line(

@@ -8,23 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_support import run_cli
 from IPython.core.interactiveshell import InteractiveShell
 
 from nbsched import GPUJobScheduler
-from nbsched.cli import main
 from nbsched.verbs import glue_dash_values
 
 ARGV = "import sys; print(sys.argv[1:])\n"
 
 
-def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main(args)
-    except SystemExit as exc:  # argparse
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
+_main = run_cli
 
 
 def test_gpu_arg_takes_an_option_as_its_value(

@@ -20,6 +20,7 @@ from ..dispatcher.entries import Entries, Queued, entry_maker
 from ..gpus.base import GPUProvider
 from ..gpus.monitor import GPUMonitor
 from ..jobs import Job, JobSpec
+from ..pipeline.snapshots import settle as settle_snapshots
 from ..store import Store
 from .record import EngineRecord, engine_info
 from .registry import Executors, make_gpu_provider
@@ -89,7 +90,9 @@ class Engine:
         self.role.stop()  # (then closes the executors, if the engine thread ended)
 
     def close(self) -> None:
-        """Release the GPU handles (after :meth:`stop`)."""
+        """Release the GPU handles (after :meth:`stop`), once no thread of ours will read
+        the store (the code snapshots' removal), which the caller closes next."""
+        settle_snapshots(self.config.state_dir)
         if self._provider is not None:
             self._provider.close()
 

@@ -294,6 +294,17 @@ class _Collector:
                 logger.exception("removing unused code snapshots in %s failed", self.state_dir)
 
 
+def settle(state_dir: str | os.PathLike[str], timeout: float = 30.0) -> None:
+    """Wait for the state directory's removal of unused copies to end: it reads the
+    store, which must not be closed under it (``nbsched add --snapshot`` exits at once,
+    and a connection closed while another thread uses it can crash the process)."""
+    with _Collector._lock:
+        collector = _Collector._all.get(str(state_dir))
+        thread = collector.thread if collector is not None else None
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+
+
 def collect(state_dir: str | os.PathLike[str], in_use: Callable[[], Collection[str]]) -> list[str]:
     """Remove the copies that neither a queued or running job uses (``in_use()``, read
     under the lock) nor a live submission holds; their ids."""

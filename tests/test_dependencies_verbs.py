@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import run_cli
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler
-from nbsched.cli import main
 
 MakeSched = Callable[..., GPUJobScheduler]
 
@@ -23,12 +23,7 @@ def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(words))
-    except SystemExit as exc:
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(list(words), capsys)
 
 
 def test_the_cli_after_options(make_sched: MakeSched, capsys: pytest.CaptureFixture[str]) -> None:

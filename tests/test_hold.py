@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import run_cli
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from waiting import wait_for
 
 from nbsched import GPUJobScheduler
-from nbsched.cli import main
 from nbsched.errors import InvalidTypeError, InvalidValueError
 
 MakeSched = Callable[..., GPUJobScheduler]
@@ -123,12 +123,7 @@ def test_drain_pauses_every_gpu_and_returns_when_the_running_jobs_end(
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(words))
-    except SystemExit as exc:
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(list(words), capsys)
 
 
 def test_the_cli_verbs(make_sched: MakeSched, capsys: pytest.CaptureFixture[str]) -> None:
